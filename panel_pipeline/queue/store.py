@@ -1,0 +1,243 @@
+"""The `processed: false` queue contract on one Mongo collection, free of Dagster.
+
+A document moves through these states (fields written by the pipeline in brackets):
+
+    queued        processed=false, no attempts           (inserted by the backend)
+    processing    status=processing, lease_owner, attempts+=1, retry_at=lease expiry
+    retry         status=retry, last_error, retry_at=now+backoff   (a transient failure)
+    done/failed   processed=true, status, processed_at, run_id, error on failure
+
+`retry_at` is the one field that says when an unprocessed document may be claimed again: the
+lease expiry while it is processing, the backoff time after a transient failure. So an expired
+lease and a due retry are the same indexed query, and a worker killed mid-way is recovered
+without a reaper. A document that has used `max_attempts` claims is failed, not retried forever.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.collection import Collection
+
+Clock = Callable[[], dt.datetime]
+Document = dict[str, Any]
+
+PROCESSING = "processing"
+RETRY = "retry"
+DONE = "done"
+FAILED = "failed"
+ERROR_MAX_CHARS = 1000
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    lease_seconds: float = 300.0
+    max_attempts: int = 3
+    retry_backoff_seconds: float = 10.0
+
+    def backoff(self, attempts: int) -> dt.timedelta:
+        return dt.timedelta(seconds=self.retry_backoff_seconds * 2 ** max(attempts - 1, 0))
+
+
+class RequestRejected(Exception):
+    """The document itself is wrong (a bad field, an unknown id): fail it now, retrying won't help."""
+
+
+class WorkQueue:
+    """Claim, complete, fail and retry documents of one collection, each claimed by one owner at a time."""
+
+    def __init__(
+        self, collection: Collection, policy: QueuePolicy = QueuePolicy(), clock: Clock = utc_now
+    ) -> None:
+        self.collection = collection
+        self.policy = policy
+        self.clock = clock
+
+    @property
+    def name(self) -> str:
+        return self.collection.name
+
+    def ensure_indexes(self) -> None:
+        self.collection.create_index([("processed", ASCENDING), ("_id", ASCENDING)], name="queue_new")
+        self.collection.create_index(
+            [("processed", ASCENDING), ("retry_at", ASCENDING)], name="queue_due"
+        )
+        self.collection.create_index([("lease_owner", ASCENDING)], name="queue_owner", sparse=True)
+
+    # -- what a sensor asks ------------------------------------------------------------------
+
+    def new_documents(self, after_id: ObjectId | None, limit: int) -> list[Document]:
+        """Never-claimed documents, oldest first, with `_id` above `after_id` when given."""
+        query: Document = {"processed": False, "attempts": {"$exists": False}}
+        if after_id is not None:
+            query["_id"] = {"$gt": after_id}
+        return list(
+            self.collection.find(query, {"_id": 1}).sort("_id", ASCENDING).limit(limit)
+        )
+
+    def due_documents(self, limit: int) -> list[Document]:
+        """Documents whose lease expired or whose retry time came: claimable again."""
+        query = {"processed": False, "retry_at": {"$lte": self.clock()}}
+        return list(
+            self.collection.find(query, {"_id": 1, "attempts": 1}).sort("retry_at", ASCENDING).limit(limit)
+        )
+
+    # -- what a run does -----------------------------------------------------------------------
+
+    def claim(self, doc_id: ObjectId, owner: str) -> Document | None:
+        """Atomically take the document for `owner`; None when it is not claimable now."""
+        now = self.clock()
+        claimed = self.collection.find_one_and_update(
+            {
+                "_id": doc_id,
+                "processed": False,
+                "retry_at": {"$not": {"$gt": now}},
+                "$or": [
+                    {"attempts": {"$exists": False}},
+                    {"attempts": {"$lt": self.policy.max_attempts}},
+                ],
+            },
+            {
+                "$set": {
+                    "status": PROCESSING,
+                    "lease_owner": owner,
+                    "run_id": owner,
+                    "claimed_at": now,
+                    "retry_at": now + dt.timedelta(seconds=self.policy.lease_seconds),
+                },
+                "$inc": {"attempts": 1},
+            },
+            return_document=ReturnDocument.AFTER,
+        )
+        if claimed is None:
+            self._give_up_if_exhausted(doc_id, owner, now)
+        return claimed
+
+    def claim_many(self, doc_ids: Iterable[ObjectId], owner: str) -> list[Document]:
+        return [doc for doc_id in doc_ids if (doc := self.claim(doc_id, owner)) is not None]
+
+    def extend_lease(self, doc_id: ObjectId, owner: str) -> bool:
+        expiry = self.clock() + dt.timedelta(seconds=self.policy.lease_seconds)
+        result = self.collection.update_one(
+            self._leased(doc_id, owner), {"$set": {"retry_at": expiry}}
+        )
+        return result.modified_count == 1
+
+    def complete(self, doc_id: ObjectId, owner: str, result: Mapping[str, Any] | None = None) -> bool:
+        """Mark done with the result fields; False when `owner` no longer holds the lease."""
+        return self._finish(doc_id, owner, DONE, dict(result or {}))
+
+    def fail(self, doc_id: ObjectId, owner: str, error: str, result: Mapping[str, Any] | None = None) -> bool:
+        """Mark failed for good, with a message a person can act on."""
+        return self._finish(doc_id, owner, FAILED, {**(result or {}), "error": _clip(error)})
+
+    def release(self, doc_id: ObjectId, owner: str, error: str) -> str:
+        """After a transient failure: schedule a retry, or fail when attempts are used up.
+
+        Returns the document's new status (`retry` or `failed`), or "" when the lease was lost.
+        """
+        doc = self.collection.find_one(self._leased(doc_id, owner), {"attempts": 1})
+        if doc is None:
+            return ""
+        attempts = int(doc.get("attempts", 0))
+        if attempts >= self.policy.max_attempts:
+            self.fail(doc_id, owner, _gave_up(attempts, error))
+            return FAILED
+        self.collection.update_one(
+            self._leased(doc_id, owner),
+            {
+                "$set": {
+                    "status": RETRY,
+                    "last_error": _clip(error),
+                    "retry_at": self.clock() + self.policy.backoff(attempts),
+                },
+                "$unset": {"lease_owner": ""},
+            },
+        )
+        return RETRY
+
+    def release_owner(self, owner: str, error: str) -> dict[str, str]:
+        """Release every document `owner` still holds (its run failed or was killed)."""
+        held = self.collection.find({"lease_owner": owner, "processed": False}, {"_id": 1})
+        return {str(doc["_id"]): self.release(doc["_id"], owner, error) for doc in held}
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _finish(self, doc_id: ObjectId, owner: str, status: str, fields: Document) -> bool:
+        update = {
+            "$set": {**fields, "processed": True, "status": status, "processed_at": self.clock(), "run_id": owner},
+            "$unset": {"lease_owner": "", "retry_at": ""},
+        }
+        return self.collection.update_one(self._leased(doc_id, owner), update).modified_count == 1
+
+    def _give_up_if_exhausted(self, doc_id: ObjectId, owner: str, now: dt.datetime) -> None:
+        """A document whose last allowed attempt died is failed by the next run that finds it."""
+        doc = self.collection.find_one_and_update(
+            {
+                "_id": doc_id,
+                "processed": False,
+                "retry_at": {"$not": {"$gt": now}},
+                "attempts": {"$gte": self.policy.max_attempts},
+            },
+            {
+                "$set": {"processed": True, "status": FAILED, "processed_at": now, "run_id": owner},
+                "$unset": {"lease_owner": "", "retry_at": ""},
+            },
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is not None:
+            last = doc.get("last_error") or "its worker stopped without finishing (lease expired)"
+            self.collection.update_one(
+                {"_id": doc_id}, {"$set": {"error": _clip(_gave_up(int(doc["attempts"]), last))}}
+            )
+
+    @staticmethod
+    def _leased(doc_id: ObjectId, owner: str) -> Document:
+        return {"_id": doc_id, "lease_owner": owner, "processed": False}
+
+
+def _gave_up(attempts: int, last_error: str) -> str:
+    return f"gave up after {attempts} attempts; last error: {last_error}"
+
+
+def _clip(message: str) -> str:
+    return message if len(message) <= ERROR_MAX_CHARS else message[: ERROR_MAX_CHARS - 1] + "…"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one document in a run: `done`, `failed` (rejected), or `skipped` (not ours)."""
+
+    doc_id: ObjectId
+    status: str
+    result: Mapping[str, Any]
+    error: str = ""
+
+
+def process_document(
+    queue: WorkQueue, doc_id: ObjectId, owner: str, work: Callable[[Document], Mapping[str, Any]]
+) -> Outcome:
+    """Claim, work, complete. A rejected request is failed; any other error schedules a retry and
+    propagates, so the run shows as failed with its traceback."""
+    doc = queue.claim(doc_id, owner)
+    if doc is None:
+        return Outcome(doc_id, "skipped", {})
+    try:
+        result = work(doc)
+    except RequestRejected as rejected:
+        queue.fail(doc_id, owner, str(rejected))
+        return Outcome(doc_id, FAILED, {}, str(rejected))
+    except BaseException as exc:
+        queue.release(doc_id, owner, f"{type(exc).__name__}: {exc}")
+        raise
+    queue.complete(doc_id, owner, result)
+    return Outcome(doc_id, DONE, result)

@@ -1,0 +1,122 @@
+import datetime as dt
+
+import pytest
+from bson import ObjectId
+
+from panel_pipeline.queue.store import QueuePolicy, RequestRejected, WorkQueue, process_document
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def queue(mongo_db, clock):
+    q = WorkQueue(mongo_db.samples, QueuePolicy(lease_seconds=60, max_attempts=3, retry_backoff_seconds=10), clock)
+    q.ensure_indexes()
+    return q
+
+
+def insert(queue, n=1):
+    return queue.collection.insert_many([{"processed": False, "name": f"s{i}"} for i in range(n)]).inserted_ids
+
+
+def test_claim_then_complete(queue):
+    (doc_id,) = insert(queue)
+    doc = queue.claim(doc_id, "run-1")
+    assert doc["status"] == "processing" and doc["attempts"] == 1 and doc["run_id"] == "run-1"
+    assert queue.claim(doc_id, "run-2") is None
+    assert queue.complete(doc_id, "run-1", {"members": 3})
+    stored = queue.collection.find_one({"_id": doc_id})
+    assert stored["processed"] is True and stored["status"] == "done" and stored["members"] == 3
+    assert stored["run_id"] == "run-1" and stored["processed_at"] is not None
+    assert "lease_owner" not in stored and "retry_at" not in stored
+
+
+def test_expired_lease_is_reclaimable_and_old_owner_cannot_finish(queue, clock):
+    (doc_id,) = insert(queue)
+    queue.claim(doc_id, "run-1")
+    assert queue.due_documents(10) == []
+    clock.advance(61)
+    assert [d["_id"] for d in queue.due_documents(10)] == [doc_id]
+    assert queue.claim(doc_id, "run-2")["attempts"] == 2
+    assert not queue.complete(doc_id, "run-1", {})
+    assert queue.complete(doc_id, "run-2", {})
+
+
+def test_transient_failure_retries_with_backoff_then_gives_up(queue, clock):
+    (doc_id,) = insert(queue)
+    for attempt in (1, 2):
+        queue.claim(doc_id, f"run-{attempt}")
+        assert queue.release(doc_id, f"run-{attempt}", "ConnectionError: boom") == "retry"
+        assert queue.claim(doc_id, "too-early") is None
+        clock.advance(10 * 2 ** (attempt - 1))
+    queue.claim(doc_id, "run-3")
+    assert queue.release(doc_id, "run-3", "ConnectionError: boom") == "failed"
+    stored = queue.collection.find_one({"_id": doc_id})
+    assert stored["processed"] is True and stored["status"] == "failed"
+    assert stored["error"] == "gave up after 3 attempts; last error: ConnectionError: boom"
+
+
+def test_a_document_whose_last_worker_died_is_failed_not_retried_forever(queue, clock):
+    (doc_id,) = insert(queue)
+    for attempt in range(3):
+        assert queue.claim(doc_id, f"run-{attempt}") is not None
+        clock.advance(61)
+    assert queue.claim(doc_id, "run-4") is None
+    stored = queue.collection.find_one({"_id": doc_id})
+    assert stored["status"] == "failed" and stored["processed"] is True
+    assert "gave up after 3 attempts" in stored["error"] and "lease expired" in stored["error"]
+
+
+def test_release_owner_frees_everything_a_dead_run_held(queue):
+    ids = insert(queue, 3)
+    queue.claim_many(ids[:2], "dead-run")
+    released = queue.release_owner("dead-run", "run was killed")
+    assert set(released) == {str(i) for i in ids[:2]} and set(released.values()) == {"retry"}
+
+
+def test_process_document_rejects_and_retries(queue):
+    rejected_id, crashing_id, good_id = insert(queue, 3)
+
+    def reject(doc):
+        raise RequestRejected("size: must be a positive integer, got -5")
+
+    outcome = process_document(queue, rejected_id, "run", reject)
+    assert outcome.status == "failed"
+    assert queue.collection.find_one({"_id": rejected_id})["error"] == "size: must be a positive integer, got -5"
+
+    def crash(doc):
+        raise ConnectionError("lost")
+
+    with pytest.raises(ConnectionError):
+        process_document(queue, crashing_id, "run", crash)
+    assert queue.collection.find_one({"_id": crashing_id})["status"] == "retry"
+
+    assert process_document(queue, good_id, "run", lambda doc: {"n": 1}).status == "done"
+    assert process_document(queue, good_id, "run", lambda doc: {"n": 2}).status == "skipped"
+
+
+def test_new_documents_pages_with_a_cursor(queue):
+    ids = insert(queue, 5)
+    first = queue.new_documents(None, 3)
+    assert [d["_id"] for d in first] == ids[:3]
+    assert [d["_id"] for d in queue.new_documents(first[-1]["_id"], 10)] == ids[3:]
+    queue.claim(ids[4], "run")
+    assert [d["_id"] for d in queue.new_documents(ids[2], 10)] == [ids[3]]
+
+
+def test_unknown_document_is_not_claimed(queue):
+    assert queue.claim(ObjectId(), "run") is None
