@@ -1,0 +1,68 @@
+"""`panel-pipeline`: start, check and stop the local stack, and run the whole pipeline on it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from panel_pipeline.local import stack
+
+
+@click.group()
+def main() -> None:
+    """Local tooling for panel-pipeline."""
+
+
+@main.group(name="stack")
+def stack_group() -> None:
+    """The local mongod, SES endpoint and SurveyGizmo-compatible server."""
+
+
+@stack_group.command()
+def up() -> None:
+    """Start every local service that is not running (idempotent)."""
+    try:
+        endpoints = stack.up()
+    except (stack.StackError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for name, endpoint in endpoints.items():
+        click.echo(f"{name:12} {endpoint}")
+
+
+@stack_group.command()
+def status() -> None:
+    """Say which local services run; exit 1 when any is down."""
+    states = stack.status()
+    for name, running in states.items():
+        click.echo(f"{name:12} {'running' if running else 'stopped'}")
+    if not all(states.values()):
+        sys.exit(1)
+
+
+@stack_group.command()
+def down() -> None:
+    """Stop the local services this project started."""
+    stopped = stack.down()
+    click.echo(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@main.command()
+@click.option("--port", default=3000, show_default=True, help="Port of the Dagster UI.")
+def dev(port: int) -> None:
+    """Start the local stack, then Dagster (UI, daemon, code location) on it."""
+    try:
+        stack.up()
+    except (stack.StackError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    dagster_home = stack.STATE_DIR / "dagster_home"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    link = dagster_home / "dagster.yaml"
+    if not link.exists():
+        link.symlink_to(stack.PROJECT_ROOT / "dagster.yaml")
+    os.environ.update({"DAGSTER_HOME": str(dagster_home), "PANEL_ENV": os.environ.get("PANEL_ENV", "local")})
+    os.chdir(stack.PROJECT_ROOT)
+    dagster = Path(sys.executable).with_name("dagster")
+    os.execv(str(dagster), [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)])

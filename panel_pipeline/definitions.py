@@ -1,0 +1,11 @@
+"""The code location: every part's definitions, with the resources of the current environment."""
+
+import dagster as dg
+
+from panel_pipeline import queue
+from panel_pipeline.resources import current_environment, resources_for
+
+defs = dg.Definitions.merge(
+    queue.defs,
+    dg.Definitions(resources=resources_for(current_environment())),
+)

@@ -1,0 +1,133 @@
+"""The local stack the embedded defaults point at: mongod, and the local SES and SurveyGizmo servers.
+
+Everything lives under `.panel_pipeline/` in the project folder (data, logs, pid files), so starting
+is idempotent and `down` stops exactly what `up` started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from panel_pipeline.local.mongod import LocalMongod, pid_alive, port_in_use
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+STATE_DIR = Path(os.environ.get("PANEL_PIPELINE_STATE_DIR", PROJECT_ROOT / ".panel_pipeline"))
+MONGO_PORT = 27017
+SES_PORT = 8005
+SURVEYGIZMO_PORT = 8006
+START_TIMEOUT_SECONDS = 30.0
+
+
+class StackError(RuntimeError):
+    """A local service could not start; the message names it and what to check."""
+
+
+@dataclass(frozen=True)
+class BackgroundService:
+    """A long-running local server started as its own process group, with a pid file and a log."""
+
+    name: str
+    port: int
+    command: Sequence[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid_file(self) -> Path:
+        return STATE_DIR / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return STATE_DIR / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def start(self) -> None:
+        if self.pid() is not None:
+            return
+        if port_in_use(self.port):
+            raise StackError(f"{self.name}: port {self.port} is busy with another process")
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            process = subprocess.Popen(
+                list(self.command),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, **self.env},
+                cwd=PROJECT_ROOT,
+            )
+        self.pid_file.write_text(str(process.pid))
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not port_in_use(self.port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                self.pid_file.unlink(missing_ok=True)
+                raise StackError(f"{self.name} did not start; see {self.log_file}")
+            time.sleep(0.1)
+
+    def stop(self) -> bool:
+        pid = self.pid()
+        self.pid_file.unlink(missing_ok=True)
+        if pid is None:
+            return False
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        return True
+
+
+def local_mongod() -> LocalMongod:
+    return LocalMongod(data_dir=STATE_DIR / "mongo", port=int(os.environ.get("PANEL_PIPELINE_MONGO_PORT", MONGO_PORT)))
+
+
+def background_services() -> list[BackgroundService]:
+    return [
+        BackgroundService(
+            name="surveygizmo",
+            port=SURVEYGIZMO_PORT,
+            command=[
+                sys.executable, "-m", "panel_pipeline.local.surveygizmo_server",
+                "--port", str(SURVEYGIZMO_PORT), "--demo",
+            ],
+        ),
+        BackgroundService(
+            name="ses",
+            port=SES_PORT,
+            command=[sys.executable, "-m", "panel_pipeline.local.ses_server", "--port", str(SES_PORT)],
+        ),
+    ]
+
+
+def up() -> dict[str, str]:
+    """Start everything that is not running; return where each service listens."""
+    endpoints = {"mongo": local_mongod().start()}
+    for service in background_services():
+        service.start()
+        endpoints[service.name] = f"http://127.0.0.1:{service.port}"
+    return endpoints
+
+
+def status() -> dict[str, bool]:
+    return {"mongo": local_mongod().is_running()} | {s.name: s.pid() is not None for s in background_services()}
+
+
+def down() -> list[str]:
+    stopped = [s.name for s in background_services() if s.stop()]
+    if local_mongod().stop():
+        stopped.append("mongo")
+    return stopped

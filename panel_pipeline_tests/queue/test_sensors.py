@@ -1,0 +1,120 @@
+import datetime as dt
+import json
+
+import dagster as dg
+import pytest
+from bson import ObjectId
+
+from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.queue.sensors import QueueCursor, build_queue_sensor, release_documents_of_run
+
+requests_partitions = dg.DynamicPartitionsDefinition(name="test_requests")
+
+
+@dg.asset(partitions_def=requests_partitions)
+def request_asset() -> None: ...
+
+
+class BatchConfig(dg.Config):
+    document_ids: list[str]
+
+
+@dg.asset
+def batch_asset(config: BatchConfig) -> None: ...
+
+
+request_job = dg.define_asset_job("request_job", selection=[request_asset])
+batch_job = dg.define_asset_job("batch_job", selection=[batch_asset])
+request_sensor = build_queue_sensor(
+    collection="samples", job=request_job, partitions_def=requests_partitions, description="test"
+)
+batch_sensor = build_queue_sensor(collection="transactions", job=batch_job, batch_op_name="batch_asset", description="test")
+
+
+@pytest.fixture(scope="module")
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def mongo(mongo_uri, mongo_db):
+    return MongoResource(uri=mongo_uri, database=mongo_db.name)
+
+
+def tick(sensor, instance, mongo, cursor=None):
+    return sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"mongo": mongo}))
+
+
+def test_new_documents_give_one_run_each_and_the_next_tick_none(instance, mongo, mongo_db):
+    ids = [str(i) for i in mongo_db.samples.insert_many([{"processed": False} for _ in range(3)]).inserted_ids]
+    mongo_db.samples.insert_one({"processed": True, "status": "done"})
+    first = tick(request_sensor, instance, mongo)
+    assert [r.partition_key for r in first.run_requests] == ids
+    assert [r.run_key for r in first.run_requests] == [f"samples:{i}:0" for i in ids]
+    assert first.run_requests[0].tags["panel/document_id"] == ids[0]
+    assert first.dynamic_partitions_requests[0].partition_keys == ids
+    assert json.loads(first.cursor)["last_id"] == ids[-1]
+
+    second = tick(request_sensor, instance, mongo, cursor=first.cursor)
+    assert second.run_requests == [] or second.run_requests is None
+    assert second.skip_reason.skip_message == "no unprocessed samples"
+    assert second.cursor == first.cursor
+
+    new_id = str(mongo_db.samples.insert_one({"processed": False}).inserted_id)
+    third = tick(request_sensor, instance, mongo, cursor=second.cursor)
+    assert [r.partition_key for r in third.run_requests] == [new_id]
+
+
+def test_daemon_style_evaluation_accepts_the_partitioned_requests(instance, mongo, mongo_db):
+    mongo_db.samples.insert_one({"processed": False})
+    defs = dg.Definitions(assets=[request_asset], jobs=[request_job], sensors=[request_sensor], resources={"mongo": mongo})
+    context = dg.build_sensor_context(instance_ref=instance.get_ref(), definitions=defs, resources={"mongo": mongo})
+    data = defs.resolve_sensor_def("samples_queue_sensor").evaluate_tick(context)
+    assert len(data.run_requests) == 1
+
+
+def test_late_insert_with_an_older_id_is_found_by_the_full_scan(instance, mongo, mongo_db):
+    first = tick(request_sensor, instance, mongo, cursor=None)
+    mongo_db.samples.insert_one({"processed": False})
+    newest = tick(request_sensor, instance, mongo, cursor=first.cursor)
+    older_id = ObjectId.from_datetime(dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc))
+    mongo_db.samples.insert_one({"_id": older_id, "processed": False})
+    assert tick(request_sensor, instance, mongo, cursor=newest.cursor).run_requests in ([], None)
+    stale = QueueCursor.parse(newest.cursor)
+    stale = QueueCursor(stale.last_id, stale.full_scan_at - dt.timedelta(minutes=10))
+    rescanned = tick(request_sensor, instance, mongo, cursor=stale.serialize())
+    assert str(older_id) in [r.partition_key for r in rescanned.run_requests]
+
+
+def test_expired_lease_gives_a_new_run_key(instance, mongo, mongo_db):
+    queue = mongo.work_queue("samples")
+    doc_id = mongo_db.samples.insert_one({"processed": False}).inserted_id
+    queue.claim(doc_id, "run-1")
+    mongo_db.samples.update_one({"_id": doc_id}, {"$set": {"retry_at": dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)}})
+    result = tick(request_sensor, instance, mongo, cursor=None)
+    assert [r.run_key for r in result.run_requests] == [f"samples:{doc_id}:1"]
+
+
+def test_batch_sensor_requests_one_run_with_the_ids_in_its_config(instance, mongo, mongo_db):
+    ids = [str(i) for i in mongo_db.transactions.insert_many([{"processed": False} for _ in range(4)]).inserted_ids]
+    result = tick(batch_sensor, instance, mongo)
+    (request,) = result.run_requests
+    assert request.run_config == {"ops": {"batch_asset": {"config": {"document_ids": ids}}}}
+    assert request.tags["panel/document_count"] == "4"
+    assert tick(batch_sensor, instance, mongo, cursor=None).run_requests[0].run_key == request.run_key
+
+
+def test_mongo_down_skips_with_a_clear_message_and_keeps_the_cursor(instance):
+    down = MongoResource(uri="mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300", database="panel")
+    result = tick(request_sensor, instance, down, cursor='{"last_id": null, "full_scan_at": null}')
+    assert "MongoDB is unreachable" in result.skip_reason.skip_message
+    assert result.cursor is None
+    assert "mongodb://" not in result.skip_reason.skip_message
+
+
+def test_failed_run_releases_its_documents(instance, mongo, mongo_db):
+    doc_id = mongo_db.samples.insert_one({"processed": False}).inserted_id
+    mongo.work_queue("samples").claim(doc_id, "the-run")
+    assert release_documents_of_run(mongo, ["samples"], "the-run", "run the-run failed: boom") == {str(doc_id): "retry"}
+    assert mongo_db.samples.find_one({"_id": doc_id})["last_error"] == "run the-run failed: boom"
