@@ -62,7 +62,9 @@ def dev(port: int) -> None:
     link = dagster_home / "dagster.yaml"
     if not link.exists():
         link.symlink_to(stack.PROJECT_ROOT / "dagster.yaml")
-    os.environ.update({"DAGSTER_HOME": str(dagster_home), "PANEL_ENV": os.environ.get("PANEL_ENV", "local")})
+    os.environ.update({"DAGSTER_HOME": str(dagster_home), "PANEL_ENV": "local"})
+    for name, value in stack.local_environment().items():
+        os.environ.setdefault(name, value)
     os.chdir(stack.PROJECT_ROOT)
     dagster = Path(sys.executable).with_name("dagster")
     os.execv(str(dagster), [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)])

@@ -1,8 +1,9 @@
 """Resource selection per environment: the only place where local and production differ.
 
-PANEL_ENV=local (the default) points every resource at the local stack started by
-`panel-pipeline stack up`; PANEL_ENV=production reads every address and secret from the environment
-through `dg.EnvVar`, resolved when a run or tick starts and never stored in run config.
+Both read addresses and secrets from the environment through `dg.EnvVar`, resolved when a run or
+tick starts and never stored in run config. PANEL_ENV=local (the default) expects the local stack's
+addresses (`panel-pipeline dev` sets them) and uses dummy credentials; PANEL_ENV=production expects
+real ones, with AWS credentials from boto3's default chain (role or environment).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 
 import dagster as dg
 
-from panel_pipeline.local import stack
 from panel_pipeline.queue.resources import MongoResource
 
 ENVIRONMENTS = ("local", "production")
@@ -20,7 +20,7 @@ ENVIRONMENTS = ("local", "production")
 
 def local_resources() -> dict[str, Any]:
     return {
-        "mongo": MongoResource(uri=f"mongodb://127.0.0.1:{stack.MONGO_PORT}/?replicaSet=rs0", database="panel"),
+        "mongo": MongoResource(uri=dg.EnvVar("MONGO_URI"), database="panel"),
     }
 
 

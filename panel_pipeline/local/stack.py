@@ -113,6 +113,15 @@ def background_services() -> list[BackgroundService]:
     ]
 
 
+def local_environment() -> dict[str, str]:
+    """Where the local resources find the local stack (PANEL_ENV=local reads these through EnvVar)."""
+    return {
+        "MONGO_URI": local_mongod().uri,
+        "SES_ENDPOINT_URL": f"http://127.0.0.1:{SES_PORT}",
+        "SURVEYGIZMO_BASE_URL": f"http://127.0.0.1:{SURVEYGIZMO_PORT}",
+    }
+
+
 def up() -> dict[str, str]:
     """Start everything that is not running; return where each service listens."""
     endpoints = {"mongo": local_mongod().start()}
