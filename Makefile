@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 $(NODE_STAMP):
 	@if [ -f templates/package-lock.json ]; then \
-		cd templates && npm ci --no-audit --no-fund --loglevel=error && rm -f node_modules/.installed-* && touch ../$@; \
+		cd templates && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && rm -f node_modules/.installed-* && touch ../$@; \
 	fi
 
 # Debian packages the tests use: PostgreSQL (the production instance test).
