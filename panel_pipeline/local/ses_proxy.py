@@ -1,0 +1,237 @@
+"""A fault-injecting HTTP proxy in front of aws-ses-v2-local, for what the emulator cannot do.
+
+boto3 talks real SES v2 REST JSON to this proxy over HTTP; the proxy forwards to aws-ses-v2-local
+(which renders and stores the mail) and adds, on SendBulkEmail (`POST /v2/email/outbound-bulk-emails`):
+* queued faults for the next calls: a throttling answer (HTTP 429 `TooManyRequestsException`),
+  a daily-quota answer (`LimitExceededException`), per-entry statuses such as
+  `ACCOUNT_THROTTLED` / `ACCOUNT_DAILY_QUOTA_EXCEEDED` (those entries are not forwarded), and a
+  lost answer: the call is forwarded and accepted, then the connection is closed unanswered;
+* SES's 50-entry limit (the emulator accepts any number);
+* a record of every SendBulkEmail request as received, tags included (the emulator drops tags),
+  and SES-style `Send` events for each accepted entry, with the tags SES would put in
+  `mail.tags`: what a configuration-set event destination delivers, for reconciliation.
+Everything else (templates, GetAccount, the web UI at `/`) passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import http.client
+import json
+import socket
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+BULK_PATH = "/v2/email/outbound-bulk-emails"
+SES_MAX_ENTRIES = 50
+_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What to do with one SendBulkEmail call instead of a plain forward."""
+
+    kind: str  # "pass", "error", "drop_response" or "entry_statuses"
+    http_status: int = 0
+    error_type: str = ""
+    message: str = ""
+    entry_statuses: dict[int, str] = field(default_factory=dict)
+
+
+def no_fault() -> Fault:
+    """Forward this call untouched: queue it before a fault meant for a later call."""
+    return Fault("pass")
+
+
+def throttling() -> Fault:
+    return Fault("error", 429, "TooManyRequestsException", "Maximum sending rate exceeded.")
+
+
+def daily_quota_exceeded() -> Fault:
+    return Fault("error", 400, "LimitExceededException", "Daily message quota exceeded.")
+
+
+def lost_answer() -> Fault:
+    return Fault("drop_response")
+
+
+def entry_statuses(statuses: dict[int, str]) -> Fault:
+    """Answer these entries (by index in the call) with these BulkEmailStatus values; forward the rest."""
+    return Fault("entry_statuses", entry_statuses=dict(statuses))
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    request: dict[str, Any]
+    fault: str | None
+    results: list[dict[str, Any]]  # per entry, as SES decided; [] when the whole call was refused
+    answered: bool = True  # False: accepted, but the answer was dropped on purpose
+
+
+class SesFaultProxy:
+    """Start/stop a proxy on `host:port` (0 picks a free port) forwarding to `upstream_url`."""
+
+    def __init__(self, upstream_url: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.upstream = urlsplit(upstream_url)
+        self._faults: deque[Fault] = deque()
+        self._calls: list[RecordedCall] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> str:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._server.serve_forever, name="ses-fault-proxy", daemon=True)
+                self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._server.shutdown()
+            thread.join()
+        self._server.server_close()
+
+    def inject(self, *faults: Fault) -> None:
+        """Apply these faults, in order, to the next SendBulkEmail calls."""
+        with self._lock:
+            self._faults.extend(faults)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._faults.clear()
+            self._calls.clear()
+
+    def calls(self) -> list[RecordedCall]:
+        with self._lock:
+            return list(self._calls)
+
+    def send_events(self) -> list[dict[str, Any]]:
+        """SES `Send` events for every entry SES accepted, including calls whose answer was lost."""
+        return [event for call in self.calls() for event in _send_events(call)]
+
+    # --- request handling ---------------------------------------------------------------------
+
+    def _next_fault(self) -> Fault | None:
+        with self._lock:
+            return self._faults.popleft() if self._faults else None
+
+    def _record(self, call: RecordedCall) -> None:
+        with self._lock:
+            self._calls.append(call)
+
+    def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
+        try:
+            connection.request(method, path, body=body or None, headers=headers)
+            response = connection.getresponse()
+            answer_headers = {k: v for k, v in response.getheaders() if k.lower() not in _HOP_HEADERS}
+            return response.status, answer_headers, response.read()
+        finally:
+            connection.close()
+
+    def _bulk(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes] | None:
+        """The answer to a SendBulkEmail call, or None to drop the connection unanswered."""
+        request = json.loads(body or b"{}")
+        entries = request.get("BulkEmailEntries", [])
+        if len(entries) > SES_MAX_ENTRIES:
+            return _error(400, "BadRequestException", f"at most {SES_MAX_ENTRIES} BulkEmailEntries per call")
+        fault = self._next_fault()
+        if fault is not None and fault.kind == "pass":
+            fault = None
+        if fault is not None and fault.kind == "error":
+            self._record(RecordedCall(request, fault.error_type, []))
+            return _error(fault.http_status, fault.error_type, fault.message)
+        statuses = fault.entry_statuses if fault is not None else {}
+        forwarded = [entry for index, entry in enumerate(entries) if index not in statuses]
+        results: list[dict[str, Any]] = []
+        answer: tuple[int, dict[str, str], bytes] = (200, {"Content-Type": "application/json"}, b"")
+        if forwarded:
+            upstream_request = {**request, "BulkEmailEntries": forwarded}
+            answer = self._forward("POST", BULK_PATH, headers, json.dumps(upstream_request).encode())
+            if answer[0] != 200:
+                self._record(RecordedCall(request, None, []))
+                return answer
+            results = json.loads(answer[2])["BulkEmailEntryResults"]
+        merged = _merge_statuses(len(entries), statuses, results)
+        if fault is not None and fault.kind == "drop_response":
+            self._record(RecordedCall(request, fault.kind, merged, answered=False))
+            return None
+        self._record(RecordedCall(request, fault.kind if fault else None, merged))
+        return 200, {"Content-Type": "application/json"}, json.dumps({"BulkEmailEntryResults": merged}).encode()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                return  # request lines carry no secrets, but tests read stderr: keep it quiet
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
+                if self.command == "POST" and self.path.split("?")[0] == BULK_PATH:
+                    answer = proxy._bulk(headers, body)
+                else:
+                    answer = proxy._forward(self.command, self.path, headers, body)
+                if answer is None:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                status, answer_headers, payload = answer
+                self.send_response(status)
+                for name, value in answer_headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+        return Handler
+
+
+def _error(status: int, error_type: str, message: str) -> tuple[int, dict[str, str], bytes]:
+    headers = {"Content-Type": "application/json", "x-amzn-ErrorType": error_type}
+    return status, headers, json.dumps({"message": message}).encode()
+
+
+def _merge_statuses(count: int, injected: dict[int, str], forwarded_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    upstream = iter(forwarded_results)
+    merged = []
+    for index in range(count):
+        if index in injected:
+            merged.append({"Status": injected[index], "Error": f"injected {injected[index]}"})
+        else:
+            merged.append(next(upstream))
+    return merged
+
+
+def _send_events(call: RecordedCall) -> list[dict[str, Any]]:
+    request = call.request
+    default_tags = {tag["Name"]: [tag["Value"]] for tag in request.get("DefaultEmailTags", [])}
+    events = []
+    for entry, result in zip(request.get("BulkEmailEntries", []), call.results):
+        if result.get("Status") != "SUCCESS":
+            continue
+        tags = copy.deepcopy(default_tags)
+        tags.update({tag["Name"]: [tag["Value"]] for tag in entry.get("ReplacementTags", [])})
+        if request.get("ConfigurationSetName"):
+            tags["ses:configuration-set"] = [request["ConfigurationSetName"]]
+        events.append({"eventType": "Send", "mail": {"messageId": result["MessageId"], "tags": tags}})
+    return events

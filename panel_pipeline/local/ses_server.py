@@ -1,0 +1,166 @@
+"""The local SES v2 endpoint: aws-ses-v2-local (npm, pinned in templates/package.json) in a subprocess.
+
+It speaks the real SES v2 REST JSON that boto3 sends: stored templates (Create/Get/Update), bulk
+templated sending with per-recipient `ReplacementHeaders`, and GetAccount (from the account JSON
+passed in `AWS_SES_ACCOUNT`). It renders with Handlebars without escaping, like SES, and keeps
+every message in memory: `emails()` reads them back (`GET /store`), and a person sees them in a
+browser at `url` (its web UI polls the same store). What it lacks (fault answers, tags, the
+50-entry limit) is added by `panel_pipeline.local.ses_proxy` in front of it.
+
+Install once: `cd templates && npm ci` (the binary is templates/node_modules/.bin/aws-ses-v2-local).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+START_TIMEOUT_SECONDS = 20.0
+STOP_TIMEOUT_SECONDS = 5.0
+
+
+class SesServerError(RuntimeError):
+    """The local SES server could not be found or started; the message says what to do."""
+
+
+def default_binary() -> Path:
+    return Path(__file__).resolve().parents[2] / "templates" / "node_modules" / ".bin" / "aws-ses-v2-local"
+
+
+def account_document(max_send_rate: float, max_24_hour_send: float, sent_last_24_hours: float = 0) -> dict[str, Any]:
+    """A GetAccount answer; aws-ses-v2-local needs every one of these fields or answers 400."""
+    return {
+        "DedicatedIpAutoWarmupEnabled": False,
+        "Details": {
+            "AdditionalContactEmailAddresses": [],
+            "ContactLanguage": "EN",
+            "MailType": "MARKETING",
+            "ReviewDetails": {"CaseId": "local", "Status": "GRANTED"},
+            "UseCaseDescription": "panel-pipeline local run",
+            "WebsiteURL": "https://example.test",
+        },
+        "EnforcementStatus": "HEALTHY",
+        "ProductionAccessEnabled": True,
+        "SendingEnabled": True,
+        "SendQuota": {
+            "Max24HourSend": max_24_hour_send,
+            "MaxSendRate": max_send_rate,
+            "SentLast24Hours": sent_last_24_hours,
+        },
+        "SuppressionAttributes": {"SuppressedReasons": ["BOUNCE", "COMPLAINT"]},
+    }
+
+
+@dataclass
+class LocalSesServer:
+    """Start/stop aws-ses-v2-local on `host:port`; safe to share between threads and fixtures."""
+
+    port: int = 8005
+    host: str = "127.0.0.1"
+    max_send_rate: float = 14.0
+    max_24_hour_send: float = 50_000.0
+    strict_rendering: bool = True  # a missing variable fails the entry instead of rendering ""
+    binary: Path | None = None
+    log_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The SES endpoint for boto3 (`endpoint_url`) and the web UI listing sent mail."""
+        return f"http://{self.host}:{self.port}"
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> str:
+        """Start the server (no-op if this object already runs it); returns `url` once it answers."""
+        with self._lock:
+            if self.is_running():
+                return self.url
+            binary = self.binary or default_binary()
+            if not binary.exists():
+                raise SesServerError(f"{binary} is missing; run `npm ci` in templates/ (Node 20)")
+            self._process = self._spawn(binary)
+            self._wait_healthy()
+            return self.url
+
+    def stop(self) -> bool:
+        """Stop the server this object started; True when one was running."""
+        with self._lock:
+            process, self._process = self._process, None
+            if process is None or process.poll() is not None:
+                return False
+            process.terminate()
+            try:
+                process.wait(timeout=STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            return True
+
+    def __enter__(self) -> LocalSesServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def _spawn(self, binary: Path) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "AWS_SES_ACCOUNT": json.dumps(account_document(self.max_send_rate, self.max_24_hour_send)),
+            "AWS_SES_STRICT_TEMPLATE_RENDERING": "true" if self.strict_rendering else "false",
+        }
+        log_path = self.log_path or Path(tempfile.gettempdir()) / f"aws-ses-v2-local-{self.port}.log"
+        with open(log_path, "ab") as log_file:
+            return subprocess.Popen(
+                [str(binary), "--host", self.host, "--port", str(self.port)],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise SesServerError(f"aws-ses-v2-local exited with code {self._process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health-check", timeout=1):
+                    return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.05)
+        raise SesServerError(f"aws-ses-v2-local did not answer on {self.url} within {START_TIMEOUT_SECONDS}s")
+
+    # --- inspection ---------------------------------------------------------------------------
+
+    def emails(self, since_epoch_seconds: int | None = None) -> list[dict[str, Any]]:
+        """Messages delivered so far: messageId, destination{to,cc,bcc}, subject, body{html,text}, headers, at."""
+        query = "" if since_epoch_seconds is None else f"?since={int(since_epoch_seconds)}"
+        return list(self._get_json(f"/store{query}")["emails"])
+
+    def templates(self) -> dict[str, Any]:
+        return dict(self._get_json("/store")["templates"])
+
+    def clear(self) -> None:
+        """Forget every message and every stored template."""
+        request = urllib.request.Request(f"{self.url}/clear-store", method="POST", data=b"")
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+    def _get_json(self, path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as response:
+            return json.loads(response.read())

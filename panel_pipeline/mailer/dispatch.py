@@ -1,0 +1,156 @@
+"""Drives one mailing through the ledger and the SES gateway; the loop a Dagster asset calls.
+
+`plan_recipients` turns a mailing's recipients into ledger rows, failing (alone) each recipient
+whose data lacks a template variable, because SES would accept and then silently drop that
+e-mail. `send_mailing` claims a batch, writes the attempt ahead, makes one SES call and records
+every entry's outcome; throttled entries come back after a jittered exponential backoff, and a
+daily-quota or sending-paused answer stops the run with the time to resume. No Dagster here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson import ObjectId
+
+from panel_pipeline.mailer.ledger import FAILED, PENDING, SUPPRESSED, Batch, MailLedger, NewRecipient
+from panel_pipeline.mailer.ses import BatchResult, BulkRecipient, BulkSend, Outcome, SesGateway
+from panel_pipeline.mailer.templates import EmailTemplate, check_recipient_data, escape_for_html
+
+log = logging.getLogger(__name__)
+
+UNSUBSCRIBE_FIELD = "unsubscribe_url"
+
+
+@dataclass(frozen=True)
+class MailingRecipient:
+    """One recipient as the mailing lists it; `suppressed_reason` set means: do not mail (e.g. unsubscribed)."""
+
+    email: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    user_id: Any | None = None
+    suppressed_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class DispatchPolicy:
+    lease_seconds: float = 300.0
+    backoff_base_seconds: float = 1.0
+    backoff_cap_seconds: float = 60.0
+    pause_seconds: float = 3600.0  # daily quota / sending paused: try again this much later
+    max_wait_seconds: float = 120.0  # wait in-process for a backoff this long at most, else return
+
+
+@dataclass
+class DispatchReport:
+    batches: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    paused_until: dt.datetime | None = None
+    pause_reason: str | None = None
+
+
+def plan_recipients(
+    template: EmailTemplate,
+    recipients: Iterable[MailingRecipient],
+    default_data: Mapping[str, Any] | None = None,
+    bulk: bool = True,
+) -> list[NewRecipient]:
+    """Ledger rows for a mailing: pending, or failed/suppressed with a reason a person can act on."""
+    planned = []
+    for recipient in recipients:
+        data = {**(default_data or {}), **recipient.data}
+        planned.append(NewRecipient(recipient.email, data, recipient.user_id, *_initial_status(template, recipient, data, bulk)))
+    return planned
+
+
+def _initial_status(
+    template: EmailTemplate, recipient: MailingRecipient, data: Mapping[str, Any], bulk: bool
+) -> tuple[str, str | None]:
+    if recipient.suppressed_reason:
+        return SUPPRESSED, recipient.suppressed_reason
+    missing = set(check_recipient_data(template, data))
+    if bulk and not data.get(UNSUBSCRIBE_FIELD):
+        missing.add(UNSUBSCRIBE_FIELD)
+    if missing:
+        return FAILED, f"missing template data: {', '.join(sorted(missing))}"
+    return PENDING, None
+
+
+def send_mailing(
+    ledger: MailLedger,
+    gateway: SesGateway,
+    mailing_id: ObjectId,
+    template_name: str,
+    owner: str,
+    bulk: bool = True,
+    policy: DispatchPolicy = DispatchPolicy(),
+    sleep: Callable[[float], None] = time.sleep,
+    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+) -> DispatchReport:
+    """Send every claimable recipient of the mailing; returns when nothing is claimable soon or on pause.
+
+    `template_name` is the versioned SES name (`SesGateway.ensure_template`) the mailing started with.
+    Afterwards `ledger.mailing_done(mailing_id)` says whether the mailing is finished.
+    """
+    report = DispatchReport()
+    recovered = ledger.recover_expired(mailing_id)
+    if recovered:
+        log.warning("mailing %s: %d recipients of a stopped worker are unknown until reconciled", mailing_id, recovered)
+    while True:
+        batch = ledger.claim_batch(mailing_id, owner, gateway.batch_size, policy.lease_seconds)
+        if batch is None:
+            wait = _seconds_until_retry(ledger, mailing_id, now())
+            if wait is None or wait > policy.max_wait_seconds:
+                return report
+            sleep(wait)
+            continue
+        attempt = ledger.start_attempt(batch)
+        if not attempt.rows:
+            continue
+        result = gateway.send_batch(_bulk_send(attempt, template_name, bulk))
+        ledger.record_results(attempt, result.entries, _retry_at(result, attempt, policy, now()))
+        report.batches += 1
+        report.outcomes.update(entry.outcome.value for entry in result.entries)
+        if result.keys(Outcome.PAUSE):
+            report.paused_until = now() + dt.timedelta(seconds=policy.pause_seconds)
+            report.pause_reason = next(e.error for e in result.entries if e.outcome is Outcome.PAUSE)
+            log.warning("mailing %s paused until %s: %s", mailing_id, report.paused_until, report.pause_reason)
+            return report
+
+
+def _bulk_send(batch: Batch, template_name: str, bulk: bool) -> BulkSend:
+    recipients = [
+        BulkRecipient(
+            recipient_key=row["recipient_key"],
+            email=row["email"],
+            template_data=escape_for_html(row["data"]),
+            unsubscribe_url=row["data"].get(UNSUBSCRIBE_FIELD) if bulk else None,
+        )
+        for row in batch.rows
+    ]
+    return BulkSend(str(batch.mailing_id), batch.batch_id, template_name, recipients, bulk)
+
+
+def _retry_at(result: BatchResult, batch: Batch, policy: DispatchPolicy, now: dt.datetime) -> dt.datetime:
+    """When re-queued rows may go again: after a pause, or a full-jitter exponential backoff."""
+    if result.keys(Outcome.PAUSE):
+        return now + dt.timedelta(seconds=policy.pause_seconds)
+    attempts = max((row.get("attempts", 1) for row in batch.rows), default=1)  # counts this attempt
+    ceiling = min(policy.backoff_cap_seconds, policy.backoff_base_seconds * 2 ** (attempts - 1))
+    return now + dt.timedelta(seconds=random.uniform(0, ceiling))
+
+
+def _seconds_until_retry(ledger: MailLedger, mailing_id: ObjectId, now: dt.datetime) -> float | None:
+    retry_at = ledger.next_retry_at(mailing_id)
+    if retry_at is None:
+        return None
+    if retry_at.tzinfo is None:
+        retry_at = retry_at.replace(tzinfo=dt.timezone.utc)
+    return max((retry_at - now).total_seconds(), 0.0)

@@ -1,0 +1,338 @@
+"""`mail_log`: the per-recipient ledger that makes each mailing reach each recipient at most once.
+
+One document per (mailing, recipient), unique on (mailing_id, recipient_key) and on
+(mailing_id, email), so expanding a mailing twice, or listing a person twice, adds nobody twice.
+
+    pending --claim--> claimed --start_attempt--> (SES call) --record_results--> sent | failed
+       ^                  |                              |                      \\-> pending (retry_at)
+       |   lease expired, |                              | no answer / worker died
+       +--- no attempt ---+                              v
+                                                      unknown --reconcile(SES send events)--> sent | failed
+    suppressed (never mailed, e.g. unsubscribed), failed (e.g. missing template data) at expansion.
+
+The attempt is written BEFORE SES is called. A claimed row whose lease expired without an attempt
+is safely claimable again; one whose attempt had started may or may not have been mailed, so it
+becomes `unknown` and is settled from SES events (message tags carry mailing, batch and recipient)
+or by an explicit decision (`release_unknown`), never by a blind re-send. pymongo only, no Dagster.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError
+
+from panel_pipeline.mailer.ses import EntryResult, Outcome
+
+Clock = Callable[[], dt.datetime]
+
+PENDING = "pending"
+CLAIMED = "claimed"
+SENT = "sent"
+FAILED = "failed"
+SUPPRESSED = "suppressed"
+UNKNOWN = "unknown"
+OPEN_STATUSES = (PENDING, CLAIMED, UNKNOWN)
+ALL_STATUSES = (PENDING, CLAIMED, UNKNOWN, SENT, FAILED, SUPPRESSED)
+DUPLICATE_KEY = 11000
+ERROR_MAX_CHARS = 500
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def recipient_key_for(user_id: Any | None, email: str) -> str:
+    """A tag-safe ledger key: the user id, else a hash of the normalized address (never the address)."""
+    if user_id is not None:
+        return str(user_id)
+    return "e-" + hashlib.sha256(normalize_email(email).encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class NewRecipient:
+    """A ledger row to add. `status` is pending, or failed/suppressed with the reason in `error`."""
+
+    email: str
+    data: Mapping[str, Any]
+    user_id: Any | None = None
+    status: str = PENDING
+    error: str | None = None
+
+    @property
+    def recipient_key(self) -> str:
+        return recipient_key_for(self.user_id, self.email)
+
+
+@dataclass(frozen=True)
+class Batch:
+    batch_id: str
+    mailing_id: ObjectId
+    owner: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def keys(self) -> list[str]:
+        return [row["recipient_key"] for row in self.rows]
+
+
+@dataclass(frozen=True)
+class SendEvent:
+    """The part of an SES event (Send, Reject, Rendering Failure, ...) the ledger needs."""
+
+    event_type: str
+    mailing_id: str
+    batch_id: str
+    recipient_key: str
+    message_id: str
+    error: str | None = None
+
+
+def send_event_from_ses(event: Mapping[str, Any]) -> SendEvent | None:
+    """Parse one SES event (configuration-set `eventType` or legacy `notificationType`); None if untagged."""
+    mail = event.get("mail", {})
+    tags = mail.get("tags", {})
+
+    def tag(name: str) -> str | None:
+        values = tags.get(name) or []
+        return values[0] if values else None
+
+    mailing, batch, recipient = tag("mailing"), tag("batch"), tag("recipient")
+    if not (mailing and batch and recipient):
+        return None
+    event_type = event.get("eventType") or event.get("notificationType") or ""
+    failure = event.get("failure") or event.get("reject") or {}
+    error = failure.get("errorMessage") or failure.get("reason")
+    return SendEvent(event_type, mailing, batch, recipient, mail.get("messageId", ""), error)
+
+
+class MailLedger:
+    """The `mail_log` collection, used by any number of workers at once."""
+
+    def __init__(self, collection: Collection, clock: Clock = utc_now) -> None:
+        self.collection = collection
+        self._now = clock
+
+    def ensure_indexes(self) -> None:
+        self.collection.create_index(
+            [("mailing_id", ASCENDING), ("recipient_key", ASCENDING)], unique=True, name="mailing_recipient"
+        )
+        self.collection.create_index(
+            [("mailing_id", ASCENDING), ("email", ASCENDING)], unique=True, name="mailing_email"
+        )
+        self.collection.create_index(
+            [("mailing_id", ASCENDING), ("status", ASCENDING), ("retry_at", ASCENDING)], name="mailing_status"
+        )
+        self.collection.create_index([("batch_id", ASCENDING)], name="batch")
+
+    # --- expansion ----------------------------------------------------------------------------
+
+    def add_recipients(self, mailing_id: ObjectId, recipients: Iterable[NewRecipient]) -> int:
+        """Insert rows for new recipients; ones already in the mailing are skipped. Returns how many were added."""
+        now = self._now()
+        documents = [self._new_row(mailing_id, recipient, now) for recipient in recipients]
+        if not documents:
+            return 0
+        try:
+            return len(self.collection.insert_many(documents, ordered=False).inserted_ids)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(error.get("code") != DUPLICATE_KEY for error in errors):
+                raise
+            return int(exc.details.get("nInserted", 0))
+
+    def _new_row(self, mailing_id: ObjectId, recipient: NewRecipient, now: dt.datetime) -> dict[str, Any]:
+        if recipient.status not in (PENDING, FAILED, SUPPRESSED):
+            raise ValueError(f"a new recipient is pending, failed or suppressed, not {recipient.status}")
+        row = {
+            "mailing_id": mailing_id,
+            "recipient_key": recipient.recipient_key,
+            "user_id": recipient.user_id,
+            "email": normalize_email(recipient.email),
+            "data": dict(recipient.data),
+            "status": recipient.status,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        if recipient.error:
+            row["error"] = recipient.error[:ERROR_MAX_CHARS]
+        return row
+
+    # --- claim, attempt, record -----------------------------------------------------------------
+
+    def claim_batch(self, mailing_id: ObjectId, owner: str, size: int, lease_seconds: float) -> Batch | None:
+        """Lease up to `size` claimable rows to `owner`; None when nothing is claimable now."""
+        now = self._now()
+        claimable = self._claimable(mailing_id, now)
+        ids = [row["_id"] for row in self.collection.find(claimable, {"_id": 1}).sort("_id", ASCENDING).limit(size)]
+        if not ids:
+            return None
+        batch_id = str(ObjectId())
+        self.collection.update_many(
+            {"_id": {"$in": ids}, **claimable},
+            {
+                "$set": {
+                    "status": CLAIMED,
+                    "batch_id": batch_id,
+                    "lease_owner": owner,
+                    "lease_until": now + dt.timedelta(seconds=lease_seconds),
+                    "attempt_started_at": None,
+                    "updated_at": now,
+                }
+            },
+        )
+        rows = list(self.collection.find({"batch_id": batch_id, "status": CLAIMED}).sort("_id", ASCENDING))
+        return Batch(batch_id, mailing_id, owner, rows) if rows else None
+
+    @staticmethod
+    def _claimable(mailing_id: ObjectId, now: dt.datetime) -> dict[str, Any]:
+        return {
+            "mailing_id": mailing_id,
+            "$or": [
+                {"status": PENDING, "$or": [{"retry_at": None}, {"retry_at": {"$lte": now}}]},
+                {"status": CLAIMED, "attempt_started_at": None, "lease_until": {"$lt": now}},
+            ],
+        }
+
+    def start_attempt(self, batch: Batch) -> Batch:
+        """Write-ahead: mark the attempt on the rows this owner still holds; returns just those rows.
+
+        Call immediately before SES. Rows missing from the result lost their lease and must not be sent.
+        """
+        now = self._now()
+        attempt_id = str(ObjectId())
+        self.collection.update_many(
+            {
+                "batch_id": batch.batch_id,
+                "status": CLAIMED,
+                "lease_owner": batch.owner,
+                "lease_until": {"$gt": now},
+                "attempt_started_at": None,
+            },
+            {"$set": {"attempt_started_at": now, "attempt_id": attempt_id, "updated_at": now}, "$inc": {"attempts": 1}},
+        )
+        rows = list(self.collection.find({"attempt_id": attempt_id}).sort("_id", ASCENDING))
+        return Batch(batch.batch_id, batch.mailing_id, batch.owner, rows)
+
+    def record_results(
+        self, batch: Batch, results: Iterable[EntryResult], retry_at: dt.datetime | None = None
+    ) -> dict[str, int]:
+        """Store each entry's outcome; RETRY/PAUSE rows go back to pending until `retry_at`.
+
+        Only rows of this batch that are still claimed or unknown are written, so a late answer
+        settles an `unknown` row but can never overwrite a result recorded by someone else.
+        """
+        now = self._now()
+        written: dict[str, int] = {}
+        for result in results:
+            update = self._result_update(result, now, retry_at)
+            matched = self.collection.update_one(
+                {"batch_id": batch.batch_id, "recipient_key": result.recipient_key, "status": {"$in": [CLAIMED, UNKNOWN]}},
+                update,
+            ).modified_count
+            status = update["$set"]["status"]
+            written[status] = written.get(status, 0) + matched
+        return written
+
+    @staticmethod
+    def _result_update(result: EntryResult, now: dt.datetime, retry_at: dt.datetime | None) -> dict[str, Any]:
+        error = (result.error or "")[:ERROR_MAX_CHARS] or None
+        fields: dict[str, Any] = {"ses_status": result.ses_status, "updated_at": now, "lease_owner": None, "lease_until": None}
+        if result.outcome is Outcome.SENT:
+            fields |= {"status": SENT, "ses_message_id": result.message_id, "sent_at": now, "error": None}
+        elif result.outcome is Outcome.FAILED:
+            fields |= {"status": FAILED, "error": error}
+        elif result.outcome is Outcome.UNKNOWN:
+            fields |= {"status": UNKNOWN, "error": error}
+        else:
+            # Nothing was sent: the row may be claimed again once retry_at has passed.
+            fields |= {"status": PENDING, "error": error, "retry_at": retry_at or now, "attempt_started_at": None}
+        return {"$set": fields}
+
+    # --- recovery and reconciliation ------------------------------------------------------------
+
+    def recover_expired(self, mailing_id: ObjectId) -> int:
+        """Rows whose worker died after starting the attempt become `unknown`; returns how many."""
+        now = self._now()
+        return self.collection.update_many(
+            {"mailing_id": mailing_id, "status": CLAIMED, "attempt_started_at": {"$ne": None}, "lease_until": {"$lt": now}},
+            {"$set": {"status": UNKNOWN, "error": "worker stopped after the SES call started", "updated_at": now}},
+        ).modified_count
+
+    def reconcile(self, events: Iterable[SendEvent]) -> dict[str, int]:
+        """Settle `unknown` rows from SES events: a Send event means sent, a Reject or Rendering Failure failed."""
+        now = self._now()
+        settled = {SENT: 0, FAILED: 0}
+        for event in events:
+            status = _status_for_event(event.event_type)
+            if status is None or not ObjectId.is_valid(event.mailing_id):
+                continue
+            fields: dict[str, Any] = {"status": status, "updated_at": now, "reconciled_at": now}
+            if status == SENT:
+                fields |= {"ses_message_id": event.message_id, "sent_at": now, "error": None}
+            else:
+                fields["error"] = (event.error or event.event_type)[:ERROR_MAX_CHARS]
+            settled[status] += self.collection.update_one(
+                {
+                    "mailing_id": ObjectId(event.mailing_id),
+                    "batch_id": event.batch_id,
+                    "recipient_key": event.recipient_key,
+                    "status": UNKNOWN,
+                },
+                {"$set": fields},
+            ).modified_count
+        return settled
+
+    def release_unknown(self, mailing_id: ObjectId, attempted_before: dt.datetime, to_status: str) -> int:
+        """A person's (or a policy's) decision for `unknown` rows no event settled by now.
+
+        `to_status=pending` re-sends them (accepting a possible duplicate); `failed` gives them up.
+        """
+        if to_status not in (PENDING, FAILED):
+            raise ValueError("unknown rows are released to pending or failed")
+        now = self._now()
+        return self.collection.update_many(
+            {"mailing_id": mailing_id, "status": UNKNOWN, "attempt_started_at": {"$lt": attempted_before}},
+            {"$set": {"status": to_status, "retry_at": now, "updated_at": now, "error": "released: no SES event"}},
+        ).modified_count
+
+    # --- progress -----------------------------------------------------------------------------
+
+    def counts(self, mailing_id: ObjectId) -> dict[str, int]:
+        counts = {status: 0 for status in ALL_STATUSES}
+        pipeline = [{"$match": {"mailing_id": mailing_id}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+        for group in self.collection.aggregate(pipeline):
+            counts[group["_id"]] = group["n"]
+        return counts
+
+    def mailing_done(self, mailing_id: ObjectId) -> bool:
+        """True when nothing is pending, claimed or unknown: every recipient has a final outcome."""
+        return self.collection.count_documents({"mailing_id": mailing_id, "status": {"$in": list(OPEN_STATUSES)}}, limit=1) == 0
+
+    def next_retry_at(self, mailing_id: ObjectId) -> dt.datetime | None:
+        """When the earliest pending row becomes claimable (None if nothing is pending)."""
+        row = self.collection.find_one({"mailing_id": mailing_id, "status": PENDING}, {"retry_at": 1}, sort=[("retry_at", ASCENDING)])
+        if row is None:
+            return None
+        return row.get("retry_at") or self._now()
+
+
+def _status_for_event(event_type: str) -> str | None:
+    normalized = event_type.replace(" ", "").replace("_", "").lower()
+    if normalized in {"send", "delivery", "bounce", "complaint", "deliverydelay", "open", "click"}:
+        return SENT  # every one of these proves SES accepted and sent the message
+    if normalized in {"reject", "renderingfailure"}:
+        return FAILED
+    return None

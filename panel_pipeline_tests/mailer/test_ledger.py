@@ -1,0 +1,160 @@
+"""The mail_log ledger on a real mongod: expansion, leases, write-ahead attempts, unknowns, reconciliation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+from bson import ObjectId
+
+from panel_pipeline.mailer.ledger import (
+    CLAIMED,
+    FAILED,
+    PENDING,
+    SENT,
+    SUPPRESSED,
+    UNKNOWN,
+    MailLedger,
+    NewRecipient,
+    SendEvent,
+    recipient_key_for,
+    send_event_from_ses,
+)
+from panel_pipeline.mailer.ses import EntryResult, Outcome
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = dt.datetime(2025, 1, 6, 9, 0, tzinfo=dt.timezone.utc)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+def _people(count: int) -> list[NewRecipient]:
+    return [NewRecipient(f"Person{i}@Example.org ", {"first_name": f"P{i}"}, user_id=ObjectId()) for i in range(count)]
+
+
+def _clocked(ledger: MailLedger) -> tuple[MailLedger, Clock]:
+    clock = Clock()
+    return MailLedger(ledger.collection, clock=clock), clock
+
+
+def test_expansion_is_idempotent_and_stores_normalized_addresses(ledger: MailLedger) -> None:
+    mailing = ObjectId()
+    people = _people(3)
+    assert ledger.add_recipients(mailing, people) == 3
+    assert ledger.add_recipients(mailing, people) == 0
+    same_address_by_email = NewRecipient("  person0@EXAMPLE.org", {})
+    assert ledger.add_recipients(mailing, [same_address_by_email]) == 0
+    assert sorted(ledger.collection.distinct("email")) == [f"person{i}@example.org" for i in range(3)]
+    assert ledger.counts(mailing)[PENDING] == 3
+
+
+def test_recipient_key_never_contains_the_address() -> None:
+    key = recipient_key_for(None, " A@B.org")
+    assert key == recipient_key_for(None, "a@b.org") and "@" not in key and key.startswith("e-")
+
+
+def test_failed_and_suppressed_rows_count_as_final(ledger: MailLedger) -> None:
+    mailing = ObjectId()
+    ledger.add_recipients(mailing, [
+        NewRecipient("a@example.org", {}, status=FAILED, error="missing template data: first_name"),
+        NewRecipient("b@example.org", {}, status=SUPPRESSED, error="unsubscribed"),
+    ])
+    assert ledger.claim_batch(mailing, "w1", 10, 60) is None
+    assert ledger.mailing_done(mailing)
+
+
+def test_two_workers_never_claim_the_same_row(ledger: MailLedger) -> None:
+    mailing = ObjectId()
+    ledger.add_recipients(mailing, _people(200))
+    claimed: list[list[str]] = []
+
+    def work(owner: str) -> None:
+        while (batch := ledger.claim_batch(mailing, owner, 7, 60)) is not None:
+            claimed.append(batch.keys)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    keys = [key for batch in claimed for key in batch]
+    assert len(keys) == len(set(keys)) == 200
+
+
+def test_expired_lease_without_attempt_is_claimable_again(ledger: MailLedger) -> None:
+    ledger, clock = _clocked(ledger)
+    mailing = ObjectId()
+    ledger.add_recipients(mailing, _people(3))
+    first = ledger.claim_batch(mailing, "dead-worker", 10, lease_seconds=30)
+    assert first is not None and ledger.claim_batch(mailing, "w2", 10, 30) is None
+    clock.advance(31)
+    second = ledger.claim_batch(mailing, "w2", 10, 30)
+    assert second is not None and sorted(second.keys) == sorted(first.keys)
+    assert ledger.start_attempt(first).rows == [], "the old owner lost its lease and must not send"
+    assert len(ledger.start_attempt(second).rows) == 3
+
+
+def test_worker_dying_after_the_attempt_leaves_unknown_rows_that_are_not_resent(ledger: MailLedger) -> None:
+    ledger, clock = _clocked(ledger)
+    mailing = ObjectId()
+    ledger.add_recipients(mailing, _people(4))
+    batch = ledger.start_attempt(ledger.claim_batch(mailing, "w1", 10, 30))
+    assert ledger.collection.count_documents({"attempt_started_at": {"$ne": None}, "attempts": 1}) == 4
+    clock.advance(31)
+    assert ledger.claim_batch(mailing, "w2", 10, 30) is None
+    assert ledger.recover_expired(mailing) == 4
+    assert ledger.counts(mailing)[UNKNOWN] == 4 and not ledger.mailing_done(mailing)
+
+    accepted, rejected = batch.keys[0], batch.keys[1]
+    events = [
+        SendEvent("Send", str(mailing), batch.batch_id, accepted, "ses-1"),
+        SendEvent("Rendering Failure", str(mailing), batch.batch_id, rejected, "ses-2", "Attribute 'x' is not present"),
+        SendEvent("Send", str(mailing), "another-batch", batch.keys[2], "ses-3"),
+    ]
+    assert ledger.reconcile(events) == {SENT: 1, FAILED: 1}
+    assert ledger.collection.find_one({"recipient_key": accepted})["ses_message_id"] == "ses-1"
+    assert ledger.counts(mailing)[UNKNOWN] == 2
+
+    clock.advance(600)
+    assert ledger.release_unknown(mailing, attempted_before=clock.now, to_status=PENDING) == 2
+    assert sorted(ledger.claim_batch(mailing, "w3", 10, 30).keys) == sorted(batch.keys[2:])
+
+
+def test_results_are_recorded_per_entry_and_retries_wait(ledger: MailLedger) -> None:
+    ledger, clock = _clocked(ledger)
+    mailing = ObjectId()
+    ledger.add_recipients(mailing, _people(4))
+    batch = ledger.start_attempt(ledger.claim_batch(mailing, "w1", 10, 30))
+    keys = batch.keys
+    results = [
+        EntryResult(keys[0], Outcome.SENT, "SUCCESS", "ses-a"),
+        EntryResult(keys[1], Outcome.FAILED, "MESSAGE_REJECTED", error="rejected"),
+        EntryResult(keys[2], Outcome.RETRY, "ACCOUNT_THROTTLED", error="throttled"),
+        EntryResult(keys[3], Outcome.UNKNOWN, error="no answer"),
+    ]
+    later = clock.now + dt.timedelta(seconds=20)
+    assert ledger.record_results(batch, results, retry_at=later) == {SENT: 1, FAILED: 1, PENDING: 1, UNKNOWN: 1}
+    sent = ledger.collection.find_one({"recipient_key": keys[0]})
+    assert (sent["status"], sent["ses_message_id"], sent["sent_at"]) == (SENT, "ses-a", clock.now)
+    assert ledger.claim_batch(mailing, "w1", 10, 30) is None
+    assert ledger.next_retry_at(mailing) == later
+    clock.advance(21)
+    assert ledger.claim_batch(mailing, "w1", 10, 30).keys == [keys[2]]
+
+    assert ledger.record_results(batch, [EntryResult(keys[0], Outcome.FAILED, error="late")]) == {FAILED: 0}
+    assert ledger.counts(mailing) == {PENDING: 0, CLAIMED: 1, UNKNOWN: 1, SENT: 1, FAILED: 1, SUPPRESSED: 0}
+
+
+def test_ses_events_are_parsed_from_tags() -> None:
+    event = {
+        "eventType": "Send",
+        "mail": {"messageId": "ses-9", "tags": {"mailing": ["m"], "batch": ["b"], "recipient": ["r"], "ses:source-ip": ["1.2.3.4"]}},
+    }
+    assert send_event_from_ses(event) == SendEvent("Send", "m", "b", "r", "ses-9")
+    assert send_event_from_ses({"notificationType": "Bounce", "mail": {"tags": {}}}) is None

@@ -1,0 +1,186 @@
+"""SesGateway over real HTTP with real boto3: aws-ses-v2-local behind the fault proxy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from panel_pipeline.local.ses_proxy import (
+    SesFaultProxy,
+    daily_quota_exceeded,
+    entry_statuses,
+    lost_answer,
+    throttling,
+)
+from panel_pipeline.local.ses_server import LocalSesServer
+from panel_pipeline.mailer.ses import (
+    BulkRecipient,
+    BulkSend,
+    Outcome,
+    SesGateway,
+    TokenBucket,
+    redact,
+)
+from panel_pipeline.mailer.templates import EmailTemplate, escape_for_html
+from panel_pipeline_tests.mailer.conftest import CONFIGURATION_SET
+
+MAILING_ID = "65f000000000000000000001"
+
+
+def _recipients(template: EmailTemplate, count: int, **overrides: object) -> list[BulkRecipient]:
+    recipients = []
+    for index in range(count):
+        data = {**template.example_data, **overrides, "unsubscribe_url": f"https://panel.example.org/u/{index}"}
+        recipients.append(BulkRecipient(f"user{index}", f"person{index}@example.org", escape_for_html(data), data["unsubscribe_url"]))
+    return recipients
+
+
+def _send(gateway: SesGateway, template: EmailTemplate, count: int, batch_id: str = "batch1", bulk: bool = True, **data: object):
+    name = gateway.ensure_template(template)
+    return gateway.send_batch(BulkSend(MAILING_ID, batch_id, name, _recipients(template, count, **data), bulk))
+
+
+def test_batch_size_and_rate_come_from_get_account(make_gateway: Callable[..., SesGateway]) -> None:
+    gateway = make_gateway(max_send_rate=None)
+    assert gateway.send_quota().max_send_rate == 14.0
+    assert (gateway.send_rate, gateway.batch_size) == (14.0, 14)
+    assert make_gateway(max_send_rate=500).batch_size == 50
+
+
+def test_templates_are_stored_once_under_their_versioned_name(
+    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, templates: dict[str, EmailTemplate]
+) -> None:
+    gateway = make_gateway()
+    template = templates["welcome"]
+    assert gateway.ensure_template(template) == template.ses_name
+    assert gateway.ensure_template(template) == template.ses_name
+    assert list(ses_server.templates()) == [template.ses_name]
+
+
+def test_bulk_send_delivers_each_recipient_with_tags_and_unsubscribe_headers(
+    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, ses_proxy: SesFaultProxy,
+    templates: dict[str, EmailTemplate],
+) -> None:
+    result = _send(make_gateway(), templates["new_survey"], 3)
+    assert [entry.outcome for entry in result.entries] == [Outcome.SENT] * 3
+    emails = sorted(ses_server.emails(), key=lambda email: email["destination"]["to"][0])
+    assert [email["destination"]["to"] for email in emails] == [[f"person{i}@example.org"] for i in range(3)]
+    headers = {header["name"]: header["value"] for header in emails[1]["headers"]}
+    assert headers == {"List-Unsubscribe": "<https://panel.example.org/u/1>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    request = ses_proxy.calls()[0].request
+    assert request["ConfigurationSetName"] == CONFIGURATION_SET
+    assert request["DefaultEmailTags"] == [{"Name": "mailing", "Value": MAILING_ID}, {"Name": "batch", "Value": "batch1"}]
+    assert [entry["ReplacementTags"] for entry in request["BulkEmailEntries"]] == [[{"Name": "recipient", "Value": f"user{i}"}] for i in range(3)]
+
+
+def test_transactional_send_has_no_unsubscribe_headers(
+    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, templates: dict[str, EmailTemplate]
+) -> None:
+    result = _send(make_gateway(), templates["password_recovery"], 2, bulk=False)
+    assert result.counts() == {"sent": 2}
+    assert all(not email.get("headers") for email in ses_server.emails())
+
+
+def test_html_injection_in_a_first_name_arrives_escaped(
+    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, templates: dict[str, EmailTemplate]
+) -> None:
+    _send(make_gateway(), templates["new_survey"], 1, first_name='<img src=x onerror="alert(1)">Eve & Co')
+    (email,) = ses_server.emails()
+    assert "Hi &lt;img src=x onerror=&quot;alert(1)&quot;&gt;Eve &amp; Co," in email["body"]["html"]
+    assert "<img" not in email["body"]["html"]
+    assert 'Hi <img src=x onerror="alert(1)">Eve & Co,' in email["body"]["text"]
+
+
+def test_throttling_answer_retries_everyone_and_sends_nothing(
+    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, ses_proxy: SesFaultProxy,
+    templates: dict[str, EmailTemplate],
+) -> None:
+    ses_proxy.inject(throttling())
+    result = _send(make_gateway(), templates["new_survey"], 5)
+    assert result.counts() == {"retry": 5}
+    assert result.entries[0].ses_status == "TooManyRequestsException"
+    assert ses_server.emails() == []
+    assert len(ses_proxy.calls()) == 1, "botocore must not retry a send call by itself"
+
+
+def test_daily_quota_answer_pauses_the_batch(
+    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, ses_proxy: SesFaultProxy,
+    templates: dict[str, EmailTemplate],
+) -> None:
+    ses_proxy.inject(daily_quota_exceeded())
+    result = _send(make_gateway(), templates["new_survey"], 4)
+    assert result.counts() == {"pause": 4}
+    assert ses_server.emails() == []
+
+
+def test_each_entry_is_classified_on_its_own(
+    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, ses_proxy: SesFaultProxy,
+    templates: dict[str, EmailTemplate],
+) -> None:
+    ses_proxy.inject(entry_statuses({1: "ACCOUNT_THROTTLED", 2: "ACCOUNT_DAILY_QUOTA_EXCEEDED", 3: "MESSAGE_REJECTED", 4: "TRANSIENT_FAILURE"}))
+    result = _send(make_gateway(), templates["new_survey"], 6)
+    assert [entry.outcome for entry in result.entries] == [
+        Outcome.SENT, Outcome.RETRY, Outcome.PAUSE, Outcome.FAILED, Outcome.RETRY, Outcome.SENT,
+    ]
+    assert result.entries[3].error == "injected MESSAGE_REJECTED"
+    assert sorted(email["destination"]["to"][0] for email in ses_server.emails()) == ["person0@example.org", "person5@example.org"]
+
+
+def test_lost_answer_is_unknown_and_never_sent_twice(
+    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, ses_proxy: SesFaultProxy,
+    templates: dict[str, EmailTemplate],
+) -> None:
+    ses_proxy.inject(lost_answer())
+    result = _send(make_gateway(), templates["new_survey"], 10)
+    assert result.counts() == {"unknown": 10}
+    assert len(ses_server.emails()) == 10, "accepted once, and botocore did not re-send it"
+    assert len(ses_proxy.calls()) == 1
+
+
+def test_missing_variable_fails_only_that_entry_on_the_strict_server(
+    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, templates: dict[str, EmailTemplate]
+) -> None:
+    template = templates["new_survey"]
+    gateway = make_gateway()
+    recipients = _recipients(template, 3)
+    broken = {key: value for key, value in recipients[1].template_data.items() if key != "first_name"}
+    recipients[1] = BulkRecipient("user1", "person1@example.org", broken, "https://panel.example.org/u/1")
+    result = gateway.send_batch(BulkSend(MAILING_ID, "b", gateway.ensure_template(template), recipients))
+    assert [entry.outcome for entry in result.entries] == [Outcome.SENT, Outcome.FAILED, Outcome.SENT]
+    assert len(ses_server.emails()) == 2
+
+
+def test_batches_are_checked_before_anything_is_sent(
+    make_gateway: Callable[..., SesGateway], ses_proxy: SesFaultProxy, templates: dict[str, EmailTemplate]
+) -> None:
+    gateway = make_gateway(max_send_rate=20)
+    template = templates["new_survey"]
+    with pytest.raises(ValueError, match="batch size 20"):
+        gateway.send_batch(BulkSend(MAILING_ID, "b", "t", _recipients(template, 21)))
+    with pytest.raises(ValueError, match="tag values"):
+        gateway.send_batch(BulkSend(MAILING_ID, "b", "t", [BulkRecipient("a@b", "a@b.org", {}, "https://u")]))
+    with pytest.raises(ValueError, match="unsubscribe"):
+        gateway.send_batch(BulkSend(MAILING_ID, "b", "t", [BulkRecipient("k", "a@b.org", {}, None)]))
+    assert ses_proxy.calls() == []
+
+
+def test_token_bucket_paces_recipients_per_second() -> None:
+    now = [0.0]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    bucket = TokenBucket(rate_per_second=10, capacity=10, clock=lambda: now[0], sleep=sleep)
+    for _ in range(3):
+        bucket.acquire(10)
+    assert now[0] == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        bucket.acquire(11)
+
+
+def test_redact_removes_addresses_and_links() -> None:
+    text = "Email address is not verified: Jo.Smith+x@Example.org; see https://x.test/reset?token=abc"
+    assert redact(text) == "Email address is not verified: <email>; see <url>"
