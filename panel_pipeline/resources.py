@@ -13,6 +13,9 @@ from typing import Any
 
 import dagster as dg
 
+from panel_pipeline.extractor.resources import SurveyGizmoResource
+from panel_pipeline.local.surveygizmo_server import DEMO_TOKEN, DEMO_TOKEN_SECRET
+from panel_pipeline.mailer.resources import SesResource
 from panel_pipeline.queue.resources import MongoResource
 
 ENVIRONMENTS = ("local", "production")
@@ -21,12 +24,35 @@ ENVIRONMENTS = ("local", "production")
 def local_resources() -> dict[str, Any]:
     return {
         "mongo": MongoResource(uri=dg.EnvVar("MONGO_URI"), database="panel"),
+        "surveygizmo": SurveyGizmoResource(
+            api_token=DEMO_TOKEN,
+            api_token_secret=DEMO_TOKEN_SECRET,
+            base_url=dg.EnvVar("SURVEYGIZMO_BASE_URL"),
+            account_time_zone="America/New_York",
+        ),
+        "ses": SesResource(
+            region_name="eu-west-2",
+            from_address="UK Panel <panel@example.org>",
+            endpoint_url=dg.EnvVar("SES_ENDPOINT_URL"),
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        ),
     }
 
 
 def production_resources() -> dict[str, Any]:
     return {
         "mongo": MongoResource(uri=dg.EnvVar("MONGO_URI"), database=dg.EnvVar("MONGO_DATABASE")),
+        "surveygizmo": SurveyGizmoResource(
+            api_token=dg.EnvVar("SURVEYGIZMO_API_TOKEN"),
+            api_token_secret=dg.EnvVar("SURVEYGIZMO_API_TOKEN_SECRET"),
+            region=dg.EnvVar("SURVEYGIZMO_REGION"),
+        ),
+        "ses": SesResource(
+            region_name=dg.EnvVar("SES_REGION"),
+            from_address=dg.EnvVar("SES_FROM_ADDRESS"),
+            configuration_set=dg.EnvVar("SES_CONFIGURATION_SET"),
+        ),
     }
 
 

@@ -25,7 +25,7 @@ def test_every_definition_resolves():
 
 @pytest.mark.parametrize("environment", ["local", "production"])
 def test_both_environments_provide_every_resource(environment):
-    assert set(resources_for(environment)) >= {"mongo"}
+    assert set(resources_for(environment)) >= {"mongo", "surveygizmo", "ses"}
 
 
 def test_unknown_environment_is_refused():

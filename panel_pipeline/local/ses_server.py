@@ -164,3 +164,29 @@ class LocalSesServer:
     def _get_json(self, path: str) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as response:
             return json.loads(response.read())
+
+
+def main() -> None:
+    """Run the local SES endpoint in the foreground until SIGTERM or Ctrl-C (the local stack uses this)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="The local SES v2 endpoint (aws-ses-v2-local).")
+    parser.add_argument("--port", type=int, default=8005)
+    parser.add_argument("--max-send-rate", type=float, default=200.0)
+    args = parser.parse_args()
+    server = LocalSesServer(port=args.port, max_send_rate=args.max_send_rate)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    server.start()
+    print(f"local SES endpoint and sent-mail viewer on {server.url}", flush=True)
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -53,6 +53,10 @@ RATE_LIMITED = "You have exceeded your requests per minute, see /help/api-reques
 PLEASE_WAIT = "Please wait for other requests to complete."
 CDN_PAGE = "<!DOCTYPE html><html><head><title>{status} | alchemer.com</title></head><body><h1>Error {status}</h1><p>Origin is unreachable.</p></body></html>"
 
+# Credentials of the local server and the local run; not secrets.
+DEMO_TOKEN = "demo-token"
+DEMO_TOKEN_SECRET = "demo-secret"
+
 
 @dataclass
 class Fault:
@@ -154,8 +158,8 @@ class LocalSurveyGizmo:
 
     def __init__(
         self,
-        api_token: str = "demo-token",
-        api_token_secret: str = "demo-secret",
+        api_token: str = DEMO_TOKEN,
+        api_token_secret: str = DEMO_TOKEN_SECRET,
         *,
         time_zone: str = "America/New_York",
         host: str = "127.0.0.1",
@@ -578,8 +582,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8089)
-    parser.add_argument("--token", default="demo-token")
-    parser.add_argument("--secret", default="demo-secret")
+    parser.add_argument("--token", default=DEMO_TOKEN)
+    parser.add_argument("--secret", default=DEMO_TOKEN_SECRET)
     parser.add_argument("--time-zone", default="America/New_York")
     parser.add_argument("--demo", action="store_true", help="load the profile survey and synthetic responses")
     parser.add_argument("--members", type=int, default=1000)

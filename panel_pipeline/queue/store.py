@@ -5,6 +5,7 @@ A document moves through these states (fields written by the pipeline in bracket
     queued        processed=false, no attempts           (inserted by the backend)
     processing    status=processing, lease_owner, attempts+=1, retry_at=lease expiry
     retry         status=retry, last_error, retry_at=now+backoff   (a transient failure)
+    postponed     status=postponed, retry_at=until, attempts-=1    (work that must wait, e.g. a quota)
     done/failed   processed=true, status, processed_at, run_id, error on failure
 
 `retry_at` is the one field that says when an unprocessed document may be claimed again: the
@@ -29,6 +30,7 @@ Document = dict[str, Any]
 
 PROCESSING = "processing"
 RETRY = "retry"
+POSTPONED = "postponed"
 DONE = "done"
 FAILED = "failed"
 ERROR_MAX_CHARS = 1000
@@ -164,6 +166,19 @@ class WorkQueue:
             },
         )
         return RETRY
+
+    def postpone(self, doc_id: ObjectId, owner: str, until: dt.datetime, reason: str) -> bool:
+        """Hand the document back to be claimed again at `until`, without using up an attempt
+        (work that must wait, such as a mailing paused by the daily sending quota)."""
+        result = self.collection.update_one(
+            self._leased(doc_id, owner),
+            {
+                "$set": {"status": POSTPONED, "last_error": _clip(reason), "retry_at": until},
+                "$unset": {"lease_owner": ""},
+                "$inc": {"attempts": -1},
+            },
+        )
+        return result.modified_count == 1
 
     def release_owner(self, owner: str, error: str) -> dict[str, str]:
         """Release every document `owner` still holds (its run failed or was killed)."""

@@ -1,0 +1,5 @@
+"""The Sampler: see assets.py (and its sensors, checks and schedules)."""
+
+import dagster as dg
+
+defs = dg.Definitions()

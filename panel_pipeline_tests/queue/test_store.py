@@ -120,3 +120,14 @@ def test_new_documents_pages_with_a_cursor(queue):
 
 def test_unknown_document_is_not_claimed(queue):
     assert queue.claim(ObjectId(), "run") is None
+
+
+def test_postponed_document_waits_without_using_an_attempt(queue, clock):
+    (doc_id,) = insert(queue)
+    queue.claim(doc_id, "run-1")
+    assert queue.postpone(doc_id, "run-1", clock.now + dt.timedelta(hours=1), "daily quota reached")
+    stored = queue.collection.find_one({"_id": doc_id})
+    assert stored["status"] == "postponed" and stored["attempts"] == 0 and stored["processed"] is False
+    assert queue.claim(doc_id, "run-2") is None
+    clock.advance(3600)
+    assert queue.claim(doc_id, "run-2")["attempts"] == 1

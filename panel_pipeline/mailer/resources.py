@@ -1,0 +1,38 @@
+"""Amazon SES (v2) as a Dagster resource."""
+
+from __future__ import annotations
+
+import boto3
+import dagster as dg
+from pydantic import Field
+
+from panel_pipeline.mailer.ses import SesGateway, SesSettings
+
+
+class SesResource(dg.ConfigurableResource):
+    """SES v2: stored templates and bulk sends. AWS credentials come from boto3's default chain
+    (a role, or AWS_* variables) unless given here, which only the local endpoint does."""
+
+    region_name: str = Field(description="SES region, e.g. eu-west-2.")
+    from_address: str = Field(description="Verified sender, e.g. 'Panel <hello@panel.example>'.")
+    configuration_set: str | None = Field(default=None, description="Configuration set that publishes send events.")
+    endpoint_url: str | None = Field(default=None, description="A local SES endpoint instead of AWS.")
+    max_send_rate: float | None = Field(default=None, description="Recipients per second; default: the account's.")
+    aws_access_key_id: str | None = Field(default=None, description="Only for the local endpoint.")
+    aws_secret_access_key: str | None = Field(default=None, description="Only for the local endpoint.")
+
+    def gateway(self) -> SesGateway:
+        session = boto3.session.Session(
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            region_name=self.region_name,
+        )
+        settings = SesSettings(
+            region_name=self.region_name,
+            from_address=self.from_address,
+            configuration_set=self.configuration_set,
+            endpoint_url=self.endpoint_url,
+            max_send_rate=self.max_send_rate,
+            template_calls_per_second=20.0 if self.endpoint_url else 1.0,
+        )
+        return SesGateway(settings, session=session)
