@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import dagster as dg
@@ -27,6 +27,8 @@ DOCUMENT_TAG = "panel/document_id"
 DOCUMENTS_PER_TICK = 200
 FULL_SCAN_EVERY = dt.timedelta(minutes=5)
 SENSOR_INTERVAL_SECONDS = 1  # the daemon loops every 5 s; anything <= 4 s ticks every loop
+
+TagsFor = Callable[[Document], Mapping[str, str]]
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,13 @@ class QueueCursor:
         )
 
 
-def pending_work(queue: WorkQueue, cursor: QueueCursor, now: dt.datetime) -> tuple[list[Document], QueueCursor]:
-    """New and due documents for one tick, and the cursor after it."""
+def pending_work(
+    queue: WorkQueue, cursor: QueueCursor, now: dt.datetime, fields: Sequence[str] = ()
+) -> tuple[list[Document], QueueCursor]:
+    """New and due documents for one tick (with `fields` besides `_id`), and the cursor after it."""
     full_scan = cursor.full_scan_at is None or now - cursor.full_scan_at >= FULL_SCAN_EVERY
-    new = queue.new_documents(None if full_scan else cursor.last_id, DOCUMENTS_PER_TICK)
-    due = queue.due_documents(DOCUMENTS_PER_TICK)
+    new = queue.new_documents(None if full_scan else cursor.last_id, DOCUMENTS_PER_TICK, fields)
+    due = queue.due_documents(DOCUMENTS_PER_TICK, fields)
     seen_ids = [doc["_id"] for doc in new] + ([cursor.last_id] if cursor.last_id else [])
     next_cursor = QueueCursor(
         last_id=max(seen_ids) if seen_ids else None,
@@ -74,7 +78,7 @@ def run_key(collection: str, doc: Document) -> str:
 
 
 def per_document_requests(
-    collection: str, docs: Sequence[Document], partitions_def: dg.DynamicPartitionsDefinition
+    collection: str, docs: Sequence[Document], partitions_def: dg.DynamicPartitionsDefinition, tags_for: TagsFor
 ) -> dg.SensorResult:
     keys = [str(doc["_id"]) for doc in docs]
     return dg.SensorResult(
@@ -82,7 +86,7 @@ def per_document_requests(
             dg.RunRequest(
                 run_key=run_key(collection, doc),
                 partition_key=key,
-                tags={QUEUE_TAG: collection, DOCUMENT_TAG: key},
+                tags={**tags_for(doc), QUEUE_TAG: collection, DOCUMENT_TAG: key},
             )
             for doc, key in zip(docs, keys)
         ],
@@ -112,9 +116,12 @@ def build_queue_sensor(
     partitions_def: dg.DynamicPartitionsDefinition | None = None,
     batch_op_name: str | None = None,
     description: str,
+    tag_fields: Sequence[str] = (),
+    tags_for: TagsFor = lambda doc: {},
 ) -> dg.SensorDefinition:
     """A sensor for one queued collection: one run per document (a dynamic partition each) when
-    `partitions_def` is given, else one run per tick for a batch configured through `batch_op_name`."""
+    `partitions_def` is given, else one run per tick for a batch configured through `batch_op_name`.
+    `tags_for` adds run tags from the document's `tag_fields` (e.g. a mailing's kind, for concurrency limits)."""
     if (partitions_def is None) == (batch_op_name is None):
         raise ValueError("give exactly one of partitions_def (a run per document) or batch_op_name (a batch)")
 
@@ -127,7 +134,9 @@ def build_queue_sensor(
     )
     def queue_sensor(context: dg.SensorEvaluationContext, mongo: MongoResource) -> dg.SensorResult:
         try:
-            docs, cursor = pending_work(mongo.work_queue(collection), QueueCursor.parse(context.cursor), utc_now())
+            docs, cursor = pending_work(
+                mongo.work_queue(collection), QueueCursor.parse(context.cursor), utc_now(), tag_fields
+            )
         except PyMongoError as exc:
             return dg.SensorResult(
                 skip_reason=f"MongoDB is unreachable ({type(exc).__name__}); {collection} will be read on the next tick"
@@ -135,7 +144,7 @@ def build_queue_sensor(
         if not docs:
             return dg.SensorResult(skip_reason=f"no unprocessed {collection}", cursor=cursor.serialize())
         if partitions_def is not None:
-            result = per_document_requests(collection, docs, partitions_def)
+            result = per_document_requests(collection, docs, partitions_def, tags_for)
         else:
             result = batch_request(collection, docs, batch_op_name)  # type: ignore[arg-type]
         return dg.SensorResult(

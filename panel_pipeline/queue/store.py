@@ -17,7 +17,7 @@ without a reaper. A document that has used `max_attempts` claims is failed, not 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,21 +77,19 @@ class WorkQueue:
 
     # -- what a sensor asks ------------------------------------------------------------------
 
-    def new_documents(self, after_id: ObjectId | None, limit: int) -> list[Document]:
+    def new_documents(self, after_id: ObjectId | None, limit: int, fields: Sequence[str] = ()) -> list[Document]:
         """Never-claimed documents, oldest first, with `_id` above `after_id` when given."""
         query: Document = {"processed": False, "attempts": {"$exists": False}}
         if after_id is not None:
             query["_id"] = {"$gt": after_id}
-        return list(
-            self.collection.find(query, {"_id": 1}).sort("_id", ASCENDING).limit(limit)
-        )
+        projection = dict.fromkeys(["_id", *fields], 1)
+        return list(self.collection.find(query, projection).sort("_id", ASCENDING).limit(limit))
 
-    def due_documents(self, limit: int) -> list[Document]:
+    def due_documents(self, limit: int, fields: Sequence[str] = ()) -> list[Document]:
         """Documents whose lease expired or whose retry time came: claimable again."""
         query = {"processed": False, "retry_at": {"$lte": self.clock()}}
-        return list(
-            self.collection.find(query, {"_id": 1, "attempts": 1}).sort("retry_at", ASCENDING).limit(limit)
-        )
+        projection = dict.fromkeys(["_id", "attempts", *fields], 1)
+        return list(self.collection.find(query, projection).sort("retry_at", ASCENDING).limit(limit))
 
     # -- what a run does -----------------------------------------------------------------------
 

@@ -118,3 +118,13 @@ def test_failed_run_releases_its_documents(instance, mongo, mongo_db):
     mongo.work_queue("samples").claim(doc_id, "the-run")
     assert release_documents_of_run(mongo, ["samples"], "the-run", "run the-run failed: boom") == {str(doc_id): "retry"}
     assert mongo_db.samples.find_one({"_id": doc_id})["last_error"] == "run the-run failed: boom"
+
+
+def test_tags_from_document_fields(instance, mongo, mongo_db):
+    tagged = build_queue_sensor(
+        collection="samples", job=request_job, partitions_def=requests_partitions, description="test",
+        tag_fields=["kind"], tags_for=lambda doc: {"panel/mail_kind": doc.get("kind", "bulk")},
+    )
+    mongo_db.samples.insert_one({"processed": False, "kind": "transactional"})
+    (request,) = tick(tagged, instance, mongo).run_requests
+    assert request.tags["panel/mail_kind"] == "transactional"
