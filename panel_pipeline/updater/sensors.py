@@ -1,0 +1,47 @@
+"""The Updater runs when members changed: a sensor compares the newest change with the cursor."""
+
+import dagster as dg
+from pymongo.errors import PyMongoError
+
+from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.queue.sensors import SENSOR_INTERVAL_SECONDS
+from panel_pipeline.updater import store
+from panel_pipeline.updater.assets import dynamic_sample_updates
+
+updater_job = dg.define_asset_job(
+    "dynamic_sample_updates_job",
+    selection=dg.AssetSelection.assets(dynamic_sample_updates),
+    executor_def=dg.in_process_executor,
+    tags={"panel/part": "updater"},
+)
+
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+@dg.sensor(
+    job=updater_job,
+    minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def member_changes_sensor(context: dg.SensorEvaluationContext, mongo: MongoResource) -> dg.SensorResult:
+    """Requests an update of the dynamic samples when a member joined or changed profile since the
+    last update (two index look-ups a tick); one update at a time, and a failed one is simply
+    requested again on the next tick, since its cursor did not move."""
+    try:
+        db = mongo.db()
+        newest, cursor = store.latest_change(db), store.read_cursor(db)
+    except PyMongoError as exc:
+        return dg.SensorResult(skip_reason=f"MongoDB is unreachable ({type(exc).__name__})")
+    if newest is None or (cursor is not None and newest <= cursor):
+        return dg.SensorResult(skip_reason="no member changed since the last update")
+    in_flight = context.instance.get_runs(
+        filters=dg.RunsFilter(job_name=updater_job.name, statuses=IN_FLIGHT), limit=1
+    )
+    if in_flight:
+        return dg.SensorResult(skip_reason=f"an update is already running ({in_flight[0].run_id})")
+    return dg.SensorResult(run_requests=[dg.RunRequest(tags={"panel/changes_until": newest.isoformat()})])

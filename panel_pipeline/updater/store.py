@@ -1,0 +1,200 @@
+"""The Updater's reads and writes in Mongo: changed members, open dynamic samples, members, invitations.
+
+Invitations are made exactly once in two idempotent steps. First the members still waiting are
+stamped with a new mailing id (each member document gets one id, once); then every stamped id that
+has no `mailings` document yet gets one, naming those members. A crash between the steps leaves
+stamped members whose mailing the next run creates with the same id; nothing is invited twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from bson import ObjectId
+from pymongo import ASCENDING
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from panel_pipeline.sampler.requests import PROFILE_CATEGORIES, SampleRequestError, parse_sample_request
+from panel_pipeline.updater.dynamic import DynamicSample, filled_cells
+
+CURSOR_ID = "updater"
+# Writers' clocks and commit order differ by a little: each run looks again this far back (the
+# work is idempotent, so seeing a member twice costs nothing).
+CURSOR_OVERLAP = dt.timedelta(seconds=10)
+MAX_CHANGED_PER_RUN = 20_000
+PROFILE_FIELDS = (*PROFILE_CATEGORIES, "birth_year", "age")
+DUPLICATE_KEY = 11000
+
+
+def ensure_indexes(db: Database) -> None:
+    db.users.create_index([("profile_updated_at", ASCENDING)])
+    db.users.create_index([("created_at", ASCENDING)])
+    db.sample_members.create_index([("sample_id", ASCENDING), ("user_id", ASCENDING)], unique=True)
+    db.sample_members.create_index([("mailing_id", ASCENDING)], sparse=True)
+    db.samples.create_index([("dynamic", ASCENDING), ("open", ASCENDING)])
+
+
+def read_cursor(db: Database) -> dt.datetime | None:
+    state = db.pipeline_state.find_one({"_id": CURSOR_ID})
+    return state["changed_since"] if state else None
+
+
+def write_cursor(db: Database, changed_since: dt.datetime) -> None:
+    db.pipeline_state.update_one({"_id": CURSOR_ID}, {"$set": {"changed_since": changed_since}}, upsert=True)
+
+
+def latest_change(db: Database) -> dt.datetime | None:
+    """The newest `profile_updated_at` or `created_at` of any user (two index look-ups)."""
+    latest = [
+        doc[name]
+        for name in ("profile_updated_at", "created_at")
+        if (doc := db.users.find_one({name: {"$type": "date"}}, {name: 1}, sort=[(name, -1)]))
+    ]
+    return max(latest) if latest else None
+
+
+@dataclass(frozen=True)
+class ChangedMembers:
+    profiles: pd.DataFrame  # index = user id (str), profile fields as columns, oldest change first
+    changed_at: pd.Series  # same index: when each member joined or last changed
+    newest_change: dt.datetime
+
+    def since(self, moment: dt.datetime) -> pd.DataFrame:
+        """Those who changed after `moment` (a sample's draw: earlier members were already considered)."""
+        return self.profiles[(self.changed_at > moment).to_numpy()]
+
+
+def changed_members(db: Database, since: dt.datetime) -> ChangedMembers:
+    """Active members who joined or whose profile changed after `since` (less the overlap)."""
+    after = since - CURSOR_OVERLAP
+    query = {"status": "active", "$or": [{"profile_updated_at": {"$gt": after}}, {"created_at": {"$gt": after}}]}
+    projection = {"profile": 1, "profile_updated_at": 1, "created_at": 1}
+    docs = list(db.users.find(query, projection).limit(MAX_CHANGED_PER_RUN))
+    docs.sort(key=_changed_at)
+    profiles = profiles_frame(docs)
+    changed_at = pd.Series([_changed_at(doc) for doc in docs], index=profiles.index, dtype=object)
+    return ChangedMembers(profiles, changed_at, _changed_at(docs[-1]) if docs else since)
+
+
+def _changed_at(doc: Mapping[str, Any]) -> dt.datetime:
+    return max(t for t in (doc.get("profile_updated_at"), doc.get("created_at")) if t is not None)
+
+
+def first_cursor(db: Database, now: dt.datetime) -> dt.datetime:
+    """Where the very first update starts: the earliest draw of an open dynamic sample, else now."""
+    earliest = db.samples.find_one({"dynamic": True, "open": True}, {"processed_at": 1}, sort=[("processed_at", 1)])
+    return (earliest or {}).get("processed_at") or now
+
+
+def profiles_frame(docs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    rows = [{name: (doc.get("profile") or {}).get(name) for name in PROFILE_FIELDS} for doc in docs]
+    return pd.DataFrame(rows, index=[str(doc["_id"]) for doc in docs], columns=list(PROFILE_FIELDS))
+
+
+def open_dynamic_samples(db: Database, now: dt.datetime) -> tuple[list[DynamicSample], list[str]]:
+    """Open dynamic samples (after closing those past `closes_at`), and the ids just closed."""
+    closed = []
+    samples = []
+    for doc in db.samples.find({"dynamic": True, "open": True, "processed": True, "status": "done"}).sort("_id", 1):
+        closes_at = doc.get("closes_at")
+        if closes_at is not None and closes_at <= now:
+            close_sample(db, doc["_id"], "its end date passed", now)
+            closed.append(str(doc["_id"]))
+            continue
+        try:
+            request = parse_sample_request(doc)
+        except SampleRequestError:
+            continue  # the sampler already failed it; nothing to keep current
+        members = list(db.sample_members.find({"sample_id": doc["_id"]}, {"user_id": 1}))
+        member_profiles = profiles_frame(
+            list(db.users.find({"_id": {"$in": [m["user_id"] for m in members]}}, {"profile": 1}))
+        )
+        member_ids = frozenset(str(m["user_id"]) for m in members)
+        filled = filled_cells(member_profiles, DynamicSample(str(doc["_id"]), request, member_ids).targets)
+        samples.append(DynamicSample(str(doc["_id"]), request, member_ids, filled, doc.get("processed_at")))
+    return samples, closed
+
+
+def close_sample(db: Database, sample_id: ObjectId, reason: str, now: dt.datetime) -> None:
+    db.samples.update_one({"_id": sample_id}, {"$set": {"open": False, "closed_at": now, "closed_reason": reason}})
+
+
+def add_members(db: Database, sample_id: str, user_ids: Iterable[str], now: dt.datetime) -> int:
+    """Add members once each (the unique index makes a repeat a no-op); returns how many were new."""
+    docs = [
+        {"sample_id": ObjectId(sample_id), "user_id": ObjectId(uid), "added_at": now, "invited_at": None, "source": "updater"}
+        for uid in user_ids
+    ]
+    if not docs:
+        return 0
+    try:
+        return len(db.sample_members.insert_many(docs, ordered=False).inserted_ids)
+    except BulkWriteError as exc:
+        if any(error["code"] != DUPLICATE_KEY for error in exc.details["writeErrors"]):
+            raise
+        return int(exc.details["nInserted"])
+
+
+def mark_qualification(db: Database, sample_id: str, user_ids: Iterable[str], qualifies: bool, now: dt.datetime) -> None:
+    """Members are never removed; one who stops matching the filters is recorded as such."""
+    ids = [ObjectId(uid) for uid in user_ids]
+    if not ids:
+        return
+    update = (
+        {"$set": {"qualifies": True}, "$unset": {"stopped_qualifying_at": ""}}
+        if qualifies
+        else {"$set": {"qualifies": False, "stopped_qualifying_at": now}}
+    )
+    db.sample_members.update_many({"sample_id": ObjectId(sample_id), "user_id": {"$in": ids}}, update)
+
+
+def stamp_pending_invitations(db: Database, sample_id: str) -> ObjectId | None:
+    """Give the members added by the Updater and not yet tied to a mailing one new mailing id."""
+    mailing_id = ObjectId()
+    result = db.sample_members.update_many(
+        {"sample_id": ObjectId(sample_id), "source": "updater", "mailing_id": {"$exists": False}},
+        {"$set": {"mailing_id": mailing_id}},
+    )
+    return mailing_id if result.modified_count else None
+
+
+def create_missing_mailings(db: Database, now: dt.datetime) -> list[ObjectId]:
+    """A `mailings` document for every stamped mailing id that has none yet (exactly once: `_id`)."""
+    created = []
+    stamped = db.sample_members.distinct("mailing_id", {"source": "updater", "invited_at": None})
+    existing = set(db.mailings.distinct("_id", {"_id": {"$in": stamped}}))
+    for mailing_id in stamped:
+        if mailing_id in existing:
+            continue
+        members = list(db.sample_members.find({"mailing_id": mailing_id}, {"user_id": 1, "sample_id": 1}))
+        sample = db.samples.find_one({"_id": members[0]["sample_id"]}, {"mailing": 1})
+        invitation = (sample or {}).get("mailing") or {}
+        if not invitation.get("template"):
+            continue  # a dynamic sample without an invitation: members are added, nobody is mailed
+        try:
+            db.mailings.insert_one(invitation_document(mailing_id, members, invitation, now))
+        except DuplicateKeyError:
+            continue
+        created.append(mailing_id)
+    return created
+
+
+def invitation_document(
+    mailing_id: ObjectId, members: Sequence[Mapping[str, Any]], invitation: Mapping[str, Any], now: dt.datetime
+) -> dict[str, Any]:
+    return {
+        "_id": mailing_id,
+        "processed": False,
+        "created_at": now,
+        "kind": "bulk",
+        "template": invitation["template"],
+        "default_data": dict(invitation.get("default_data") or invitation.get("data") or {}),
+        "recipients": [{"user_id": member["user_id"]} for member in members],
+        "dynamic_sample_id": members[0]["sample_id"],
+        "source": "updater",
+    }

@@ -1,0 +1,129 @@
+import datetime as dt
+
+import dagster as dg
+import pytest
+from bson import ObjectId
+
+from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.updater import store
+from panel_pipeline.updater.assets import dynamic_sample_updates
+from panel_pipeline.updater.sensors import member_changes_sensor
+
+UTC = dt.timezone.utc
+
+
+@pytest.fixture
+def mongo(mongo_uri, mongo_db):
+    return MongoResource(uri=mongo_uri, database=mongo_db.name)
+
+
+def add_user(db, region, when, status="active"):
+    return db.users.insert_one(
+        {"status": status, "created_at": when, "profile": {"region": region, "gender": "female"}}
+    ).inserted_id
+
+
+def open_scotland_sample(db, size=10, mailing=True):
+    doc = {
+        "name": "Scotland tracker", "survey_id": "123", "size": size, "dynamic": True, "open": True,
+        "filters": {"region": {"$in": ["Scotland"]}}, "processed": True, "status": "done",
+        "processed_at": dt.datetime.now(UTC) - dt.timedelta(minutes=1),
+    }
+    if mailing:
+        doc["mailing"] = {"template": "new_survey", "default_data": {"survey_name": "Tracker"}}
+    return db.samples.insert_one(doc).inserted_id
+
+
+def update(mongo):
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([dynamic_sample_updates], instance=instance, resources={"mongo": mongo})
+    assert result.success
+    return result.asset_materializations_for_node("dynamic_sample_updates")[0].metadata
+
+
+def test_new_scottish_member_joins_and_is_invited_once(mongo, mongo_db):
+    sample_id = open_scotland_sample(mongo_db)
+    now = dt.datetime.now(UTC)
+    scot = add_user(mongo_db, "Scotland", now)
+    add_user(mongo_db, "Wales", now)
+    add_user(mongo_db, "Scotland", now, status="unsubscribed")
+    metadata = update(mongo)
+    assert metadata["members_added"].value == 1
+    member = mongo_db.sample_members.find_one({"sample_id": sample_id})
+    assert member["user_id"] == scot
+    (mailing,) = mongo_db.mailings.find()
+    assert mailing["_id"] == member["mailing_id"] and mailing["recipients"] == [{"user_id": scot}]
+    assert mailing["processed"] is False and mailing["template"] == "new_survey"
+
+    update(mongo)  # the same changes seen again (cursor overlap): nothing new
+    assert mongo_db.sample_members.count_documents({}) == 1
+    assert mongo_db.mailings.count_documents({}) == 1
+
+
+def test_crash_between_stamping_and_mailing_is_finished_by_the_next_run(mongo, mongo_db):
+    sample_id = open_scotland_sample(mongo_db)
+    scot = add_user(mongo_db, "Scotland", dt.datetime.now(UTC))
+    now = dt.datetime.now(UTC)
+    store.add_members(mongo_db, str(sample_id), [str(scot)], now)
+    mailing_id = store.stamp_pending_invitations(mongo_db, str(sample_id))  # then the run "dies"
+    update(mongo)
+    (mailing,) = mongo_db.mailings.find()
+    assert mailing["_id"] == mailing_id
+
+
+def test_sample_closes_at_its_size_and_end_date(mongo, mongo_db):
+    full = open_scotland_sample(mongo_db, size=1, mailing=False)
+    ended = open_scotland_sample(mongo_db, mailing=False)
+    mongo_db.samples.update_one({"_id": ended}, {"$set": {"closes_at": dt.datetime(2020, 1, 1, tzinfo=UTC)}})
+    add_user(mongo_db, "Scotland", dt.datetime.now(UTC))
+    add_user(mongo_db, "Scotland", dt.datetime.now(UTC))
+    update(mongo)
+    assert mongo_db.sample_members.count_documents({"sample_id": full}) == 1
+    assert mongo_db.samples.find_one({"_id": full})["closed_reason"] == "its size was reached"
+    assert mongo_db.samples.find_one({"_id": ended})["open"] is False
+    assert mongo_db.sample_members.count_documents({"sample_id": ended}) == 0
+    assert mongo_db.mailings.count_documents({}) == 0
+
+
+def test_member_who_moves_away_is_recorded_but_kept(mongo, mongo_db):
+    sample_id = open_scotland_sample(mongo_db, mailing=False)
+    scot = add_user(mongo_db, "Scotland", dt.datetime.now(UTC))
+    update(mongo)
+    mongo_db.users.update_one(
+        {"_id": scot}, {"$set": {"profile.region": "Wales", "profile_updated_at": dt.datetime.now(UTC)}}
+    )
+    update(mongo)
+    member = mongo_db.sample_members.find_one({"sample_id": sample_id, "user_id": scot})
+    assert member["qualifies"] is False and member["stopped_qualifying_at"] is not None
+
+
+def test_sensor_requests_an_update_only_when_members_changed(mongo, mongo_db):
+    with dg.instance_for_test() as instance:
+        def tick():
+            return member_changes_sensor(dg.build_sensor_context(instance=instance, resources={"mongo": mongo}))
+
+        assert tick().skip_reason is not None
+        add_user(mongo_db, "Scotland", dt.datetime.now(UTC))
+        assert len(tick().run_requests) == 1
+        store.write_cursor(mongo_db, store.latest_change(mongo_db))
+        assert tick().skip_reason.skip_message == "no member changed since the last update"
+
+
+def test_update_cost_does_not_depend_on_the_unchanged_panel(mongo, mongo_db):
+    old = dt.datetime(2025, 1, 1, tzinfo=UTC)
+    mongo_db.users.insert_many([{"status": "active", "created_at": old, "profile": {"region": "Scotland"}} for _ in range(2000)])
+    store.ensure_indexes(mongo_db)
+    store.write_cursor(mongo_db, old + dt.timedelta(days=1))
+    add_user(mongo_db, "Scotland", dt.datetime.now(UTC))
+    plan = mongo_db.users.find(
+        {"status": "active", "$or": [{"profile_updated_at": {"$gt": old}}, {"created_at": {"$gt": old + dt.timedelta(days=1)}}]}
+    ).explain()
+    assert plan["executionStats"]["totalDocsExamined"] == 1
+    assert store.changed_members(mongo_db, store.read_cursor(mongo_db)).profiles.shape[0] == 1
+
+
+def test_members_who_changed_before_the_draw_do_not_join(mongo, mongo_db):
+    add_user(mongo_db, "Scotland", dt.datetime.now(UTC) - dt.timedelta(hours=1))
+    sample_id = open_scotland_sample(mongo_db, mailing=False)
+    update(mongo)
+    assert mongo_db.sample_members.count_documents({"sample_id": sample_id}) == 0
