@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 import click
+import pymongo
 
 from panel_pipeline.local import stack
+from panel_pipeline.local.demo import seed_users
 
 
 @click.group()
@@ -54,9 +56,12 @@ def down() -> None:
 def dev(port: int) -> None:
     """Start the local stack, then Dagster (UI, daemon, code location) on it."""
     try:
-        stack.up()
+        endpoints = stack.up()
     except (stack.StackError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
+    with pymongo.MongoClient(endpoints["mongo"]) as client:
+        created = seed_users(client.panel)
+    click.echo(f"demo members created: {created}; sent mail: {endpoints['ses']}; Dagster UI: http://localhost:{port}")
     dagster_home = stack.STATE_DIR / "dagster_home"
     dagster_home.mkdir(parents=True, exist_ok=True)
     link = dagster_home / "dagster.yaml"

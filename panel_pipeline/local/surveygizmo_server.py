@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
 from panel_pipeline.extractor.responses import parse_timestamp
+from panel_pipeline.local.demo import demo_user_id
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY, PROFILE_SURVEY_ID, response_record
 
 if TYPE_CHECKING:
@@ -568,7 +569,7 @@ def load_demo_data(
     for index, row in enumerate(_profile_dicts(profiles)):
         record = response_record(
             row, response_id=first_id + index, submitted_at=start + step * index,
-            account_zone=server.zone, panel_id=f"P-{index + 1:06d}",
+            account_zone=server.zone, panel_id=str(demo_user_id(index + 1)),
         )
         server.add_response(PROFILE_SURVEY_ID, record)
 

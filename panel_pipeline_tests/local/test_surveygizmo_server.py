@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import requests
 
+from panel_pipeline.local.demo import demo_user_id
 from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY, PROFILE_SURVEY_ID, response_record
 from panel_pipeline.local.surveygizmo_server import (
@@ -245,7 +246,7 @@ def test_cli_serves_demo_data() -> None:
         params = {"api_token": "demo-token", "api_token_secret": "demo-secret", "resultsperpage": 500}
         body = requests.get(f"http://127.0.0.1:{port}/v5/survey/{PROFILE_SURVEY_ID}/surveyresponse", params=params, timeout=5).json()
         assert body["total_count"] == 40
-        assert body["data"][0]["survey_data"]["19"]["answer"] == "P-000001"
+        assert body["data"][0]["survey_data"]["19"]["answer"] == str(demo_user_id(1))
     finally:
         process.terminate()
         process.wait(timeout=10)
