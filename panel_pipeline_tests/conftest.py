@@ -20,6 +20,9 @@ from dagster._core.instance.ref import InstanceRef
 from pymongo.database import Database
 
 from panel_pipeline.local.mongod import LocalMongod, free_port
+from panel_pipeline.local.profile_survey import PROFILE_SURVEY
+from panel_pipeline.local.ses_server import LocalSesServer
+from panel_pipeline.local.surveygizmo_server import LocalSurveyGizmo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,9 +111,34 @@ class DagsterDev:
 
 
 @pytest.fixture(scope="session")
-def dagster_dev(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str) -> Iterator[DagsterDev]:
-    """The whole pipeline under a real daemon, pointed at the session's mongod (database `panel`)."""
-    server = DagsterDev(Path(tmp_path_factory.mktemp("dagster_home")), {"PANEL_ENV": "local", "MONGO_URI": mongo_uri})
+def local_surveygizmo() -> Iterator[LocalSurveyGizmo]:
+    """The SurveyGizmo-compatible server with the demo profile survey and no responses yet."""
+    server = LocalSurveyGizmo()
+    server.add_survey(PROFILE_SURVEY)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def local_ses() -> Iterator[LocalSesServer]:
+    with LocalSesServer(port=free_port(), max_send_rate=200.0) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dagster_dev(
+    tmp_path_factory: pytest.TempPathFactory, mongo_uri: str, local_surveygizmo: LocalSurveyGizmo, local_ses: LocalSesServer
+) -> Iterator[DagsterDev]:
+    """The whole pipeline under a real daemon, as `make run` starts it, on the session's local stack
+    (Mongo database `panel`)."""
+    environment = {
+        "PANEL_ENV": "local",
+        "MONGO_URI": mongo_uri,
+        "SURVEYGIZMO_BASE_URL": local_surveygizmo.base_url,
+        "SES_ENDPOINT_URL": local_ses.url,
+    }
+    server = DagsterDev(Path(tmp_path_factory.mktemp("dagster_home")), environment)
     server.start()
     yield server
     server.stop()

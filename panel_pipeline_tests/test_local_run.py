@@ -1,0 +1,58 @@
+"""The pipeline under a real Dagster daemon, driven only by writes to Mongo as the backend makes them."""
+
+import datetime as dt
+import time
+
+import dagster as dg
+import pymongo
+import pytest
+
+UTC = dt.timezone.utc
+pytestmark = pytest.mark.slow
+
+
+def wait_for(predicate, timeout: float = 90.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def panel_db(dagster_dev, mongo_client):
+    db = mongo_client.panel
+    for name in ("users", "samples", "sample_members", "mailings", "pipeline_state"):
+        db[name].delete_many({})
+    return db
+
+
+def test_queue_sensors_are_running_in_the_daemon(dagster_dev):
+    data = dagster_dev.graphql(
+        """{ sensorsOrError(repositorySelector: {repositoryLocationName: "panel_pipeline", repositoryName: "__repository__"}) {
+              ... on Sensors { results { name sensorState { status } } } } }"""
+    )
+    states = {s["name"]: s["sensorState"]["status"] for s in data["sensorsOrError"]["results"]}
+    assert states["queue_run_failure_sensor"] == "RUNNING"
+    assert states["member_changes_sensor"] == "RUNNING"
+
+
+def test_new_scottish_member_joins_the_dynamic_sample(dagster_dev, panel_db):
+    sample_id = panel_db.samples.insert_one({
+        "name": "Scotland tracker", "survey_id": "123", "size": 100, "dynamic": True, "open": True,
+        "filters": {"region": {"$in": ["Scotland"]}}, "processed": True, "status": "done",
+        "processed_at": dt.datetime.now(UTC), "created_at": dt.datetime.now(UTC),
+    }).inserted_id
+    inserted = time.monotonic()
+    user_id = panel_db.users.insert_one({
+        "email": "new.member@panel.example", "first_name": "Morag", "status": "active",
+        "created_at": dt.datetime.now(UTC), "points": 0, "profile": {"region": "Scotland", "gender": "female"},
+    }).inserted_id
+    member = wait_for(lambda: panel_db.sample_members.find_one({"sample_id": sample_id, "user_id": user_id}), what="member")
+    print(f"insert -> member added: {time.monotonic() - inserted:.1f} s")
+    assert member["source"] == "updater"
+    with dagster_dev.instance() as instance:
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name="dynamic_sample_updates_job"))
+        assert runs and runs[0].status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.STARTED)
