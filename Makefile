@@ -22,10 +22,12 @@ $(NODE_STAMP):
 		cd templates && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && rm -f node_modules/.installed-* && touch ../$@; \
 	fi
 
-# Debian packages the tests use: PostgreSQL (the production instance test).
+# Debian packages the tests use: PostgreSQL (the production instance test), Chromium and its
+# driver (the UI test).
+SYSTEM_PACKAGES := postgresql chromium chromium-driver
 system-packages:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromedriver >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	fi
 
 run: install
