@@ -4,7 +4,6 @@ import datetime as dt
 import time
 
 import dagster as dg
-import pymongo
 import pytest
 
 UTC = dt.timezone.utc

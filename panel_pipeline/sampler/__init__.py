@@ -1,5 +1,8 @@
-"""The Sampler: see assets.py (and its sensors, checks and schedules)."""
+"""The Sampler: nationally representative and tailor-made samples, on demand and from the queue."""
 
 import dagster as dg
 
-defs = dg.Definitions()
+from panel_pipeline.sampler.assets import samples
+from panel_pipeline.sampler.sensors import sample_job, samples_queue_sensor
+
+defs = dg.Definitions(assets=[samples], jobs=[sample_job], sensors=[samples_queue_sensor])

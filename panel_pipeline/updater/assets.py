@@ -5,6 +5,7 @@ from bson import ObjectId
 
 from panel_pipeline.queue.resources import MongoResource
 from panel_pipeline.queue.store import utc_now
+from panel_pipeline.sampler import invitations
 from panel_pipeline.updater import store
 from panel_pipeline.updater.dynamic import place_changed_members
 
@@ -36,12 +37,12 @@ def dynamic_sample_updates(context: dg.AssetExecutionContext, mongo: MongoResour
         added = store.add_members(db, sample.sample_id, placement.joining, now)
         store.mark_qualification(db, sample.sample_id, placement.stopped_qualifying, False, now)
         store.mark_qualification(db, sample.sample_id, placement.qualifying_again, True, now)
-        store.stamp_pending_invitations(db, sample.sample_id)
+        invitations.stamp_pending_invitations(db, ObjectId(sample.sample_id))
         if placement.full:
             store.close_sample(db, ObjectId(sample.sample_id), "its size was reached", now)
             closed.append(sample.sample_id)
         rows.append((sample.sample_id, added, len(placement.no_room), len(placement.stopped_qualifying)))
-    mailings = store.create_missing_mailings(db, now)
+    mailings = invitations.create_missing_mailings(db, now)
     store.write_cursor(db, changed.newest_change)
     context.log.info(f"{len(changed.profiles)} changed member(s), {len(samples)} open dynamic sample(s)")
     return dg.MaterializeResult(

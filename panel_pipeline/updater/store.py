@@ -1,15 +1,12 @@
-"""The Updater's reads and writes in Mongo: changed members, open dynamic samples, members, invitations.
+"""The Updater's reads and writes in Mongo: changed members, open dynamic samples, their members.
 
-Invitations are made exactly once in two idempotent steps. First the members still waiting are
-stamped with a new mailing id (each member document gets one id, once); then every stamped id that
-has no `mailings` document yet gets one, naming those members. A crash between the steps leaves
-stamped members whose mailing the next run creates with the same id; nothing is invited twice.
+Invitations go through `panel_pipeline.sampler.invitations`, exactly as for a first draw.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +14,11 @@ import pandas as pd
 from bson import ObjectId
 from pymongo import ASCENDING
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError
 
-from panel_pipeline.sampler.requests import PROFILE_CATEGORIES, SampleRequestError, parse_sample_request
+from panel_pipeline.sampler import members
+from panel_pipeline.sampler.members import profiles_frame
+from panel_pipeline.sampler.requests import SampleRequestError, parse_sample_request
 from panel_pipeline.updater.dynamic import DynamicSample, filled_cells
 
 CURSOR_ID = "updater"
@@ -27,15 +26,13 @@ CURSOR_ID = "updater"
 # work is idempotent, so seeing a member twice costs nothing).
 CURSOR_OVERLAP = dt.timedelta(seconds=10)
 MAX_CHANGED_PER_RUN = 20_000
-PROFILE_FIELDS = (*PROFILE_CATEGORIES, "birth_year", "age")
 DUPLICATE_KEY = 11000
 
 
 def ensure_indexes(db: Database) -> None:
+    members.ensure_indexes(db)
     db.users.create_index([("profile_updated_at", ASCENDING)])
     db.users.create_index([("created_at", ASCENDING)])
-    db.sample_members.create_index([("sample_id", ASCENDING), ("user_id", ASCENDING)], unique=True)
-    db.sample_members.create_index([("mailing_id", ASCENDING)], sparse=True)
     db.samples.create_index([("dynamic", ASCENDING), ("open", ASCENDING)])
 
 
@@ -89,11 +86,6 @@ def first_cursor(db: Database, now: dt.datetime) -> dt.datetime:
     """Where the very first update starts: the earliest draw of an open dynamic sample, else now."""
     earliest = db.samples.find_one({"dynamic": True, "open": True}, {"processed_at": 1}, sort=[("processed_at", 1)])
     return (earliest or {}).get("processed_at") or now
-
-
-def profiles_frame(docs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    rows = [{name: (doc.get("profile") or {}).get(name) for name in PROFILE_FIELDS} for doc in docs]
-    return pd.DataFrame(rows, index=[str(doc["_id"]) for doc in docs], columns=list(PROFILE_FIELDS))
 
 
 def open_dynamic_samples(db: Database, now: dt.datetime) -> tuple[list[DynamicSample], list[str]]:
@@ -151,50 +143,3 @@ def mark_qualification(db: Database, sample_id: str, user_ids: Iterable[str], qu
         else {"$set": {"qualifies": False, "stopped_qualifying_at": now}}
     )
     db.sample_members.update_many({"sample_id": ObjectId(sample_id), "user_id": {"$in": ids}}, update)
-
-
-def stamp_pending_invitations(db: Database, sample_id: str) -> ObjectId | None:
-    """Give the members added by the Updater and not yet tied to a mailing one new mailing id."""
-    mailing_id = ObjectId()
-    result = db.sample_members.update_many(
-        {"sample_id": ObjectId(sample_id), "source": "updater", "mailing_id": {"$exists": False}},
-        {"$set": {"mailing_id": mailing_id}},
-    )
-    return mailing_id if result.modified_count else None
-
-
-def create_missing_mailings(db: Database, now: dt.datetime) -> list[ObjectId]:
-    """A `mailings` document for every stamped mailing id that has none yet (exactly once: `_id`)."""
-    created = []
-    stamped = db.sample_members.distinct("mailing_id", {"source": "updater", "invited_at": None})
-    existing = set(db.mailings.distinct("_id", {"_id": {"$in": stamped}}))
-    for mailing_id in stamped:
-        if mailing_id in existing:
-            continue
-        members = list(db.sample_members.find({"mailing_id": mailing_id}, {"user_id": 1, "sample_id": 1}))
-        sample = db.samples.find_one({"_id": members[0]["sample_id"]}, {"mailing": 1})
-        invitation = (sample or {}).get("mailing") or {}
-        if not invitation.get("template"):
-            continue  # a dynamic sample without an invitation: members are added, nobody is mailed
-        try:
-            db.mailings.insert_one(invitation_document(mailing_id, members, invitation, now))
-        except DuplicateKeyError:
-            continue
-        created.append(mailing_id)
-    return created
-
-
-def invitation_document(
-    mailing_id: ObjectId, members: Sequence[Mapping[str, Any]], invitation: Mapping[str, Any], now: dt.datetime
-) -> dict[str, Any]:
-    return {
-        "_id": mailing_id,
-        "processed": False,
-        "created_at": now,
-        "kind": "bulk",
-        "template": invitation["template"],
-        "default_data": dict(invitation.get("default_data") or invitation.get("data") or {}),
-        "recipients": [{"user_id": member["user_id"]} for member in members],
-        "dynamic_sample_id": members[0]["sample_id"],
-        "source": "updater",
-    }

@@ -2,9 +2,9 @@ import datetime as dt
 
 import dagster as dg
 import pytest
-from bson import ObjectId
 
 from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.sampler import invitations
 from panel_pipeline.updater import store
 from panel_pipeline.updater.assets import dynamic_sample_updates
 from panel_pipeline.updater.sensors import member_changes_sensor
@@ -65,7 +65,7 @@ def test_crash_between_stamping_and_mailing_is_finished_by_the_next_run(mongo, m
     scot = add_user(mongo_db, "Scotland", dt.datetime.now(UTC))
     now = dt.datetime.now(UTC)
     store.add_members(mongo_db, str(sample_id), [str(scot)], now)
-    mailing_id = store.stamp_pending_invitations(mongo_db, str(sample_id))  # then the run "dies"
+    mailing_id = invitations.stamp_pending_invitations(mongo_db, sample_id)  # then the run "dies"
     update(mongo)
     (mailing,) = mongo_db.mailings.find()
     assert mailing["_id"] == mailing_id

@@ -1,0 +1,137 @@
+"""The samples asset on a real mongod: from the queue, rejected requests, re-draws, invitations."""
+
+import datetime as dt
+
+import dagster as dg
+import pytest
+from bson import ObjectId
+
+from panel_pipeline.local.synthetic_panel import generate_profiles
+from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.sampler import samples_queue_sensor
+from panel_pipeline.sampler.assets import samples
+
+UTC = dt.timezone.utc
+PROFILE_COLUMNS = ["gender", "birth_year", "age", "age_band", "region", "social_grade", "education", "vote_2019", "vote_2024", "eu_ref_vote"]
+
+
+@pytest.fixture
+def mongo(mongo_uri, mongo_db):
+    return MongoResource(uri=mongo_uri, database=mongo_db.name)
+
+
+@pytest.fixture
+def panel(mongo_db):
+    profiles = generate_profiles(6000, seed=3)[PROFILE_COLUMNS]
+    created = dt.datetime(2025, 1, 1, tzinfo=UTC)
+    docs = [
+        {"status": "active", "created_at": created, "email": f"m{i}@panel.example", "profile": {k: v for k, v in row.items() if v is not None}}
+        for i, row in enumerate(profiles.astype(object).to_dict("records"))
+    ]
+    for doc in docs:
+        doc["profile"]["birth_year"] = int(doc["profile"]["birth_year"])
+        doc["profile"]["age"] = int(doc["profile"]["age"])
+    return mongo_db.users.insert_many(docs).inserted_ids
+
+
+@pytest.fixture(scope="module")
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def run(instance, mongo, sample_id, run_config=None):
+    key = str(sample_id)
+    instance.add_dynamic_partitions("sample_requests", [key])
+    return dg.materialize(
+        [samples], partition_key=key, instance=instance, resources={"mongo": mongo},
+        run_config=run_config, raise_on_error=False,
+    )
+
+
+def request(mongo_db, **fields):
+    doc = {"name": "test", "survey_id": "123", "size": 200, "processed": False, "created_at": dt.datetime.now(UTC), **fields}
+    return mongo_db.samples.insert_one(doc).inserted_id
+
+
+def test_nat_rep_request_from_the_queue_end_to_end(instance, mongo, mongo_db, panel):
+    sample_id = request(mongo_db, preset="uk_nat_rep", seed=7, tolerance=2, mailing={"template": "new_survey", "default_data": {"survey_name": "Omnibus"}})
+    tick = samples_queue_sensor(dg.build_sensor_context(instance=instance, resources={"mongo": mongo}))
+    (run_request,) = tick.run_requests
+    assert run_request.partition_key == str(sample_id)
+    result = run(instance, mongo, sample_id)
+    assert result.success
+    doc = mongo_db.samples.find_one({"_id": sample_id})
+    assert doc["processed"] and doc["status"] == "done" and doc["run_id"] == result.run_id
+    assert doc["members"] == mongo_db.sample_members.count_documents({"sample_id": sample_id}) >= 200
+    assert doc["result"]["composition"] and doc["seed_used"] == 7
+    metadata = result.asset_materializations_for_node("samples")[0].metadata
+    assert "largest_deviation_pp" in metadata and "data:image/svg+xml" in metadata["composition_chart"].value
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "composition_within_tolerance"
+    (mailing,) = mongo_db.mailings.find()
+    assert len(mailing["recipients"]) == doc["members"] and mailing["kind"] == "bulk"
+    assert mongo_db.sample_members.count_documents({"sample_id": sample_id, "mailing_id": mailing["_id"]}) == doc["members"]
+
+    again = run(instance, mongo, sample_id)  # an analyst re-materialises it: everyone is queued for mail
+    assert not again.success
+    assert mongo_db.mailings.count_documents({}) == 1
+    assert mongo_db.sample_members.count_documents({"sample_id": sample_id}) == doc["members"]
+    larger = run(instance, mongo, sample_id, {"ops": {"samples": {"config": {"size": 250, "tolerance": 100}}}})
+    assert larger.success
+    assert mongo_db.mailings.count_documents({}) == 2  # only the new members are invited, once
+    second = mongo_db.mailings.find_one({"_id": {"$ne": mailing["_id"]}})
+    assert not {r["user_id"] for r in second["recipients"]} & {r["user_id"] for r in mailing["recipients"]}
+
+
+@pytest.mark.parametrize(
+    "fields, named",
+    [
+        ({"size": -5}, "size"),
+        ({"filters": {"region": {"$where": "sleep(1000)"}}}, "filters.region"),
+        ({"filters": {"$where": "1"}}, "filters"),
+        ({"filters": {"password": {"$eq": "x"}}}, "filters.password"),
+        ({"quotas": {"gender": {"female": 0.9}}}, "quotas.gender"),
+    ],
+)
+def test_invalid_request_is_failed_naming_the_field_and_writes_nothing(instance, mongo, mongo_db, panel, fields, named):
+    sample_id = request(mongo_db, **fields)
+    result = run(instance, mongo, sample_id)
+    assert not result.success
+    doc = mongo_db.samples.find_one({"_id": sample_id})
+    assert doc["processed"] and doc["status"] == "failed" and named in doc["error"]
+    assert mongo_db.sample_members.count_documents({}) == 0
+
+
+def test_redraw_with_a_new_seed_replaces_uninvited_members_and_keeps_invited_ones(instance, mongo, mongo_db, panel):
+    sample_id = request(mongo_db, quotas={"gender": {"female": 0.5, "male": 0.5}}, seed=1, size=100)
+    assert run(instance, mongo, sample_id).success
+    first = [m["user_id"] for m in mongo_db.sample_members.find({"sample_id": sample_id})]
+    invited = first[:10]
+    mongo_db.sample_members.update_many({"user_id": {"$in": invited}}, {"$set": {"invited_at": dt.datetime.now(UTC)}})
+    result = run(instance, mongo, sample_id, {"ops": {"samples": {"config": {"seed": 99}}}})
+    assert result.success
+    after = {m["user_id"] for m in mongo_db.sample_members.find({"sample_id": sample_id})}
+    assert set(invited) <= after
+    assert after != set(first)
+    doc = mongo_db.samples.find_one({"_id": sample_id})
+    assert doc["redraws"][0]["changes"] == {"seed": 99} and doc["redraws"][0]["run_id"] == result.run_id
+
+
+def test_exclusions_leave_out_recent_invitees_and_completers(instance, mongo, mongo_db, panel):
+    recent, completer = panel[0], panel[1]
+    mongo_db.sample_members.insert_one({"sample_id": ObjectId(), "user_id": recent, "invited_at": dt.datetime.now(UTC)})
+    mongo_db.transactions.insert_one({"user_id": completer, "survey_id": "555", "processed": True})
+    sample_id = request(mongo_db, size=5990, tolerance=100, exclude={"invited_within_days": 7, "completed_surveys": ["555"]})
+    assert run(instance, mongo, sample_id).success
+    chosen = {m["user_id"] for m in mongo_db.sample_members.find({"sample_id": sample_id})}
+    assert recent not in chosen and completer not in chosen
+    assert len(chosen) == 5990
+
+
+def test_inactive_members_are_never_sampled(instance, mongo, mongo_db, panel):
+    mongo_db.users.update_many({"_id": {"$in": panel[:3000]}}, {"$set": {"status": "unsubscribed"}})
+    sample_id = request(mongo_db, size=100, tolerance=100)
+    assert run(instance, mongo, sample_id).success
+    chosen = {m["user_id"] for m in mongo_db.sample_members.find({"sample_id": sample_id})}
+    assert not chosen & set(panel[:3000])
