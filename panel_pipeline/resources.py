@@ -36,6 +36,8 @@ def local_resources() -> dict[str, Any]:
             endpoint_url=dg.EnvVar("SES_ENDPOINT_URL"),
             aws_access_key_id="local",
             aws_secret_access_key="local",
+            unsubscribe_url="http://localhost:4200/unsubscribe?user={user}&token={token}",
+            unsubscribe_secret="local-unsubscribe-secret",
         ),
     }
 
@@ -52,6 +54,8 @@ def production_resources() -> dict[str, Any]:
             region_name=dg.EnvVar("SES_REGION"),
             from_address=dg.EnvVar("SES_FROM_ADDRESS"),
             configuration_set=dg.EnvVar("SES_CONFIGURATION_SET"),
+            unsubscribe_url=dg.EnvVar("PANEL_UNSUBSCRIBE_URL"),
+            unsubscribe_secret=dg.EnvVar("PANEL_UNSUBSCRIBE_SECRET"),
         ),
     }
 

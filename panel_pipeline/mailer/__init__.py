@@ -1,5 +1,14 @@
-"""The Mailer: see assets.py (and its sensors, checks and schedules)."""
+"""The Mailer: Foundation for Emails templates through SES, each recipient exactly once."""
 
 import dagster as dg
 
-defs = dg.Definitions()
+from panel_pipeline.mailer.assets import email_templates, mailings
+from panel_pipeline.mailer.schedules import template_sync_schedule
+from panel_pipeline.mailer.sensors import mailing_job, mailings_queue_sensor, template_job
+
+defs = dg.Definitions(
+    assets=[email_templates, mailings],
+    jobs=[mailing_job, template_job],
+    sensors=[mailings_queue_sensor],
+    schedules=[template_sync_schedule],
+)

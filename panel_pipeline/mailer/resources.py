@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import boto3
 import dagster as dg
 from pydantic import Field
@@ -20,6 +23,14 @@ class SesResource(dg.ConfigurableResource):
     max_send_rate: float | None = Field(default=None, description="Recipients per second; default: the account's.")
     aws_access_key_id: str | None = Field(default=None, description="Only for the local endpoint.")
     aws_secret_access_key: str | None = Field(default=None, description="Only for the local endpoint.")
+    unsubscribe_url: str = Field(
+        description="One-click unsubscribe link for bulk mail; `{user}` and `{token}` are filled per recipient."
+    )
+    unsubscribe_secret: str = Field(description="Signs the unsubscribe tokens; set it from an environment variable.")
+
+    def unsubscribe_link(self, user_key: str) -> str:
+        token = hmac.new(self.unsubscribe_secret.encode(), user_key.encode(), hashlib.sha256).hexdigest()[:32]
+        return self.unsubscribe_url.format(user=user_key, token=token)
 
     def gateway(self) -> SesGateway:
         session = boto3.session.Session(

@@ -1,0 +1,104 @@
+"""The Mailer's assets: the SES templates, and one partition per mailing sent through SES."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+from bson import ObjectId
+
+from panel_pipeline.mailer.dispatch import plan_recipients, send_mailing
+from panel_pipeline.mailer.ledger import SENT, MailLedger
+from panel_pipeline.mailer.recipients import mark_invited, resolve_recipients
+from panel_pipeline.mailer.resources import SesResource
+from panel_pipeline.mailer.templates import EmailTemplate, load_templates
+from panel_pipeline.partitions import mailings as mailing_partitions
+from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.queue.store import RequestRejected, WorkQueue, utc_now
+
+UNRECONCILED_RECHECK_SECONDS = 60.0
+
+
+@dg.asset(group_name="mailer", kinds={"python", "ses"}, tags={"panel/part": "mailer"})
+def email_templates(context: dg.AssetExecutionContext, ses: SesResource) -> dg.MaterializeResult:
+    """The five e-mails built from templates/ (Foundation for Emails, committed in templates/dist),
+    stored in SES under versioned names (`panel-<name>-<content hash>`): a changed template is a new
+    SES template, so a mailing in flight keeps the version it started with. Template calls are paced
+    to SES's 1 call/s."""
+    gateway = ses.gateway()
+    rows = [(template.name, gateway.ensure_template(template), template.content_hash[:12]) for template in load_templates().values()]
+    table = "\n".join(["| template | SES name | content hash |", "|---|---|---|", *(f"| {n} | {s} | {h} |" for n, s, h in rows)])
+    context.log.info(f"{len(rows)} templates in SES")
+    return dg.MaterializeResult(metadata={"templates": dg.MetadataValue.md(table), "count": len(rows)})
+
+
+@dg.asset(
+    partitions_def=mailing_partitions,
+    deps=[email_templates, dg.AssetDep("samples", partition_mapping=dg.AllPartitionMapping())],
+    group_name="mailer",
+    kinds={"python", "mongodb", "ses"},
+    tags={"panel/part": "mailer"},
+)
+def mailings(context: dg.AssetExecutionContext, mongo: MongoResource, ses: SesResource) -> dg.MaterializeResult:
+    """One mailing (partition = the `mailings` document's `_id`) sent through SES, each recipient
+    exactly once: recipients go into the `mail_log` ledger (unique per mailing and recipient), each
+    batch's attempt is recorded before the SES call and each entry's result after it. Recipients who
+    are not active are suppressed and those missing a template variable failed, each with the reason.
+    The mailing is completed with its counts only when no recipient is pending, claimed or unknown;
+    a daily-quota pause or unreconciled recipients postpone it without using up an attempt.
+    Re-materialising a finished mailing sends nothing: it reports the ledger."""
+    db = mongo.db()
+    mailing_id = ObjectId(context.partition_key)
+    queue = mongo.work_queue("mailings")
+    ledger = MailLedger(db.mail_log)
+    ledger.ensure_indexes()
+    owner = context.run.run_id
+    mailing = queue.claim(mailing_id, owner)
+    if mailing is None:
+        return report(ledger, mailing_id, "not claimed: already finished or held by another run")
+    try:
+        outcome = send(db, queue, ledger, ses, mailing, owner)
+    except RequestRejected as rejected:
+        queue.fail(mailing_id, owner, str(rejected))
+        raise dg.Failure(description=f"mailing rejected: {rejected}") from rejected
+    except BaseException as exc:
+        queue.release(mailing_id, owner, f"{type(exc).__name__}: {exc}")
+        raise
+    return report(ledger, mailing_id, outcome)
+
+
+def send(db, queue: WorkQueue, ledger: MailLedger, ses: SesResource, mailing: Mapping[str, Any], owner: str) -> str:
+    template = find_template(mailing)
+    gateway = ses.gateway()
+    ses_template = mailing.get("ses_template") or gateway.ensure_template(template)
+    db.mailings.update_one({"_id": mailing["_id"]}, {"$set": {"ses_template": ses_template}})
+    bulk = mailing.get("kind", "bulk") != "transactional"
+    recipients = resolve_recipients(db, mailing, ses.unsubscribe_link if bulk else None)
+    ledger.add_recipients(mailing["_id"], plan_recipients(template, recipients, mailing.get("default_data"), bulk))
+    dispatch = send_mailing(ledger, gateway, mailing["_id"], ses_template, owner, bulk)
+    counts = ledger.counts(mailing["_id"])
+    if dispatch.paused_until is not None:
+        queue.postpone(mailing["_id"], owner, dispatch.paused_until, f"SES paused sending: {dispatch.pause_reason}")
+        return f"paused until {dispatch.paused_until.isoformat()}"
+    if not ledger.mailing_done(mailing["_id"]):
+        retry = ledger.next_retry_at(mailing["_id"]) or utc_now()
+        queue.postpone(mailing["_id"], owner, max(retry, utc_now()), f"{counts.get('unknown', 0)} recipients await reconciliation")
+        return "postponed: recipients still open"
+    sent_users = db.mail_log.distinct("user_id", {"mailing_id": mailing["_id"], "status": SENT})
+    mark_invited(db, mailing, sent_users, utc_now())
+    queue.complete(mailing["_id"], owner, {"counts": counts})
+    return "done"
+
+
+def find_template(mailing: Mapping[str, Any]) -> EmailTemplate:
+    templates = load_templates()
+    name = mailing.get("template")
+    if name not in templates:
+        raise RequestRejected(f"template: no template {name!r}; known: {', '.join(sorted(templates))}")
+    return templates[name]
+
+
+def report(ledger: MailLedger, mailing_id: ObjectId, outcome: str) -> dg.MaterializeResult:
+    counts = ledger.counts(mailing_id)
+    return dg.MaterializeResult(
+        metadata={"outcome": outcome, **{f"recipients_{status}": int(n) for status, n in counts.items()}}
+    )

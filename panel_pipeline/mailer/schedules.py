@@ -1,0 +1,10 @@
+"""The SES templates are synced every morning (and a mailing syncs its own template on demand)."""
+
+import dagster as dg
+
+from panel_pipeline.mailer.sensors import template_job
+
+template_sync_schedule = dg.ScheduleDefinition(
+    job=template_job, cron_schedule="0 6 * * *", execution_timezone="Europe/London",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)

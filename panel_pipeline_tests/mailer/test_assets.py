@@ -1,0 +1,126 @@
+"""The mailings asset over real HTTP to the local SES endpoint, on a real mongod."""
+
+import datetime as dt
+
+import dagster as dg
+import pytest
+
+from panel_pipeline.mailer import mailings_queue_sensor
+from panel_pipeline.mailer.assets import email_templates, mailings
+from panel_pipeline.mailer.resources import SesResource
+from panel_pipeline.queue.resources import MongoResource
+
+UTC = dt.timezone.utc
+SURVEY = {"survey_name": "Bus services", "duration_minutes": 12, "points": 150, "survey_url": "https://survey.example/s/1"}
+
+
+@pytest.fixture
+def resources(mongo_uri, mongo_db, local_ses):
+    local_ses.clear()
+    return {
+        "mongo": MongoResource(uri=mongo_uri, database=mongo_db.name),
+        "ses": SesResource(
+            region_name="eu-west-2", from_address="Panel <panel@example.org>", endpoint_url=local_ses.url,
+            aws_access_key_id="local", aws_secret_access_key="local",
+            unsubscribe_url="https://panel.example/unsubscribe?user={user}&token={token}", unsubscribe_secret="s",
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def send(instance, resources, mailing_id):
+    key = str(mailing_id)
+    instance.add_dynamic_partitions("mailings", [key])
+    return dg.materialize([mailings], partition_key=key, instance=instance, resources=resources, raise_on_error=False)
+
+
+def users(db, *specs):
+    return db.users.insert_many(
+        [{"email": f"user{i}@panel.example", "first_name": name, "status": status} for i, (name, status) in enumerate(specs)]
+    ).inserted_ids
+
+
+def test_invitation_is_sent_once_to_active_members_and_marks_them_invited(instance, resources, mongo_db, local_ses):
+    active, evil, gone = users(mongo_db, ("Ann", "active"), ("<script>x</script>", "active"), ("Bob", "unsubscribed"))
+    sample_id = mongo_db.samples.insert_one({"name": "s"}).inserted_id
+    mailing_id = mongo_db.mailings.insert_one({
+        "processed": False, "kind": "bulk", "template": "new_survey", "default_data": SURVEY,
+        "recipients": [{"user_id": active}, {"user_id": evil}, {"user_id": gone}],
+    }).inserted_id
+    mongo_db.sample_members.insert_many([
+        {"sample_id": sample_id, "user_id": uid, "invited_at": None, "mailing_id": mailing_id} for uid in (active, evil, gone)
+    ])
+    tick = mailings_queue_sensor(dg.build_sensor_context(instance=instance, resources={"mongo": resources["mongo"]}))
+    assert tick.run_requests[0].tags["panel/mail_kind"] == "bulk"
+
+    result = send(instance, resources, mailing_id)
+    assert result.success
+    doc = mongo_db.mailings.find_one({"_id": mailing_id})
+    assert doc["processed"] and doc["status"] == "done"
+    assert {k: v for k, v in doc["counts"].items() if v} == {"sent": 2, "suppressed": 1}
+    emails = local_ses.emails()
+    assert sorted(e["destination"]["to"][0] for e in emails) == ["user0@panel.example", "user1@panel.example"]
+    escaped = next(e for e in emails if e["destination"]["to"][0] == "user1@panel.example")
+    assert "<script>x</script>" not in escaped["body"]["html"] and "&lt;script&gt;" in escaped["body"]["html"]
+    assert all("List-Unsubscribe" in str(e.get("headers")) for e in emails)
+    invited = {m["user_id"] for m in mongo_db.sample_members.find({"invited_at": {"$ne": None}})}
+    assert invited == {active, evil}
+    assert mongo_db.mail_log.find_one({"user_id": gone})["status"] == "suppressed"
+
+    again = send(instance, resources, mailing_id)  # re-materialised: reports, sends nothing
+    assert again.success and len(local_ses.emails()) == 2
+    metadata = again.asset_materializations_for_node("mailings")[0].metadata
+    assert metadata["recipients_sent"].value == 2
+    for value in metadata.values():
+        assert "@" not in str(value.value)
+
+
+def test_transactional_mail_has_no_unsubscribe_header_and_keeps_its_token_out_of_logs(instance, resources, mongo_db, local_ses):
+    users(mongo_db, ("Cat", "active"))
+    token_link = "https://panel.example/reset?token=SECRET-TOKEN-123"
+    mailing_id = mongo_db.mailings.insert_one({
+        "processed": False, "kind": "transactional", "template": "password_recovery",
+        "recipients": [{"email": " User0@Panel.example ", "data": {"reset_url": token_link, "expires_in_minutes": 60}}],
+    }).inserted_id
+    result = send(instance, resources, mailing_id)
+    assert result.success
+    (email,) = local_ses.emails()
+    assert "SECRET-TOKEN-123" in email["body"]["text"]
+    assert "List-Unsubscribe" not in str(email.get("headers"))
+    logs = "\n".join(str(event.user_message) for event in instance.all_logs(result.run_id))
+    assert "SECRET-TOKEN-123" not in logs and "user0@panel.example" not in logs.lower()
+
+
+def test_missing_variable_fails_that_recipient_alone(instance, resources, mongo_db, local_ses):
+    users(mongo_db, ("Dee", "active"), ("Eve", "active"))
+    mailing_id = mongo_db.mailings.insert_one({
+        "processed": False, "kind": "transactional", "template": "password_recovery", "default_data": {"expires_in_minutes": 60},
+        "recipients": [
+            {"email": "user0@panel.example", "data": {"reset_url": "https://x/1"}},
+            {"email": "user1@panel.example", "data": {}},
+        ],
+    }).inserted_id
+    assert send(instance, resources, mailing_id).success
+    doc = mongo_db.mailings.find_one({"_id": mailing_id})
+    assert {k: v for k, v in doc["counts"].items() if v} == {"sent": 1, "failed": 1}
+    assert "reset_url" in mongo_db.mail_log.find_one({"status": "failed"})["error"]
+
+
+def test_unknown_template_fails_the_mailing_naming_the_field(instance, resources, mongo_db):
+    mailing_id = mongo_db.mailings.insert_one({"processed": False, "template": "nope", "recipients": [{"email": "a@b.c"}]}).inserted_id
+    assert not send(instance, resources, mailing_id).success
+    doc = mongo_db.mailings.find_one({"_id": mailing_id})
+    assert doc["status"] == "failed" and doc["error"].startswith("template: no template 'nope'")
+
+
+def test_templates_are_synced_under_versioned_names(instance, resources, local_ses):
+    result = dg.materialize([email_templates], instance=instance, resources={"ses": resources["ses"]})
+    assert result.success
+    assert sorted(name.split("-")[1] for name in local_ses.templates()) == [
+        "new_survey", "paid", "password_recovery", "points_registered", "welcome",
+    ]
