@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 
 from panel_pipeline.extractor.resources import SurveyGizmoResource
+from panel_pipeline.local.profile_survey import PROFILE_SURVEY_ID
 from panel_pipeline.local.surveygizmo_server import DEMO_TOKEN, DEMO_TOKEN_SECRET
 from panel_pipeline.mailer.resources import SesResource
 from panel_pipeline.queue.resources import MongoResource
@@ -29,6 +30,7 @@ def local_resources() -> dict[str, Any]:
             api_token_secret=DEMO_TOKEN_SECRET,
             base_url=dg.EnvVar("SURVEYGIZMO_BASE_URL"),
             account_time_zone="America/New_York",
+            profile_survey_ids=PROFILE_SURVEY_ID,
         ),
         "ses": SesResource(
             region_name="eu-west-2",
@@ -49,6 +51,7 @@ def production_resources() -> dict[str, Any]:
             api_token=dg.EnvVar("SURVEYGIZMO_API_TOKEN"),
             api_token_secret=dg.EnvVar("SURVEYGIZMO_API_TOKEN_SECRET"),
             region=dg.EnvVar("SURVEYGIZMO_REGION"),
+            profile_survey_ids=dg.EnvVar("SURVEYGIZMO_PROFILE_SURVEY_IDS"),
         ),
         "ses": SesResource(
             region_name=dg.EnvVar("SES_REGION"),

@@ -1,5 +1,18 @@
-"""The Extractor: see assets.py (and its sensors, checks and schedules)."""
+"""The Extractor: SurveyGizmo responses into Mongo, and the normalized users table."""
 
 import dagster as dg
 
-defs = dg.Definitions()
+from panel_pipeline.extractor.assets import survey_completions, surveygizmo_responses, users
+from panel_pipeline.extractor.checks import profile_coverage, profile_values_allowed, quarantined_responses
+from panel_pipeline.extractor.schedules import hourly_extract_schedule
+from panel_pipeline.extractor.sensors import extract_job, survey_completions_job, transactions_queue_sensor
+
+extract_job_assets = [surveygizmo_responses, users, profile_coverage, profile_values_allowed, quarantined_responses]
+
+defs = dg.Definitions(
+    assets=[surveygizmo_responses, users, survey_completions],
+    asset_checks=[profile_coverage, profile_values_allowed, quarantined_responses],
+    jobs=[extract_job, survey_completions_job],
+    sensors=[transactions_queue_sensor],
+    schedules=[hourly_extract_schedule],
+)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
-from panel_pipeline.extractor.surveygizmo import SurveyGizmoClient
+from panel_pipeline.extractor.surveygizmo import RetryPolicy, SurveyGizmoClient
 
 
 class SurveyGizmoResource(dg.ConfigurableResource):
@@ -17,6 +17,9 @@ class SurveyGizmoResource(dg.ConfigurableResource):
     base_url: str | None = Field(default=None, description="Overrides the data-centre host (the local server).")
     account_time_zone: str | None = Field(default=None, description="IANA zone of the account; default per region.")
     calls_per_minute: float = Field(default=240.0, description="Client-side rate limit (the account's limit is 240).")
+    profile_survey_ids: str = Field(description="Comma-separated ids of the surveys whose answers feed users.profile.")
+    max_attempts: int = Field(default=6, description="Tries per call, retries with jittered backoff included.")
+    retry_base_delay_seconds: float = Field(default=2.0, description="First retry delay; grows exponentially.")
 
     def client(self) -> SurveyGizmoClient:
         return SurveyGizmoClient(
@@ -26,4 +29,12 @@ class SurveyGizmoResource(dg.ConfigurableResource):
             base_url=self.base_url,
             account_time_zone=self.account_time_zone,
             calls_per_minute=self.calls_per_minute,
+            retry=RetryPolicy(
+                max_attempts=self.max_attempts,
+                base_delay=self.retry_base_delay_seconds,
+                throttle_delay=self.retry_base_delay_seconds * 7.5,
+            ),
         )
+
+    def survey_ids(self) -> list[str]:
+        return [survey.strip() for survey in self.profile_survey_ids.split(",") if survey.strip()]
