@@ -8,7 +8,10 @@ from panel_pipeline.extractor.assets import UK
 from panel_pipeline.extractor.sensors import extract_job
 
 
-@dg.schedule(job=extract_job, cron_schedule="5 * * * *", execution_timezone="Europe/London")
+@dg.schedule(
+    job=extract_job, cron_schedule="5 * * * *", execution_timezone="Europe/London",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
 def hourly_extract_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
     """Today's partition while the day runs, and yesterday's for responses completed late."""
     today = context.scheduled_execution_time.astimezone(UK).date()
