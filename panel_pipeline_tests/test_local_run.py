@@ -23,7 +23,7 @@ def wait_for(predicate, timeout: float = 90.0, what: str = "condition"):
 @pytest.fixture
 def panel_db(dagster_dev, mongo_client):
     db = mongo_client.panel
-    for name in ("users", "samples", "sample_members", "mailings", "pipeline_state"):
+    for name in ("users", "samples", "sample_members", "mailings", "mail_log", "pipeline_state"):
         db[name].delete_many({})
     return db
 
@@ -55,3 +55,30 @@ def test_new_scottish_member_joins_the_dynamic_sample(dagster_dev, panel_db):
     with dagster_dev.instance() as instance:
         runs = instance.get_runs(filters=dg.RunsFilter(job_name="dynamic_sample_updates_job"))
         assert runs and runs[0].status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.STARTED)
+
+
+def test_queue_documents_are_finished_in_seconds(dagster_dev, panel_db):
+    """Insert -> processed for a sample request, and insert -> SES acceptance for a password e-mail."""
+    panel_db.users.insert_many([
+        {"email": f"q{i}@panel.example", "first_name": "Q", "status": "active", "created_at": dt.datetime(2025, 1, 1, tzinfo=UTC),
+         "profile": {"gender": ("female", "male")[i % 2], "region": "London"}}
+        for i in range(40)
+    ])
+    timings = {}
+    started = time.monotonic()
+    sample_id = panel_db.samples.insert_one({
+        "processed": False, "created_at": dt.datetime.now(UTC), "name": "quick", "survey_id": "1", "size": 10,
+        "quotas": {"gender": {"female": 0.5, "male": 0.5}},
+    }).inserted_id
+    wait_for(lambda: panel_db.samples.find_one({"_id": sample_id, "processed": True}), what="sample processed")
+    timings["sample request: insert -> done"] = time.monotonic() - started
+    started = time.monotonic()
+    mailing_id = panel_db.mailings.insert_one({
+        "processed": False, "created_at": dt.datetime.now(UTC), "kind": "transactional", "template": "password_recovery",
+        "recipients": [{"email": "q0@panel.example", "data": {"reset_url": "https://panel.example/reset?token=t", "expires_in_minutes": 60}}],
+    }).inserted_id
+    wait_for(lambda: panel_db.mail_log.find_one({"mailing_id": mailing_id, "status": "sent"}), what="password e-mail sent")
+    timings["password e-mail: insert -> accepted by SES"] = time.monotonic() - started
+    for name, seconds in timings.items():
+        print(f"{name}: {seconds:.1f} s")
+    assert panel_db.samples.find_one({"_id": sample_id})["status"] == "done"
