@@ -6,18 +6,10 @@ import time
 import dagster as dg
 import pytest
 
+from panel_pipeline_tests.waiting import wait_for
+
 UTC = dt.timezone.utc
 pytestmark = pytest.mark.slow
-
-
-def wait_for(predicate, timeout: float = 90.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

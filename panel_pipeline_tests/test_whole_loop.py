@@ -11,21 +11,12 @@ import pytest
 from panel_pipeline.local.demo import demo_user, demo_user_id
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY_ID, response_record
 from panel_pipeline.local.synthetic_panel import generate_profiles
+from panel_pipeline_tests.waiting import wait_for
 
 UTC = dt.timezone.utc
 MEMBERS = 240
 SURVEY = {"survey_name": "Omnibus wave 12", "duration_minutes": 10, "points": 100, "survey_url": "https://survey.example/s/12"}
 pytestmark = pytest.mark.slow
-
-
-def wait_for(predicate, timeout: float = 180.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def answer_profile_survey(surveygizmo, number: int, profile: dict, response_id: int) -> None:

@@ -2,10 +2,22 @@
 
 import dagster as dg
 
-from panel_pipeline.extractor.assets import survey_completions, surveygizmo_responses, users
-from panel_pipeline.extractor.checks import profile_coverage, profile_values_allowed, quarantined_responses
+from panel_pipeline.extractor.assets import (
+    survey_completions,
+    surveygizmo_responses,
+    users,
+)
+from panel_pipeline.extractor.checks import (
+    profile_coverage,
+    profile_values_allowed,
+    quarantined_responses,
+)
 from panel_pipeline.extractor.schedules import hourly_extract_schedule
-from panel_pipeline.extractor.sensors import extract_job, survey_completions_job, transactions_queue_sensor
+from panel_pipeline.extractor.sensors import (
+    extract_job,
+    survey_completions_job,
+    transactions_queue_sensor,
+)
 
 extract_job_assets = [surveygizmo_responses, users, profile_coverage, profile_values_allowed, quarantined_responses]
 

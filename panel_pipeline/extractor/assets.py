@@ -10,9 +10,17 @@ import dagster as dg
 from bson import ObjectId
 
 from panel_pipeline.extractor import store
-from panel_pipeline.extractor.normalize import load_profile_mapping, normalize_profile, question_shortnames
+from panel_pipeline.extractor.normalize import (
+    load_profile_mapping,
+    normalize_profile,
+    question_shortnames,
+)
 from panel_pipeline.extractor.resources import SurveyGizmoResource
-from panel_pipeline.extractor.responses import MalformedResponse, SurveyResponse, parse_response
+from panel_pipeline.extractor.responses import (
+    MalformedResponse,
+    SurveyResponse,
+    parse_response,
+)
 from panel_pipeline.extractor.surveygizmo import SurveyGizmoClient, SurveyGizmoNotFound
 from panel_pipeline.partitions import response_days
 from panel_pipeline.queue.resources import MongoResource

@@ -2,7 +2,11 @@
 
 import dagster as dg
 
-from panel_pipeline.extractor.assets import surveygizmo_responses, survey_completions, users
+from panel_pipeline.extractor.assets import (
+    survey_completions,
+    surveygizmo_responses,
+    users,
+)
 from panel_pipeline.queue.sensors import build_queue_sensor
 
 extract_job = dg.define_asset_job(

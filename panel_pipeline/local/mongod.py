@@ -66,6 +66,15 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def live_pid(pid_file: Path) -> int | None:
+    """The process id in `pid_file` if that process still runs."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
 @dataclass(frozen=True)
 class LocalMongod:
     """One mongod with its data, log and pid files under `data_dir`."""
@@ -86,11 +95,7 @@ class LocalMongod:
         return self.data_dir / "mongod.log"
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        return pid if pid_alive(pid) else None
+        return live_pid(self.pid_file)
 
     def is_running(self) -> bool:
         return self.pid() is not None

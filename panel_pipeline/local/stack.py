@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from panel_pipeline.local.mongod import LocalMongod, pid_alive, port_in_use
+from panel_pipeline.local.mongod import LocalMongod, live_pid, pid_alive, port_in_use
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = Path(os.environ.get("PANEL_PIPELINE_STATE_DIR", PROJECT_ROOT / ".panel_pipeline"))
@@ -47,11 +47,7 @@ class BackgroundService:
         return STATE_DIR / f"{self.name}.log"
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        return pid if pid_alive(pid) else None
+        return live_pid(self.pid_file)
 
     def start(self) -> None:
         if self.pid() is not None:

@@ -34,7 +34,11 @@ from zoneinfo import ZoneInfo
 
 from panel_pipeline.extractor.responses import parse_timestamp
 from panel_pipeline.local.demo import demo_user_id
-from panel_pipeline.local.profile_survey import PROFILE_SURVEY, PROFILE_SURVEY_ID, response_record
+from panel_pipeline.local.profile_survey import (
+    PROFILE_SURVEY,
+    PROFILE_SURVEY_ID,
+    response_record,
+)
 
 if TYPE_CHECKING:
     import pandas as pd

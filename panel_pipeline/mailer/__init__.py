@@ -4,7 +4,11 @@ import dagster as dg
 
 from panel_pipeline.mailer.assets import email_templates, mailings
 from panel_pipeline.mailer.schedules import template_sync_schedule
-from panel_pipeline.mailer.sensors import mailing_job, mailings_queue_sensor, template_job
+from panel_pipeline.mailer.sensors import (
+    mailing_job,
+    mailings_queue_sensor,
+    template_job,
+)
 
 defs = dg.Definitions(
     assets=[email_templates, mailings],

@@ -20,9 +20,26 @@ from typing import Any
 
 from bson import ObjectId
 
-from panel_pipeline.mailer.ledger import FAILED, PENDING, SUPPRESSED, Batch, MailLedger, NewRecipient
-from panel_pipeline.mailer.ses import BatchResult, BulkRecipient, BulkSend, Outcome, SesGateway
-from panel_pipeline.mailer.templates import EmailTemplate, check_recipient_data, escape_for_html
+from panel_pipeline.mailer.ledger import (
+    FAILED,
+    PENDING,
+    SUPPRESSED,
+    Batch,
+    MailLedger,
+    NewRecipient,
+)
+from panel_pipeline.mailer.ses import (
+    BatchResult,
+    BulkRecipient,
+    BulkSend,
+    Outcome,
+    SesGateway,
+)
+from panel_pipeline.mailer.templates import (
+    EmailTemplate,
+    check_recipient_data,
+    escape_for_html,
+)
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,11 @@ from bson import ObjectId
 from pymongo import ASCENDING, UpdateOne
 from pymongo.database import Database
 
-from panel_pipeline.sampler.requests import PROFILE_CATEGORIES, SampleRequest, mongo_filter
+from panel_pipeline.sampler.requests import (
+    PROFILE_CATEGORIES,
+    SampleRequest,
+    mongo_filter,
+)
 
 PROFILE_FIELDS = (*PROFILE_CATEGORIES, "birth_year", "age")
 

@@ -43,7 +43,12 @@ from panel_pipeline.sampler.requests import (
     filter_mask,
 )
 from panel_pipeline.sampler.targets import Target, request_targets
-from panel_pipeline.sampler.weighting import design_effect, kish_effective_sample_size, rake, rake_with_cap
+from panel_pipeline.sampler.weighting import (
+    design_effect,
+    kish_effective_sample_size,
+    rake,
+    rake_with_cap,
+)
 
 WEIGHT_CAP = 5.0
 PLAN_TOLERANCE = 1e-9  # largest margin error (as a share) for a fractional plan to count as exact

@@ -11,7 +11,11 @@ from typing import Any
 import pytest
 
 from panel_pipeline.extractor.surveygizmo import RetryPolicy, SurveyGizmoClient
-from panel_pipeline.local.profile_survey import PROFILE_SURVEY, PROFILE_SURVEY_ID, response_record
+from panel_pipeline.local.profile_survey import (
+    PROFILE_SURVEY,
+    PROFILE_SURVEY_ID,
+    response_record,
+)
 from panel_pipeline.local.surveygizmo_server import LocalSurveyGizmo
 
 API_TOKEN = "tok-4f1c2d9e7a"

@@ -5,12 +5,25 @@ import datetime as dt
 import dagster as dg
 import pytest
 
-from panel_pipeline.extractor import extract_job_assets, hourly_extract_schedule, transactions_queue_sensor
+from panel_pipeline.extractor import (
+    extract_job_assets,
+    hourly_extract_schedule,
+    transactions_queue_sensor,
+)
 from panel_pipeline.extractor.assets import survey_completions
 from panel_pipeline.extractor.resources import SurveyGizmoResource
 from panel_pipeline.local.demo import demo_user_id, seed_users
-from panel_pipeline.local.profile_survey import PROFILE_SURVEY, PROFILE_SURVEY_ID, response_record
-from panel_pipeline.local.surveygizmo_server import DEMO_TOKEN, DEMO_TOKEN_SECRET, LocalSurveyGizmo, Outage
+from panel_pipeline.local.profile_survey import (
+    PROFILE_SURVEY,
+    PROFILE_SURVEY_ID,
+    response_record,
+)
+from panel_pipeline.local.surveygizmo_server import (
+    DEMO_TOKEN,
+    DEMO_TOKEN_SECRET,
+    LocalSurveyGizmo,
+    Outage,
+)
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline.queue.resources import MongoResource
 

@@ -17,7 +17,11 @@ from panel_pipeline.extractor.normalize import (
     question_shortnames,
 )
 from panel_pipeline.extractor.responses import SurveyResponse, parse_response
-from panel_pipeline.local.profile_survey import PROFILE_SURVEY, PROFILE_SURVEY_ID, response_record
+from panel_pipeline.local.profile_survey import (
+    PROFILE_SURVEY,
+    PROFILE_SURVEY_ID,
+    response_record,
+)
 from panel_pipeline.sampler.requests import PROFILE_CATEGORIES
 from panel_pipeline_tests.extractor.conftest import EXAMPLE_PROFILE
 

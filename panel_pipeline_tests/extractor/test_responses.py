@@ -10,7 +10,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from panel_pipeline.extractor.responses import MalformedResponse, format_timestamp, parse_response, parse_timestamp
+from panel_pipeline.extractor.responses import (
+    MalformedResponse,
+    format_timestamp,
+    parse_response,
+    parse_timestamp,
+)
 
 NEW_YORK = ZoneInfo("America/New_York")
 UTC = dt.timezone.utc

@@ -24,7 +24,11 @@ from panel_pipeline.extractor.surveygizmo import (
     lower_bound_wall_time,
     upper_bound_wall_time,
 )
-from panel_pipeline.local.profile_survey import PROFILE_SURVEY, PROFILE_SURVEY_ID, response_record
+from panel_pipeline.local.profile_survey import (
+    PROFILE_SURVEY,
+    PROFILE_SURVEY_ID,
+    response_record,
+)
 from panel_pipeline.local.surveygizmo_server import (
     Fault,
     LocalSurveyGizmo,
@@ -38,7 +42,13 @@ from panel_pipeline.local.surveygizmo_server import (
     throttled,
     truncated,
 )
-from panel_pipeline_tests.extractor.conftest import API_TOKEN, API_TOKEN_SECRET, EXAMPLE_PROFILE, FakeClock, add_responses
+from panel_pipeline_tests.extractor.conftest import (
+    API_TOKEN,
+    API_TOKEN_SECRET,
+    EXAMPLE_PROFILE,
+    FakeClock,
+    add_responses,
+)
 
 UTC = dt.timezone.utc
 DAY = dt.datetime(2024, 6, 3, 4, 0, tzinfo=UTC)  # 00:00 EDT

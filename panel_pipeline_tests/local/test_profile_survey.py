@@ -11,10 +11,18 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 
-from panel_pipeline.extractor.normalize import load_profile_mapping, normalize_profile, question_shortnames
+from panel_pipeline.extractor.normalize import (
+    load_profile_mapping,
+    normalize_profile,
+    question_shortnames,
+)
 from panel_pipeline.extractor.responses import parse_response
 from panel_pipeline.extractor.surveygizmo import SurveyGizmoClient
-from panel_pipeline.local.profile_survey import PROFILE_SURVEY, PROFILE_SURVEY_ID, response_record
+from panel_pipeline.local.profile_survey import (
+    PROFILE_SURVEY,
+    PROFILE_SURVEY_ID,
+    response_record,
+)
 from panel_pipeline.local.surveygizmo_server import LocalSurveyGizmo, load_demo_data
 from panel_pipeline.sampler.requests import PROFILE_CATEGORIES
 

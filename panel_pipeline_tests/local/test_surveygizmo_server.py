@@ -14,7 +14,11 @@ import requests
 
 from panel_pipeline.local.demo import demo_user_id
 from panel_pipeline.local.mongod import free_port
-from panel_pipeline.local.profile_survey import PROFILE_SURVEY, PROFILE_SURVEY_ID, response_record
+from panel_pipeline.local.profile_survey import (
+    PROFILE_SURVEY,
+    PROFILE_SURVEY_ID,
+    response_record,
+)
 from panel_pipeline.local.surveygizmo_server import (
     LocalSurveyGizmo,
     Outage,

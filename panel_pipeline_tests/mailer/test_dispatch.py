@@ -10,10 +10,28 @@ from collections.abc import Callable
 import pytest
 from bson import ObjectId
 
-from panel_pipeline.local.ses_proxy import SesFaultProxy, daily_quota_exceeded, lost_answer, no_fault, throttling
+from panel_pipeline.local.ses_proxy import (
+    SesFaultProxy,
+    daily_quota_exceeded,
+    lost_answer,
+    no_fault,
+    throttling,
+)
 from panel_pipeline.local.ses_server import LocalSesServer
-from panel_pipeline.mailer.dispatch import DispatchPolicy, MailingRecipient, plan_recipients, send_mailing
-from panel_pipeline.mailer.ledger import FAILED, PENDING, SENT, UNKNOWN, MailLedger, send_event_from_ses
+from panel_pipeline.mailer.dispatch import (
+    DispatchPolicy,
+    MailingRecipient,
+    plan_recipients,
+    send_mailing,
+)
+from panel_pipeline.mailer.ledger import (
+    FAILED,
+    PENDING,
+    SENT,
+    UNKNOWN,
+    MailLedger,
+    send_event_from_ses,
+)
 from panel_pipeline.mailer.ses import SesGateway
 from panel_pipeline.mailer.templates import EmailTemplate
 

@@ -6,7 +6,11 @@ import pytest
 from bson import ObjectId
 
 from panel_pipeline.queue.resources import MongoResource
-from panel_pipeline.queue.sensors import QueueCursor, build_queue_sensor, release_documents_of_run
+from panel_pipeline.queue.sensors import (
+    QueueCursor,
+    build_queue_sensor,
+    release_documents_of_run,
+)
 
 requests_partitions = dg.DynamicPartitionsDefinition(name="test_requests")
 

@@ -3,7 +3,12 @@ import datetime as dt
 import pytest
 from bson import ObjectId
 
-from panel_pipeline.queue.store import QueuePolicy, RequestRejected, WorkQueue, process_document
+from panel_pipeline.queue.store import (
+    QueuePolicy,
+    RequestRejected,
+    WorkQueue,
+    process_document,
+)
 
 
 class FakeClock:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import math
 
 from panel_pipeline.sampler.requests import PROFILE_CATEGORIES, parse_sample_request
-from panel_pipeline.sampler.targets import load_target_table, preset_targets, request_targets
+from panel_pipeline.sampler.targets import (
+    load_target_table,
+    preset_targets,
+    request_targets,
+)
 
 BASE = {"name": "n", "survey_id": "1", "size": 100}
 

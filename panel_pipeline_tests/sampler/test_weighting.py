@@ -7,7 +7,12 @@ import pandas as pd
 import weightipy
 
 from panel_pipeline.local.synthetic_panel import generate_profiles
-from panel_pipeline.sampler.weighting import design_effect, kish_effective_sample_size, rake, rake_with_cap
+from panel_pipeline.sampler.weighting import (
+    design_effect,
+    kish_effective_sample_size,
+    rake,
+    rake_with_cap,
+)
 
 TARGETS = {
     "age_band": {"18-24": 10.5, "25-34": 17.0, "35-44": 16.4, "45-54": 16.8, "55-64": 15.9, "65-74": 12.5, "75+": 10.9},
