@@ -1,5 +1,6 @@
 """The Mailer's assets: the SES templates, and one partition per mailing sent through SES."""
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -7,7 +8,7 @@ import dagster as dg
 from bson import ObjectId
 
 from panel_pipeline.mailer.dispatch import plan_recipients, send_mailing
-from panel_pipeline.mailer.ledger import SENT, MailLedger
+from panel_pipeline.mailer.ledger import CLAIMED, SENT, UNKNOWN, MailLedger
 from panel_pipeline.mailer.recipients import mark_invited, resolve_recipients
 from panel_pipeline.mailer.resources import SesResource
 from panel_pipeline.mailer.templates import EmailTemplate, load_templates
@@ -15,7 +16,8 @@ from panel_pipeline.partitions import mailings as mailing_partitions
 from panel_pipeline.queue.resources import MongoResource
 from panel_pipeline.queue.store import RequestRejected, WorkQueue, utc_now
 
-UNRECONCILED_RECHECK_SECONDS = 60.0
+# Unknown recipients wait for SES events; claimed ones for another worker's lease: look again then.
+OPEN_RECIPIENTS_RECHECK = dt.timedelta(seconds=60)
 
 
 @dg.asset(group_name="mailer", kinds={"python", "ses"}, tags={"panel/part": "mailer"})
@@ -49,7 +51,7 @@ def mailings(context: dg.AssetExecutionContext, mongo: MongoResource, ses: SesRe
     db = mongo.db()
     mailing_id = ObjectId(context.partition_key)
     queue = mongo.work_queue("mailings")
-    ledger = MailLedger(db.mail_log)
+    ledger = MailLedger(db.mail_log, db.mail_events)
     ledger.ensure_indexes()
     owner = context.run.run_id
     mailing = queue.claim(mailing_id, owner)
@@ -80,8 +82,9 @@ def send(db, queue: WorkQueue, ledger: MailLedger, ses: SesResource, mailing: Ma
         queue.postpone(mailing["_id"], owner, dispatch.paused_until, f"SES paused sending: {dispatch.pause_reason}")
         return f"paused until {dispatch.paused_until.isoformat()}"
     if not ledger.mailing_done(mailing["_id"]):
-        retry = ledger.next_retry_at(mailing["_id"]) or utc_now()
-        queue.postpone(mailing["_id"], owner, max(retry, utc_now()), f"{counts.get('unknown', 0)} recipients await reconciliation")
+        retry = ledger.next_retry_at(mailing["_id"]) or utc_now() + OPEN_RECIPIENTS_RECHECK
+        waiting = f"{counts[UNKNOWN]} unknown (awaiting SES events), {counts[CLAIMED]} held by another worker"
+        queue.postpone(mailing["_id"], owner, max(retry, utc_now()), waiting)
         return "postponed: recipients still open"
     sent_users = db.mail_log.distinct("user_id", {"mailing_id": mailing["_id"], "status": SENT})
     mark_invited(db, mailing, sent_users, utc_now())

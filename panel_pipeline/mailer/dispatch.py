@@ -21,6 +21,7 @@ from typing import Any
 from bson import ObjectId
 
 from panel_pipeline.mailer.ledger import (
+    EVENT_SILENCE,
     FAILED,
     PENDING,
     SUPPRESSED,
@@ -63,6 +64,7 @@ class DispatchPolicy:
     backoff_cap_seconds: float = 60.0
     pause_seconds: float = 3600.0  # daily quota / sending paused: try again this much later
     max_wait_seconds: float = 120.0  # wait in-process for a backoff this long at most, else return
+    event_silence: dt.timedelta = EVENT_SILENCE  # see MailLedger.settle_unknown
 
 
 @dataclass
@@ -120,6 +122,9 @@ def send_mailing(
     recovered = ledger.recover_expired(mailing_id)
     if recovered:
         log.warning("mailing %s: %d recipients of a stopped worker are unknown until reconciled", mailing_id, recovered)
+    settled = ledger.settle_unknown(mailing_id, policy.event_silence)
+    if any(settled.values()):
+        log.info("mailing %s: unknown recipients settled from SES events: %s", mailing_id, settled)
     while True:
         batch = ledger.claim_batch(mailing_id, owner, gateway.batch_size, policy.lease_seconds)
         if batch is None:

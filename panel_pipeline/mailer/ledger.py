@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
@@ -43,6 +43,9 @@ OPEN_STATUSES = (PENDING, CLAIMED, UNKNOWN)
 ALL_STATUSES = (PENDING, CLAIMED, UNKNOWN, SENT, FAILED, SUPPRESSED)
 DUPLICATE_KEY = 11000
 ERROR_MAX_CHARS = 500
+# How much later than an attempt the event feed must have reached before the attempt's silence
+# means "not accepted": SES events arrive within seconds, SNS and SQS do not keep their order.
+EVENT_SILENCE = dt.timedelta(minutes=10)
 
 
 def utc_now() -> dt.datetime:
@@ -120,8 +123,10 @@ def send_event_from_ses(event: Mapping[str, Any]) -> SendEvent | None:
 class MailLedger:
     """The `mail_log` collection, used by any number of workers at once."""
 
-    def __init__(self, collection: Collection, clock: Clock = utc_now) -> None:
+    def __init__(self, collection: Collection, events: Collection | None = None, clock: Clock = utc_now) -> None:
+        """`events` is `mail_events`, where the SES event feed stores what SES reported per message."""
         self.collection = collection
+        self.events = events
         self._now = clock
 
     def ensure_indexes(self) -> None:
@@ -295,6 +300,34 @@ class MailLedger:
             ).modified_count
         return settled
 
+    def settle_unknown(self, mailing_id: ObjectId, silence: dt.timedelta = EVENT_SILENCE) -> dict[str, int]:
+        """Settle the mailing's `unknown` rows from the stored SES events.
+
+        A row with an event is sent (or failed). A row with none, although the feed has since
+        delivered events of messages sent more than `silence` after its attempt, was never accepted
+        by SES (SES publishes a Send event for every message it accepts): it goes back to pending.
+        While the feed is silent nothing is assumed, so a broken feed delays mail but never doubles it.
+        """
+        if self.events is None:
+            return {}
+        unknown = list(self.collection.find({"mailing_id": mailing_id, "status": UNKNOWN}, {"batch_id": 1}))
+        if not unknown:
+            return {}
+        stored = self.events.find({"mailing_id": mailing_id, "batch_id": {"$in": sorted({row["batch_id"] for row in unknown})}})
+        settled = self.reconcile(
+            SendEvent(doc["event_type"], str(doc["mailing_id"]), doc["batch_id"], doc["recipient_key"], doc.get("message_id", ""), doc.get("error"))
+            for doc in stored
+        )
+        newest = self.events.find_one({}, {"occurred_at": 1}, sort=[("occurred_at", DESCENDING)])
+        if newest is not None:
+            now = self._now()
+            heard_until = _aware(newest["occurred_at"]) - silence
+            settled[PENDING] = self.collection.update_many(
+                {"mailing_id": mailing_id, "status": UNKNOWN, "attempt_started_at": {"$lt": heard_until}},
+                {"$set": {"status": PENDING, "retry_at": now, "updated_at": now, "error": "SES reported no Send event: not accepted, sent again"}},
+            ).modified_count
+        return settled
+
     def release_unknown(self, mailing_id: ObjectId, attempted_before: dt.datetime, to_status: str) -> int:
         """A person's (or a policy's) decision for `unknown` rows no event settled by now.
 
@@ -327,6 +360,10 @@ class MailLedger:
         if row is None:
             return None
         return row.get("retry_at") or self._now()
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
 
 
 def _status_for_event(event_type: str) -> str | None:

@@ -67,6 +67,6 @@ def templates() -> dict[str, EmailTemplate]:
 
 @pytest.fixture
 def ledger(mongo_db: Database) -> MailLedger:
-    mail_log = MailLedger(mongo_db["mail_log"])
+    mail_log = MailLedger(mongo_db["mail_log"], mongo_db["mail_events"])
     mail_log.ensure_indexes()
     return mail_log

@@ -40,7 +40,7 @@ def _people(count: int) -> list[NewRecipient]:
 
 def _clocked(ledger: MailLedger) -> tuple[MailLedger, Clock]:
     clock = Clock()
-    return MailLedger(ledger.collection, clock=clock), clock
+    return MailLedger(ledger.collection, ledger.events, clock=clock), clock
 
 
 def test_expansion_is_idempotent_and_stores_normalized_addresses(ledger: MailLedger) -> None:
@@ -124,6 +124,36 @@ def test_worker_dying_after_the_attempt_leaves_unknown_rows_that_are_not_resent(
     clock.advance(600)
     assert ledger.release_unknown(mailing, attempted_before=clock.now, to_status=PENDING) == 2
     assert sorted(ledger.claim_batch(mailing, "w3", 10, 30).keys) == sorted(batch.keys[2:])
+
+
+def _stored_event(mailing: ObjectId, batch_id: str, recipient_key: str, event_type: str, occurred_at: dt.datetime) -> dict:
+    """A `mail_events` document as the SES event feed stores it."""
+    message_id = f"ses-{ObjectId()}"
+    return {
+        "_id": f"{message_id}:{event_type}", "event_type": event_type, "mailing_id": mailing, "batch_id": batch_id,
+        "recipient_key": recipient_key, "message_id": message_id, "error": None, "occurred_at": occurred_at,
+    }
+
+
+def test_unknown_rows_are_settled_from_stored_events_and_silence_counts_only_when_the_feed_moved_on(ledger: MailLedger) -> None:
+    ledger, clock = _clocked(ledger)
+    mailing = ObjectId()
+    ledger.add_recipients(mailing, _people(3))
+    batch = ledger.start_attempt(ledger.claim_batch(mailing, "w1", 10, 30))
+    attempted = clock.now
+    clock.advance(31)
+    ledger.recover_expired(mailing)
+    ledger.events.insert_one(_stored_event(mailing, batch.batch_id, batch.keys[0], "Send", attempted))
+
+    assert ledger.settle_unknown(mailing) == {SENT: 1, FAILED: 0, PENDING: 0}
+    assert ledger.counts(mailing)[UNKNOWN] == 2, "a feed that heard nothing later proves nothing"
+
+    later_send = _stored_event(ObjectId(), "other", "someone", "Send", attempted + dt.timedelta(minutes=11))
+    ledger.events.insert_one(later_send)
+    clock.advance(660)
+    assert ledger.settle_unknown(mailing) == {SENT: 0, FAILED: 0, PENDING: 2}
+    assert sorted(ledger.claim_batch(mailing, "w2", 10, 30).keys) == sorted(batch.keys[1:])
+    assert ledger.collection.find_one({"recipient_key": batch.keys[0]})["status"] == SENT
 
 
 def test_results_are_recorded_per_entry_and_retries_wait(ledger: MailLedger) -> None:
