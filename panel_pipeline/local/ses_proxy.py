@@ -16,6 +16,7 @@ Everything else (templates, GetAccount, the web UI at `/`) passes through unchan
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import http.client
 import json
 import socket
@@ -70,6 +71,7 @@ class RecordedCall:
     fault: str | None
     results: list[dict[str, Any]]  # per entry, as SES decided; [] when the whole call was refused
     answered: bool = True  # False: accepted, but the answer was dropped on purpose
+    timestamp: str = field(default_factory=lambda: _ses_timestamp(dt.datetime.now(dt.timezone.utc)))
 
 
 class SesFaultProxy:
@@ -222,6 +224,11 @@ def _merge_statuses(count: int, injected: dict[int, str], forwarded_results: lis
     return merged
 
 
+def _ses_timestamp(moment: dt.datetime) -> str:
+    """SES's event time format, e.g. 2025-01-06T09:00:00.123Z."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 def _send_events(call: RecordedCall) -> list[dict[str, Any]]:
     request = call.request
     default_tags = {tag["Name"]: [tag["Value"]] for tag in request.get("DefaultEmailTags", [])}
@@ -233,5 +240,5 @@ def _send_events(call: RecordedCall) -> list[dict[str, Any]]:
         tags.update({tag["Name"]: [tag["Value"]] for tag in entry.get("ReplacementTags", [])})
         if request.get("ConfigurationSetName"):
             tags["ses:configuration-set"] = [request["ConfigurationSetName"]]
-        events.append({"eventType": "Send", "mail": {"messageId": result["MessageId"], "tags": tags}})
+        events.append({"eventType": "Send", "mail": {"timestamp": call.timestamp, "messageId": result["MessageId"], "tags": tags}})
     return events
