@@ -133,6 +133,7 @@ def send_mailing(
                 return report
             sleep(wait)
             continue
+        gateway.wait_for_send_capacity(len(batch.rows))
         attempt = ledger.start_attempt(batch)
         if not attempt.rows:
             continue

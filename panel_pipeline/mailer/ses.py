@@ -305,10 +305,18 @@ class SesGateway:
 
     # --- sending ------------------------------------------------------------------------------
 
+    def wait_for_send_capacity(self, recipients: int) -> None:
+        """Block until the account's send rate allows this many recipients; call before `send_batch`.
+
+        Kept apart from the call so the caller can pace first and write its attempt down last,
+        keeping the window in which a crash leaves recipients `unknown` as short as the call itself.
+        """
+        self._send_bucket().acquire(recipients)
+
     def send_batch(self, send: BulkSend) -> BatchResult:
-        """One SendBulkEmail call for up to `batch_size` recipients, each classified."""
+        """One SendBulkEmail call for up to `batch_size` recipients, each classified; no pacing
+        (`wait_for_send_capacity` does that)."""
         self._check_batch(send)
-        self._send_bucket().acquire(len(send.recipients))
         try:
             response = self._send_client.send_bulk_email(**self._request(send))
         except ClientError as exc:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import random
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 
 import pytest
 from bson import ObjectId
+from pymongo.database import Database
 
 from panel_pipeline.local.ses_proxy import (
     SesFaultProxy,
@@ -25,6 +32,7 @@ from panel_pipeline.mailer.dispatch import (
     send_mailing,
 )
 from panel_pipeline.mailer.ledger import (
+    CLAIMED,
     FAILED,
     PENDING,
     SENT,
@@ -34,6 +42,7 @@ from panel_pipeline.mailer.ledger import (
 )
 from panel_pipeline.mailer.ses import SesGateway
 from panel_pipeline.mailer.templates import EmailTemplate
+from panel_pipeline_tests.mailer.conftest import CONFIGURATION_SET, FROM_ADDRESS
 
 FAST = DispatchPolicy(backoff_base_seconds=0.05, backoff_cap_seconds=0.2, max_wait_seconds=5)
 
@@ -161,3 +170,79 @@ def test_logs_carry_no_address_link_or_token(
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "quota" in logged and "unknown" in logged, "the test must see the fault paths log"
     assert not re.search(r"@|token|https?://", logged, re.IGNORECASE), logged
+
+
+KILLS = 20
+LEASE_SECONDS = 1.0
+EVENT_SILENCE_SECONDS = 2.0
+
+
+def _worker(mongo_uri: str, db: Database, mailing: ObjectId, template_name: str, ses_url: str) -> subprocess.Popen:
+    return subprocess.Popen([
+        sys.executable, "-m", "panel_pipeline_tests.mailer.send_worker", "--mongo-uri", mongo_uri, "--database", db.name,
+        "--mailing", str(mailing), "--template", template_name, "--ses-url", ses_url, "--from-address", FROM_ADDRESS,
+        "--configuration-set", CONFIGURATION_SET, "--max-send-rate", "100", "--lease-seconds", str(LEASE_SECONDS),
+        "--event-silence-seconds", str(EVENT_SILENCE_SECONDS),
+    ])
+
+
+def _wait_for_an_attempt(ledger: MailLedger, mailing: ObjectId, worker: subprocess.Popen) -> None:
+    """Until the worker has written an attempt down, or has nothing left to do."""
+    attempt = {"mailing_id": mailing, "status": CLAIMED, "attempt_started_at": {"$ne": None}}
+    while worker.poll() is None and not ledger.collection.find_one(attempt, {"_id": 1}):
+        time.sleep(0.002)
+
+
+def _feed_events(ses_proxy: SesFaultProxy, db: Database) -> None:
+    """What the SES event feed does: every Send event SES published, stored in `mail_events`."""
+    for raw in ses_proxy.send_events():
+        event = send_event_from_ses(raw)
+        occurred_at = dt.datetime.fromisoformat(raw["mail"]["timestamp"].replace("Z", "+00:00"))
+        db.mail_events.replace_one({"_id": f"{event.message_id}:{event.event_type}"}, {
+            "event_type": event.event_type, "mailing_id": ObjectId(event.mailing_id), "batch_id": event.batch_id,
+            "recipient_key": event.recipient_key, "message_id": event.message_id, "error": event.error,
+            "occurred_at": occurred_at,
+        }, upsert=True)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_twenty_times_mails_nobody_twice_and_loses_nobody(
+    ledger: MailLedger, make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy, templates: dict[str, EmailTemplate], mongo_db: Database, mongo_uri: str,
+) -> None:
+    gateway = make_gateway(max_send_rate=100)
+    invitees = _invitees(1000)
+    mailing, name = _setup(ledger, gateway, templates["new_survey"], invitees)
+    draw = random.Random(20)
+    unknown_seen = 0
+    for kill in range(KILLS):
+        worker = _worker(mongo_uri, mongo_db, mailing, name, ses_proxy.url)
+        if kill % 2:  # anywhere: start-up, pacing, claiming, the SES call, writing results
+            time.sleep(draw.uniform(0.5, 3.0))
+        else:  # just after an attempt was written: before, during or after the SES call
+            _wait_for_an_attempt(ledger, mailing, worker)
+            time.sleep(draw.uniform(0.0, 0.15))
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        time.sleep(LEASE_SECONDS)
+        ledger.recover_expired(mailing)
+        unknown_seen += ledger.counts(mailing)[UNKNOWN]
+        _feed_events(ses_proxy, mongo_db)
+
+    for _ in range(5):
+        _feed_events(ses_proxy, mongo_db)
+        _worker(mongo_uri, mongo_db, mailing, name, ses_proxy.url).wait(timeout=120)
+        if ledger.mailing_done(mailing):
+            break
+        # Unknown rows with no Send event wait for the feed to move past them: later mail does that.
+        time.sleep(EVENT_SILENCE_SECONDS)
+        later, later_name = _setup(ledger, gateway, templates["new_survey"], _invitees(1, start=5000 + _))
+        send_mailing(ledger, gateway, later, later_name, owner="other-mailing", policy=FAST)
+
+    counts = ledger.counts(mailing)
+    assert counts[SENT] == 1000 and ledger.mailing_done(mailing), counts
+    deliveries = _deliveries(ses_server)
+    mailed = {recipient.email.lower() for recipient in invitees}
+    assert {address: n for address, n in deliveries.items() if address in mailed and n != 1} == {}
+    assert mailed <= set(deliveries), "nobody lost"
+    assert unknown_seen > 0, "some kills must have landed after an attempt started, or the test proves little"
