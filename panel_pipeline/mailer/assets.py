@@ -1,7 +1,9 @@
 """The Mailer's assets: the SES templates, and one partition per mailing sent through SES."""
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -41,7 +43,7 @@ def email_templates(context: dg.AssetExecutionContext, ses: SesResource) -> dg.M
     tags={"panel/part": "mailer"},
 )
 def mailings(context: dg.AssetExecutionContext, mongo: MongoResource, ses: SesResource) -> dg.MaterializeResult:
-    """One mailing (partition = the `mailings` document's `_id`) sent through SES, each recipient
+    """One bulk mailing (partition = the `mailings` document's `_id`) sent through SES, each recipient
     exactly once: recipients go into the `mail_log` ledger (unique per mailing and recipient), each
     batch's attempt is recorded before the SES call and each entry's result after it. Recipients who
     are not active are suppressed and those missing a template variable failed, each with the reason.
@@ -50,25 +52,76 @@ def mailings(context: dg.AssetExecutionContext, mongo: MongoResource, ses: SesRe
     Re-materialising a finished mailing sends nothing: it reports the ledger."""
     db = mongo.db()
     mailing_id = ObjectId(context.partition_key)
-    queue = mongo.work_queue("mailings")
     ledger = MailLedger(db.mail_log, db.mail_events)
     ledger.ensure_indexes()
-    owner = context.run.run_id
-    mailing = queue.claim(mailing_id, owner)
-    if mailing is None:
-        return report(ledger, mailing_id, "not claimed: already finished or held by another run")
     try:
-        outcome = send(db, queue, ledger, ses, mailing, owner)
+        outcome = process_mailing(db, mongo.work_queue("mailings"), ledger, ses, mailing_id, context.run.run_id)
     except RequestRejected as rejected:
-        queue.fail(mailing_id, owner, str(rejected))
         raise dg.Failure(description=f"mailing rejected: {rejected}") from rejected
-    except BaseException as exc:
-        queue.release(mailing_id, owner, f"{type(exc).__name__}: {exc}")
-        raise
     return report(ledger, mailing_id, outcome)
 
 
-def send(db, queue: WorkQueue, ledger: MailLedger, ses: SesResource, mailing: Mapping[str, Any], owner: str) -> str:
+class TransactionalBatch(dg.Config):
+    document_ids: list[str]
+
+
+@dg.asset(
+    deps=[email_templates],
+    group_name="mailer",
+    kinds={"python", "mongodb", "ses"},
+    tags={"panel/part": "transactional_mail"},
+)
+def transactional_mail(
+    context: dg.AssetExecutionContext, config: TransactionalBatch, mongo: MongoResource, ses: SesResource
+) -> dg.MaterializeResult:
+    """Transactional e-mail (password recovery, welcome, points registered, paid): every
+    `mailings` document of kind `transactional` that the last sensor tick found, in one run, so
+    a burst of them costs one process start rather than one each and the e-mail goes out in seconds.
+    Each goes through the same ledger as bulk mail (exactly once per recipient, no unsubscribe
+    headers); a rejected one fails alone, naming the field; a transient error retries it later."""
+    db = mongo.db()
+    queue = mongo.work_queue("mailings")
+    ledger = MailLedger(db.mail_log, db.mail_events)
+    ledger.ensure_indexes()
+    outcomes: Counter[str] = Counter()
+    transient = 0
+    for document_id in config.document_ids:
+        try:
+            outcomes[process_mailing(db, queue, ledger, ses, ObjectId(document_id), context.run.run_id).status] += 1
+        except RequestRejected as rejected:
+            context.log.warning(f"mailing {document_id} rejected: {rejected}")
+            outcomes["rejected"] += 1
+        except Exception as exc:  # released for a retry by process_mailing
+            context.log.warning(f"mailing {document_id}: {type(exc).__name__}, retried later")
+            transient += 1
+    if transient:
+        raise dg.Failure(description=f"{transient} mailing(s) hit transient errors and will be retried; {dict(outcomes)}")
+    return dg.MaterializeResult(metadata={"mailings": len(config.document_ids), **{f"mailings_{k}": n for k, n in outcomes.items()}})
+
+
+@dataclass(frozen=True)
+class MailingOutcome:
+    status: str  # done, paused, waiting or not_claimed
+    detail: str
+
+
+def process_mailing(db, queue: WorkQueue, ledger: MailLedger, ses: SesResource, mailing_id: ObjectId, owner: str) -> MailingOutcome:
+    """Claim the mailing, send it, then complete or postpone it. A rejected mailing is failed and
+    the rejection raised; any other error releases it for a retry and propagates."""
+    mailing = queue.claim(mailing_id, owner)
+    if mailing is None:
+        return MailingOutcome("not_claimed", "already finished or held by another run")
+    try:
+        return send(db, queue, ledger, ses, mailing, owner)
+    except RequestRejected as rejected:
+        queue.fail(mailing_id, owner, str(rejected))
+        raise
+    except BaseException as exc:
+        queue.release(mailing_id, owner, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def send(db, queue: WorkQueue, ledger: MailLedger, ses: SesResource, mailing: Mapping[str, Any], owner: str) -> MailingOutcome:
     template = find_template(mailing)
     gateway = ses.gateway()
     ses_template = mailing.get("ses_template") or gateway.ensure_template(template)
@@ -80,16 +133,16 @@ def send(db, queue: WorkQueue, ledger: MailLedger, ses: SesResource, mailing: Ma
     counts = ledger.counts(mailing["_id"])
     if dispatch.paused_until is not None:
         queue.postpone(mailing["_id"], owner, dispatch.paused_until, f"SES paused sending: {dispatch.pause_reason}")
-        return f"paused until {dispatch.paused_until.isoformat()}"
+        return MailingOutcome("paused", f"paused until {dispatch.paused_until.isoformat()}")
     if not ledger.mailing_done(mailing["_id"]):
         retry = ledger.next_retry_at(mailing["_id"]) or utc_now() + OPEN_RECIPIENTS_RECHECK
         waiting = f"{counts[UNKNOWN]} unknown (awaiting SES events), {counts[CLAIMED]} held by another worker"
         queue.postpone(mailing["_id"], owner, max(retry, utc_now()), waiting)
-        return "postponed: recipients still open"
+        return MailingOutcome("waiting", f"postponed: {waiting}")
     sent_users = db.mail_log.distinct("user_id", {"mailing_id": mailing["_id"], "status": SENT})
     mark_invited(db, mailing, sent_users, utc_now())
     queue.complete(mailing["_id"], owner, {"counts": counts})
-    return "done"
+    return MailingOutcome("done", "done")
 
 
 def find_template(mailing: Mapping[str, Any]) -> EmailTemplate:
@@ -100,8 +153,8 @@ def find_template(mailing: Mapping[str, Any]) -> EmailTemplate:
     return templates[name]
 
 
-def report(ledger: MailLedger, mailing_id: ObjectId, outcome: str) -> dg.MaterializeResult:
+def report(ledger: MailLedger, mailing_id: ObjectId, outcome: MailingOutcome) -> dg.MaterializeResult:
     counts = ledger.counts(mailing_id)
     return dg.MaterializeResult(
-        metadata={"outcome": outcome, **{f"recipients_{status}": int(n) for status, n in counts.items()}}
+        metadata={"outcome": outcome.detail, **{f"recipients_{status}": int(n) for status, n in counts.items()}}
     )

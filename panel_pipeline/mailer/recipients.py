@@ -13,6 +13,8 @@ from panel_pipeline.mailer.ledger import normalize_email
 from panel_pipeline.queue.store import RequestRejected
 
 UnsubscribeLink = Callable[[str], str]
+USER_FIELDS = {"email": 1, "first_name": 1, "status": 1}
+USERS_PER_QUERY = 1000
 
 
 def resolve_recipients(db: Database, mailing: Mapping[str, Any], unsubscribe_link: UnsubscribeLink | None) -> list[MailingRecipient]:
@@ -20,23 +22,37 @@ def resolve_recipients(db: Database, mailing: Mapping[str, Any], unsubscribe_lin
     who are not `active` are kept but suppressed, so the ledger records why they were not mailed."""
     listed = mailing.get("recipients")
     if listed:
-        return [_recipient(db, entry, unsubscribe_link, f"recipients.{i}") for i, entry in enumerate(listed)]
-    if mailing.get("sample_id"):
+        entries = [(dict(entry), f"recipients.{i}") for i, entry in enumerate(listed)]
+    elif mailing.get("sample_id"):
         sample_id = _object_id(mailing["sample_id"], "sample_id")
-        members = db.sample_members.find({"sample_id": sample_id, "invited_at": None, "mailing_id": {"$exists": False}})
-        return [_recipient(db, {"user_id": m["user_id"]}, unsubscribe_link, "sample_id") for m in members]
-    raise RequestRejected("recipients: the mailing lists no recipients and no sample_id")
+        members = db.sample_members.find({"sample_id": sample_id, "invited_at": None, "mailing_id": {"$exists": False}}, {"user_id": 1})
+        entries = [({"user_id": member["user_id"]}, "sample_id") for member in members]
+    else:
+        raise RequestRejected("recipients: the mailing lists no recipients and no sample_id")
+    users = _users_by_id(db, [_object_id(entry["user_id"], f"{where}.user_id") for entry, where in entries if entry.get("user_id") is not None])
+    return [_recipient(db, users, entry, unsubscribe_link, where) for entry, where in entries]
 
 
-def _recipient(db: Database, entry: Mapping[str, Any], unsubscribe_link: UnsubscribeLink | None, where: str) -> MailingRecipient:
+def _users_by_id(db: Database, user_ids: list[ObjectId]) -> dict[ObjectId, Mapping[str, Any]]:
+    """One query per thousand members instead of one per member."""
+    users: dict[ObjectId, Mapping[str, Any]] = {}
+    for start in range(0, len(user_ids), USERS_PER_QUERY):
+        chunk = user_ids[start : start + USERS_PER_QUERY]
+        users.update((user["_id"], user) for user in db.users.find({"_id": {"$in": chunk}}, USER_FIELDS))
+    return users
+
+
+def _recipient(
+    db: Database, users: Mapping[ObjectId, Mapping[str, Any]], entry: Mapping[str, Any], unsubscribe_link: UnsubscribeLink | None, where: str
+) -> MailingRecipient:
     data = dict(entry.get("data") or {})
     if entry.get("user_id") is not None:
         user_id = _object_id(entry["user_id"], f"{where}.user_id")
-        user = db.users.find_one({"_id": user_id}, {"email": 1, "first_name": 1, "status": 1})
+        user = users.get(user_id)
         if user is None or not user.get("email"):
             raise RequestRejected(f"{where}.user_id: no user {user_id} with an e-mail address")
     elif entry.get("email"):
-        user = db.users.find_one({"email": normalize_email(str(entry["email"]))}, {"email": 1, "first_name": 1, "status": 1})
+        user = db.users.find_one({"email": normalize_email(str(entry["email"]))}, USER_FIELDS)
         user = user or {"email": str(entry["email"]), "status": "active"}
         user_id = user.get("_id")
     else:

@@ -14,6 +14,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 from bson import ObjectId
@@ -59,12 +60,12 @@ class QueueCursor:
 
 
 def pending_work(
-    queue: WorkQueue, cursor: QueueCursor, now: dt.datetime, fields: Sequence[str] = ()
+    queue: WorkQueue, cursor: QueueCursor, now: dt.datetime, fields: Sequence[str] = (), match: Mapping[str, Any] | None = None
 ) -> tuple[list[Document], QueueCursor]:
-    """New and due documents for one tick (with `fields` besides `_id`), and the cursor after it."""
+    """New and due documents (matching `match`) for one tick, with `fields` besides `_id`, and the cursor after it."""
     full_scan = cursor.full_scan_at is None or now - cursor.full_scan_at >= FULL_SCAN_EVERY
-    new = queue.new_documents(None if full_scan else cursor.last_id, DOCUMENTS_PER_TICK, fields)
-    due = queue.due_documents(DOCUMENTS_PER_TICK, fields)
+    new = queue.new_documents(None if full_scan else cursor.last_id, DOCUMENTS_PER_TICK, fields, match)
+    due = queue.due_documents(DOCUMENTS_PER_TICK, fields, match)
     seen_ids = [doc["_id"] for doc in new] + ([cursor.last_id] if cursor.last_id else [])
     next_cursor = QueueCursor(
         last_id=max(seen_ids) if seen_ids else None,
@@ -116,17 +117,20 @@ def build_queue_sensor(
     partitions_def: dg.DynamicPartitionsDefinition | None = None,
     batch_op_name: str | None = None,
     description: str,
+    name: str | None = None,
+    match: Mapping[str, Any] | None = None,
     tag_fields: Sequence[str] = (),
     tags_for: TagsFor = lambda doc: {},
 ) -> dg.SensorDefinition:
-    """A sensor for one queued collection: one run per document (a dynamic partition each) when
-    `partitions_def` is given, else one run per tick for a batch configured through `batch_op_name`.
-    `tags_for` adds run tags from the document's `tag_fields` (e.g. a mailing's kind, for concurrency limits)."""
+    """A sensor for one queued collection (or the part of it matching `match`, e.g. one kind of
+    mailing): one run per document (a dynamic partition each) when `partitions_def` is given, else
+    one run per tick for a batch configured through `batch_op_name`. `tags_for` adds run tags from
+    the document's `tag_fields` (e.g. a mailing's kind, for concurrency limits)."""
     if (partitions_def is None) == (batch_op_name is None):
         raise ValueError("give exactly one of partitions_def (a run per document) or batch_op_name (a batch)")
 
     @dg.sensor(
-        name=f"{collection}_queue_sensor",
+        name=name or f"{collection}_queue_sensor",
         job=job,
         minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
         default_status=dg.DefaultSensorStatus.RUNNING,
@@ -135,7 +139,7 @@ def build_queue_sensor(
     def queue_sensor(context: dg.SensorEvaluationContext, mongo: MongoResource) -> dg.SensorResult:
         try:
             docs, cursor = pending_work(
-                mongo.work_queue(collection), QueueCursor.parse(context.cursor), utc_now(), tag_fields
+                mongo.work_queue(collection), QueueCursor.parse(context.cursor), utc_now(), tag_fields, match
             )
         except PyMongoError as exc:
             return dg.SensorResult(

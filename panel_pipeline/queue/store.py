@@ -77,17 +77,19 @@ class WorkQueue:
 
     # -- what a sensor asks ------------------------------------------------------------------
 
-    def new_documents(self, after_id: ObjectId | None, limit: int, fields: Sequence[str] = ()) -> list[Document]:
-        """Never-claimed documents, oldest first, with `_id` above `after_id` when given."""
-        query: Document = {"processed": False, "attempts": {"$exists": False}}
+    def new_documents(
+        self, after_id: ObjectId | None, limit: int, fields: Sequence[str] = (), match: Mapping[str, Any] | None = None
+    ) -> list[Document]:
+        """Never-claimed documents (those also matching `match`), oldest first, with `_id` above `after_id` when given."""
+        query: Document = {"processed": False, "attempts": {"$exists": False}, **(match or {})}
         if after_id is not None:
             query["_id"] = {"$gt": after_id}
         projection = dict.fromkeys(["_id", *fields], 1)
         return list(self.collection.find(query, projection).sort("_id", ASCENDING).limit(limit))
 
-    def due_documents(self, limit: int, fields: Sequence[str] = ()) -> list[Document]:
-        """Documents whose lease expired or whose retry time came: claimable again."""
-        query = {"processed": False, "retry_at": {"$lte": self.clock()}}
+    def due_documents(self, limit: int, fields: Sequence[str] = (), match: Mapping[str, Any] | None = None) -> list[Document]:
+        """Documents (also matching `match`) whose lease expired or whose retry time came: claimable again."""
+        query = {"processed": False, "retry_at": {"$lte": self.clock()}, **(match or {})}
         projection = dict.fromkeys(["_id", "attempts", *fields], 1)
         return list(self.collection.find(query, projection).sort("retry_at", ASCENDING).limit(limit))
 

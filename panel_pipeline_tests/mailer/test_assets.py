@@ -5,8 +5,8 @@ import datetime as dt
 import dagster as dg
 import pytest
 
-from panel_pipeline.mailer import mailings_queue_sensor
-from panel_pipeline.mailer.assets import email_templates, mailings
+from panel_pipeline.mailer import mailings_queue_sensor, transactional_mail_queue_sensor
+from panel_pipeline.mailer.assets import email_templates, mailings, transactional_mail
 from panel_pipeline.mailer.resources import SesResource
 from panel_pipeline.queue.resources import MongoResource
 
@@ -37,6 +37,13 @@ def send(instance, resources, mailing_id):
     key = str(mailing_id)
     instance.add_dynamic_partitions("mailings", [key])
     return dg.materialize([mailings], partition_key=key, instance=instance, resources=resources, raise_on_error=False)
+
+
+def send_transactional(instance, resources):
+    """What the daemon does: one sensor tick, and the batch run it asks for."""
+    tick = transactional_mail_queue_sensor(dg.build_sensor_context(instance=instance, resources={"mongo": resources["mongo"]}))
+    (request,) = tick.run_requests
+    return dg.materialize([transactional_mail], run_config=request.run_config, instance=instance, resources=resources, raise_on_error=False)
 
 
 def users(db, *specs):
@@ -87,8 +94,8 @@ def test_transactional_mail_has_no_unsubscribe_header_and_keeps_its_token_out_of
         "processed": False, "kind": "transactional", "template": "password_recovery",
         "recipients": [{"email": " User0@Panel.example ", "data": {"reset_url": token_link, "expires_in_minutes": 60}}],
     }).inserted_id
-    result = send(instance, resources, mailing_id)
-    assert result.success
+    result = send_transactional(instance, resources)
+    assert result.success and mongo_db.mailings.find_one({"_id": mailing_id})["status"] == "done"
     (email,) = local_ses.emails()
     assert "SECRET-TOKEN-123" in email["body"]["text"]
     assert "List-Unsubscribe" not in str(email.get("headers"))
@@ -105,10 +112,31 @@ def test_missing_variable_fails_that_recipient_alone(instance, resources, mongo_
             {"email": "user1@panel.example", "data": {}},
         ],
     }).inserted_id
-    assert send(instance, resources, mailing_id).success
+    assert send_transactional(instance, resources).success
     doc = mongo_db.mailings.find_one({"_id": mailing_id})
     assert {k: v for k, v in doc["counts"].items() if v} == {"sent": 1, "failed": 1}
     assert "reset_url" in mongo_db.mail_log.find_one({"status": "failed"})["error"]
+
+
+def test_transactional_mail_goes_in_one_run_per_tick_and_a_rejected_one_fails_alone(instance, resources, mongo_db, local_ses):
+    users(mongo_db, ("Fay", "active"), ("Gus", "active"))
+    welcome = [
+        mongo_db.mailings.insert_one({"processed": False, "kind": "transactional", "template": "welcome", "default_data": {"profile_survey_url": "https://survey.example/p"}, "recipients": [{"email": f"user{i}@panel.example"}]}).inserted_id
+        for i in range(2)
+    ]
+    broken = mongo_db.mailings.insert_one({"processed": False, "kind": "transactional", "template": "welcome", "recipients": [{"user_id": "not-an-id"}]}).inserted_id
+    bulk = mongo_db.mailings.insert_one({"processed": False, "kind": "bulk", "template": "new_survey", "recipients": [{"email": "user0@panel.example"}]}).inserted_id
+    context = dg.build_sensor_context(instance=instance, resources={"mongo": resources["mongo"]})
+    assert [r.partition_key for r in mailings_queue_sensor(context).run_requests] == [str(bulk)], "bulk runs leave transactional mail alone"
+
+    result = send_transactional(instance, resources)
+    assert result.success
+    statuses = {doc["_id"]: doc["status"] for doc in mongo_db.mailings.find({"_id": {"$in": [*welcome, broken]}})}
+    assert statuses == {welcome[0]: "done", welcome[1]: "done", broken: "failed"}
+    assert mongo_db.mailings.find_one({"_id": broken})["error"] == "recipients.0.user_id: 'not-an-id' is not an id"
+    assert sorted(e["destination"]["to"][0] for e in local_ses.emails()) == ["user0@panel.example", "user1@panel.example"]
+    metadata = result.asset_materializations_for_node("transactional_mail")[0].metadata
+    assert (metadata["mailings_done"].value, metadata["mailings_rejected"].value) == (2, 1)
 
 
 def test_unknown_template_fails_the_mailing_naming_the_field(instance, resources, mongo_db):
