@@ -4,6 +4,7 @@ import dagster as dg
 
 from panel_pipeline.extractor.assets import (
     survey_completions,
+    surveygizmo_deletions,
     surveygizmo_responses,
     users,
 )
@@ -12,8 +13,12 @@ from panel_pipeline.extractor.checks import (
     profile_values_allowed,
     quarantined_responses,
 )
-from panel_pipeline.extractor.schedules import hourly_extract_schedule
+from panel_pipeline.extractor.schedules import (
+    hourly_extract_schedule,
+    weekly_deletion_sweep_schedule,
+)
 from panel_pipeline.extractor.sensors import (
+    deletion_sweep_job,
     extract_job,
     survey_completions_job,
     transactions_queue_sensor,
@@ -22,9 +27,9 @@ from panel_pipeline.extractor.sensors import (
 extract_job_assets = [surveygizmo_responses, users, profile_coverage, profile_values_allowed, quarantined_responses]
 
 defs = dg.Definitions(
-    assets=[surveygizmo_responses, users, survey_completions],
+    assets=[surveygizmo_responses, users, survey_completions, surveygizmo_deletions],
     asset_checks=[profile_coverage, profile_values_allowed, quarantined_responses],
-    jobs=[extract_job, survey_completions_job],
+    jobs=[extract_job, survey_completions_job, deletion_sweep_job],
     sensors=[transactions_queue_sensor],
-    schedules=[hourly_extract_schedule],
+    schedules=[hourly_extract_schedule, weekly_deletion_sweep_schedule],
 )

@@ -8,8 +8,10 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 from bson import ObjectId
+from pydantic import Field
 
 from panel_pipeline.extractor import store
+from panel_pipeline.extractor.deletions import plan_deletions, refusal
 from panel_pipeline.extractor.normalize import (
     load_profile_mapping,
     normalize_profile,
@@ -136,6 +138,61 @@ def users(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.Materia
 def shortnames_of(db, survey_id: str) -> dict[str, str]:
     survey = db.sg_surveys.find_one({"_id": survey_id}) or {}
     return dict(survey.get("shortnames") or {})
+
+
+class DeletionSweepConfig(dg.Config):
+    max_deleted_share: float = Field(
+        default=0.1, ge=0.0, le=1.0,
+        description="Most of a survey's live responses one sweep may mark deleted; raise it to apply a purge that was meant.",
+    )
+
+
+@dg.asset(
+    deps=[surveygizmo_responses],
+    group_name="extractor",
+    kinds={"python", "mongodb"},
+    pool="surveygizmo",
+    tags={"panel/part": "extractor"},
+)
+def surveygizmo_deletions(
+    context: dg.AssetExecutionContext, config: DeletionSweepConfig, mongo: MongoResource, surveygizmo: SurveyGizmoResource
+) -> dg.MaterializeResult:
+    """Responses deleted in SurveyGizmo, marked in `sg_responses`: per profile survey, every id
+    SurveyGizmo still lists (submitted before the sweep began; 500 a page) is compared with the
+    stored ones. A stored response missing from the listing gets `deleted_at`, so `users` leaves it
+    out when its day is materialised again; one listed again loses it. A listing that does not add
+    up, or that would delete more than `max_deleted_share` of a survey, is refused for that survey
+    and fails the run (see extractor/deletions.py)."""
+    db = mongo.db()
+    client = surveygizmo.client()
+    cutoff = utc_now()
+    rows, refused, days = [], [], set()
+    totals = {"checked": 0, "listed": 0, "newly_deleted": 0, "restored": 0, "listed_not_stored": 0}
+    for survey_id in surveygizmo.survey_ids():
+        listing = client.list_response_ids(survey_id, cutoff)
+        stored = store.stored_responses(db, survey_id, cutoff)
+        plan = plan_deletions(stored, listing.ids)
+        reason = refusal(plan, listing, live=sum(not s.deleted for s in stored), max_share=config.max_deleted_share)
+        if reason is not None:
+            context.log.error(f"survey {survey_id}: {reason}")
+            refused.append((survey_id, reason))
+            continue
+        deleted = store.mark_deleted(db, survey_id, plan.newly_deleted, cutoff)
+        restored = store.mark_restored(db, survey_id, plan.restored)
+        days |= plan.days
+        counts = {"checked": plan.checked, "listed": len(listing.ids), "newly_deleted": deleted, "restored": restored, "listed_not_stored": plan.not_stored}
+        totals = {key: totals[key] + counts[key] for key in totals}
+        rows.append((survey_id, ", ".join(f"{key} {value}" for key, value in counts.items())))
+    metadata = {
+        **totals,
+        "api_calls": client.calls_made,
+        "surveys": dg.MetadataValue.md(_table(("survey", "responses"), rows)),
+        "days_to_rematerialize": dg.MetadataValue.json(sorted(days)),
+        "refused": dg.MetadataValue.md(_table(("survey", "reason"), refused)),
+    }
+    if refused:
+        raise dg.Failure(description=f"deletion sweep refused for {len(refused)} survey(s): {refused[0][1]}", metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata)
 
 
 class CompletionBatch(dg.Config):

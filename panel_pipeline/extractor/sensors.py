@@ -4,6 +4,7 @@ import dagster as dg
 
 from panel_pipeline.extractor.assets import (
     survey_completions,
+    surveygizmo_deletions,
     surveygizmo_responses,
     users,
 )
@@ -12,6 +13,13 @@ from panel_pipeline.queue.sensors import build_queue_sensor
 extract_job = dg.define_asset_job(
     "extract_job",
     selection=dg.AssetSelection.assets(surveygizmo_responses, users),
+    executor_def=dg.in_process_executor,
+    tags={"panel/part": "extractor"},
+)
+
+deletion_sweep_job = dg.define_asset_job(
+    "deletion_sweep_job",
+    selection=dg.AssetSelection.assets(surveygizmo_deletions),
     executor_def=dg.in_process_executor,
     tags={"panel/part": "extractor"},
 )

@@ -18,6 +18,7 @@ from bson.errors import InvalidId
 from pymongo import ASCENDING, ReplaceOne, UpdateOne
 from pymongo.database import Database
 
+from panel_pipeline.extractor.deletions import StoredResponse
 from panel_pipeline.extractor.responses import SurveyResponse
 
 RAW = "sg_responses"
@@ -80,6 +81,31 @@ def quarantine(db: Database, survey_id: str, response_id: str, day: str, reason:
 
 def raw_records(db: Database, day: str) -> list[dict[str, Any]]:
     return list(db[RAW].find({"day": day, "deleted_at": {"$exists": False}}).sort("submitted_at", ASCENDING))
+
+
+def stored_responses(db: Database, survey_id: str, submitted_before: dt.datetime) -> list[StoredResponse]:
+    """The survey's raw responses submitted before the cutoff, deleted or not (a weekly scan)."""
+    return [
+        StoredResponse(doc["response_id"], doc["day"], "deleted_at" in doc)
+        for doc in db[RAW].find(
+            {"survey_id": survey_id, "submitted_at": {"$lt": submitted_before}}, {"response_id": 1, "day": 1, "deleted_at": 1}
+        )
+    ]
+
+
+def mark_deleted(db: Database, survey_id: str, response_ids: Iterable[str], now: dt.datetime) -> int:
+    """Stamp `deleted_at` (never remove the document): `raw_records` leaves these out from now on."""
+    ids = [raw_id(survey_id, response_id) for response_id in response_ids]
+    if not ids:
+        return 0
+    return db[RAW].update_many({"_id": {"$in": ids}, "deleted_at": {"$exists": False}}, {"$set": {"deleted_at": now}}).modified_count
+
+
+def mark_restored(db: Database, survey_id: str, response_ids: Iterable[str]) -> int:
+    ids = [raw_id(survey_id, response_id) for response_id in response_ids]
+    if not ids:
+        return 0
+    return db[RAW].update_many({"_id": {"$in": ids}}, {"$unset": {"deleted_at": ""}}).modified_count
 
 
 def find_member(db: Database, panel_id: str | None, contact_id: str | None) -> ObjectId | None:

@@ -237,6 +237,23 @@ class _TransientFailure(Exception):
         self.server_gave_up = server_gave_up
 
 
+@dataclass(frozen=True)
+class _ListingOutcome:
+    """How a listing ended: whether a pass's pages and its count agreed, and the last count."""
+
+    settled: bool
+    reported_total: int | None
+
+
+@dataclass(frozen=True)
+class ResponseIdListing:
+    """The response ids SurveyGizmo listed, the count it reported, and whether the two agreed."""
+
+    ids: frozenset[str]
+    reported_total: int | None
+    settled: bool
+
+
 @dataclass
 class _ScanState:
     """One pass over a listing: the totals each page reported and the ids it returned."""
@@ -336,10 +353,36 @@ class SurveyGizmoClient:
             if self._submitted_within(record, submitted_from, submitted_to):
                 yield record
 
+    def list_response_ids(
+        self, survey_id: str | int, submitted_before: dt.datetime, *, page_size: int = MAX_PAGE_SIZE, max_passes: int = 3
+    ) -> ResponseIdListing:
+        """The ids of every response (any status; v5 lists leave deleted ones out) submitted before
+        `submitted_before`: full pages of 500, as v5 cannot return ids alone, so ceil(N/500) + 1
+        calls per pass. `settled` says whether a pass's pages and the count agreed."""
+        if submitted_before.tzinfo is None:
+            raise ValueError("submitted_before must be timezone-aware")
+        path = f"/v5/survey/{_segment(survey_id)}/surveyresponse"
+        closed = [Filter("date_submitted", "<", upper_bound_wall_time(submitted_before, self.account_zone))]
+        listing = self._listing(path, closed, page_size, max_passes)
+        ids: set[str] = set()
+        while True:
+            try:
+                row_id = _row_id(next(listing))
+            except StopIteration as end:
+                outcome: _ListingOutcome = end.value
+                return ResponseIdListing(frozenset(ids), outcome.reported_total, outcome.settled)
+            if row_id is not None:
+                ids.add(row_id)
+
     def iterate_list(
         self, path: str, filters: Sequence[Filter] = (), *, page_size: int = MAX_PAGE_SIZE, max_passes: int = 3
     ) -> Iterator[dict[str, Any]]:
         """Every record of a paginated listing once, rescanning while the listing moves under us."""
+        yield from self._listing(path, filters, page_size, max_passes)
+
+    def _listing(
+        self, path: str, filters: Sequence[Filter], page_size: int, max_passes: int
+    ) -> Generator[dict[str, Any], None, _ListingOutcome]:
         if not max_passes < page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be more than max_passes and at most {MAX_PAGE_SIZE}")
         seen: set[str] = set()
@@ -351,9 +394,10 @@ class SurveyGizmoClient:
             if probe is not None:
                 state.totals.add(probe)
             if len(state.totals) <= 1 and len(state.ids) >= max(state.totals, default=0):
-                return
+                return _ListingOutcome(settled=True, reported_total=probe)
             logger.info("SurveyGizmo GET %s changed during the scan (totals %s); rescanning", path, sorted(state.totals))
         logger.warning("SurveyGizmo GET %s still changing after %d passes; the next run's overlap will catch up", path, max_passes)
+        return _ListingOutcome(settled=False, reported_total=probe)
 
     def _scan(
         self, path: str, params: Mapping[str, str], page_size: int, seen: set[str]

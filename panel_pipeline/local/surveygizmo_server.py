@@ -9,8 +9,10 @@ and totals as integers or (toggle) strings. Responses live in an in-memory store
 edit and delete from while a scan is running (`after_requests` runs a mutation between two
 requests). Faults are injected at runtime: `inject(throttled(3))`, `inject(cdn_error())`,
 `outage = Outage(days=...)`, `inject(slow(2.0))`, `inject(please_wait())`,
-`inject(result_not_ok(...))`, `inject(truncated())`. The request log keeps paths and parameters
-without the credentials, and the HTTP log line never includes the query string.
+`inject(result_not_ok(...))`, `inject(truncated())`, `inject(dropped_rows(2))`, and at random:
+`random_faults = RandomFaults(rate=0.05)` (429s and 5xx on that share of requests). The request
+log keeps paths and parameters without the credentials, and the HTTP log line never includes the
+query string.
 
 Run it with demo data: `python -m panel_pipeline.local.surveygizmo_server --port 8089 --demo`.
 """
@@ -22,6 +24,7 @@ import datetime as dt
 import json
 import logging
 import math
+import random
 import re
 import threading
 import time
@@ -75,6 +78,7 @@ class Fault:
     times: int = 1
     path_contains: str = ""
     retry_after: str | None = None
+    drop_rows: int = 0
 
 
 def throttled(times: int = 1, retry_after: str | None = None) -> Fault:
@@ -110,6 +114,29 @@ def slow(seconds: float, times: int = 1) -> Fault:
 
 def truncated(times: int = 1) -> Fault:
     return Fault(truncate=True, times=times)
+
+
+def dropped_rows(rows: int = 1, times: int = 1) -> Fault:
+    """A list page missing its last `rows` rows while its totals still count them: a lossy answer."""
+    return Fault(drop_rows=rows, times=times, path_contains="surveyresponse")
+
+
+class RandomFaults:
+    """Each request fails with probability `rate`: a 429 throttle or a 5xx server error, drawn from
+    `statuses` by a seeded generator, so a run's faults are reproducible."""
+
+    def __init__(self, rate: float, statuses: tuple[int, ...] = (429, 500, 502, 503), seed: int = 0) -> None:
+        self.rate = rate
+        self.statuses = statuses
+        self.answered = 0
+        self._rng = random.Random(seed)
+
+    def draw(self) -> Fault | None:
+        if self._rng.random() >= self.rate:
+            return None
+        self.answered += 1
+        status = self._rng.choice(self.statuses)
+        return throttled() if status == 429 else server_error(status)
 
 
 @dataclass
@@ -184,6 +211,7 @@ class LocalSurveyGizmo:
         self._thread: threading.Thread | None = None
         self.requests: list[LoggedRequest] = []
         self.outage: Outage | None = None
+        self.random_faults: RandomFaults | None = None
         self.string_totals = False
         self.data_as_object = False
         self.unwrapped_single = False
@@ -247,6 +275,11 @@ class LocalSurveyGizmo:
         with self._lock:
             self._responses[str(survey_id)][str(response_id)].deleted = True
 
+    def restore_response(self, survey_id: str | int, response_id: str | int) -> None:
+        """Undo a deletion: the response is listed and served again."""
+        with self._lock:
+            self._responses[str(survey_id)][str(response_id)].deleted = False
+
     def response_ids(self, survey_id: str | int) -> list[str]:
         with self._lock:
             return [rid for rid, stored in self._sorted(str(survey_id)) if not stored.deleted]
@@ -270,6 +303,7 @@ class LocalSurveyGizmo:
         with self._lock:
             self._faults.clear()
             self.outage = None
+            self.random_faults = None
 
     def after_requests(self, count: int, action: Callable[[], None]) -> None:
         """Run `action` once, after `count` requests have been answered and before the next one."""
@@ -289,7 +323,7 @@ class LocalSurveyGizmo:
                 if fault.times <= 0:
                     self._faults.remove(fault)
                 return fault
-        return None
+        return self.random_faults.draw() if self.random_faults is not None else None
 
     # -- request handling --------------------------------------------------------------------
 
@@ -303,7 +337,7 @@ class LocalSurveyGizmo:
         if fault is not None and fault.status is not None:
             return _fault_answer(fault), None
         try:
-            return self._route(method, _route_path(url.path), params), fault
+            return _without_last_rows(self._route(method, _route_path(url.path), params), fault), fault
         except _BadRequest as error:
             return _error(error.status, error.message), fault
 
@@ -470,6 +504,12 @@ def _ok(data: Any) -> _Answer:
 
 def _error(status: int, message: str) -> _Answer:
     return _Answer(status, {"result_ok": False, "code": status, "message": message})
+
+
+def _without_last_rows(answer: _Answer, fault: Fault | None) -> _Answer:
+    if fault is None or not fault.drop_rows or not isinstance(answer.body, dict) or not isinstance(answer.body.get("data"), list):
+        return answer
+    return _Answer(answer.status, {**answer.body, "data": answer.body["data"][: -fault.drop_rows]}, answer.content_type, answer.headers)
 
 
 def _fault_answer(fault: Fault) -> _Answer:
