@@ -16,7 +16,7 @@ import dagster as dg
 from panel_pipeline.extractor.resources import SurveyGizmoResource
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY_ID
 from panel_pipeline.local.surveygizmo_server import DEMO_TOKEN, DEMO_TOKEN_SECRET
-from panel_pipeline.mailer.resources import SesResource
+from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.queue.resources import MongoResource
 
 ENVIRONMENTS = ("local", "production")
@@ -35,11 +35,20 @@ def local_resources() -> dict[str, Any]:
         "ses": SesResource(
             region_name="eu-west-2",
             from_address="UK Panel <panel@example.org>",
+            configuration_set="panel-events",
             endpoint_url=dg.EnvVar("SES_ENDPOINT_URL"),
             aws_access_key_id="local",
             aws_secret_access_key="local",
             unsubscribe_url="http://localhost:4200/unsubscribe?user={user}&token={token}",
             unsubscribe_secret="local-unsubscribe-secret",
+        ),
+        "sqs": SqsResource(
+            queue_url=dg.EnvVar("SES_EVENTS_QUEUE_URL"),
+            region_name="eu-west-2",
+            endpoint_url=dg.EnvVar("SQS_ENDPOINT_URL"),
+            wait_seconds=1,
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
         ),
     }
 
@@ -60,6 +69,7 @@ def production_resources() -> dict[str, Any]:
             unsubscribe_url=dg.EnvVar("PANEL_UNSUBSCRIBE_URL"),
             unsubscribe_secret=dg.EnvVar("PANEL_UNSUBSCRIBE_SECRET"),
         ),
+        "sqs": SqsResource(queue_url=dg.EnvVar("SES_EVENTS_QUEUE_URL"), region_name=dg.EnvVar("SES_REGION")),
     }
 
 

@@ -1,4 +1,4 @@
-"""The Mailer's assets: the SES templates, and one partition per mailing sent through SES."""
+"""The Mailer's assets: the SES templates, one partition per mailing sent through SES, and SES's feedback."""
 
 import datetime as dt
 from collections import Counter
@@ -10,9 +10,16 @@ import dagster as dg
 from bson import ObjectId
 
 from panel_pipeline.mailer.dispatch import plan_recipients, send_mailing
+from panel_pipeline.mailer.feedback import (
+    BOUNCED,
+    UNSUBSCRIBED,
+    DrainReport,
+    FeedbackStore,
+    drain,
+)
 from panel_pipeline.mailer.ledger import CLAIMED, SENT, UNKNOWN, MailLedger
 from panel_pipeline.mailer.recipients import mark_invited, resolve_recipients
-from panel_pipeline.mailer.resources import SesResource
+from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.mailer.templates import EmailTemplate, load_templates
 from panel_pipeline.partitions import mailings as mailing_partitions
 from panel_pipeline.queue.resources import MongoResource
@@ -158,3 +165,38 @@ def report(ledger: MailLedger, mailing_id: ObjectId, outcome: MailingOutcome) ->
     return dg.MaterializeResult(
         metadata={"outcome": outcome.detail, **{f"recipients_{status}": int(n) for status, n in counts.items()}}
     )
+
+
+@dg.asset(
+    deps=[dg.AssetDep(mailings, partition_mapping=dg.AllPartitionMapping())],
+    group_name="mailer",
+    kinds={"python", "mongodb", "sqs"},
+    tags={"panel/part": "ses_feedback"},
+)
+def ses_feedback(context: dg.AssetExecutionContext, mongo: MongoResource, sqs: SqsResource) -> dg.MaterializeResult:
+    """What SES reported about the mail we sent (SES configuration set -> SNS topic -> SQS queue):
+    drains the queue in long-polled batches of 10, applies each event and deletes its message only
+    once applied. Tagged events are stored once per message and event type in `mail_events` (which
+    settles unknown `mail_log` rows); a permanent bounce makes the member `bounced`, a complaint
+    `unsubscribed`, so no bulk mail reaches them again. Redelivered messages change nothing twice."""
+    db = mongo.db()
+    store = FeedbackStore(db.mail_events, db.users)
+    store.ensure_indexes()
+    report = drain(sqs.queue(), store)
+    context.log.info(
+        f"{report.messages_read} messages read, {report.messages_deleted} deleted; {report.events_stored} events stored; "
+        f"{report.members[BOUNCED]} members bounced, {report.members[UNSUBSCRIBED]} unsubscribed"
+    )
+    return dg.MaterializeResult(metadata=feedback_metadata(report))
+
+
+def feedback_metadata(report: DrainReport) -> dict[str, Any]:
+    return {
+        "messages_read": report.messages_read,
+        "messages_deleted": report.messages_deleted,
+        "messages_ignored": report.messages_ignored,
+        "events_stored": report.events_stored,
+        "events_by_type": dg.MetadataValue.json(dict(sorted(report.events_by_type.items()))),
+        "members_bounced": report.members[BOUNCED],
+        "members_unsubscribed": report.members[UNSUBSCRIBED],
+    }

@@ -1,4 +1,4 @@
-"""Amazon SES (v2) as a Dagster resource."""
+"""Amazon SES (v2), and the SQS queue of its events, as Dagster resources."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import hmac
 
 import boto3
 import dagster as dg
+from botocore.config import Config
 from pydantic import Field
 
 from panel_pipeline.mailer.ses import SesGateway, SesSettings
+from panel_pipeline.mailer.sqs import SqsQueue
 
 
 class SesResource(dg.ConfigurableResource):
@@ -47,3 +49,27 @@ class SesResource(dg.ConfigurableResource):
             template_calls_per_second=20.0 if self.endpoint_url else 1.0,
         )
         return SesGateway(settings, session=session)
+
+
+class SqsResource(dg.ConfigurableResource):
+    """The SQS queue subscribed to the SNS topic that the SES configuration set publishes events to.
+    AWS credentials come from boto3's default chain unless given here, which only the local server does."""
+
+    queue_url: str = Field(description="The queue's URL, e.g. https://sqs.eu-west-2.amazonaws.com/<account>/panel-ses-events.")
+    region_name: str = Field(description="The queue's region, e.g. eu-west-2.")
+    endpoint_url: str | None = Field(default=None, description="A local SQS endpoint instead of AWS.")
+    wait_seconds: int = Field(default=5, ge=1, le=20, description="Long-poll wait of each receive; a drain ends after one empty wait.")
+    aws_access_key_id: str | None = Field(default=None, description="Only for the local endpoint.")
+    aws_secret_access_key: str | None = Field(default=None, description="Only for the local endpoint.")
+
+    def queue(self) -> SqsQueue:
+        session = boto3.session.Session(
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            region_name=self.region_name,
+        )
+        # Short connect timeout so an unreachable queue costs a sensor tick seconds, not minutes;
+        # the read timeout must outlast the long poll.
+        config = Config(connect_timeout=3, read_timeout=self.wait_seconds + 10, retries={"mode": "standard", "max_attempts": 2})
+        client = session.client("sqs", endpoint_url=self.endpoint_url, config=config)
+        return SqsQueue(client, self.queue_url, self.wait_seconds)

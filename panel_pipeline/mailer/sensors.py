@@ -1,7 +1,10 @@
-"""Mailings from the queue: a run (and a `mailings` partition) per bulk mailing; transactional ones batched per tick."""
+"""Mailings from the queue: a run (and a `mailings` partition) per bulk mailing; transactional ones
+batched per tick; SES's feedback drained whenever its SQS queue holds messages."""
 
 import dagster as dg
+from botocore.exceptions import BotoCoreError, ClientError
 
+from panel_pipeline.mailer.resources import SqsResource
 from panel_pipeline.partitions import mailings
 from panel_pipeline.queue.sensors import build_queue_sensor
 
@@ -42,3 +45,45 @@ transactional_mail_queue_sensor = build_queue_sensor(
     description="Turns the transactional `mailings` documents with processed: false into one run per "
     "tick, beside any bulk mailing, so a password e-mail never waits for a process per e-mail.",
 )
+
+ses_feedback_job = dg.define_asset_job(
+    "ses_feedback_job",
+    selection=dg.AssetSelection.assets("ses_feedback"),
+    executor_def=dg.in_process_executor,
+    tags={"panel/part": "ses_feedback"},
+)
+
+FEEDBACK_CHECK_SECONDS = 30
+RUN_IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+@dg.sensor(
+    job=ses_feedback_job,
+    minimum_interval_seconds=FEEDBACK_CHECK_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Asks for a ses_feedback run when the SES event queue (SQS) holds messages and no such run "
+    "is queued or running.",
+)
+def ses_feedback_sensor(context: dg.SensorEvaluationContext, sqs: SqsResource) -> dg.SensorResult:
+    try:
+        waiting = sqs.queue().waiting()
+    except (BotoCoreError, ClientError) as exc:
+        return dg.SensorResult(skip_reason=f"the SES event queue is unreachable ({_aws_error(exc)}); trying again on the next tick")
+    if not waiting:
+        return dg.SensorResult(skip_reason="no SES events waiting")
+    in_flight = context.instance.get_runs_count(dg.RunsFilter(job_name=ses_feedback_job.name, statuses=RUN_IN_FLIGHT))
+    if in_flight:
+        return dg.SensorResult(skip_reason=f"{waiting} SES events waiting for the ses_feedback run already under way")
+    return dg.SensorResult(run_requests=[dg.RunRequest(tags={"panel/waiting_messages": str(waiting)})])
+
+
+def _aws_error(exc: Exception) -> str:
+    """The error's code or class: never its message, which may carry an address or an account."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", "ClientError"))
+    return type(exc).__name__

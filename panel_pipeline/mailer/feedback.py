@@ -1,0 +1,246 @@
+"""SES event feedback: what SES reports about each message, read from SQS and applied to Mongo.
+
+Production path: the configuration set's event destination is an SNS topic, an SQS queue is
+subscribed to it, and we drain the queue. Each SQS message body is an SNS envelope whose `Message`
+is the SES event as a JSON string (raw message delivery, the bare event, is accepted too). Both
+spellings of SES events are read: configuration-set events (`eventType`: Send, Reject, Bounce,
+Complaint, Delivery, Rendering Failure, ...) and legacy identity notifications (`notificationType`).
+
+What an event does:
+* every tagged event (message tags `mailing`, `batch`, `recipient`) is stored once in `mail_events`,
+  `_id` "<messageId>:<eventType>", which `MailLedger.settle_unknown` reads to settle unknown rows;
+* a permanent bounce makes the member `bounced`, a complaint `unsubscribed` (from `active` only), so
+  the mailer suppresses them from then on; a transient or undetermined bounce changes nothing.
+The member is found by the recipient tag (a user id) or else by the address SES reports; addresses
+are used for that lookup only, never stored in `mail_events` nor logged. Applying an event twice
+changes nothing the second time, so SQS's at-least-once delivery is harmless. pymongo only, no Dagster.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bson import ObjectId
+from pymongo import ASCENDING
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+
+from panel_pipeline.mailer.ledger import (
+    SendEvent,
+    normalize_email,
+    send_event_from_ses,
+    utc_now,
+)
+
+Clock = Callable[[], dt.datetime]
+
+ACTIVE = "active"
+BOUNCED = "bounced"
+UNSUBSCRIBED = "unsubscribed"
+PERMANENT_BOUNCE = "Permanent"
+SQS_BATCH_SIZE = 10
+MAX_MESSAGES_PER_DRAIN = 10_000
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    """One SES event, reduced to what the pipeline acts on. `addresses` are lower-cased and only
+    used to find a member the recipient tag does not name: never store or log them."""
+
+    event_type: str
+    message_id: str
+    occurred_at: dt.datetime | None
+    tags: SendEvent | None
+    member_status: str | None = None  # bounced / unsubscribed when this event suppresses the member
+    reason: str | None = None
+    addresses: tuple[str, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What applying one event did."""
+
+    event_type: str
+    stored: bool
+    member_status: str | None
+
+
+def unwrap_sqs_body(body: str) -> Mapping[str, Any] | None:
+    """The SES event in an SQS message body (SNS envelope or raw delivery); None if there is none."""
+    try:
+        document = json.loads(body)
+        if isinstance(document, dict) and "Type" in document and "TopicArn" in document:
+            if document["Type"] != "Notification":
+                return None  # e.g. a subscription confirmation: nothing SES said
+            document = json.loads(document.get("Message") or "null")
+    except (TypeError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def parse_ses_event(event: Mapping[str, Any]) -> FeedbackEvent | None:
+    """The event's type, message, tags and consequence for the member; None if it is no SES event."""
+    event_type = event.get("eventType") or event.get("notificationType")
+    mail = event.get("mail")
+    if not event_type or not isinstance(mail, dict) or not mail.get("messageId"):
+        return None
+    common = {
+        "event_type": str(event_type),
+        "message_id": str(mail["messageId"]),
+        "occurred_at": _parse_time(mail.get("timestamp")),
+        "tags": send_event_from_ses(event),
+    }
+    if event_type == "Bounce":
+        bounce = event.get("bounce") or {}
+        kind = f"{bounce.get('bounceType', 'Undetermined')}/{bounce.get('bounceSubType', 'Undetermined')}"
+        status = BOUNCED if bounce.get("bounceType") == PERMANENT_BOUNCE else None
+        return FeedbackEvent(**common, member_status=status, reason=f"SES bounce {kind}",
+                             addresses=_addresses(bounce.get("bouncedRecipients")))
+    if event_type == "Complaint":
+        complaint = event.get("complaint") or {}
+        kind = complaint.get("complaintFeedbackType") or complaint.get("complaintSubType") or "unspecified"
+        return FeedbackEvent(**common, member_status=UNSUBSCRIBED, reason=f"SES complaint {kind}",
+                             addresses=_addresses(complaint.get("complainedRecipients")))
+    return FeedbackEvent(**common)
+
+
+def _addresses(recipients: Any) -> tuple[str, ...]:
+    found = (entry.get("emailAddress") for entry in recipients or [] if isinstance(entry, dict))
+    return tuple(sorted({normalize_email(address) for address in found if address}))
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+class FeedbackStore:
+    """`mail_events` and the members' status in `users`, written idempotently."""
+
+    def __init__(self, events: Collection, users: Collection, clock: Clock = utc_now) -> None:
+        self.events = events
+        self.users = users
+        self._now = clock
+
+    def ensure_indexes(self) -> None:
+        self.events.create_index(
+            [("mailing_id", ASCENDING), ("batch_id", ASCENDING), ("recipient_key", ASCENDING)], name="mailing_batch_recipient"
+        )
+
+    def apply(self, event: FeedbackEvent) -> Applied:
+        """Change the member first, then store the event: a crash in between is redone on redelivery."""
+        changed = self.suppress_member(event)
+        return Applied(event.event_type, self.store(event), changed)
+
+    def store(self, event: FeedbackEvent) -> bool:
+        """Keep a tagged event once per (message, event type); True when it was new."""
+        tags = event.tags
+        if tags is None or not ObjectId.is_valid(tags.mailing_id):
+            return False
+        now = self._now()
+        document = {
+            "event_type": event.event_type,
+            "mailing_id": ObjectId(tags.mailing_id),
+            "batch_id": tags.batch_id,
+            "recipient_key": tags.recipient_key,
+            "message_id": event.message_id,
+            "error": tags.error or event.reason,
+            # When SES accepted the message: settle_unknown compares it with attempt times.
+            "occurred_at": event.occurred_at or now,
+            "received_at": now,
+        }
+        try:
+            result = self.events.update_one(
+                {"_id": f"{event.message_id}:{event.event_type}"}, {"$setOnInsert": document}, upsert=True
+            )
+        except DuplicateKeyError:  # another consumer stored it at the same moment
+            return False
+        return result.upserted_id is not None
+
+    def suppress_member(self, event: FeedbackEvent) -> str | None:
+        """Move an active member to the event's status; returns it when a member changed."""
+        if event.member_status is None:
+            return None
+        member = self._member_filter(event)
+        if member is None:
+            return None
+        changed = self.users.update_many(
+            {**member, "status": ACTIVE},
+            {"$set": {"status": event.member_status, "status_reason": event.reason, "status_changed_at": self._now()}},
+        ).modified_count
+        return event.member_status if changed else None
+
+    def _member_filter(self, event: FeedbackEvent) -> dict[str, Any] | None:
+        if event.tags is not None and ObjectId.is_valid(event.tags.recipient_key):
+            return {"_id": ObjectId(event.tags.recipient_key)}
+        if event.addresses:
+            return {"email": {"$in": list(event.addresses)}}
+        return None
+
+
+@dataclass(frozen=True)
+class QueueMessage:
+    receipt_handle: str
+    body: str
+
+
+class MessageQueue(Protocol):
+    """The SQS queue as the drain needs it (see mailer/sqs.py)."""
+
+    def receive(self, max_messages: int) -> Sequence[QueueMessage]: ...
+
+    def delete(self, receipt_handles: Sequence[str]) -> int: ...
+
+
+@dataclass
+class DrainReport:
+    messages_read: int = 0
+    messages_deleted: int = 0
+    messages_ignored: int = 0  # not an SES event: deleted, as no redelivery can make it one
+    events_by_type: Counter[str] = field(default_factory=Counter)
+    events_stored: int = 0
+    members: Counter[str] = field(default_factory=Counter)  # new status -> members changed
+
+    def add(self, applied: Applied | None) -> None:
+        if applied is None:
+            self.messages_ignored += 1
+            return
+        self.events_by_type[applied.event_type] += 1
+        self.events_stored += int(applied.stored)
+        if applied.member_status:
+            self.members[applied.member_status] += 1
+
+
+def apply_message(store: FeedbackStore, body: str) -> Applied | None:
+    """Apply one SQS message; None when it carries no SES event."""
+    raw = unwrap_sqs_body(body)
+    event = parse_ses_event(raw) if raw is not None else None
+    return store.apply(event) if event is not None else None
+
+
+def drain(queue: MessageQueue, store: FeedbackStore, max_messages: int = MAX_MESSAGES_PER_DRAIN) -> DrainReport:
+    """Receive batches of 10 until the queue is empty (or `max_messages` were read), applying each
+    message and deleting it only once applied. If applying fails, the messages already applied
+    are deleted and the error raised: the rest stay in the queue and come back later."""
+    report = DrainReport()
+    while report.messages_read < max_messages:
+        messages = queue.receive(SQS_BATCH_SIZE)
+        if not messages:
+            break
+        report.messages_read += len(messages)
+        applied: list[str] = []
+        try:
+            for message in messages:
+                report.add(apply_message(store, message.body))
+                applied.append(message.receipt_handle)
+        finally:
+            if applied:
+                report.messages_deleted += queue.delete(applied)
+    return report

@@ -1,0 +1,147 @@
+"""SES events read from SQS bodies and applied to the real mongod: `mail_events` and members' status."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from bson import ObjectId
+from pymongo.database import Database
+
+from panel_pipeline.mailer.feedback import (
+    BOUNCED,
+    UNSUBSCRIBED,
+    FeedbackStore,
+    apply_message,
+    parse_ses_event,
+    unwrap_sqs_body,
+)
+from panel_pipeline.mailer.ledger import (
+    PENDING,
+    SENT,
+    UNKNOWN,
+    MailLedger,
+    recipient_key_for,
+)
+from panel_pipeline_tests.mailer.ses_events import (
+    bounce,
+    complaint,
+    event,
+    sns_envelope,
+    tags,
+)
+
+UTC = dt.timezone.utc
+NOW = dt.datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(mongo_db: Database) -> FeedbackStore:
+    feedback = FeedbackStore(mongo_db.mail_events, mongo_db.users, clock=lambda: NOW)
+    feedback.ensure_indexes()
+    return feedback
+
+
+def member(db: Database, email: str, status: str = "active") -> ObjectId:
+    return db.users.insert_one({"email": email, "first_name": "Ann", "status": status}).inserted_id
+
+
+def test_an_sns_envelope_and_a_raw_delivery_carry_the_same_event():
+    ses_event = event("Send", "ann@panel.example", tags(ObjectId(), "u1"))
+    assert unwrap_sqs_body(sns_envelope(ses_event)) == ses_event
+    assert unwrap_sqs_body(json.dumps(ses_event)) == ses_event
+
+
+@pytest.mark.parametrize("body", [
+    json.dumps({"Type": "SubscriptionConfirmation", "TopicArn": "arn:aws:sns:eu-west-2:1:t", "Message": "confirm"}),
+    "not json", "[1, 2]", json.dumps({"Type": "Notification", "TopicArn": "arn:x", "Message": "not json"}),
+])
+def test_a_body_without_an_ses_event_is_none(body):
+    assert unwrap_sqs_body(body) is None
+
+
+def test_configuration_set_and_legacy_spellings_parse_alike():
+    labels = tags(ObjectId(), "u1")
+    modern = parse_ses_event(bounce("Ann@Panel.example", labels))
+    legacy = parse_ses_event(bounce("Ann@Panel.example", labels, key="notificationType"))
+    for parsed in (modern, legacy):
+        assert (parsed.event_type, parsed.member_status, parsed.reason) == ("Bounce", BOUNCED, "SES bounce Permanent/General")
+        assert parsed.addresses == ("ann@panel.example",)
+        assert parsed.tags.recipient_key == "u1"
+        assert parsed.occurred_at == dt.datetime(2026, 11, 23, 9, 0, 0, 123000, tzinfo=UTC)
+    assert parse_ses_event(bounce("a@b.example", None, bounce_type="Transient")).member_status is None
+    assert parse_ses_event(complaint("a@b.example", None)).member_status == UNSUBSCRIBED
+    assert parse_ses_event({"notificationType": "AmazonSnsSubscriptionSucceeded", "message": "set up"}) is None
+    assert "@" not in repr(modern), "an address must not reach a log through repr"
+
+
+def test_each_tagged_event_is_stored_once_with_the_schema_and_no_address(store, mongo_db):
+    mailing = ObjectId()
+    sent = event("Send", "ann@panel.example", tags(mailing, "u1"))
+    message_id = sent["mail"]["messageId"]
+    bounced = bounce("ann@panel.example", tags(mailing, "u1"), message_id=message_id)
+    for body in (sns_envelope(sent), sns_envelope(sent), json.dumps(sent), sns_envelope(bounced)):
+        apply_message(store, body)
+    apply_message(store, sns_envelope(event("Rendering Failure", "bob@panel.example", tags(mailing, "u2"))))
+    apply_message(store, sns_envelope(event("Send", "carl@panel.example", None)))  # untagged: not stored
+
+    documents = {doc["_id"]: doc for doc in mongo_db.mail_events.find()}
+    assert sorted(doc["event_type"] for doc in documents.values()) == ["Bounce", "Rendering Failure", "Send"]
+    assert documents[f"{message_id}:Send"] == {
+        "_id": f"{message_id}:Send", "event_type": "Send", "mailing_id": mailing, "batch_id": "batch-1",
+        "recipient_key": "u1", "message_id": message_id, "error": None,
+        "occurred_at": dt.datetime(2026, 11, 23, 9, 0, 0, 123000, tzinfo=UTC), "received_at": NOW,
+    }
+    assert documents[f"{message_id}:Bounce"]["error"] == "SES bounce Permanent/General"
+    failure = next(doc for doc in documents.values() if doc["event_type"] == "Rendering Failure")
+    assert failure["error"] == "Attribute 'points' is not present in the rendering data."
+    assert "@" not in str(list(mongo_db.mail_events.find()))
+    index = mongo_db.mail_events.index_information()["mailing_batch_recipient"]
+    assert index["key"] == [("mailing_id", 1), ("batch_id", 1), ("recipient_key", 1)]
+
+
+def test_a_permanent_bounce_bounces_the_tagged_member_once(store, mongo_db):
+    ann = member(mongo_db, "ann@panel.example")
+    body = sns_envelope(bounce("ann@panel.example", tags(ObjectId(), ann)))
+    first, again = apply_message(store, body), apply_message(store, body)
+    assert (first.member_status, again.member_status) == (BOUNCED, None)
+    user = mongo_db.users.find_one({"_id": ann})
+    assert (user["status"], user["status_reason"], user["status_changed_at"]) == ("bounced", "SES bounce Permanent/General", NOW)
+
+
+def test_a_complaint_without_a_user_tag_finds_the_member_by_address(store, mongo_db):
+    ann = member(mongo_db, "ann@panel.example")
+    hashed_key = recipient_key_for(None, "Ann@Panel.example")
+    applied = apply_message(store, sns_envelope(complaint("ANN@panel.example", tags(ObjectId(), hashed_key))))
+    assert applied.member_status == UNSUBSCRIBED
+    assert mongo_db.users.find_one({"_id": ann})["status_reason"] == "SES complaint abuse"
+    legacy = complaint("ann2@panel.example", None, key="notificationType")  # legacy: no tags at all
+    other = member(mongo_db, "ann2@panel.example")
+    assert apply_message(store, json.dumps(legacy)).member_status == UNSUBSCRIBED
+    assert mongo_db.users.find_one({"_id": other})["status"] == "unsubscribed"
+
+
+def test_a_transient_bounce_changes_nothing_and_only_active_members_change(store, mongo_db):
+    ann = member(mongo_db, "ann@panel.example")
+    gone = member(mongo_db, "gone@panel.example", status="deleted")
+    apply_message(store, sns_envelope(bounce("ann@panel.example", tags(ObjectId(), ann), bounce_type="Transient")))
+    apply_message(store, sns_envelope(complaint("gone@panel.example", tags(ObjectId(), gone))))
+    assert mongo_db.users.find_one({"_id": ann})["status"] == "active"
+    assert mongo_db.users.find_one({"_id": gone})["status"] == "deleted"
+    assert "status_reason" not in mongo_db.users.find_one({"_id": gone})
+
+
+def test_stored_events_settle_unknown_ledger_rows(store, mongo_db):
+    """The ledger reads what the feed stores: a Send event settles its unknown row as sent."""
+    mailing, ann = ObjectId(), ObjectId()
+    ledger = MailLedger(mongo_db.mail_log, mongo_db.mail_events)
+    mongo_db.mail_log.insert_many([
+        {"mailing_id": mailing, "recipient_key": key, "batch_id": "batch-1", "status": UNKNOWN,
+         "attempt_started_at": dt.datetime(2026, 11, 23, 8, 0, tzinfo=UTC)}
+        for key in (str(ann), "e-0000")
+    ])
+    apply_message(store, sns_envelope(event("Send", "ann@panel.example", tags(mailing, ann))))
+    settled = ledger.settle_unknown(mailing)
+    assert (settled[SENT], settled[PENDING]) == (1, 1)  # the silent one was never accepted
+    assert mongo_db.mail_log.find_one({"recipient_key": str(ann)})["status"] == SENT
