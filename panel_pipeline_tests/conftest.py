@@ -14,6 +14,7 @@ from panel_pipeline.local.dagster_dev import DagsterDev
 from panel_pipeline.local.mongod import LocalMongod, free_port
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY
 from panel_pipeline.local.ses_server import LocalSesServer
+from panel_pipeline.local.sns_sqs import LocalSnsSqs, ensure_feedback_path
 from panel_pipeline.local.surveygizmo_server import LocalSurveyGizmo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,8 +65,16 @@ def local_ses() -> Iterator[LocalSesServer]:
 
 
 @pytest.fixture(scope="session")
+def local_sns_sqs() -> Iterator[LocalSnsSqs]:
+    """moto's SNS and SQS; tests make topics and queues of their own names on it."""
+    with LocalSnsSqs(port=free_port()) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def dagster_dev(
-    tmp_path_factory: pytest.TempPathFactory, mongo_uri: str, local_surveygizmo: LocalSurveyGizmo, local_ses: LocalSesServer
+    tmp_path_factory: pytest.TempPathFactory, mongo_uri: str, local_surveygizmo: LocalSurveyGizmo, local_ses: LocalSesServer,
+    local_sns_sqs: LocalSnsSqs,
 ) -> Iterator[DagsterDev]:
     """The whole pipeline under a real daemon, as `make run` starts it, on the session's local stack
     (Mongo database `panel`)."""
@@ -74,6 +83,8 @@ def dagster_dev(
         "MONGO_URI": mongo_uri,
         "SURVEYGIZMO_BASE_URL": local_surveygizmo.base_url,
         "SES_ENDPOINT_URL": local_ses.url,
+        "SQS_ENDPOINT_URL": local_sns_sqs.url,
+        "SES_EVENTS_QUEUE_URL": ensure_feedback_path(local_sns_sqs.url).queue_url,
     }
     server = DagsterDev(Path(tmp_path_factory.mktemp("dagster_home")), environment)
     server.start()

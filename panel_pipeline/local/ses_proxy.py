@@ -9,7 +9,11 @@ boto3 talks real SES v2 REST JSON to this proxy over HTTP; the proxy forwards to
 * SES's 50-entry limit (the emulator accepts any number);
 * a record of every SendBulkEmail request as received, tags included (the emulator drops tags),
   and SES-style `Send` events for each accepted entry, with the tags SES would put in
-  `mail.tags`: what a configuration-set event destination delivers, for reconciliation.
+  `mail.tags`: what a configuration-set event destination delivers, for reconciliation; plus a
+  permanent `Bounce` or a `Complaint` event for SES's mailbox simulator addresses
+  (bounce@simulator.amazonses.com, complaint@simulator.amazonses.com);
+* optionally, those events published as they happen (`publish`, e.g. `SnsEventPublisher` to the
+  SNS topic of the local SES event path), as a configuration set's SNS event destination does.
 Everything else (templates, GetAccount, the web UI at `/`) passes through unchanged.
 """
 
@@ -19,9 +23,13 @@ import copy
 import datetime as dt
 import http.client
 import json
+import queue
 import socket
+import sys
 import threading
+import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -29,6 +37,8 @@ from urllib.parse import urlsplit
 
 BULK_PATH = "/v2/email/outbound-bulk-emails"
 SES_MAX_ENTRIES = 50
+SIMULATOR_DOMAIN = "simulator.amazonses.com"
+SNS_MAX_BATCH = 10
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
 
@@ -74,11 +84,16 @@ class RecordedCall:
     timestamp: str = field(default_factory=lambda: _ses_timestamp(dt.datetime.now(dt.timezone.utc)))
 
 
-class SesFaultProxy:
-    """Start/stop a proxy on `host:port` (0 picks a free port) forwarding to `upstream_url`."""
+EventSink = Callable[[list[dict[str, Any]]], None]
 
-    def __init__(self, upstream_url: str, host: str = "127.0.0.1", port: int = 0) -> None:
+
+class SesFaultProxy:
+    """Start/stop a proxy on `host:port` (0 picks a free port) forwarding to `upstream_url`;
+    `publish` receives the SES events of every call SES accepted, as it is answered."""
+
+    def __init__(self, upstream_url: str, host: str = "127.0.0.1", port: int = 0, publish: EventSink | None = None) -> None:
         self.upstream = urlsplit(upstream_url)
+        self._publish = publish
         self._faults: deque[Fault] = deque()
         self._calls: list[RecordedCall] = []
         self._lock = threading.Lock()
@@ -120,9 +135,13 @@ class SesFaultProxy:
         with self._lock:
             return list(self._calls)
 
+    def events(self) -> list[dict[str, Any]]:
+        """Every SES event of the calls so far: Send events, then simulated bounces and complaints."""
+        return [event for call in self.calls() for event in _ses_events(call)]
+
     def send_events(self) -> list[dict[str, Any]]:
         """SES `Send` events for every entry SES accepted, including calls whose answer was lost."""
-        return [event for call in self.calls() for event in _send_events(call)]
+        return [event for event in self.events() if event["eventType"] == "Send"]
 
     # --- request handling ---------------------------------------------------------------------
 
@@ -133,6 +152,8 @@ class SesFaultProxy:
     def _record(self, call: RecordedCall) -> None:
         with self._lock:
             self._calls.append(call)
+        if self._publish is not None and call.results:
+            self._publish(_ses_events(call))
 
     def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
         connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
@@ -229,10 +250,10 @@ def _ses_timestamp(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def _send_events(call: RecordedCall) -> list[dict[str, Any]]:
+def _ses_events(call: RecordedCall) -> list[dict[str, Any]]:
     request = call.request
     default_tags = {tag["Name"]: [tag["Value"]] for tag in request.get("DefaultEmailTags", [])}
-    events = []
+    sends, feedback = [], []
     for entry, result in zip(request.get("BulkEmailEntries", []), call.results):
         if result.get("Status") != "SUCCESS":
             continue
@@ -240,5 +261,57 @@ def _send_events(call: RecordedCall) -> list[dict[str, Any]]:
         tags.update({tag["Name"]: [tag["Value"]] for tag in entry.get("ReplacementTags", [])})
         if request.get("ConfigurationSetName"):
             tags["ses:configuration-set"] = [request["ConfigurationSetName"]]
-        events.append({"eventType": "Send", "mail": {"timestamp": call.timestamp, "messageId": result["MessageId"], "tags": tags}})
-    return events
+        destination = list(entry.get("Destination", {}).get("ToAddresses", []))
+        mail = {"timestamp": call.timestamp, "messageId": result["MessageId"], "destination": destination, "tags": tags}
+        sends.append({"eventType": "Send", "mail": mail})
+        feedback.extend(_simulated_feedback(mail, address) for address in destination if _simulator_box(address))
+    return sends + feedback
+
+
+def _simulator_box(address: str) -> str | None:
+    """`bounce` or `complaint` for SES's mailbox simulator addresses (labels allowed: bounce+x@...)."""
+    local, _, domain = address.strip().lower().rpartition("@")
+    box = local.split("+")[0]
+    return box if domain == SIMULATOR_DOMAIN and box in ("bounce", "complaint") else None
+
+
+def _simulated_feedback(mail: dict[str, Any], address: str) -> dict[str, Any]:
+    feedback_id = str(uuid.uuid5(uuid.NAMESPACE_OID, mail["messageId"]))  # the same each time events() is read
+    if _simulator_box(address) == "bounce":
+        recipient = {"emailAddress": address, "action": "failed", "status": "5.1.1", "diagnosticCode": "smtp; 550 5.1.1 user unknown"}
+        bounce = {"bounceType": "Permanent", "bounceSubType": "General", "bouncedRecipients": [recipient],
+                  "timestamp": mail["timestamp"], "feedbackId": feedback_id}
+        return {"eventType": "Bounce", "bounce": bounce, "mail": mail}
+    complaint = {"complainedRecipients": [{"emailAddress": address}], "complaintFeedbackType": "abuse",
+                 "timestamp": mail["timestamp"], "feedbackId": feedback_id}
+    return {"eventType": "Complaint", "complaint": complaint, "mail": mail}
+
+
+class SnsEventPublisher:
+    """Publishes SES events to an SNS topic from a thread of its own (SES, too, publishes after
+    answering), ten per PublishBatch call. A failed publish is reported on stderr and dropped."""
+
+    def __init__(self, sns_client: Any, topic_arn: str) -> None:
+        self.sns = sns_client
+        self.topic_arn = topic_arn
+        self._pending: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="ses-event-publisher", daemon=True)
+        self._thread.start()
+
+    def __call__(self, events: list[dict[str, Any]]) -> None:
+        self._pending.put(events)
+
+    def close(self) -> None:
+        """Publish what is queued, then stop."""
+        self._pending.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (events := self._pending.get()) is not None:
+            for start in range(0, len(events), SNS_MAX_BATCH):
+                chunk = events[start : start + SNS_MAX_BATCH]
+                entries = [{"Id": str(index), "Message": json.dumps(event)} for index, event in enumerate(chunk)]
+                try:
+                    self.sns.publish_batch(TopicArn=self.topic_arn, PublishBatchRequestEntries=entries)
+                except Exception as exc:  # the local stand-in must not stop the proxy
+                    print(f"ses-event-publisher: {len(entries)} events not published ({type(exc).__name__})", file=sys.stderr)

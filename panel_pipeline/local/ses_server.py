@@ -167,24 +167,47 @@ class LocalSesServer:
 
 
 def main() -> None:
-    """Run the local SES endpoint in the foreground until SIGTERM or Ctrl-C (the local stack uses this)."""
+    """Run the local SES endpoint in the foreground until SIGTERM or Ctrl-C (the local stack uses this).
+
+    With `--sns-topic-arn` the fault proxy answers on `--port` in front of the emulator and publishes
+    SES's events to that topic on `--sns-endpoint-url`, as a configuration set's event destination does.
+    """
     import argparse
     import signal
+
+    import boto3
+
+    from panel_pipeline.local.mongod import free_port
+    from panel_pipeline.local.ses_proxy import SesFaultProxy, SnsEventPublisher
 
     parser = argparse.ArgumentParser(description="The local SES v2 endpoint (aws-ses-v2-local).")
     parser.add_argument("--port", type=int, default=8005)
     parser.add_argument("--max-send-rate", type=float, default=200.0)
+    parser.add_argument("--sns-topic-arn", help="Publish SES events to this SNS topic.")
+    parser.add_argument("--sns-endpoint-url", default="http://127.0.0.1:8007", help="The local SNS endpoint.")
     args = parser.parse_args()
-    server = LocalSesServer(port=args.port, max_send_rate=args.max_send_rate)
+    publishing = args.sns_topic_arn is not None
+    server = LocalSesServer(port=free_port() if publishing else args.port, max_send_rate=args.max_send_rate)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     server.start()
-    print(f"local SES endpoint and sent-mail viewer on {server.url}", flush=True)
+    publisher = proxy = None
+    if publishing:
+        region = args.sns_topic_arn.split(":")[3]
+        sns = boto3.client("sns", endpoint_url=args.sns_endpoint_url, region_name=region,
+                           aws_access_key_id="local", aws_secret_access_key="local")
+        publisher = SnsEventPublisher(sns, args.sns_topic_arn)
+        proxy = SesFaultProxy(server.url, port=args.port, publish=publisher)
+        proxy.start()
+    print(f"local SES endpoint and sent-mail viewer on {proxy.url if proxy else server.url}", flush=True)
     try:
         stopped.wait()
     except KeyboardInterrupt:
         pass
     finally:
+        if proxy is not None and publisher is not None:
+            proxy.stop()
+            publisher.close()
         server.stop()
 
 

@@ -1,4 +1,7 @@
-"""The local stack the embedded defaults point at: mongod, and the local SES and SurveyGizmo servers.
+"""The local stack the embedded defaults point at: mongod, and the local SES, SurveyGizmo and SNS/SQS servers.
+
+SES events take production's path: the local SES endpoint publishes them to an SNS topic on the moto
+server, whose SQS queue subscription the `ses_feedback` asset drains.
 
 Everything lives under `.panel_pipeline/` in the project folder (data, logs, pid files), so starting
 is idempotent and `down` stops exactly what `up` started.
@@ -11,17 +14,24 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from panel_pipeline.local.mongod import LocalMongod, live_pid, pid_alive, port_in_use
+from panel_pipeline.local.sns_sqs import (
+    ensure_feedback_path,
+    local_queue_url,
+    local_topic_arn,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = Path(os.environ.get("PANEL_PIPELINE_STATE_DIR", PROJECT_ROOT / ".panel_pipeline"))
 MONGO_PORT = 27017
 SES_PORT = 8005
 SURVEYGIZMO_PORT = 8006
+SNS_SQS_PORT = 8007
+SNS_SQS_URL = f"http://127.0.0.1:{SNS_SQS_PORT}"
 START_TIMEOUT_SECONDS = 30.0
 
 
@@ -37,6 +47,7 @@ class BackgroundService:
     port: int
     command: Sequence[str]
     env: dict[str, str] = field(default_factory=dict)
+    set_up: Callable[[], object] | None = None  # idempotent, run after every start (moto keeps no state)
 
     @property
     def pid_file(self) -> Path:
@@ -50,6 +61,11 @@ class BackgroundService:
         return live_pid(self.pid_file)
 
     def start(self) -> None:
+        self._launch()
+        if self.set_up is not None:
+            self.set_up()
+
+    def _launch(self) -> None:
         if self.pid() is not None:
             return
         if port_in_use(self.port):
@@ -102,9 +118,18 @@ def background_services() -> list[BackgroundService]:
             ],
         ),
         BackgroundService(
+            name="sns_sqs",
+            port=SNS_SQS_PORT,
+            command=[sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(SNS_SQS_PORT)],
+            set_up=lambda: ensure_feedback_path(SNS_SQS_URL),
+        ),
+        BackgroundService(
             name="ses",
             port=SES_PORT,
-            command=[sys.executable, "-m", "panel_pipeline.local.ses_server", "--port", str(SES_PORT)],
+            command=[
+                sys.executable, "-m", "panel_pipeline.local.ses_server", "--port", str(SES_PORT),
+                "--sns-topic-arn", local_topic_arn(), "--sns-endpoint-url", SNS_SQS_URL,
+            ],
         ),
     ]
 
@@ -115,6 +140,9 @@ def local_environment() -> dict[str, str]:
         "MONGO_URI": local_mongod().uri,
         "SES_ENDPOINT_URL": f"http://127.0.0.1:{SES_PORT}",
         "SURVEYGIZMO_BASE_URL": f"http://127.0.0.1:{SURVEYGIZMO_PORT}",
+        "SQS_ENDPOINT_URL": SNS_SQS_URL,
+        "SES_EVENTS_TOPIC_ARN": local_topic_arn(),
+        "SES_EVENTS_QUEUE_URL": local_queue_url(SNS_SQS_URL),
     }
 
 

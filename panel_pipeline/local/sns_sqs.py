@@ -1,0 +1,132 @@
+"""The local SNS and SQS: a moto server in a subprocess, and the SES event path set up on it.
+
+Production delivers SES events as: configuration set -> SNS topic -> SQS queue (raw message delivery
+off, so each SQS body is an SNS envelope). `ensure_feedback_path` builds the same topic, queue and
+subscription, idempotently, on any SNS/SQS endpoint; moto accepts the dummy credentials `local`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from panel_pipeline.local.mongod import port_in_use
+
+REGION = "eu-west-2"
+EVENTS_NAME = "panel-ses-events"  # the topic's and the queue's
+MOTO_ACCOUNT = "123456789012"  # moto's fixed account id
+START_TIMEOUT_SECONDS = 20.0
+STOP_TIMEOUT_SECONDS = 5.0
+
+
+class SnsSqsServerError(RuntimeError):
+    """The local SNS/SQS server did not start; the message says where to look."""
+
+
+@dataclass(frozen=True)
+class FeedbackPath:
+    topic_arn: str
+    queue_url: str
+
+
+def local_topic_arn(region: str = REGION, name: str = EVENTS_NAME) -> str:
+    return f"arn:aws:sns:{region}:{MOTO_ACCOUNT}:{name}"
+
+
+def local_queue_url(endpoint_url: str, name: str = EVENTS_NAME) -> str:
+    return f"{endpoint_url}/{MOTO_ACCOUNT}/{name}"
+
+
+def aws_client(service: str, endpoint_url: str, region: str = REGION) -> Any:
+    return boto3.client(
+        service, endpoint_url=endpoint_url, region_name=region, aws_access_key_id="local", aws_secret_access_key="local"
+    )
+
+
+def ensure_feedback_path(endpoint_url: str, region: str = REGION, name: str = EVENTS_NAME) -> FeedbackPath:
+    """Create the SNS topic and the SQS queue called `name`, the queue policy that lets the topic
+    send to it, and the subscription; calling it again changes nothing."""
+    sns, sqs = aws_client("sns", endpoint_url, region), aws_client("sqs", endpoint_url, region)
+    topic_arn = sns.create_topic(Name=name)["TopicArn"]
+    queue_url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(_queue_policy(queue_arn, topic_arn))})
+    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "false"})
+    return FeedbackPath(topic_arn, queue_url)
+
+
+def _queue_policy(queue_arn: str, topic_arn: str) -> dict[str, Any]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Service": "sns.amazonaws.com"},
+            "Action": "sqs:SendMessage",
+            "Resource": queue_arn,
+            "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+        }],
+    }
+
+
+@dataclass
+class LocalSnsSqs:
+    """Start/stop `moto.server` (SNS and SQS, among others) on `host:port`."""
+
+    port: int = 8007
+    host: str = "127.0.0.1"
+    log_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> str:
+        with self._lock:
+            if self._process is not None and self._process.poll() is None:
+                return self.url
+            log_path = self.log_path or Path(tempfile.gettempdir()) / f"moto-server-{self.port}.log"
+            with open(log_path, "ab") as log_file:
+                self._process = subprocess.Popen(
+                    [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+                    stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                )
+            deadline = time.monotonic() + START_TIMEOUT_SECONDS
+            while not port_in_use(self.port):
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    raise SnsSqsServerError(f"moto server did not start on {self.url}; see {log_path}")
+                time.sleep(0.05)
+            return self.url
+
+    def stop(self) -> bool:
+        with self._lock:
+            process, self._process = self._process, None
+            if process is None or process.poll() is not None:
+                return False
+            process.terminate()
+            try:
+                process.wait(timeout=STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            return True
+
+    def __enter__(self) -> LocalSnsSqs:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+

@@ -1,0 +1,120 @@
+"""The local SES event path on moto over real HTTP: topic, queue and subscription, and the SES proxy
+(and the local SES entry point) publishing SES's events into it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from panel_pipeline.local import stack
+from panel_pipeline.local.mongod import free_port, port_in_use
+from panel_pipeline.local.ses_proxy import SesFaultProxy, SnsEventPublisher
+from panel_pipeline.local.sns_sqs import (
+    aws_client,
+    ensure_feedback_path,
+    local_queue_url,
+    local_topic_arn,
+)
+from panel_pipeline.mailer.feedback import unwrap_sqs_body
+
+TEMPLATE = {"Subject": "Hi {{first_name}}", "Html": "<p>{{first_name}}</p>", "Text": "{{first_name}}"}
+ADDRESSES = ["ann@panel.example", "bounce@simulator.amazonses.com", "complaint+x@simulator.amazonses.com"]
+
+
+def test_the_path_is_set_up_once_however_often_it_is_asked(local_sns_sqs):
+    name = f"events-{uuid.uuid4().hex[:8]}"
+    first, second = ensure_feedback_path(local_sns_sqs.url, name=name), ensure_feedback_path(local_sns_sqs.url, name=name)
+    assert first == second
+    assert (first.topic_arn, first.queue_url) == (local_topic_arn(name=name), local_queue_url(local_sns_sqs.url, name=name))
+    sns, sqs = aws_client("sns", local_sns_sqs.url), aws_client("sqs", local_sns_sqs.url)
+    (subscription,) = sns.list_subscriptions_by_topic(TopicArn=first.topic_arn)["Subscriptions"]
+    assert subscription["Protocol"] == "sqs"
+    assert sns.get_subscription_attributes(SubscriptionArn=subscription["SubscriptionArn"])["Attributes"]["RawMessageDelivery"] == "false"
+    policy = json.loads(sqs.get_queue_attributes(QueueUrl=first.queue_url, AttributeNames=["Policy"])["Attributes"]["Policy"])
+    assert policy["Statement"][0]["Condition"]["ArnEquals"]["aws:SourceArn"] == first.topic_arn
+
+
+def test_the_local_stack_points_at_the_path_it_sets_up():
+    environment = stack.local_environment()
+    assert environment["SQS_ENDPOINT_URL"] == "http://127.0.0.1:8007"
+    assert environment["SES_EVENTS_QUEUE_URL"] == local_queue_url(environment["SQS_ENDPOINT_URL"])
+    (service,) = [s for s in stack.background_services() if s.name == "sns_sqs"]
+    assert service.port == stack.SNS_SQS_PORT and service.set_up is not None
+    (ses,) = [s for s in stack.background_services() if s.name == "ses"]
+    assert environment["SES_EVENTS_TOPIC_ARN"] in ses.command
+
+
+def _send(url: str, addresses: list[str], template: str) -> None:
+    ses = boto3.client("sesv2", endpoint_url=url, region_name="eu-west-2", aws_access_key_id="local",
+                       aws_secret_access_key="local", config=Config(retries={"total_max_attempts": 1}))
+    ses.create_email_template(TemplateName=template, TemplateContent=TEMPLATE)
+    ses.send_bulk_email(
+        FromEmailAddress="panel@example.org",
+        DefaultContent={"Template": {"TemplateName": template, "TemplateData": "{}"}},
+        DefaultEmailTags=[{"Name": "mailing", "Value": "m1"}, {"Name": "batch", "Value": "b1"}],
+        ConfigurationSetName="panel-events",
+        BulkEmailEntries=[
+            {"Destination": {"ToAddresses": [address]},
+             "ReplacementEmailContent": {"ReplacementTemplate": {"ReplacementTemplateData": '{"first_name": "P"}'}},
+             "ReplacementTags": [{"Name": "recipient", "Value": f"r{index}"}]}
+            for index, address in enumerate(addresses)
+        ],
+    )
+
+
+def _receive_events(sqs: Any, queue_url: str, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(events) < count and time.monotonic() < deadline:
+        for message in sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+            assert json.loads(message["Body"])["Type"] == "Notification", "raw delivery is off: an SNS envelope"
+            events.append(unwrap_sqs_body(message["Body"]))
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+    return events
+
+
+def test_the_ses_proxy_publishes_send_bounce_and_complaint_events_to_sns(local_ses, local_sns_sqs):
+    path = ensure_feedback_path(local_sns_sqs.url, name=f"events-{uuid.uuid4().hex[:8]}")
+    publisher = SnsEventPublisher(aws_client("sns", local_sns_sqs.url), path.topic_arn)
+    proxy = SesFaultProxy(local_ses.url, publish=publisher)
+    proxy.start()
+    try:
+        _send(proxy.url, ADDRESSES, f"t-{uuid.uuid4().hex[:8]}")
+    finally:
+        proxy.stop()
+        publisher.close()
+    events = _receive_events(aws_client("sqs", local_sns_sqs.url), path.queue_url, 5)
+    assert sorted(e["eventType"] for e in events) == ["Bounce", "Complaint", "Send", "Send", "Send"]
+    assert sorted(map(json.dumps, events)) == sorted(map(json.dumps, proxy.events()))
+    (bounce,) = [e for e in events if e["eventType"] == "Bounce"]
+    assert bounce["bounce"]["bounceType"] == "Permanent"
+    assert bounce["mail"]["tags"] == {"mailing": ["m1"], "batch": ["b1"], "recipient": ["r1"], "ses:configuration-set": ["panel-events"]}
+    assert len(proxy.send_events()) == 3
+
+
+def test_the_local_ses_entry_point_publishes_to_the_topic_it_is_given(local_sns_sqs):
+    path = ensure_feedback_path(local_sns_sqs.url, name=f"events-{uuid.uuid4().hex[:8]}")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "panel_pipeline.local.ses_server", "--port", str(port),
+         "--sns-topic-arn", path.topic_arn, "--sns-endpoint-url", local_sns_sqs.url],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_in_use(port):
+            assert server.poll() is None and time.monotonic() < deadline, "the local SES endpoint did not start"
+            time.sleep(0.1)
+        _send(f"http://127.0.0.1:{port}", ADDRESSES[1:2], f"t-{uuid.uuid4().hex[:8]}")
+        events = _receive_events(aws_client("sqs", local_sns_sqs.url), path.queue_url, 2)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert sorted(e["eventType"] for e in events) == ["Bounce", "Send"]

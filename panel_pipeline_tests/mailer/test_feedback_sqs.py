@@ -1,0 +1,178 @@
+"""SES events published to SNS reach the `ses_feedback` asset through SQS (moto over real HTTP, real
+boto3, the real mongod): members are bounced or unsubscribed and suppressed from the next mailing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import dagster as dg
+import pytest
+from bson import ObjectId
+
+from panel_pipeline.local.mongod import free_port
+from panel_pipeline.local.sns_sqs import aws_client, ensure_feedback_path
+from panel_pipeline.mailer import ses_feedback_sensor
+from panel_pipeline.mailer.assets import mailings, ses_feedback
+from panel_pipeline.mailer.ledger import recipient_key_for
+from panel_pipeline.mailer.resources import SesResource, SqsResource
+from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline_tests.mailer.ses_events import bounce, complaint, event, tags
+
+SURVEY = {"survey_name": "Bus services", "duration_minutes": 12, "points": 150, "survey_url": "https://survey.example/s/1"}
+
+
+@pytest.fixture
+def feedback_path(local_sns_sqs):
+    """A topic and queue of this test's own; redelivery after 1 s instead of SQS's 30 s."""
+    path = ensure_feedback_path(local_sns_sqs.url, name=f"ses-events-{uuid.uuid4().hex[:8]}")
+    aws_client("sqs", local_sns_sqs.url).set_queue_attributes(QueueUrl=path.queue_url, Attributes={"VisibilityTimeout": "1"})
+    return path
+
+
+@pytest.fixture
+def sqs(local_sns_sqs, feedback_path):
+    return SqsResource(
+        queue_url=feedback_path.queue_url, region_name="eu-west-2", endpoint_url=local_sns_sqs.url, wait_seconds=1,
+        aws_access_key_id="local", aws_secret_access_key="local",
+    )
+
+
+@pytest.fixture
+def resources(mongo_uri, mongo_db, local_ses, sqs):
+    return {
+        "mongo": MongoResource(uri=mongo_uri, database=mongo_db.name),
+        "sqs": sqs,
+        "ses": SesResource(
+            region_name="eu-west-2", from_address="Panel <panel@example.org>", endpoint_url=local_ses.url,
+            aws_access_key_id="local", aws_secret_access_key="local",
+            unsubscribe_url="https://panel.example/unsubscribe?user={user}&token={token}", unsubscribe_secret="s",
+        ),
+    }
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+@pytest.fixture
+def publish(local_sns_sqs, feedback_path):
+    """What SES's event destination does: each event as one SNS message."""
+    sns = aws_client("sns", local_sns_sqs.url)
+
+    def publish_events(*events):
+        for ses_event in events:
+            sns.publish(TopicArn=feedback_path.topic_arn, Message=json.dumps(ses_event))
+
+    return publish_events
+
+
+def drain(instance, resources):
+    result = dg.materialize([ses_feedback], instance=instance, resources=resources, raise_on_error=False)
+    (materialization,) = result.asset_materializations_for_node("ses_feedback") if result.success else [None]
+    return result, materialization
+
+
+def members(db, *emails):
+    return db.users.insert_many([{"email": e, "first_name": "Ann", "status": "active"} for e in emails]).inserted_ids
+
+
+def metadata_values(materialization):
+    return {key: value.value for key, value in materialization.metadata.items()}
+
+
+def test_bounces_and_complaints_arrive_through_sqs_and_suppress_the_members(instance, resources, mongo_db, publish, local_ses, capfd):
+    ann, bob, cat = members(mongo_db, "ann@panel.example", "bob@panel.example", "cat@panel.example")
+    earlier = ObjectId()
+    publish(
+        event("Send", "ann@panel.example", tags(earlier, ann)),
+        bounce("ann@panel.example", tags(earlier, ann)),
+        complaint("bob@panel.example", tags(earlier, recipient_key_for(None, "bob@panel.example"))),
+        bounce("cat@panel.example", tags(earlier, cat), bounce_type="Transient"),
+    )
+    tick = ses_feedback_sensor(dg.build_sensor_context(instance=instance, resources={"sqs": resources["sqs"]}))
+    assert len(tick.run_requests) == 1
+
+    result, materialization = drain(instance, resources)
+    assert result.success
+    assert metadata_values(materialization) == {
+        "messages_read": 4, "messages_deleted": 4, "messages_ignored": 0, "events_stored": 4,
+        "events_by_type": {"Bounce": 2, "Complaint": 1, "Send": 1}, "members_bounced": 1, "members_unsubscribed": 1,
+    }
+    statuses = {user["_id"]: user["status"] for user in mongo_db.users.find()}
+    assert statuses == {ann: "bounced", bob: "unsubscribed", cat: "active"}
+    assert mongo_db.mail_events.count_documents({}) == 4
+
+    mailing_id = mongo_db.mailings.insert_one({
+        "processed": False, "kind": "bulk", "template": "new_survey", "default_data": SURVEY,
+        "recipients": [{"user_id": ann}, {"user_id": bob}, {"user_id": cat}],
+    }).inserted_id
+    local_ses.clear()
+    instance.add_dynamic_partitions("mailings", [str(mailing_id)])
+    assert dg.materialize([mailings], partition_key=str(mailing_id), instance=instance, resources=resources).success
+    ledger = {row["user_id"]: (row["status"], row.get("error")) for row in mongo_db.mail_log.find({"mailing_id": mailing_id})}
+    assert ledger == {
+        ann: ("suppressed", "member status is bounced"), bob: ("suppressed", "member status is unsubscribed"), cat: ("sent", None),
+    }
+    assert [email["destination"]["to"] for email in local_ses.emails()] == [["cat@panel.example"]]
+
+    logged = " ".join(str(entry.user_message) + str(entry.dagster_event) for entry in instance.all_logs(result.run_id))
+    output = capfd.readouterr()
+    for text in (logged, output.out, output.err, str(materialization.metadata), str(list(mongo_db.mail_events.find()))):
+        assert "@" not in text
+
+
+def test_redelivered_and_duplicate_events_change_nothing_twice(instance, resources, mongo_db, publish):
+    (ann,) = members(mongo_db, "ann@panel.example")
+    bounced = bounce("ann@panel.example", tags(ObjectId(), ann))
+    publish(bounced, bounced)  # SNS may deliver one event twice
+    _, first = drain(instance, resources)
+    assert metadata_values(first)["events_stored"] == 1 and metadata_values(first)["members_bounced"] == 1
+    changed_at = mongo_db.users.find_one({"_id": ann})["status_changed_at"]
+
+    publish(bounced)  # and again later
+    _, again = drain(instance, resources)
+    assert (metadata_values(again)["events_stored"], metadata_values(again)["members_bounced"]) == (0, 0)
+    assert mongo_db.users.find_one({"_id": ann})["status_changed_at"] == changed_at
+    assert mongo_db.mail_events.count_documents({}) == 1
+
+
+def test_a_message_is_deleted_only_once_applied(instance, resources, mongo_db, publish, local_sns_sqs, feedback_path):
+    (ann,) = members(mongo_db, "ann@panel.example")
+    publish(bounce("ann@panel.example", tags(ObjectId(), ann)))
+    mongo_down = {**resources, "mongo": MongoResource(uri=f"mongodb://127.0.0.1:{free_port()}", database=mongo_db.name)}
+    failed, _ = drain(instance, mongo_down)
+    assert not failed.success
+    attributes = aws_client("sqs", local_sns_sqs.url).get_queue_attributes(
+        QueueUrl=feedback_path.queue_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    assert sum(int(n) for n in attributes.values()) == 1, "the message stays in the queue"
+
+    result, materialization = drain(instance, resources)  # it is visible again after the 1 s visibility timeout
+    assert result.success and metadata_values(materialization)["members_bounced"] == 1
+    assert mongo_db.users.find_one({"_id": ann})["status"] == "bounced"
+
+
+def test_the_sensor_skips_an_empty_or_unreachable_queue(instance, sqs):
+    empty = ses_feedback_sensor(dg.build_sensor_context(instance=instance, resources={"sqs": sqs}))
+    assert not empty.run_requests and empty.skip_reason.skip_message == "no SES events waiting"
+
+    secret = "s3cr3t-key-material"
+    dead = f"http://127.0.0.1:{free_port()}"
+    unreachable = SqsResource(
+        queue_url=f"{dead}/123456789012/ses-events", region_name="eu-west-2", endpoint_url=dead,
+        aws_access_key_id="local", aws_secret_access_key=secret,
+    )
+    tick = ses_feedback_sensor(dg.build_sensor_context(instance=instance, resources={"sqs": unreachable}))
+    message = tick.skip_reason.skip_message
+    assert not tick.run_requests and "unreachable (EndpointConnectionError)" in message
+    assert secret not in message and "127.0.0.1" not in message
+
+
+def test_the_sensor_waits_while_a_feedback_run_is_under_way(instance, sqs, publish):
+    publish(event("Send", "ann@panel.example", tags(ObjectId(), ObjectId())))
+    instance.add_run(dg.DagsterRun(job_name="ses_feedback_job", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED))
+    tick = ses_feedback_sensor(dg.build_sensor_context(instance=instance, resources={"sqs": sqs}))
+    assert not tick.run_requests and "already under way" in tick.skip_reason.skip_message
