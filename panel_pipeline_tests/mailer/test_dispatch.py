@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import random
 import re
@@ -31,6 +30,7 @@ from panel_pipeline.mailer.dispatch import (
     plan_recipients,
     send_mailing,
 )
+from panel_pipeline.mailer.feedback import FeedbackStore, parse_ses_event
 from panel_pipeline.mailer.ledger import (
     CLAIMED,
     FAILED,
@@ -195,14 +195,9 @@ def _wait_for_an_attempt(ledger: MailLedger, mailing: ObjectId, worker: subproce
 
 def _feed_events(ses_proxy: SesFaultProxy, db: Database) -> None:
     """What the SES event feed does: every Send event SES published, stored in `mail_events`."""
+    store = FeedbackStore(db.mail_events, db.users)
     for raw in ses_proxy.send_events():
-        event = send_event_from_ses(raw)
-        occurred_at = dt.datetime.fromisoformat(raw["mail"]["timestamp"].replace("Z", "+00:00"))
-        db.mail_events.replace_one({"_id": f"{event.message_id}:{event.event_type}"}, {
-            "event_type": event.event_type, "mailing_id": ObjectId(event.mailing_id), "batch_id": event.batch_id,
-            "recipient_key": event.recipient_key, "message_id": event.message_id, "error": event.error,
-            "occurred_at": occurred_at,
-        }, upsert=True)
+        store.apply(parse_ses_event(raw))
 
 
 @pytest.mark.slow
