@@ -81,6 +81,7 @@ def surveygizmo_responses(context: dg.AssetExecutionContext, mongo: MongoResourc
             "quarantined": len(quarantined),
             "quarantined_examples": dg.MetadataValue.md(_table(("response", "reason"), quarantined[:SHOWN_QUARANTINED])),
             "api_calls": client.calls_made,
+            "retry_wait_seconds": round(client.retry_wait_seconds, 1),
         }
     )
 
@@ -108,19 +109,20 @@ def users(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.Materia
     db = mongo.db()
     mapping = load_profile_mapping()
     now = utc_now()
+    shortnames = {survey["_id"]: dict(survey.get("shortnames") or {}) for survey in db.sg_surveys.find()}
     answers, problems, unknown = [], [], []
     for day in context.partition_keys:
-        for raw in store.raw_records(db, day):
+        raws = store.raw_records(db, day)
+        for raw, user_id in zip(raws, store.find_members(db, raws), strict=True):
             response = parse_response(raw["record"], raw["survey_id"], UK)
             if response.status.lower() != "complete" or response.is_test_data:
                 continue
-            user_id = store.find_member(db, raw.get("panel_id"), raw.get("contact_id"))
             if user_id is None:
                 reason = f"unknown member (panel id {raw.get('panel_id') or 'missing'}, contact id {raw.get('contact_id') or 'missing'})"
                 store.quarantine(db, raw["survey_id"], raw["response_id"], day, reason, raw["record"], now)
                 unknown.append((raw["_id"], reason))
                 continue
-            normalized = normalize_profile(response, mapping, shortnames=shortnames_of(db, raw["survey_id"]), as_of=now.date())
+            normalized = normalize_profile(response, mapping, shortnames=shortnames.get(raw["survey_id"], {}), as_of=now.date())
             problems += [(raw["_id"], str(problem)) for problem in normalized.problems]
             answers.append(store.ProfileAnswer(user_id, response.id, response.submitted_at, normalized.profile))
     changed = store.apply_profiles(db, answers, now)

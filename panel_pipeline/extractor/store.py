@@ -1,7 +1,7 @@
 """The Extractor's reads and writes in Mongo: raw responses, quarantine, and profile updates.
 
-Raw responses are keyed `"<survey id>:<response id>"` (`_id` upserts are the fast ones), so
-re-pulling a day, a backfill or overlapping windows never duplicate anything. Profile updates are
+Raw responses are keyed `"<survey id>:<response id>"`, so re-pulling a day, a backfill or
+overlapping windows never duplicate anything. Profile updates are
 order-independent: each attribute remembers the response and submission time it came from
 (`profile_sources`), and only a newer answer replaces it, so days applied in any order converge.
 """
@@ -9,14 +9,17 @@ order-independent: each attribute remembers the response and submission time it 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import bson
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ASCENDING, ReplaceOne, UpdateOne
 from pymongo.database import Database
+from pymongo.errors import BulkWriteError
 
 from panel_pipeline.extractor.deletions import StoredResponse
 from panel_pipeline.extractor.responses import SurveyResponse
@@ -24,6 +27,7 @@ from panel_pipeline.extractor.responses import SurveyResponse
 RAW = "sg_responses"
 QUARANTINE = "sg_quarantine"
 PANEL_ID_VARIABLE = "pid"
+DUPLICATE_KEY = 11000
 
 
 def ensure_indexes(db: Database) -> None:
@@ -42,21 +46,57 @@ class RawWrite:
     changed: int
     unchanged: int
 
+    def __add__(self, other: RawWrite) -> RawWrite:
+        return RawWrite(self.inserted + other.inserted, self.changed + other.changed, self.unchanged + other.unchanged)
+
+
+WRITE_CHUNK = 5_000  # responses per round trip; keeps each `$in` well under Mongo's 16 MB document limit
+
 
 def upsert_raw(db: Database, responses: Sequence[SurveyResponse], day_of: Any, now: dt.datetime) -> RawWrite:
-    """Store parsed responses by (survey, response); a response that parses again leaves quarantine."""
-    if not responses:
-        return RawWrite(0, 0, 0)
-    operations = [
-        ReplaceOne({"_id": raw_id(r.survey_id, r.id)}, raw_document(r, day_of(r.submitted_at), now), upsert=True)
-        for r in responses
+    """Store parsed responses by (survey, response): new ones inserted, changed ones replaced (a
+    SHA-1 of the record tells), the same ones left alone, so the hourly re-pull of a day costs
+    reads, not writes. A response listed again is no longer deleted, and one that parses again
+    leaves quarantine."""
+    written = RawWrite(0, 0, 0)
+    for start in range(0, len(responses), WRITE_CHUNK):
+        chunk = responses[start : start + WRITE_CHUNK]
+        documents = {raw_id(r.survey_id, r.id): raw_document(r, day_of(r.submitted_at), now) for r in chunk}
+        written += _write_raw(db, documents)
+        db[QUARANTINE].delete_many({"_id": {"$in": list(documents)}})
+    return written
+
+
+def _write_raw(db: Database, documents: Mapping[str, dict[str, Any]]) -> RawWrite:
+    stored = {doc["_id"]: doc for doc in db[RAW].find({"_id": {"$in": list(documents)}}, {"record_sha1": 1, "deleted_at": 1})}
+    new = [key for key in documents if key not in stored]
+    changed = [
+        key for key in documents
+        if key in stored and (stored[key].get("record_sha1") != documents[key]["record_sha1"] or "deleted_at" in stored[key])
     ]
-    result = db[RAW].bulk_write(operations, ordered=False)
-    db[QUARANTINE].delete_many({"_id": {"$in": [raw_id(r.survey_id, r.id) for r in responses]}})
-    return RawWrite(result.upserted_count, result.modified_count, result.matched_count - result.modified_count)
+    raced = _insert(db, [{"_id": key, **documents[key]} for key in new])
+    replace = [*changed, *raced]  # inserted by a concurrent run since we looked: replaced instead
+    if replace:
+        db[RAW].bulk_write([ReplaceOne({"_id": key}, documents[key], upsert=True) for key in replace], ordered=False)
+    return RawWrite(len(new) - len(raced), len(replace), len(documents) - len(new) - len(changed))
+
+
+def _insert(db: Database, documents: list[dict[str, Any]]) -> list[str]:
+    """Insert; returns the ids that already existed (duplicate keys), any other error is raised."""
+    if not documents:
+        return []
+    try:
+        db[RAW].insert_many(documents, ordered=False)
+    except BulkWriteError as error:
+        errors = error.details.get("writeErrors", [])
+        if any(e["code"] != DUPLICATE_KEY for e in errors) or error.details.get("writeConcernErrors"):
+            raise
+        return [documents[e["index"]]["_id"] for e in errors]
+    return []
 
 
 def raw_document(response: SurveyResponse, day: str, now: dt.datetime) -> dict[str, Any]:
+    record = dict(response.raw)
     return {
         "survey_id": response.survey_id,
         "response_id": response.id,
@@ -66,7 +106,8 @@ def raw_document(response: SurveyResponse, day: str, now: dt.datetime) -> dict[s
         "day": day,
         "contact_id": response.contact_id,
         "panel_id": response.url_variables.get(PANEL_ID_VARIABLE),
-        "record": dict(response.raw),
+        "record": record,
+        "record_sha1": hashlib.sha1(bson.encode(record)).hexdigest(),
         "fetched_at": now,
     }
 
@@ -108,20 +149,28 @@ def mark_restored(db: Database, survey_id: str, response_ids: Iterable[str]) -> 
     return db[RAW].update_many({"_id": {"$in": ids}}, {"$unset": {"deleted_at": ""}}).modified_count
 
 
-def find_member(db: Database, panel_id: str | None, contact_id: str | None) -> ObjectId | None:
-    """The user a response belongs to: its panel id (the user `_id`), else the SurveyGizmo contact."""
-    if panel_id:
-        try:
-            user_id = ObjectId(panel_id.strip())
-        except (InvalidId, TypeError):
-            user_id = None
-        if user_id is not None and db.users.count_documents({"_id": user_id}, limit=1):
-            return user_id
-    if contact_id:
-        user = db.users.find_one({"sg_contact_id": str(contact_id)}, {"_id": 1})
-        if user:
-            return user["_id"]
-    return None
+def find_members(db: Database, raws: Sequence[Mapping[str, Any]]) -> list[ObjectId | None]:
+    """The user each raw response belongs to: its panel id (the user `_id`), else the SurveyGizmo
+    contact; None when neither is known. Two queries however many responses."""
+    panel_ids = [_object_id(raw.get("panel_id")) for raw in raws]
+    known = {doc["_id"] for doc in db.users.find({"_id": {"$in": [i for i in set(panel_ids) if i]}}, {"_id": 1})}
+    contacts = {str(raw["contact_id"]) for raw, user_id in zip(raws, panel_ids, strict=True) if user_id not in known and raw.get("contact_id")}
+    by_contact = (
+        {doc["sg_contact_id"]: doc["_id"] for doc in db.users.find({"sg_contact_id": {"$in": sorted(contacts)}}, {"sg_contact_id": 1})}
+        if contacts
+        else {}
+    )
+    return [
+        user_id if user_id in known else by_contact.get(str(raw.get("contact_id") or ""))
+        for raw, user_id in zip(raws, panel_ids, strict=True)
+    ]
+
+
+def _object_id(value: Any) -> ObjectId | None:
+    try:
+        return ObjectId(str(value).strip()) if value else None
+    except InvalidId:
+        return None
 
 
 @dataclass(frozen=True)

@@ -299,6 +299,7 @@ class SurveyGizmoClient:
         self._in_flight = threading.Lock()
         self._counter_lock = threading.Lock()
         self._calls_made = 0
+        self._retry_wait = 0.0
 
     def __repr__(self) -> str:
         return f"SurveyGizmoClient(base_url={self.base_url!r}, region={self.region!r}, zone={self.account_zone.key!r})"
@@ -307,6 +308,11 @@ class SurveyGizmoClient:
     def calls_made(self) -> int:
         """HTTP requests sent so far, retries included."""
         return self._calls_made
+
+    @property
+    def retry_wait_seconds(self) -> float:
+        """Time spent backing off before retries so far (the rate limiter's waits not included)."""
+        return self._retry_wait
 
     def get_account(self) -> dict[str, Any]:
         """The account record; a cheap way to check credentials and region."""
@@ -455,6 +461,8 @@ class SurveyGizmoClient:
                     "SurveyGizmo GET %s: %s; retry %d/%d in %.1f s",
                     path, failure.reason, attempt + 1, self.retry.max_attempts - 1, delay,
                 )
+                with self._counter_lock:
+                    self._retry_wait += delay
                 self._clock.sleep(delay)
         raise SurveyGizmoUnavailable(
             f"GET {path} on {self._host} failed after {self.retry.max_attempts} attempts: {last_reason}", path

@@ -205,6 +205,9 @@ class LocalSurveyGizmo:
         self._lock = threading.RLock()
         self._surveys: dict[str, dict[str, Any]] = {}
         self._responses: dict[str, dict[str, _StoredResponse]] = {}
+        # Listings are computed once per state of the store (`_version` moves on every change), not once per page.
+        self._version = 0
+        self._listings: dict[tuple[str, tuple[tuple[str, str, Any], ...]], tuple[int, list[dict[str, Any]]]] = {}
         self._faults: list[Fault] = []
         self._hooks: list[tuple[int, Callable[[], None]]] = []
         self._httpd: ThreadingHTTPServer | None = None
@@ -254,6 +257,7 @@ class LocalSurveyGizmo:
         with self._lock:
             self._surveys[str(definition["id"])] = dict(definition)
             self._responses.setdefault(str(definition["id"]), {})
+            self._version += 1
 
     def add_response(self, survey_id: str | int, record: Mapping[str, Any], submitted_at: dt.datetime | None = None) -> None:
         """Store (or replace) a record as given, malformed or not. `submitted_at` overrides the
@@ -262,6 +266,7 @@ class LocalSurveyGizmo:
             self._responses.setdefault(str(survey_id), {})[str(record["id"])] = _StoredResponse(
                 dict(record), submitted_at or self._parse_submitted(record)
             )
+            self._version += 1
 
     def edit_response(self, survey_id: str | int, response_id: str | int, **changes: Any) -> None:
         with self._lock:
@@ -269,16 +274,19 @@ class LocalSurveyGizmo:
             stored.record.update(changes)
             stored.record["date_updated"] = self.clock().strftime("%Y-%m-%d %H:%M:%S")
             stored.submitted_at = self._parse_submitted(stored.record)
+            self._version += 1
 
     def delete_response(self, survey_id: str | int, response_id: str | int) -> None:
         """Soft-delete, as SurveyGizmo does: gone from lists, 404 on a single GET."""
         with self._lock:
             self._responses[str(survey_id)][str(response_id)].deleted = True
+            self._version += 1
 
     def restore_response(self, survey_id: str | int, response_id: str | int) -> None:
         """Undo a deletion: the response is listed and served again."""
         with self._lock:
             self._responses[str(survey_id)][str(response_id)].deleted = False
+            self._version += 1
 
     def response_ids(self, survey_id: str | int) -> list[str]:
         with self._lock:
@@ -292,6 +300,17 @@ class LocalSurveyGizmo:
 
     def _sorted(self, survey_id: str) -> list[tuple[str, _StoredResponse]]:
         return sorted(self._responses.get(survey_id, {}).items(), key=lambda item: _id_sort_key(item[0]))
+
+    def _matching(self, survey_id: str, conditions: list[tuple[str, str, Any]]) -> list[dict[str, Any]]:
+        key = (survey_id, tuple(conditions))
+        cached = self._listings.get(key)
+        if cached is None or cached[0] != self._version:
+            records = [
+                stored.record for _rid, stored in self._sorted(survey_id)
+                if not stored.deleted and all(self._matches(stored, condition) for condition in conditions)
+            ]
+            cached = self._listings[key] = (self._version, records)
+        return cached[1]
 
     # -- faults and hooks --------------------------------------------------------------------
 
@@ -377,11 +396,8 @@ class LocalSurveyGizmo:
     def _list_responses(self, survey_id: str, params: Mapping[str, str]) -> _Answer:
         page = _positive_int(params.get("page", "1"), "page")
         page_size = min(MAX_PAGE_SIZE, _positive_int(params.get("resultsperpage", str(DEFAULT_PAGE_SIZE)), "resultsperpage"))
-        conditions = _parse_filters(params, strict=True)
-        matching = [
-            stored.record for _rid, stored in self._sorted(survey_id)
-            if not stored.deleted and all(self._matches(stored, condition) for condition in conditions)
-        ]
+        conditions = [self._resolved(condition) for condition in _parse_filters(params, strict=True)]
+        matching = self._matching(survey_id, conditions)
         rows = matching[(page - 1) * page_size : page * page_size]
         total, per_page = len(matching), page_size
         return _Answer(200, {
@@ -401,15 +417,18 @@ class LocalSurveyGizmo:
                 counts[status] = counts.get(status, 0) + 1
         return counts or None
 
-    def _matches(self, stored: _StoredResponse, condition: tuple[str, str, str | None]) -> bool:
+    def _resolved(self, condition: tuple[str, str, str | None]) -> tuple[str, str, Any]:
+        """A condition with its date value read in the account's zone once, not once per record."""
         field_name, operator, value = condition
+        if field_name == "date_submitted" and value is not None:
+            return field_name, operator, self._filter_instant(value)
+        return condition
+
+    def _matches(self, stored: _StoredResponse, condition: tuple[str, str, Any]) -> bool:
+        field_name, operator, expected = condition
         if field_name == "date_submitted":
-            actual: Any = stored.submitted_at
-            expected: Any = None if value is None else self._filter_instant(value)
-        else:
-            actual = _field_text(stored.record.get(field_name), field_name)
-            expected = value
-        return _compare(actual, operator, expected)
+            return _compare(stored.submitted_at, operator, expected)
+        return _compare(_field_text(stored.record.get(field_name), field_name), operator, expected)
 
     def _filter_instant(self, value: str) -> dt.datetime:
         try:
@@ -633,14 +652,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--demo", action="store_true", help="load the profile survey and synthetic responses")
     parser.add_argument("--members", type=int, default=1000)
     parser.add_argument("--days", type=int, default=14, help="spread demo responses over the last N days")
+    parser.add_argument("--end", type=dt.datetime.fromisoformat, help="demo responses end at this UTC time (default now)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of requests answered 429/500/502/503 at random")
     args = parser.parse_args(argv)
     server = LocalSurveyGizmo(args.token, args.secret, time_zone=args.time_zone, host=args.host, port=args.port)
     if args.demo:
         from panel_pipeline.local.synthetic_panel import generate_profiles
 
-        end = _now().replace(microsecond=0)
+        end = (args.end or _now()).replace(microsecond=0, tzinfo=UTC)
         load_demo_data(server, generate_profiles(args.members, seed=args.seed), end - dt.timedelta(days=args.days), end)
+    if args.fault_rate:
+        server.random_faults = RandomFaults(args.fault_rate, seed=args.seed)
     server.start()
     print(f"SurveyGizmo v5 local API at {server.base_url}/v5 (api_token={args.token}, demo survey {PROFILE_SURVEY_ID})", flush=True)
     try:

@@ -242,6 +242,7 @@ def test_retry_after_is_honoured(sg_server: LocalSurveyGizmo, client: SurveyGizm
     sg_server.inject(throttled(1, retry_after="7"))
     list_day(client)
     assert backoffs(clock) == [7.0]
+    assert client.retry_wait_seconds == 7.0
 
 
 def test_slow_answers_time_out_and_are_retried(sg_server: LocalSurveyGizmo, make_client: ClientFactory) -> None:

@@ -22,7 +22,9 @@ from panel_pipeline.local.profile_survey import (
 from panel_pipeline.local.surveygizmo_server import (
     LocalSurveyGizmo,
     Outage,
+    RandomFaults,
     cdn_error,
+    dropped_rows,
     maintenance_page,
     please_wait,
     result_not_ok,
@@ -212,6 +214,26 @@ def test_slow_truncated_and_scoped_faults(server: LocalSurveyGizmo) -> None:
     assert get(server, f"/v5/survey/{PROFILE_SURVEY_ID}/surveyresponse").status_code == 429
 
 
+def test_dropped_rows_shorten_a_page_its_totals_still_count(server: LocalSurveyGizmo) -> None:
+    server.inject(dropped_rows(2))
+    body = get(server, f"/v5/survey/{PROFILE_SURVEY_ID}/surveyresponse").json()
+    assert (body["total_count"], len(body["data"])) == (10, 8)
+    assert len(listed(server)) == 10
+
+
+def test_random_faults_fail_their_share_of_requests_reproducibly(server: LocalSurveyGizmo) -> None:
+    def statuses(seed: int) -> list[int]:
+        server.random_faults = RandomFaults(0.2, seed=seed)
+        return [get(server, "/v5/account").status_code for _ in range(200)]
+
+    first = statuses(seed=5)
+    assert first == statuses(seed=5)
+    failed = [status for status in first if status != 200]
+    assert 20 <= len(failed) <= 60 and set(failed) <= {429, 500, 502, 503}
+    server.clear_faults()
+    assert get(server, "/v5/account").status_code == 200
+
+
 def test_outages_hit_list_calls_only(server: LocalSurveyGizmo) -> None:
     server.outage = Outage(days=frozenset({dt.date(2024, 6, 3)}))
     path = f"/v5/survey/{PROFILE_SURVEY_ID}/surveyresponse"
@@ -242,7 +264,10 @@ def test_nothing_secret_in_the_request_log_or_the_http_log(server: LocalSurveyGi
 
 def test_cli_serves_demo_data() -> None:
     port = free_port()
-    command = [sys.executable, "-m", "panel_pipeline.local.surveygizmo_server", "--port", str(port), "--demo", "--members", "40", "--days", "2"]
+    command = [
+        sys.executable, "-m", "panel_pipeline.local.surveygizmo_server", "--port", str(port), "--demo",
+        "--members", "40", "--days", "2", "--end", "2026-03-03T00:00:00",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         banner = process.stdout.readline() if process.stdout else ""
@@ -251,6 +276,7 @@ def test_cli_serves_demo_data() -> None:
         body = requests.get(f"http://127.0.0.1:{port}/v5/survey/{PROFILE_SURVEY_ID}/surveyresponse", params=params, timeout=5).json()
         assert body["total_count"] == 40
         assert body["data"][0]["survey_data"]["19"]["answer"] == str(demo_user_id(1))
+        assert body["data"][0]["date_submitted"] == "2026-02-28 19:00:00 EST"  # 2 days before --end (UTC)
     finally:
         process.terminate()
         process.wait(timeout=10)
