@@ -218,10 +218,18 @@ class DrainReport:
             self.members[applied.member_status] += 1
 
 
+def read_message(body: str) -> FeedbackEvent | None:
+    """The SES event of one SQS message; None when it carries none or is malformed."""
+    try:
+        raw = unwrap_sqs_body(body)
+        return parse_ses_event(raw) if raw is not None else None
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None  # no redelivery can make it readable, so it must not fail the drain
+
+
 def apply_message(store: FeedbackStore, body: str) -> Applied | None:
     """Apply one SQS message; None when it carries no SES event."""
-    raw = unwrap_sqs_body(body)
-    event = parse_ses_event(raw) if raw is not None else None
+    event = read_message(body)
     return store.apply(event) if event is not None else None
 
 

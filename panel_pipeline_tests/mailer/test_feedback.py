@@ -61,6 +61,14 @@ def test_a_body_without_an_ses_event_is_none(body):
     assert unwrap_sqs_body(body) is None
 
 
+@pytest.mark.parametrize("malformed", [
+    {"eventType": "Bounce", "mail": {"messageId": "m1", "tags": ["not", "a", "map"]}},
+    {"eventType": "Complaint", "mail": {"messageId": "m1"}, "complaint": ["not a map"]},
+])
+def test_a_malformed_event_is_ignored_not_raised(store, malformed):
+    assert apply_message(store, sns_envelope(malformed)) is None
+
+
 def test_configuration_set_and_legacy_spellings_parse_alike():
     labels = tags(ObjectId(), "u1")
     modern = parse_ses_event(bounce("Ann@Panel.example", labels))
