@@ -20,6 +20,8 @@ from panel_pipeline.local.dagster_dev import DagsterDev
 from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.ses_proxy import SesFaultProxy
 from panel_pipeline.local.ses_server import LocalSesServer
+from panel_pipeline.local.sns_sqs import LocalSnsSqs, ensure_feedback_path
+from panel_pipeline.local.stack import pipeline_environment
 from panel_pipeline.local.surveygizmo_server import LocalSurveyGizmo
 
 UTC = dt.timezone.utc
@@ -77,12 +79,14 @@ def main() -> None:
         throwaway_mongod() as (client, uri),
         LocalSesServer(port=free_port(), max_send_rate=SEND_RATE) as ses,
         LocalSurveyGizmo() as sg,
+        LocalSnsSqs(port=free_port()) as sns_sqs,
         tempfile.TemporaryDirectory(prefix="panel-dagster-") as home,
     ):
+        ensure_feedback_path(sns_sqs.url)
         proxy = SesFaultProxy(ses.url)
         proxy.start()
         db = client.panel
-        server = DagsterDev(Path(home), {"PANEL_ENV": "local", "MONGO_URI": uri, "SES_ENDPOINT_URL": proxy.url, "SURVEYGIZMO_BASE_URL": sg.base_url})
+        server = DagsterDev(Path(home), pipeline_environment(uri, proxy.url, sg.base_url, sns_sqs.url))
         server.start()
         try:
             accepted_after(db, insert_password_email(db, 0))  # warm-up: template sync, first imports

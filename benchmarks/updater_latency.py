@@ -16,6 +16,8 @@ from benchmarks._mongo import throwaway_mongod
 from panel_pipeline.local.dagster_dev import DagsterDev
 from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.ses_server import LocalSesServer
+from panel_pipeline.local.sns_sqs import LocalSnsSqs, ensure_feedback_path
+from panel_pipeline.local.stack import pipeline_environment
 from panel_pipeline.local.surveygizmo_server import LocalSurveyGizmo
 
 UTC = dt.timezone.utc
@@ -63,7 +65,13 @@ def run_phases(instance: dg.DagsterInstance, job_name: str) -> dict[str, float]:
 
 
 def main() -> None:
-    with throwaway_mongod() as (client, uri), LocalSesServer(port=free_port(), max_send_rate=200.0) as ses, LocalSurveyGizmo() as sg:
+    with (
+        throwaway_mongod() as (client, uri),
+        LocalSesServer(port=free_port(), max_send_rate=200.0) as ses,
+        LocalSurveyGizmo() as sg,
+        LocalSnsSqs(port=free_port()) as sns_sqs,
+    ):
+        ensure_feedback_path(sns_sqs.url)
         db = client.panel
         db.samples.insert_one({
             "name": "Scotland tracker", "survey_id": "1", "size": 10_000, "dynamic": True, "open": True,
@@ -71,7 +79,7 @@ def main() -> None:
             "processed_at": dt.datetime.now(UTC), "mailing": {"template": "new_survey", "default_data": SURVEY},
         })
         with tempfile.TemporaryDirectory(prefix="panel-dagster-") as home:
-            server = DagsterDev(Path(home), {"PANEL_ENV": "local", "MONGO_URI": uri, "SES_ENDPOINT_URL": ses.url, "SURVEYGIZMO_BASE_URL": sg.base_url})
+            server = DagsterDev(Path(home), pipeline_environment(uri, ses.url, sg.base_url, sns_sqs.url))
             server.start()
             try:
                 trial(db, 0)  # warm-up: template sync, first imports

@@ -15,6 +15,7 @@ from panel_pipeline.local.mongod import LocalMongod, free_port
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY
 from panel_pipeline.local.ses_server import LocalSesServer
 from panel_pipeline.local.sns_sqs import LocalSnsSqs, ensure_feedback_path
+from panel_pipeline.local.stack import pipeline_environment
 from panel_pipeline.local.surveygizmo_server import LocalSurveyGizmo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,14 +79,8 @@ def dagster_dev(
 ) -> Iterator[DagsterDev]:
     """The whole pipeline under a real daemon, as `make run` starts it, on the session's local stack
     (Mongo database `panel`)."""
-    environment = {
-        "PANEL_ENV": "local",
-        "MONGO_URI": mongo_uri,
-        "SURVEYGIZMO_BASE_URL": local_surveygizmo.base_url,
-        "SES_ENDPOINT_URL": local_ses.url,
-        "SQS_ENDPOINT_URL": local_sns_sqs.url,
-        "SES_EVENTS_QUEUE_URL": ensure_feedback_path(local_sns_sqs.url).queue_url,
-    }
+    ensure_feedback_path(local_sns_sqs.url)
+    environment = pipeline_environment(mongo_uri, local_ses.url, local_surveygizmo.base_url, local_sns_sqs.url)
     server = DagsterDev(Path(tmp_path_factory.mktemp("dagster_home")), environment)
     server.start()
     yield server

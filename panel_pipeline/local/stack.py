@@ -136,13 +136,24 @@ def background_services() -> list[BackgroundService]:
 
 def local_environment() -> dict[str, str]:
     """Where the local resources find the local stack (PANEL_ENV=local reads these through EnvVar)."""
+    return pipeline_environment(
+        mongo_uri=local_mongod().uri,
+        ses_url=f"http://127.0.0.1:{SES_PORT}",
+        surveygizmo_url=f"http://127.0.0.1:{SURVEYGIZMO_PORT}",
+        sns_sqs_url=SNS_SQS_URL,
+    ) | {"SES_EVENTS_TOPIC_ARN": local_topic_arn()}
+
+
+def pipeline_environment(mongo_uri: str, ses_url: str, surveygizmo_url: str, sns_sqs_url: str) -> dict[str, str]:
+    """The variables PANEL_ENV=local resources read, for a stack at these addresses (the tests and
+    benchmarks start stacks of their own on free ports)."""
     return {
-        "MONGO_URI": local_mongod().uri,
-        "SES_ENDPOINT_URL": f"http://127.0.0.1:{SES_PORT}",
-        "SURVEYGIZMO_BASE_URL": f"http://127.0.0.1:{SURVEYGIZMO_PORT}",
-        "SQS_ENDPOINT_URL": SNS_SQS_URL,
-        "SES_EVENTS_TOPIC_ARN": local_topic_arn(),
-        "SES_EVENTS_QUEUE_URL": local_queue_url(SNS_SQS_URL),
+        "PANEL_ENV": "local",
+        "MONGO_URI": mongo_uri,
+        "SES_ENDPOINT_URL": ses_url,
+        "SURVEYGIZMO_BASE_URL": surveygizmo_url,
+        "SQS_ENDPOINT_URL": sns_sqs_url,
+        "SES_EVENTS_QUEUE_URL": local_queue_url(sns_sqs_url),
     }
 
 
