@@ -15,17 +15,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from panel_pipeline.local.child_process import ChildProcessServer
 
 START_TIMEOUT_SECONDS = 20.0
-STOP_TIMEOUT_SECONDS = 5.0
 
 
 class SesServerError(RuntimeError):
@@ -61,7 +61,7 @@ def account_document(max_send_rate: float, max_24_hour_send: float, sent_last_24
 
 
 @dataclass
-class LocalSesServer:
+class LocalSesServer(ChildProcessServer):
     """Start/stop aws-ses-v2-local on `host:port`; safe to share between threads and fixtures."""
 
     port: int = 8005
@@ -72,72 +72,27 @@ class LocalSesServer:
     binary: Path | None = None
     log_path: Path | None = None
 
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-        self._process: subprocess.Popen[bytes] | None = None
+    log_name = "aws-ses-v2-local"
 
-    @property
-    def url(self) -> str:
-        """The SES endpoint for boto3 (`endpoint_url`) and the web UI listing sent mail."""
-        return f"http://{self.host}:{self.port}"
-
-    def is_running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def start(self) -> str:
-        """Start the server (no-op if this object already runs it); returns `url` once it answers."""
-        with self._lock:
-            if self.is_running():
-                return self.url
-            binary = self.binary or default_binary()
-            if not binary.exists():
-                raise SesServerError(f"{binary} is missing; run `npm ci` in templates/ (Node 20)")
-            self._process = self._spawn(binary)
-            self._wait_healthy()
-            return self.url
-
-    def stop(self) -> bool:
-        """Stop the server this object started; True when one was running."""
-        with self._lock:
-            process, self._process = self._process, None
-            if process is None or process.poll() is not None:
-                return False
-            process.terminate()
-            try:
-                process.wait(timeout=STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            return True
-
-    def __enter__(self) -> LocalSesServer:
-        self.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
-    def _spawn(self, binary: Path) -> subprocess.Popen[bytes]:
+    def _spawn(self, log_file: IO[bytes]) -> subprocess.Popen[bytes]:
+        binary = self.binary or default_binary()
+        if not binary.exists():
+            raise SesServerError(f"{binary} is missing; run `npm ci` in templates/ (Node 20)")
         env = {
             **os.environ,
             "AWS_SES_ACCOUNT": json.dumps(account_document(self.max_send_rate, self.max_24_hour_send)),
             "AWS_SES_STRICT_TEMPLATE_RENDERING": "true" if self.strict_rendering else "false",
         }
-        log_path = self.log_path or Path(tempfile.gettempdir()) / f"aws-ses-v2-local-{self.port}.log"
-        with open(log_path, "ab") as log_file:
-            return subprocess.Popen(
-                [str(binary), "--host", self.host, "--port", str(self.port)],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        return subprocess.Popen(
+            [str(binary), "--host", self.host, "--port", str(self.port)],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
 
-    def _wait_healthy(self) -> None:
+    def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
-            if self._process is not None and self._process.poll() is not None:
-                raise SesServerError(f"aws-ses-v2-local exited with code {self._process.returncode}")
+            if process.poll() is not None:
+                raise SesServerError(f"aws-ses-v2-local exited with code {process.returncode}")
             try:
                 with urllib.request.urlopen(f"{self.url}/health-check", timeout=1):
                     return

@@ -10,22 +10,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import boto3
 
+from panel_pipeline.local.child_process import ChildProcessServer
 from panel_pipeline.local.mongod import port_in_use
 
 REGION = "eu-west-2"
 EVENTS_NAME = "panel-ses-events"  # the topic's and the queue's
 MOTO_ACCOUNT = "123456789012"  # moto's fixed account id
 START_TIMEOUT_SECONDS = 20.0
-STOP_TIMEOUT_SECONDS = 5.0
 
 
 class SnsSqsServerError(RuntimeError):
@@ -78,55 +76,24 @@ def _queue_policy(queue_arn: str, topic_arn: str) -> dict[str, Any]:
 
 
 @dataclass
-class LocalSnsSqs:
+class LocalSnsSqs(ChildProcessServer):
     """Start/stop `moto.server` (SNS and SQS, among others) on `host:port`."""
 
     port: int = 8007
     host: str = "127.0.0.1"
     log_path: Path | None = None
+    log_name = "moto-server"
 
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-        self._process: subprocess.Popen[bytes] | None = None
+    def _spawn(self, log_file: IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> str:
-        with self._lock:
-            if self._process is not None and self._process.poll() is None:
-                return self.url
-            log_path = self.log_path or Path(tempfile.gettempdir()) / f"moto-server-{self.port}.log"
-            with open(log_path, "ab") as log_file:
-                self._process = subprocess.Popen(
-                    [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
-                    stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                )
-            deadline = time.monotonic() + START_TIMEOUT_SECONDS
-            while not port_in_use(self.port):
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    raise SnsSqsServerError(f"moto server did not start on {self.url}; see {log_path}")
-                time.sleep(0.05)
-            return self.url
-
-    def stop(self) -> bool:
-        with self._lock:
-            process, self._process = self._process, None
-            if process is None or process.poll() is not None:
-                return False
-            process.terminate()
-            try:
-                process.wait(timeout=STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            return True
-
-    def __enter__(self) -> LocalSnsSqs:
-        self.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
+    def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not port_in_use(self.port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SnsSqsServerError(f"moto server did not start on {self.url}; see {self.log_file_path}")
+            time.sleep(0.05)
 

@@ -6,7 +6,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from panel_pipeline.mailer.resources import SqsResource
 from panel_pipeline.partitions import mailings
-from panel_pipeline.queue.sensors import build_queue_sensor
+from panel_pipeline.queue.sensors import build_queue_sensor, run_in_flight
 
 mailing_job = dg.define_asset_job(
     "mailing_job",
@@ -54,14 +54,6 @@ ses_feedback_job = dg.define_asset_job(
 )
 
 FEEDBACK_CHECK_SECONDS = 30
-RUN_IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
-
-
 @dg.sensor(
     job=ses_feedback_job,
     minimum_interval_seconds=FEEDBACK_CHECK_SECONDS,
@@ -76,8 +68,7 @@ def ses_feedback_sensor(context: dg.SensorEvaluationContext, sqs: SqsResource) -
         return dg.SensorResult(skip_reason=f"the SES event queue is unreachable ({_aws_error(exc)}); trying again on the next tick")
     if not waiting:
         return dg.SensorResult(skip_reason="no SES events waiting")
-    in_flight = context.instance.get_runs_count(dg.RunsFilter(job_name=ses_feedback_job.name, statuses=RUN_IN_FLIGHT))
-    if in_flight:
+    if run_in_flight(context.instance, ses_feedback_job.name):
         return dg.SensorResult(skip_reason=f"{waiting} SES events waiting for the ses_feedback run already under way")
     return dg.SensorResult(run_requests=[dg.RunRequest(tags={"panel/waiting_messages": str(waiting)})])
 

@@ -59,6 +59,20 @@ class QueueCursor:
         )
 
 
+RUN_IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def run_in_flight(instance: dg.DagsterInstance, job_name: str) -> str | None:
+    """The id of a run of this job that is queued or running, if any (sensors of one-at-a-time jobs)."""
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=RUN_IN_FLIGHT), limit=1)
+    return runs[0].run_id if runs else None
+
+
 def pending_work(
     queue: WorkQueue, cursor: QueueCursor, now: dt.datetime, fields: Sequence[str] = (), match: Mapping[str, Any] | None = None
 ) -> tuple[list[Document], QueueCursor]:

@@ -4,7 +4,7 @@ import dagster as dg
 from pymongo.errors import PyMongoError
 
 from panel_pipeline.queue.resources import MongoResource
-from panel_pipeline.queue.sensors import SENSOR_INTERVAL_SECONDS
+from panel_pipeline.queue.sensors import SENSOR_INTERVAL_SECONDS, run_in_flight
 from panel_pipeline.updater import store
 from panel_pipeline.updater.assets import dynamic_sample_updates
 
@@ -14,14 +14,6 @@ updater_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
     tags={"panel/part": "updater"},
 )
-
-IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
-
 
 @dg.sensor(
     job=updater_job,
@@ -39,9 +31,7 @@ def member_changes_sensor(context: dg.SensorEvaluationContext, mongo: MongoResou
         return dg.SensorResult(skip_reason=f"MongoDB is unreachable ({type(exc).__name__})")
     if newest is None or (cursor is not None and newest <= cursor):
         return dg.SensorResult(skip_reason="no member changed since the last update")
-    in_flight = context.instance.get_runs(
-        filters=dg.RunsFilter(job_name=updater_job.name, statuses=IN_FLIGHT), limit=1
-    )
-    if in_flight:
-        return dg.SensorResult(skip_reason=f"an update is already running ({in_flight[0].run_id})")
+    running = run_in_flight(context.instance, updater_job.name)
+    if running:
+        return dg.SensorResult(skip_reason=f"an update is already running ({running})")
     return dg.SensorResult(run_requests=[dg.RunRequest(tags={"panel/changes_until": newest.isoformat()})])
