@@ -1,9 +1,9 @@
 """The Extractor's reads and writes in Mongo: raw responses, quarantine, and profile updates.
 
 Raw responses are keyed `"<survey id>:<response id>"`, so re-pulling a day, a backfill or
-overlapping windows never duplicate anything. Profile updates are
-order-independent: each attribute remembers the response and submission time it came from
-(`profile_sources`), and only a newer answer replaces it, so days applied in any order converge.
+overlapping windows never duplicate anything. Profile updates are order-independent: each
+attribute remembers the response and submission time it came from (`profile_sources`), and only
+a newer answer replaces it, so days applied in any order converge.
 """
 
 from __future__ import annotations
@@ -19,15 +19,14 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ASCENDING, ReplaceOne, UpdateOne
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError
 
 from panel_pipeline.extractor.deletions import StoredResponse
 from panel_pipeline.extractor.responses import SurveyResponse
+from panel_pipeline.queue.store import insert_missing
 
 RAW = "sg_responses"
 QUARANTINE = "sg_quarantine"
 PANEL_ID_VARIABLE = "pid"
-DUPLICATE_KEY = 11000
 
 
 def ensure_indexes(db: Database) -> None:
@@ -74,25 +73,12 @@ def _write_raw(db: Database, documents: Mapping[str, dict[str, Any]]) -> RawWrit
         key for key in documents
         if key in stored and (stored[key].get("record_sha1") != documents[key]["record_sha1"] or "deleted_at" in stored[key])
     ]
-    raced = _insert(db, [{"_id": key, **documents[key]} for key in new])
+    inserts = [{"_id": key, **documents[key]} for key in new]
+    raced = [inserts[index]["_id"] for index in insert_missing(db[RAW], inserts)]
     replace = [*changed, *raced]  # inserted by a concurrent run since we looked: replaced instead
     if replace:
         db[RAW].bulk_write([ReplaceOne({"_id": key}, documents[key], upsert=True) for key in replace], ordered=False)
     return RawWrite(len(new) - len(raced), len(replace), len(documents) - len(new) - len(changed))
-
-
-def _insert(db: Database, documents: list[dict[str, Any]]) -> list[str]:
-    """Insert; returns the ids that already existed (duplicate keys), any other error is raised."""
-    if not documents:
-        return []
-    try:
-        db[RAW].insert_many(documents, ordered=False)
-    except BulkWriteError as error:
-        errors = error.details.get("writeErrors", [])
-        if any(e["code"] != DUPLICATE_KEY for e in errors) or error.details.get("writeConcernErrors"):
-            raise
-        return [documents[e["index"]]["_id"] for e in errors]
-    return []
 
 
 def raw_document(response: SurveyResponse, day: str, now: dt.datetime) -> dict[str, Any]:

@@ -27,9 +27,9 @@ from typing import Any
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError
 
 from panel_pipeline.mailer.ses import EntryResult, Outcome
+from panel_pipeline.queue.store import insert_missing
 
 Clock = Callable[[], dt.datetime]
 
@@ -41,7 +41,6 @@ SUPPRESSED = "suppressed"
 UNKNOWN = "unknown"
 OPEN_STATUSES = (PENDING, CLAIMED, UNKNOWN)
 ALL_STATUSES = (PENDING, CLAIMED, UNKNOWN, SENT, FAILED, SUPPRESSED)
-DUPLICATE_KEY = 11000
 ERROR_MAX_CHARS = 500
 # How much later than an attempt the event feed must have reached before the attempt's silence
 # means "not accepted": SES events arrive within seconds, SNS and SQS do not keep their order.
@@ -147,15 +146,7 @@ class MailLedger:
         """Insert rows for new recipients; ones already in the mailing are skipped. Returns how many were added."""
         now = self._now()
         documents = [self._new_row(mailing_id, recipient, now) for recipient in recipients]
-        if not documents:
-            return 0
-        try:
-            return len(self.collection.insert_many(documents, ordered=False).inserted_ids)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(error.get("code") != DUPLICATE_KEY for error in errors):
-                raise
-            return int(exc.details.get("nInserted", 0))
+        return len(documents) - len(insert_missing(self.collection, documents))
 
     def _new_row(self, mailing_id: ObjectId, recipient: NewRecipient, now: dt.datetime) -> dict[str, Any]:
         if recipient.status not in (PENDING, FAILED, SUPPRESSED):

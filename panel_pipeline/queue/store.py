@@ -24,6 +24,7 @@ from typing import Any
 from bson import ObjectId
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError
 
 Clock = Callable[[], dt.datetime]
 Document = dict[str, Any]
@@ -34,6 +35,22 @@ POSTPONED = "postponed"
 DONE = "done"
 FAILED = "failed"
 ERROR_MAX_CHARS = 1000
+DUPLICATE_KEY = 11000
+
+
+def insert_missing(collection: Collection, documents: Sequence[Document]) -> list[int]:
+    """Insert documents, unordered; those a unique index already holds are skipped. Returns the
+    indexes (into `documents`) of the skipped ones; any other write error is raised."""
+    if not documents:
+        return []
+    try:
+        collection.insert_many(documents, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(error.get("code") != DUPLICATE_KEY for error in errors):
+            raise
+        return [error["index"] for error in errors]
+    return []
 
 
 def utc_now() -> dt.datetime:

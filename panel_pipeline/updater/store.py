@@ -14,8 +14,8 @@ import pandas as pd
 from bson import ObjectId
 from pymongo import ASCENDING
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError
 
+from panel_pipeline.queue.store import insert_missing
 from panel_pipeline.sampler import members
 from panel_pipeline.sampler.members import profiles_frame
 from panel_pipeline.sampler.requests import SampleRequestError, parse_sample_request
@@ -26,7 +26,6 @@ CURSOR_ID = "updater"
 # work is idempotent, so seeing a member twice costs nothing).
 CURSOR_OVERLAP = dt.timedelta(seconds=10)
 MAX_CHANGED_PER_RUN = 20_000
-DUPLICATE_KEY = 11000
 
 
 def ensure_indexes(db: Database) -> None:
@@ -122,14 +121,7 @@ def add_members(db: Database, sample_id: str, user_ids: Iterable[str], now: dt.d
         {"sample_id": ObjectId(sample_id), "user_id": ObjectId(uid), "added_at": now, "invited_at": None, "source": "updater"}
         for uid in user_ids
     ]
-    if not docs:
-        return 0
-    try:
-        return len(db.sample_members.insert_many(docs, ordered=False).inserted_ids)
-    except BulkWriteError as exc:
-        if any(error["code"] != DUPLICATE_KEY for error in exc.details["writeErrors"]):
-            raise
-        return int(exc.details["nInserted"])
+    return len(docs) - len(insert_missing(db.sample_members, docs))
 
 
 def mark_qualification(db: Database, sample_id: str, user_ids: Iterable[str], qualifies: bool, now: dt.datetime) -> None:

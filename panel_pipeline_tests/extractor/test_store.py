@@ -8,6 +8,7 @@ from panel_pipeline.extractor import store
 from panel_pipeline.extractor.assets import day_of
 from panel_pipeline.extractor.responses import SurveyResponse, parse_response
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY_ID, response_record
+from panel_pipeline.queue.store import insert_missing
 from panel_pipeline_tests.extractor.conftest import EXAMPLE_PROFILE
 
 ZONE = ZoneInfo("America/New_York")
@@ -46,7 +47,8 @@ def test_responses_a_concurrent_run_inserted_first_are_replaced_not_lost(mongo_d
         store.raw_id(r.survey_id, r.id): store.raw_document(r, day_of(r.submitted_at), NOW) for r in responses(2, region="Wales")
     }
     mongo_db.sg_responses.insert_one({"_id": f"{PROFILE_SURVEY_ID}:100", "record": {}})  # lands between our read and our insert
-    assert store._insert(mongo_db, [{"_id": key, **doc} for key, doc in documents.items()]) == [f"{PROFILE_SURVEY_ID}:100"]
+    inserts = [{"_id": key, **doc} for key, doc in documents.items()]
+    assert [inserts[index]["_id"] for index in insert_missing(mongo_db.sg_responses, inserts)] == [f"{PROFILE_SURVEY_ID}:100"]
 
 
 def test_large_batches_are_written_in_chunks(mongo_db):
