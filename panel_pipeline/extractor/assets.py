@@ -109,7 +109,7 @@ def users(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.Materia
     db = mongo.db()
     mapping = load_profile_mapping()
     now = utc_now()
-    shortnames = {survey["_id"]: dict(survey.get("shortnames") or {}) for survey in db.sg_surveys.find()}
+    shortnames = store.survey_shortnames(db)
     answers, problems, unknown = [], [], []
     for day in context.partition_keys:
         raws = store.raw_records(db, day)
@@ -135,11 +135,6 @@ def users(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.Materia
             "unmapped_examples": dg.MetadataValue.md(_table(("response", "problem"), problems[:SHOWN_QUARANTINED])),
         }
     )
-
-
-def shortnames_of(db, survey_id: str) -> dict[str, str]:
-    survey = db.sg_surveys.find_one({"_id": survey_id}) or {}
-    return dict(survey.get("shortnames") or {})
 
 
 class DeletionSweepConfig(dg.Config):
@@ -248,7 +243,7 @@ def complete_transaction(db, client: SurveyGizmoClient, mapping, profile_surveys
     store.upsert_raw(db, [response], day_of, now)
     if survey_id not in profile_surveys:
         return {"profile_updated": False}
-    normalized = normalize_profile(response, mapping, shortnames=shortnames_of(db, survey_id) or question_shortnames(client.get_survey(survey_id)), as_of=now.date())
+    normalized = normalize_profile(response, mapping, shortnames=store.survey_shortnames(db).get(survey_id) or question_shortnames(client.get_survey(survey_id)), as_of=now.date())
     changed = store.apply_profiles(db, [store.ProfileAnswer(doc["user_id"], response.id, response.submitted_at, normalized.profile)], now)
     return {"profile_updated": bool(changed)}
 

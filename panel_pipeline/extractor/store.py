@@ -135,6 +135,11 @@ def mark_restored(db: Database, survey_id: str, response_ids: Iterable[str]) -> 
     return db[RAW].update_many({"_id": {"$in": ids}}, {"$unset": {"deleted_at": ""}}).modified_count
 
 
+def survey_shortnames(db: Database) -> dict[str, dict[str, str]]:
+    """Each known survey's question shortnames (kept in `sg_surveys` by the raw extract), by survey id."""
+    return {survey["_id"]: dict(survey.get("shortnames") or {}) for survey in db.sg_surveys.find()}
+
+
 def find_members(db: Database, raws: Sequence[Mapping[str, Any]]) -> list[ObjectId | None]:
     """The user each raw response belongs to: its panel id (the user `_id`), else the SurveyGizmo
     contact; None when neither is known. Two queries however many responses."""

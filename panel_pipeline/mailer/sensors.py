@@ -54,6 +54,8 @@ ses_feedback_job = dg.define_asset_job(
 )
 
 FEEDBACK_CHECK_SECONDS = 30
+
+
 @dg.sensor(
     job=ses_feedback_job,
     minimum_interval_seconds=FEEDBACK_CHECK_SECONDS,
