@@ -41,7 +41,7 @@ def test_new_scottish_member_joins_the_dynamic_sample(dagster_dev, panel_db):
         "email": "new.member@panel.example", "first_name": "Morag", "status": "active",
         "created_at": dt.datetime.now(UTC), "points": 0, "profile": {"region": "Scotland", "gender": "female"},
     }).inserted_id
-    member = wait_for(lambda: panel_db.sample_members.find_one({"sample_id": sample_id, "user_id": user_id}), what="member")
+    member = wait_for(lambda: panel_db.sample_members.find_one({"sample_id": sample_id, "user_id": user_id}), what="member", explain=dagster_dev.activity)
     print(f"insert -> member added: {time.monotonic() - inserted:.1f} s")
     assert member["source"] == "updater"
     with dagster_dev.instance() as instance:
@@ -62,14 +62,14 @@ def test_queue_documents_are_finished_in_seconds(dagster_dev, panel_db):
         "processed": False, "created_at": dt.datetime.now(UTC), "name": "quick", "survey_id": "1", "size": 10,
         "quotas": {"gender": {"female": 0.5, "male": 0.5}},
     }).inserted_id
-    wait_for(lambda: panel_db.samples.find_one({"_id": sample_id, "processed": True}), what="sample processed")
+    wait_for(lambda: panel_db.samples.find_one({"_id": sample_id, "processed": True}), what="sample processed", explain=dagster_dev.activity)
     timings["sample request: insert -> done"] = time.monotonic() - started
     started = time.monotonic()
     mailing_id = panel_db.mailings.insert_one({
         "processed": False, "created_at": dt.datetime.now(UTC), "kind": "transactional", "template": "password_recovery",
         "recipients": [{"email": "q0@panel.example", "data": {"reset_url": "https://panel.example/reset?token=t", "expires_in_minutes": 60}}],
     }).inserted_id
-    wait_for(lambda: panel_db.mail_log.find_one({"mailing_id": mailing_id, "status": "sent"}), what="password e-mail sent")
+    wait_for(lambda: panel_db.mail_log.find_one({"mailing_id": mailing_id, "status": "sent"}), what="password e-mail sent", explain=dagster_dev.activity)
     timings["password e-mail: insert -> accepted by SES"] = time.monotonic() - started
     for name, seconds in timings.items():
         print(f"{name}: {seconds:.1f} s")

@@ -52,7 +52,7 @@ def test_the_backend_drives_the_whole_pipeline(dagster_dev, mongo_client, local_
     for n, row in enumerate(rows, start=1):
         answer_profile_survey(local_surveygizmo, n, profile_of(row), 70_000 + n)
         complete(db, n, 70_000 + n)
-    wait_for(lambda: db.transactions.count_documents({"processed": True}) == MEMBERS, what="transactions processed")
+    wait_for(lambda: db.transactions.count_documents({"processed": True}) == MEMBERS, what="transactions processed", explain=dagster_dev.activity)
     assert db.transactions.count_documents({"status": "done"}) == MEMBERS
     assert db.users.count_documents({"profile.region": {"$exists": True}}) == MEMBERS
 
@@ -66,10 +66,10 @@ def test_the_backend_drives_the_whole_pipeline(dagster_dev, mongo_client, local_
         "tolerance": 100, "dynamic": True, "filters": {"region": {"$in": ["Scotland"]}},
         "mailing": {"template": "new_survey", "default_data": {**SURVEY, "survey_name": "Scotland tracker"}},
     }).inserted_id
-    wait_for(lambda: db.samples.count_documents({"processed": True}) == 2, what="samples processed")
+    wait_for(lambda: db.samples.count_documents({"processed": True}) == 2, what="samples processed", explain=dagster_dev.activity)
     assert db.samples.find_one({"_id": nat_rep})["status"] == "done"
     assert db.samples.find_one({"_id": scotland})["open"] is True
-    wait_for(lambda: db.mailings.count_documents({}) >= 1 and db.mailings.count_documents({"processed": False}) == 0, what="invitations sent")
+    wait_for(lambda: db.mailings.count_documents({}) >= 1 and db.mailings.count_documents({"processed": False}) == 0, what="invitations sent", explain=dagster_dev.activity)
 
     # A new Scottish member joins and answers the profile survey: added to the dynamic sample, invited once.
     newcomer = MEMBERS + 1
@@ -77,7 +77,7 @@ def test_the_backend_drives_the_whole_pipeline(dagster_dev, mongo_client, local_
     answer_profile_survey(local_surveygizmo, newcomer, {**profile_of(rows[0]), "region": "Scotland"}, 80_000)
     joined = time.monotonic()
     complete(db, newcomer, 80_000)
-    wait_for(lambda: db.sample_members.find_one({"sample_id": scotland, "user_id": demo_user_id(newcomer), "invited_at": {"$ne": None}}), what="newcomer invited")
+    wait_for(lambda: db.sample_members.find_one({"sample_id": scotland, "user_id": demo_user_id(newcomer), "invited_at": {"$ne": None}}), what="newcomer invited", explain=dagster_dev.activity)
     print(f"newcomer: completion inserted -> invitation accepted by SES in {time.monotonic() - joined:.1f} s")
 
     # Every member of a sample got exactly one invitation per sample, with their own name on it.

@@ -190,7 +190,7 @@ def test_under_the_daemon_a_published_bounce_bounces_the_member(dagster_dev, mon
     aws_client("sns", local_sns_sqs.url).publish(
         TopicArn=path.topic_arn, Message=json.dumps(bounce("daemon@panel.example", tags(ObjectId(), member_id)))
     )
-    wait_for(lambda: db.users.find_one({"_id": member_id, "status": "bounced"}), timeout=120, what="the member bounced")
+    wait_for(lambda: db.users.find_one({"_id": member_id, "status": "bounced"}), timeout=120, what="the member bounced", explain=dagster_dev.activity)
     print(f"published -> member bounced under the daemon: {time.monotonic() - published:.1f} s")
     with dagster_dev.instance() as instance:
         (run,) = instance.get_runs(filters=dg.RunsFilter(job_name="ses_feedback_job"), limit=1)
