@@ -76,7 +76,7 @@ def main() -> None:
         db.samples.insert_one({
             "name": "Scotland tracker", "survey_id": "1", "size": 10_000, "dynamic": True, "open": True,
             "filters": {"region": {"$in": ["Scotland"]}}, "processed": True, "status": "done",
-            "processed_at": dt.datetime.now(UTC), "mailing": {"template": "new_survey", "default_data": SURVEY},
+            "processed_at": dt.datetime.now(UTC), "drawn_at": dt.datetime.now(UTC), "mailing": {"template": "new_survey", "default_data": SURVEY},
         })
         with tempfile.TemporaryDirectory(prefix="panel-dagster-") as home:
             server = DagsterDev(Path(home), pipeline_environment(uri, ses.url, sg.base_url, sns_sqs.url))

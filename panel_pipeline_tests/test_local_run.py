@@ -34,7 +34,7 @@ def test_new_scottish_member_joins_the_dynamic_sample(dagster_dev, panel_db):
     sample_id = panel_db.samples.insert_one({
         "name": "Scotland tracker", "survey_id": "123", "size": 100, "dynamic": True, "open": True,
         "filters": {"region": {"$in": ["Scotland"]}}, "processed": True, "status": "done",
-        "processed_at": dt.datetime.now(UTC), "created_at": dt.datetime.now(UTC),
+        "processed_at": dt.datetime.now(UTC), "drawn_at": dt.datetime.now(UTC), "created_at": dt.datetime.now(UTC),
     }).inserted_id
     inserted = time.monotonic()
     user_id = panel_db.users.insert_one({

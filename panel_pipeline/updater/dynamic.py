@@ -31,7 +31,7 @@ class DynamicSample:
     request: SampleRequest
     member_ids: frozenset[str]
     filled: Mapping[str, Counter[Cell]] = field(default_factory=dict)
-    drawn_at: dt.datetime | None = None  # members who changed before were already considered
+    drawn_at: dt.datetime | None = None  # when the Sampler read the panel: it considered everyone before
 
     @property
     def targets(self) -> tuple[Target, ...]:

@@ -60,9 +60,10 @@ class ChangedMembers:
     changed_at: pd.Series  # same index: when each member joined or last changed
     newest_change: dt.datetime
 
-    def since(self, moment: dt.datetime) -> pd.DataFrame:
-        """Those who changed after `moment` (a sample's draw: earlier members were already considered)."""
-        return self.profiles[(self.changed_at > moment).to_numpy()]
+    def since(self, drawn_at: dt.datetime) -> pd.DataFrame:
+        """Those who changed after a sample's draw, less the overlap (the draw considered everyone
+        before; the backend's clock that stamps `created_at` is not ours)."""
+        return self.profiles[(self.changed_at > drawn_at - CURSOR_OVERLAP).to_numpy()]
 
 
 def changed_members(db: Database, since: dt.datetime) -> ChangedMembers:
@@ -83,8 +84,8 @@ def _changed_at(doc: Mapping[str, Any]) -> dt.datetime:
 
 def first_cursor(db: Database, now: dt.datetime) -> dt.datetime:
     """Where the very first update starts: the earliest draw of an open dynamic sample, else now."""
-    earliest = db.samples.find_one({"dynamic": True, "open": True}, {"processed_at": 1}, sort=[("processed_at", 1)])
-    return (earliest or {}).get("processed_at") or now
+    earliest = db.samples.find_one({"dynamic": True, "open": True, "drawn_at": {"$type": "date"}}, {"drawn_at": 1}, sort=[("drawn_at", 1)])
+    return earliest["drawn_at"] if earliest else now
 
 
 def open_dynamic_samples(db: Database, now: dt.datetime) -> tuple[list[DynamicSample], list[str]]:
@@ -107,7 +108,7 @@ def open_dynamic_samples(db: Database, now: dt.datetime) -> tuple[list[DynamicSa
         )
         member_ids = frozenset(str(m["user_id"]) for m in members)
         filled = filled_cells(member_profiles, DynamicSample(str(doc["_id"]), request, member_ids).targets)
-        samples.append(DynamicSample(str(doc["_id"]), request, member_ids, filled, doc.get("processed_at")))
+        samples.append(DynamicSample(str(doc["_id"]), request, member_ids, filled, doc.get("drawn_at")))
     return samples, closed
 
 

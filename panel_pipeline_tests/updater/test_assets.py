@@ -27,7 +27,7 @@ def open_scotland_sample(db, size=10, mailing=True):
     doc = {
         "name": "Scotland tracker", "survey_id": "123", "size": size, "dynamic": True, "open": True,
         "filters": {"region": {"$in": ["Scotland"]}}, "processed": True, "status": "done",
-        "processed_at": dt.datetime.now(UTC) - dt.timedelta(minutes=1),
+        "processed_at": dt.datetime.now(UTC) - dt.timedelta(minutes=1), "drawn_at": dt.datetime.now(UTC) - dt.timedelta(minutes=1),
     }
     if mailing:
         doc["mailing"] = {"template": "new_survey", "default_data": {"survey_name": "Tracker"}}
@@ -127,3 +127,15 @@ def test_members_who_changed_before_the_draw_do_not_join(mongo, mongo_db):
     sample_id = open_scotland_sample(mongo_db, mailing=False)
     update(mongo)
     assert mongo_db.sample_members.count_documents({"sample_id": sample_id}) == 0
+
+
+def test_member_who_joined_while_the_draw_ran_joins(mongo, mongo_db):
+    """The draw read the panel at `drawn_at` and finished (`processed_at`) later; a member stamped in
+    between, or a little before by a backend clock running behind ours, was in neither."""
+    sample_id = open_scotland_sample(mongo_db, mailing=False)
+    drawn_at = dt.datetime.now(UTC)
+    mongo_db.samples.update_one({"_id": sample_id}, {"$set": {"drawn_at": drawn_at, "processed_at": drawn_at + dt.timedelta(seconds=5)}})
+    during = add_user(mongo_db, "Scotland", drawn_at + dt.timedelta(seconds=2))
+    behind = add_user(mongo_db, "Scotland", drawn_at - dt.timedelta(seconds=2))
+    update(mongo)
+    assert set(mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id})) == {during, behind}
