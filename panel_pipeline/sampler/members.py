@@ -25,6 +25,7 @@ def ensure_indexes(db: Database) -> None:
     db.sample_members.create_index([("sample_id", ASCENDING), ("user_id", ASCENDING)], unique=True)
     db.sample_members.create_index([("mailing_id", ASCENDING)], sparse=True)
     db.sample_members.create_index([("invited_at", ASCENDING)], sparse=True)
+    db.sample_members.create_index([("user_id", ASCENDING), ("invited_at", ASCENDING)])
     db.transactions.create_index([("survey_id", ASCENDING), ("user_id", ASCENDING)])
 
 
@@ -41,15 +42,19 @@ def load_panel(db: Database, request: SampleRequest, as_of_year: int) -> pd.Data
     return profiles_frame(list(docs))
 
 
-def excluded_user_ids(db: Database, request: SampleRequest, now: dt.datetime) -> set[str]:
-    """Members the request leaves out: invited to anything lately, or done with the given surveys."""
+def excluded_user_ids(
+    db: Database, request: SampleRequest, now: dt.datetime, among: Iterable[str] | None = None
+) -> set[str]:
+    """Members the request leaves out: invited to anything lately, or done with the given surveys.
+    `among` limits the look-up to those members (the Updater's changed members)."""
+    scope = {} if among is None else {"user_id": {"$in": [ObjectId(user_id) for user_id in among]}}
     excluded: set[ObjectId] = set()
     if request.exclude.invited_within_days is not None:
         since = now - dt.timedelta(days=request.exclude.invited_within_days)
-        excluded.update(db.sample_members.distinct("user_id", {"invited_at": {"$gte": since}}))
+        excluded.update(db.sample_members.distinct("user_id", {**scope, "invited_at": {"$gte": since}}))
     if request.exclude.completed_surveys:
         surveys = list(request.exclude.completed_surveys)
-        excluded.update(db.transactions.distinct("user_id", {"survey_id": {"$in": surveys + _as_ints(surveys)}}))
+        excluded.update(db.transactions.distinct("user_id", {**scope, "survey_id": {"$in": surveys + _as_ints(surveys)}}))
     return {str(user_id) for user_id in excluded}
 
 

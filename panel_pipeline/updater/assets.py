@@ -5,7 +5,7 @@ from bson import ObjectId
 
 from panel_pipeline.queue.resources import MongoResource
 from panel_pipeline.queue.store import utc_now
-from panel_pipeline.sampler import invitations
+from panel_pipeline.sampler import invitations, members
 from panel_pipeline.updater import store
 from panel_pipeline.updater.dynamic import place_changed_members
 
@@ -33,7 +33,9 @@ def dynamic_sample_updates(context: dg.AssetExecutionContext, mongo: MongoResour
     rows = []
     for sample in samples:
         newly_changed = changed.since(sample.drawn_at) if sample.drawn_at else changed.profiles
-        placement = place_changed_members(newly_changed, sample)
+        # The request's exclusions hold for newcomers as for the draw; members stay members.
+        excluded = members.excluded_user_ids(db, sample.request, now, among=newly_changed.index) - sample.member_ids
+        placement = place_changed_members(newly_changed.drop(index=list(excluded)), sample)
         added = store.add_members(db, sample.sample_id, placement.joining, now)
         store.mark_qualification(db, sample.sample_id, placement.stopped_qualifying, False, now)
         store.mark_qualification(db, sample.sample_id, placement.qualifying_again, True, now)
@@ -41,7 +43,7 @@ def dynamic_sample_updates(context: dg.AssetExecutionContext, mongo: MongoResour
         if placement.full:
             store.close_sample(db, ObjectId(sample.sample_id), "its size was reached", now)
             closed.append(sample.sample_id)
-        rows.append((sample.sample_id, added, len(placement.no_room), len(placement.stopped_qualifying)))
+        rows.append((sample.sample_id, added, len(placement.no_room), len(excluded), len(placement.stopped_qualifying)))
     mailings = invitations.create_missing_mailings(db, now)
     store.write_cursor(db, changed.newest_change)
     context.log.info(f"{len(changed.profiles)} changed member(s), {len(samples)} open dynamic sample(s)")
@@ -58,7 +60,7 @@ def dynamic_sample_updates(context: dg.AssetExecutionContext, mongo: MongoResour
     )
 
 
-def _table(rows: list[tuple[str, int, int, int]]) -> str:
-    lines = ["| sample | added | no room | stopped qualifying |", "|---|---|---|---|"]
-    lines += [f"| {sample} | {added} | {no_room} | {stopped} |" for sample, added, no_room, stopped in rows]
+def _table(rows: list[tuple[str, int, int, int, int]]) -> str:
+    lines = ["| sample | added | no room | excluded | stopped qualifying |", "|---|---|---|---|---|"]
+    lines += [f"| {sample} | {added} | {no_room} | {excluded} | {stopped} |" for sample, added, no_room, excluded, stopped in rows]
     return "\n".join(lines)

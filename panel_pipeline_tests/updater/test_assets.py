@@ -2,6 +2,7 @@ import datetime as dt
 
 import dagster as dg
 import pytest
+from bson import ObjectId
 
 from panel_pipeline.queue.resources import MongoResource
 from panel_pipeline.sampler import invitations
@@ -139,3 +140,15 @@ def test_member_who_joined_while_the_draw_ran_joins(mongo, mongo_db):
     behind = add_user(mongo_db, "Scotland", drawn_at - dt.timedelta(seconds=2))
     update(mongo)
     assert set(mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id})) == {during, behind}
+
+
+def test_the_requests_exclusions_hold_for_newcomers(mongo, mongo_db):
+    sample_id = open_scotland_sample(mongo_db, mailing=False)
+    mongo_db.samples.update_one({"_id": sample_id}, {"$set": {"exclude": {"invited_within_days": 30, "completed_surveys": ["77"]}}})
+    now = dt.datetime.now(UTC)
+    completed, invited, newcomer = (add_user(mongo_db, "Scotland", now) for _ in range(3))
+    mongo_db.transactions.insert_one({"user_id": completed, "survey_id": 77, "processed": True})
+    mongo_db.sample_members.insert_one({"sample_id": ObjectId(), "user_id": invited, "invited_at": now - dt.timedelta(days=3)})
+    metadata = update(mongo)
+    assert mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id}) == [newcomer]
+    assert "| 1 | 0 | 2 | 0 |" in metadata["per_sample"].value
