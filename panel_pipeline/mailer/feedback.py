@@ -10,7 +10,9 @@ What an event does:
 * every tagged event (message tags `mailing`, `batch`, `recipient`) is stored once in `mail_events`,
   `_id` "<messageId>:<eventType>", which `MailLedger.settle_unknown` reads to settle unknown rows;
 * a permanent bounce makes the member `bounced`, a complaint `unsubscribed` (from `active` only), so
-  the mailer suppresses them from then on; a transient or undetermined bounce changes nothing.
+  the mailer suppresses them from then on; a transient or undetermined bounce changes nothing; an
+  event about a message sent before the member's last `status_changed_at` is stale (a member the
+  backend reactivated is not bounced again by a late event about their old address).
 The member is found by the recipient tag (a user id) or else by the address SES reports; addresses
 are used for that lookup only, never stored in `mail_events` nor logged. Applying an event twice
 changes nothing the second time, so SQS's at-least-once delivery is harmless. pymongo only, no Dagster.
@@ -171,8 +173,9 @@ class FeedbackStore:
         member = self._member_filter(event)
         if member is None:
             return None
+        stale = {"status_changed_at": {"$not": {"$gte": event.occurred_at}}} if event.occurred_at else {}
         changed = self.users.update_many(
-            {**member, "status": ACTIVE},
+            {**member, **stale, "status": ACTIVE},
             {"$set": {"status": event.member_status, "status_reason": event.reason, "status_changed_at": self._now()}},
         ).modified_count
         return event.member_status if changed else None

@@ -140,6 +140,18 @@ def test_a_transient_bounce_changes_nothing_and_only_active_members_change(store
     assert "status_reason" not in mongo_db.users.find_one({"_id": gone})
 
 
+def test_a_late_event_about_an_earlier_message_does_not_bounce_a_reactivated_member(store, mongo_db):
+    ann = member(mongo_db, "ann@panel.example")
+    apply_message(store, sns_envelope(bounce("ann@panel.example", tags(ObjectId(), ann))))  # sent 09:00, applied at 10:00
+    mongo_db.users.update_one({"_id": ann}, {"$set": {"status": "active"}})  # the backend reactivates her
+    late = bounce("ann@panel.example", tags(ObjectId(), ann))  # another message sent at 09:00, reported late
+    assert apply_message(store, sns_envelope(late)).member_status is None
+    assert mongo_db.users.find_one({"_id": ann})["status"] == "active"
+    fresh = bounce("ann@panel.example", tags(ObjectId(), ann))
+    fresh["mail"]["timestamp"] = "2026-11-23T11:00:00.000Z"  # a message sent after the reactivation
+    assert apply_message(store, sns_envelope(fresh)).member_status == BOUNCED
+
+
 def test_stored_events_settle_unknown_ledger_rows(store, mongo_db):
     """The ledger reads what the feed stores: a Send event settles its unknown row as sent."""
     mailing, ann = ObjectId(), ObjectId()
