@@ -155,6 +155,14 @@ def _rounded(values: dict[str, Any]) -> dict[str, Any]:
     return {key: round(float(value), 3) if isinstance(value, float | np.floating) else value for key, value in values.items()}
 
 
+def panel_fields(request: SampleRequest) -> tuple[str, ...]:
+    """The profile fields `select` reads for a request: its targets', response-rate cells' and filters'."""
+    targets = request_targets(request)
+    fields = {field for target in targets for field in target.fields}
+    fields |= set(request.expected_response_rate.fields) | {condition.field for condition in request.filters}
+    return tuple(sorted(fields))
+
+
 def select(panel: pd.DataFrame, request: SampleRequest, eligible: np.ndarray | None = None) -> SelectionResult:
     """Select the request's sample from `panel`; `eligible` marks members left after exclusions.
 

@@ -28,7 +28,7 @@ def dynamic_sample_updates(context: dg.AssetExecutionContext, mongo: MongoResour
     db = mongo.db()
     store.ensure_indexes(db)
     now = utc_now()
-    changed = store.changed_members(db, store.read_cursor(db) or store.first_cursor(db, now))
+    changed = store.changed_members(db, store.read_cursor(db) or store.first_cursor(db, now), now.year)
     samples, closed = store.open_dynamic_samples(db, now)
     rows = []
     for sample in samples:

@@ -66,14 +66,14 @@ class ChangedMembers:
         return self.profiles[(self.changed_at > drawn_at - CURSOR_OVERLAP).to_numpy()]
 
 
-def changed_members(db: Database, since: dt.datetime) -> ChangedMembers:
+def changed_members(db: Database, since: dt.datetime, as_of_year: int) -> ChangedMembers:
     """Active members who joined or whose profile changed after `since` (less the overlap)."""
     after = since - CURSOR_OVERLAP
     query = {"status": "active", "$or": [{"profile_updated_at": {"$gt": after}}, {"created_at": {"$gt": after}}]}
     projection = {"profile": 1, "profile_updated_at": 1, "created_at": 1}
     docs = list(db.users.find(query, projection).limit(MAX_CHANGED_PER_RUN))
     docs.sort(key=_changed_at)
-    profiles = profiles_frame(docs)
+    profiles = profiles_frame(docs, as_of_year)
     changed_at = pd.Series([_changed_at(doc) for doc in docs], index=profiles.index, dtype=object)
     return ChangedMembers(profiles, changed_at, _changed_at(docs[-1]) if docs else since)
 
@@ -104,7 +104,7 @@ def open_dynamic_samples(db: Database, now: dt.datetime) -> tuple[list[DynamicSa
             continue  # the sampler already failed it; nothing to keep current
         members = list(db.sample_members.find({"sample_id": doc["_id"]}, {"user_id": 1}))
         member_profiles = profiles_frame(
-            list(db.users.find({"_id": {"$in": [m["user_id"] for m in members]}}, {"profile": 1}))
+            list(db.users.find({"_id": {"$in": [m["user_id"] for m in members]}}, {"profile": 1})), now.year
         )
         member_ids = frozenset(str(m["user_id"]) for m in members)
         filled = filled_cells(member_profiles, DynamicSample(str(doc["_id"]), request, member_ids).targets)

@@ -120,7 +120,7 @@ def test_update_cost_does_not_depend_on_the_unchanged_panel(mongo, mongo_db):
         {"status": "active", "$or": [{"profile_updated_at": {"$gt": old}}, {"created_at": {"$gt": old + dt.timedelta(days=1)}}]}
     ).explain()
     assert plan["executionStats"]["totalDocsExamined"] == 1
-    assert store.changed_members(mongo_db, store.read_cursor(mongo_db)).profiles.shape[0] == 1
+    assert store.changed_members(mongo_db, store.read_cursor(mongo_db), 2026).profiles.shape[0] == 1
 
 
 def test_members_who_changed_before_the_draw_do_not_join(mongo, mongo_db):
@@ -152,3 +152,14 @@ def test_the_requests_exclusions_hold_for_newcomers(mongo, mongo_db):
     metadata = update(mongo)
     assert mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id}) == [newcomer]
     assert "| 1 | 0 | 2 | 0 |" in metadata["per_sample"].value
+
+
+def test_an_age_filter_reads_the_birth_year_not_a_stale_stored_age(mongo, mongo_db):
+    sample_id = open_scotland_sample(mongo_db, mailing=False)
+    mongo_db.samples.update_one({"_id": sample_id}, {"$set": {"filters": {"region": {"$in": ["Scotland"]}, "age": {"$gte": 30}}}})
+    now = dt.datetime.now(UTC)
+    thirty_something = mongo_db.users.insert_one(
+        {"status": "active", "created_at": now, "profile": {"region": "Scotland", "birth_year": now.year - 35, "age": 20}}
+    ).inserted_id
+    update(mongo)
+    assert mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id}) == [thirty_something]
