@@ -209,13 +209,14 @@ def survey_completions(
     queue = mongo.work_queue("transactions")
     mapping = load_profile_mapping()
     profile_surveys = set(surveygizmo.survey_ids())
+    shortnames = store.survey_shortnames(db)
     outcomes: dict[str, int] = {}
     transient = 0
     for document_id in config.document_ids:
         try:
             outcome = process_document(
                 queue, ObjectId(document_id), context.run.run_id,
-                lambda doc: complete_transaction(db, client, mapping, profile_surveys, doc),
+                lambda doc: complete_transaction(db, client, mapping, profile_surveys, shortnames, doc),
             )
         except Exception as exc:  # already released for a retry by process_document
             context.log.warning(f"transaction {document_id}: {type(exc).__name__}, retried later")
@@ -227,7 +228,12 @@ def survey_completions(
     return dg.MaterializeResult(metadata={f"transactions_{status}": n for status, n in outcomes.items()})
 
 
-def complete_transaction(db, client: SurveyGizmoClient, mapping, profile_surveys: set[str], doc: Mapping[str, Any]) -> dict[str, Any]:
+def complete_transaction(
+    db, client: SurveyGizmoClient, mapping, profile_surveys: set[str], shortnames: dict[str, dict[str, str]], doc: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Fetch and store the transaction's response; update the member's profile from a profile
+    survey. `shortnames` (by survey id) is the batch's, filled from SurveyGizmo for a survey the
+    raw extract has not stored yet."""
     survey_id, response_id = str(doc.get("survey_id", "")), str(doc.get("response_id", ""))
     if not survey_id or not response_id:
         raise RequestRejected("survey_id and response_id: both are required")
@@ -243,7 +249,9 @@ def complete_transaction(db, client: SurveyGizmoClient, mapping, profile_surveys
     store.upsert_raw(db, [response], day_of, now)
     if survey_id not in profile_surveys:
         return {"profile_updated": False}
-    normalized = normalize_profile(response, mapping, shortnames=store.survey_shortnames(db).get(survey_id) or question_shortnames(client.get_survey(survey_id)), as_of=now.date())
+    if not shortnames.get(survey_id):
+        shortnames[survey_id] = question_shortnames(client.get_survey(survey_id))
+    normalized = normalize_profile(response, mapping, shortnames=shortnames[survey_id], as_of=now.date())
     changed = store.apply_profiles(db, [store.ProfileAnswer(doc["user_id"], response.id, response.submitted_at, normalized.profile)], now)
     return {"profile_updated": bool(changed)}
 

@@ -19,6 +19,7 @@ class ChildProcessServer:
     port: int
     host: str
     log_path: Path | None
+    log_name = "server"  # the default log file's name: <log_name>-<port>.log in the temp folder
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -31,8 +32,6 @@ class ChildProcessServer:
     @property
     def log_file_path(self) -> Path:
         return self.log_path or Path(tempfile.gettempdir()) / f"{self.log_name}-{self.port}.log"
-
-    log_name = "server"
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None

@@ -130,10 +130,9 @@ def main() -> None:
     import argparse
     import signal
 
-    import boto3
-
     from panel_pipeline.local.mongod import free_port
     from panel_pipeline.local.ses_proxy import SesFaultProxy, SnsEventPublisher
+    from panel_pipeline.local.sns_sqs import aws_client
 
     parser = argparse.ArgumentParser(description="The local SES v2 endpoint (aws-ses-v2-local).")
     parser.add_argument("--port", type=int, default=8005)
@@ -149,9 +148,7 @@ def main() -> None:
     publisher = proxy = None
     if publishing:
         region = args.sns_topic_arn.split(":")[3]
-        sns = boto3.client("sns", endpoint_url=args.sns_endpoint_url, region_name=region,
-                           aws_access_key_id="local", aws_secret_access_key="local")
-        publisher = SnsEventPublisher(sns, args.sns_topic_arn)
+        publisher = SnsEventPublisher(aws_client("sns", args.sns_endpoint_url, region), args.sns_topic_arn)
         proxy = SesFaultProxy(server.url, port=args.port, publish=publisher)
         proxy.start()
     print(f"local SES endpoint and sent-mail viewer on {proxy.url if proxy else server.url}", flush=True)

@@ -44,6 +44,10 @@ def local_queue_url(endpoint_url: str, name: str = EVENTS_NAME) -> str:
     return f"{endpoint_url}/{MOTO_ACCOUNT}/{name}"
 
 
+def moto_server_command(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)]
+
+
 def aws_client(service: str, endpoint_url: str, region: str = REGION) -> Any:
     return boto3.client(
         service, endpoint_url=endpoint_url, region_name=region, aws_access_key_id="local", aws_secret_access_key="local"
@@ -86,7 +90,7 @@ class LocalSnsSqs(ChildProcessServer):
 
     def _spawn(self, log_file: IO[bytes]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+            moto_server_command(self.host, self.port),
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
 

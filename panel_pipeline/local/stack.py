@@ -23,6 +23,7 @@ from panel_pipeline.local.sns_sqs import (
     ensure_feedback_path,
     local_queue_url,
     local_topic_arn,
+    moto_server_command,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +121,7 @@ def background_services() -> list[BackgroundService]:
         BackgroundService(
             name="sns_sqs",
             port=SNS_SQS_PORT,
-            command=[sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(SNS_SQS_PORT)],
+            command=moto_server_command("127.0.0.1", SNS_SQS_PORT),
             set_up=lambda: ensure_feedback_path(SNS_SQS_URL),
         ),
         BackgroundService(

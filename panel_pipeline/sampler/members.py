@@ -19,7 +19,7 @@ from panel_pipeline.sampler.requests import (
     mongo_filter,
 )
 
-PROFILE_FIELDS = (*PROFILE_CATEGORIES, "birth_year", "age")
+STORED_FIELDS = (*PROFILE_CATEGORIES, "birth_year")  # `age` is derived, never read
 FIELD_SEPARATOR = "\x1f"  # ASCII unit separator: never part of a profile value
 
 
@@ -34,8 +34,8 @@ def ensure_indexes(db: Database) -> None:
 def profiles_frame(docs: Sequence[Mapping[str, Any]], as_of_year: int) -> pd.DataFrame:
     """One row per user (index = user id as str), the profile fields as columns; `age` derived
     from `birth_year` as the Mongo filter derives it, so it never goes stale."""
-    rows = [{name: (doc.get("profile") or {}).get(name) for name in PROFILE_FIELDS} for doc in docs]
-    frame = pd.DataFrame(rows, index=[str(doc["_id"]) for doc in docs], columns=list(PROFILE_FIELDS))
+    rows = [{name: (doc.get("profile") or {}).get(name) for name in STORED_FIELDS} for doc in docs]
+    frame = pd.DataFrame(rows, index=[str(doc["_id"]) for doc in docs], columns=list(STORED_FIELDS))
     frame["age"] = as_of_year - pd.to_numeric(frame["birth_year"], errors="coerce")
     return frame
 
