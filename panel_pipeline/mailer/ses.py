@@ -39,6 +39,7 @@ from botocore.exceptions import (
 )
 
 from panel_pipeline.mailer.templates import EmailTemplate
+from panel_pipeline.privacy import redact
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ SES_MAX_ENTRIES_PER_CALL = 50
 TEMPLATE_CALLS_PER_SECOND = 1.0
 UNSUBSCRIBE_POST_VALUE = "List-Unsubscribe=One-Click"
 _TAG_VALUE = re.compile(r"^[A-Za-z0-9_\-]{1,256}$")
-_EMAIL_LIKE = re.compile(r"[^\s<>\"',;:()]+@[^\s<>\"',;:()]+")
-_URL_LIKE = re.compile(r"https?://\S+")
 
 
 class Outcome(str, Enum):
@@ -90,11 +89,6 @@ _CALL_OUTCOMES: dict[str, Outcome] = {
     "BadRequestException": Outcome.PAUSE,
     "MessageRejected": Outcome.PAUSE,
 }
-
-
-def redact(text: str) -> str:
-    """`text` without e-mail addresses or URLs (links carry tokens), for logs and stored errors."""
-    return _URL_LIKE.sub("<url>", _EMAIL_LIKE.sub("<email>", text))
 
 
 @dataclass(frozen=True)
