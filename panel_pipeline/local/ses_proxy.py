@@ -7,6 +7,8 @@ boto3 talks real SES v2 REST JSON to this proxy over HTTP; the proxy forwards to
   `ACCOUNT_THROTTLED` / `ACCOUNT_DAILY_QUOTA_EXCEEDED` (those entries are not forwarded), and a
   lost answer: the call is forwarded and accepted, then the connection is closed unanswered;
 * SES's 50-entry limit (the emulator accepts any number);
+* standing refusals (`refuse_address`): a call with an entry to such an address is refused whole
+  with HTTP 400 `BadRequestException`, nothing sent, as SES refuses an illegal address;
 * a record of every SendBulkEmail request as received, tags included (the emulator drops tags),
   and SES-style `Send` events for each accepted entry, with the tags SES would put in
   `mail.tags`: what a configuration-set event destination delivers, for reconciliation; plus a
@@ -14,7 +16,11 @@ boto3 talks real SES v2 REST JSON to this proxy over HTTP; the proxy forwards to
   (bounce@simulator.amazonses.com, complaint@simulator.amazonses.com);
 * optionally, those events published as they happen (`publish`, e.g. `SnsEventPublisher` to the
   SNS topic of the local SES event path), as a configuration set's SNS event destination does.
-Everything else (templates, GetAccount, the web UI at `/`) passes through unchanged.
+GetConfigurationSetEventDestinations is answered here (the emulator has no configuration sets):
+every set publishes SEND, REJECT, BOUNCE, COMPLAINT, DELIVERY, RENDERING_FAILURE and DELIVERY_DELAY
+to the SNS topic, as the local stack does, unless a test sets other destinations
+(`set_event_destinations`). Everything else (templates, GetAccount, the web UI at `/`) passes
+through unchanged.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import datetime as dt
 import http.client
 import json
 import queue
+import re
 import socket
 import sys
 import threading
@@ -33,9 +40,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 BULK_PATH = "/v2/email/outbound-bulk-emails"
+EVENT_DESTINATIONS_PATH = re.compile(r"^/v2/email/configuration-sets/([^/]+)/event-destinations$")
+LOCAL_TOPIC_ARN = "arn:aws:sns:eu-west-2:000000000000:panel-ses-events"
+LOCAL_EVENT_TYPES = ("SEND", "REJECT", "BOUNCE", "COMPLAINT", "DELIVERY", "RENDERING_FAILURE", "DELIVERY_DELAY")
 SES_MAX_ENTRIES = 50
 SIMULATOR_DOMAIN = "simulator.amazonses.com"
 SNS_MAX_BATCH = 10
@@ -95,6 +105,8 @@ class SesFaultProxy:
         self.upstream = urlsplit(upstream_url)
         self._publish = publish
         self._faults: deque[Fault] = deque()
+        self._refused: dict[str, str] = {}
+        self._event_destinations: dict[str, list[dict[str, Any]]] = {}
         self._calls: list[RecordedCall] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
@@ -126,10 +138,22 @@ class SesFaultProxy:
         with self._lock:
             self._faults.extend(faults)
 
+    def refuse_address(self, address: str, message: str = "Illegal address") -> None:
+        """From now on (until `reset`), refuse whole every SendBulkEmail call with an entry to `address`."""
+        with self._lock:
+            self._refused[address.strip().lower()] = message
+
+    def set_event_destinations(self, configuration_set: str, destinations: list[dict[str, Any]]) -> None:
+        """Answer GetConfigurationSetEventDestinations for this set with these (until `reset`)."""
+        with self._lock:
+            self._event_destinations[configuration_set] = copy.deepcopy(destinations)
+
     def reset(self) -> None:
         with self._lock:
             self._faults.clear()
             self._calls.clear()
+            self._refused.clear()
+            self._event_destinations.clear()
 
     def calls(self) -> list[RecordedCall]:
         with self._lock:
@@ -171,6 +195,10 @@ class SesFaultProxy:
         entries = request.get("BulkEmailEntries", [])
         if len(entries) > SES_MAX_ENTRIES:
             return _error(400, "BadRequestException", f"at most {SES_MAX_ENTRIES} BulkEmailEntries per call")
+        refusal = self._refusal(entries)
+        if refusal is not None:
+            self._record(RecordedCall(request, "BadRequestException", []))
+            return _error(400, "BadRequestException", refusal)
         fault = self._next_fault()
         if fault is not None and fault.kind == "pass":
             fault = None
@@ -195,6 +223,23 @@ class SesFaultProxy:
         self._record(RecordedCall(request, fault.kind if fault else None, merged))
         return 200, {"Content-Type": "application/json"}, json.dumps({"BulkEmailEntryResults": merged}).encode()
 
+    def _refusal(self, entries: list[dict[str, Any]]) -> str | None:
+        with self._lock:
+            refused = dict(self._refused)
+        addresses = (str(a).strip().lower() for e in entries for a in e.get("Destination", {}).get("ToAddresses", []))
+        return next((refused[a] for a in addresses if a in refused), None)
+
+    def _event_destinations_answer(self, configuration_set: str) -> tuple[int, dict[str, str], bytes]:
+        with self._lock:
+            destinations = self._event_destinations.get(configuration_set)
+        if destinations is None:
+            topic_arn = getattr(self._publish, "topic_arn", None) or LOCAL_TOPIC_ARN
+            destinations = [{
+                "Name": "panel-ses-events", "Enabled": True, "MatchingEventTypes": list(LOCAL_EVENT_TYPES),
+                "SnsDestination": {"TopicArn": topic_arn},
+            }]
+        return 200, {"Content-Type": "application/json"}, json.dumps({"EventDestinations": destinations}).encode()
+
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
 
@@ -208,8 +253,12 @@ class SesFaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
-                if self.command == "POST" and self.path.split("?")[0] == BULK_PATH:
+                path = self.path.split("?")[0]
+                destinations = EVENT_DESTINATIONS_PATH.match(path) if self.command == "GET" else None
+                if self.command == "POST" and path == BULK_PATH:
                     answer = proxy._bulk(headers, body)
+                elif destinations is not None:
+                    answer = proxy._event_destinations_answer(unquote(destinations.group(1)))
                 else:
                     answer = proxy._forward(self.command, self.path, headers, body)
                 if answer is None:

@@ -15,6 +15,14 @@ What it guarantees and why:
   headers (RFC 8058) via `ReplacementHeaders`; transactional mail does not.
 * Message tags carry the mailing, batch and recipient ids, so SES events can be joined back to
   the ledger. Logs carry ids and counts only, never an address, a link or a token.
+* Every entry is built and checked against the SES model (types, lengths, patterns) BEFORE the
+  call: an entry that cannot be built (data that is not JSON, a header SES would refuse) fails
+  alone with the reason, and nothing was sent for it. A call SES refuses as a bad request
+  (`BadRequestException`; nothing was sent) is split in halves until the refused entries stand
+  alone and fail with SES's reason, the rest being sent; when every entry of a batch is refused
+  even alone, the request itself is wrong and the batch is paused instead.
+* `check_send_events_published`: reconciling `unknown` recipients needs SES Send events, so a
+  configuration set without an enabled SNS event destination for SEND is refused up front.
 """
 
 from __future__ import annotations
@@ -36,7 +44,10 @@ from botocore.exceptions import (
     ClientError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    ParamValidationError,
 )
+from botocore.model import Shape
+from botocore.validate import ParamValidator
 
 from panel_pipeline.mailer.templates import EmailTemplate
 from panel_pipeline.privacy import redact
@@ -47,6 +58,13 @@ SES_MAX_ENTRIES_PER_CALL = 50
 TEMPLATE_CALLS_PER_SECOND = 1.0
 UNSUBSCRIBE_POST_VALUE = "List-Unsubscribe=One-Click"
 _TAG_VALUE = re.compile(r"^[A-Za-z0-9_\-]{1,256}$")
+BAD_REQUEST = "BadRequestException"
+NOT_BUILT = "NOT_BUILT"  # ses_status of an entry that failed before any SES call
+SEND_EVENT_TYPE = "SEND"
+
+
+class SendEventsNotPublished(Exception):
+    """The configuration set publishes no Send events to SNS: unknown recipients could never be settled."""
 
 
 class Outcome(str, Enum):
@@ -76,7 +94,8 @@ _ENTRY_OUTCOMES: dict[str, Outcome] = {
 }
 
 # Whole-call error codes (SendBulkEmail errors in the sesv2 model). A definite error answer
-# means SES sent nothing in that call, so nothing here is UNKNOWN.
+# means SES sent nothing in that call, so nothing here is UNKNOWN. BadRequestException is not
+# here: such a call is split to find the entries SES refuses (`_split_refused`).
 _CALL_OUTCOMES: dict[str, Outcome] = {
     "TooManyRequestsException": Outcome.RETRY,
     "Throttling": Outcome.RETRY,
@@ -86,7 +105,6 @@ _CALL_OUTCOMES: dict[str, Outcome] = {
     "AccountSuspendedException": Outcome.PAUSE,
     "MailFromDomainNotVerifiedException": Outcome.PAUSE,
     "NotFoundException": Outcome.PAUSE,
-    "BadRequestException": Outcome.PAUSE,
     "MessageRejected": Outcome.PAUSE,
 }
 
@@ -221,6 +239,11 @@ class SesGateway:
         self._sleep = sleep
         self._bucket: TokenBucket | None = None
         self._bucket_lock = threading.Lock()
+        self._ensured_templates: set[str] = set()
+        self._send_events_checked = False
+        self._entry_shape: Shape = (
+            self._send_client.meta.service_model.operation_model("SendBulkEmail").input_shape.members["BulkEmailEntries"].member
+        )
 
     def _client(self, session: boto3.session.Session, total_max_attempts: int) -> Any:
         config = Config(
@@ -273,6 +296,8 @@ class SesGateway:
         content; it is only updated when someone changed it by hand.
         """
         name = template.ses_name
+        if name in self._ensured_templates:  # one check per gateway: a run sharing it pays one call
+            return name
         content = {"Subject": template.subject, "Html": template.html, "Text": template.text}
         stored = self._stored_template(name)
         if stored is None:
@@ -281,7 +306,23 @@ class SesGateway:
         elif stored != content:
             self._template_call(self._admin_client.update_email_template, TemplateName=name, TemplateContent=content)
             log.warning("SES template %s differed from its build and was overwritten", name)
+        self._ensured_templates.add(name)
         return name
+
+    def check_send_events_published(self) -> None:
+        """Raise `SendEventsNotPublished` unless the configuration set has an enabled SNS event
+        destination matching SEND (checked once per gateway; nothing to check without a set)."""
+        name = self.settings.configuration_set
+        if not name or self._send_events_checked:
+            return
+        destinations = self._admin_client.get_configuration_set_event_destinations(ConfigurationSetName=name)
+        if not any(_publishes_send_events(d) for d in destinations.get("EventDestinations", [])):
+            raise SendEventsNotPublished(
+                f"SES configuration set {name!r} has no enabled SNS event destination matching SEND events, so "
+                "recipients whose SES answer was lost could never be settled; add one (docs/mailer.md, "
+                "production set-up step 3) and queue the mailing again"
+            )
+        self._send_events_checked = True
 
     def _stored_template(self, name: str) -> dict[str, str] | None:
         try:
@@ -309,22 +350,82 @@ class SesGateway:
 
     def send_batch(self, send: BulkSend) -> BatchResult:
         """One SendBulkEmail call for up to `batch_size` recipients, each classified; no pacing
-        (`wait_for_send_capacity` does that)."""
+        (`wait_for_send_capacity` does that), except for the extra calls of a refused batch's split."""
         self._check_batch(send)
+        built, not_built = self._build_entries(send)
+        results = {result.recipient_key: result for result in not_built}
+        retry_attempts = 0
+        if built:
+            entry_results, retry_attempts = self._send_entries(send, built)
+            if len(built) > 1 and all(r.ses_status == BAD_REQUEST for r in entry_results):
+                entry_results = [_paused_as_bad_request(r, len(built)) for r in entry_results]
+            results.update((result.recipient_key, result) for result in entry_results)
+        return BatchResult([results[r.recipient_key] for r in send.recipients], retry_attempts)
+
+    def _build_entries(self, send: BulkSend) -> tuple[list[tuple[str, dict[str, Any]]], list[EntryResult]]:
+        """Each recipient's entry, checked against the SES model; those that fail are results already."""
+        built, not_built = [], []
+        for recipient in send.recipients:
+            try:
+                entry = self._entry(recipient, send.bulk)
+                problem = self._entry_problem(entry)
+            except (TypeError, ValueError):
+                problem = f"template data: {_first_non_json(recipient.template_data, 'data') or 'not a JSON object'}"
+            if problem is None:
+                built.append((recipient.recipient_key, entry))
+            else:
+                not_built.append(EntryResult(recipient.recipient_key, Outcome.FAILED, NOT_BUILT, None, f"not sent: {problem}"))
+        if not_built:
+            log.warning("mailing %s batch %s: %d entries could not be built and fail alone", send.mailing_id, send.batch_id, len(not_built))
+        return built, not_built
+
+    def _entry_problem(self, entry: Mapping[str, Any]) -> str | None:
+        report = ParamValidator().validate(entry, self._entry_shape)
+        if report.has_errors():
+            return "SES would refuse the entry: " + redact(report.generate_report())
+        problems = _model_problems(entry, self._entry_shape, "entry")
+        return "SES would refuse the entry: " + "; ".join(problems) if problems else None
+
+    def _send_entries(self, send: BulkSend, built: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[EntryResult], int]:
+        keys = [key for key, _ in built]
         try:
-            response = self._send_client.send_bulk_email(**self._request(send))
+            response = self._send_client.send_bulk_email(**self._request(send, [entry for _, entry in built]))
         except ClientError as exc:
-            return self._call_error(send, exc)
+            if _error_code(exc) == BAD_REQUEST:
+                return self._split_refused(send, built, redact(exc.response.get("Error", {}).get("Message", "") or BAD_REQUEST))
+            return self._call_error(send, keys, exc), 0
+        except ParamValidationError as exc:  # raised before anything went out
+            return self._split_refused(send, built, redact(str(exc)))
         except (EndpointConnectionError, ConnectTimeoutError) as exc:
             # The connection was never made: SES cannot have seen the request.
-            return self._whole_batch(send, Outcome.RETRY, type(exc).__name__, redact(str(exc)))
+            return _all(keys, Outcome.RETRY, type(exc).__name__, redact(str(exc))), 0
         except Exception as exc:  # noqa: BLE001 - any other failure may have happened after SES accepted
             log.error(
                 "mailing %s batch %s: no answer from SES (%s); %d recipients are unknown",
-                send.mailing_id, send.batch_id, type(exc).__name__, len(send.recipients),
+                send.mailing_id, send.batch_id, type(exc).__name__, len(keys),
             )
-            return self._whole_batch(send, Outcome.UNKNOWN, type(exc).__name__, redact(str(exc)))
-        return self._entry_results(send, response)
+            return _all(keys, Outcome.UNKNOWN, type(exc).__name__, redact(str(exc))), 0
+        return self._entry_results(send, keys, response)
+
+    def _split_refused(self, send: BulkSend, built: Sequence[tuple[str, dict[str, Any]]], message: str) -> tuple[list[EntryResult], int]:
+        """SES refused the call as a bad request and sent nothing: alone, an entry fails with the
+        reason; otherwise each half goes again (paced), so one bad entry cannot hold back the rest."""
+        if len(built) == 1:
+            log.warning("mailing %s batch %s: SES refused one entry as a bad request: %s", send.mailing_id, send.batch_id, message)
+            return [EntryResult(built[0][0], Outcome.FAILED, BAD_REQUEST, None, f"SES refused this recipient: {message}")], 0
+        log.warning(
+            "mailing %s batch %s: SES refused %d entries as a bad request (%s); splitting them",
+            send.mailing_id, send.batch_id, len(built), message,
+        )
+        middle = len(built) // 2
+        results: list[EntryResult] = []
+        retry_attempts = 0
+        for part in (built[:middle], built[middle:]):
+            self.wait_for_send_capacity(len(part))
+            part_results, part_retries = self._send_entries(send, part)
+            results += part_results
+            retry_attempts += part_retries
+        return results, retry_attempts
 
     def _check_batch(self, send: BulkSend) -> None:
         if not send.recipients:
@@ -337,11 +438,11 @@ class SesGateway:
         if send.bulk and any(not r.unsubscribe_url for r in send.recipients):
             raise ValueError("bulk mail needs an unsubscribe URL for every recipient")
 
-    def _request(self, send: BulkSend) -> dict[str, Any]:
+    def _request(self, send: BulkSend, entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         request: dict[str, Any] = {
             "FromEmailAddress": self.settings.from_address,
             "DefaultContent": {"Template": {"TemplateName": send.template_name, "TemplateData": "{}"}},
-            "BulkEmailEntries": [self._entry(recipient, send.bulk) for recipient in send.recipients],
+            "BulkEmailEntries": list(entries),
             "DefaultEmailTags": [
                 {"Name": "mailing", "Value": send.mailing_id},
                 {"Name": "batch", "Value": send.batch_id},
@@ -360,7 +461,7 @@ class SesGateway:
             "Destination": {"ToAddresses": [recipient.email]},
             "ReplacementEmailContent": {
                 "ReplacementTemplate": {
-                    "ReplacementTemplateData": json.dumps(recipient.template_data, ensure_ascii=False),
+                    "ReplacementTemplateData": json.dumps(recipient.template_data, ensure_ascii=False, allow_nan=False),
                 }
             },
             "ReplacementTags": [{"Name": "recipient", "Value": recipient.recipient_key}],
@@ -372,21 +473,20 @@ class SesGateway:
             ]
         return entry
 
-    def _entry_results(self, send: BulkSend, response: Mapping[str, Any]) -> BatchResult:
+    def _entry_results(self, send: BulkSend, keys: Sequence[str], response: Mapping[str, Any]) -> tuple[list[EntryResult], int]:
         answers = response.get("BulkEmailEntryResults", [])
-        if len(answers) != len(send.recipients):
+        if len(answers) != len(keys):
             log.error(
                 "mailing %s batch %s: SES answered %d entries for %d recipients",
-                send.mailing_id, send.batch_id, len(answers), len(send.recipients),
+                send.mailing_id, send.batch_id, len(answers), len(keys),
             )
-            return self._whole_batch(send, Outcome.UNKNOWN, None, "entry count mismatch in the SES answer")
-        entries = [self._entry_result(r.recipient_key, answer) for r, answer in zip(send.recipients, answers)]
+            return _all(keys, Outcome.UNKNOWN, None, "entry count mismatch in the SES answer"), 0
+        entries = [self._entry_result(key, answer) for key, answer in zip(keys, answers)]
         retry_attempts = int(response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
-        result = BatchResult(entries, retry_attempts)
-        log.info("mailing %s batch %s: %s", send.mailing_id, send.batch_id, result.counts())
+        log.info("mailing %s batch %s: %s", send.mailing_id, send.batch_id, BatchResult(entries).counts())
         if retry_attempts:
             log.error("mailing %s batch %s: botocore retried a send call", send.mailing_id, send.batch_id)
-        return result
+        return entries, retry_attempts
 
     @staticmethod
     def _entry_result(recipient_key: str, answer: Mapping[str, Any]) -> EntryResult:
@@ -398,7 +498,7 @@ class SesGateway:
         message_id = answer.get("MessageId") if outcome is Outcome.SENT else None
         return EntryResult(recipient_key, outcome, status or None, message_id, error)
 
-    def _call_error(self, send: BulkSend, exc: ClientError) -> BatchResult:
+    def _call_error(self, send: BulkSend, keys: Sequence[str], exc: ClientError) -> list[EntryResult]:
         code = _error_code(exc)
         http_status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
         outcome = _CALL_OUTCOMES.get(code)
@@ -410,12 +510,61 @@ class SesGateway:
             "mailing %s batch %s: SES refused the call (%s, HTTP %s): %s -> %s",
             send.mailing_id, send.batch_id, code, http_status, message, outcome.value,
         )
-        return self._whole_batch(send, outcome, code, message)
+        return _all(keys, outcome, code, message)
 
-    @staticmethod
-    def _whole_batch(send: BulkSend, outcome: Outcome, status: str | None, error: str) -> BatchResult:
-        return BatchResult([EntryResult(r.recipient_key, outcome, status, None, error) for r in send.recipients])
+
+def _all(keys: Sequence[str], outcome: Outcome, status: str | None, error: str) -> list[EntryResult]:
+    return [EntryResult(key, outcome, status, None, error) for key in keys]
+
+
+def _paused_as_bad_request(result: EntryResult, entries: int) -> EntryResult:
+    error = f"SES refused each of the {entries} entries, even alone, as a bad request: the request itself is wrong ({result.error})"
+    return EntryResult(result.recipient_key, Outcome.PAUSE, BAD_REQUEST, None, error)
 
 
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _publishes_send_events(destination: Mapping[str, Any]) -> bool:
+    return bool(
+        destination.get("Enabled")
+        and SEND_EVENT_TYPE in destination.get("MatchingEventTypes", [])
+        and destination.get("SnsDestination", {}).get("TopicArn")
+    )
+
+
+def _first_non_json(value: Any, path: str) -> str:
+    """Where in the data a value is not JSON, e.g. `data.expires_at is a datetime, not a JSON value`."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path} has a {type(key).__name__} key, not a string"
+            found = _first_non_json(item, f"{path}.{key}")
+            if found:
+                return found
+        return ""
+    if isinstance(value, list | tuple):
+        return next((found for i, item in enumerate(value) if (found := _first_non_json(item, f"{path}.{i}"))), "")
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path} is {value}, not a JSON number"
+    if value is None or isinstance(value, str | int | float | bool):
+        return ""
+    return f"{path} is a {type(value).__name__}, not a JSON value"
+
+
+def _model_problems(value: Any, shape: Shape, path: str) -> list[str]:
+    """What SES checks that botocore's validator does not: maximum lengths and patterns."""
+    limit = shape.metadata.get("max")
+    if shape.type_name == "structure" and isinstance(value, Mapping):
+        return [p for name, member in shape.members.items() if name in value for p in _model_problems(value[name], member, f"{path}.{name}")]
+    if shape.type_name == "list" and isinstance(value, list):
+        too_many = [f"{path} has {len(value)} items, at most {limit} allowed"] if limit is not None and len(value) > limit else []
+        return too_many + [p for i, item in enumerate(value) for p in _model_problems(item, shape.member, f"{path}.{i}")]
+    if shape.type_name == "string" and isinstance(value, str):
+        if limit is not None and len(value) > limit:
+            return [f"{path} is {len(value)} characters, at most {limit} allowed"]
+        pattern = shape.metadata.get("pattern")
+        if pattern and not re.fullmatch(pattern, value):
+            return [f"{path} has characters SES does not allow there"]
+    return []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 
 import pytest
+from bson import ObjectId
 
 from panel_pipeline.local.ses_proxy import (
     SesFaultProxy,
@@ -17,7 +19,9 @@ from panel_pipeline.local.ses_server import LocalSesServer
 from panel_pipeline.mailer.ses import (
     BulkRecipient,
     BulkSend,
+    NOT_BUILT,
     Outcome,
+    SendEventsNotPublished,
     SesGateway,
     TokenBucket,
     redact,
@@ -184,3 +188,69 @@ def test_token_bucket_paces_recipients_per_second() -> None:
 def test_redact_removes_addresses_and_links() -> None:
     text = "Email address is not verified: Jo.Smith+x@Example.org; see https://x.test/reset?token=abc"
     assert redact(text) == "Email address is not verified: <email>; see <url>"
+
+
+def test_an_entry_that_cannot_be_built_fails_alone_and_nothing_is_sent_for_it(
+    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, ses_proxy: SesFaultProxy,
+    templates: dict[str, EmailTemplate],
+) -> None:
+    template = templates["new_survey"]
+    gateway = make_gateway()
+    recipients = _recipients(template, 5)
+    recipients[1] = BulkRecipient("user1", "person1@example.org", {**recipients[1].template_data, "closes_at": dt.datetime(2025, 1, 6)}, "https://panel.example.org/u/1")
+    recipients[2] = BulkRecipient("user2", "person2@example.org", {**recipients[2].template_data, "ref": {"id": ObjectId()}}, "https://panel.example.org/u/2")
+    recipients[3] = BulkRecipient("user3", "person3@example.org", recipients[3].template_data, "https://panel.example.org/ü/3")
+    recipients[4] = BulkRecipient("user4", 12345, recipients[4].template_data, "https://panel.example.org/u/4")  # type: ignore[arg-type]
+    result = gateway.send_batch(BulkSend(MAILING_ID, "b", gateway.ensure_template(template), recipients))
+    assert [entry.outcome for entry in result.entries] == [Outcome.SENT] + [Outcome.FAILED] * 4
+    errors = [entry.error for entry in result.entries[1:]]
+    assert errors[0] == "not sent: template data: data.closes_at is a datetime, not a JSON value"
+    assert errors[1] == "not sent: template data: data.ref.id is a ObjectId, not a JSON value"
+    assert errors[2] == "not sent: SES would refuse the entry: entry.ReplacementHeaders.0.Value has characters SES does not allow there"
+    assert errors[3].startswith("not sent: SES would refuse the entry: Invalid type for parameter Destination.ToAddresses[0]")
+    assert {entry.ses_status for entry in result.entries[1:]} == {NOT_BUILT}
+    assert [call.request["BulkEmailEntries"][0]["Destination"]["ToAddresses"] for call in ses_proxy.calls()] == [["person0@example.org"]]
+    assert [email["destination"]["to"] for email in ses_server.emails()] == [["person0@example.org"]]
+
+
+def test_a_batch_refused_for_one_bad_address_is_split_and_only_that_recipient_fails(
+    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, ses_proxy: SesFaultProxy,
+    templates: dict[str, EmailTemplate],
+) -> None:
+    ses_proxy.refuse_address("person5@example.org", "Illegal address")
+    result = _send(make_gateway(), templates["new_survey"], 12)
+    outcomes = [entry.outcome for entry in result.entries]
+    assert outcomes == [Outcome.SENT] * 5 + [Outcome.FAILED] + [Outcome.SENT] * 6
+    assert result.entries[5].error == "SES refused this recipient: Illegal address"
+    assert sorted(email["destination"]["to"][0] for email in ses_server.emails()) == sorted(
+        f"person{i}@example.org" for i in range(12) if i != 5
+    )
+    refused = [call for call in ses_proxy.calls() if call.fault == "BadRequestException"]
+    assert [len(call.request["BulkEmailEntries"]) for call in refused] == [12, 6, 3, 2, 1], "halved down to the bad entry"
+
+
+def test_a_batch_refused_even_entry_by_entry_is_paused_not_failed(
+    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, ses_proxy: SesFaultProxy,
+    templates: dict[str, EmailTemplate],
+) -> None:
+    for i in range(3):
+        ses_proxy.refuse_address(f"person{i}@example.org", "Missing final '@domain'")
+    result = _send(make_gateway(), templates["new_survey"], 3)
+    assert result.counts() == {"pause": 3}
+    assert "the request itself is wrong" in result.entries[0].error
+    assert ses_server.emails() == []
+
+
+def test_the_configuration_set_must_publish_send_events(
+    make_gateway: Callable[..., SesGateway], ses_proxy: SesFaultProxy,
+) -> None:
+    make_gateway().check_send_events_published()  # the local set publishes SEND (and more) to SNS
+    sns = {"TopicArn": "arn:aws:sns:eu-west-2:000000000000:panel-ses-events"}
+    for destinations in (
+        [],
+        [{"Name": "bounces-only", "Enabled": True, "MatchingEventTypes": ["BOUNCE", "COMPLAINT"], "SnsDestination": sns}],
+        [{"Name": "off", "Enabled": False, "MatchingEventTypes": ["SEND"], "SnsDestination": sns}],
+    ):
+        ses_proxy.set_event_destinations(CONFIGURATION_SET, destinations)
+        with pytest.raises(SendEventsNotPublished, match=f"configuration set '{CONFIGURATION_SET}' has no enabled SNS event destination matching SEND"):
+            make_gateway().check_send_events_published()
