@@ -3,8 +3,10 @@
 Each queued collection gets one sensor built by `build_queue_sensor`. A tick reads only documents
 inserted since its cursor (the `queue_new` index), plus documents whose lease expired or whose retry
 is due (the `queue_due` index), so it never scans processed documents. A run key of
-`collection:id:attempts` means a document never launches two runs for the same attempt; the claim
-inside the run, not the run key, is what guarantees a document is processed once.
+`collection:id:claims` (the document's claim counter, which only grows) means a document never
+launches two runs for the same claim, and every time it is due again (lease expired, retry,
+postponement over) its key is new; the claim inside the run, not the run key, is what guarantees a
+document is processed once.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from panel_pipeline.queue.resources import MongoResource
-from panel_pipeline.queue.store import Document, WorkQueue, utc_now
+from panel_pipeline.queue.store import Document, WorkQueue, claims_of, utc_now
 
 QUEUE_TAG = "panel/queue"
 DOCUMENT_TAG = "panel/document_id"
@@ -89,7 +91,8 @@ def pending_work(
 
 
 def run_key(collection: str, doc: Document) -> str:
-    return f"{collection}:{doc['_id']}:{doc.get('attempts', 0)}"
+    """Unique per claim: `claims` never goes down, unlike `attempts`, which a postponement gives back."""
+    return f"{collection}:{doc['_id']}:{claims_of(doc)}"
 
 
 def per_document_requests(

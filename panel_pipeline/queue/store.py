@@ -2,16 +2,24 @@
 
 A document moves through these states (fields written by the pipeline in brackets):
 
-    queued        processed=false, no attempts           (inserted by the backend)
-    processing    status=processing, lease_owner, attempts+=1, retry_at=lease expiry
+    queued        processed=false, no attempts, no claims        (inserted by the backend)
+    processing    status=processing, lease_owner, attempts+=1, claims+=1, retry_at=lease expiry
     retry         status=retry, last_error, retry_at=now+backoff   (a transient failure)
     postponed     status=postponed, retry_at=until, attempts-=1    (work that must wait, e.g. a quota)
     done/failed   processed=true, status, processed_at, run_id, error on failure
 
 `retry_at` is the one field that says when an unprocessed document may be claimed again: the
-lease expiry while it is processing, the backoff time after a transient failure. So an expired
-lease and a due retry are the same indexed query, and a worker killed mid-way is recovered
-without a reaper. A document that has used `max_attempts` claims is failed, not retried forever.
+lease expiry while it is processing (pushed on by `extend_lease`/`renew` while the work goes on),
+the backoff time after a transient failure. So an expired lease and a due retry are the same
+indexed query, and a worker killed mid-way is recovered without a reaper. A document that has used
+`max_attempts` attempts is failed, not retried forever; a live lease is never failed that way.
+
+`attempts` counts toward `max_attempts` (a postponement gives its attempt back); `claims` counts
+every claim and never goes down, so it names each claim once (the sensors' run keys use it). A
+document claimed before `claims` existed counts from LEGACY_CLAIMS_START, above any attempts count.
+Only the lease owner can complete, fail, release, postpone or renew; one that finds its lease gone
+raises (or is told by a False) and stops: `LeaseLost`. Stored errors pass through
+`panel_pipeline.privacy` (redacted, clipped).
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
+from panel_pipeline.privacy import clip, describe_error, redact
+
 Clock = Callable[[], dt.datetime]
 Document = dict[str, Any]
 
@@ -34,8 +44,8 @@ RETRY = "retry"
 POSTPONED = "postponed"
 DONE = "done"
 FAILED = "failed"
-ERROR_MAX_CHARS = 1000
 DUPLICATE_KEY = 11000
+LEGACY_CLAIMS_START = 1000  # above any attempts count a run key was built from before `claims`
 
 
 def insert_missing(collection: Collection, documents: Sequence[Document]) -> list[int]:
@@ -69,6 +79,27 @@ class QueuePolicy:
 
 class RequestRejected(Exception):
     """The document itself is wrong (a bad field, an unknown id): fail it now, retrying won't help."""
+
+
+class LeaseLost(Exception):
+    """The run no longer holds the document (its lease expired and another run claimed it, or it
+    was finished or failed meanwhile): whatever it does next would not be recorded, so it stops."""
+
+    def __init__(self, collection: str, doc_id: ObjectId, owner: str, doing: str) -> None:
+        super().__init__(
+            f"{collection} document {doc_id}: run {owner} lost its lease before it could {doing} "
+            "(another run claimed it after the lease expired, or it was finished meanwhile); this run stops"
+        )
+        self.collection = collection
+        self.doc_id = doc_id
+        self.owner = owner
+
+
+def claims_of(doc: Mapping[str, Any]) -> int:
+    """How many times the document was claimed (what a run key is built from)."""
+    if "claims" in doc:
+        return int(doc["claims"])
+    return LEGACY_CLAIMS_START if "attempts" in doc else 0
 
 
 class WorkQueue:
@@ -107,7 +138,7 @@ class WorkQueue:
     def due_documents(self, limit: int, fields: Sequence[str] = (), match: Mapping[str, Any] | None = None) -> list[Document]:
         """Documents (also matching `match`) whose lease expired or whose retry time came: claimable again."""
         query = {"processed": False, "retry_at": {"$lte": self.clock()}, **(match or {})}
-        projection = dict.fromkeys(["_id", "attempts", *fields], 1)
+        projection = dict.fromkeys(["_id", "attempts", "claims", *fields], 1)
         return list(self.collection.find(query, projection).sort("retry_at", ASCENDING).limit(limit))
 
     # -- what a run does -----------------------------------------------------------------------
@@ -125,16 +156,19 @@ class WorkQueue:
                     {"attempts": {"$lt": self.policy.max_attempts}},
                 ],
             },
-            {
-                "$set": {
-                    "status": PROCESSING,
-                    "lease_owner": owner,
-                    "run_id": owner,
-                    "claimed_at": now,
-                    "retry_at": now + dt.timedelta(seconds=self.policy.lease_seconds),
-                },
-                "$inc": {"attempts": 1},
-            },
+            [
+                {
+                    "$set": {
+                        "status": PROCESSING,
+                        "lease_owner": {"$literal": owner},
+                        "run_id": {"$literal": owner},
+                        "claimed_at": now,
+                        "retry_at": now + dt.timedelta(seconds=self.policy.lease_seconds),
+                        "attempts": {"$add": [{"$ifNull": ["$attempts", 0]}, 1]},
+                        "claims": {"$add": [{"$ifNull": ["$claims", _LEGACY_CLAIMS]}, 1]},
+                    }
+                }
+            ],
             return_document=ReturnDocument.AFTER,
         )
         if claimed is None:
@@ -145,11 +179,25 @@ class WorkQueue:
         return [doc for doc_id in doc_ids if (doc := self.claim(doc_id, owner)) is not None]
 
     def extend_lease(self, doc_id: ObjectId, owner: str) -> bool:
+        """Push the lease expiry a full lease from now; False when `owner` no longer holds it."""
         expiry = self.clock() + dt.timedelta(seconds=self.policy.lease_seconds)
         result = self.collection.update_one(
             self._leased(doc_id, owner), {"$set": {"retry_at": expiry}}
         )
-        return result.modified_count == 1
+        return result.matched_count == 1
+
+    def renew(self, doc_id: ObjectId, owner: str) -> None:
+        """`extend_lease`, raising LeaseLost when the lease is gone (call it as the work progresses)."""
+        if not self.extend_lease(doc_id, owner):
+            raise LeaseLost(self.name, doc_id, owner, "renew its lease")
+
+    def save_progress(self, doc_id: ObjectId, owner: str, fields: Mapping[str, Any]) -> None:
+        """Write fields on the document while still holding it (and renew the lease), so a later
+        claim can carry on from them; LeaseLost when the lease is gone."""
+        expiry = self.clock() + dt.timedelta(seconds=self.policy.lease_seconds)
+        result = self.collection.update_one(self._leased(doc_id, owner), {"$set": {**fields, "retry_at": expiry}})
+        if result.matched_count != 1:
+            raise LeaseLost(self.name, doc_id, owner, "save its progress")
 
     def complete(self, doc_id: ObjectId, owner: str, result: Mapping[str, Any] | None = None) -> bool:
         """Mark done with the result fields; False when `owner` no longer holds the lease."""
@@ -157,7 +205,7 @@ class WorkQueue:
 
     def fail(self, doc_id: ObjectId, owner: str, error: str, result: Mapping[str, Any] | None = None) -> bool:
         """Mark failed for good, with a message a person can act on."""
-        return self._finish(doc_id, owner, FAILED, {**(result or {}), "error": _clip(error)})
+        return self._finish(doc_id, owner, FAILED, {**(result or {}), "error": _stored(error)})
 
     def release(self, doc_id: ObjectId, owner: str, error: str) -> str:
         """After a transient failure: schedule a retry, or fail when attempts are used up.
@@ -176,7 +224,7 @@ class WorkQueue:
             {
                 "$set": {
                     "status": RETRY,
-                    "last_error": _clip(error),
+                    "last_error": _stored(error),
                     "retry_at": self.clock() + self.policy.backoff(attempts),
                 },
                 "$unset": {"lease_owner": ""},
@@ -190,7 +238,7 @@ class WorkQueue:
         result = self.collection.update_one(
             self._leased(doc_id, owner),
             {
-                "$set": {"status": POSTPONED, "last_error": _clip(reason), "retry_at": until},
+                "$set": {"status": POSTPONED, "last_error": _stored(reason), "retry_at": until},
                 "$unset": {"lease_owner": ""},
                 "$inc": {"attempts": -1},
             },
@@ -229,7 +277,7 @@ class WorkQueue:
         if doc is not None:
             last = doc.get("last_error") or "its worker stopped without finishing (lease expired)"
             self.collection.update_one(
-                {"_id": doc_id}, {"$set": {"error": _clip(_gave_up(int(doc["attempts"]), last))}}
+                {"_id": doc_id}, {"$set": {"error": _stored(_gave_up(int(doc["attempts"]), last))}}
             )
 
     @staticmethod
@@ -241,8 +289,13 @@ def _gave_up(attempts: int, last_error: str) -> str:
     return f"gave up after {attempts} attempts; last error: {last_error}"
 
 
-def _clip(message: str) -> str:
-    return message if len(message) <= ERROR_MAX_CHARS else message[: ERROR_MAX_CHARS - 1] + "…"
+def _stored(message: str) -> str:
+    """What may be stored on a document as an error: redacted (no address, link or token), clipped."""
+    return clip(redact(message))
+
+
+# `claims` for a document that has none: 0 if never claimed, else LEGACY_CLAIMS_START (see claims_of).
+_LEGACY_CLAIMS = {"$cond": [{"$eq": [{"$type": "$attempts"}, "missing"]}, 0, LEGACY_CLAIMS_START]}
 
 
 @dataclass(frozen=True)
@@ -259,17 +312,20 @@ def process_document(
     queue: WorkQueue, doc_id: ObjectId, owner: str, work: Callable[[Document], Mapping[str, Any]]
 ) -> Outcome:
     """Claim, work, complete. A rejected request is failed; any other error schedules a retry and
-    propagates, so the run shows as failed with its traceback."""
+    propagates, so the run shows as failed with its traceback. A run that finds its lease gone when
+    it finishes raises LeaseLost: its result was not recorded, and the run must not look successful."""
     doc = queue.claim(doc_id, owner)
     if doc is None:
         return Outcome(doc_id, "skipped", {})
     try:
         result = work(doc)
     except RequestRejected as rejected:
-        queue.fail(doc_id, owner, str(rejected))
+        if not queue.fail(doc_id, owner, str(rejected)):
+            raise LeaseLost(queue.name, doc_id, owner, "record the rejection") from rejected
         return Outcome(doc_id, FAILED, {}, str(rejected))
     except BaseException as exc:
-        queue.release(doc_id, owner, f"{type(exc).__name__}: {exc}")
+        queue.release(doc_id, owner, describe_error(exc))
         raise
-    queue.complete(doc_id, owner, result)
+    if not queue.complete(doc_id, owner, result):
+        raise LeaseLost(queue.name, doc_id, owner, "complete it")
     return Outcome(doc_id, DONE, result)

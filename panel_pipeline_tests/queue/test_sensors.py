@@ -132,3 +132,43 @@ def test_tags_from_document_fields(instance, mongo, mongo_db):
     mongo_db.samples.insert_one({"processed": False, "kind": "transactional"})
     (request,) = tick(tagged, instance, mongo).run_requests
     assert request.tags["panel/mail_kind"] == "transactional"
+
+
+def postpone_until_due(queue, doc_id, owner):
+    """Claim, then postpone into the past: due again at once, as after a daily-quota pause."""
+    assert queue.claim(doc_id, owner) is not None
+    assert queue.postpone(doc_id, owner, dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc), "daily quota reached")
+
+
+def test_a_postponed_document_due_again_gets_a_run_key_never_used_before(instance, mongo, mongo_db):
+    queue = mongo.work_queue("samples")
+    doc_id = mongo_db.samples.insert_one({"processed": False}).inserted_id
+    used = [r.run_key for r in tick(request_sensor, instance, mongo).run_requests]
+    for claim in range(1, 4):  # postponed over and over: each time due again with a key of its own
+        postpone_until_due(queue, doc_id, f"run-{claim}")
+        (request,) = tick(request_sensor, instance, mongo).run_requests
+        assert request.run_key not in used
+        used.append(request.run_key)
+    assert used == [f"samples:{doc_id}:{n}" for n in range(4)]
+    assert mongo_db.samples.find_one({"_id": doc_id})["attempts"] == 0  # postponements use no attempt
+
+
+def test_a_postponed_transactional_batch_due_again_gets_a_new_run_key(instance, mongo, mongo_db):
+    queue = mongo.work_queue("transactions")
+    doc_id = mongo_db.transactions.insert_one({"processed": False}).inserted_id
+    (first,) = tick(batch_sensor, instance, mongo).run_requests
+    postpone_until_due(queue, doc_id, "batch-run-1")
+    (again,) = tick(batch_sensor, instance, mongo).run_requests
+    assert again.run_key != first.run_key
+    assert again.run_config == first.run_config
+
+
+def test_a_document_claimed_before_the_claim_counter_gets_keys_no_old_run_used(instance, mongo, mongo_db):
+    # Written by the old code: claimed once, then postponed (attempts given back), so its old key was `:0`.
+    doc_id = mongo_db.samples.insert_one(
+        {"processed": False, "status": "postponed", "attempts": 0, "retry_at": dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)}
+    ).inserted_id
+    (request,) = tick(request_sensor, instance, mongo).run_requests
+    assert request.run_key == f"samples:{doc_id}:1000"
+    postpone_until_due(mongo.work_queue("samples"), doc_id, "run-1")
+    assert [r.run_key for r in tick(request_sensor, instance, mongo).run_requests] == [f"samples:{doc_id}:1001"]

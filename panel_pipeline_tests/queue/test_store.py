@@ -5,6 +5,7 @@ from bson import ObjectId
 from pymongo.errors import BulkWriteError
 
 from panel_pipeline.queue.store import (
+    LeaseLost,
     QueuePolicy,
     RequestRejected,
     WorkQueue,
@@ -147,3 +148,70 @@ def test_insert_missing_skips_what_a_unique_index_holds_and_raises_anything_else
     assert insert_missing(mongo_db.things, []) == []
     with pytest.raises(BulkWriteError):
         insert_missing(mongo_db.things, [{"_id": 4}, {"_id": [5, 6]}])
+
+
+def test_claims_only_grow_while_attempts_are_given_back_by_postponements(queue, clock):
+    (doc_id,) = insert(queue)
+    for claim in range(1, 5):
+        doc = queue.claim(doc_id, f"run-{claim}")
+        assert doc["claims"] == claim and doc["attempts"] == 1
+        queue.postpone(doc_id, f"run-{claim}", clock.now, "waiting for SES events")
+    assert queue.due_documents(10)[0]["claims"] == 4
+
+
+def test_renew_keeps_a_long_job_claimed_and_raises_once_the_lease_is_lost(queue, clock):
+    (doc_id,) = insert(queue)
+    queue.claim(doc_id, "run-1")
+    for _ in range(5):  # five minutes of work, renewed every 50 s on a 60 s lease
+        clock.advance(50)
+        queue.renew(doc_id, "run-1")
+        assert queue.claim(doc_id, "run-2") is None
+    assert queue.extend_lease(doc_id, "run-1") and queue.extend_lease(doc_id, "run-1")  # same expiry twice: still held
+    clock.advance(61)
+    assert queue.claim(doc_id, "run-2") is not None
+    assert not queue.extend_lease(doc_id, "run-1")
+    with pytest.raises(LeaseLost, match=f"samples document {doc_id}: run run-1 lost its lease"):
+        queue.renew(doc_id, "run-1")
+
+
+def test_a_run_whose_lease_was_taken_mid_work_stops_with_lease_lost(queue, clock):
+    (doc_id,) = insert(queue)
+
+    def slow_work(doc):
+        clock.advance(61)  # the lease expires mid-work and another run takes the document
+        assert queue.claim(doc_id, "run-2") is not None
+        return {"members": 3}
+
+    with pytest.raises(LeaseLost, match="run run-1 lost its lease before it could complete it"):
+        process_document(queue, doc_id, "run-1", slow_work)
+    stored = queue.collection.find_one({"_id": doc_id})
+    assert stored["lease_owner"] == "run-2" and "members" not in stored
+
+
+def test_a_live_lease_on_its_last_attempt_is_never_failed_by_another_claimant(queue, clock):
+    (doc_id,) = insert(queue)
+    for attempt in range(1, 4):
+        queue.claim(doc_id, f"run-{attempt}")
+        if attempt < 3:
+            clock.advance(61)
+    clock.advance(59)  # run-3's lease (the last attempt) is still live
+    assert queue.claim(doc_id, "run-4") is None
+    stored = queue.collection.find_one({"_id": doc_id})
+    assert stored["processed"] is False and stored["lease_owner"] == "run-3" and "error" not in stored
+    assert queue.complete(doc_id, "run-3", {"members": 1})
+
+
+def test_stored_errors_are_redacted(queue, clock):
+    (doc_id,) = insert(queue)
+
+    def crash(doc):
+        raise ConnectionError("lost while mailing ada@example.com via https://x.example/t?token=abc")
+
+    with pytest.raises(ConnectionError):
+        process_document(queue, doc_id, "run-1", crash)
+    stored = queue.collection.find_one({"_id": doc_id})
+    assert stored["last_error"] == "ConnectionError: lost while mailing <email> via <url>"
+    clock.advance(3600)
+    queue.claim(doc_id, "run-2")
+    queue.postpone(doc_id, "run-2", clock.now, "paused for bob@example.com")
+    assert queue.collection.find_one({"_id": doc_id})["last_error"] == "paused for <email>"
