@@ -1,13 +1,17 @@
 """The Updater's asset: dynamic samples kept current as members join or change their profile."""
 
+import datetime as dt
+from dataclasses import dataclass
+
 import dagster as dg
 from bson import ObjectId
+from pymongo.database import Database
 
 from panel_pipeline.queue.resources import MongoResource
 from panel_pipeline.queue.store import utc_now
 from panel_pipeline.sampler import invitations, members
 from panel_pipeline.updater import store
-from panel_pipeline.updater.dynamic import place_changed_members
+from panel_pipeline.updater.dynamic import DynamicSample, Placement, place_changed_members, with_joiners
 
 
 @dg.asset(
@@ -24,40 +28,75 @@ def dynamic_sample_updates(context: dg.AssetExecutionContext, mongo: MongoResour
     filters they match and whose quota cells have room, and queues their invitation (one `mailings`
     document per batch, made exactly once). Cost follows the members that changed, not the panel:
     changes are read through indexes on `profile_updated_at` and `created_at` from a cursor kept in
-    `pipeline_state`, which moves only after the run's writes are done."""
+    `pipeline_state`, in pages of (change time, `_id`) order until caught up; the cursor moves after
+    each page's writes, so a backlog of any size is read once, none skipped."""
     db = mongo.db()
     store.ensure_indexes(db)
     now = utc_now()
-    changed = store.changed_members(db, store.read_cursor(db) or store.first_cursor(db, now), now.year)
+    newest_at_start = store.latest_change(db)
+    cursor = store.read_cursor(db) or store.first_cursor(db, now)
     samples, closed = store.open_dynamic_samples(db, now)
-    rows = []
-    for sample in samples:
-        newly_changed = changed.since(sample.drawn_at) if sample.drawn_at else changed.profiles
-        # The request's exclusions hold for newcomers as for the draw; members stay members.
-        excluded = members.excluded_user_ids(db, sample.request, now, among=newly_changed.index) - sample.member_ids
-        placement = place_changed_members(newly_changed.drop(index=list(excluded)), sample)
-        added = store.add_members(db, sample.sample_id, placement.joining, now)
-        store.mark_qualification(db, sample.sample_id, placement.stopped_qualifying, False, now)
-        store.mark_qualification(db, sample.sample_id, placement.qualifying_again, True, now)
-        invitations.stamp_pending_invitations(db, ObjectId(sample.sample_id))
-        if placement.full:
-            store.close_sample(db, ObjectId(sample.sample_id), "its size was reached", now)
-            closed.append(sample.sample_id)
-        rows.append((sample.sample_id, added, len(placement.no_room), len(excluded), len(placement.stopped_qualifying)))
-    mailings = invitations.create_missing_mailings(db, now)
-    store.write_cursor(db, changed.newest_change)
-    context.log.info(f"{len(changed.profiles)} changed member(s), {len(samples)} open dynamic sample(s)")
+    totals = {sample.sample_id: SampleTotals() for sample in samples}
+    mailings: list[ObjectId] = []
+    changed_count = pages = 0
+    for page in store.changed_member_pages(db, cursor, now.year):
+        pages += 1
+        changed_count += len(page.profiles)
+        still_open = []
+        for sample in samples:
+            placement = update_sample(db, sample, page, now, totals[sample.sample_id])
+            if placement.full:
+                store.close_sample(db, ObjectId(sample.sample_id), "its size was reached", now)
+                closed.append(sample.sample_id)
+            else:
+                still_open.append(with_joiners(sample, placement))
+        samples = still_open
+        mailings += invitations.create_missing_mailings(db, now)
+        cursor = max(cursor, page.newest_change)
+        store.write_cursor(db, cursor)  # after the page's writes: a crash re-reads this page, never skips it
+    # Caught up: changes of members left out (not active) need no second look either.
+    cursor = max(cursor, min(newest_at_start, now)) if newest_at_start else cursor
+    store.write_cursor(db, cursor)
+    context.log.info(f"{changed_count} changed member(s) in {pages} page(s), {len(totals)} open dynamic sample(s)")
+    rows = [(sample_id, t.added, t.no_room, t.excluded, t.stopped) for sample_id, t in totals.items()]
     return dg.MaterializeResult(
         metadata={
-            "changed_members": len(changed.profiles),
-            "open_dynamic_samples": len(samples),
-            "members_added": sum(row[1] for row in rows),
+            "changed_members": changed_count,
+            "pages": pages,
+            "open_dynamic_samples": len(totals),
+            "members_added": sum(t.added for t in totals.values()),
             "invitation_mailings": dg.MetadataValue.json([str(m) for m in mailings]),
             "closed_samples": dg.MetadataValue.json(closed),
             "per_sample": dg.MetadataValue.md(_table(rows)),
-            "cursor": dg.MetadataValue.text(changed.newest_change.isoformat()),
+            "cursor": dg.MetadataValue.text(cursor.isoformat()),
         }
     )
+
+
+@dataclass
+class SampleTotals:
+    added: int = 0
+    no_room: int = 0
+    excluded: int = 0
+    stopped: int = 0
+
+
+def update_sample(
+    db: Database, sample: DynamicSample, page: store.ChangedMembers, now: dt.datetime, totals: SampleTotals
+) -> Placement:
+    """One page of changed members placed into one sample, written, and its newcomers stamped for an invitation."""
+    newly_changed = page.since(sample.drawn_at) if sample.drawn_at else page.profiles
+    # The request's exclusions hold for newcomers as for the draw; members stay members.
+    excluded = members.excluded_user_ids(db, sample.request, now, among=newly_changed.index) - sample.member_ids
+    placement = place_changed_members(newly_changed.drop(index=list(excluded)), sample)
+    totals.added += store.add_members(db, sample.sample_id, placement.joining, now)
+    store.mark_qualification(db, sample.sample_id, placement.stopped_qualifying, False, now)
+    store.mark_qualification(db, sample.sample_id, placement.qualifying_again, True, now)
+    invitations.stamp_pending_invitations(db, ObjectId(sample.sample_id))
+    totals.no_room += len(placement.no_room)
+    totals.excluded += len(excluded)
+    totals.stopped += len(placement.stopped_qualifying)
+    return placement
 
 
 def _table(rows: list[tuple[str, int, int, int, int]]) -> str:

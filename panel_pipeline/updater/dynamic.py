@@ -4,7 +4,8 @@ A dynamic sample keeps its request's filters and quota targets. A changed member
 match the filters and, for every target, their cell still has room: room = the cell's share of
 the sample size (rounded up) minus the members it already has. A member in no cell of a target
 (e.g. gender `other` against an age x gender target) cannot be placed and is left out, as the
-sampler does. Members are taken in the order they changed, so the earliest joiners fill a cell.
+sampler does. Members are taken in the order they changed, so the earliest joiners fill a cell; a
+backlog comes in pages, and each page finds the sample as the pages before left it (`with_joiners`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import datetime as dt
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -52,6 +53,7 @@ class Placement:
     stopped_qualifying: tuple[str, ...]
     qualifying_again: tuple[str, ...]
     full: bool
+    filled: Mapping[str, Counter[Cell]] = field(default_factory=dict)  # members per cell, joiners included
 
 
 def cell_of(profile: Mapping[str, object], target: Target) -> Cell | None:
@@ -91,7 +93,12 @@ def place_changed_members(changed: pd.DataFrame, sample: DynamicSample) -> Place
     full = len(joining) >= sample.room_left
     stopped = tuple(str(user_id) for user_id in changed.index[members & ~matches])
     again = tuple(str(user_id) for user_id in changed.index[members & matches])
-    return Placement(sample.sample_id, tuple(joining), tuple(no_room), stopped, again, full)
+    return Placement(sample.sample_id, tuple(joining), tuple(no_room), stopped, again, full, filled)
+
+
+def with_joiners(sample: DynamicSample, placement: Placement) -> DynamicSample:
+    """The sample as the next page of changes finds it: the joiners are members and fill their cells."""
+    return replace(sample, member_ids=sample.member_ids | frozenset(placement.joining), filled=placement.filled)
 
 
 def _cell_caps(target: Target, size: int) -> dict[Cell, int]:

@@ -6,7 +6,7 @@ Invitations go through `panel_pipeline.sampler.invitations`, exactly as for a fi
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,13 +25,15 @@ CURSOR_ID = "updater"
 # Writers' clocks and commit order differ by a little: each run looks again this far back (the
 # work is idempotent, so seeing a member twice costs nothing).
 CURSOR_OVERLAP = dt.timedelta(seconds=10)
-MAX_CHANGED_PER_RUN = 20_000
+CHANGES_PER_PAGE = 5_000  # members read, placed and written per page; a run loops pages until caught up
+CHANGE_FIELDS = ("profile_updated_at", "created_at")
 
 
 def ensure_indexes(db: Database) -> None:
     members.ensure_indexes(db)
-    db.users.create_index([("profile_updated_at", ASCENDING)])
-    db.users.create_index([("created_at", ASCENDING)])
+    for name in CHANGE_FIELDS:
+        db.users.create_index([(name, ASCENDING)])  # the sensor's newest-change look-up
+        db.users.create_index([(name, ASCENDING), ("_id", ASCENDING)])  # the pages, in a stable order
     db.samples.create_index([("dynamic", ASCENDING), ("open", ASCENDING)])
 
 
@@ -56,9 +58,11 @@ def latest_change(db: Database) -> dt.datetime | None:
 
 @dataclass(frozen=True)
 class ChangedMembers:
+    """One page of changed members, in change order."""
+
     profiles: pd.DataFrame  # index = user id (str), profile fields as columns, oldest change first
     changed_at: pd.Series  # same index: when each member joined or last changed
-    newest_change: dt.datetime
+    newest_change: dt.datetime  # where the next page starts; the cursor once this page is written
 
     def since(self, drawn_at: dt.datetime) -> pd.DataFrame:
         """Those who changed after a sample's draw, less the overlap (the draw considered everyone
@@ -66,20 +70,65 @@ class ChangedMembers:
         return self.profiles[(self.changed_at > drawn_at - CURSOR_OVERLAP).to_numpy()]
 
 
-def changed_members(db: Database, since: dt.datetime, as_of_year: int) -> ChangedMembers:
-    """Active members who joined or whose profile changed after `since` (less the overlap)."""
-    after = since - CURSOR_OVERLAP
-    query = {"status": "active", "$or": [{"profile_updated_at": {"$gt": after}}, {"created_at": {"$gt": after}}]}
-    projection = {"profile": 1, "profile_updated_at": 1, "created_at": 1}
-    docs = list(db.users.find(query, projection).limit(MAX_CHANGED_PER_RUN))
-    docs.sort(key=_changed_at)
+ChangeKey = tuple[dt.datetime, Any]  # (changed_at, user _id): the total order members are read in
+
+
+def changed_at_of(doc: Mapping[str, Any]) -> dt.datetime:
+    """When a member joined or last changed: the later of `profile_updated_at` and `created_at`."""
+    return max(t for t in (doc.get(name) for name in CHANGE_FIELDS) if isinstance(t, dt.datetime))
+
+
+def change_field_of(doc: Mapping[str, Any]) -> str:
+    """Which of the two fields holds the member's change time (the first of CHANGE_FIELDS on a tie):
+    each member is read from that field's index only, so it comes once however both fields moved."""
+    changed_at = changed_at_of(doc)
+    return next(name for name in CHANGE_FIELDS if doc.get(name) == changed_at)
+
+
+def stream_query(name: str, after: ChangeKey | dt.datetime) -> dict[str, Any]:
+    """Active members whose `name` is after a position, in (`name`, `_id`) order on index `name_1__id_1`."""
+    if isinstance(after, dt.datetime):
+        position: dict[str, Any] = {name: {"$gt": after}}
+    else:
+        moment, user_id = after
+        position = {"$or": [{name: {"$gt": moment}}, {name: moment, "_id": {"$gt": user_id}}]}
+    return {"status": "active", **position}
+
+
+def changed_member_pages(
+    db: Database, since: dt.datetime, as_of_year: int, page_size: int = CHANGES_PER_PAGE
+) -> Iterator[ChangedMembers]:
+    """Active members who joined or changed after `since` (less the overlap), page by page in
+    (change time, `_id`) order until caught up: each member once, none skipped however many share a
+    timestamp, at most 2 x `page_size` documents in memory. The two fields are read through their
+    own `(field, _id)` indexes and merged; a page holds what both scans have passed."""
+    position: ChangeKey | dt.datetime = since - CURSOR_OVERLAP
+    projection = {"profile": 1, **{name: 1 for name in CHANGE_FIELDS}}
+    while True:
+        kept: list[dict[str, Any]] = []
+        bound: ChangeKey | None = None  # below it, both scans have seen everything
+        for name in CHANGE_FIELDS:
+            scanned = list(db.users.find(stream_query(name, position), projection).sort([(name, 1), ("_id", 1)]).limit(page_size))
+            kept += [doc for doc in scanned if change_field_of(doc) == name]
+            if len(scanned) == page_size:
+                last = (scanned[-1][name], scanned[-1]["_id"])
+                bound = last if bound is None or last < bound else bound
+        page = sorted((doc for doc in kept if bound is None or _key(doc) <= bound), key=_key)
+        if page:
+            yield _page(page, as_of_year)
+        if bound is None:
+            return
+        position = bound
+
+
+def _key(doc: Mapping[str, Any]) -> ChangeKey:
+    return (changed_at_of(doc), doc["_id"])
+
+
+def _page(docs: list[dict[str, Any]], as_of_year: int) -> ChangedMembers:
     profiles = profiles_frame(docs, as_of_year)
-    changed_at = pd.Series([_changed_at(doc) for doc in docs], index=profiles.index, dtype=object)
-    return ChangedMembers(profiles, changed_at, _changed_at(docs[-1]) if docs else since)
-
-
-def _changed_at(doc: Mapping[str, Any]) -> dt.datetime:
-    return max(t for t in (doc.get("profile_updated_at"), doc.get("created_at")) if t is not None)
+    changed_at = pd.Series([changed_at_of(doc) for doc in docs], index=profiles.index, dtype=object)
+    return ChangedMembers(profiles, changed_at, changed_at_of(docs[-1]))
 
 
 def first_cursor(db: Database, now: dt.datetime) -> dt.datetime:
