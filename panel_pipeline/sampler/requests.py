@@ -6,12 +6,23 @@ the offending field (``filters.region: unknown operator $where``). `mongo_filter
 request into a Mongo query on ``profile.<field>`` that can only use the allow-listed fields and
 comparison/set operators, plus ``status: "active"``. `filter_mask` evaluates the same filters on a
 panel DataFrame (same semantics as Mongo, including for missing values).
+
+Invariant: a request `parse_sample_request` accepts can be drawn (`quotas.select`) and written back
+without an exception caused by the request itself: numbers are of their type and within the limits
+below (no string or `true` for a number, no seed the RNG or BSON cannot take, no day count
+`timedelta` cannot hold), every response-rate cell has a rate, the crossed cell space fits an int64
+index, and an invitation (`mailing`) names a built template whose variables the default data fills
+(the per-member `first_name` and `unsubscribe_url` come from the Mailer), so no sample is drawn for
+an invitation that cannot be sent.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import itertools
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -19,7 +30,9 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from panel_pipeline.mailer.templates import EmailTemplate, check_recipient_data, load_templates
 
 # Profile values exactly as the contract (CONTRACT.md, `users.profile`) writes them.
 PROFILE_CATEGORIES: dict[str, tuple[str, ...]] = {
@@ -84,6 +97,21 @@ ALLOWED_OPERATORS: frozenset[str] = SCALAR_OPERATORS | SET_OPERATORS
 PRESETS: tuple[str, ...] = ("uk_nat_rep",)
 CELL_SEPARATOR = "|"
 
+# Limits of a request (docs/contract.md, `samples`); anything outside is refused naming the field.
+MAX_SAMPLE_SIZE = 1_000_000
+MAX_SEED = 2**63 - 1  # BSON int64 (the seed is written back); numpy takes any non-negative int
+MAX_INVITED_WITHIN_DAYS = 3650
+MAX_NAME_CHARS = 200
+MAX_COMPLETED_SURVEYS = 1000
+MAX_FIELDS_PER_KEY = 4  # fields crossed in one quota or response-rate key
+MAX_QUOTA_TARGETS = 12
+MAX_CELL_SPACE = 2**62  # product of every target's and the rate table's cells: an int64 cell index
+MAX_DATA_DEPTH = 8
+SURVEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+# Filled per member by the Mailer (recipients.py), so a sample's default data need not hold them.
+PER_MEMBER_VARIABLES: frozenset[str] = frozenset({"first_name", "unsubscribe_url"})
+MAILER_OWNED_KEYS: frozenset[str] = frozenset({"unsubscribe_url", "html"})
+
 
 def age_band_codes(age: np.ndarray) -> np.ndarray:
     """Index into PROFILE_CATEGORIES["age_band"] for each age; -1 below 18."""
@@ -143,8 +171,73 @@ class Exclusions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    invited_within_days: int | None = Field(default=None, ge=0)
+    invited_within_days: int | None = None
     completed_surveys: tuple[str, ...] = ()
+
+    @field_validator("invited_within_days", mode="before")
+    @classmethod
+    def _days(cls, value: Any) -> int | None:
+        return None if value is None else whole_number(value, 0, MAX_INVITED_WITHIN_DAYS)
+
+    @field_validator("completed_surveys", mode="before")
+    @classmethod
+    def _surveys(cls, value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list | tuple):
+            raise RequestFieldError((), "must be a list of survey ids")
+        if len(value) > MAX_COMPLETED_SURVEYS:
+            raise RequestFieldError((), f"at most {MAX_COMPLETED_SURVEYS} surveys, got {len(value)}")
+        surveys: list[str] = []
+        for index, item in enumerate(value):
+            try:
+                surveys.append(survey_id_text(item))
+            except RequestFieldError as bad:
+                raise RequestFieldError((str(index),), bad.reason) from None
+        return tuple(surveys)
+
+
+class InvitationRequest(BaseModel):
+    """`mailing`: the invitation the sample's members get, checked against the built template."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    template: str
+    default_data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("template", mode="before")
+    @classmethod
+    def _known_template(cls, value: Any) -> str:
+        if not isinstance(value, str):
+            raise RequestFieldError((), f"must be a template name (text), got {type(value).__name__}")
+        known = built_templates()
+        if value not in known:
+            raise RequestFieldError((), f"unknown template {_shown(value)}; built: {', '.join(sorted(known))}")
+        return value
+
+    @field_validator("default_data", mode="before")
+    @classmethod
+    def _plain_data(cls, value: Any) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise RequestFieldError((), f"must be an object of template variables, got {type(value).__name__}")
+        for key in value:
+            if key in MAILER_OWNED_KEYS:
+                raise RequestFieldError((str(key),), "is set by the Mailer (escaped copy / the member's own signed link); remove it")
+        check_plain_data(value, ())
+        return dict(value)
+
+    @model_validator(mode="after")
+    def _fills_the_template(self) -> InvitationRequest:
+        template = built_templates()[self.template]
+        placeholders = dict.fromkeys(PER_MEMBER_VARIABLES, "x")
+        missing = check_recipient_data(template, {**placeholders, **self.default_data})
+        if missing:
+            raise RequestFieldError(
+                ("default_data",), f"template {self.template} needs {', '.join(missing)}, missing (or null) in the default data"
+            )
+        return self
 
 
 class SampleRequest(BaseModel):
@@ -152,10 +245,10 @@ class SampleRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, arbitrary_types_allowed=True)
 
-    name: str = Field(min_length=1)
-    survey_id: str = Field(min_length=1)
-    size: int = Field(gt=0)
-    tolerance: float = Field(default=1.0, gt=0, le=100)
+    name: str
+    survey_id: str
+    size: int
+    tolerance: float = 1.0
     seed: int | None = None
     preset: Literal["uk_nat_rep"] | None = None
     filters: tuple[Condition, ...] = ()
@@ -163,12 +256,75 @@ class SampleRequest(BaseModel):
     exclude: Exclusions = Field(default_factory=Exclusions)
     expected_response_rate: ResponseRates = Field(default_factory=lambda: ResponseRates(default=1.0))
     dynamic: bool = False
-    mailing: dict[str, Any] | None = None
+    closes_at: dt.datetime | None = None
+    mailing: InvitationRequest | None = None
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise RequestFieldError((), f"must be non-empty text, got {_type_shown(value)}")
+        if len(value) > MAX_NAME_CHARS:
+            raise RequestFieldError((), f"at most {MAX_NAME_CHARS} characters, got {len(value)}")
+        return value
 
     @field_validator("survey_id", mode="before")
     @classmethod
-    def _survey_id_as_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    def _survey_id(cls, value: Any) -> str:
+        return survey_id_text(value)
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        return whole_number(value, 1, MAX_SAMPLE_SIZE)
+
+    @field_validator("tolerance", mode="before")
+    @classmethod
+    def _tolerance(cls, value: Any) -> float:
+        if value is None:
+            return 1.0
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 100:
+            raise RequestFieldError((), f"must be a number of percentage points in (0, 100], got {_shown(value)}")
+        return float(value)
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed(cls, value: Any) -> int | None:
+        return None if value is None else whole_number(value, 0, MAX_SEED)
+
+    @field_validator("dynamic", mode="before")
+    @classmethod
+    def _dynamic(cls, value: Any) -> bool:
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise RequestFieldError((), f"must be true or false, got {_shown(value)}")
+        return value
+
+    @field_validator("closes_at", mode="before")
+    @classmethod
+    def _closes_at(cls, value: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, dt.datetime):
+            raise RequestFieldError((), f"must be a date (BSON date, UTC), got {_type_shown(value)}")
+        return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+
+    @field_validator("exclude", mode="before")
+    @classmethod
+    def _exclude(cls, value: Any) -> Any:
+        if value is None:
+            return Exclusions()
+        if not isinstance(value, Mapping):
+            raise RequestFieldError((), "must be an object with invited_within_days and/or completed_surveys")
+        return value
+
+    @field_validator("mailing", mode="before")
+    @classmethod
+    def _mailing(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, Mapping):
+            raise RequestFieldError((), f"must be an object with template and default_data, got {_type_shown(value)}")
+        return value
 
     @field_validator("filters", mode="before")
     @classmethod
@@ -185,6 +341,17 @@ class SampleRequest(BaseModel):
     def _parse_rates(cls, value: Any) -> ResponseRates:
         return parse_response_rates(value)
 
+    @model_validator(mode="after")
+    def _cells_fit_an_index(self) -> SampleRequest:
+        from panel_pipeline.sampler.targets import UK_NAT_REP_TARGETS  # targets.py imports this module
+
+        keys = {*(UK_NAT_REP_TARGETS if self.preset else ()), *self.quotas}
+        space = math.prod(_cell_count(split_key(key)) for key in keys)
+        space *= 1 + _cell_count(self.expected_response_rate.fields)
+        if space > MAX_CELL_SPACE:
+            raise RequestFieldError(("quotas",), "the targets cross too many cells (more than 2^62 combinations); use fewer or smaller crossed targets")
+        return self
+
 
 def parse_sample_request(document: Mapping[str, Any]) -> SampleRequest:
     """Validate a raw `samples` document; raise SampleRequestError naming every bad field."""
@@ -199,7 +366,75 @@ def _describe(error: Mapping[str, Any]) -> str:
     cause = (error.get("ctx") or {}).get("error")
     if isinstance(cause, RequestFieldError):
         return f"{'.'.join(location + list(cause.path))}: {cause.reason}"
-    return f"{'.'.join(location)}: {error['msg']}"
+    return f"{'.'.join(location) or 'request'}: {error['msg']}"
+
+
+# --- scalar fields and invitation data ---------------------------------------------------------
+
+
+def whole_number(value: Any, low: int, high: int) -> int:
+    """An integer (or a whole float, as JSON numbers arrive) within [low, high]; never a string or bool."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or (isinstance(value, float) and not value.is_integer()):
+        raise RequestFieldError((), f"must be a whole number from {low} to {high}, got {_shown(value)}")
+    if not low <= value <= high:
+        raise RequestFieldError((), f"must be a whole number from {low} to {high}, got {_shown(value)}")
+    return int(value)
+
+
+def survey_id_text(value: Any) -> str:
+    """A survey id as text: a positive integer, or up to 64 letters, digits and `_.:-`."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    if isinstance(value, str) and SURVEY_ID_PATTERN.match(value):
+        return value
+    raise RequestFieldError((), f"must be a survey id (a positive integer or up to 64 letters, digits, _.:-), got {_shown(value)}")
+
+
+@functools.cache
+def built_templates() -> dict[str, EmailTemplate]:
+    """The built e-mail templates by name (a missing build raises TemplateError: not the request's fault)."""
+    return load_templates()
+
+
+def check_plain_data(value: Any, path: tuple[str, ...]) -> None:
+    """Template data must be JSON: text, finite numbers, true/false, null, lists and objects with text keys."""
+    if len(path) > MAX_DATA_DEPTH:
+        raise RequestFieldError(path, f"nested deeper than {MAX_DATA_DEPTH} levels")
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise RequestFieldError(path, "must be a finite number")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str) or not key:
+                raise RequestFieldError(path, f"keys must be non-empty text, got {_type_shown(key)}")
+            check_plain_data(item, (*path, key))
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            check_plain_data(item, (*path, str(index)))
+        return
+    raise RequestFieldError(path, f"must be text, a number, true/false, a list or an object, got {type(value).__name__}")
+
+
+def _cell_count(fields: Sequence[str]) -> int:
+    return math.prod(len(PROFILE_CATEGORIES.get(field, ())) or 1 for field in fields) if fields else 0
+
+
+def _shown(value: Any) -> str:
+    """A wrong value for an error message: short, and its type when it is not a plain scalar."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:40] + "…")
+    if value is None or isinstance(value, bool | int | float):
+        text = repr(value)
+        return text if len(text) <= 40 else f"{text[:12]}… ({len(text)} digits)"
+    return _type_shown(value)
+
+
+def _type_shown(value: Any) -> str:
+    return "null" if value is None else f"a value of type {type(value).__name__}"
 
 
 # --- filters -----------------------------------------------------------------------------------
@@ -336,6 +571,8 @@ def parse_quotas(raw: Any) -> dict[str, dict[str, float]]:
         return {}
     if not isinstance(raw, Mapping):
         raise RequestFieldError((), "must be an object of field: {value: share}")
+    if len(raw) > MAX_QUOTA_TARGETS:
+        raise RequestFieldError((), f"at most {MAX_QUOTA_TARGETS} targets, got {len(raw)}")
     return {str(key): _parse_quota(str(key), shares) for key, shares in raw.items()}
 
 
@@ -344,6 +581,7 @@ def _parse_quota(key: str, shares: Any) -> dict[str, float]:
     if not isinstance(shares, Mapping) or not shares:
         raise RequestFieldError((key,), "must be a non-empty object of value: share")
     parsed = {str(cell): _parse_share(key, str(cell), fields, share) for cell, share in shares.items()}
+    _refuse_repeated_cells(key, list(parsed))
     total = sum(parsed.values())
     if not math.isclose(total, 1.0, abs_tol=0.005):
         raise RequestFieldError((key,), f"shares must sum to 1, got {total:.4f}")
@@ -352,6 +590,8 @@ def _parse_quota(key: str, shares: Any) -> dict[str, float]:
 
 def _categorical_fields(key: str) -> tuple[str, ...]:
     fields = split_key(key)
+    if len(fields) > MAX_FIELDS_PER_KEY:
+        raise RequestFieldError((key,), f"crosses {len(fields)} fields; at most {MAX_FIELDS_PER_KEY}")
     for field in fields:
         if field not in PROFILE_CATEGORIES:
             raise RequestFieldError((key,), f"unknown field {field}; allowed: {', '.join(PROFILE_CATEGORIES)}")
@@ -378,22 +618,45 @@ def _check_cell(key: str, cell: str, fields: tuple[str, ...]) -> tuple[str, ...]
 
 
 def parse_response_rates(raw: Any) -> ResponseRates:
-    """A number in (0, 1], or `{"<field>[|field]": {"<value>[|value]": rate}, "default": rate}`."""
+    """A number in (0, 1], `{"default": rate}`, or `{"<field>[|field]": {"<value>[|value]": rate}, "default": rate}`.
+
+    A table without a default must list every cell of its fields."""
     if raw is None:
         return ResponseRates(default=1.0)
     if not isinstance(raw, Mapping):
         return ResponseRates(default=_parse_rate((), raw))
     default = _parse_rate(("default",), raw["default"]) if "default" in raw else None
-    keys = [str(key) for key in raw if key != "default"]
-    if len(keys) != 1:
+    tables = [(str(key), table) for key, table in raw.items() if key != "default"]
+    if not tables and default is not None:
+        return ResponseRates(default=default)
+    if len(tables) != 1:
         raise RequestFieldError((), "give one rate table (one field or one 'field|field' key) plus an optional default")
-    (key,) = keys
-    table = raw[key]
+    ((key, table),) = tables
     fields = _categorical_fields(key)
     if not isinstance(table, Mapping) or not table:
         raise RequestFieldError((key,), "must be a non-empty object of value: rate")
+    _refuse_repeated_cells(key, [str(cell) for cell in table])
     rates = {_check_cell(key, str(cell), fields): _parse_rate((key, str(cell)), rate) for cell, rate in table.items()}
+    if default is None:
+        unlisted = [cell for cell in itertools.product(*(PROFILE_CATEGORIES[field] for field in fields)) if cell not in rates]
+        if unlisted:
+            shown = ", ".join(CELL_SEPARATOR.join(cell) for cell in unlisted[:5]) + (", …" if len(unlisted) > 5 else "")
+            raise RequestFieldError(
+                (key,), f"no rate for {len(unlisted)} cell(s) ({shown}) and no default; list every cell or add a default"
+            )
+        # Every cell is listed: members without a value for the table's fields get the lowest rate
+        # (the cautious guess: more invitations, never fewer completes than planned).
+        default = min(rates.values())
     return ResponseRates(default=default, fields=fields, rates=rates)
+
+
+def _refuse_repeated_cells(key: str, cells: list[str]) -> None:
+    seen: dict[tuple[str, ...], str] = {}
+    for cell in cells:
+        values = split_key(cell)
+        if values in seen:
+            raise RequestFieldError((key, cell), f"the same cell as {seen[values]!r}")
+        seen[values] = cell
 
 
 def _parse_rate(path: tuple[str, ...], rate: Any) -> float:

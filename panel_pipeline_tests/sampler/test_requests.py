@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from panel_pipeline.sampler.requests import (
 )
 
 BASE: dict[str, Any] = {"name": "Scotland omnibus", "survey_id": "123456", "size": 1000}
+INVITATION_DATA: dict[str, Any] = {"survey_name": "Omnibus", "duration_minutes": 10, "points": 100, "survey_url": "https://survey.example/s/1"}
 
 
 def request_with(**fields: Any) -> dict[str, Any]:
@@ -48,7 +50,7 @@ def test_a_full_request_parses() -> None:
             exclude={"invited_within_days": 7, "completed_surveys": ["123456"]},
             expected_response_rate={"age_band": {"18-24": 0.06}, "default": 0.2},
             dynamic=True,
-            mailing={"template": "invite"},
+            mailing={"template": "new_survey", "default_data": INVITATION_DATA},
         )
     )
     assert len(request.filters) == 3
@@ -92,7 +94,7 @@ def test_rejected_filter_names_the_field(filters: Any, message: str) -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        pytest.param({"size": 0}, "size: Input should be greater than 0", id="size"),
+        pytest.param({"size": 0}, "size: must be a whole number from 1 to 1000000, got 0", id="size"),
         pytest.param({"tolerance": -1}, "tolerance:", id="tolerance"),
         pytest.param({"preset": "world"}, "preset:", id="preset"),
         pytest.param({"quotas": {"gender": {"female": 0.6, "male": 0.6}}}, "quotas.gender: shares must sum to 1", id="quota-sum"),
@@ -106,6 +108,113 @@ def test_rejected_filter_names_the_field(filters: Any, message: str) -> None:
 )
 def test_other_invalid_fields_are_named(fields: dict[str, Any], message: str) -> None:
     assert message in rejection(request_with(**fields))
+
+
+OUT_OF_TYPE_OR_RANGE = [
+    pytest.param({"size": "200"}, "size: must be a whole number from 1 to 1000000, got '200'", id="size-text"),
+    pytest.param({"size": True}, "size: must be a whole number from 1 to 1000000, got True", id="size-true"),
+    pytest.param({"size": -5}, "size: must be a whole number from 1 to 1000000, got -5", id="size-negative"),
+    pytest.param({"size": 10**9}, "size: must be a whole number from 1 to 1000000, got 1000000000", id="size-absurd"),
+    pytest.param({"size": 20.5}, "size: must be a whole number", id="size-fraction"),
+    pytest.param({"seed": -1}, "seed: must be a whole number from 0 to 9223372036854775807, got -1", id="seed-negative"),
+    pytest.param({"seed": 2**64}, "seed: must be a whole number from 0 to", id="seed-past-int64"),
+    pytest.param({"seed": "42"}, "seed: must be a whole number", id="seed-text"),
+    pytest.param({"tolerance": "1"}, "tolerance: must be a number of percentage points in (0, 100]", id="tolerance-text"),
+    pytest.param({"tolerance": float("nan")}, "tolerance: must be a number", id="tolerance-nan"),
+    pytest.param({"dynamic": "yes"}, "dynamic: must be true or false, got 'yes'", id="dynamic-text"),
+    pytest.param({"dynamic": 1}, "dynamic: must be true or false, got 1", id="dynamic-one"),
+    pytest.param({"closes_at": "2026-12-31"}, "closes_at: must be a date", id="closes-at-text"),
+    pytest.param({"name": ["x"]}, "name: must be non-empty text", id="name-list"),
+    pytest.param({"name": "x" * 201}, "name: at most 200 characters", id="name-long"),
+    pytest.param({"survey_id": -3}, "survey_id: must be a survey id", id="survey-id-negative"),
+    pytest.param({"survey_id": "12 OR 1=1"}, "survey_id: must be a survey id", id="survey-id-spaces"),
+    pytest.param({"exclude": {"invited_within_days": 10**7}}, "exclude.invited_within_days: must be a whole number from 0 to 3650, got 10000000", id="days-absurd"),
+    pytest.param({"exclude": {"invited_within_days": "7"}}, "exclude.invited_within_days: must be a whole number", id="days-text"),
+    pytest.param({"exclude": [7]}, "exclude: must be an object", id="exclude-list"),
+    pytest.param({"exclude": {"completed_surveys": "123"}}, "exclude.completed_surveys: must be a list of survey ids", id="completed-text"),
+    pytest.param({"exclude": {"completed_surveys": ["1", None]}}, "exclude.completed_surveys.1: must be a survey id", id="completed-null"),
+    pytest.param({"quotas": {"gender": {"female": 0.5, " female ": 0.5}}}, "quotas.gender. female : the same cell as 'female'", id="quota-repeated-cell"),
+    pytest.param({"quotas": {"age_band|gender|region|education|vote_2024": {"18-24|female|Wales|other|green": 1}}}, "quotas.age_band|gender|region|education|vote_2024: crosses 5 fields; at most 4", id="quota-too-crossed"),
+    pytest.param(
+        {"expected_response_rate": {"region": {"Wales": 0.3}}},
+        "expected_response_rate.region: no rate for 11 cell(s) (North East, North West, Yorkshire and The Humber, East Midlands, West Midlands, …) and no default",
+        id="rate-table-without-default",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), OUT_OF_TYPE_OR_RANGE)
+def test_wrong_types_and_ranges_are_refused_naming_the_field(fields: dict[str, Any], message: str) -> None:
+    assert message in rejection(request_with(**fields))
+
+
+def test_a_whole_float_is_a_whole_number() -> None:
+    """JSON numbers may arrive as doubles: 200.0 is the size 200."""
+    assert parse_sample_request(request_with(size=200.0, seed=7.0)).size == 200
+
+
+def test_a_rate_table_listing_every_cell_needs_no_default() -> None:
+    rates = {"gender": {"female": 0.2, "male": 0.3, "other": 0.25, "prefer_not_to_say": 0.4}}
+    request = parse_sample_request(request_with(expected_response_rate=rates))
+    assert request.expected_response_rate.rate_for(("male",)) == 0.3
+    assert request.expected_response_rate.rate_for(()) == 0.2  # no gender recorded: the lowest rate
+
+
+def test_a_default_alone_is_one_overall_rate() -> None:
+    assert parse_sample_request(request_with(expected_response_rate={"default": 0.3})).expected_response_rate.rate_for(("x",)) == 0.3
+
+
+def test_targets_crossing_more_cells_than_an_index_holds_are_refused() -> None:
+    keys = ["age_band|gender|region|education", "vote_2019|vote_2024|region|education", "social_grade|eu_ref_vote|region|age_band"]
+    quotas = {key: {"|".join(_first_values(key)): 1.0} for key in keys}
+    quotas |= {"|".join(reversed(key.split("|"))): {"|".join(reversed(_first_values(key))): 1.0} for key in keys}
+    assert "quotas: the targets cross too many cells" in rejection(request_with(quotas=quotas))
+
+
+def _first_values(key: str) -> list[str]:
+    from panel_pipeline.sampler.requests import PROFILE_CATEGORIES
+
+    return [PROFILE_CATEGORIES[field][0] for field in key.split("|")]
+
+
+INVITATIONS = [
+    pytest.param("new_survey", "mailing: must be an object with template and default_data", id="not-an-object"),
+    pytest.param({"template": "no_such", "default_data": INVITATION_DATA}, "mailing.template: unknown template 'no_such'; built: new_survey", id="unknown-template"),
+    pytest.param({"template": ["new_survey"], "default_data": INVITATION_DATA}, "mailing.template: must be a template name (text), got list", id="template-list"),
+    pytest.param({"template": {"$ne": 1}}, "mailing.template: must be a template name", id="template-object"),
+    pytest.param({"template": "new_survey", "default_data": "x"}, "mailing.default_data: must be an object of template variables", id="data-text"),
+    pytest.param(
+        {"template": "new_survey", "default_data": {k: v for k, v in INVITATION_DATA.items() if k != "points"}},
+        "mailing.default_data: template new_survey needs points, missing (or null) in the default data",
+        id="missing-variable",
+    ),
+    pytest.param({"template": "new_survey", "default_data": {**INVITATION_DATA, "points": None}}, "needs points", id="null-variable"),
+    pytest.param({"template": "new_survey"}, "needs duration_minutes, points, survey_name, survey_url", id="no-data"),
+    pytest.param({"template": "new_survey", "default_data": {**INVITATION_DATA, "html": {}}}, "mailing.default_data.html: is set by the Mailer", id="reserved-html"),
+    pytest.param(
+        {"template": "new_survey", "default_data": {**INVITATION_DATA, "unsubscribe_url": "https://evil.example"}},
+        "mailing.default_data.unsubscribe_url: is set by the Mailer",
+        id="own-unsubscribe-link",
+    ),
+    pytest.param(
+        {"template": "new_survey", "default_data": {**INVITATION_DATA, "when": dt.datetime(2026, 1, 1)}},
+        "mailing.default_data.when: must be text, a number, true/false, a list or an object, got datetime",
+        id="not-json",
+    ),
+    pytest.param({"template": "new_survey", "default_data": {**INVITATION_DATA, "points": float("inf")}}, "mailing.default_data.points: must be a finite number", id="infinite"),
+    pytest.param({"template": "new_survey", "default_data": INVITATION_DATA, "data": {}}, "mailing.data:", id="unknown-key"),
+]
+
+
+@pytest.mark.parametrize(("mailing", "message"), INVITATIONS)
+def test_an_invitation_that_cannot_be_sent_is_refused_before_the_draw(mailing: Any, message: str) -> None:
+    assert message in rejection(request_with(mailing=mailing))
+
+
+def test_per_member_variables_need_not_be_in_the_default_data() -> None:
+    request = parse_sample_request(request_with(mailing={"template": "new_survey", "default_data": INVITATION_DATA}))
+    assert request.mailing is not None and request.mailing.template == "new_survey"
+    assert "first_name" not in INVITATION_DATA
 
 
 def test_every_problem_is_reported_at_once() -> None:
