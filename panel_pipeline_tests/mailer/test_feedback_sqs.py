@@ -142,17 +142,27 @@ def test_redelivered_and_duplicate_events_change_nothing_twice(instance, resourc
 
 
 def test_a_message_is_deleted_only_once_applied(instance, resources, mongo_db, publish, local_sns_sqs, feedback_path):
+    """The store fails after the message was read: `users` refuses every write (a validator no
+    document passes), so applying the bounce fails and the message must still be in SQS."""
     (ann,) = members(mongo_db, "ann@panel.example")
     publish(bounce("ann@panel.example", tags(ObjectId(), ann)))
-    mongo_down = {**resources, "mongo": MongoResource(uri=f"mongodb://127.0.0.1:{free_port()}", database=mongo_db.name)}
-    failed, _ = drain(instance, mongo_down)
+    mongo_db.command("collMod", "users", validator={"$expr": False}, validationAction="error")
+    failed, _ = drain(instance, resources)
     assert not failed.success
-    attributes = aws_client("sqs", local_sns_sqs.url).get_queue_attributes(
-        QueueUrl=feedback_path.queue_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    )["Attributes"]
-    assert sum(int(n) for n in attributes.values()) == 1, "the message stays in the queue"
+    (failure,) = [event for event in failed.all_events if event.is_step_failure]
+    assert "Document failed validation" in str(failure.step_failure_data.error), "it failed applying the event, not before reading"
 
-    result, materialization = drain(instance, resources)  # it is visible again after the 1 s visibility timeout
+    def waiting(attribute):
+        return int(aws_client("sqs", local_sns_sqs.url).get_queue_attributes(
+            QueueUrl=feedback_path.queue_url, AttributeNames=[attribute]
+        )["Attributes"][attribute])
+
+    assert waiting("ApproximateNumberOfMessages") + waiting("ApproximateNumberOfMessagesNotVisible") == 1, "the message stays in the queue"
+    assert mongo_db.users.find_one({"_id": ann})["status"] == "active"
+
+    mongo_db.command("collMod", "users", validator={})
+    wait_for(lambda: waiting("ApproximateNumberOfMessages") == 1, timeout=30, what="the message visible again (1 s visibility timeout)")
+    result, materialization = drain(instance, resources)
     assert result.success and metadata_values(materialization)["members_bounced"] == 1
     assert mongo_db.users.find_one({"_id": ann})["status"] == "bounced"
 
