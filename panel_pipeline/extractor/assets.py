@@ -2,7 +2,7 @@
 from them, and survey completions from the transactions queue."""
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -58,28 +58,35 @@ def surveygizmo_responses(context: dg.AssetExecutionContext, mongo: MongoResourc
     client = surveygizmo.client()
     window = context.partition_time_window
     now = utc_now()
-    parsed: list[SurveyResponse] = []
-    quarantined: list[tuple[str, str]] = []
-    for survey_id in surveygizmo.survey_ids():
-        remember_survey(db, client, survey_id, now)
-        for record in client.list_responses(survey_id, window.start - WINDOW_OVERLAP, window.end + WINDOW_OVERLAP):
-            try:
-                parsed.append(parse_response(record, survey_id, client.account_zone))
-            except MalformedResponse as bad:
-                response_id = str(record.get("id", "?")) if isinstance(record, Mapping) else "?"
-                store.quarantine(db, survey_id, response_id, context.partition_key_range.start, str(bad), record if isinstance(record, Mapping) else {"value": record}, now)
-                quarantined.append((f"{survey_id}:{response_id}", str(bad)))
-    written = store.upsert_raw(db, parsed, day_of, now)
-    context.log.info(f"{len(parsed)} responses, {len(quarantined)} quarantined, {client.calls_made} API calls")
+    quarantined: list[tuple[str, str]] = []  # the first SHOWN_QUARANTINED, for the metadata
+    quarantined_count = 0
+
+    def parsed_responses() -> Iterator[SurveyResponse]:
+        nonlocal quarantined_count
+        for survey_id in surveygizmo.survey_ids():
+            remember_survey(db, client, survey_id, now)
+            for record in client.list_responses(survey_id, window.start - WINDOW_OVERLAP, window.end + WINDOW_OVERLAP):
+                try:
+                    yield parse_response(record, survey_id, client.account_zone)
+                except MalformedResponse as bad:
+                    response_id = str(record.get("id", "?")) if isinstance(record, Mapping) else "?"
+                    store.quarantine(db, survey_id, response_id, context.partition_key_range.start, str(bad), record if isinstance(record, Mapping) else {"value": record}, now)
+                    quarantined_count += 1
+                    if len(quarantined) < SHOWN_QUARANTINED:
+                        quarantined.append((f"{survey_id}:{response_id}", str(bad)))
+
+    # Streamed: written a chunk at a time as the pages come, so a backfill holds one chunk, not its range.
+    written = store.upsert_raw(db, parsed_responses(), day_of, now)
+    context.log.info(f"{written.total} responses, {quarantined_count} quarantined, {client.calls_made} API calls")
     return dg.MaterializeResult(
         metadata={
             "window": f"{window.start.isoformat()} .. {window.end.isoformat()} (+/- {WINDOW_OVERLAP})",
-            "responses": len(parsed),
+            "responses": written.total,
             "inserted": written.inserted,
             "changed": written.changed,
             "unchanged": written.unchanged,
-            "quarantined": len(quarantined),
-            "quarantined_examples": dg.MetadataValue.md(_table(("response", "reason"), quarantined[:SHOWN_QUARANTINED])),
+            "quarantined": quarantined_count,
+            "quarantined_examples": dg.MetadataValue.md(_table(("response", "reason"), quarantined)),
             "api_calls": client.calls_made,
             "retry_wait_seconds": round(client.retry_wait_seconds, 1),
         }

@@ -3,13 +3,15 @@
 Raw responses are keyed `"<survey id>:<response id>"`, so re-pulling a day, a backfill or
 overlapping windows never duplicate anything. Profile updates are order-independent: each
 attribute remembers the response and submission time it came from (`profile_sources`), and only
-a newer answer replaces it, so days applied in any order converge.
+a newer answer replaces it, so days applied in any order converge. Raw writes are streamed in
+chunks of `WRITE_CHUNK`: a run's memory does not grow with the number of responses it pulls.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +47,10 @@ class RawWrite:
     changed: int
     unchanged: int
 
+    @property
+    def total(self) -> int:
+        return self.inserted + self.changed + self.unchanged
+
     def __add__(self, other: RawWrite) -> RawWrite:
         return RawWrite(self.inserted + other.inserted, self.changed + other.changed, self.unchanged + other.unchanged)
 
@@ -52,15 +58,17 @@ class RawWrite:
 WRITE_CHUNK = 5_000  # responses per round trip; keeps each `$in` well under Mongo's 16 MB document limit
 
 
-def upsert_raw(db: Database, responses: Sequence[SurveyResponse], day_of: Any, now: dt.datetime) -> RawWrite:
-    """Store parsed responses by (survey, response): new ones inserted, changed ones replaced (a
-    SHA-1 of the record tells), the same ones left alone, so the hourly re-pull of a day costs
-    reads, not writes. A response listed again is no longer deleted, and one that parses again
-    leaves quarantine."""
+def upsert_raw(db: Database, responses: Iterable[SurveyResponse], day_of: Any, now: dt.datetime) -> RawWrite:
+    """Store parsed responses by (survey, response), `WRITE_CHUNK` at a time as they come (a
+    generator is consumed lazily, so memory holds one chunk however long the backfill): new ones
+    inserted, changed ones replaced (a SHA-1 of the record tells), the same ones left alone, so the
+    hourly re-pull of a day costs reads, not writes. A response listed again is no longer deleted,
+    and one that parses again leaves quarantine."""
     written = RawWrite(0, 0, 0)
-    for start in range(0, len(responses), WRITE_CHUNK):
-        chunk = responses[start : start + WRITE_CHUNK]
+    iterator = iter(responses)
+    while chunk := list(itertools.islice(iterator, WRITE_CHUNK)):
         documents = {raw_id(r.survey_id, r.id): raw_document(r, day_of(r.submitted_at), now) for r in chunk}
+        del chunk
         written += _write_raw(db, documents)
         db[QUARANTINE].delete_many({"_id": {"$in": list(documents)}})
     return written

@@ -2,9 +2,12 @@
 
 `plan_recipients` turns a mailing's recipients into ledger rows, failing (alone) each recipient
 whose data lacks a template variable, because SES would accept and then silently drop that
-e-mail. `send_mailing` claims a batch, writes the attempt ahead, makes one SES call and records
-every entry's outcome; throttled entries come back after a jittered exponential backoff, and a
-daily-quota or sending-paused answer stops the run with the time to resume. No Dagster here.
+e-mail. `send_mailing` claims a batch, suppresses the rows whose member is no longer active (one
+query per batch: a member may leave between planning and sending, and a pause can last days),
+writes the attempt ahead, makes one SES call and records every entry's outcome; throttled entries
+come back after a jittered exponential backoff, and a daily-quota or sending-paused answer stops
+the run with the time to resume. After each batch `keep_alive` renews the caller's hold on the
+mailing; when it fails, sending stops at once (`SendingStopped`). No Dagster here.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bson import ObjectId
+from pymongo.collection import Collection
 
 from panel_pipeline.mailer.ledger import (
     EVENT_SILENCE,
@@ -45,6 +49,11 @@ from panel_pipeline.mailer.templates import (
 log = logging.getLogger(__name__)
 
 UNSUBSCRIBE_FIELD = "unsubscribe_url"
+ACTIVE = "active"
+
+
+class SendingStopped(RuntimeError):
+    """`keep_alive` said the run no longer holds the mailing: another run may be sending it now."""
 
 
 @dataclass(frozen=True)
@@ -112,10 +121,15 @@ def send_mailing(
     policy: DispatchPolicy = DispatchPolicy(),
     sleep: Callable[[float], None] = time.sleep,
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+    members: Collection | None = None,
+    keep_alive: Callable[[], bool] | None = None,
 ) -> DispatchReport:
     """Send every claimable recipient of the mailing; returns when nothing is claimable soon or on pause.
 
     `template_name` is the versioned SES name (`SesGateway.ensure_template`) the mailing started with.
+    `members` (the `users` collection) is read once per batch: a row whose member is no longer
+    active is suppressed instead of sent. `keep_alive` is called after each batch and each wait;
+    False raises `SendingStopped` before anything more is sent.
     Afterwards `ledger.mailing_done(mailing_id)` says whether the mailing is finished.
     """
     report = DispatchReport()
@@ -132,7 +146,14 @@ def send_mailing(
             if wait is None or wait > policy.max_wait_seconds:
                 return report
             sleep(wait)
+            _keep_alive(keep_alive, mailing_id, report)
             continue
+        if members is not None:
+            left = left_members(members, batch.rows)
+            batch = ledger.suppress(batch, left)
+            report.outcomes.update({"suppressed": len(left)} if left else {})
+            if not batch.rows:
+                continue
         gateway.wait_for_send_capacity(len(batch.rows))
         attempt = ledger.start_attempt(batch)
         if not attempt.rows:
@@ -146,6 +167,37 @@ def send_mailing(
             report.pause_reason = next(e.error for e in result.entries if e.outcome is Outcome.PAUSE)
             log.warning("mailing %s paused until %s: %s", mailing_id, report.paused_until, report.pause_reason)
             return report
+        _keep_alive(keep_alive, mailing_id, report)
+
+
+def _keep_alive(keep_alive: Callable[[], bool] | None, mailing_id: ObjectId, report: DispatchReport) -> None:
+    if keep_alive is not None and not keep_alive():
+        message = (
+            f"mailing {mailing_id}: this run no longer holds the mailing (its lease was lost, another run may "
+            f"have claimed it); stopped sending after {report.batches} batches"
+        )
+        log.error(message)
+        raise SendingStopped(message)
+
+
+def left_members(users: Collection, rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Recipient key -> reason for the rows whose member is no longer active (one query)."""
+    rows = [row for row in rows if row.get("user_id") is not None]
+    if not rows:
+        return {}
+    statuses = {
+        user["_id"]: user.get("status", ACTIVE)
+        for user in users.find({"_id": {"$in": list({row["user_id"] for row in rows})}}, {"status": 1})
+    }
+    reasons = {}
+    for row in rows:
+        user_id = row["user_id"]
+        if user_id not in statuses:
+            if isinstance(user_id, ObjectId):  # a member deleted from `users` altogether
+                reasons[row["recipient_key"]] = "member no longer exists (removed after the mailing was planned)"
+        elif statuses[user_id] != ACTIVE:
+            reasons[row["recipient_key"]] = f"member status is {statuses[user_id]} (changed after the mailing was planned)"
+    return reasons
 
 
 def _bulk_send(batch: Batch, template_name: str, bulk: bool) -> BulkSend:

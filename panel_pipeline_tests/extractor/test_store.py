@@ -56,3 +56,21 @@ def test_large_batches_are_written_in_chunks(mongo_db):
     batch = [dataclasses.replace(one, id=str(n)) for n in range(store.WRITE_CHUNK + 10)]
     assert store.upsert_raw(mongo_db, batch, day_of, NOW).inserted == store.WRITE_CHUNK + 10
     assert mongo_db.sg_responses.count_documents({}) == store.WRITE_CHUNK + 10
+
+
+def test_a_stream_of_responses_is_written_a_chunk_at_a_time_as_it_comes(mongo_db):
+    """A backfill's responses arrive as a generator: each chunk is in Mongo before the next is read,
+    so the run never holds more than one chunk."""
+    one = responses(1)[0]
+    stored_when_reading: list[int] = []
+
+    def listing():
+        for n in range(2 * store.WRITE_CHUNK + 10):
+            if n % store.WRITE_CHUNK == 0:
+                stored_when_reading.append(mongo_db.sg_responses.count_documents({}))
+            yield dataclasses.replace(one, id=str(n))
+
+    written = store.upsert_raw(mongo_db, listing(), day_of, NOW)
+    assert written == store.RawWrite(inserted=2 * store.WRITE_CHUNK + 10, changed=0, unchanged=0)
+    assert written.total == 2 * store.WRITE_CHUNK + 10
+    assert stored_when_reading == [0, store.WRITE_CHUNK, 2 * store.WRITE_CHUNK]
