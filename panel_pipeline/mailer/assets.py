@@ -1,4 +1,10 @@
-"""The Mailer's assets: the SES templates, one partition per mailing sent through SES, and SES's feedback."""
+"""The Mailer's assets: the SES templates, one partition per mailing sent through SES, and SES's feedback.
+
+A mailing is expanded (recipients resolved, planned and written to the ledger, a chunk at a time)
+once: `expanded_at` on the mailing document says it was, so a re-claim after a pause goes straight
+to sending. Its queue lease is renewed after each expansion chunk and each SES batch; a run that
+finds it gone stops sending at once and fails, saying so. One SES gateway per run.
+"""
 
 import datetime as dt
 from collections import Counter
@@ -9,7 +15,7 @@ from typing import Any
 import dagster as dg
 from bson import ObjectId
 
-from panel_pipeline.mailer.dispatch import plan_recipients, send_mailing
+from panel_pipeline.mailer.dispatch import SendingStopped, plan_recipients, send_mailing
 from panel_pipeline.mailer.feedback import (
     BOUNCED,
     UNSUBSCRIBED,
@@ -17,13 +23,16 @@ from panel_pipeline.mailer.feedback import (
     FeedbackStore,
     drain,
 )
-from panel_pipeline.mailer.ledger import CLAIMED, SENT, UNKNOWN, MailLedger
+from panel_pipeline.mailer.ledger import CLAIMED, UNKNOWN, MailLedger
 from panel_pipeline.mailer.recipients import mark_invited, resolve_recipients
 from panel_pipeline.mailer.resources import SesResource, SqsResource
+from panel_pipeline.mailer.ses import SendEventsNotPublished, SesGateway
 from panel_pipeline.mailer.templates import EmailTemplate, load_templates
+from panel_pipeline.mailer.validation import check_mailing
 from panel_pipeline.partitions import mailings as mailing_partitions
 from panel_pipeline.queue.resources import MongoResource
-from panel_pipeline.queue.store import RequestRejected, WorkQueue, utc_now
+from panel_pipeline.privacy import describe_error
+from panel_pipeline.queue.store import LeaseLost, RequestRejected, WorkQueue, utc_now
 
 # Unknown recipients wait for SES events; claimed ones for another worker's lease: look again then.
 OPEN_RECIPIENTS_RECHECK = dt.timedelta(seconds=60)
@@ -62,9 +71,12 @@ def mailings(context: dg.AssetExecutionContext, mongo: MongoResource, ses: SesRe
     ledger = MailLedger(db.mail_log, db.mail_events)
     ledger.ensure_indexes()
     try:
-        outcome = process_mailing(db, mongo.work_queue("mailings"), ledger, ses, mailing_id, context.run.run_id)
+        outcome = process_mailing(db, mongo.work_queue("mailings"), ledger, ses, ses.gateway(), mailing_id, context.run.run_id)
     except RequestRejected as rejected:
         raise dg.Failure(description=f"mailing rejected: {rejected}") from rejected
+    except (SendingStopped, LeaseLost) as lost:
+        context.log.error(describe_error(lost))
+        raise dg.Failure(description=f"stopped: {describe_error(lost)}") from lost
     return report(ledger, mailing_id, outcome)
 
 
@@ -90,19 +102,26 @@ def transactional_mail(
     queue = mongo.work_queue("mailings")
     ledger = MailLedger(db.mail_log, db.mail_events)
     ledger.ensure_indexes()
+    gateway = ses.gateway()  # shared by the batch: one client, one template check per template
     outcomes: Counter[str] = Counter()
     transient = 0
     for document_id in config.document_ids:
         try:
-            outcomes[process_mailing(db, queue, ledger, ses, ObjectId(document_id), context.run.run_id).status] += 1
+            outcomes[process_mailing(db, queue, ledger, ses, gateway, ObjectId(document_id), context.run.run_id).status] += 1
         except RequestRejected as rejected:
             context.log.warning(f"mailing {document_id} rejected: {rejected}")
             outcomes["rejected"] += 1
+        except (SendingStopped, LeaseLost) as lost:
+            context.log.error(describe_error(lost))
+            outcomes["lease_lost"] += 1
         except Exception as exc:  # released for a retry by process_mailing
-            context.log.warning(f"mailing {document_id}: {type(exc).__name__}, retried later")
+            context.log.warning(f"mailing {document_id}: {describe_error(exc)}; retried later")
             transient += 1
-    if transient:
-        raise dg.Failure(description=f"{transient} mailing(s) hit transient errors and will be retried; {dict(outcomes)}")
+    if transient or outcomes["lease_lost"]:
+        raise dg.Failure(
+            description=f"{transient} mailing(s) hit transient errors and will be retried, {outcomes['lease_lost']} lost "
+            f"their lease to another run; {dict(outcomes)}"
+        )
     return dg.MaterializeResult(metadata={"mailings": len(config.document_ids), **{f"mailings_{k}": n for k, n in outcomes.items()}})
 
 
@@ -112,52 +131,92 @@ class MailingOutcome:
     detail: str
 
 
-def process_mailing(db, queue: WorkQueue, ledger: MailLedger, ses: SesResource, mailing_id: ObjectId, owner: str) -> MailingOutcome:
+def process_mailing(
+    db, queue: WorkQueue, ledger: MailLedger, ses: SesResource, gateway: SesGateway, mailing_id: ObjectId, owner: str
+) -> MailingOutcome:
     """Claim the mailing, send it, then complete or postpone it. A rejected mailing is failed and
-    the rejection raised; any other error releases it for a retry and propagates."""
+    the rejection raised; a lost lease raises (nothing to release: another run holds it); any
+    other error releases it for a retry and propagates."""
     mailing = queue.claim(mailing_id, owner)
     if mailing is None:
         return MailingOutcome("not_claimed", "already finished or held by another run")
     try:
-        return send(db, queue, ledger, ses, mailing, owner)
+        return send(db, queue, ledger, ses, gateway, mailing, owner)
     except RequestRejected as rejected:
-        queue.fail(mailing_id, owner, str(rejected))
+        if not queue.fail(mailing_id, owner, str(rejected)):
+            raise LeaseLost(queue.name, mailing_id, owner, "record the rejection") from rejected
+        raise
+    except (SendingStopped, LeaseLost):
         raise
     except BaseException as exc:
-        queue.release(mailing_id, owner, f"{type(exc).__name__}: {exc}")
+        queue.release(mailing_id, owner, describe_error(exc))
         raise
 
 
-def send(db, queue: WorkQueue, ledger: MailLedger, ses: SesResource, mailing: Mapping[str, Any], owner: str) -> MailingOutcome:
+def send(
+    db, queue: WorkQueue, ledger: MailLedger, ses: SesResource, gateway: SesGateway, mailing: Mapping[str, Any], owner: str
+) -> MailingOutcome:
+    mailing_id = mailing["_id"]
     template = find_template(mailing)
-    gateway = ses.gateway()
-    ses_template = mailing.get("ses_template") or gateway.ensure_template(template)
-    db.mailings.update_one({"_id": mailing["_id"]}, {"$set": {"ses_template": ses_template}})
     bulk = mailing.get("kind", "bulk") != "transactional"
-    recipients = resolve_recipients(db, mailing, ses.unsubscribe_link if bulk else None)
-    ledger.add_recipients(mailing["_id"], plan_recipients(template, recipients, mailing.get("default_data"), bulk))
-    dispatch = send_mailing(ledger, gateway, mailing["_id"], ses_template, owner, bulk)
-    counts = ledger.counts(mailing["_id"])
+    if bulk:
+        try:
+            gateway.check_send_events_published()
+        except SendEventsNotPublished as exc:
+            raise RequestRejected(str(exc)) from exc
+    ses_template = mailing.get("ses_template")
+    if ses_template is None:
+        ses_template = gateway.ensure_template(template)
+        queue.save_progress(mailing_id, owner, {"ses_template": ses_template})
+    if mailing.get("expanded_at") is None:
+        expand(db, queue, ledger, ses, template, mailing, owner, bulk)
+    dispatch = send_mailing(
+        ledger, gateway, mailing_id, ses_template, owner, bulk,
+        members=db.users, keep_alive=lambda: queue.extend_lease(mailing_id, owner),
+        unsubscribe_link=ses.unsubscribe_link if bulk else None,
+    )
+    counts = ledger.counts(mailing_id)
     if dispatch.paused_until is not None:
-        queue.postpone(mailing["_id"], owner, dispatch.paused_until, f"SES paused sending: {dispatch.pause_reason}")
+        _postpone(queue, mailing_id, owner, dispatch.paused_until, f"SES paused sending: {dispatch.pause_reason}")
         return MailingOutcome("paused", f"paused until {dispatch.paused_until.isoformat()}")
-    if not ledger.mailing_done(mailing["_id"]):
-        retry = ledger.next_retry_at(mailing["_id"]) or utc_now() + OPEN_RECIPIENTS_RECHECK
+    if not ledger.mailing_done(mailing_id):
+        retry = ledger.next_retry_at(mailing_id) or utc_now() + OPEN_RECIPIENTS_RECHECK
         waiting = f"{counts[UNKNOWN]} unknown (awaiting SES events), {counts[CLAIMED]} held by another worker"
-        queue.postpone(mailing["_id"], owner, max(retry, utc_now()), waiting)
+        _postpone(queue, mailing_id, owner, max(retry, utc_now()), waiting)
         return MailingOutcome("waiting", f"postponed: {waiting}")
-    sent_users = db.mail_log.distinct("user_id", {"mailing_id": mailing["_id"], "status": SENT})
-    mark_invited(db, mailing, sent_users, utc_now())
-    queue.complete(mailing["_id"], owner, {"counts": counts})
+    mark_invited(db, mailing, ledger.sent_user_ids(mailing_id), utc_now())
+    if not queue.complete(mailing_id, owner, {"counts": counts}):
+        raise LeaseLost(queue.name, mailing_id, owner, "complete it")
     return MailingOutcome("done", "done")
 
 
+def expand(
+    db, queue: WorkQueue, ledger: MailLedger, ses: SesResource, template: EmailTemplate, mailing: Mapping[str, Any], owner: str, bulk: bool
+) -> None:
+    """Resolve, plan and add the mailing's recipients, a chunk of `USERS_PER_QUERY` at a time (the lease
+    renewed after each), then record `expanded_at` so no later claim expands it again."""
+    recipients = resolve_recipients(db, mailing, ses.unsubscribe_link if bulk else None)
+    links = ses.link_policy()
+    listed = 0
+    for chunk in recipients.chunks():  # `USERS_PER_QUERY` recipients each, never the whole list
+        ledger.add_recipients(mailing["_id"], plan_recipients(template, chunk, mailing.get("default_data"), bulk, links))
+        listed += len(chunk)
+        queue.renew(mailing["_id"], owner)
+    expansion = {"recipients": listed, "duplicates": recipients.duplicates, "missing_members": recipients.missing_members}
+    queue.save_progress(mailing["_id"], owner, {"expanded_at": utc_now(), "expansion": expansion})
+
+
+def _postpone(queue: WorkQueue, mailing_id: ObjectId, owner: str, until: dt.datetime, reason: str) -> None:
+    if not queue.postpone(mailing_id, owner, until, reason):
+        raise LeaseLost(queue.name, mailing_id, owner, "postpone it")
+
+
 def find_template(mailing: Mapping[str, Any]) -> EmailTemplate:
+    """The mailing's template, once its document's shape is checked (`validation.check_mailing`):
+    a wrong document raises `RequestRejected` naming the field, before anything is sent."""
     templates = load_templates()
-    name = mailing.get("template")
-    if name not in templates:
-        raise RequestRejected(f"template: no template {name!r}; known: {', '.join(sorted(templates))}")
-    return templates[name]
+    check_mailing(mailing, templates)
+    return templates[mailing["template"]]
 
 
 def report(ledger: MailLedger, mailing_id: ObjectId, outcome: MailingOutcome) -> dg.MaterializeResult:
@@ -195,6 +254,7 @@ def feedback_metadata(report: DrainReport) -> dict[str, Any]:
         "messages_read": report.messages_read,
         "messages_deleted": report.messages_deleted,
         "messages_ignored": report.messages_ignored,
+        "messages_untrusted": report.messages_untrusted,
         "events_stored": report.events_stored,
         "events_by_type": dg.MetadataValue.json(dict(sorted(report.events_by_type.items()))),
         "members_bounced": report.members[BOUNCED],

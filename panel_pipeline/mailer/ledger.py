@@ -8,18 +8,26 @@ One document per (mailing, recipient), unique on (mailing_id, recipient_key) and
        |   lease expired, |                              | no answer / worker died
        +--- no attempt ---+                              v
                                                       unknown --reconcile(SES send events)--> sent | failed
-    suppressed (never mailed, e.g. unsubscribed), failed (e.g. missing template data) at expansion.
+    suppressed (never mailed, e.g. unsubscribed), failed (e.g. missing template data) at expansion;
+    claimed --suppress--> suppressed (the member left after the mailing was planned).
 
 The attempt is written BEFORE SES is called. A claimed row whose lease expired without an attempt
 is safely claimable again; one whose attempt had started may or may not have been mailed, so it
 becomes `unknown` and is settled from SES events (message tags carry mailing, batch and recipient)
-or by an explicit decision (`release_unknown`), never by a blind re-send. pymongo only, no Dagster.
+or by an explicit decision (`release_unknown`), never by a blind re-send. Only SES `Send` events
+show that the feed has moved past an attempt: bounces, complaints and deliveries can arrive while
+Send events are missing, so without Send events no unknown row is ever released.
+
+A row's `data` (reset links, unsubscribe tokens, first name) lives only while the row may still be
+sent: it is removed when the row is settled (sent, failed, suppressed), and never stored for a row
+that is failed or suppressed from the start. pymongo only, no Dagster.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +53,8 @@ ERROR_MAX_CHARS = 500
 # How much later than an attempt the event feed must have reached before the attempt's silence
 # means "not accepted": SES events arrive within seconds, SNS and SQS do not keep their order.
 EVENT_SILENCE = dt.timedelta(minutes=10)
+SEND_EVENT = "Send"
+ROWS_PER_INSERT = 1000
 
 
 def utc_now() -> dt.datetime:
@@ -139,14 +149,20 @@ class MailLedger:
             [("mailing_id", ASCENDING), ("status", ASCENDING), ("retry_at", ASCENDING)], name="mailing_status"
         )
         self.collection.create_index([("batch_id", ASCENDING)], name="batch")
+        if self.events is not None:
+            self.events.create_index([("event_type", ASCENDING), ("occurred_at", DESCENDING)], name="type_time")
 
     # --- expansion ----------------------------------------------------------------------------
 
     def add_recipients(self, mailing_id: ObjectId, recipients: Iterable[NewRecipient]) -> int:
-        """Insert rows for new recipients; ones already in the mailing are skipped. Returns how many were added."""
+        """Insert rows for new recipients, `ROWS_PER_INSERT` at a time (the iterable is consumed in
+        chunks, never held whole); ones already in the mailing are skipped. Returns how many were added."""
         now = self._now()
-        documents = [self._new_row(mailing_id, recipient, now) for recipient in recipients]
-        return len(documents) - len(insert_missing(self.collection, documents))
+        added = 0
+        rows = (self._new_row(mailing_id, recipient, now) for recipient in recipients)
+        while chunk := list(itertools.islice(rows, ROWS_PER_INSERT)):
+            added += len(chunk) - len(insert_missing(self.collection, chunk))
+        return added
 
     def _new_row(self, mailing_id: ObjectId, recipient: NewRecipient, now: dt.datetime) -> dict[str, Any]:
         if recipient.status not in (PENDING, FAILED, SUPPRESSED):
@@ -156,12 +172,13 @@ class MailLedger:
             "recipient_key": recipient.recipient_key,
             "user_id": recipient.user_id,
             "email": normalize_email(recipient.email),
-            "data": dict(recipient.data),
             "status": recipient.status,
             "attempts": 0,
             "created_at": now,
             "updated_at": now,
         }
+        if recipient.status == PENDING:
+            row["data"] = dict(recipient.data)
         if recipient.error:
             row["error"] = recipient.error[:ERROR_MAX_CHARS]
         return row
@@ -222,6 +239,21 @@ class MailLedger:
         rows = list(self.collection.find({"attempt_id": attempt_id}).sort("_id", ASCENDING))
         return Batch(batch.batch_id, batch.mailing_id, batch.owner, rows)
 
+    def suppress(self, batch: Batch, reasons: Mapping[str, str]) -> Batch:
+        """Claimed rows of this batch that must not be mailed after all (`reasons` by recipient key)
+        end `suppressed` with the reason; returns the batch without them."""
+        if not reasons:
+            return batch
+        now = self._now()
+        for reason, keys in _keys_by_reason(reasons).items():
+            self.collection.update_many(
+                {"batch_id": batch.batch_id, "recipient_key": {"$in": keys}, "status": CLAIMED, "lease_owner": batch.owner},
+                {"$set": {"status": SUPPRESSED, "error": reason[:ERROR_MAX_CHARS], "updated_at": now, "lease_owner": None, "lease_until": None},
+                 "$unset": {"data": ""}},
+            )
+        rows = [row for row in batch.rows if row["recipient_key"] not in reasons]
+        return Batch(batch.batch_id, batch.mailing_id, batch.owner, rows)
+
     def record_results(
         self, batch: Batch, results: Iterable[EntryResult], retry_at: dt.datetime | None = None
     ) -> dict[str, int]:
@@ -251,11 +283,11 @@ class MailLedger:
         elif result.outcome is Outcome.FAILED:
             fields |= {"status": FAILED, "error": error}
         elif result.outcome is Outcome.UNKNOWN:
-            fields |= {"status": UNKNOWN, "error": error}
+            return {"$set": fields | {"status": UNKNOWN, "error": error}}  # may be sent again: keeps its data
         else:
             # Nothing was sent: the row may be claimed again once retry_at has passed.
-            fields |= {"status": PENDING, "error": error, "retry_at": retry_at or now, "attempt_started_at": None}
-        return {"$set": fields}
+            return {"$set": fields | {"status": PENDING, "error": error, "retry_at": retry_at or now, "attempt_started_at": None}}
+        return {"$set": fields, "$unset": {"data": ""}}
 
     # --- recovery and reconciliation ------------------------------------------------------------
 
@@ -287,7 +319,7 @@ class MailLedger:
                     "recipient_key": event.recipient_key,
                     "status": UNKNOWN,
                 },
-                {"$set": fields},
+                {"$set": fields, "$unset": {"data": ""}},
             ).modified_count
         return settled
 
@@ -295,9 +327,11 @@ class MailLedger:
         """Settle the mailing's `unknown` rows from the stored SES events.
 
         A row with an event is sent (or failed). A row with none, although the feed has since
-        delivered events of messages sent more than `silence` after its attempt, was never accepted
-        by SES (SES publishes a Send event for every message it accepts): it goes back to pending.
-        While the feed is silent nothing is assumed, so a broken feed delays mail but never doubles it.
+        delivered Send events of messages sent more than `silence` after its attempt, was never
+        accepted by SES (SES publishes a Send event for every message it accepts): it goes back to
+        pending. Only Send events count: a feed that carries bounces or deliveries but no Send
+        events (a destination without SEND) proves nothing. While no Send event newer than the
+        attempt has arrived nothing is assumed, so a broken feed delays mail but never doubles it.
         """
         if self.events is None:
             return {}
@@ -309,7 +343,8 @@ class MailLedger:
             SendEvent(doc["event_type"], str(doc["mailing_id"]), doc["batch_id"], doc["recipient_key"], doc.get("message_id", ""), doc.get("error"))
             for doc in stored
         )
-        newest = self.events.find_one({}, {"occurred_at": 1}, sort=[("occurred_at", DESCENDING)])
+        settled[PENDING] = 0
+        newest = self.events.find_one({"event_type": SEND_EVENT}, {"occurred_at": 1}, sort=[("occurred_at", DESCENDING)])
         if newest is not None:
             now = self._now()
             heard_until = _aware(newest["occurred_at"]) - silence
@@ -327,10 +362,19 @@ class MailLedger:
         if to_status not in (PENDING, FAILED):
             raise ValueError("unknown rows are released to pending or failed")
         now = self._now()
+        update: dict[str, Any] = {"$set": {"status": to_status, "retry_at": now, "updated_at": now, "error": "released: no SES event"}}
+        if to_status == FAILED:
+            update["$unset"] = {"data": ""}
         return self.collection.update_many(
-            {"mailing_id": mailing_id, "status": UNKNOWN, "attempt_started_at": {"$lt": attempted_before}},
-            {"$set": {"status": to_status, "retry_at": now, "updated_at": now, "error": "released: no SES event"}},
+            {"mailing_id": mailing_id, "status": UNKNOWN, "attempt_started_at": {"$lt": attempted_before}}, update
         ).modified_count
+
+    def sent_user_ids(self, mailing_id: ObjectId) -> Iterable[Any]:
+        """The user ids of the mailing's sent rows, streamed from a cursor (never all in memory)."""
+        cursor = self.collection.find(
+            {"mailing_id": mailing_id, "status": SENT, "user_id": {"$ne": None}}, {"user_id": 1, "_id": 0}, batch_size=ROWS_PER_INSERT
+        )
+        return (row["user_id"] for row in cursor)
 
     # --- progress -----------------------------------------------------------------------------
 
@@ -351,6 +395,13 @@ class MailLedger:
         if row is None:
             return None
         return row.get("retry_at") or self._now()
+
+
+def _keys_by_reason(reasons: Mapping[str, str]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for key, reason in reasons.items():
+        grouped.setdefault(reason, []).append(key)
+    return grouped
 
 
 def _aware(moment: dt.datetime) -> dt.datetime:

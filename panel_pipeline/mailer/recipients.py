@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -75,15 +76,16 @@ def _object_id(value: Any, field: str) -> ObjectId:
 
 def mark_invited(db: Database, mailing: Mapping[str, Any], sent_user_ids: Iterable[Any], sent_at: Any) -> int:
     """Sample members this mailing reached get `invited_at` (the Sampler and Updater read it): the
-    members it was made for (`mailing_id`), or the members of its `sample_id`."""
-    ids = [uid for uid in sent_user_ids if uid is not None]
-    if not ids:
-        return 0
+    members it was made for (`mailing_id`), or the members of its `sample_id`. `sent_user_ids` is
+    consumed `USERS_PER_QUERY` at a time (one update each), so no list of every member is built."""
     scope: dict[str, Any] = {"mailing_id": mailing["_id"]}
     if mailing.get("sample_id") and not mailing.get("recipients"):
         scope = {"sample_id": _object_id(mailing["sample_id"], "sample_id")}
-    result = db.sample_members.update_many(
-        {**scope, "user_id": {"$in": ids}, "invited_at": None},
-        {"$set": {"invited_at": sent_at, "mailing_id": mailing["_id"]}},
-    )
-    return result.modified_count
+    ids = (uid for uid in sent_user_ids if uid is not None)
+    marked = 0
+    while chunk := list(itertools.islice(ids, USERS_PER_QUERY)):
+        marked += db.sample_members.update_many(
+            {**scope, "user_id": {"$in": chunk}, "invited_at": None},
+            {"$set": {"invited_at": sent_at, "mailing_id": mailing["_id"]}},
+        ).modified_count
+    return marked

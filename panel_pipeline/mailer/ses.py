@@ -371,6 +371,8 @@ class SesGateway:
                 problem = self._entry_problem(entry)
             except (TypeError, ValueError):
                 problem = f"template data: {_first_non_json(recipient.template_data, 'data') or 'not a JSON object'}"
+            if send.bulk and not recipient.unsubscribe_url:
+                problem = "bulk mail needs an unsubscribe link (List-Unsubscribe), and this recipient has none"
             if problem is None:
                 built.append((recipient.recipient_key, entry))
             else:
@@ -435,8 +437,6 @@ class SesGateway:
         for value in (send.mailing_id, send.batch_id, *(r.recipient_key for r in send.recipients)):
             if not _TAG_VALUE.match(value):
                 raise ValueError("mailing, batch and recipient ids must be SES tag values ([A-Za-z0-9_-])")
-        if send.bulk and any(not r.unsubscribe_url for r in send.recipients):
-            raise ValueError("bulk mail needs an unsubscribe URL for every recipient")
 
     def _request(self, send: BulkSend, entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         request: dict[str, Any] = {

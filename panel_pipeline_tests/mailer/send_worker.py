@@ -34,7 +34,10 @@ def main() -> None:
     with pymongo.MongoClient(args.mongo_uri, tz_aware=True) as client:
         db = client[args.database]
         ledger = MailLedger(db.mail_log, db.mail_events)
-        send_mailing(ledger, gateway, ObjectId(args.mailing), args.template, owner=f"worker-{os.getpid()}", policy=policy)
+        send_mailing(
+            ledger, gateway, ObjectId(args.mailing), args.template, owner=f"worker-{os.getpid()}", policy=policy,
+            members=db.users, unsubscribe_link=lambda user_id: f"https://panel.example.org/unsubscribe?u={user_id}&sig=SECRET",
+        )
 
 
 if __name__ == "__main__":

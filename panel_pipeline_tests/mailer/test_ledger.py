@@ -188,3 +188,64 @@ def test_ses_events_are_parsed_from_tags() -> None:
     }
     assert send_event_from_ses(event) == SendEvent("Send", "m", "b", "r", "ses-9")
     assert send_event_from_ses({"notificationType": "Bounce", "mail": {"tags": {}}}) is None
+
+
+def test_only_send_events_show_the_feed_moved_past_an_attempt(ledger: MailLedger) -> None:
+    ledger, clock = _clocked(ledger)
+    mailing = ObjectId()
+    ledger.add_recipients(mailing, _people(2))
+    batch = ledger.start_attempt(ledger.claim_batch(mailing, "w1", 10, 30))
+    attempted = clock.now
+    clock.advance(31)
+    ledger.recover_expired(mailing)
+    much_later = attempted + dt.timedelta(minutes=30)
+    for event_type in ("Bounce", "Complaint", "Delivery", "Reject"):  # other mail's feedback, no Send event
+        ledger.events.insert_one(_stored_event(ObjectId(), "other", "someone", event_type, much_later))
+    clock.advance(3600)
+    assert ledger.settle_unknown(mailing) == {SENT: 0, FAILED: 0, PENDING: 0}
+    assert ledger.counts(mailing)[UNKNOWN] == 2, "without Send events no unknown row is released"
+
+    ledger.events.insert_one(_stored_event(ObjectId(), "other", "someone", "Send", much_later))
+    assert ledger.settle_unknown(mailing)[PENDING] == 2
+    assert sorted(ledger.claim_batch(mailing, "w2", 10, 30).keys) == sorted(batch.keys)
+
+
+def test_a_rows_data_is_removed_once_it_is_settled(ledger: MailLedger) -> None:
+    mailing = ObjectId()
+    token = {"first_name": "T", "reset_url": "https://panel.example/reset?token=SECRET"}
+    people = [NewRecipient(f"t{i}@example.org", token, user_id=ObjectId()) for i in range(6)]
+    ledger.add_recipients(mailing, [
+        *people,
+        NewRecipient("failed@example.org", token, status=FAILED, error="missing template data: x"),
+        NewRecipient("gone@example.org", token, status=SUPPRESSED, error="member status is unsubscribed"),
+    ])
+    batch = ledger.start_attempt(ledger.claim_batch(mailing, "w1", 5, 30))
+    keys = batch.keys
+    ledger.record_results(batch, [
+        EntryResult(keys[0], Outcome.SENT, "SUCCESS", "ses-a"),
+        EntryResult(keys[1], Outcome.FAILED, "MESSAGE_REJECTED", error="rejected"),
+        EntryResult(keys[2], Outcome.RETRY, "ACCOUNT_THROTTLED", error="throttled"),
+        EntryResult(keys[3], Outcome.UNKNOWN, error="no answer"),
+        EntryResult(keys[4], Outcome.UNKNOWN, error="no answer"),
+    ], retry_at=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+    ledger.reconcile([SendEvent("Send", str(mailing), batch.batch_id, keys[3], "ses-d")])
+    claimed = ledger.claim_batch(mailing, "w2", 10, 30)
+    (last,) = claimed.keys
+    assert ledger.suppress(claimed, {last: "member status is bounced (changed after the mailing was planned)"}).rows == []
+    rows = {row["recipient_key"]: row for row in ledger.collection.find({"mailing_id": mailing})}
+    with_data = {row["status"] for row in rows.values() if "data" in row}
+    without_data = {row["status"] for row in rows.values() if "data" not in row}
+    assert with_data == {PENDING, UNKNOWN}, "only rows that may still be sent keep their data"
+    assert without_data == {SENT, FAILED, SUPPRESSED}
+    assert rows[last]["status"] == SUPPRESSED and "changed after" in rows[last]["error"]
+    assert "SECRET" not in str(list(ledger.collection.find({"status": {"$in": [SENT, FAILED, SUPPRESSED]}})))
+
+
+def test_recipients_are_added_from_an_iterable_in_chunks_and_sent_ids_streamed_back(ledger: MailLedger) -> None:
+    mailing = ObjectId()
+    people = (NewRecipient(f"p{i}@example.org", {"first_name": "P"}, user_id=ObjectId()) for i in range(2500))
+    assert ledger.add_recipients(mailing, people) == 2500
+    ledger.collection.update_many({"mailing_id": mailing}, {"$set": {"status": SENT}})
+    sent = ledger.sent_user_ids(mailing)
+    assert not isinstance(sent, list | set | tuple), "streamed, not collected"
+    assert len(set(sent)) == 2500
