@@ -1,6 +1,14 @@
-"""The Sampler's asset: one partition per sample request, drawn from the users table."""
+"""The Sampler's asset: one partition per sample request, drawn from the users table.
 
-from collections.abc import Mapping
+Inside the claim, in this order: draw and write the members (the lease renewed first), save the
+write-back fields on the request (under the lease), stamp the members and create the invitation,
+then complete. So a crash at any point leaves nothing lost: a later claim that finds the draw saved
+(`drawn_by_run` on an unprocessed request) does not draw again, it finishes the invitation and
+completes. A request that places nobody is failed with what leaves nobody; a partly filled one is
+done with its `shortfall`.
+"""
+
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import dagster as dg
@@ -8,13 +16,14 @@ from bson import ObjectId
 
 from panel_pipeline.partitions import sample_requests
 from panel_pipeline.queue.resources import MongoResource
-from panel_pipeline.queue.store import RequestRejected, process_document, utc_now
+from panel_pipeline.queue.store import RequestRejected, WorkQueue, process_document, utc_now
 from panel_pipeline.sampler import invitations, members
 from panel_pipeline.sampler.composition_chart import composition_svg, markdown_image
-from panel_pipeline.sampler.quotas import SelectionResult, select
+from panel_pipeline.sampler.quotas import CategoryReport, SelectionResult, nobody_placed_reason, select
 from panel_pipeline.sampler.requests import SampleRequestError, parse_sample_request
 
 TOLERANCE_CHECK = "composition_within_tolerance"
+DRAW_FIELDS = ("result", "members", "shortfall", "seed_used", "drawn_at", "drawn_by_run", "open")
 
 
 class RedrawConfig(dg.Config):
@@ -51,12 +60,15 @@ def samples(context: dg.AssetExecutionContext, config: RedrawConfig, mongo: Mong
 
     if document.get("processed"):
         result = redraw(db, document, config, run_id)
+        invitations.invite_sample(db, sample_id, utc_now(), context.log)
+        report = result.to_document()
     else:
         drawn: dict[str, Any] = {}
 
         def work(doc: Mapping[str, Any]) -> Mapping[str, Any]:
-            drawn["result"] = draw(db, doc, run_id)
-            return drawn["result"][1]
+            drawn["report"], write_back = draw_once(db, queue, doc, run_id)
+            invitations.invite_sample(db, sample_id, utc_now(), context.log)
+            return write_back
 
         outcome = process_document(queue, sample_id, run_id, work)
         if outcome.status == "failed":
@@ -64,14 +76,31 @@ def samples(context: dg.AssetExecutionContext, config: RedrawConfig, mongo: Mong
         if outcome.status == "skipped":
             context.log.info("the request is claimed by another run; nothing to do")
             return dg.MaterializeResult(metadata={"skipped": True})
-        result = drawn["result"][0]
-    invitations.stamp_pending_invitations(db, sample_id)
-    invitations.create_missing_mailings(db, utc_now())
-    return materialization(result)
+        report = drawn["report"]
+    # Invitations other runs left pending (a crash, a sample fixed since): each fails alone.
+    invitations.create_missing_mailings(db, utc_now(), log=context.log)
+    return materialization(report)
 
 
-def draw(db, document: Mapping[str, Any], run_id: str, changes: Mapping[str, Any] | None = None) -> tuple[SelectionResult, dict[str, Any]]:
-    """Validate, select and write members; the returned fields are written back on the request."""
+def draw_once(db, queue: WorkQueue, document: Mapping[str, Any], run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The draw of a claimed request and its write-back fields, saved on the request before any
+    invitation is made; a request an earlier claim already drew is not drawn again."""
+    if document.get("drawn_by_run"):
+        return dict(document["result"]), {field: document[field] for field in DRAW_FIELDS if field in document}
+    result, write_back = draw(db, document, run_id, before_writing=lambda: queue.renew(document["_id"], run_id))
+    queue.save_progress(document["_id"], run_id, write_back)
+    return result.to_document(), write_back
+
+
+def draw(
+    db,
+    document: Mapping[str, Any],
+    run_id: str,
+    changes: Mapping[str, Any] | None = None,
+    before_writing: Callable[[], None] = lambda: None,
+) -> tuple[SelectionResult, dict[str, Any]]:
+    """Validate, select and write members; the returned fields are written back on the request.
+    `before_writing` runs between the selection and the first write (the queue renews its lease)."""
     try:
         request = parse_sample_request({**document, **(changes or {})})
     except SampleRequestError as invalid:
@@ -89,11 +118,16 @@ def draw(db, document: Mapping[str, Any], run_id: str, changes: Mapping[str, Any
     if kept:
         # Invited members stay; the rest of the size is drawn around them (to the same targets).
         request = request.model_copy(update={"size": request.size - len(kept)})
-    result = select(panel, request, members.eligibility(panel, excluded))
+    eligible = members.eligibility(panel, excluded)
+    result = select(panel, request, eligible)
+    if result.invited == 0 and not request.dynamic:  # a dynamic sample waits for newcomers, its shortfall says how many
+        raise RequestRejected(nobody_placed_reason(panel, request, eligible, result))
+    before_writing()
     written = members.replace_members(db, sample_id, [str(uid) for uid in result.member_ids], now)
     write_back = {
         "result": result.to_document(),
         "members": written["members"],
+        "shortfall": shortfall(result),
         "seed_used": result.seed,
         "drawn_at": now,
         "drawn_by_run": run_id,
@@ -122,20 +156,35 @@ def redraw(db, document: Mapping[str, Any], config: RedrawConfig, run_id: str) -
     return result
 
 
-def materialization(result: SelectionResult) -> dg.MaterializeResult:
-    passed = bool(result.max_deviation_pp <= result.tolerance_pp and result.completes_planned == result.size_requested)
-    composition = markdown_image(composition_svg(result.categories, result.tolerance_pp))
+def shortfall(result: SelectionResult) -> dict[str, Any]:
+    """What a partly filled sample misses: completes overall, and per target category short."""
+    return {
+        "completes": int(result.size_requested - result.completes_planned),
+        "categories": [
+            {"target": r.target, "category": r.category, "requested": round(r.requested, 1), "allocated": r.allocated, "short": round(r.shortfall, 1)}
+            for r in result.shortfalls
+        ],
+    }
+
+
+def materialization(report: Mapping[str, Any]) -> dg.MaterializeResult:
+    """From the result as written on the request (`SelectionResult.to_document()`), so a run that
+    finishes an earlier claim's draw shows the same."""
+    categories = [CategoryReport(**entry) for entry in report["composition"]]
+    deviation, tolerance = float(report["max_deviation_pp"]), float(report["tolerance_pp"])
+    passed = bool(deviation <= tolerance and report["completes_planned"] == report["size_requested"])
+    composition = markdown_image(composition_svg(categories, tolerance))
     return dg.MaterializeResult(
         metadata={
-            "status": result.status,
-            "completes_planned": int(result.completes_planned),
-            "invitations": int(result.invited),
-            "largest_deviation_pp": dg.MetadataValue.float(round(float(result.max_deviation_pp), 3)),
-            "seed": int(result.seed),
-            "effective_sample_size": dg.MetadataValue.float(round(float(result.weighting_cost.effective_sample_size), 1)),
+            "status": report["status"],
+            "completes_planned": int(report["completes_planned"]),
+            "invitations": int(report["invited"]),
+            "largest_deviation_pp": dg.MetadataValue.float(round(deviation, 3)),
+            "seed": int(report["seed"]),
+            "effective_sample_size": dg.MetadataValue.float(round(float(report["weighting_cost"]["effective_sample_size"]), 1)),
             "composition_chart": dg.MetadataValue.md(composition),
-            "target_vs_achieved": dg.MetadataValue.md(composition_table(result)),
-            "summary": dg.MetadataValue.text(result.summary()),
+            "target_vs_achieved": dg.MetadataValue.md(composition_table(categories)),
+            "summary": dg.MetadataValue.text(report["message"]),
         },
         check_results=[
             dg.AssetCheckResult(
@@ -143,19 +192,19 @@ def materialization(result: SelectionResult) -> dg.MaterializeResult:
                 passed=passed,
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={
-                    "largest_deviation_pp": dg.MetadataValue.float(round(float(result.max_deviation_pp), 3)),
-                    "tolerance_pp": dg.MetadataValue.float(float(result.tolerance_pp)),
-                    "cells_short": len(result.shortfalls),
+                    "largest_deviation_pp": dg.MetadataValue.float(round(deviation, 3)),
+                    "tolerance_pp": dg.MetadataValue.float(tolerance),
+                    "cells_short": sum(1 for report in categories if report.shortfall >= 0.5),
                 },
             )
         ],
     )
 
 
-def composition_table(result: SelectionResult) -> str:
+def composition_table(categories: list[CategoryReport]) -> str:
     lines = ["| target | category | target % | achieved % | deviation pp | shortfall |", "|---|---|---|---|---|---|"]
     lines += [
         f"| {r.target} | {r.category} | {r.target_pct:.2f} | {r.achieved_pct:.2f} | {r.deviation_pp:+.2f} | {r.shortfall:.0f} |"
-        for r in result.categories
+        for r in categories
     ]
     return "\n".join(lines)

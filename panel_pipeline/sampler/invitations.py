@@ -1,64 +1,143 @@
 """Invitations for sample members, made exactly once, for the Sampler and the Updater alike.
 
 Two idempotent steps. First the members of a sample with an invitation (`mailing.template`) who are
-not yet tied to one are stamped with one new mailing id (each member document gets one id, once);
-then every stamped id that has no `mailings` document yet gets one, naming exactly those members.
-A crash between the steps leaves stamped members whose mailing the next run creates with the same
-id; nobody is named by two invitations, and the Mailer sends each recipient of a mailing once.
+not yet tied to one are stamped with one new mailing id (each member document gets one id, once),
+after that id is written to `pending_invitations` (`{_id: mailing id, sample_id, stamped_at}`);
+then every pending id gets its `mailings` document and leaves `pending_invitations`. A crash
+between the steps leaves a pending id whose mailing the next run creates with the same id; nobody
+is named by two invitations, and the Mailer sends each recipient of a mailing once.
+
+An invitation references its recipients instead of listing them, so no sample size can pass
+Mongo's 16 MB document limit: `{_id, processed: false, created_at, kind: "bulk", template,
+default_data, invitation_for_sample, recipient_count}`, and its recipients are the `sample_members`
+whose `mailing_id` is its `_id`.
+
+Each sample's invitation fails alone: a reason (a `mailing.default_data` that is not an object,
+...) is written on that sample as `invitation_error` and its id stays pending until the sample is
+fixed; the others go on. A sample deleted, or whose `mailing` was unset, after its members were
+stamped has its members unstamped (they were never invited) and its pending id dropped, logged by
+id. Every query is bounded by the pending ids (one per stamping), never by all of `sample_members`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 from bson import ObjectId
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from panel_pipeline.privacy import describe_error
 
-def stamp_pending_invitations(db: Database, sample_id: ObjectId) -> ObjectId | None:
+LOG = logging.getLogger(__name__)
+Logger = logging.Logger | logging.LoggerAdapter
+
+
+class InvitationError(ValueError):
+    """The sample's invitation cannot be made as it stands (names the field to fix)."""
+
+
+def stamp_pending_invitations(db: Database, sample_id: ObjectId, now: dt.datetime | None = None) -> ObjectId | None:
     """Tie the sample's members still waiting for an invitation to one new mailing id."""
     sample = db.samples.find_one({"_id": sample_id}, {"mailing": 1})
-    if not ((sample or {}).get("mailing") or {}).get("template"):
+    mailing = (sample or {}).get("mailing")
+    if not (isinstance(mailing, Mapping) and mailing.get("template")):
         return None  # a sample without an invitation: members are added, nobody is mailed
+    waiting = {"sample_id": sample_id, "invited_at": None, "mailing_id": {"$exists": False}}
+    if db.sample_members.find_one(waiting, {"_id": 1}) is None:
+        return None
     mailing_id = ObjectId()
-    result = db.sample_members.update_many(
-        {"sample_id": sample_id, "invited_at": None, "mailing_id": {"$exists": False}},
-        {"$set": {"mailing_id": mailing_id}},
-    )
-    return mailing_id if result.modified_count else None
+    # Pending first: a crash after it and before the stamp leaves an id naming nobody, dropped later.
+    db.pending_invitations.insert_one({"_id": mailing_id, "sample_id": sample_id, "stamped_at": now or dt.datetime.now(dt.timezone.utc)})
+    if db.sample_members.update_many(waiting, {"$set": {"mailing_id": mailing_id}}).modified_count:
+        return mailing_id
+    db.pending_invitations.delete_one({"_id": mailing_id})
+    return None
 
 
-def create_missing_mailings(db: Database, now: dt.datetime) -> list[ObjectId]:
-    """A `mailings` document for every stamped mailing id that has none yet (exactly once: `_id`)."""
-    stamped = db.sample_members.distinct("mailing_id", {"invited_at": None, "mailing_id": {"$exists": True}})
-    existing = set(db.mailings.distinct("_id", {"_id": {"$in": stamped}}))
+def create_missing_mailings(
+    db: Database, now: dt.datetime, *, sample_id: ObjectId | None = None, log: Logger | None = None
+) -> list[ObjectId]:
+    """A `mailings` document for every pending invitation (of `sample_id` only, when given), made
+    exactly once (`_id` = the stamped id). Returns the ids created by this call. One sample's
+    problem is recorded on it (`invitation_error`) and never stops the others."""
+    log = log or LOG
+    query = {} if sample_id is None else {"sample_id": sample_id}
     created = []
-    for mailing_id in stamped:
-        if mailing_id in existing:
-            continue
-        members = list(db.sample_members.find({"mailing_id": mailing_id}, {"user_id": 1, "sample_id": 1}))
-        sample = db.samples.find_one({"_id": members[0]["sample_id"]}, {"mailing": 1})
+    for pending in db.pending_invitations.find(query).sort("_id", 1):
         try:
-            db.mailings.insert_one(invitation_document(mailing_id, members, sample["mailing"], now))
-        except DuplicateKeyError:
-            continue
-        created.append(mailing_id)
+            if _create_invitation(db, pending, now, log):
+                created.append(pending["_id"])
+        except InvitationError as invalid:
+            _record_invitation_error(db, pending, str(invalid), log)
+        except Exception as exc:  # one sample's problem; Mongo being down fails the recording too, and stops the run
+            _record_invitation_error(db, pending, describe_error(exc), log)
     return created
 
 
+def invite_sample(db: Database, sample_id: ObjectId, now: dt.datetime, log: Logger | None = None) -> list[ObjectId]:
+    """Stamp the sample's waiting members and create its invitation(s) now (inside the sample's run)."""
+    stamp_pending_invitations(db, sample_id, now)
+    return create_missing_mailings(db, now, sample_id=sample_id, log=log)
+
+
+def _create_invitation(db: Database, pending: Mapping[str, Any], now: dt.datetime, log: Logger) -> bool:
+    mailing_id, sample_id = pending["_id"], pending["sample_id"]
+    if db.mailings.find_one({"_id": mailing_id}, {"_id": 1}) is not None:
+        db.pending_invitations.delete_one({"_id": mailing_id})  # made by a run that stopped before this step
+        return False
+    sample = db.samples.find_one({"_id": sample_id}, {"mailing": 1})
+    if sample is None or not sample.get("mailing"):
+        unstamped = db.sample_members.update_many(
+            {"mailing_id": mailing_id, "invited_at": None}, {"$unset": {"mailing_id": ""}}
+        ).modified_count
+        db.pending_invitations.delete_one({"_id": mailing_id})
+        why = "was deleted" if sample is None else "no longer has a mailing"
+        log.warning(f"invitation {mailing_id} not made: sample {sample_id} {why}; {unstamped} member(s) unstamped")
+        return False
+    recipient_count = db.sample_members.count_documents({"mailing_id": mailing_id})
+    if recipient_count == 0:  # stamped nobody (a crash before the stamp, or a race)
+        db.pending_invitations.delete_one({"_id": mailing_id})
+        return False
+    document = invitation_document(mailing_id, sample_id, sample["mailing"], recipient_count, now)
+    try:
+        db.mailings.insert_one(document)
+    except DuplicateKeyError:
+        pass
+    db.samples.update_one({"_id": sample_id, "invitation_error": {"$exists": True}}, {"$unset": {"invitation_error": ""}})
+    db.pending_invitations.delete_one({"_id": mailing_id})
+    return True
+
+
+def _record_invitation_error(db: Database, pending: Mapping[str, Any], reason: str, log: Logger) -> None:
+    db.samples.update_one({"_id": pending["sample_id"]}, {"$set": {"invitation_error": reason}})
+    log.warning(f"invitation {pending['_id']} of sample {pending['sample_id']} not made: {reason}")
+
+
 def invitation_document(
-    mailing_id: ObjectId, members: Sequence[Mapping[str, Any]], invitation: Mapping[str, Any], now: dt.datetime
+    mailing_id: ObjectId, sample_id: ObjectId, invitation: Any, recipient_count: int, now: dt.datetime
 ) -> dict[str, Any]:
+    """The `mailings` document of an invitation; InvitationError naming the field if the sample's
+    `mailing` cannot make one."""
+    if not isinstance(invitation, Mapping):
+        raise InvitationError(f"mailing: must be an object with a template, got {type(invitation).__name__}")
+    template = invitation.get("template")
+    if not isinstance(template, str) or not template.strip():
+        raise InvitationError("mailing.template: must be the name of a template")
+    field = "default_data" if invitation.get("default_data") is not None else "data"
+    data = invitation.get(field)
+    if data is not None and not isinstance(data, Mapping):
+        raise InvitationError(f"mailing.{field}: must be an object of template fields, got {type(data).__name__}")
     return {
         "_id": mailing_id,
         "processed": False,
         "created_at": now,
         "kind": "bulk",
-        "template": invitation["template"],
-        "default_data": dict(invitation.get("default_data") or invitation.get("data") or {}),
-        "recipients": [{"user_id": member["user_id"]} for member in members],
-        "invitation_for_sample": members[0]["sample_id"],
+        "template": template,
+        "default_data": dict(data or {}),
+        "invitation_for_sample": sample_id,
+        "recipient_count": recipient_count,
     }

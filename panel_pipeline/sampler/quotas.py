@@ -563,3 +563,48 @@ def _cell_frame(table: CellTable, targets: Sequence[Target], completes: np.ndarr
         "invites": invites,
     }
     return pd.DataFrame(columns)
+
+
+# --- 5. a request that places nobody -----------------------------------------------------------
+
+
+def nobody_placed_reason(panel: pd.DataFrame, request: SampleRequest, eligible: np.ndarray, result: SelectionResult) -> str:
+    """Why `select` placed nobody, naming the filter, exclusion or target that leaves nobody, in
+    words a project manager can act on."""
+    mask = filter_mask(panel, request.filters) & np.asarray(eligible, dtype=bool) if len(panel) else np.zeros(0, dtype=bool)
+    filters = ", ".join(sorted({f"filters.{condition.field}" for condition in request.filters}))
+    if not mask.any():
+        if len(panel) == 0 or not filter_mask(panel, request.filters).any():
+            where = f"the filters ({filters})" if filters else "the request"
+            return f"no active member matches {where}: nobody can be placed; widen the filters"
+        return (
+            f"all {int(filter_mask(panel, request.filters).sum())} active members matching the filters are left out by "
+            "exclude (invited_within_days, completed_surveys): nobody can be placed; relax the exclusions"
+        )
+    who = "active member matching the filters" if filters else "active member"
+    targets = request_targets(request)
+    codes = _field_codes(panel, {field for target in targets for field in target.fields})
+    empty: list[str] = []
+    for target in targets:
+        answered = mask & np.all([codes[field] >= 0 for field in target.fields], axis=0)
+        if not answered.any():
+            empty.append(
+                f"no {who} has {' and '.join(target.fields)}: nobody can be placed in the {target.key} target; "
+                f"drop that target or wait until members have answered {' and '.join(target.fields)}"
+            )
+        elif not (mask & (_target_codes(codes, target) >= 0)).any():
+            empty.append(
+                f"none of the {int(answered.sum())} {who}s with {target.key} is in the target's categories "
+                f"({', '.join(CELL_SEPARATOR.join(cell) for cell in target.cells)}): change that target's quotas or drop it"
+            )
+    if empty:
+        return "; ".join(empty)
+    if result.unclassified_members >= int(mask.sum()):
+        return (
+            f"no {who} has a value in every target at once ({', '.join(target.key for target in targets)}): "
+            "nobody can be placed; drop one of these targets"
+        )
+    return (
+        f"the {int(mask.sum()) - result.unclassified_members} placeable members are expected to give less than one "
+        "complete per cell at the expected_response_rate: raise expected_response_rate, or widen the filters"
+    )

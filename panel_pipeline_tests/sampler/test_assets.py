@@ -12,6 +12,7 @@ from panel_pipeline.sampler import samples_queue_sensor
 from panel_pipeline.sampler.assets import samples
 
 UTC = dt.timezone.utc
+INVITATION = {"template": "new_survey", "default_data": {"survey_name": "Omnibus", "duration_minutes": 10, "points": 100, "survey_url": "https://survey.example/s/12"}}
 PROFILE_COLUMNS = ["gender", "birth_year", "age", "age_band", "region", "social_grade", "education", "vote_2019", "vote_2024", "eu_ref_vote"]
 
 
@@ -55,7 +56,7 @@ def request(mongo_db, **fields):
 
 
 def test_nat_rep_request_from_the_queue_end_to_end(instance, mongo, mongo_db, panel):
-    sample_id = request(mongo_db, preset="uk_nat_rep", seed=7, tolerance=2, mailing={"template": "new_survey", "default_data": {"survey_name": "Omnibus"}})
+    sample_id = request(mongo_db, preset="uk_nat_rep", seed=7, tolerance=2, mailing=INVITATION)
     tick = samples_queue_sensor(dg.build_sensor_context(instance=instance, resources={"mongo": mongo}))
     (run_request,) = tick.run_requests
     assert run_request.partition_key == str(sample_id)
@@ -70,7 +71,8 @@ def test_nat_rep_request_from_the_queue_end_to_end(instance, mongo, mongo_db, pa
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == "composition_within_tolerance"
     (mailing,) = mongo_db.mailings.find()
-    assert len(mailing["recipients"]) == doc["members"] and mailing["kind"] == "bulk"
+    assert "recipients" not in mailing and mailing["kind"] == "bulk" and mailing["invitation_for_sample"] == sample_id
+    assert mailing["recipient_count"] == doc["members"]
     assert mongo_db.sample_members.count_documents({"sample_id": sample_id, "mailing_id": mailing["_id"]}) == doc["members"]
 
     again = run(instance, mongo, sample_id)  # an analyst re-materialises it: everyone is queued for mail
@@ -81,7 +83,8 @@ def test_nat_rep_request_from_the_queue_end_to_end(instance, mongo, mongo_db, pa
     assert larger.success
     assert mongo_db.mailings.count_documents({}) == 2  # only the new members are invited, once
     second = mongo_db.mailings.find_one({"_id": {"$ne": mailing["_id"]}})
-    assert not {r["user_id"] for r in second["recipients"]} & {r["user_id"] for r in mailing["recipients"]}
+    assert second["recipient_count"] == mongo_db.sample_members.count_documents({"mailing_id": second["_id"]}) > 0
+    assert mongo_db.sample_members.count_documents({"sample_id": sample_id, "mailing_id": {"$exists": False}}) == 0
 
 
 @pytest.mark.parametrize(
@@ -135,3 +138,67 @@ def test_inactive_members_are_never_sampled(instance, mongo, mongo_db, panel):
     assert run(instance, mongo, sample_id).success
     chosen = {m["user_id"] for m in mongo_db.sample_members.find({"sample_id": sample_id})}
     assert not chosen & set(panel[:3000])
+
+
+def test_a_crash_after_the_draw_is_finished_by_the_next_claim_with_its_invitation(instance, mongo, mongo_db, panel):
+    sample_id = request(mongo_db, size=100, tolerance=100, mailing=INVITATION)
+    assert run(instance, mongo, sample_id).success
+    done = mongo_db.samples.find_one({"_id": sample_id})
+    (mailing,) = mongo_db.mailings.find()
+    assert mailing["recipient_count"] == done["members"]  # stamped and invited before the request was completed
+
+    # The state a run leaves when it is killed after saving its draw and stamping, before its
+    # invitation and completion: the lease expired, the request unprocessed.
+    mongo_db.mailings.delete_many({})
+    mongo_db.sample_members.update_many({"sample_id": sample_id}, {"$unset": {"mailing_id": ""}})
+    mongo_db.samples.update_one(
+        {"_id": sample_id},
+        {"$set": {"processed": False, "status": "processing", "lease_owner": "killed-run", "retry_at": dt.datetime(2020, 1, 1, tzinfo=UTC)},
+         "$unset": {"processed_at": ""}},
+    )
+    members_before = {m["user_id"] for m in mongo_db.sample_members.find({"sample_id": sample_id})}
+    resumed = run(instance, mongo, sample_id)
+    assert resumed.success
+    doc = mongo_db.samples.find_one({"_id": sample_id})
+    assert doc["status"] == "done" and doc["run_id"] == resumed.run_id and doc["drawn_by_run"] == done["drawn_by_run"]
+    assert {m["user_id"] for m in mongo_db.sample_members.find({"sample_id": sample_id})} == members_before  # not re-drawn
+    (mailing,) = mongo_db.mailings.find()
+    assert mailing["recipient_count"] == len(members_before)
+
+
+def test_a_request_nobody_can_fill_is_failed_saying_which_target_leaves_nobody(instance, mongo, mongo_db, panel):
+    mongo_db.users.update_many({}, {"$unset": {"profile.vote_2024": ""}})  # nobody answered the 2024 vote question
+    sample_id = request(mongo_db, preset="uk_nat_rep", size=100)
+    assert not run(instance, mongo, sample_id).success
+    doc = mongo_db.samples.find_one({"_id": sample_id})
+    assert doc["processed"] and doc["status"] == "failed"
+    assert doc["error"].startswith("no active member has vote_2024: nobody can be placed in the vote_2024 target; drop that target")
+    assert mongo_db.sample_members.count_documents({}) == 0
+
+
+def test_a_request_whose_filters_leave_nobody_is_failed_naming_them(instance, mongo, mongo_db, panel):
+    sample_id = request(mongo_db, size=100, filters={"age": {"$gte": 125}})
+    assert not run(instance, mongo, sample_id).success
+    assert mongo_db.samples.find_one({"_id": sample_id})["error"] == (
+        "no active member matches the filters (filters.age): nobody can be placed; widen the filters"
+    )
+
+
+def test_a_partly_filled_request_is_done_with_its_shortfall(instance, mongo, mongo_db, panel):
+    scots = mongo_db.users.count_documents({"profile.region": "Scotland"})
+    sample_id = request(mongo_db, size=scots + 50, tolerance=100, filters={"region": {"$in": ["Scotland"]}})
+    assert run(instance, mongo, sample_id).success
+    doc = mongo_db.samples.find_one({"_id": sample_id})
+    assert doc["status"] == "done" and doc["members"] == scots
+    assert doc["shortfall"] == {"completes": 50, "categories": []}
+    assert doc["result"]["status"] == "infeasible"
+
+
+def test_a_partly_filled_quota_cell_is_named_in_the_shortfall(instance, mongo, mongo_db, panel):
+    men = mongo_db.users.count_documents({"profile.gender": "male"})
+    sample_id = request(mongo_db, size=2 * men + 100, tolerance=100, quotas={"gender": {"female": 0.5, "male": 0.5}})
+    assert run(instance, mongo, sample_id).success
+    doc = mongo_db.samples.find_one({"_id": sample_id})
+    assert doc["shortfall"]["completes"] == doc["result"]["size_requested"] - doc["result"]["completes_planned"]
+    (short,) = doc["shortfall"]["categories"]
+    assert (short["target"], short["category"]) == ("gender", "male") and short["allocated"] <= men < short["requested"]

@@ -1,0 +1,91 @@
+"""Invitations on a real mongod: each sample's invitation fails alone, and none embeds its recipients."""
+
+import datetime as dt
+import logging
+import time
+
+import bson
+from bson import ObjectId
+
+from panel_pipeline.sampler import invitations, members
+
+UTC = dt.timezone.utc
+NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+DEFAULT_DATA = {"survey_name": "Omnibus", "duration_minutes": 10, "points": 100, "survey_url": "https://survey.example/s/12"}
+
+
+def sample_with_members(db, count, mailing=None):
+    sample_id = db.samples.insert_one(
+        {"name": "s", "processed": True, "status": "done", "mailing": mailing or {"template": "new_survey", "default_data": DEFAULT_DATA}}
+    ).inserted_id
+    for start in range(0, count, 50_000):
+        db.sample_members.insert_many(
+            [{"sample_id": sample_id, "user_id": ObjectId(), "invited_at": None, "source": "sampler"} for _ in range(start, min(count, start + 50_000))],
+            ordered=False,
+        )
+    return sample_id
+
+
+def test_one_bad_sample_among_good_ones_fails_alone(mongo_db, caplog):
+    members.ensure_indexes(mongo_db)
+    good = [sample_with_members(mongo_db, 3) for _ in range(2)]
+    bad = sample_with_members(mongo_db, 2, {"template": "new_survey", "default_data": "points: 100"})
+    deleted = sample_with_members(mongo_db, 2)
+    unset = sample_with_members(mongo_db, 2)
+    stamped = {sample_id: invitations.stamp_pending_invitations(mongo_db, sample_id, NOW) for sample_id in [bad, good[0], deleted, unset, good[1]]}
+    mongo_db.samples.delete_one({"_id": deleted})
+    mongo_db.samples.update_one({"_id": unset}, {"$unset": {"mailing": ""}})
+
+    with caplog.at_level(logging.WARNING, logger=invitations.__name__):
+        created = invitations.create_missing_mailings(mongo_db, NOW)
+
+    assert sorted(created) == sorted(stamped[sample_id] for sample_id in good)
+    for sample_id in good:
+        mailing = mongo_db.mailings.find_one({"invitation_for_sample": sample_id})
+        assert mailing == {
+            "_id": stamped[sample_id], "processed": False, "created_at": NOW, "kind": "bulk", "template": "new_survey",
+            "default_data": DEFAULT_DATA, "invitation_for_sample": sample_id, "recipient_count": 3,
+        }
+    assert mongo_db.samples.find_one({"_id": bad})["invitation_error"] == "mailing.default_data: must be an object of template fields, got str"
+    assert mongo_db.mailings.count_documents({}) == 2
+    # Deleted or uninvited samples: their members are unstamped (never invited), said in the log by id.
+    for sample_id in (deleted, unset):
+        assert mongo_db.sample_members.count_documents({"sample_id": sample_id, "mailing_id": {"$exists": True}}) == 0
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert f"sample {deleted} was deleted; 2 member(s) unstamped" in logged
+    assert f"sample {unset} no longer has a mailing; 2 member(s) unstamped" in logged
+    assert "@" not in logged
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=invitations.__name__):
+        assert invitations.create_missing_mailings(mongo_db, NOW) == []  # nothing new, and no raise
+    assert "unstamped" not in caplog.text  # the dropped ones are not looked at again
+
+    mongo_db.samples.update_one({"_id": bad}, {"$set": {"mailing.default_data": DEFAULT_DATA}})  # the PM fixes it
+    assert invitations.create_missing_mailings(mongo_db, NOW) == [stamped[bad]]
+    assert "invitation_error" not in mongo_db.samples.find_one({"_id": bad})
+    assert mongo_db.pending_invitations.count_documents({}) == 0
+
+
+def test_a_crash_between_stamping_and_the_mailing_is_finished_once(mongo_db):
+    sample_id = sample_with_members(mongo_db, 4)
+    mailing_id = invitations.stamp_pending_invitations(mongo_db, sample_id, NOW)  # then the run dies
+    assert invitations.stamp_pending_invitations(mongo_db, sample_id, NOW) is None  # nobody left to stamp
+    assert invitations.create_missing_mailings(mongo_db, NOW) == [mailing_id]
+    assert invitations.create_missing_mailings(mongo_db, NOW) == []
+    assert mongo_db.mailings.find_one({"_id": mailing_id})["recipient_count"] == 4
+
+
+def test_a_600k_member_sample_gets_one_small_mailing_document(mongo_db, capsys):
+    members.ensure_indexes(mongo_db)
+    sample_id = sample_with_members(mongo_db, 600_000)
+    started = time.perf_counter()
+    mailing_id = invitations.stamp_pending_invitations(mongo_db, sample_id, NOW)
+    stamped = time.perf_counter()
+    assert invitations.create_missing_mailings(mongo_db, NOW) == [mailing_id]
+    created = time.perf_counter()
+    mailing = mongo_db.mailings.find_one({"_id": mailing_id})
+    assert mailing["recipient_count"] == 600_000 and "recipients" not in mailing
+    assert len(bson.encode(mailing)) < 1000
+    with capsys.disabled():
+        print(f"\n600k-member invitation: stamping {stamped - started:.2f} s, mailing document {created - stamped:.3f} s")
