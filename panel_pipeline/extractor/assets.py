@@ -2,7 +2,9 @@
 from them, and survey completions from the transactions queue."""
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -10,7 +12,7 @@ import dagster as dg
 from bson import ObjectId
 from pydantic import Field
 
-from panel_pipeline.extractor import store
+from panel_pipeline.extractor import review, store
 from panel_pipeline.extractor.deletions import plan_deletions, refusal
 from panel_pipeline.extractor.normalize import (
     load_profile_mapping,
@@ -24,9 +26,11 @@ from panel_pipeline.extractor.responses import (
     parse_response,
 )
 from panel_pipeline.extractor.surveygizmo import SurveyGizmoClient, SurveyGizmoNotFound
+from panel_pipeline.extractor.transactions import Transaction, TransactionError, parse_transaction, response_deadline
 from panel_pipeline.partitions import response_days
 from panel_pipeline.queue.resources import MongoResource
-from panel_pipeline.queue.store import RequestRejected, process_document, utc_now
+from panel_pipeline.privacy import describe_error
+from panel_pipeline.queue.store import RequestRejected, WorkQueue, utc_now
 
 UK = ZoneInfo("Europe/London")
 # Each day's pull reaches an hour into its neighbours: responses submitted around midnight, or
@@ -112,12 +116,14 @@ def users(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.Materia
     responses through the declarative mapping in profile_mapping.yaml (answer text to contract
     values, birth year to age and age band). Each attribute keeps the newest answer, so days applied
     in any order give the same profiles; `profile_updated_at` moves when a value changes. A response
-    of an unknown member is quarantined; an answer the mapping cannot place is reported."""
+    of an unknown member is quarantined; an answer the mapping cannot place is counted by question
+    and answer code (never its text) in the metadata."""
     db = mongo.db()
     mapping = load_profile_mapping()
     now = utc_now()
     shortnames = store.survey_shortnames(db)
-    answers, problems, unknown = [], [], []
+    answers, unknown = [], []
+    unmapped: Counter[review.UnmappedKey] = Counter()
     for day in context.partition_keys:
         raws = store.raw_records(db, day)
         for raw, user_id in zip(raws, store.find_members(db, raws), strict=True):
@@ -130,7 +136,7 @@ def users(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.Materia
                 unknown.append((raw["_id"], reason))
                 continue
             normalized = normalize_profile(response, mapping, shortnames=shortnames.get(raw["survey_id"], {}), as_of=now.date())
-            problems += [(raw["_id"], str(problem)) for problem in normalized.problems]
+            unmapped.update(review.unmapped_key(problem) for problem in normalized.problems)
             answers.append(store.ProfileAnswer(user_id, response.id, response.submitted_at, normalized.profile))
     changed = store.apply_profiles(db, answers, now)
     return dg.MaterializeResult(
@@ -138,8 +144,11 @@ def users(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.Materia
             "responses_applied": len(answers),
             "users_changed": changed,
             "unknown_members": len(unknown),
-            "unmapped_answers": len(problems),
-            "unmapped_examples": dg.MetadataValue.md(_table(("response", "problem"), problems[:SHOWN_QUARANTINED])),
+            "unmapped_answers": sum(unmapped.values()),
+            # By question and answer code with counts: never the answer's text (vote answers are special-category data).
+            "unmapped_examples": dg.MetadataValue.md(
+                review.markdown_table(("attribute", "question", "answer code", "problem", "responses"), review.unmapped_rows(unmapped, SHOWN_QUARANTINED))
+            ),
         }
     )
 
@@ -201,6 +210,15 @@ def surveygizmo_deletions(
 
 class CompletionBatch(dg.Config):
     document_ids: list[str]
+    response_wait_minutes: float = Field(
+        default=30.0, ge=0.0,
+        description="How long after a transaction's created_at a response SurveyGizmo does not list yet is waited for "
+        "(Alchemer: a new response can take minutes to appear in the API); after it the transaction fails naming the response.",
+    )
+    response_retry_minutes: float = Field(
+        default=2.0, gt=0.0,
+        description="Wait between looks for a response not listed yet (more than the API's 60 s cache of identical GETs).",
+    )
 
 
 @dg.asset(group_name="extractor", kinds={"python", "mongodb"}, deps=[users], tags={"panel/part": "completions"})
@@ -209,61 +227,120 @@ def survey_completions(
 ) -> dg.MaterializeResult:
     """Survey completions from the `transactions` queue, a batch per run: each transaction's response
     is fetched from SurveyGizmo, stored with the raw responses, and when the survey is a profile
-    survey it updates that member's profile at once. An unknown survey or response fails that
-    transaction alone with a message saying which; a transient error schedules its retry."""
+    survey it updates that member's profile at once. A transaction whose ids are not SurveyGizmo ids,
+    whose member does not exist, or whose survey SurveyGizmo does not know fails alone at once, with
+    a message naming the field. A response SurveyGizmo does not list yet is looked for again
+    (postponed, no attempt used) until `response_wait_minutes` after the transaction's `created_at`,
+    then fails naming it. A transient error schedules its retry."""
     db = mongo.db()
     client = surveygizmo.client()
     queue = mongo.work_queue("transactions")
-    mapping = load_profile_mapping()
-    profile_surveys = set(surveygizmo.survey_ids())
-    shortnames = store.survey_shortnames(db)
-    outcomes: dict[str, int] = {}
-    transient = 0
+    batch = CompletionContext(
+        db=db, client=client, mapping=load_profile_mapping(), profile_surveys=set(surveygizmo.survey_ids()),
+        shortnames=store.survey_shortnames(db), wait=dt.timedelta(minutes=config.response_wait_minutes),
+        retry_every=dt.timedelta(minutes=config.response_retry_minutes),
+    )
+    outcomes: Counter[str] = Counter()
     for document_id in config.document_ids:
-        try:
-            outcome = process_document(
-                queue, ObjectId(document_id), context.run.run_id,
-                lambda doc: complete_transaction(db, client, mapping, profile_surveys, shortnames, doc),
-            )
-        except Exception as exc:  # already released for a retry by process_document
-            context.log.warning(f"transaction {document_id}: {type(exc).__name__}, retried later")
-            transient += 1
-            continue
-        outcomes[outcome.status] = outcomes.get(outcome.status, 0) + 1
-    if transient:
-        raise dg.Failure(description=f"{transient} transaction(s) hit transient errors and will be retried; {outcomes}")
-    return dg.MaterializeResult(metadata={f"transactions_{status}": n for status, n in outcomes.items()})
+        status = settle_transaction(queue, ObjectId(document_id), context.run.run_id, batch)
+        if status == "retry":
+            context.log.warning(f"transaction {document_id}: transient error, retried later")
+        outcomes[status] += 1
+    metadata = {f"transactions_{status}": n for status, n in sorted(outcomes.items())}
+    if outcomes["retry"]:
+        raise dg.Failure(description=f"{outcomes['retry']} transaction(s) hit transient errors and will be retried; {dict(outcomes)}", metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata)
 
 
-def complete_transaction(
-    db, client: SurveyGizmoClient, mapping, profile_surveys: set[str], shortnames: dict[str, dict[str, str]], doc: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Fetch and store the transaction's response; update the member's profile from a profile
-    survey. `shortnames` (by survey id) is the batch's, filled from SurveyGizmo for a survey the
-    raw extract has not stored yet."""
-    survey_id, response_id = str(doc.get("survey_id", "")), str(doc.get("response_id", ""))
-    if not survey_id or not response_id:
-        raise RequestRejected("survey_id and response_id: both are required")
+@dataclass
+class CompletionContext:
+    """What every transaction of one batch shares; `shortnames` fills up as surveys are fetched."""
+
+    db: Any
+    client: SurveyGizmoClient
+    mapping: Any
+    profile_surveys: set[str]
+    shortnames: dict[str, dict[str, str]]
+    wait: dt.timedelta
+    retry_every: dt.timedelta
+
+
+class ResponseNotListedYet(Exception):
+    """SurveyGizmo does not list the response (yet); look again at `until`."""
+
+    def __init__(self, reason: str, until: dt.datetime) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.until = until
+
+
+def settle_transaction(queue: WorkQueue, doc_id: ObjectId, owner: str, batch: CompletionContext) -> str:
+    """Claim one transaction and finish it: `done`, `failed` (the document is wrong: at once),
+    `postponed` (its response is not listed yet), `retry` (a transient error), or `skipped`."""
+    doc = queue.claim(doc_id, owner)
+    if doc is None:
+        return "skipped"
     try:
-        record = client.get_response(survey_id, response_id)
+        result = complete_transaction(batch, doc)
+    except RequestRejected as rejected:
+        queue.fail(doc_id, owner, str(rejected))
+        return "failed"
+    except ResponseNotListedYet as waiting:
+        queue.postpone(doc_id, owner, waiting.until, waiting.reason)
+        return "postponed"
+    except Exception as exc:
+        return "retry" if queue.release(doc_id, owner, describe_error(exc)) == "retry" else "failed"
+    return "done" if queue.complete(doc_id, owner, result) else "lease_lost"
+
+
+def complete_transaction(batch: CompletionContext, doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the transaction, fetch and store its response, and update the member's profile from
+    a profile survey. Raises RequestRejected naming the field for a document that can never succeed."""
+    try:
+        transaction = parse_transaction(doc)
+    except TransactionError as invalid:
+        raise RequestRejected(str(invalid)) from invalid
+    if batch.db.users.find_one({"_id": transaction.user_id}, {"_id": 1}) is None:
+        raise RequestRejected(f"user_id: no member {transaction.user_id}")
+    survey_id, response_id = transaction.survey_id, transaction.response_id
+    try:
+        record = batch.client.get_response(survey_id, response_id)
     except SurveyGizmoNotFound as missing:
-        raise RequestRejected(f"response_id: no response {response_id} in survey {survey_id}") from missing
+        raise _not_found(batch, transaction) from missing
     try:
-        response = parse_response(record, survey_id, client.account_zone)
+        response = parse_response(record, survey_id, batch.client.account_zone)
     except MalformedResponse as bad:
-        raise RequestRejected(f"response_id: response {response_id} is malformed: {bad}") from bad
+        raise RequestRejected(f"response_id: response {response_id} is malformed: {review.without_values(bad.reason)}") from bad
     now = utc_now()
-    store.upsert_raw(db, [response], day_of, now)
-    if survey_id not in profile_surveys:
+    store.upsert_raw(batch.db, [response], day_of, now)
+    if survey_id not in batch.profile_surveys:
         return {"profile_updated": False}
-    if not shortnames.get(survey_id):
-        shortnames[survey_id] = question_shortnames(client.get_survey(survey_id))
-    normalized = normalize_profile(response, mapping, shortnames=shortnames[survey_id], as_of=now.date())
-    changed = store.apply_profiles(db, [store.ProfileAnswer(doc["user_id"], response.id, response.submitted_at, normalized.profile)], now)
-    return {"profile_updated": bool(changed)}
+    if not batch.shortnames.get(survey_id):
+        batch.shortnames[survey_id] = question_shortnames(batch.client.get_survey(survey_id))
+    normalized = normalize_profile(response, batch.mapping, shortnames=batch.shortnames[survey_id], as_of=now.date())
+    answer = store.ProfileAnswer(transaction.user_id, response.id, response.submitted_at, normalized.profile)
+    return {"profile_updated": bool(store.apply_profiles(batch.db, [answer], now))}
+
+
+def _not_found(batch: CompletionContext, transaction: Transaction) -> Exception:
+    """A 404 for the response: an unknown survey fails at once; an unknown response is waited for."""
+    survey_id, response_id = transaction.survey_id, transaction.response_id
+    if survey_id not in batch.profile_surveys:
+        try:
+            batch.client.get_survey(survey_id)
+        except SurveyGizmoNotFound:
+            return RequestRejected(f"survey_id: no survey {survey_id} in SurveyGizmo")
+    deadline = response_deadline(transaction, batch.wait)
+    now = utc_now()
+    if now >= deadline:
+        waited = (now - transaction.created_at).total_seconds() / 60
+        return RequestRejected(f"response_id: no response {response_id} in survey {survey_id}, {waited:.0f} minutes after the transaction was created")
+    return ResponseNotListedYet(
+        f"response_id: response {response_id} not in survey {survey_id} yet; looking again until {deadline.isoformat(timespec='seconds')}",
+        min(now + batch.retry_every, deadline),
+    )
 
 
 def _table(header: tuple[str, str], rows: list[tuple[str, str]]) -> str:
-    if not rows:
-        return "none"
-    return "\n".join([f"| {header[0]} | {header[1]} |", "|---|---|", *(f"| {a} | {b.replace('|', '/')} |" for a, b in rows)])
+    """Cells pass through `review.without_values`: a reason's quoted values (answers, records) never show."""
+    return review.markdown_table(header, rows)

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from panel_pipeline.extractor import store
+from panel_pipeline.extractor import review, store
 from panel_pipeline.queue.resources import MongoResource
 from panel_pipeline.sampler.requests import PROFILE_CATEGORIES
 
@@ -40,5 +40,5 @@ def quarantined_responses(mongo: MongoResource) -> dg.AssetCheckResult:
     db = mongo.db()
     count = db[store.QUARANTINE].count_documents({})
     reasons = db[store.QUARANTINE].aggregate([{"$group": {"_id": "$reason", "n": {"$sum": 1}}}, {"$sort": {"n": -1}}, {"$limit": 10}])
-    table = "\n".join(["| reason | responses |", "|---|---|", *(f"| {r['_id']} | {r['n']} |" for r in reasons)])
+    table = "\n".join(["| reason | responses |", "|---|---|", *(f"| {review.without_values(str(r['_id']))} | {r['n']} |" for r in reasons)])
     return dg.AssetCheckResult(passed=count == 0, severity=dg.AssetCheckSeverity.WARN, metadata={"quarantined": count, "reasons": dg.MetadataValue.md(table)})

@@ -5,7 +5,9 @@ mapping up front (kinds, sources, every recode target against the contract's val
 fails at load, not on the millionth response. `normalize_profile` then never writes a value the
 contract does not allow: answers without a recode, implausible years and values outside the allowed
 set come back as `ProfileProblem`s and the attribute stays absent. Unanswered questions are simply
-absent — never an empty string.
+absent — never an empty string. A `ProfileProblem` never holds what the member wrote or the value it
+would have given (answers can be special-category data, and problems end up in run metadata): it
+names the attribute, the question, the answer's option id when it has one, and what was wrong.
 """
 
 from __future__ import annotations
@@ -72,8 +74,8 @@ class ProfileMapping:
 class ProfileProblem:
     attribute: str
     question_id: str
-    answer: str
-    reason: str
+    answer_code: str | None  # the SurveyGizmo option id of the answer, when it has one; never its text
+    reason: str  # never the answer's text or value
 
     def __str__(self) -> str:
         return f"{self.attribute} (question {self.question_id}): {self.reason}"
@@ -206,7 +208,7 @@ def _set_once(profile: dict[str, Any], problems: list[ProfileProblem], attribute
     if attribute not in profile:
         profile[attribute] = value
     elif profile[attribute] != value:
-        problems.append(ProfileProblem(attribute, question_id, str(value), f"conflicts with {profile[attribute]!r} from another question; kept that one"))
+        problems.append(ProfileProblem(attribute, question_id, None, "conflicts with the answer to another question; kept that one"))
 
 
 def _apply(rule: AttributeRule, answer: Answer, as_of: dt.date) -> tuple[dict[str, Any], ProfileProblem | None]:
@@ -225,15 +227,16 @@ def _apply(rule: AttributeRule, answer: Answer, as_of: dt.date) -> tuple[dict[st
         _check_allowed(rule, values.get(rule.attribute))
         return values, None
     except _Rejected as rejected:
-        return rejected.partial, ProfileProblem(rule.attribute, answer.question_id, rejected.answer, rejected.reason)
+        code = rejected.option_id or answer.option_id
+        return rejected.partial, ProfileProblem(rule.attribute, answer.question_id, code, rejected.reason)
 
 
 class _Rejected(Exception):
-    def __init__(self, answer: str, reason: str, partial: dict[str, Any] | None = None) -> None:
+    def __init__(self, reason: str, partial: dict[str, Any] | None = None, option_id: str | None = None) -> None:
         super().__init__(reason)
-        self.answer = answer
         self.reason = reason
         self.partial = partial or {}
+        self.option_id = option_id
 
 
 def _check_allowed(rule: AttributeRule, value: Any) -> None:
@@ -241,11 +244,15 @@ def _check_allowed(rule: AttributeRule, value: Any) -> None:
         return
     for item in value if isinstance(value, list) else [value]:
         if str(item) not in rule.allowed:
-            raise _Rejected(str(item), f"{item!r} is not an allowed value ({', '.join(sorted(rule.allowed))})")
+            raise _Rejected(f"the answer is not an allowed value ({', '.join(sorted(rule.allowed))})")
 
 
 def _outside(rule: AttributeRule, number: float) -> bool:
     return (rule.minimum is not None and number < rule.minimum) or (rule.maximum is not None and number > rule.maximum)
+
+
+def _bound(limit: float | None) -> str:
+    return "none" if limit is None else f"{limit:g}"
 
 
 def _single_text(answer: Answer) -> str:
@@ -254,10 +261,10 @@ def _single_text(answer: Answer) -> str:
     return next(iter(answer.selected.values())) if len(answer.selected) == 1 else ""
 
 
-def _recoded(rule: AttributeRule, text: str) -> str | None:
+def _recoded(rule: AttributeRule, text: str, option_id: str | None = None) -> str | None:
     key = _match_key(text)
     if key not in rule.recode:
-        raise _Rejected(text, f"answer {text!r} has no recode in profile_mapping.yaml")
+        raise _Rejected("the answer has no recode in profile_mapping.yaml", option_id=option_id)
     return rule.recode[key]
 
 
@@ -267,10 +274,10 @@ def _choice(rule: AttributeRule, text: str) -> dict[str, Any]:
 
 
 def _multi(rule: AttributeRule, answer: Answer) -> dict[str, Any]:
-    texts: Sequence[str] = list(answer.selected.values()) or ([answer.value] if answer.value else [])
+    texts: Sequence[tuple[str | None, str]] = list(answer.selected.items()) or ([(answer.option_id, answer.value)] if answer.value else [])
     values: list[str] = []
-    for text in texts:
-        value = _recoded(rule, text)
+    for option_id, text in texts:
+        value = _recoded(rule, text, option_id)
         if value is not None and value not in values:
             values.append(value)
     return {rule.attribute: values} if values else {}
@@ -279,14 +286,14 @@ def _multi(rule: AttributeRule, answer: Answer) -> dict[str, Any]:
 def _birth_year(rule: AttributeRule, text: str, as_of: dt.date) -> tuple[dict[str, Any], ProfileProblem | None]:
     match = YEAR_PATTERN.match(text)
     if match is None:
-        raise _Rejected(text, f"{text!r} is not a four-digit year")
+        raise _Rejected("the answer is not a four-digit year")
     year = int(match[1])
     age = as_of.year - year
     if _outside(rule, age):
-        raise _Rejected(text, f"birth year {year} gives age {age}, outside min_age {rule.minimum} / max_age {rule.maximum}")
+        raise _Rejected(f"the birth year gives an age outside min_age {_bound(rule.minimum)} / max_age {_bound(rule.maximum)}")
     values: dict[str, Any] = {"birth_year": year, "age": age}
     if age < AGE_BAND_LOWER_BOUNDS[0]:
-        raise _Rejected(text, f"age {age} is below the youngest band {AGE_BANDS[0]}; age_band left out", values)
+        raise _Rejected(f"the age is below the youngest band {AGE_BANDS[0]}; age_band left out", values)
     band_index = sum(1 for lower in AGE_BAND_LOWER_BOUNDS if age >= lower) - 1
     return {**values, "age_band": AGE_BANDS[band_index]}, None
 
@@ -295,7 +302,7 @@ def _number(rule: AttributeRule, text: str) -> dict[str, Any]:
     try:
         number = float(text.strip())
     except ValueError:
-        raise _Rejected(text, f"{text!r} is not a number") from None
+        raise _Rejected("the answer is not a number") from None
     if _outside(rule, number):
-        raise _Rejected(text, f"{number:g} is outside min {rule.minimum} / max {rule.maximum}")
+        raise _Rejected(f"the answer is outside min {_bound(rule.minimum)} / max {_bound(rule.maximum)}")
     return {rule.attribute: int(number) if number.is_integer() else number}

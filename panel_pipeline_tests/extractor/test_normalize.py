@@ -91,8 +91,8 @@ def test_missing_answers_are_absent_never_empty_strings() -> None:
         (" 1984.0 ", {"birth_year": 1984, "age": 41, "age_band": "35-44"}, None),
         ("84", {}, "not a four-digit year"),
         ("nineteen", {}, "not a four-digit year"),
-        ("1900", {}, "age 125, outside"),
-        ("2012", {}, "age 13, outside"),
+        ("1900", {}, "gives an age outside"),
+        ("2012", {}, "gives an age outside"),
         ("2008", {"birth_year": 2008, "age": 17}, "below the youngest band 18-24"),
     ],
 )
@@ -114,8 +114,9 @@ def test_answers_without_a_recode_are_reported_and_left_out() -> None:
 
     assert result.profile == {"region": "Yorkshire and The Humber"}  # "Don't know" recodes to null: absent, not a problem
     [problem] = result.problems
-    assert (problem.attribute, problem.question_id, problem.answer) == ("gender", "10", "Prefer to self-describe")
-    assert str(problem) == "gender (question 10): answer 'Prefer to self-describe' has no recode in profile_mapping.yaml"
+    assert (problem.attribute, problem.question_id) == ("gender", "10")
+    assert str(problem) == "gender (question 10): the answer has no recode in profile_mapping.yaml"
+    assert "self-describe" not in repr(problem)  # what the member wrote never leaves the response
 
 
 def test_party_recodes_follow_the_election() -> None:
@@ -139,7 +140,8 @@ attributes:
     })
     result = normalize_profile(response, mapping, shortnames={"1": "gender"}, as_of=AS_OF)
     assert result.profile == {"gender": "female"}
-    assert "conflicts with 'female'" in result.problems[0].reason
+    assert result.problems[0].reason == "conflicts with the answer to another question; kept that one"
+    assert "male" not in repr(result.problems[0])
 
 
 def test_multi_number_and_text_kinds_by_question_id(tmp_path: Path) -> None:
@@ -179,7 +181,7 @@ attributes:
     result = normalize_profile(response, mapping, as_of=AS_OF)
 
     assert result.profile == {"news_sources": ["bbc", "guardian"], "political_interest": 7, "panel_id": "P-000123", "device": ["news"]}
-    assert [str(p) for p in result.problems] == ["housing (question 50): 'lodger' is not an allowed value (owner, renter)"]
+    assert [str(p) for p in result.problems] == ["housing (question 50): the answer is not an allowed value (owner, renter)"]
 
 
 def test_numbers_outside_their_range_are_reported(tmp_path: Path) -> None:
@@ -208,3 +210,15 @@ attributes:
 def test_invalid_mappings_fail_at_load(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(MappingError, match=re.escape(message)):
         load_profile_mapping(write_mapping(tmp_path, text))
+
+
+def test_a_problem_names_the_answer_code_never_what_the_member_wrote() -> None:
+    """Vote answers are special-category data: an unmapped one is reported by question and option id."""
+    response = with_answers({
+        "17": {"id": 17, "type": "RADIO", "question": "2024 vote", "answer": "Workers Party of Britain", "answer_id": 20077, "shown": True},
+        "10": {"id": 10, "type": "TEXTBOX", "question": "Gender", "answer": "my own words", "shown": True},
+    })
+    result = normalize_profile(response, MAPPING, shortnames={"17": "vote_2024", "10": "gender"}, as_of=AS_OF)
+    assert sorted((p.attribute, p.question_id, p.answer_code) for p in result.problems) == [("gender", "10", None), ("vote_2024", "17", "20077")]
+    shown = repr(result.problems) + " ".join(str(p) for p in result.problems)
+    assert "Workers" not in shown and "own words" not in shown
