@@ -1,9 +1,11 @@
 """Resource selection per environment: the only place where local and production differ.
 
 Both read addresses and secrets from the environment through `dg.EnvVar`, resolved when a run or
-tick starts and never stored in run config. PANEL_ENV=local (the default) expects the local stack's
-addresses (`panel-pipeline dev` sets them) and uses dummy credentials; PANEL_ENV=production expects
-real ones, with AWS credentials from boto3's default chain (role or environment).
+tick starts and never stored in run config. PANEL_ENV=local expects the local stack's addresses
+(`panel-pipeline dev` and the tests' stacks set them, with PANEL_ENV itself: see local/stack.py) and
+uses dummy credentials and a demo unsubscribe secret; PANEL_ENV=production expects real ones, with
+AWS credentials from boto3's default chain (role or environment). PANEL_ENV must be set: a
+deployment that forgot it fails to load instead of running on the local resources' demo secret.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.queue.resources import MongoResource
 
 ENVIRONMENTS = ("local", "production")
+# The local run's links: its own machine and the reserved example domains its demo data uses.
+LOCAL_LINK_HOSTS = "localhost,127.0.0.1,*.example,*.example.org"
 
 
 def local_resources() -> dict[str, Any]:
@@ -41,9 +45,12 @@ def local_resources() -> dict[str, Any]:
             aws_secret_access_key="local",
             unsubscribe_url="http://localhost:4200/unsubscribe?user={user}&token={token}",
             unsubscribe_secret="local-unsubscribe-secret",
+            link_hosts=LOCAL_LINK_HOSTS,
+            allow_http_links=True,
         ),
         "sqs": SqsResource(
             queue_url=dg.EnvVar("SES_EVENTS_QUEUE_URL"),
+            topic_arn=dg.EnvVar("SES_EVENTS_TOPIC_ARN"),
             region_name="eu-west-2",
             endpoint_url=dg.EnvVar("SQS_ENDPOINT_URL"),
             wait_seconds=1,
@@ -68,8 +75,13 @@ def production_resources() -> dict[str, Any]:
             configuration_set=dg.EnvVar("SES_CONFIGURATION_SET"),
             unsubscribe_url=dg.EnvVar("PANEL_UNSUBSCRIBE_URL"),
             unsubscribe_secret=dg.EnvVar("PANEL_UNSUBSCRIBE_SECRET"),
+            link_hosts=dg.EnvVar("PANEL_LINK_HOSTS"),
         ),
-        "sqs": SqsResource(queue_url=dg.EnvVar("SES_EVENTS_QUEUE_URL"), region_name=dg.EnvVar("SES_REGION")),
+        "sqs": SqsResource(
+            queue_url=dg.EnvVar("SES_EVENTS_QUEUE_URL"),
+            topic_arn=dg.EnvVar("SES_EVENTS_TOPIC_ARN"),
+            region_name=dg.EnvVar("SES_REGION"),
+        ),
     }
 
 
@@ -79,5 +91,15 @@ def resources_for(environment: str) -> dict[str, Any]:
     return local_resources() if environment == "local" else production_resources()
 
 
+class EnvironmentNotSet(RuntimeError):
+    """PANEL_ENV is missing: which resources to use is never guessed."""
+
+
 def current_environment() -> str:
-    return os.environ.get("PANEL_ENV", "local")
+    environment = os.environ.get("PANEL_ENV", "").strip()
+    if not environment:
+        raise EnvironmentNotSet(
+            "PANEL_ENV is not set: set PANEL_ENV=production for a deployment; `panel-pipeline dev` sets "
+            "PANEL_ENV=local for the local run"
+        )
+    return environment

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +14,16 @@ from pymongo.database import Database
 from panel_pipeline.local.dagster_dev import DagsterDev
 from panel_pipeline.local.mongod import LocalMongod, free_port
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY
+from panel_pipeline.local.ses_proxy import SesFaultProxy, SnsEventPublisher
 from panel_pipeline.local.ses_server import LocalSesServer
-from panel_pipeline.local.sns_sqs import LocalSnsSqs, ensure_feedback_path
+from panel_pipeline.local.sns_sqs import LocalSnsSqs, aws_client, ensure_feedback_path
 from panel_pipeline.local.stack import pipeline_environment
 from panel_pipeline.local.surveygizmo_server import LocalSurveyGizmo
 
 ROOT = Path(__file__).resolve().parents[1]
+# The tests load the definitions with the local resources, as `panel-pipeline dev` does; outside
+# these two a missing PANEL_ENV is an error (panel_pipeline/resources.py).
+os.environ.setdefault("PANEL_ENV", "local")
 
 
 @pytest.fixture(scope="session")
@@ -73,14 +78,26 @@ def local_sns_sqs() -> Iterator[LocalSnsSqs]:
 
 
 @pytest.fixture(scope="session")
+def daemon_ses(local_ses: LocalSesServer, local_sns_sqs: LocalSnsSqs) -> Iterator[SesFaultProxy]:
+    """The SES endpoint the daemon sends through, as the local stack runs it (`ses_server --sns-topic-arn`):
+    the fault proxy in front of `local_ses`, publishing SES's events (Send, and the mailbox
+    simulator's Bounce and Complaint) to the local event topic, which `ses_feedback` drains."""
+    publisher = SnsEventPublisher(aws_client("sns", local_sns_sqs.url), ensure_feedback_path(local_sns_sqs.url).topic_arn)
+    proxy = SesFaultProxy(local_ses.url, publish=publisher)
+    proxy.start()
+    yield proxy
+    proxy.stop()
+    publisher.close()
+
+
+@pytest.fixture(scope="session")
 def dagster_dev(
-    tmp_path_factory: pytest.TempPathFactory, mongo_uri: str, local_surveygizmo: LocalSurveyGizmo, local_ses: LocalSesServer,
+    tmp_path_factory: pytest.TempPathFactory, mongo_uri: str, local_surveygizmo: LocalSurveyGizmo, daemon_ses: SesFaultProxy,
     local_sns_sqs: LocalSnsSqs,
 ) -> Iterator[DagsterDev]:
     """The whole pipeline under a real daemon, as `make run` starts it, on the session's local stack
-    (Mongo database `panel`)."""
-    ensure_feedback_path(local_sns_sqs.url)
-    environment = pipeline_environment(mongo_uri, local_ses.url, local_surveygizmo.base_url, local_sns_sqs.url)
+    (Mongo database `panel`), SES events flowing back through SNS and SQS."""
+    environment = pipeline_environment(mongo_uri, daemon_ses.url, local_surveygizmo.base_url, local_sns_sqs.url)
     server = DagsterDev(Path(tmp_path_factory.mktemp("dagster_home")), environment)
     server.start()
     yield server

@@ -142,7 +142,7 @@ def local_environment() -> dict[str, str]:
         ses_url=f"http://127.0.0.1:{SES_PORT}",
         surveygizmo_url=f"http://127.0.0.1:{SURVEYGIZMO_PORT}",
         sns_sqs_url=SNS_SQS_URL,
-    ) | {"SES_EVENTS_TOPIC_ARN": local_topic_arn()}
+    )
 
 
 def pipeline_environment(mongo_uri: str, ses_url: str, surveygizmo_url: str, sns_sqs_url: str) -> dict[str, str]:
@@ -155,6 +155,8 @@ def pipeline_environment(mongo_uri: str, ses_url: str, surveygizmo_url: str, sns
         "SURVEYGIZMO_BASE_URL": surveygizmo_url,
         "SQS_ENDPOINT_URL": sns_sqs_url,
         "SES_EVENTS_QUEUE_URL": local_queue_url(sns_sqs_url),
+        # The feed applies only messages from this topic (`ensure_feedback_path` makes it).
+        "SES_EVENTS_TOPIC_ARN": local_topic_arn(),
     }
 
 

@@ -32,6 +32,7 @@ from panel_pipeline.mailer.ledger import (
     Batch,
     MailLedger,
     NewRecipient,
+    normalize_email,
 )
 from panel_pipeline.mailer.ses import (
     BatchResult,
@@ -41,14 +42,25 @@ from panel_pipeline.mailer.ses import (
     SesGateway,
 )
 from panel_pipeline.mailer.templates import (
+    HTML_COPY_KEY,
     EmailTemplate,
     check_recipient_data,
     escape_for_html,
 )
+from panel_pipeline.mailer.validation import (
+    DataProblem,
+    LinkPolicy,
+    address_problem,
+    mailing_data,
+)
+from panel_pipeline.queue.store import RequestRejected
 
 log = logging.getLogger(__name__)
 
 UNSUBSCRIBE_FIELD = "unsubscribe_url"
+# Stands in for the signed link while checking a bulk recipient's data: the link is made at send time.
+_SIGNED_LINK_PLACEHOLDER = "https://unsubscribe.invalid/"
+UnsubscribeLink = Callable[[str], str]
 ACTIVE = "active"
 
 
@@ -64,6 +76,7 @@ class MailingRecipient:
     data: Mapping[str, Any] = field(default_factory=dict)
     user_id: Any | None = None
     suppressed_reason: str | None = None
+    problem: str | None = None  # set: fail this recipient alone with this reason (it names the field)
 
 
 @dataclass(frozen=True)
@@ -89,22 +102,50 @@ def plan_recipients(
     recipients: Iterable[MailingRecipient],
     default_data: Mapping[str, Any] | None = None,
     bulk: bool = True,
+    links: LinkPolicy | None = None,
 ) -> list[NewRecipient]:
-    """Ledger rows for a mailing: pending, or failed/suppressed with a reason a person can act on."""
+    """Ledger rows for a mailing: pending, or failed/suppressed with a reason a person can act on.
+
+    `links` is where link values (`template.link_variables`) may point; the asset passes the SES
+    resource's policy (None checks only that links are https and well-formed). A `default_data`
+    that cannot be sent raises `RequestRejected` naming its field; a bad recipient fails alone.
+    """
+    try:
+        shared = mailing_data(default_data, "default_data")
+    except DataProblem as problem:
+        raise RequestRejected(str(problem)) from None
+    if bulk:
+        shared.pop(UNSUBSCRIBE_FIELD, None)  # only the pipeline's own signed link goes out
+    policy = links or LinkPolicy(hosts=None)
     planned = []
     for recipient in recipients:
-        data = {**(default_data or {}), **recipient.data}
-        planned.append(NewRecipient(recipient.email, data, recipient.user_id, *_initial_status(template, recipient, data, bulk)))
+        data = {**shared, **recipient.data}
+        planned.append(NewRecipient(recipient.email, data, recipient.user_id, *_initial_status(template, recipient, data, bulk, policy)))
     return planned
 
 
 def _initial_status(
-    template: EmailTemplate, recipient: MailingRecipient, data: Mapping[str, Any], bulk: bool
+    template: EmailTemplate, recipient: MailingRecipient, data: Mapping[str, Any], bulk: bool, links: LinkPolicy | None = None
 ) -> tuple[str, str | None]:
     if recipient.suppressed_reason:
         return SUPPRESSED, recipient.suppressed_reason
-    missing = set(check_recipient_data(template, data))
-    if bulk and not data.get(UNSUBSCRIBE_FIELD):
+    if recipient.problem:
+        return FAILED, recipient.problem
+    wrong_address = address_problem(normalize_email(recipient.email))
+    if wrong_address:
+        return FAILED, f"email: {wrong_address}"
+    if HTML_COPY_KEY in data:
+        return FAILED, f"data.{HTML_COPY_KEY}: reserved (the pipeline puts the HTML-escaped copy of the data there)"
+    signed_link = bulk and recipient.user_id is not None
+    for name in sorted(template.link_variables):
+        if name == UNSUBSCRIBE_FIELD and signed_link:
+            continue  # made by the pipeline when the batch is built
+        wrong_link = (links or LinkPolicy(hosts=None)).problem(data[name]) if data.get(name) is not None else None
+        if wrong_link:
+            return FAILED, f"data.{name}: {wrong_link}"
+    checked = {**data, UNSUBSCRIBE_FIELD: _SIGNED_LINK_PLACEHOLDER} if signed_link else data
+    missing = set(check_recipient_data(template, checked))
+    if bulk and not checked.get(UNSUBSCRIBE_FIELD):
         missing.add(UNSUBSCRIBE_FIELD)
     if missing:
         return FAILED, f"missing template data: {', '.join(sorted(missing))}"
@@ -123,13 +164,15 @@ def send_mailing(
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
     members: Collection | None = None,
     keep_alive: Callable[[], bool] | None = None,
+    unsubscribe_link: UnsubscribeLink | None = None,
 ) -> DispatchReport:
     """Send every claimable recipient of the mailing; returns when nothing is claimable soon or on pause.
 
     `template_name` is the versioned SES name (`SesGateway.ensure_template`) the mailing started with.
     `members` (the `users` collection) is read once per batch: a row whose member is no longer
     active is suppressed instead of sent. `keep_alive` is called after each batch and each wait;
-    False raises `SendingStopped` before anything more is sent.
+    False raises `SendingStopped` before anything more is sent. `unsubscribe_link` makes bulk
+    mail's signed link from the member id when each batch is built (`_bulk_send`).
     Afterwards `ledger.mailing_done(mailing_id)` says whether the mailing is finished.
     """
     report = DispatchReport()
@@ -158,7 +201,7 @@ def send_mailing(
         attempt = ledger.start_attempt(batch)
         if not attempt.rows:
             continue
-        result = gateway.send_batch(_bulk_send(attempt, template_name, bulk))
+        result = gateway.send_batch(_bulk_send(attempt, template_name, bulk, unsubscribe_link))
         ledger.record_results(attempt, result.entries, _retry_at(result, attempt, policy, now()))
         report.batches += 1
         report.outcomes.update(entry.outcome.value for entry in result.entries)
@@ -200,16 +243,28 @@ def left_members(users: Collection, rows: Iterable[Mapping[str, Any]]) -> dict[s
     return reasons
 
 
-def _bulk_send(batch: Batch, template_name: str, bulk: bool) -> BulkSend:
-    recipients = [
-        BulkRecipient(
-            recipient_key=row["recipient_key"],
-            email=row["email"],
-            template_data=escape_for_html(row["data"]),
-            unsubscribe_url=row["data"].get(UNSUBSCRIBE_FIELD) if bulk else None,
+def _bulk_send(batch: Batch, template_name: str, bulk: bool, unsubscribe_link: UnsubscribeLink | None = None) -> BulkSend:
+    """The SES call for a batch. Bulk mail gets each member's signed unsubscribe link here, made
+    from the member id, so no link (no token) is stored with the ledger row; the link both the
+    template and `List-Unsubscribe` use is that one, whatever the data held."""
+    recipients = []
+    for row in batch.rows:
+        data = dict(row.get("data") or {})
+        link = None
+        if bulk:
+            if unsubscribe_link is not None and row.get("user_id") is not None:
+                link = unsubscribe_link(str(row["user_id"]))
+            else:  # a row planned before the link was made at send time
+                link = data.get(UNSUBSCRIBE_FIELD)
+            data[UNSUBSCRIBE_FIELD] = link
+        recipients.append(
+            BulkRecipient(
+                recipient_key=row["recipient_key"],
+                email=row["email"],
+                template_data=escape_for_html(data),
+                unsubscribe_url=link,
+            )
         )
-        for row in batch.rows
-    ]
     return BulkSend(str(batch.mailing_id), batch.batch_id, template_name, recipients, bulk)
 
 

@@ -2,9 +2,15 @@
 
 Production path: the configuration set's event destination is an SNS topic, an SQS queue is
 subscribed to it, and we drain the queue. Each SQS message body is an SNS envelope whose `Message`
-is the SES event as a JSON string (raw message delivery, the bare event, is accepted too). Both
-spellings of SES events are read: configuration-set events (`eventType`: Send, Reject, Bounce,
-Complaint, Delivery, Rendering Failure, ...) and legacy identity notifications (`notificationType`).
+is the SES event as a JSON string. Both spellings of SES events are read: configuration-set events
+(`eventType`: Send, Reject, Bounce, Complaint, Delivery, Rendering Failure, ...) and legacy identity
+notifications (`notificationType`).
+
+The feed is not trusted blindly (anyone allowed to send to the queue could forge a bounce): a
+message is applied only if its envelope's `TopicArn` is the configured topic and the event carries
+the tags we wrote, of the types we wrote them (`mailing` and `batch` ObjectIds as 24 hex, `recipient`
+a user id or `e-` and 32 hex). Anything else (a raw delivery without an envelope, another topic,
+untagged or wrongly tagged events) is untrusted: counted and deleted, never applied.
 
 What an event does:
 * every tagged event (message tags `mailing`, `batch`, `recipient`) is stored once in `mail_events`,
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +54,8 @@ UNSUBSCRIBED = "unsubscribed"
 PERMANENT_BOUNCE = "Permanent"
 SQS_BATCH_SIZE = 10
 MAX_MESSAGES_PER_DRAIN = 10_000
+OBJECT_ID_TAG = re.compile(r"^[0-9a-f]{24}$")
+RECIPIENT_TAG = re.compile(r"^(?:[0-9a-f]{24}|e-[0-9a-f]{32})$")  # ledger.recipient_key_for
 
 
 @dataclass(frozen=True)
@@ -72,17 +81,38 @@ class Applied:
     member_status: str | None
 
 
-def unwrap_sqs_body(body: str) -> Mapping[str, Any] | None:
-    """The SES event in an SQS message body (SNS envelope or raw delivery); None if there is none."""
+class Untrusted(ValueError):
+    """A message the feed must not apply: not from our topic, or not tagged as we tag our mail."""
+
+
+def unwrap_sqs_body(body: str, topic_arn: str) -> Mapping[str, Any] | None:
+    """The SES event in an SQS message body, an SNS envelope from `topic_arn`; None if it holds no
+    event (not JSON, a subscription confirmation); `Untrusted` if it is no envelope of that topic."""
     try:
         document = json.loads(body)
-        if isinstance(document, dict) and "Type" in document and "TopicArn" in document:
-            if document["Type"] != "Notification":
-                return None  # e.g. a subscription confirmation: nothing SES said
-            document = json.loads(document.get("Message") or "null")
     except (TypeError, ValueError):
         return None
-    return document if isinstance(document, dict) else None
+    if not isinstance(document, dict):
+        return None
+    if document.get("TopicArn") != topic_arn or "Type" not in document:
+        raise Untrusted("not an SNS envelope from the configured topic")
+    if document["Type"] != "Notification":
+        return None  # e.g. a subscription confirmation: nothing SES said
+    try:
+        event = json.loads(document.get("Message") or "null")
+    except (TypeError, ValueError):
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def check_tags(event: FeedbackEvent) -> FeedbackEvent:
+    """`event` if it carries our tags with the types we write; else `Untrusted`."""
+    tags = event.tags
+    if tags is None:
+        raise Untrusted("the event carries no mailing, batch and recipient tags")
+    if not (OBJECT_ID_TAG.match(tags.mailing_id) and OBJECT_ID_TAG.match(tags.batch_id) and RECIPIENT_TAG.match(tags.recipient_key)):
+        raise Untrusted("the event's tags are not of the types the mailer writes")
+    return event
 
 
 def parse_ses_event(event: Mapping[str, Any]) -> FeedbackEvent | None:
@@ -195,7 +225,10 @@ class QueueMessage:
 
 
 class MessageQueue(Protocol):
-    """The SQS queue as the drain needs it (see mailer/sqs.py)."""
+    """The SQS queue as the drain needs it (see mailer/sqs.py); `topic_arn` is the one topic whose
+    messages are applied."""
+
+    topic_arn: str
 
     def receive(self, max_messages: int) -> Sequence[QueueMessage]: ...
 
@@ -207,13 +240,17 @@ class DrainReport:
     messages_read: int = 0
     messages_deleted: int = 0
     messages_ignored: int = 0  # not an SES event: deleted, as no redelivery can make it one
+    messages_untrusted: int = 0  # not from our topic or not tagged as ours: deleted unapplied
     events_by_type: Counter[str] = field(default_factory=Counter)
     events_stored: int = 0
     members: Counter[str] = field(default_factory=Counter)  # new status -> members changed
 
-    def add(self, applied: Applied | None) -> None:
+    def add(self, applied: Applied | Untrusted | None) -> None:
         if applied is None:
             self.messages_ignored += 1
+            return
+        if isinstance(applied, Untrusted):
+            self.messages_untrusted += 1
             return
         self.events_by_type[applied.event_type] += 1
         self.events_stored += int(applied.stored)
@@ -221,18 +258,26 @@ class DrainReport:
             self.members[applied.member_status] += 1
 
 
-def read_message(body: str) -> FeedbackEvent | None:
-    """The SES event of one SQS message; None when it carries none or is malformed."""
+def read_message(body: str, topic_arn: str) -> FeedbackEvent | None:
+    """The SES event of one SQS message; None when it carries none or is malformed; `Untrusted`
+    (raised) when it is not from `topic_arn` or not tagged as our mail is."""
     try:
-        raw = unwrap_sqs_body(body)
-        return parse_ses_event(raw) if raw is not None else None
+        raw = unwrap_sqs_body(body, topic_arn)
+        event = parse_ses_event(raw) if raw is not None else None
+    except Untrusted:
+        raise
     except (AttributeError, KeyError, TypeError, ValueError):
         return None  # no redelivery can make it readable, so it must not fail the drain
+    return check_tags(event) if event is not None else None
 
 
-def apply_message(store: FeedbackStore, body: str) -> Applied | None:
-    """Apply one SQS message; None when it carries no SES event."""
-    event = read_message(body)
+def apply_message(store: FeedbackStore, body: str, topic_arn: str) -> Applied | Untrusted | None:
+    """Apply one SQS message; None when it carries no SES event, the `Untrusted` reason when it
+    must not be applied."""
+    try:
+        event = read_message(body, topic_arn)
+    except Untrusted as untrusted:
+        return untrusted
     return store.apply(event) if event is not None else None
 
 
@@ -249,7 +294,7 @@ def drain(queue: MessageQueue, store: FeedbackStore, max_messages: int = MAX_MES
         applied: list[str] = []
         try:
             for message in messages:
-                report.add(apply_message(store, message.body))
+                report.add(apply_message(store, message.body, queue.topic_arn))
                 applied.append(message.receipt_handle)
         finally:
             if applied:

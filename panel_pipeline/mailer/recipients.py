@@ -1,9 +1,25 @@
-"""Who a mailing goes to, read from Mongo: its listed recipients or its sample's members."""
+"""Who a mailing goes to, read from Mongo: its listed recipients, its invitation's sample members, or
+its sample's members.
+
+Invariants:
+* Streamed: recipients come in chunks of `USERS_PER_QUERY`, each chunk's members read with one
+  query (listed addresses too), so a 600k-member invitation is never held in memory whole.
+* A listed recipient whose address (trimmed, lower-cased) or member was listed before is one
+  recipient: it is counted in `duplicates`, not yielded again. (Sample members are unique per
+  sample; two members sharing an address are kept apart by the ledger's unique (mailing, email).)
+* A wrong document (an entry with neither `user_id` nor `email`, an id that is no id, a listed
+  member who does not exist) raises `RequestRejected` naming the field; listed entries are all
+  checked before the first is yielded. A recipient whose own address or data cannot be mailed is
+  yielded with `problem` (the field and the reason), and the ledger fails it alone.
+* The data never holds the unsubscribe link: bulk mail gets the pipeline's signed link when its
+  batch is built (`dispatch._bulk_send`), and an `unsubscribe_url` the backend put in bulk data is
+  dropped, so it can neither replace the link nor be stored.
+"""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from bson import ObjectId
@@ -11,6 +27,13 @@ from pymongo.database import Database
 
 from panel_pipeline.mailer.dispatch import UNSUBSCRIBE_FIELD, MailingRecipient
 from panel_pipeline.mailer.ledger import normalize_email
+from panel_pipeline.mailer.validation import (
+    DataProblem,
+    address_problem,
+    check_recipient_entry,
+    mailing_data,
+    object_id,
+)
 from panel_pipeline.queue.store import RequestRejected
 
 UnsubscribeLink = Callable[[str], str]
@@ -18,60 +41,145 @@ USER_FIELDS = {"email": 1, "first_name": 1, "status": 1}
 USERS_PER_QUERY = 1000
 
 
-def resolve_recipients(db: Database, mailing: Mapping[str, Any], unsubscribe_link: UnsubscribeLink | None) -> list[MailingRecipient]:
-    """The mailing's recipients with their data (first name, unsubscribe link for bulk mail); members
-    who are not `active` are kept but suppressed, so the ledger records why they were not mailed."""
+class ResolvedRecipients:
+    """The mailing's recipients, read chunk by chunk as they are iterated (once).
+
+    After iterating: `duplicates` (listed recipients that repeat an earlier one) and
+    `missing_members` (sample members with no `users` document or no address: nobody to mail)."""
+
+    def __init__(self, db: Database, mailing: Mapping[str, Any], bulk: bool, chunk_size: int = USERS_PER_QUERY) -> None:
+        self.db = db
+        self.mailing = mailing
+        self.bulk = bulk
+        self.chunk_size = chunk_size
+        self.duplicates = 0
+        self.missing_members = 0
+        self._listed = _listed_entries(mailing)
+        if not self._listed and mailing.get("invitation_for_sample") is None and mailing.get("sample_id") is None:
+            raise RequestRejected("recipients: the mailing lists no recipients and no sample_id")
+
+    def __iter__(self) -> Iterator[MailingRecipient]:
+        for chunk in self.chunks():
+            yield from chunk
+
+    def chunks(self) -> Iterator[list[MailingRecipient]]:
+        """Lists of at most `chunk_size` recipients, one `users` query each."""
+        if self._listed:
+            yield from self._listed_chunks(self._listed)
+        else:
+            yield from self._member_chunks()
+
+    # --- listed recipients -----------------------------------------------------------------------
+
+    def _listed_chunks(self, entries: list[Mapping[str, Any]]) -> Iterator[list[MailingRecipient]]:
+        seen: set[str] = set()
+        for start in range(0, len(entries), self.chunk_size):
+            chunk = list(enumerate(entries[start : start + self.chunk_size], start))
+            by_id = self._users("_id", [object_id(e["user_id"], "user_id") for _, e in chunk if e.get("user_id") is not None])
+            addresses = [normalize_email(e["email"]) for _, e in chunk if e.get("user_id") is None]
+            by_email = {normalize_email(str(user["email"])): user for user in self._users("email", addresses).values()}
+            recipients = []
+            for index, entry in chunk:
+                recipient = self._listed_recipient(entry, f"recipients.{index}", by_id, by_email)
+                key = normalize_email(recipient.email)
+                if key in seen:
+                    self.duplicates += 1
+                    continue
+                seen.add(key)
+                recipients.append(recipient)
+            yield recipients
+
+    def _listed_recipient(
+        self, entry: Mapping[str, Any], where: str, by_id: Mapping[ObjectId, Mapping[str, Any]], by_email: Mapping[str, Mapping[str, Any]]
+    ) -> MailingRecipient:
+        if entry.get("user_id") is not None:
+            user_id = object_id(entry["user_id"], f"{where}.user_id")
+            user = by_id.get(user_id)
+            if user is None or not user.get("email"):
+                raise RequestRejected(f"{where}.user_id: no user {user_id} with an e-mail address")
+            return self._recipient(user, entry.get("data"), f"{where}.data", f"{where}.user_id: the member's address")
+        address = normalize_email(entry["email"])
+        user = by_email.get(address) or {"email": address, "status": "active"}
+        return self._recipient(user, entry.get("data"), f"{where}.data", f"{where}.email")
+
+    # --- sample members ------------------------------------------------------------------------
+
+    def _member_chunks(self) -> Iterator[list[MailingRecipient]]:
+        if self.mailing.get("invitation_for_sample") is not None:
+            # An invitation names its members by their mailing_id (sampler/invitations.py).
+            scope: dict[str, Any] = {"mailing_id": self.mailing["_id"]}
+        else:
+            scope = {"sample_id": object_id(self.mailing["sample_id"], "sample_id"), "invited_at": None, "mailing_id": {"$exists": False}}
+        members = self.db.sample_members.find(scope, {"user_id": 1, "_id": 0}, batch_size=self.chunk_size)
+        user_ids: list[Any] = []
+        for member in members:
+            user_ids.append(member.get("user_id"))
+            if len(user_ids) == self.chunk_size:
+                yield self._members(user_ids)
+                user_ids = []
+        if user_ids:
+            yield self._members(user_ids)
+
+    def _members(self, user_ids: list[Any]) -> list[MailingRecipient]:
+        users = self._users("_id", user_ids)
+        recipients = []
+        for user_id in user_ids:
+            user = users.get(user_id)
+            if user is None or not user.get("email"):
+                self.missing_members += 1
+                continue
+            recipients.append(self._recipient(user, None, "data", f"member {user_id}: address"))
+        return recipients
+
+    # --- one recipient -------------------------------------------------------------------------
+
+    def _users(self, field_name: str, values: list[Any]) -> dict[Any, Mapping[str, Any]]:
+        """The users whose `field_name` is one of `values` (one query), by `_id`."""
+        if not values:
+            return {}
+        return {user["_id"]: user for user in self.db.users.find({field_name: {"$in": values}}, USER_FIELDS)}
+
+    def _recipient(self, user: Mapping[str, Any], raw_data: Any, data_field: str, address_field: str) -> MailingRecipient:
+        problem = None
+        try:
+            data = mailing_data(raw_data, data_field)
+        except DataProblem as bad:
+            data, problem = {}, str(bad)
+        if self.bulk:
+            data.pop(UNSUBSCRIBE_FIELD, None)
+        if user.get("first_name") and isinstance(user["first_name"], str):
+            data.setdefault("first_name", user["first_name"])
+        email = normalize_email(str(user["email"]))
+        wrong_address = address_problem(email)
+        if wrong_address and problem is None:
+            problem = f"{address_field}: {wrong_address}"
+        status = user.get("status", "active")
+        suppressed = None if status == "active" else f"member status is {status}"
+        return MailingRecipient(email=email, data=data, user_id=user.get("_id"), suppressed_reason=suppressed, problem=problem)
+
+
+def resolve_recipients(db: Database, mailing: Mapping[str, Any], unsubscribe_link: UnsubscribeLink | None) -> ResolvedRecipients:
+    """The mailing's recipients with their data (first name), streamed; members who are not
+    `active` are kept but suppressed, so the ledger records why they were not mailed.
+
+    `unsubscribe_link` given means bulk mail (the link itself is made per batch at send time);
+    None means transactional mail, whose data may carry its own links."""
+    return ResolvedRecipients(db, mailing, bulk=unsubscribe_link is not None)
+
+
+def _listed_entries(mailing: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     listed = mailing.get("recipients")
-    if listed:
-        entries = [(dict(entry), f"recipients.{i}") for i, entry in enumerate(listed)]
-    elif mailing.get("sample_id"):
-        sample_id = _object_id(mailing["sample_id"], "sample_id")
-        members = db.sample_members.find({"sample_id": sample_id, "invited_at": None, "mailing_id": {"$exists": False}}, {"user_id": 1})
-        entries = [({"user_id": member["user_id"]}, "sample_id") for member in members]
-    else:
-        raise RequestRejected("recipients: the mailing lists no recipients and no sample_id")
-    users = _users_by_id(db, [_object_id(entry["user_id"], f"{where}.user_id") for entry, where in entries if entry.get("user_id") is not None])
-    return [_recipient(db, users, entry, unsubscribe_link, where) for entry, where in entries]
-
-
-def _users_by_id(db: Database, user_ids: list[ObjectId]) -> dict[ObjectId, Mapping[str, Any]]:
-    """One query per thousand members instead of one per member."""
-    users: dict[ObjectId, Mapping[str, Any]] = {}
-    for start in range(0, len(user_ids), USERS_PER_QUERY):
-        chunk = user_ids[start : start + USERS_PER_QUERY]
-        users.update((user["_id"], user) for user in db.users.find({"_id": {"$in": chunk}}, USER_FIELDS))
-    return users
-
-
-def _recipient(
-    db: Database, users: Mapping[ObjectId, Mapping[str, Any]], entry: Mapping[str, Any], unsubscribe_link: UnsubscribeLink | None, where: str
-) -> MailingRecipient:
-    data = dict(entry.get("data") or {})
-    if entry.get("user_id") is not None:
-        user_id = _object_id(entry["user_id"], f"{where}.user_id")
-        user = users.get(user_id)
-        if user is None or not user.get("email"):
-            raise RequestRejected(f"{where}.user_id: no user {user_id} with an e-mail address")
-    elif entry.get("email"):
-        user = db.users.find_one({"email": normalize_email(str(entry["email"]))}, USER_FIELDS)
-        user = user or {"email": str(entry["email"]), "status": "active"}
-        user_id = user.get("_id")
-    else:
-        raise RequestRejected(f"{where}: give a user_id or an email")
-    if user.get("first_name"):
-        data.setdefault("first_name", user["first_name"])
-    if unsubscribe_link is not None and user_id is not None:
-        data.setdefault(UNSUBSCRIBE_FIELD, unsubscribe_link(str(user_id)))
-    status = user.get("status", "active")
-    suppressed = None if status == "active" else f"member status is {status}"
-    return MailingRecipient(email=user["email"], data=data, user_id=user_id, suppressed_reason=suppressed)
+    if listed is None or listed == []:
+        return []
+    if not isinstance(listed, list):
+        raise RequestRejected(f"recipients: must be a list, not {type(listed).__name__}")
+    for index, entry in enumerate(listed):
+        check_recipient_entry(entry, f"recipients.{index}")
+    return listed
 
 
 def _object_id(value: Any, field: str) -> ObjectId:
-    try:
-        return value if isinstance(value, ObjectId) else ObjectId(str(value))
-    except Exception as exc:
-        raise RequestRejected(f"{field}: {value!r} is not an id") from exc
+    return object_id(value, field)
 
 
 def mark_invited(db: Database, mailing: Mapping[str, Any], sent_user_ids: Iterable[Any], sent_at: Any) -> int:

@@ -1,22 +1,36 @@
-"""Amazon SES (v2), and the SQS queue of its events, as Dagster resources."""
+"""Amazon SES (v2), and the SQS queue of its events, as Dagster resources.
+
+Settings are checked when a run or tick builds the resource (pydantic validators), so a wrong
+setting stops a run before any mail: an empty unsubscribe secret, an unsubscribe URL without its
+`{user}` and `{token}` placeholders or outside the link policy, no allowed link host, an empty
+event topic. The messages never repeat a secret.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import re
+from typing import Any
+from urllib.parse import quote, urlsplit
 
 import boto3
 import dagster as dg
 from botocore.config import Config
-from pydantic import Field
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from panel_pipeline.mailer.ses import SesGateway, SesSettings
 from panel_pipeline.mailer.sqs import SqsQueue
+from panel_pipeline.mailer.unsubscribe import DEFAULT_KEY_VERSION, KEY_VERSION, unsubscribe_token
+from panel_pipeline.mailer.validation import LinkPolicy
+
+TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$")
 
 
 class AwsServiceResource(dg.ConfigurableResource):
     """An AWS service in one region. Credentials come from boto3's default chain (a role, or AWS_*
     variables) unless given here, which only the local endpoints do."""
+
+    # A validation error must not print the settings it was given: they include secrets.
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     region_name: str = Field(description="AWS region, e.g. eu-west-2.")
     endpoint_url: str | None = Field(default=None, description="A local endpoint instead of AWS.")
@@ -41,10 +55,47 @@ class SesResource(AwsServiceResource):
         description="One-click unsubscribe link for bulk mail; `{user}` and `{token}` are filled per recipient."
     )
     unsubscribe_secret: str = Field(description="Signs the unsubscribe tokens; set it from an environment variable.")
+    unsubscribe_key_version: str = Field(
+        default=DEFAULT_KEY_VERSION, description="Names the secret in each token (v1, v2, ...); change it with the secret."
+    )
+    link_hosts: str = Field(
+        description="Comma-separated hosts that links in our e-mail (survey_url, reset_url, ...) may point at; "
+        "`*.example.org` allows its subdomains. The unsubscribe URL's host is always allowed."
+    )
+    allow_http_links: bool = Field(default=False, description="Allow http:// links as well as https://; the local run only.")
 
-    def unsubscribe_link(self, user_key: str) -> str:
-        token = hmac.new(self.unsubscribe_secret.encode(), user_key.encode(), hashlib.sha256).hexdigest()[:32]
-        return self.unsubscribe_url.format(user=user_key, token=token)
+    @model_validator(mode="before")
+    @classmethod
+    def _settings_are_usable(cls, data: Any) -> Any:
+        """Runs when a run or tick builds the resource from resolved values; an `EnvVar` not yet
+        resolved (the definitions loading) is left for then."""
+        if not isinstance(data, dict):
+            return data
+        secret, url, hosts = (data.get(name) for name in ("unsubscribe_secret", "unsubscribe_url", "link_hosts"))
+        if _resolved(secret) and not str(secret).strip():
+            raise ValueError("unsubscribe_secret is empty: set PANEL_UNSUBSCRIBE_SECRET")
+        if _resolved(hosts) and not _hosts(str(hosts)):
+            raise ValueError("link_hosts names no host: set PANEL_LINK_HOSTS (comma-separated)")
+        if _resolved(url) and ("{user}" not in str(url) or "{token}" not in str(url)):
+            raise ValueError("unsubscribe_url: needs the placeholders {user} and {token}")
+        if _resolved(url) and _resolved(hosts) and hosts:
+            allow_http = bool(data.get("allow_http_links", False))
+            problem = _policy(str(url), str(hosts), allow_http).problem(str(url).format(user="0", token="0"))
+            if problem:
+                raise ValueError(f"unsubscribe_url: {problem}")
+        version = data.get("unsubscribe_key_version", DEFAULT_KEY_VERSION)
+        if _resolved(version) and not KEY_VERSION.match(str(version)):
+            raise ValueError("unsubscribe_key_version: looks like v1, v2, ...")
+        return data
+
+    def unsubscribe_link(self, member_id: str) -> str:
+        """The member's signed one-click link (scheme: docs/contract.md, `mailer/unsubscribe.py`)."""
+        token = unsubscribe_token(member_id, self.unsubscribe_secret, self.unsubscribe_key_version)
+        return self.unsubscribe_url.format(user=quote(member_id, safe=""), token=quote(token, safe=""))
+
+    def link_policy(self) -> LinkPolicy:
+        """Where links in our e-mail may point: `link_hosts` and the unsubscribe URL's own host."""
+        return _policy(self.unsubscribe_url, self.link_hosts, self.allow_http_links)
 
     def gateway(self) -> SesGateway:
         settings = SesSettings(
@@ -62,6 +113,9 @@ class SqsResource(AwsServiceResource):
     """The SQS queue subscribed to the SNS topic that the SES configuration set publishes events to."""
 
     queue_url: str = Field(description="The queue's URL, e.g. https://sqs.eu-west-2.amazonaws.com/<account>/panel-ses-events.")
+    topic_arn: str = Field(
+        description="The SNS topic the SES configuration set publishes to; a message from any other topic is dropped."
+    )
     wait_seconds: int = Field(default=5, ge=1, le=20, description="Long-poll wait of each receive; a drain ends after one empty wait.")
 
     def queue(self) -> SqsQueue:
@@ -69,4 +123,25 @@ class SqsResource(AwsServiceResource):
         # the read timeout must outlast the long poll.
         config = Config(connect_timeout=3, read_timeout=self.wait_seconds + 10, retries={"mode": "standard", "max_attempts": 2})
         client = self.session().client("sqs", endpoint_url=self.endpoint_url, config=config)
-        return SqsQueue(client, self.queue_url, self.wait_seconds)
+        return SqsQueue(client, self.queue_url, self.wait_seconds, self.topic_arn)
+
+    @field_validator("topic_arn", mode="before")
+    @classmethod
+    def _topic_is_an_arn(cls, topic_arn: Any) -> Any:
+        if _resolved(topic_arn) and not TOPIC_ARN.match(str(topic_arn)):
+            raise ValueError("topic_arn: not an SNS topic ARN (arn:aws:sns:<region>:<account>:<name>); set SES_EVENTS_TOPIC_ARN")
+        return topic_arn
+
+
+def _resolved(value: Any) -> bool:
+    """False for an `EnvVar` the definitions name but a run has not resolved yet."""
+    return value is not None and not isinstance(value, dg.EnvVar)
+
+
+def _hosts(hosts: str) -> list[str]:
+    return [host.strip().lower() for host in hosts.split(",") if host.strip()]
+
+
+def _policy(unsubscribe_url: str, link_hosts: str, allow_http: bool) -> LinkPolicy:
+    own_host = urlsplit(unsubscribe_url.format(user="0", token="0")).hostname or ""
+    return LinkPolicy.of([*_hosts(link_hosts), own_host], allow_http=allow_http)

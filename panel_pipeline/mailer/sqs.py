@@ -9,12 +9,14 @@ from panel_pipeline.mailer.feedback import QueueMessage
 
 
 class SqsQueue:
-    """Long-polled receives, batch deletes and the visible-message count of one queue."""
+    """Long-polled receives, batch deletes and the visible-message count of one queue; `topic_arn`
+    is the SNS topic whose messages the drain applies (any other is dropped)."""
 
-    def __init__(self, client: Any, queue_url: str, wait_seconds: int) -> None:
+    def __init__(self, client: Any, queue_url: str, wait_seconds: int, topic_arn: str) -> None:
         self.client = client
         self.queue_url = queue_url
         self.wait_seconds = wait_seconds
+        self.topic_arn = topic_arn
 
     def receive(self, max_messages: int) -> list[QueueMessage]:
         answer = self.client.receive_message(

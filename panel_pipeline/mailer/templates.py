@@ -9,7 +9,8 @@ Two SES behaviours shape the API:
   silently drops the e-mail. `check_recipient_data` finds those recipients before a send.
 * SES does not HTML-escape substituted values. The HTML parts use only `{{html.<name>}}`, filled
   from the escaped copy `escape_for_html` adds under the key `html`; subject and text use the raw
-  `{{<name>}}` values.
+  `{{<name>}}` values. Escaping does not make a link safe: `link_variables` names the values the
+  HTML puts in an `href` (or `src`), which the mailer checks against its link policy.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ _TOKEN = re.compile(r"\{\{(~?)(\{?)(.*?)(\}?)(~?)\}\}", re.DOTALL)
 _INLINE_PARTIAL = re.compile(r'\{\{#\*\s*inline\s+"([^"]+)"\s*\}\}(.*?)\{\{/inline\}\}', re.DOTALL)
 _PARTIAL_CALL = re.compile(r"\{\{>\s*([\w-]+)\s*\}\}")
 _KEYWORD_LITERALS = {"true", "false", "null", "undefined", "else"}
+# An attribute whose value is a link: what a variable in it becomes must be a URL we allow.
+_LINK_ATTRIBUTE = re.compile(r"""\b(?:href|src|action|formaction|background|poster)\s*=\s*(["']?)([^"'>]*)\1""", re.IGNORECASE)
 
 
 class TemplateError(ValueError):
@@ -71,6 +74,12 @@ class EmailTemplate:
     def variables(self) -> frozenset[str]:
         """Every data path the three parts need, e.g. `first_name`, `html.first_name`, `items[].id`."""
         return frozenset().union(*(handlebars_variables(part) for part in (self.subject, self.html, self.text)))
+
+    @property
+    def link_variables(self) -> frozenset[str]:
+        """Data names whose value the HTML puts in a link (`href`, `src`, ...), e.g. `survey_url`:
+        each such value must pass the resource's link policy. Found by reading the built HTML."""
+        return link_variables(self.html)
 
 
 def load_template(path: Path) -> EmailTemplate:
@@ -142,6 +151,17 @@ def handlebars_variables(source: str) -> frozenset[str]:
                 found.add(path)
     if blocks:
         raise TemplateError(f"unclosed block(s): {', '.join(helper for helper, _ in blocks)}")
+    return frozenset(found)
+
+
+def link_variables(html_source: str) -> frozenset[str]:
+    """Raw data names used inside link attributes of `html_source` (`{{html.survey_url}}` -> `survey_url`)."""
+    found: set[str] = set()
+    for match in _LINK_ATTRIBUTE.finditer(html_source):
+        for token in _TOKEN.finditer(match.group(2)):
+            body = token.group(3).strip()
+            if body and body[0] not in "#/>!@":
+                found.add(_raw_name(body))
     return frozenset(found)
 
 

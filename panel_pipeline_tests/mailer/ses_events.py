@@ -25,7 +25,10 @@ def mail(message_id: str, address: str, tags: dict[str, str] | None) -> dict[str
     return document
 
 
-def tags(mailing: Any, recipient: Any, batch: str = "batch-1") -> dict[str, str]:
+BATCH = "6566a0000000000000000001"  # batch ids are ObjectIds, as the ledger makes them
+
+
+def tags(mailing: Any, recipient: Any, batch: str = BATCH) -> dict[str, str]:
     return {"mailing": str(mailing), "batch": batch, "recipient": str(recipient)}
 
 

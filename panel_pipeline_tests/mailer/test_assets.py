@@ -23,6 +23,7 @@ def resources(mongo_uri, mongo_db, local_ses):
             region_name="eu-west-2", from_address="Panel <panel@example.org>", endpoint_url=local_ses.url,
             aws_access_key_id="local", aws_secret_access_key="local",
             unsubscribe_url="https://panel.example/unsubscribe?user={user}&token={token}", unsubscribe_secret="s",
+            link_hosts="survey.example,panel.example,x",
         ),
     }
 

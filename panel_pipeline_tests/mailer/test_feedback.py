@@ -13,7 +13,10 @@ from panel_pipeline.mailer.feedback import (
     BOUNCED,
     UNSUBSCRIBED,
     FeedbackStore,
-    apply_message,
+    QueueMessage,
+    Untrusted,
+    apply_message as apply_from,
+    drain,
     parse_ses_event,
     unwrap_sqs_body,
 )
@@ -25,6 +28,7 @@ from panel_pipeline.mailer.ledger import (
     recipient_key_for,
 )
 from panel_pipeline_tests.mailer.ses_events import (
+    BATCH,
     bounce,
     complaint,
     event,
@@ -34,6 +38,12 @@ from panel_pipeline_tests.mailer.ses_events import (
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+TOPIC = "arn:aws:sns:eu-west-2:123456789012:panel-ses-events"  # sns_envelope's default
+
+
+def apply_message(store, body):
+    """What the drain does with one SQS body, from the configured topic."""
+    return apply_from(store, body, TOPIC)
 
 
 @pytest.fixture
@@ -47,18 +57,17 @@ def member(db: Database, email: str, status: str = "active") -> ObjectId:
     return db.users.insert_one({"email": email, "first_name": "Ann", "status": status}).inserted_id
 
 
-def test_an_sns_envelope_and_a_raw_delivery_carry_the_same_event():
-    ses_event = event("Send", "ann@panel.example", tags(ObjectId(), "u1"))
-    assert unwrap_sqs_body(sns_envelope(ses_event)) == ses_event
-    assert unwrap_sqs_body(json.dumps(ses_event)) == ses_event
+def test_an_sns_envelope_from_the_configured_topic_carries_the_event():
+    ses_event = event("Send", "ann@panel.example", tags(ObjectId(), ObjectId()))
+    assert unwrap_sqs_body(sns_envelope(ses_event), TOPIC) == ses_event
 
 
 @pytest.mark.parametrize("body", [
-    json.dumps({"Type": "SubscriptionConfirmation", "TopicArn": "arn:aws:sns:eu-west-2:1:t", "Message": "confirm"}),
-    "not json", "[1, 2]", json.dumps({"Type": "Notification", "TopicArn": "arn:x", "Message": "not json"}),
+    json.dumps({"Type": "SubscriptionConfirmation", "TopicArn": TOPIC, "Message": "confirm"}),
+    "not json", "[1, 2]", json.dumps({"Type": "Notification", "TopicArn": TOPIC, "Message": "not json"}),
 ])
 def test_a_body_without_an_ses_event_is_none(body):
-    assert unwrap_sqs_body(body) is None
+    assert unwrap_sqs_body(body, TOPIC) is None
 
 
 @pytest.mark.parametrize("malformed", [
@@ -85,20 +94,19 @@ def test_configuration_set_and_legacy_spellings_parse_alike():
 
 
 def test_each_tagged_event_is_stored_once_with_the_schema_and_no_address(store, mongo_db):
-    mailing = ObjectId()
-    sent = event("Send", "ann@panel.example", tags(mailing, "u1"))
+    mailing, ann = ObjectId(), str(ObjectId())
+    sent = event("Send", "ann@panel.example", tags(mailing, ann))
     message_id = sent["mail"]["messageId"]
-    bounced = bounce("ann@panel.example", tags(mailing, "u1"), message_id=message_id)
-    for body in (sns_envelope(sent), sns_envelope(sent), json.dumps(sent), sns_envelope(bounced)):
+    bounced = bounce("ann@panel.example", tags(mailing, ann), message_id=message_id)
+    for body in (sns_envelope(sent), sns_envelope(sent), sns_envelope(bounced)):
         apply_message(store, body)
-    apply_message(store, sns_envelope(event("Rendering Failure", "bob@panel.example", tags(mailing, "u2"))))
-    apply_message(store, sns_envelope(event("Send", "carl@panel.example", None)))  # untagged: not stored
+    apply_message(store, sns_envelope(event("Rendering Failure", "bob@panel.example", tags(mailing, ObjectId()))))
 
     documents = {doc["_id"]: doc for doc in mongo_db.mail_events.find()}
     assert sorted(doc["event_type"] for doc in documents.values()) == ["Bounce", "Rendering Failure", "Send"]
     assert documents[f"{message_id}:Send"] == {
-        "_id": f"{message_id}:Send", "event_type": "Send", "mailing_id": mailing, "batch_id": "batch-1",
-        "recipient_key": "u1", "message_id": message_id, "error": None,
+        "_id": f"{message_id}:Send", "event_type": "Send", "mailing_id": mailing, "batch_id": BATCH,
+        "recipient_key": ann, "message_id": message_id, "error": None,
         "occurred_at": dt.datetime(2026, 11, 23, 9, 0, 0, 123000, tzinfo=UTC), "received_at": NOW,
     }
     assert documents[f"{message_id}:Bounce"]["error"] == "SES bounce Permanent/General"
@@ -124,9 +132,9 @@ def test_a_complaint_without_a_user_tag_finds_the_member_by_address(store, mongo
     applied = apply_message(store, sns_envelope(complaint("ANN@panel.example", tags(ObjectId(), hashed_key))))
     assert applied.member_status == UNSUBSCRIBED
     assert mongo_db.users.find_one({"_id": ann})["status_reason"] == "SES complaint abuse"
-    legacy = complaint("ann2@panel.example", None, key="notificationType")  # legacy: no tags at all
     other = member(mongo_db, "ann2@panel.example")
-    assert apply_message(store, json.dumps(legacy)).member_status == UNSUBSCRIBED
+    legacy = complaint("ann2@panel.example", tags(ObjectId(), recipient_key_for(None, "ann2@panel.example")), key="notificationType")
+    assert apply_message(store, sns_envelope(legacy)).member_status == UNSUBSCRIBED
     assert mongo_db.users.find_one({"_id": other})["status"] == "unsubscribed"
 
 
@@ -157,7 +165,7 @@ def test_stored_events_settle_unknown_ledger_rows(store, mongo_db):
     mailing, ann = ObjectId(), ObjectId()
     ledger = MailLedger(mongo_db.mail_log, mongo_db.mail_events)
     mongo_db.mail_log.insert_many([
-        {"mailing_id": mailing, "recipient_key": key, "batch_id": "batch-1", "status": UNKNOWN,
+        {"mailing_id": mailing, "recipient_key": key, "batch_id": BATCH, "status": UNKNOWN,
          "attempt_started_at": dt.datetime(2026, 11, 23, 8, 0, tzinfo=UTC)}
         for key in (str(ann), "e-0000")
     ])
@@ -165,3 +173,57 @@ def test_stored_events_settle_unknown_ledger_rows(store, mongo_db):
     settled = ledger.settle_unknown(mailing)
     assert (settled[SENT], settled[PENDING]) == (1, 1)  # the silent one was never accepted
     assert mongo_db.mail_log.find_one({"recipient_key": str(ann)})["status"] == SENT
+
+
+@pytest.mark.parametrize("forged", [
+    pytest.param(lambda e: json.dumps(e), id="raw delivery: no envelope to check"),
+    pytest.param(lambda e: sns_envelope(e, topic_arn="arn:aws:sns:eu-west-2:999999999999:someone-else"), id="another topic"),
+    pytest.param(lambda e: json.dumps({**json.loads(sns_envelope(e)), "TopicArn": None}), id="no topic"),
+])
+def test_a_message_not_from_the_configured_topic_is_untrusted_and_changes_nothing(store, mongo_db, forged):
+    ann = member(mongo_db, "ann@panel.example")
+    applied = apply_message(store, forged(bounce("ann@panel.example", tags(ObjectId(), ann))))
+    assert isinstance(applied, Untrusted)
+    assert mongo_db.users.find_one({"_id": ann})["status"] == "active"
+    assert mongo_db.mail_events.count_documents({}) == 0
+
+
+@pytest.mark.parametrize("labels", [
+    pytest.param(None, id="untagged"),
+    pytest.param({"mailing": "not-an-id", "batch": BATCH, "recipient": "x"}, id="mailing not an ObjectId"),
+    pytest.param({"mailing": str(ObjectId()), "batch": "batch-1", "recipient": str(ObjectId())}, id="batch not an ObjectId"),
+    pytest.param({"mailing": str(ObjectId()), "batch": BATCH, "recipient": "ann@panel.example"}, id="recipient not a key"),
+    pytest.param({"mailing": str(ObjectId()), "batch": BATCH, "recipient": "e-1234"}, id="recipient hash too short"),
+])
+def test_an_event_without_our_tags_is_untrusted_even_from_the_topic(store, mongo_db, labels):
+    ann = member(mongo_db, "ann@panel.example")
+    applied = apply_message(store, sns_envelope(complaint("ann@panel.example", labels)))
+    assert isinstance(applied, Untrusted)
+    assert mongo_db.users.find_one({"_id": ann})["status"] == "active"
+    assert mongo_db.mail_events.count_documents({}) == 0
+
+
+def test_the_drain_counts_and_deletes_untrusted_messages(store, mongo_db):
+    ann = member(mongo_db, "ann@panel.example")
+
+    class Queue:
+        topic_arn = TOPIC
+
+        def __init__(self, bodies):
+            self.bodies, self.deleted = list(bodies), []
+
+        def receive(self, max_messages):
+            taken, self.bodies = self.bodies[:max_messages], self.bodies[max_messages:]
+            return [QueueMessage(f"r{len(self.deleted) + i}", body) for i, body in enumerate(taken)]
+
+        def delete(self, handles):
+            self.deleted.extend(handles)
+            return len(handles)
+
+    genuine = sns_envelope(event("Send", "ann@panel.example", tags(ObjectId(), ann)))
+    queue = Queue([genuine, json.dumps(bounce("ann@panel.example", tags(ObjectId(), ann))), "not json",
+                   sns_envelope(bounce("ann@panel.example", None))])
+    report = drain(queue, store)
+    assert (report.messages_read, report.messages_deleted) == (4, 4)
+    assert (report.events_stored, report.messages_untrusted, report.messages_ignored) == (1, 2, 1)
+    assert mongo_db.users.find_one({"_id": ann})["status"] == "active"

@@ -18,7 +18,7 @@ from panel_pipeline.mailer.assets import mailings, ses_feedback
 from panel_pipeline.mailer.ledger import recipient_key_for
 from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.queue.resources import MongoResource
-from panel_pipeline_tests.mailer.ses_events import bounce, complaint, event, tags
+from panel_pipeline_tests.mailer.ses_events import bounce, complaint, event, sns_envelope, tags
 from panel_pipeline_tests.waiting import wait_for
 
 SURVEY = {"survey_name": "Bus services", "duration_minutes": 12, "points": 150, "survey_url": "https://survey.example/s/1"}
@@ -35,8 +35,8 @@ def feedback_path(local_sns_sqs):
 @pytest.fixture
 def sqs(local_sns_sqs, feedback_path):
     return SqsResource(
-        queue_url=feedback_path.queue_url, region_name="eu-west-2", endpoint_url=local_sns_sqs.url, wait_seconds=1,
-        aws_access_key_id="local", aws_secret_access_key="local",
+        queue_url=feedback_path.queue_url, topic_arn=feedback_path.topic_arn, region_name="eu-west-2",
+        endpoint_url=local_sns_sqs.url, wait_seconds=1, aws_access_key_id="local", aws_secret_access_key="local",
     )
 
 
@@ -49,6 +49,7 @@ def resources(mongo_uri, mongo_db, local_ses, sqs):
             region_name="eu-west-2", from_address="Panel <panel@example.org>", endpoint_url=local_ses.url,
             aws_access_key_id="local", aws_secret_access_key="local",
             unsubscribe_url="https://panel.example/unsubscribe?user={user}&token={token}", unsubscribe_secret="s",
+            link_hosts="survey.example",
         ),
     }
 
@@ -100,7 +101,7 @@ def test_bounces_and_complaints_arrive_through_sqs_and_suppress_the_members(inst
     result, materialization = drain(instance, resources)
     assert result.success
     assert metadata_values(materialization) == {
-        "messages_read": 4, "messages_deleted": 4, "messages_ignored": 0, "events_stored": 4,
+        "messages_read": 4, "messages_deleted": 4, "messages_ignored": 0, "messages_untrusted": 0, "events_stored": 4,
         "events_by_type": {"Bounce": 2, "Complaint": 1, "Send": 1}, "members_bounced": 1, "members_unsubscribed": 1,
     }
     statuses = {user["_id"]: user["status"] for user in mongo_db.users.find()}
@@ -141,6 +142,20 @@ def test_redelivered_and_duplicate_events_change_nothing_twice(instance, resourc
     assert mongo_db.mail_events.count_documents({}) == 1
 
 
+def test_a_bounce_sent_straight_to_the_queue_is_untrusted_counted_and_deleted(instance, resources, mongo_db, publish, local_sns_sqs, feedback_path):
+    """Anyone who may send to the queue could forge a bounce; only the topic's envelopes are applied."""
+    (ann,) = members(mongo_db, "ann@panel.example")
+    sqs = aws_client("sqs", local_sns_sqs.url)
+    forged = bounce("ann@panel.example", tags(ObjectId(), ann))
+    sqs.send_message(QueueUrl=feedback_path.queue_url, MessageBody=json.dumps(forged))  # a raw event
+    sqs.send_message(QueueUrl=feedback_path.queue_url, MessageBody=sns_envelope(forged, topic_arn="arn:aws:sns:eu-west-2:123456789012:other"))
+    publish(bounce("ann@panel.example", None))  # from the topic, but not tagged as our mail is
+    _, materialization = drain(instance, resources)
+    values = metadata_values(materialization)
+    assert (values["messages_read"], values["messages_deleted"], values["messages_untrusted"], values["events_stored"]) == (3, 3, 3, 0)
+    assert mongo_db.users.find_one({"_id": ann})["status"] == "active"
+
+
 def test_a_message_is_deleted_only_once_applied(instance, resources, mongo_db, publish, local_sns_sqs, feedback_path):
     """The store fails after the message was read: `users` refuses every write (a validator no
     document passes), so applying the bounce fails and the message must still be in SQS."""
@@ -174,7 +189,8 @@ def test_the_sensor_skips_an_empty_or_unreachable_queue(instance, sqs):
     secret = "s3cr3t-key-material"
     dead = f"http://127.0.0.1:{free_port()}"
     unreachable = SqsResource(
-        queue_url=f"{dead}/123456789012/ses-events", region_name="eu-west-2", endpoint_url=dead,
+        queue_url=f"{dead}/123456789012/ses-events", topic_arn="arn:aws:sns:eu-west-2:123456789012:ses-events",
+        region_name="eu-west-2", endpoint_url=dead,
         aws_access_key_id="local", aws_secret_access_key=secret,
     )
     tick = ses_feedback_sensor(dg.build_sensor_context(instance=instance, resources={"sqs": unreachable}))
