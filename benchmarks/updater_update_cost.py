@@ -34,7 +34,7 @@ def dynamic_samples(db, drawn_at: dt.datetime) -> None:
         db.samples.insert_one({
             "name": f"{region} tracker", "survey_id": "1", "size": 100_000, "dynamic": True, "open": True,
             "filters": {"region": {"$in": [region]}}, "processed": True, "status": "done", "processed_at": drawn_at, "drawn_at": drawn_at,
-            "mailing": {"template": "new_survey", "default_data": {"survey_name": "Tracker"}},
+            "mailing": {"template": "new_survey", "default_data": {"survey_name": "Tracker", "duration_minutes": 5, "points": 50, "survey_url": "https://survey.example/s/9"}},
         })
 
 

@@ -31,7 +31,7 @@ def open_scotland_sample(db, size=10, mailing=True):
         "processed_at": dt.datetime.now(UTC) - dt.timedelta(minutes=1), "drawn_at": dt.datetime.now(UTC) - dt.timedelta(minutes=1),
     }
     if mailing:
-        doc["mailing"] = {"template": "new_survey", "default_data": {"survey_name": "Tracker"}}
+        doc["mailing"] = {"template": "new_survey", "default_data": {"survey_name": "Tracker", "duration_minutes": 5, "points": 50, "survey_url": "https://survey.example/s/9"}}
     return db.samples.insert_one(doc).inserted_id
 
 
