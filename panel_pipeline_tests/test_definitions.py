@@ -9,23 +9,52 @@ import pytest
 import yaml
 
 from panel_pipeline.definitions import defs
+from panel_pipeline.extractor.resources import SurveyGizmoResource
+from panel_pipeline.mailer.resources import SesResource, SqsResource
+from panel_pipeline.queue.resources import MongoResource
 from panel_pipeline.resources import resources_for
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCATION = "panel_pipeline"
 
 
-def test_every_definition_resolves():
+ASSETS = {
+    "surveygizmo_responses", "users", "survey_completions", "surveygizmo_deletions", "samples", "dynamic_sample_updates",
+    "mailings", "transactional_mail", "ses_feedback", "email_templates",
+}
+SENSOR_JOBS = {
+    "samples_queue_sensor": "sample_job",
+    "mailings_queue_sensor": "mailing_job",
+    "transactional_mail_queue_sensor": "transactional_mail_job",
+    "transactions_queue_sensor": "survey_completions_job",
+    "member_changes_sensor": "dynamic_sample_updates_job",
+    "ses_feedback_sensor": "ses_feedback_job",
+}
+SCHEDULE_JOBS = {"hourly_extract_schedule": "extract_job", "weekly_deletion_sweep_schedule": "deletion_sweep_job"}
+RESOURCE_TYPES = {"mongo": MongoResource, "surveygizmo": SurveyGizmoResource, "ses": SesResource, "sqs": SqsResource}
+
+
+def test_every_definition_resolves_with_its_job_and_resources():
     repository = defs.get_repository_def()
     repository.load_all_definitions()
-    assert repository.get_all_jobs() is not None
+    assert {key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()} >= ASSETS
+    sensors = {sensor.name: sensor for sensor in repository.sensor_defs}
+    assert {name: sensors[name].job_name for name in SENSOR_JOBS if name in sensors} == SENSOR_JOBS
+    assert {"queue_run_failure_sensor", "queue_run_cancel_sensor"} <= set(sensors)
+    schedules = {schedule.name: schedule.job_name for schedule in repository.schedule_defs}
+    assert {name: schedules.get(name) for name in SCHEDULE_JOBS} == SCHEDULE_JOBS
+    provided = set(repository.get_top_level_resources())
+    assert provided == set(RESOURCE_TYPES)
+    for assets in repository.assets_defs_by_key.values():
+        assert assets.required_resource_keys - {"io_manager"} <= provided, assets.keys  # io_manager: Dagster's default
     for sensor in repository.sensor_defs:
-        assert sensor.name
+        assert sensor.required_resource_keys <= provided, sensor.name
 
 
 @pytest.mark.parametrize("environment", ["local", "production"])
 def test_both_environments_provide_every_resource(environment):
-    assert set(resources_for(environment)) >= {"mongo", "surveygizmo", "ses"}
+    resources = resources_for(environment)
+    assert {name: type(resource) for name, resource in resources.items()} == RESOURCE_TYPES
 
 
 def test_unknown_environment_is_refused():

@@ -11,7 +11,7 @@ import pytest
 from panel_pipeline.local.demo import demo_user, demo_user_id
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY_ID, response_record
 from panel_pipeline.local.synthetic_panel import generate_profiles
-from panel_pipeline_tests.waiting import wait_for
+from panel_pipeline_tests.waiting import finished_runs, statuses, wait_for
 
 UTC = dt.timezone.utc
 MEMBERS = 240
@@ -37,6 +37,16 @@ def complete(db, number: int, response_id: int) -> None:
 
 def profile_of(row: dict) -> dict:
     return {k: (int(v) if k == "birth_year" else str(v)) for k, v in row.items() if v is not None and k not in ("age", "age_band")}
+
+
+def invitations_sent(db, *sample_ids) -> bool:
+    """Every member of these samples is named by an invitation, and each of those mailings is processed."""
+    members = list(db.sample_members.find({"sample_id": {"$in": list(sample_ids)}}, {"sample_id": 1, "mailing_id": 1}))
+    mailing_ids = {member.get("mailing_id") for member in members}
+    return (
+        {member["sample_id"] for member in members} == set(sample_ids) and None not in mailing_ids
+        and db.mailings.count_documents({"_id": {"$in": list(mailing_ids)}, "processed": True}) == len(mailing_ids)
+    )
 
 
 def test_the_backend_drives_the_whole_pipeline(dagster_dev, mongo_client, local_surveygizmo, local_ses):
@@ -69,7 +79,7 @@ def test_the_backend_drives_the_whole_pipeline(dagster_dev, mongo_client, local_
     wait_for(lambda: db.samples.count_documents({"processed": True}) == 2, what="samples processed", explain=dagster_dev.activity)
     assert db.samples.find_one({"_id": nat_rep})["status"] == "done"
     assert db.samples.find_one({"_id": scotland})["open"] is True
-    wait_for(lambda: db.mailings.count_documents({}) >= 1 and db.mailings.count_documents({"processed": False}) == 0, what="invitations sent", explain=dagster_dev.activity)
+    wait_for(lambda: invitations_sent(db, nat_rep, scotland), what="both samples' invitations sent", explain=dagster_dev.activity)
 
     # A new Scottish member joins and answers the profile survey: added to the dynamic sample, invited once.
     newcomer = MEMBERS + 1
@@ -77,8 +87,13 @@ def test_the_backend_drives_the_whole_pipeline(dagster_dev, mongo_client, local_
     answer_profile_survey(local_surveygizmo, newcomer, {**profile_of(rows[0]), "region": "Scotland"}, 80_000)
     joined = time.monotonic()
     complete(db, newcomer, 80_000)
-    wait_for(lambda: db.sample_members.find_one({"sample_id": scotland, "user_id": demo_user_id(newcomer), "invited_at": {"$ne": None}}), what="newcomer invited", explain=dagster_dev.activity)
+    member = wait_for(
+        lambda: db.sample_members.find_one({"sample_id": scotland, "user_id": demo_user_id(newcomer), "invited_at": {"$ne": None}}),
+        what="newcomer invited", explain=dagster_dev.activity,
+    )
     print(f"newcomer: completion inserted -> invitation accepted by SES in {time.monotonic() - joined:.1f} s")
+    # `invited_at` is written as the mail goes; the mailing document is finished after.
+    wait_for(lambda: db.mailings.find_one({"_id": member["mailing_id"], "processed": True}), what="newcomer's mailing processed", explain=dagster_dev.activity)
 
     # Every member of a sample got exactly one invitation per sample, with their own name on it.
     emails = local_ses.emails()
@@ -92,10 +107,12 @@ def test_the_backend_drives_the_whole_pipeline(dagster_dev, mongo_client, local_
     assert all(doc["status"] == "done" for doc in db.mailings.find())
     assert all(doc["processed"] for name in ("samples", "mailings", "transactions") for doc in db[name].find())
 
-    # Every run is in the instance, and each queue document names its run.
+    # Each queue document names its run, which succeeded: waited for, since a document is written
+    # processed inside its run, before the run ends.
+    named = {doc["run_id"] for name in ("samples", "mailings", "transactions") for doc in db[name].find()}
+    runs = finished_runs(dagster_dev, "the queue documents' runs", run_ids=sorted(named))
+    assert statuses(runs) == {run_id: dg.DagsterRunStatus.SUCCESS for run_id in named}
+    updates = finished_runs(dagster_dev, "the dynamic sample updates", job_name="dynamic_sample_updates_job")
+    assert {run.status for run in updates} == {dg.DagsterRunStatus.SUCCESS}
     with dagster_dev.instance() as instance:
-        runs = {run.run_id: run for run in instance.get_runs()}
-        for name in ("samples", "mailings", "transactions"):
-            for doc in db[name].find():
-                assert runs[doc["run_id"]].status == dg.DagsterRunStatus.SUCCESS
         assert instance.get_latest_materialization_event(dg.AssetKey("dynamic_sample_updates")) is not None

@@ -1,8 +1,13 @@
-"""Small helpers shared by the tests that drive a real daemon."""
+"""Small helpers shared by the tests that drive a real daemon: a test waits for what it asserts.
+
+A queue document is written `processed: true` inside its run, before the run itself ends, so a test
+that asserts a run's status waits for the run to finish first (`finished_runs`)."""
 
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+import dagster as dg
 
 T = TypeVar("T")
 
@@ -19,3 +24,22 @@ def wait_for(
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f"\n{explain()}" if explain else ""))
+
+
+def finished_runs(dagster_dev, what: str, timeout: float = 180.0, **filters) -> list[dg.DagsterRun]:
+    """Wait until at least one run matches `filters` (`dg.RunsFilter` fields: run_ids, job_name,
+    created_after, tags...) and every run that does has finished (success, failure or cancelled);
+    return them, newest first."""
+    wanted = dg.RunsFilter(**filters)
+    expected = len(set(filters.get("run_ids") or ())) or 1
+
+    def all_finished() -> list[dg.DagsterRun] | None:
+        runs = instance.get_runs(filters=wanted)
+        return runs if len(runs) >= expected and all(run.is_finished for run in runs) else None
+
+    with dagster_dev.instance() as instance:
+        return wait_for(all_finished, timeout=timeout, what=f"{what}: runs finished", explain=dagster_dev.activity)
+
+
+def statuses(runs: list[dg.DagsterRun]) -> dict[str, dg.DagsterRunStatus]:
+    return {run.run_id: run.status for run in runs}
