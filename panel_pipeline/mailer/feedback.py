@@ -110,7 +110,10 @@ def check_tags(event: FeedbackEvent) -> FeedbackEvent:
     tags = event.tags
     if tags is None:
         raise Untrusted("the event carries no mailing, batch and recipient tags")
-    if not (OBJECT_ID_TAG.match(tags.mailing_id) and OBJECT_ID_TAG.match(tags.batch_id) and RECIPIENT_TAG.match(tags.recipient_key)):
+    values = (tags.mailing_id, tags.batch_id, tags.recipient_key)
+    if not all(isinstance(value, str) for value in values) or not (
+        OBJECT_ID_TAG.fullmatch(tags.mailing_id) and OBJECT_ID_TAG.fullmatch(tags.batch_id) and RECIPIENT_TAG.fullmatch(tags.recipient_key)
+    ):
         raise Untrusted("the event's tags are not of the types the mailer writes")
     return event
 

@@ -84,7 +84,7 @@ class SesResource(AwsServiceResource):
             if problem:
                 raise ValueError(f"unsubscribe_url: {problem}")
         version = data.get("unsubscribe_key_version", DEFAULT_KEY_VERSION)
-        if _resolved(version) and not KEY_VERSION.match(str(version)):
+        if _resolved(version) and not KEY_VERSION.fullmatch(str(version)):
             raise ValueError("unsubscribe_key_version: looks like v1, v2, ...")
         return data
 
@@ -128,7 +128,7 @@ class SqsResource(AwsServiceResource):
     @field_validator("topic_arn", mode="before")
     @classmethod
     def _topic_is_an_arn(cls, topic_arn: Any) -> Any:
-        if _resolved(topic_arn) and not TOPIC_ARN.match(str(topic_arn)):
+        if _resolved(topic_arn) and not TOPIC_ARN.fullmatch(str(topic_arn)):
             raise ValueError("topic_arn: not an SNS topic ARN (arn:aws:sns:<region>:<account>:<name>); set SES_EVENTS_TOPIC_ARN")
         return topic_arn
 

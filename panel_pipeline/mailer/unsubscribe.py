@@ -26,7 +26,7 @@ def unsubscribe_token(member_id: str, secret: str, key_version: str = DEFAULT_KE
     """The token for `member_id` signed with `secret` under `key_version`."""
     if not secret:
         raise ValueError("the unsubscribe secret is empty")
-    if not KEY_VERSION.match(key_version):
+    if not KEY_VERSION.fullmatch(key_version):
         raise ValueError("an unsubscribe key version looks like v1, v2, ...")
     return f"{key_version}.{_signature(member_id, secret, key_version)}"
 
@@ -38,7 +38,7 @@ def verify_unsubscribe_token(token: str, member_id: str, secrets: Mapping[str, s
         return False
     key_version, _, signature = token.partition(".")
     secret = secrets.get(key_version)
-    if not secret or not KEY_VERSION.match(key_version):
+    if not secret or not KEY_VERSION.fullmatch(key_version):
         return False
     return hmac.compare_digest(signature.encode(), _signature(member_id, secret, key_version).encode())
 

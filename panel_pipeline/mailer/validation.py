@@ -145,10 +145,10 @@ def address_problem(address: Any) -> str | None:
     local, at, domain = address.rpartition("@")
     if not at or not local:
         return "not an e-mail address (no name before an @)"
-    if len(local) > MAX_LOCAL_PART_CHARS or not _LOCAL_PART.match(local):
+    if len(local) > MAX_LOCAL_PART_CHARS or not _LOCAL_PART.fullmatch(local):
         return "not a valid e-mail address (the part before the @)"
     labels = domain.split(".")
-    if len(labels) < 2 or not all(_DOMAIN_LABEL.match(label) for label in labels) or labels[-1].isdigit():
+    if len(labels) < 2 or not all(_DOMAIN_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
         return "not a valid e-mail address (the domain)"
     return None
 
