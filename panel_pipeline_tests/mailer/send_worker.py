@@ -36,7 +36,7 @@ def main() -> None:
         ledger = MailLedger(db.mail_log, db.mail_events)
         send_mailing(
             ledger, gateway, ObjectId(args.mailing), args.template, owner=f"worker-{os.getpid()}", policy=policy,
-            members=db.users, unsubscribe_link=lambda user_id: f"https://panel.example.org/unsubscribe?u={user_id}&sig=SECRET",
+            unsubscribe_link=lambda user_id: f"https://panel.example.org/unsubscribe?u={user_id}&sig=SECRET",
         )
 
 

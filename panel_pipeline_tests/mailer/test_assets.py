@@ -8,7 +8,9 @@ import pytest
 from panel_pipeline.mailer import mailings_queue_sensor, transactional_mail_queue_sensor
 from panel_pipeline.mailer.assets import email_templates, mailings, transactional_mail
 from panel_pipeline.mailer.resources import SesResource
+from panel_pipeline.local.ses_proxy import daily_quota_exceeded
 from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline_tests.mailer.conftest import CONFIGURATION_SET
 
 UTC = dt.timezone.utc
 SURVEY = {"survey_name": "Bus services", "duration_minutes": 12, "points": 150, "survey_url": "https://survey.example/s/1"}
@@ -153,3 +155,57 @@ def test_templates_are_synced_under_versioned_names(instance, resources, local_s
     assert sorted(name.split("-")[1] for name in local_ses.templates()) == [
         "new_survey", "paid", "password_recovery", "points_registered", "welcome",
     ]
+
+
+@pytest.fixture
+def proxied(resources, ses_proxy):
+    """The resources with SES behind the fault proxy and a configuration set, as in production."""
+    settings = {**resources["ses"].model_dump(), "endpoint_url": ses_proxy.url, "configuration_set": CONFIGURATION_SET}
+    return {**resources, "ses": SesResource(**settings)}
+
+
+def test_a_configuration_set_without_send_events_refuses_a_bulk_mailing(instance, proxied, mongo_db, ses_proxy, ses_server):
+    (member,) = users(mongo_db, ("Ann", "active"))
+    ses_proxy.set_event_destinations(CONFIGURATION_SET, [
+        {"Name": "bounces", "Enabled": True, "MatchingEventTypes": ["BOUNCE", "COMPLAINT"], "SnsDestination": {"TopicArn": "arn:aws:sns:eu-west-2:000000000000:t"}},
+    ])
+    mailing_id = mongo_db.mailings.insert_one({
+        "processed": False, "kind": "bulk", "template": "new_survey", "default_data": SURVEY, "recipients": [{"user_id": member}],
+    }).inserted_id
+    assert not send(instance, proxied, mailing_id).success
+    doc = mongo_db.mailings.find_one({"_id": mailing_id})
+    assert doc["status"] == "failed" and doc["attempts"] == 1
+    assert doc["error"].startswith(f"SES configuration set '{CONFIGURATION_SET}' has no enabled SNS event destination matching SEND")
+    assert ses_proxy.calls() == [] and ses_server.emails() == []
+
+
+def test_a_paused_mailing_is_expanded_once_and_who_left_meanwhile_is_not_mailed(instance, proxied, mongo_db, ses_proxy, ses_server):
+    ann, bob, cat = users(mongo_db, ("Ann", "active"), ("Bob", "active"), ("Cat", "active"))
+    sample_id = mongo_db.samples.insert_one({"name": "s"}).inserted_id
+    mongo_db.sample_members.insert_many([{"sample_id": sample_id, "user_id": uid, "invited_at": None} for uid in (ann, bob, cat)])
+    mailing_id = mongo_db.mailings.insert_one({
+        "processed": False, "kind": "bulk", "template": "new_survey", "default_data": SURVEY, "sample_id": sample_id,
+    }).inserted_id
+    ses_proxy.inject(daily_quota_exceeded())
+    assert send(instance, proxied, mailing_id).success
+    paused = mongo_db.mailings.find_one({"_id": mailing_id})
+    assert paused["status"] == "postponed" and paused["expansion"] == {"recipients": 3, "duplicates": 0, "missing_members": 0}
+    expanded_at = paused["expanded_at"]
+
+    # During the pause: Bob unsubscribes, and a member joins the sample (the updater invites newcomers itself).
+    mongo_db.users.update_one({"_id": bob}, {"$set": {"status": "unsubscribed"}})
+    (dan,) = mongo_db.users.insert_many([{"email": "dan@panel.example", "first_name": "Dan", "status": "active"}]).inserted_ids
+    mongo_db.sample_members.insert_one({"sample_id": sample_id, "user_id": dan, "invited_at": None})
+    for paused_until in (mongo_db.mailings, mongo_db.mail_log):  # the hour's pause is over
+        paused_until.update_many({"retry_at": {"$ne": None}}, {"$set": {"retry_at": dt.datetime.now(UTC)}})
+
+    assert send(instance, proxied, mailing_id).success
+    doc = mongo_db.mailings.find_one({"_id": mailing_id})
+    assert doc["status"] == "done" and doc["expanded_at"] == expanded_at
+    assert {k: v for k, v in doc["counts"].items() if v} == {"sent": 2, "suppressed": 1}
+    assert mongo_db.mail_log.count_documents({"mailing_id": mailing_id, "user_id": dan}) == 0, "not expanded again"
+    assert sorted(e["destination"]["to"][0] for e in ses_server.emails()) == ["user0@panel.example", "user2@panel.example"]
+    suppressed = mongo_db.mail_log.find_one({"user_id": bob})
+    assert suppressed["status"] == "suppressed" and "changed after the mailing was planned" in suppressed["error"]
+    assert mongo_db.mail_log.count_documents({"mailing_id": mailing_id, "data": {"$exists": True}}) == 0, "no token outlives its row"
+    assert {m["user_id"] for m in mongo_db.sample_members.find({"invited_at": {"$ne": None}})} == {ann, cat}

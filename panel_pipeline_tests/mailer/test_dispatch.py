@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import random
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from panel_pipeline.local.ses_proxy import (
 )
 from panel_pipeline.local.ses_server import LocalSesServer
 from panel_pipeline.mailer.dispatch import (
+    SendingStopped,
     DispatchPolicy,
     MailingRecipient,
     plan_recipients,
@@ -37,11 +40,14 @@ from panel_pipeline.mailer.ledger import (
     PENDING,
     SENT,
     UNKNOWN,
+    SUPPRESSED,
     MailLedger,
+    NewRecipient,
     send_event_from_ses,
 )
 from panel_pipeline.mailer.ses import SesGateway
 from panel_pipeline.mailer.templates import EmailTemplate
+from panel_pipeline.queue.store import QueuePolicy, WorkQueue, utc_now
 from panel_pipeline_tests.mailer.conftest import CONFIGURATION_SET, FROM_ADDRESS
 
 FAST = DispatchPolicy(backoff_base_seconds=0.05, backoff_cap_seconds=0.2, max_wait_seconds=5)
@@ -173,6 +179,113 @@ def test_logs_carry_no_address_link_or_token(
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "quota" in logged and "unknown" in logged, "the test must see the fault paths log"
     assert not re.search(r"@|token|https?://", logged, re.IGNORECASE), logged
+
+
+def test_one_bad_recipient_fails_alone_and_the_batch_goes(
+    ledger: MailLedger, make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy, templates: dict[str, EmailTemplate],
+) -> None:
+    gateway = make_gateway(max_send_rate=50)
+    template = templates["new_survey"]
+    shared = {key: template.example_data[key] for key in ("survey_name", "duration_minutes", "points", "survey_url")}
+    mailing = ObjectId()
+    rows = [NewRecipient(f"p{i}@example.org", {**shared, "first_name": f"P{i}"}, user_id=ObjectId()) for i in range(20)]
+    rows[3] = NewRecipient("dated@example.org", {**shared, "first_name": "D", "closes_at": dt.datetime(2025, 1, 6)}, user_id=ObjectId())
+    rows[7] = NewRecipient("illegal@example.org", {**shared, "first_name": "I"}, user_id=ObjectId())
+    ledger.add_recipients(mailing, rows)
+    ses_proxy.refuse_address("illegal@example.org", "Illegal address")
+    report = send_mailing(ledger, gateway, mailing, gateway.ensure_template(template), owner="w1", policy=FAST, unsubscribe_link=LINK)
+    assert report.paused_until is None and report.outcomes == Counter(sent=18, failed=2)
+    assert ledger.mailing_done(mailing)
+    failed = {row["email"]: row["error"] for row in ledger.collection.find({"status": FAILED})}
+    assert failed == {
+        "dated@example.org": "not sent: template data: data.closes_at is a datetime, not a JSON value",
+        "illegal@example.org": "SES refused this recipient: Illegal address",
+    }
+    deliveries = _deliveries(ses_server)
+    assert len(deliveries) == 18 and set(deliveries.values()) == {1}
+    assert "dated@example.org" not in deliveries and "illegal@example.org" not in deliveries
+
+
+def test_a_member_who_leaves_after_planning_is_suppressed_not_mailed(
+    ledger: MailLedger, make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer,
+    templates: dict[str, EmailTemplate], mongo_db: Database,
+) -> None:
+    gateway = make_gateway(max_send_rate=50)
+    invitees = _invitees(60)
+    mongo_db.users.insert_many([{"_id": r.user_id, "email": r.email.lower(), "status": "active"} for r in invitees])
+    mailing, name = _setup(ledger, gateway, templates["new_survey"], invitees)
+    mongo_db.users.update_one({"_id": invitees[1].user_id}, {"$set": {"status": "unsubscribed"}})
+    mongo_db.users.update_one({"_id": invitees[55].user_id}, {"$set": {"status": "bounced"}})
+    mongo_db.users.delete_one({"_id": invitees[30].user_id})
+    report = send_mailing(ledger, gateway, mailing, name, owner="w1", policy=FAST, members=mongo_db.users, unsubscribe_link=LINK)
+    assert report.outcomes == Counter(sent=57, suppressed=3)
+    suppressed = {row["user_id"]: row["error"] for row in ledger.collection.find({"mailing_id": mailing, "status": SUPPRESSED})}
+    assert suppressed == {
+        invitees[1].user_id: "member status is unsubscribed (changed after the mailing was planned)",
+        invitees[55].user_id: "member status is bounced (changed after the mailing was planned)",
+        invitees[30].user_id: "member no longer exists (removed after the mailing was planned)",
+    }
+    deliveries = _deliveries(ses_server)
+    assert len(deliveries) == 57 and not {invitees[i].email.lower() for i in (1, 30, 55)} & set(deliveries)
+    assert ledger.mailing_done(mailing)
+
+
+def test_a_long_mailing_keeps_its_queue_lease(
+    ledger: MailLedger, make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer,
+    templates: dict[str, EmailTemplate], mongo_db: Database,
+) -> None:
+    queue = WorkQueue(mongo_db.mailings, QueuePolicy(lease_seconds=2.0))
+    doc_id = mongo_db.mailings.insert_one({"processed": False}).inserted_id
+    assert queue.claim(doc_id, "run-1") is not None
+    gateway = make_gateway(max_send_rate=50)  # 250 recipients: five batches a second apart, twice the lease
+    mailing, name = _setup(ledger, gateway, templates["new_survey"], _invitees(250))
+    sending = threading.Event()
+    rival_claims: list[object] = []
+
+    def rival() -> None:  # a run launched from the UI, claiming whenever the lease looks expired
+        while sending.is_set():
+            rival_claims.extend(doc for doc in [queue.claim(doc_id, "run-2")] if doc is not None)
+            time.sleep(0.05)
+
+    sending.set()
+    watcher = threading.Thread(target=rival)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        report = send_mailing(
+            ledger, gateway, mailing, name, owner="run-1", policy=FAST, unsubscribe_link=LINK,
+            keep_alive=lambda: queue.extend_lease(doc_id, "run-1"),
+        )
+    finally:
+        sending.clear()
+        watcher.join()
+    assert time.monotonic() - started > 2 * queue.policy.lease_seconds - 1, "the mailing must outlast its lease"
+    assert report.outcomes == Counter(sent=250) and rival_claims == []
+    assert queue.complete(doc_id, "run-1")
+
+
+def test_a_stolen_lease_stops_the_sender_within_one_batch(
+    ledger: MailLedger, make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy, templates: dict[str, EmailTemplate], mongo_db: Database,
+) -> None:
+    queue = WorkQueue(mongo_db.mailings, QueuePolicy(lease_seconds=300))
+    # Another run whose clock is past the lease: it claims as a run does once a lease has expired.
+    later = WorkQueue(mongo_db.mailings, QueuePolicy(lease_seconds=300), clock=lambda: utc_now() + dt.timedelta(seconds=301))
+    doc_id = mongo_db.mailings.insert_one({"processed": False}).inserted_id
+    queue.claim(doc_id, "run-1")
+    gateway = make_gateway(max_send_rate=50)
+    mailing, name = _setup(ledger, gateway, templates["new_survey"], _invitees(200))
+
+    def keep_alive() -> bool:
+        if later.claim(doc_id, "run-2") is None and mongo_db.mailings.find_one({"_id": doc_id})["lease_owner"] != "run-2":
+            raise AssertionError("the rival run should have claimed the mailing")
+        return queue.extend_lease(doc_id, "run-1")
+
+    with pytest.raises(SendingStopped, match="no longer holds the mailing.*stopped sending after 1 batches"):
+        send_mailing(ledger, gateway, mailing, name, owner="run-1", policy=FAST, unsubscribe_link=LINK, keep_alive=keep_alive)
+    assert len(ses_proxy.calls()) == 1 and len(ses_server.emails()) == 50
+    assert ledger.counts(mailing)[PENDING] == 150
 
 
 KILLS = 20
