@@ -22,6 +22,8 @@ from typing import Any
 
 from bson import ObjectId
 
+from panel_pipeline.privacy import redact
+
 SURVEYGIZMO_ID = re.compile(r"^[1-9][0-9]{0,18}$")  # a positive integer that fits an int64
 OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
 UTC = dt.timezone.utc
@@ -52,7 +54,7 @@ def parse_transaction(document: Mapping[str, Any]) -> Transaction:
     except ValueError as bad:
         problems.append(f"created_at: {bad}")
     if problems:
-        raise TransactionError("; ".join(problems))
+        raise TransactionError(redact("; ".join(problems)))  # a wrong value may be anything, an address too
     return Transaction(**fields)
 
 

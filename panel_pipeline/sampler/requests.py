@@ -33,6 +33,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from panel_pipeline.mailer.templates import EmailTemplate, check_recipient_data, load_templates
+from panel_pipeline.privacy import redact
 
 # Profile values exactly as the contract (CONTRACT.md, `users.profile`) writes them.
 PROFILE_CATEGORIES: dict[str, tuple[str, ...]] = {
@@ -358,7 +359,8 @@ def parse_sample_request(document: Mapping[str, Any]) -> SampleRequest:
     try:
         return SampleRequest.model_validate(dict(document))
     except ValidationError as exc:
-        raise SampleRequestError([_describe(error) for error in exc.errors()]) from None
+        # Redacted: a message may quote a wrong value, and it is stored on the request and logged.
+        raise SampleRequestError([redact(_describe(error)) for error in exc.errors()]) from None
 
 
 def _describe(error: Mapping[str, Any]) -> str:

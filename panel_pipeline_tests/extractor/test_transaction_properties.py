@@ -115,3 +115,9 @@ def test_without_values_leaves_no_repr_of_a_value(value: Any, context: str) -> N
 )
 def test_without_values_examples(reason: str, scrubbed: str) -> None:
     assert without_values(reason) == scrubbed
+
+
+def test_a_refusal_quotes_no_address() -> None:
+    with pytest.raises(TransactionError) as refused:
+        parse_transaction({"_id": ObjectId(), "user_id": "jo@example.org", "survey_id": "1", "response_id": "2"})
+    assert str(refused.value).startswith("user_id: must be a member's id") and "example.org" not in str(refused.value)

@@ -268,3 +268,10 @@ def test_filter_mask_agrees_with_mongo(mongo_db: Database, filters: dict[str, An
     panel = pd.DataFrame(MEMBERS)
     panel["age"] = 2025 - panel["birth_year"]
     assert from_mongo == list(np.flatnonzero(filter_mask(panel, request.filters)))
+
+
+def test_a_refusal_quotes_no_address_or_link() -> None:
+    """The message is stored on the request and logged: a wrong value that is an address stays out."""
+    message = rejection(request_with(survey_id="jo.bloggs@example.org", mailing={"template": "https://x.example/t?token=abc"}))
+    assert "survey_id: must be a survey id" in message and "mailing.template: unknown template" in message
+    assert "bloggs" not in message and "x.example" not in message
