@@ -35,7 +35,7 @@ import socket
 import sys
 import threading
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -106,6 +106,7 @@ class SesFaultProxy:
         self._publish = publish
         self._faults: deque[Fault] = deque()
         self._refused: dict[str, str] = {}
+        self._requests: Counter[str] = Counter()
         self._event_destinations: dict[str, list[dict[str, Any]]] = {}
         self._calls: list[RecordedCall] = []
         self._lock = threading.Lock()
@@ -153,7 +154,13 @@ class SesFaultProxy:
             self._faults.clear()
             self._calls.clear()
             self._refused.clear()
+            self._requests.clear()
             self._event_destinations.clear()
+
+    def requests(self) -> Counter[str]:
+        """How many requests of each kind came in, e.g. `GET /v2/email/templates/panel-welcome-1a2b`."""
+        with self._lock:
+            return Counter(self._requests)
 
     def calls(self) -> list[RecordedCall]:
         with self._lock:
@@ -254,6 +261,8 @@ class SesFaultProxy:
                 body = self.rfile.read(length) if length else b""
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
                 path = self.path.split("?")[0]
+                with proxy._lock:
+                    proxy._requests[f"{self.command} {path}"] += 1
                 destinations = EVENT_DESTINATIONS_PATH.match(path) if self.command == "GET" else None
                 if self.command == "POST" and path == BULK_PATH:
                     answer = proxy._bulk(headers, body)

@@ -209,3 +209,17 @@ def test_a_paused_mailing_is_expanded_once_and_who_left_meanwhile_is_not_mailed(
     assert suppressed["status"] == "suppressed" and "changed after the mailing was planned" in suppressed["error"]
     assert mongo_db.mail_log.count_documents({"mailing_id": mailing_id, "data": {"$exists": True}}) == 0, "no token outlives its row"
     assert {m["user_id"] for m in mongo_db.sample_members.find({"invited_at": {"$ne": None}})} == {ann, cat}
+
+
+def test_a_transactional_batch_shares_one_gateway_and_checks_its_template_once(instance, proxied, mongo_db, ses_proxy, ses_server):
+    users(mongo_db, ("Fay", "active"), ("Gus", "active"), ("Hal", "active"))
+    for i in range(3):
+        mongo_db.mailings.insert_one({
+            "processed": False, "kind": "transactional", "template": "welcome",
+            "default_data": {"profile_survey_url": "https://survey.example/p"}, "recipients": [{"email": f"user{i}@panel.example"}],
+        })
+    assert send_transactional(instance, proxied).success
+    assert len(ses_server.emails()) == 3
+    template_reads = {k: n for k, n in ses_proxy.requests().items() if k.startswith("GET /v2/email/templates/")}
+    assert list(template_reads.values()) == [1], template_reads
+    assert ses_proxy.requests()["GET /v1/account"] + ses_proxy.requests()["GET /v2/email/account"] == 1, "one GetAccount per run"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
+import boto3
 import pytest
 from bson import ObjectId
 
@@ -23,6 +24,7 @@ from panel_pipeline.mailer.ses import (
     Outcome,
     SendEventsNotPublished,
     SesGateway,
+    SesSettings,
     TokenBucket,
     redact,
 )
@@ -254,3 +256,10 @@ def test_the_configuration_set_must_publish_send_events(
         ses_proxy.set_event_destinations(CONFIGURATION_SET, destinations)
         with pytest.raises(SendEventsNotPublished, match=f"configuration set '{CONFIGURATION_SET}' has no enabled SNS event destination matching SEND"):
             make_gateway().check_send_events_published()
+
+
+def test_a_local_endpoint_without_configuration_sets_is_not_checked(ses_server: LocalSesServer) -> None:
+    settings = SesSettings(
+        region_name="eu-west-2", from_address="p@example.org", configuration_set=CONFIGURATION_SET, endpoint_url=ses_server.url,
+    )
+    SesGateway(settings, session=boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local")).check_send_events_published()
