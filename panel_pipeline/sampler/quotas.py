@@ -351,7 +351,8 @@ def fractional_plan(
     achievable = _split((membership @ closest) / total, sizes)
     upper = np.divide(capacity, proportional, out=np.zeros_like(capacity), where=proportional > 0)
     bounded = rake(categories, achievable, proportional, upper=upper, tolerance=PLAN_TOLERANCE)
-    return bounded.weights if bounded.converged else closest
+    # rake applies its bounds only when it iterates: margins already met return the start unbounded.
+    return bounded.weights if bounded.converged and np.all(bounded.weights <= capacity + 1e-9) else closest
 
 
 def _split(stacked: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
