@@ -355,7 +355,11 @@ class SampleRequest(BaseModel):
 
 
 def parse_sample_request(document: Mapping[str, Any]) -> SampleRequest:
-    """Validate a raw `samples` document; raise SampleRequestError naming every bad field."""
+    """Validate a raw `samples` document; raise SampleRequestError naming every bad field.
+
+    A missing template build raises TemplateError (not the request's fault: the run is retried)."""
+    if document.get("mailing") is not None:
+        built_templates()  # outside the validators, which would turn its TemplateError into a refusal
     try:
         return SampleRequest.model_validate(dict(document))
     except ValidationError as exc:
@@ -473,7 +477,8 @@ def _parse_condition(field: str, operator: str, value: Any) -> Condition:
     if operator in SET_OPERATORS:
         if not isinstance(value, list | tuple) or not value:
             raise RequestFieldError((field, operator), "must be a non-empty list")
-        return Condition(field, operator, tuple(_parse_value(field, operator, item) for item in value))  # type: ignore[arg-type]
+        values = dict.fromkeys(_parse_value(field, operator, item) for item in value)  # each once, in order
+        return Condition(field, operator, tuple(values))  # type: ignore[arg-type]
     return Condition(field, operator, _parse_value(field, operator, value))  # type: ignore[arg-type]
 
 

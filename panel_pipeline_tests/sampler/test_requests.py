@@ -275,3 +275,9 @@ def test_a_refusal_quotes_no_address_or_link() -> None:
     message = rejection(request_with(survey_id="jo.bloggs@example.org", mailing={"template": "https://x.example/t?token=abc"}))
     assert "survey_id: must be a survey id" in message and "mailing.template: unknown template" in message
     assert "bloggs" not in message and "x.example" not in message
+
+
+
+def test_a_set_filter_names_each_value_once() -> None:
+    request = parse_sample_request(request_with(filters={"region": {"$in": ["Wales", "Wales", "Scotland", "Wales"]}}))
+    assert mongo_filter(request, as_of_year=2025)["profile.region"] == {"$in": ["Wales", "Scotland"]}
