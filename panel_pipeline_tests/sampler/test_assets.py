@@ -9,7 +9,8 @@ from bson import ObjectId
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline.queue.resources import MongoResource
 from panel_pipeline.sampler import samples_queue_sensor
-from panel_pipeline.sampler.assets import samples
+from panel_pipeline.queue.store import LeaseLost
+from panel_pipeline.sampler.assets import draw_once, samples
 
 UTC = dt.timezone.utc
 INVITATION = {"template": "new_survey", "default_data": {"survey_name": "Omnibus", "duration_minutes": 10, "points": 100, "survey_url": "https://survey.example/s/12"}}
@@ -202,3 +203,15 @@ def test_a_partly_filled_quota_cell_is_named_in_the_shortfall(instance, mongo, m
     assert doc["shortfall"]["completes"] == doc["result"]["size_requested"] - doc["result"]["completes_planned"]
     (short,) = doc["shortfall"]["categories"]
     assert (short["target"], short["category"]) == ("gender", "male") and short["allocated"] <= men < short["requested"]
+
+
+def test_a_draw_whose_lease_was_taken_stops_before_writing_members(mongo, mongo_db, panel):
+    sample_id = request(mongo_db, size=100, tolerance=100)
+    queue = mongo.work_queue("samples")
+    claimed = queue.claim(sample_id, "slow-run")
+    mongo_db.samples.update_one({"_id": sample_id}, {"$set": {"retry_at": dt.datetime(2020, 1, 1, tzinfo=UTC)}})  # its lease expired
+    assert queue.claim(sample_id, "new-run") is not None
+    with pytest.raises(LeaseLost, match=f"samples document {sample_id}: run slow-run lost its lease before it could renew"):
+        draw_once(mongo_db, queue, claimed, "slow-run")
+    assert mongo_db.sample_members.count_documents({}) == 0
+    assert "drawn_by_run" not in mongo_db.samples.find_one({"_id": sample_id})
