@@ -351,9 +351,12 @@ def test_a_worker_killed_twenty_times_mails_nobody_twice_and_loses_nobody(
         send_mailing(ledger, gateway, later, later_name, owner="other-mailing", policy=FAST, unsubscribe_link=LINK)
 
     counts = ledger.counts(mailing)
-    assert counts[SENT] == 1000 and ledger.mailing_done(mailing), counts
     deliveries = _deliveries(ses_server)
     mailed = {recipient.email.lower() for recipient in invitees}
+    duplicates = sum(n - 1 for address, n in deliveries.items() if address in mailed and n > 1)
+    print(f"SIGKILL: {KILLS} kills, {unknown_seen} unknown rows seen, {counts[SENT]} sent, "
+          f"{duplicates} duplicates, {len(mailed - set(deliveries))} lost")
+    assert counts[SENT] == 1000 and ledger.mailing_done(mailing), counts
     assert {address: n for address, n in deliveries.items() if address in mailed and n != 1} == {}
     assert mailed <= set(deliveries), "nobody lost"
     assert unknown_seen > 0, "some kills must have landed after an attempt started, or the test proves little"
