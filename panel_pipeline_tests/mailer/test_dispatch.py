@@ -235,11 +235,11 @@ def test_a_long_mailing_keeps_its_queue_lease(
     ledger: MailLedger, make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer,
     templates: dict[str, EmailTemplate], mongo_db: Database,
 ) -> None:
-    queue = WorkQueue(mongo_db.mailings, QueuePolicy(lease_seconds=2.0))
+    queue = WorkQueue(mongo_db.mailings, QueuePolicy(lease_seconds=3.0))
     doc_id = mongo_db.mailings.insert_one({"processed": False}).inserted_id
     assert queue.claim(doc_id, "run-1") is not None
-    gateway = make_gateway(max_send_rate=50)  # 250 recipients: five batches a second apart, twice the lease
-    mailing, name = _setup(ledger, gateway, templates["new_survey"], _invitees(250))
+    gateway = make_gateway(max_send_rate=50)  # 400 recipients: eight batches a second apart, over twice the lease
+    mailing, name = _setup(ledger, gateway, templates["new_survey"], _invitees(400))
     sending = threading.Event()
     rival_claims: list[object] = []
 
@@ -261,7 +261,7 @@ def test_a_long_mailing_keeps_its_queue_lease(
         sending.clear()
         watcher.join()
     assert time.monotonic() - started > 2 * queue.policy.lease_seconds - 1, "the mailing must outlast its lease"
-    assert report.outcomes == Counter(sent=250) and rival_claims == []
+    assert report.outcomes == Counter(sent=400) and rival_claims == []
     assert queue.complete(doc_id, "run-1")
 
 
