@@ -363,16 +363,24 @@ def parse_sample_request(document: Mapping[str, Any]) -> SampleRequest:
     try:
         return SampleRequest.model_validate(dict(document))
     except ValidationError as exc:
-        # Redacted: a message may quote a wrong value, and it is stored on the request and logged.
-        raise SampleRequestError([redact(_describe(error)) for error in exc.errors()]) from None
+        raise SampleRequestError([_describe(error) for error in exc.errors()]) from None
 
 
 def _describe(error: Mapping[str, Any]) -> str:
-    location = [str(part) for part in error["loc"]]
+    """`path: reason`, redacted: the message may quote a wrong value, and it is stored and logged."""
+    location = [_path_part(part) for part in error["loc"]]
     cause = (error.get("ctx") or {}).get("error")
     if isinstance(cause, RequestFieldError):
-        return f"{'.'.join(location + list(cause.path))}: {cause.reason}"
-    return f"{'.'.join(location) or 'request'}: {error['msg']}"
+        return f"{'.'.join(location + [_path_part(part) for part in cause.path])}: {redact(cause.reason)}"
+    return f"{'.'.join(location) or 'request'}: {redact(str(error['msg']))}"
+
+
+def _path_part(part: Any) -> str:
+    """A key as written, quoted when it is empty or holds a separator or space (so the path stays readable)."""
+    text = str(part)
+    if redact(text) != text:
+        return "'<redacted key>'"
+    return repr(text) if not text or any(char in text for char in ".:@ \t\n") or text != text.strip() else text
 
 
 # --- scalar fields and invitation data ---------------------------------------------------------
@@ -388,10 +396,11 @@ def whole_number(value: Any, low: int, high: int) -> int:
 
 
 def survey_id_text(value: Any) -> str:
-    """A survey id as text: a positive integer, or up to 64 letters, digits and `_.:-`."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    """A survey id as text: a positive integer (an int64: transactions are matched on it as a number
+    too), or up to 64 letters, digits and `_.:-`."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_SEED:
         return str(value)
-    if isinstance(value, str) and SURVEY_ID_PATTERN.match(value):
+    if isinstance(value, str) and SURVEY_ID_PATTERN.match(value) and not (value.isdigit() and int(value) > MAX_SEED):
         return value
     raise RequestFieldError((), f"must be a survey id (a positive integer or up to 64 letters, digits, _.:-), got {_shown(value)}")
 

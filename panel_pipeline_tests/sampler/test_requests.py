@@ -68,7 +68,7 @@ REJECTED_FILTERS = [
     pytest.param({"region": {"$regex": "^Sc"}}, "filters.region: unknown operator $regex", id="$regex"),
     pytest.param({"region": {"$exists": True}}, "filters.region: unknown operator $exists", id="$exists"),
     pytest.param({"email": {"$eq": "a@b.c"}}, "filters.email: unknown field email", id="unknown-field"),
-    pytest.param({"profile.region": "Wales"}, "filters.profile.region: unknown field", id="dotted-path"),
+    pytest.param({"profile.region": "Wales"}, "filters.'profile.region': unknown field", id="dotted-path"),
     pytest.param({"region": {"$in": [1]}}, "filters.region.$in: must be a string", id="wrong-type"),
     pytest.param({"region": {"$in": "Scotland"}}, "filters.region.$in: must be a non-empty list", id="in-not-list"),
     pytest.param({"region": {"$in": []}}, "filters.region.$in: must be a non-empty list", id="in-empty"),
@@ -128,12 +128,13 @@ OUT_OF_TYPE_OR_RANGE = [
     pytest.param({"name": "x" * 201}, "name: at most 200 characters", id="name-long"),
     pytest.param({"survey_id": -3}, "survey_id: must be a survey id", id="survey-id-negative"),
     pytest.param({"survey_id": "12 OR 1=1"}, "survey_id: must be a survey id", id="survey-id-spaces"),
+    pytest.param({"exclude": {"completed_surveys": ["9" * 19]}}, "exclude.completed_surveys.0: must be a survey id", id="completed-past-int64"),
     pytest.param({"exclude": {"invited_within_days": 10**7}}, "exclude.invited_within_days: must be a whole number from 0 to 3650, got 10000000", id="days-absurd"),
     pytest.param({"exclude": {"invited_within_days": "7"}}, "exclude.invited_within_days: must be a whole number", id="days-text"),
     pytest.param({"exclude": [7]}, "exclude: must be an object", id="exclude-list"),
     pytest.param({"exclude": {"completed_surveys": "123"}}, "exclude.completed_surveys: must be a list of survey ids", id="completed-text"),
     pytest.param({"exclude": {"completed_surveys": ["1", None]}}, "exclude.completed_surveys.1: must be a survey id", id="completed-null"),
-    pytest.param({"quotas": {"gender": {"female": 0.5, " female ": 0.5}}}, "quotas.gender. female : the same cell as 'female'", id="quota-repeated-cell"),
+    pytest.param({"quotas": {"gender": {"female": 0.5, " female ": 0.5}}}, "quotas.gender.' female ': the same cell as 'female'", id="quota-repeated-cell"),
     pytest.param({"quotas": {"age_band|gender|region|education|vote_2024": {"18-24|female|Wales|other|green": 1}}}, "quotas.age_band|gender|region|education|vote_2024: crosses 5 fields; at most 4", id="quota-too-crossed"),
     pytest.param(
         {"expected_response_rate": {"region": {"Wales": 0.3}}},
@@ -281,3 +282,13 @@ def test_a_refusal_quotes_no_address_or_link() -> None:
 def test_a_set_filter_names_each_value_once() -> None:
     request = parse_sample_request(request_with(filters={"region": {"$in": ["Wales", "Wales", "Scotland", "Wales"]}}))
     assert mongo_filter(request, as_of_year=2025)["profile.region"] == {"$in": ["Wales", "Scotland"]}
+
+
+def test_the_largest_numeric_survey_id_accepted_can_be_queried(mongo_db: Database) -> None:
+    """Completed surveys are matched as text and as numbers: an accepted id must fit BSON's int64."""
+    from panel_pipeline.sampler.members import excluded_user_ids
+
+    largest = str(2**63 - 1)
+    mongo_db.transactions.insert_one({"user_id": "u1", "survey_id": int(largest)})
+    request = parse_sample_request(request_with(exclude={"completed_surveys": [largest]}))
+    assert excluded_user_ids(mongo_db, request, dt.datetime.now(dt.timezone.utc)) == {"u1"}
