@@ -289,7 +289,7 @@ def settle_transaction(queue: WorkQueue, doc_id: ObjectId, owner: str, batch: Co
         queue.postpone(doc_id, owner, waiting.until, waiting.reason)
         return "postponed"
     except Exception as exc:
-        return "retry" if queue.release(doc_id, owner, describe_error(exc)) == "retry" else "failed"
+        return queue.release(doc_id, owner, describe_error(exc)) or "lease_lost"  # `retry`, or `failed` when attempts are used up
     return "done" if queue.complete(doc_id, owner, result) else "lease_lost"
 
 

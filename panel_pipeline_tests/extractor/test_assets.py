@@ -240,3 +240,16 @@ def test_hourly_schedule_requests_today_and_yesterday():
     context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 6, 1, 10, 5, tzinfo=UTC))
     keys = [r.partition_key for r in hourly_extract_schedule(context)]
     assert keys == ["2026-05-31", "2026-06-01"]
+
+
+def test_a_transaction_hit_by_an_outage_is_retried_with_a_redacted_error(mongo_uri, mongo_db, server):
+    seed_users(mongo_db, 3)
+    res = resources(mongo_uri, mongo_db.name, server)
+    doc_id = transaction(mongo_db)
+    server.stop()  # SurveyGizmo unreachable: a transient error, not the document's fault
+    with dg.instance_for_test() as instance:
+        result = run_completions(instance, res)
+    assert not result.success
+    doc = mongo_db.transactions.find_one({"_id": doc_id})
+    assert (doc["status"], doc["attempts"], doc["processed"]) == ("retry", 1, False)
+    assert doc["last_error"].startswith("SurveyGizmo") and "://" not in doc["last_error"] and DEMO_TOKEN not in doc["last_error"]
