@@ -26,6 +26,19 @@ ENVIRONMENTS = ("local", "production")
 LOCAL_LINK_HOSTS = "localhost,127.0.0.1,*.example,*.example.org"
 
 
+# Tests on the local stack shorten the mailer's waits (an hour's quota pause, minutes of leases)
+# to seconds through these; unset, the local run waits as production does.
+LOCAL_MAIL_TIMINGS = {
+    "recipient_lease_seconds": "PANEL_MAIL_RECIPIENT_LEASE_SECONDS",
+    "quota_pause_seconds": "PANEL_MAIL_PAUSE_SECONDS",
+    "event_silence_seconds": "PANEL_MAIL_EVENT_SILENCE_SECONDS",
+}
+
+
+def local_mail_timings() -> dict[str, float]:
+    return {field: float(os.environ[name]) for field, name in LOCAL_MAIL_TIMINGS.items() if os.environ.get(name)}
+
+
 def local_resources() -> dict[str, Any]:
     return {
         "mongo": MongoResource(uri=dg.EnvVar("MONGO_URI"), database="panel"),
@@ -47,6 +60,7 @@ def local_resources() -> dict[str, Any]:
             unsubscribe_secret="local-unsubscribe-secret",
             link_hosts=LOCAL_LINK_HOSTS,
             allow_http_links=True,
+            **local_mail_timings(),
         ),
         "sqs": SqsResource(
             queue_url=dg.EnvVar("SES_EVENTS_QUEUE_URL"),

@@ -173,7 +173,7 @@ def send(
     dispatch = send_mailing(
         ledger, gateway, mailing_id, ses_template, owner, bulk,
         members=db.users, keep_alive=lambda: queue.extend_lease(mailing_id, owner),
-        unsubscribe_link=ses.unsubscribe_link if bulk else None,
+        unsubscribe_link=ses.unsubscribe_link if bulk else None, policy=ses.dispatch_policy(),
     )
     counts = ledger.counts(mailing_id)
     if dispatch.paused_until is not None:

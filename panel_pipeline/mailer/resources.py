@@ -8,6 +8,7 @@ event topic. The messages never repeat a secret.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -17,6 +18,7 @@ import dagster as dg
 from botocore.config import Config
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from panel_pipeline.mailer.dispatch import DispatchPolicy
 from panel_pipeline.mailer.ses import SesGateway, SesSettings
 from panel_pipeline.mailer.sqs import SqsQueue
 from panel_pipeline.mailer.unsubscribe import DEFAULT_KEY_VERSION, KEY_VERSION, unsubscribe_token
@@ -63,6 +65,17 @@ class SesResource(AwsServiceResource):
         "`*.example.org` allows its subdomains. The unsubscribe URL's host is always allowed."
     )
     allow_http_links: bool = Field(default=False, description="Allow http:// links as well as https://; the local run only.")
+    recipient_lease_seconds: float = Field(
+        default=300.0, gt=0, description="How long a worker holds a claimed batch of recipients before another may take it."
+    )
+    quota_pause_seconds: float = Field(
+        default=3600.0, gt=0, description="After SES's daily-quota or sending-paused answer, try the mailing again this much later."
+    )
+    event_silence_seconds: float = Field(
+        default=600.0, gt=0,
+        description="How far past an attempt SES's Send events must reach before its silence means 'not accepted' "
+        "(SNS and SQS do not keep their order).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -96,6 +109,13 @@ class SesResource(AwsServiceResource):
     def link_policy(self) -> LinkPolicy:
         """Where links in our e-mail may point: `link_hosts` and the unsubscribe URL's own host."""
         return _policy(self.unsubscribe_url, self.link_hosts, self.allow_http_links)
+
+    def dispatch_policy(self) -> DispatchPolicy:
+        return DispatchPolicy(
+            lease_seconds=self.recipient_lease_seconds,
+            pause_seconds=self.quota_pause_seconds,
+            event_silence=dt.timedelta(seconds=self.event_silence_seconds),
+        )
 
     def gateway(self) -> SesGateway:
         settings = SesSettings(
