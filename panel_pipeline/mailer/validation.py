@@ -39,6 +39,7 @@ REPR_MAX_CHARS = 40
 
 _LOCAL_PART = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _DOMAIN_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _FORBIDDEN_IN_LINK = re.compile(r"[\x00-\x20\x7f-\x9f<>\"'`\\]|\s")
 
 
@@ -129,11 +130,18 @@ def json_data(value: Any, where: str) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise DataProblem(f"{where}: key {_short_repr(key)} is not a string")
-            converted[key] = json_data(item, f"{where}.{key}")
+            converted[key] = json_data(item, field_path(where, key))
         return converted
     if isinstance(value, list | tuple):
         return [json_data(item, f"{where}.{index}") for index, item in enumerate(value)]
     raise DataProblem(f"{where}: a {_type_name(value)} is not JSON; give a string, number, true/false, list or object")
+
+
+def field_path(where: str, key: str) -> str:
+    """`where.key`, or `where["odd key"]` for a key that is empty or holds spaces, dots or the like."""
+    if _PLAIN_KEY.fullmatch(key):
+        return f"{where}.{key}"
+    return f"{where}[{_short_repr(key).replace(chr(10), ' ')}]"
 
 
 def address_problem(address: Any) -> str | None:

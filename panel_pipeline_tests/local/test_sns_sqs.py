@@ -75,7 +75,7 @@ def _receive_events(sqs: Any, queue_url: str, count: int, timeout: float = 10.0)
     while len(events) < count and time.monotonic() < deadline:
         for message in sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
             assert json.loads(message["Body"])["Type"] == "Notification", "raw delivery is off: an SNS envelope"
-            events.append(unwrap_sqs_body(message["Body"]))
+            events.append(unwrap_sqs_body(message["Body"], json.loads(message["Body"])["TopicArn"]))
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
     return events
 
