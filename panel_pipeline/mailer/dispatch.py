@@ -1,8 +1,9 @@
 """Drives one mailing through the ledger and the SES gateway; the loop a Dagster asset calls.
 
 `plan_recipients` turns a mailing's recipients into ledger rows, failing (alone) each recipient
-whose data lacks a template variable, because SES would accept and then silently drop that
-e-mail. `send_mailing` claims a batch, suppresses the rows whose member is no longer active (one
+whose data lacks a template variable (SES would accept and then silently drop that e-mail), whose
+address is invalid, or whose link values fall outside the link policy. Bulk mail's unsubscribe link
+is never taken from data nor stored: `_bulk_send` makes it from the member id per batch. `send_mailing` claims a batch, suppresses the rows whose member is no longer active (one
 query per batch: a member may leave between planning and sending, and a pause can last days),
 writes the attempt ahead, makes one SES call and records every entry's outcome; throttled entries
 come back after a jittered exponential backoff, and a daily-quota or sending-paused answer stops
