@@ -234,7 +234,7 @@ def drained(db: Database) -> bool:
 # --- the day ---------------------------------------------------------------------------------------
 
 
-def test_a_bad_day(stack: Stack) -> None:
+def test_a_bad_day(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     db, dagster, proxy = stack.db, stack.dagster, stack.proxy
     explain = dagster.activity
     seed_members(db, 1, PANEL, seed=5)
@@ -352,13 +352,14 @@ def test_a_bad_day(stack: Stack) -> None:
         for doc in db[name].find({"$or": [{"error": {"$exists": True}}, {"last_error": {"$exists": True}}]})
     ]
     error_hits = scan_texts(stored_errors, needles)
-    print(
-        f"bad day: {db.samples.count_documents({})} samples, {db.mailings.count_documents({})} mailings, "
-        f"{db.transactions.count_documents({})} transactions; {len(accepted)} e-mails accepted by SES "
-        f"({sent_for(db, mailing_id)} of the nat rep invitation, killed at {killed_at}), {newcomers} backfill newcomers invited; "
-        f"duplicates {duplicates}, lost {lost}, stuck 0, mailed after leaving 0; drained in {drain_seconds:.0f} s"
-    )
-    print(scan.summary(), f"; stored errors read {len(stored_errors)}, hits {len(error_hits)}")
+    with capsys.disabled():
+        print(
+            f"\nbad day: {db.samples.count_documents({})} samples, {db.mailings.count_documents({})} mailings, "
+            f"{db.transactions.count_documents({})} transactions; {len(accepted)} e-mails accepted by SES "
+            f"({sent_for(db, mailing_id)} of the nat rep invitation, killed at {killed_at}), {newcomers} backfill newcomers invited; "
+            f"duplicates {duplicates}, lost {lost}, stuck 0, mailed after leaving 0; drained in {drain_seconds:.0f} s"
+        )
+        print(scan.summary(), f"; stored errors read {len(stored_errors)}, hits {len(error_hits)}")
     assert scan.hits == [] and error_hits == []
 
 
