@@ -105,13 +105,21 @@ def main() -> None:
 @contextlib.contextmanager
 def local_surveygizmo(fault_rate: float) -> Iterator[str]:
     """The local server with the benchmark's responses, in its own process; yields its base URL."""
-    port = free_port()
-    end = dt.datetime.combine(FIRST_DAY + dt.timedelta(days=DAYS), dt.time(), dt.UTC)
+    end = dt.datetime.combine(FIRST_DAY + dt.timedelta(days=DAYS), dt.time())
     print(f"starting the local server with {RESPONSES:,} responses over {DAYS} days (faults {fault_rate:.0%}) ...", flush=True)
+    with surveygizmo_process(RESPONSES, DAYS, end, fault_rate) as base_url:
+        yield base_url
+
+
+@contextlib.contextmanager
+def surveygizmo_process(responses: int, days: int, end: dt.datetime, fault_rate: float = 0.0) -> Iterator[str]:
+    """The local SurveyGizmo server's demo survey with `responses` over the `days` before `end` (naive,
+    in the account's zone), in a process of its own; yields its base URL."""
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable, "-m", "panel_pipeline.local.surveygizmo_server", "--port", str(port), "--demo",
-            "--members", str(RESPONSES), "--days", str(DAYS), "--end", end.replace(tzinfo=None).isoformat(),
+            "--members", str(responses), "--days", str(days), "--end", end.isoformat(),
             "--seed", "3", "--fault-rate", str(fault_rate), "--time-zone", ACCOUNT_ZONE.key,
         ],
         stdout=subprocess.PIPE, text=True,

@@ -10,8 +10,6 @@ import argparse
 import contextlib
 import datetime as dt
 import resource
-import subprocess
-import sys
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -20,36 +18,23 @@ from pathlib import Path
 import dagster as dg
 
 from benchmarks._mongo import throwaway_mongod
+from benchmarks.extractor_bench import ACCOUNT_ZONE, surveygizmo_process
 from panel_pipeline.extractor.assets import surveygizmo_responses
 from panel_pipeline.extractor.resources import SurveyGizmoResource
-from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY_ID
 from panel_pipeline.local.surveygizmo_server import DEMO_TOKEN, DEMO_TOKEN_SECRET
 from panel_pipeline.queue.resources import MongoResource
 
 DAY = dt.date(2026, 3, 10)
-ACCOUNT_ZONE = "America/New_York"
 MIB = 1024 * 1024
 
 
 @contextlib.contextmanager
 def one_day_server(responses: int) -> Iterator[str]:
-    port = free_port()
     end = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time())
     print(f"starting the local server with {responses:,} responses on {DAY} ...", flush=True)
-    server = subprocess.Popen(
-        [
-            sys.executable, "-m", "panel_pipeline.local.surveygizmo_server", "--port", str(port), "--demo",
-            "--members", str(responses), "--days", "1", "--end", end.isoformat(), "--seed", "3", "--time-zone", ACCOUNT_ZONE,
-        ],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        server.stdout.readline()  # printed once it listens
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait()
+    with surveygizmo_process(responses, 1, end) as base_url:
+        yield base_url
 
 
 def resident_mib() -> float:
@@ -66,7 +51,7 @@ def main() -> None:
             "mongo": MongoResource(uri=uri, database="memory"),
             "surveygizmo": SurveyGizmoResource(
                 api_token=DEMO_TOKEN, api_token_secret=DEMO_TOKEN_SECRET, base_url=base_url,
-                account_time_zone=ACCOUNT_ZONE, profile_survey_ids=PROFILE_SURVEY_ID, calls_per_minute=1e9,
+                account_time_zone=ACCOUNT_ZONE.key, profile_survey_ids=PROFILE_SURVEY_ID, calls_per_minute=1e9,
             ),
         }
         with dg.instance_for_test() as instance:
