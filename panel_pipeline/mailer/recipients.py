@@ -178,17 +178,13 @@ def _listed_entries(mailing: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return listed
 
 
-def _object_id(value: Any, field: str) -> ObjectId:
-    return object_id(value, field)
-
-
 def mark_invited(db: Database, mailing: Mapping[str, Any], sent_user_ids: Iterable[Any], sent_at: Any) -> int:
     """Sample members this mailing reached get `invited_at` (the Sampler and Updater read it): the
     members it was made for (`mailing_id`), or the members of its `sample_id`. `sent_user_ids` is
     consumed `USERS_PER_QUERY` at a time (one update each), so no list of every member is built."""
     scope: dict[str, Any] = {"mailing_id": mailing["_id"]}
     if mailing.get("sample_id") and not mailing.get("recipients"):
-        scope = {"sample_id": _object_id(mailing["sample_id"], "sample_id")}
+        scope = {"sample_id": object_id(mailing["sample_id"], "sample_id")}
     ids = (uid for uid in sent_user_ids if uid is not None)
     marked = 0
     while chunk := list(itertools.islice(ids, USERS_PER_QUERY)):
