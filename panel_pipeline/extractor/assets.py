@@ -29,8 +29,7 @@ from panel_pipeline.extractor.surveygizmo import SurveyGizmoClient, SurveyGizmoN
 from panel_pipeline.extractor.transactions import Transaction, TransactionError, parse_transaction, response_deadline
 from panel_pipeline.partitions import response_days
 from panel_pipeline.queue.resources import MongoResource
-from panel_pipeline.privacy import describe_error
-from panel_pipeline.queue.store import RequestRejected, WorkQueue, utc_now
+from panel_pipeline.queue.store import FAILED, LeaseLost, Postpone, RequestRejected, WorkQueue, process_document, utc_now
 
 UK = ZoneInfo("Europe/London")
 # Each day's pull reaches an hour into its neighbours: responses submitted around midnight, or
@@ -265,32 +264,16 @@ class CompletionContext:
     retry_every: dt.timedelta
 
 
-class ResponseNotListedYet(Exception):
-    """SurveyGizmo does not list the response (yet); look again at `until`."""
-
-    def __init__(self, reason: str, until: dt.datetime) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.until = until
-
-
 def settle_transaction(queue: WorkQueue, doc_id: ObjectId, owner: str, batch: CompletionContext) -> str:
     """Claim one transaction and finish it: `done`, `failed` (the document is wrong: at once),
-    `postponed` (its response is not listed yet), `retry` (a transient error), or `skipped`."""
-    doc = queue.claim(doc_id, owner)
-    if doc is None:
-        return "skipped"
+    `postponed` (its response is not listed yet), `retry` (a transient error), `lease_lost`, or `skipped`."""
     try:
-        result = complete_transaction(batch, doc)
-    except RequestRejected as rejected:
-        queue.fail(doc_id, owner, str(rejected))
-        return "failed"
-    except ResponseNotListedYet as waiting:
-        queue.postpone(doc_id, owner, waiting.until, waiting.reason)
-        return "postponed"
-    except Exception as exc:
-        return queue.release(doc_id, owner, describe_error(exc)) or "lease_lost"  # `retry`, or `failed` when attempts are used up
-    return "done" if queue.complete(doc_id, owner, result) else "lease_lost"
+        return process_document(queue, doc_id, owner, lambda doc: complete_transaction(batch, doc)).status
+    except LeaseLost:
+        return "lease_lost"
+    except Exception:  # released by process_document: for a retry, or failed once its attempts are used up
+        failed = queue.collection.find_one({"_id": doc_id, "status": FAILED}, {"_id": 1})
+        return FAILED if failed else "retry"
 
 
 def complete_transaction(batch: CompletionContext, doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -335,7 +318,7 @@ def _not_found(batch: CompletionContext, transaction: Transaction) -> Exception:
     if now >= deadline:
         waited = (now - transaction.created_at).total_seconds() / 60
         return RequestRejected(f"response_id: no response {response_id} in survey {survey_id}, {waited:.0f} minutes after the transaction was created")
-    return ResponseNotListedYet(
+    return Postpone(
         f"response_id: response {response_id} not in survey {survey_id} yet; looking again until {deadline.isoformat(timespec='seconds')}",
         min(now + batch.retry_every, deadline),
     )

@@ -5,7 +5,7 @@ A document moves through these states (fields written by the pipeline in bracket
     queued        processed=false, no attempts, no claims        (inserted by the backend)
     processing    status=processing, lease_owner, attempts+=1, claims+=1, retry_at=lease expiry
     retry         status=retry, last_error, retry_at=now+backoff   (a transient failure)
-    postponed     status=postponed, retry_at=until, attempts-=1    (work that must wait, e.g. a quota)
+    postponed     status=postponed, retry_at=until, attempts-=1    (work that must wait: `Postpone`, e.g. a quota)
     done/failed   processed=true, status, processed_at, run_id, error on failure
 
 `retry_at` is the one field that says when an unprocessed document may be claimed again: the
@@ -79,6 +79,16 @@ class QueuePolicy:
 
 class RequestRejected(Exception):
     """The document itself is wrong (a bad field, an unknown id): fail it now, retrying won't help."""
+
+
+class Postpone(Exception):
+    """The work must wait (data not there yet, a quota): hand the document back to be claimed again
+    at `until`, without using up an attempt; `reason` is stored as its `last_error`."""
+
+    def __init__(self, reason: str, until: dt.datetime) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.until = until
 
 
 class LeaseLost(Exception):
@@ -300,7 +310,7 @@ _LEGACY_CLAIMS = {"$cond": [{"$eq": [{"$type": "$attempts"}, "missing"]}, 0, LEG
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one document in a run: `done`, `failed` (rejected), or `skipped` (not ours)."""
+    """What became of one document in a run: `done`, `failed` (rejected), `postponed`, or `skipped` (not ours)."""
 
     doc_id: ObjectId
     status: str
@@ -311,9 +321,10 @@ class Outcome:
 def process_document(
     queue: WorkQueue, doc_id: ObjectId, owner: str, work: Callable[[Document], Mapping[str, Any]]
 ) -> Outcome:
-    """Claim, work, complete. A rejected request is failed; any other error schedules a retry and
-    propagates, so the run shows as failed with its traceback. A run that finds its lease gone when
-    it finishes raises LeaseLost: its result was not recorded, and the run must not look successful."""
+    """Claim, work, complete. A rejected request is failed; work that raises `Postpone` is handed
+    back until its time; any other error schedules a retry and propagates, so the run shows as failed
+    with its traceback. A run that finds its lease gone when it finishes raises LeaseLost: its result
+    was not recorded, and the run must not look successful."""
     doc = queue.claim(doc_id, owner)
     if doc is None:
         return Outcome(doc_id, "skipped", {})
@@ -323,6 +334,10 @@ def process_document(
         if not queue.fail(doc_id, owner, str(rejected)):
             raise LeaseLost(queue.name, doc_id, owner, "record the rejection") from rejected
         return Outcome(doc_id, FAILED, {}, str(rejected))
+    except Postpone as waiting:
+        if not queue.postpone(doc_id, owner, waiting.until, waiting.reason):
+            raise LeaseLost(queue.name, doc_id, owner, "postpone it") from waiting
+        return Outcome(doc_id, POSTPONED, {}, waiting.reason)
     except BaseException as exc:
         queue.release(doc_id, owner, describe_error(exc))
         raise

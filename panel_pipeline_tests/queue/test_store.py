@@ -6,6 +6,7 @@ from pymongo.errors import BulkWriteError
 
 from panel_pipeline.queue.store import (
     LeaseLost,
+    Postpone,
     QueuePolicy,
     RequestRejected,
     WorkQueue,
@@ -215,3 +216,17 @@ def test_stored_errors_are_redacted(queue, clock):
     queue.claim(doc_id, "run-2")
     queue.postpone(doc_id, "run-2", clock.now, "paused for bob@example.com")
     assert queue.collection.find_one({"_id": doc_id})["last_error"] == "paused for <email>"
+
+
+def test_work_that_must_wait_is_postponed_without_using_an_attempt(queue, clock):
+    (doc_id,) = insert(queue)
+    until = clock.now + dt.timedelta(minutes=2)
+
+    def not_there_yet(doc):
+        raise Postpone("response_id: not listed yet", until)
+
+    outcome = process_document(queue, doc_id, "run-1", not_there_yet)
+    stored = queue.collection.find_one({"_id": doc_id})
+    assert outcome.status == "postponed" and outcome.error == "response_id: not listed yet"
+    assert stored["status"] == "postponed" and stored["attempts"] == 0 and stored["retry_at"] == until
+    assert stored["processed"] is False and "lease_owner" not in stored
