@@ -19,7 +19,7 @@ from panel_pipeline.extractor.resources import SurveyGizmoResource
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY_ID
 from panel_pipeline.local.surveygizmo_server import DEMO_TOKEN, DEMO_TOKEN_SECRET
 from panel_pipeline.mailer.resources import SesResource, SqsResource
-from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.shared.resources import MongoResource
 
 ENVIRONMENTS = ("local", "production")
 # The local run's links: its own machine and the reserved example domains its demo data uses.

@@ -11,7 +11,7 @@ import yaml
 from panel_pipeline.definitions import defs
 from panel_pipeline.extractor.resources import SurveyGizmoResource
 from panel_pipeline.mailer.resources import SesResource, SqsResource
-from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.resources import resources_for
 
 ROOT = Path(__file__).resolve().parents[1]

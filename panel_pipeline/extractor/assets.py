@@ -27,8 +27,8 @@ from panel_pipeline.extractor.responses import (
 )
 from panel_pipeline.extractor.surveygizmo import SurveyGizmoClient, SurveyGizmoNotFound
 from panel_pipeline.extractor.transactions import Transaction, TransactionError, parse_transaction, response_deadline
-from panel_pipeline.partitions import response_days
-from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.shared.partitions import response_day_partitions
+from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.queue.store import FAILED, LeaseLost, Postpone, RequestRejected, WorkQueue, process_document, utc_now
 
 UK = ZoneInfo("Europe/London")
@@ -43,7 +43,7 @@ def day_of(moment: dt.datetime) -> str:
 
 
 @dg.asset(
-    partitions_def=response_days,
+    partitions_def=response_day_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="extractor",
     kinds={"python", "mongodb"},
@@ -103,7 +103,7 @@ def remember_survey(db, client: SurveyGizmoClient, survey_id: str, now: dt.datet
 
 
 @dg.asset(
-    partitions_def=response_days,
+    partitions_def=response_day_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[surveygizmo_responses],
     group_name="extractor",

@@ -3,8 +3,8 @@
 import dagster as dg
 
 from panel_pipeline.extractor import review, store
-from panel_pipeline.queue.resources import MongoResource
-from panel_pipeline.sampler.requests import PROFILE_CATEGORIES
+from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
 MINIMUM_COVERAGE = 0.5
 

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from panel_pipeline.extractor.responses import Answer, SurveyResponse
-from panel_pipeline.sampler.requests import AGE_BAND_LOWER_BOUNDS, PROFILE_CATEGORIES
+from panel_pipeline.shared.contract import AGE_BAND_LOWER_BOUNDS, PROFILE_CATEGORIES
 
 KINDS = frozenset({"choice", "multi", "birth_year", "number", "text"})
 YEAR_PATTERN = re.compile(r"^\s*(\d{4})(?:\.0+)?\s*$")

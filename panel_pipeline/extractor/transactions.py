@@ -22,7 +22,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from panel_pipeline.privacy import redact
+from panel_pipeline.shared.privacy import redact
 
 SURVEYGIZMO_ID = re.compile(r"^[1-9][0-9]{0,18}$")  # a positive integer that fits an int64
 OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")

@@ -20,7 +20,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from panel_pipeline.sampler.requests import AGE_BAND_LOWER_BOUNDS, PROFILE_CATEGORIES
+from panel_pipeline.shared.contract import AGE_BAND_LOWER_BOUNDS, PROFILE_CATEGORIES
 
 AGE_BANDS = PROFILE_CATEGORIES["age_band"]
 REGIONS = PROFILE_CATEGORIES["region"]

@@ -29,9 +29,9 @@ from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.mailer.ses import SendEventsNotPublished, SesGateway
 from panel_pipeline.mailer.templates import EmailTemplate, load_templates
 from panel_pipeline.mailer.validation import check_mailing
-from panel_pipeline.partitions import mailings as mailing_partitions
-from panel_pipeline.queue.resources import MongoResource
-from panel_pipeline.privacy import describe_error
+from panel_pipeline.shared.partitions import mailing_partitions
+from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.shared.privacy import describe_error
 from panel_pipeline.queue.store import LeaseLost, RequestRejected, WorkQueue, utc_now
 
 # Unknown recipients wait for SES events; claimed ones for another worker's lease: look again then.

@@ -5,7 +5,7 @@ import dagster as dg
 from botocore.exceptions import BotoCoreError, ClientError
 
 from panel_pipeline.mailer.resources import SqsResource
-from panel_pipeline.partitions import mailings
+from panel_pipeline.shared.partitions import mailing_partitions
 from panel_pipeline.queue.sensors import build_queue_sensor, run_in_flight
 
 mailing_job = dg.define_asset_job(
@@ -29,7 +29,7 @@ TRANSACTIONAL = {"kind": "transactional"}
 mailings_queue_sensor = build_queue_sensor(
     collection="mailings",
     job=mailing_job,
-    partitions_def=mailings,
+    partitions_def=mailing_partitions,
     match={"kind": {"$ne": "transactional"}},
     description="Turns each bulk `mailings` document with processed: false into a run of its own "
     "partition; bulk mailings run one at a time.",

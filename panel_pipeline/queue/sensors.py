@@ -22,7 +22,7 @@ import dagster as dg
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
-from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.queue.store import Document, WorkQueue, claims_of, utc_now
 
 QUEUE_TAG = "panel/queue"

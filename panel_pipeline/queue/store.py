@@ -19,7 +19,7 @@ every claim and never goes down, so it names each claim once (the sensors' run k
 document claimed before `claims` existed counts from LEGACY_CLAIMS_START, above any attempts count.
 Only the lease owner can complete, fail, release, postpone or renew; one that finds its lease gone
 raises (or is told by a False) and stops: `LeaseLost`. Stored errors pass through
-`panel_pipeline.privacy` (redacted, clipped).
+`panel_pipeline.shared.privacy` (redacted, clipped).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
-from panel_pipeline.privacy import clip, describe_error, redact
+from panel_pipeline.shared.privacy import clip, describe_error, redact
 
 Clock = Callable[[], dt.datetime]
 Document = dict[str, Any]

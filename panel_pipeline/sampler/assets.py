@@ -14,10 +14,11 @@ from typing import Any
 import dagster as dg
 from bson import ObjectId
 
-from panel_pipeline.partitions import sample_requests
-from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.shared.partitions import sample_request_partitions
+from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.queue.store import RequestRejected, WorkQueue, process_document, utc_now
-from panel_pipeline.sampler import invitations, members
+from panel_pipeline.sampler import members
+from panel_pipeline.shared import invitations
 from panel_pipeline.sampler.composition_chart import composition_svg, markdown_image
 from panel_pipeline.sampler.quotas import CategoryReport, SelectionResult, nobody_placed_reason, select
 from panel_pipeline.sampler.requests import SampleRequestError, parse_sample_request
@@ -36,7 +37,7 @@ class RedrawConfig(dg.Config):
 
 
 @dg.asset(
-    partitions_def=sample_requests,
+    partitions_def=sample_request_partitions,
     deps=[dg.AssetDep("users", partition_mapping=dg.AllPartitionMapping())],
     group_name="sampler",
     kinds={"python", "mongodb"},

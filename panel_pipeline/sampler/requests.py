@@ -33,62 +33,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from panel_pipeline.mailer.templates import EmailTemplate, check_recipient_data, load_templates
-from panel_pipeline.privacy import redact
+from panel_pipeline.shared.contract import AGE_BAND_LOWER_BOUNDS, PROFILE_CATEGORIES
+from panel_pipeline.shared.privacy import redact
 
-# Profile values exactly as the contract (CONTRACT.md, `users.profile`) writes them.
-PROFILE_CATEGORIES: dict[str, tuple[str, ...]] = {
-    "gender": ("female", "male", "other", "prefer_not_to_say"),
-    "age_band": ("18-24", "25-34", "35-44", "45-54", "55-64", "65-74", "75+"),
-    "region": (
-        "North East",
-        "North West",
-        "Yorkshire and The Humber",
-        "East Midlands",
-        "West Midlands",
-        "East of England",
-        "London",
-        "South East",
-        "South West",
-        "Wales",
-        "Scotland",
-        "Northern Ireland",
-    ),
-    "social_grade": ("AB", "C1", "C2", "DE"),
-    "education": (
-        "no_qualifications",
-        "level_1",
-        "level_2",
-        "apprenticeship",
-        "level_3",
-        "level_4_plus",
-        "other",
-    ),
-    "vote_2019": (
-        "conservative",
-        "labour",
-        "lib_dem",
-        "brexit_party",
-        "green",
-        "snp",
-        "plaid_cymru",
-        "other",
-        "did_not_vote",
-    ),
-    "vote_2024": (
-        "conservative",
-        "labour",
-        "lib_dem",
-        "reform_uk",
-        "green",
-        "snp",
-        "plaid_cymru",
-        "other",
-        "did_not_vote",
-    ),
-    "eu_ref_vote": ("remain", "leave", "did_not_vote"),
-}
-# Lower bound of each age band, in the order of PROFILE_CATEGORIES["age_band"].
-AGE_BAND_LOWER_BOUNDS: tuple[int, ...] = (18, 25, 35, 45, 55, 65, 75)
 NUMERIC_BOUNDS: dict[str, tuple[int, int]] = {"age": (0, 130), "birth_year": (1890, 2100)}
 FILTERABLE_FIELDS: frozenset[str] = frozenset(PROFILE_CATEGORIES) | frozenset(NUMERIC_BOUNDS)
 ORDER_OPERATORS: frozenset[str] = frozenset({"$gt", "$gte", "$lt", "$lte"})

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from panel_pipeline.partitions import sample_requests
+from panel_pipeline.shared.partitions import sample_request_partitions
 from panel_pipeline.queue.sensors import build_queue_sensor
 
 sample_job = dg.define_asset_job(
@@ -15,6 +15,6 @@ sample_job = dg.define_asset_job(
 samples_queue_sensor = build_queue_sensor(
     collection="samples",
     job=sample_job,
-    partitions_def=sample_requests,
+    partitions_def=sample_request_partitions,
     description="Turns each `samples` document with processed: false into a run of its own partition.",
 )

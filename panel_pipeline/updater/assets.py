@@ -7,9 +7,10 @@ import dagster as dg
 from bson import ObjectId
 from pymongo.database import Database
 
-from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.queue.store import utc_now
-from panel_pipeline.sampler import invitations, members
+from panel_pipeline.sampler import members
+from panel_pipeline.shared import invitations
 from panel_pipeline.updater import store
 from panel_pipeline.updater.dynamic import DynamicSample, Placement, place_changed_members, with_joiners
 

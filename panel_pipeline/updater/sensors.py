@@ -3,7 +3,7 @@
 import dagster as dg
 from pymongo.errors import PyMongoError
 
-from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.queue.sensors import SENSOR_INTERVAL_SECONDS, run_in_flight
 from panel_pipeline.updater import store
 from panel_pipeline.updater.assets import dynamic_sample_updates

@@ -1,6 +1,6 @@
 """The Updater's reads and writes in Mongo: changed members, open dynamic samples, their members.
 
-Invitations go through `panel_pipeline.sampler.invitations`, exactly as for a first draw.
+Invitations go through `panel_pipeline.shared.invitations`, exactly as for a first draw.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from panel_pipeline.local.surveygizmo_server import (
     Outage,
 )
 from panel_pipeline.local.synthetic_panel import generate_profiles
-from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.shared.resources import MongoResource
 
 UTC = dt.timezone.utc
 DAYS = [dt.date(2026, 3, 2), dt.date(2026, 3, 4), dt.date(2026, 3, 6)]  # apart: one day's outage touches one window

@@ -25,7 +25,7 @@ from panel_pipeline.local.surveygizmo_server import (
     LocalSurveyGizmo,
     dropped_rows,
 )
-from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.shared.resources import MongoResource
 
 UTC = dt.timezone.utc
 DAY = dt.date(2026, 3, 2)

@@ -22,7 +22,7 @@ from panel_pipeline.local.profile_survey import (
     PROFILE_SURVEY_ID,
     response_record,
 )
-from panel_pipeline.sampler.requests import PROFILE_CATEGORIES
+from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 from panel_pipeline_tests.extractor.conftest import EXAMPLE_PROFILE
 
 ZONE = ZoneInfo("America/New_York")

@@ -24,7 +24,7 @@ from panel_pipeline.local.profile_survey import (
     response_record,
 )
 from panel_pipeline.local.surveygizmo_server import LocalSurveyGizmo, load_demo_data
-from panel_pipeline.sampler.requests import PROFILE_CATEGORIES
+from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
 ZONE = ZoneInfo("America/New_York")
 AS_OF = dt.date(2025, 6, 1)

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from panel_pipeline.local.synthetic_panel import generate_profiles
-from panel_pipeline.sampler.requests import PROFILE_CATEGORIES, age_band_codes
+from panel_pipeline.sampler.requests import age_band_codes
+from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 from panel_pipeline.sampler.targets import packaged_target
 
 YEAR = 2025

@@ -9,7 +9,7 @@ from panel_pipeline.mailer import mailings_queue_sensor, transactional_mail_queu
 from panel_pipeline.mailer.assets import email_templates, mailings, transactional_mail
 from panel_pipeline.mailer.resources import SesResource
 from panel_pipeline.local.ses_proxy import daily_quota_exceeded
-from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline_tests.mailer.conftest import CONFIGURATION_SET
 
 UTC = dt.timezone.utc

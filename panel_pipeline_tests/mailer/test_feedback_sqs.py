@@ -18,7 +18,7 @@ from panel_pipeline.mailer import ses_feedback_sensor
 from panel_pipeline.mailer.assets import mailings, ses_feedback
 from panel_pipeline.mailer.ledger import recipient_key_for
 from panel_pipeline.mailer.resources import SesResource, SqsResource
-from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline_tests.mailer.ses_events import bounce, complaint, event, sns_envelope, tags
 from panel_pipeline_tests.waiting import finished_runs, wait_for
 

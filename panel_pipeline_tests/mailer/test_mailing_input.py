@@ -20,7 +20,7 @@ from panel_pipeline.mailer.ses import SesAdminError
 from panel_pipeline.mailer.sensors import transactional_mail_queue_sensor
 from panel_pipeline.mailer.templates import load_templates
 from panel_pipeline.mailer.unsubscribe import verify_unsubscribe_token
-from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.shared.resources import MongoResource
 
 SURVEY = {"survey_name": "Bus services", "duration_minutes": 12, "points": 150, "survey_url": "https://survey.example/s/1"}
 SECRET = "unsubscribe-secret-for-tests"

@@ -5,7 +5,7 @@ import dagster as dg
 import pytest
 from bson import ObjectId
 
-from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.queue.sensors import (
     QueueCursor,
     build_queue_sensor,

@@ -173,7 +173,7 @@ def test_targets_crossing_more_cells_than_an_index_holds_are_refused() -> None:
 
 
 def _first_values(key: str) -> list[str]:
-    from panel_pipeline.sampler.requests import PROFILE_CATEGORIES
+    from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
     return [PROFILE_CATEGORIES[field][0] for field in key.split("|")]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from panel_pipeline.sampler.requests import PROFILE_CATEGORIES, parse_sample_request
+from panel_pipeline.sampler.requests import parse_sample_request
+from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 from panel_pipeline.sampler.targets import (
     load_target_table,
     preset_targets,

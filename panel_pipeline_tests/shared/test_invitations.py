@@ -7,7 +7,8 @@ import time
 import bson
 from bson import ObjectId
 
-from panel_pipeline.sampler import invitations, members
+from panel_pipeline.sampler import members
+from panel_pipeline.shared import invitations
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

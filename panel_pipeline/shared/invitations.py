@@ -30,7 +30,7 @@ from bson import ObjectId
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from panel_pipeline.privacy import describe_error
+from panel_pipeline.shared.privacy import describe_error
 
 LOG = logging.getLogger(__name__)
 Logger = logging.Logger | logging.LoggerAdapter

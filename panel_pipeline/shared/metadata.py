@@ -1,0 +1,49 @@
+"""How every asset describes itself in the Dagster UI: one way to build a table, the owners, the
+row count under Dagster's own key.
+
+Conventions: each asset has a docstring, `owners=OWNERS`, `kinds` naming what it runs on
+({"python", "mongodb"} plus "aws" or "surveygizmo" where it talks to them), and, where it writes
+rows, `row_count(n)` among its metadata. Code references are added once, in
+panel_pipeline/definitions.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import dagster as dg
+
+OWNERS = ["team:panel-data"]
+ROW_COUNT = "dagster/row_count"
+
+_CELL_TYPES = (str, int, float, bool)
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> dg.TableMetadataValue:
+    """`rows` (one value per column) as a table the UI shows; a value that is not text, a number
+    or a bool is shown as its text."""
+    records = [
+        dg.TableRecord({column: _cell(value) for column, value in zip(columns, row, strict=True)}) for row in rows
+    ]
+    schema = dg.TableSchema(columns=[dg.TableColumn(column, _column_type(records, column)) for column in columns])
+    return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def row_count(count: int) -> dict[str, dg.IntMetadataValue]:
+    return {ROW_COUNT: dg.MetadataValue.int(count)}
+
+
+def _cell(value: Any) -> str | int | float | bool | None:
+    return value if value is None or isinstance(value, _CELL_TYPES) else str(value)
+
+
+def _column_type(records: Sequence[dg.TableRecord], column: str) -> str:
+    values = [record.data[column] for record in records if record.data.get(column) is not None]
+    if values and all(isinstance(v, bool) for v in values):
+        return "bool"
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return "int"
+    if values and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return "float"
+    return "string"
