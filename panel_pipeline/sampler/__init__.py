@@ -1,8 +1,1 @@
 """The Sampler: nationally representative and tailor-made samples, on demand and from the queue."""
-
-import dagster as dg
-
-from panel_pipeline.sampler.assets import samples
-from panel_pipeline.sampler.sensors import sample_job, samples_queue_sensor
-
-defs = dg.Definitions(assets=[samples], jobs=[sample_job], sensors=[samples_queue_sensor])

@@ -45,6 +45,13 @@ BULK = "bulk"
 TRANSACTIONAL = "transactional"
 MAIL_KINDS: tuple[str, ...] = (BULK, TRANSACTIONAL)
 
+# Template data (`mailings.default_data`, a recipient's `data`, `samples.mailing.default_data`): the
+# Mailer fills these per member, and puts the HTML-escaped copy of the data under HTML_COPY_KEY.
+FIRST_NAME = "first_name"
+UNSUBSCRIBE_URL = "unsubscribe_url"
+HTML_COPY_KEY = "html"
+PER_MEMBER_VARIABLES: frozenset[str] = frozenset({FIRST_NAME, UNSUBSCRIBE_URL})
+
 # `users.profile`: each categorical attribute and its values, exactly as stored.
 PROFILE_CATEGORIES: dict[str, tuple[str, ...]] = {
     "gender": ("female", "male", "other", "prefer_not_to_say"),

@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 from bson import ObjectId
 
-from panel_pipeline.extractor import (
+from panel_pipeline.extractor.definitions import (
     extract_job_assets,
     hourly_extract_schedule,
     transactions_queue_sensor,

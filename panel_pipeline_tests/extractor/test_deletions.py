@@ -5,7 +5,7 @@ import datetime as dt
 import dagster as dg
 import pytest
 
-from panel_pipeline.extractor import (
+from panel_pipeline.extractor.definitions import (
     deletion_sweep_job,
     extract_job_assets,
     weekly_deletion_sweep_schedule,

@@ -5,7 +5,7 @@ import datetime as dt
 import dagster as dg
 import pytest
 
-from panel_pipeline.mailer import mailings_queue_sensor, transactional_mail_queue_sensor
+from panel_pipeline.mailer.sensors import mailings_queue_sensor, transactional_mail_queue_sensor
 from panel_pipeline.mailer.assets import email_templates, mailings, transactional_mail
 from panel_pipeline.mailer.resources import SesResource
 from panel_pipeline.local.ses_proxy import daily_quota_exceeded

@@ -14,7 +14,7 @@ from bson import ObjectId
 
 from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.sns_sqs import aws_client, ensure_feedback_path
-from panel_pipeline.mailer import ses_feedback_sensor
+from panel_pipeline.mailer.sensors import ses_feedback_sensor
 from panel_pipeline.mailer.assets import mailings, ses_feedback
 from panel_pipeline.mailer.ledger import recipient_key_for
 from panel_pipeline.mailer.resources import SesResource, SqsResource

@@ -8,7 +8,7 @@ from bson import ObjectId
 
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline.shared.resources import MongoResource
-from panel_pipeline.sampler import samples_queue_sensor
+from panel_pipeline.sampler.sensors import samples_queue_sensor
 from panel_pipeline.queue.store import LeaseLost
 from panel_pipeline.sampler.assets import draw_once, samples
 

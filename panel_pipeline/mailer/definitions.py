@@ -1,0 +1,27 @@
+"""The Mailer's definitions: what the code location loads from this part."""
+
+import dagster as dg
+
+from panel_pipeline.mailer.assets import (
+    email_templates,
+    mailings,
+    ses_feedback,
+    transactional_mail,
+)
+from panel_pipeline.mailer.schedules import template_sync_schedule
+from panel_pipeline.mailer.sensors import (
+    mailing_job,
+    mailings_queue_sensor,
+    ses_feedback_job,
+    ses_feedback_sensor,
+    template_job,
+    transactional_mail_job,
+    transactional_mail_queue_sensor,
+)
+
+defs = dg.Definitions(
+    assets=[email_templates, mailings, transactional_mail, ses_feedback],
+    jobs=[mailing_job, transactional_mail_job, template_job, ses_feedback_job],
+    sensors=[mailings_queue_sensor, transactional_mail_queue_sensor, ses_feedback_sensor],
+    schedules=[template_sync_schedule],
+)

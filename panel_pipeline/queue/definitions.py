@@ -1,0 +1,9 @@
+"""The queue's definitions: what the code location loads from this part."""
+
+import dagster as dg
+
+from panel_pipeline.queue.sensors import build_run_failure_sensors
+
+QUEUED_COLLECTIONS = ("samples", "mailings", "transactions")
+
+defs = dg.Definitions(sensors=build_run_failure_sensors(QUEUED_COLLECTIONS))

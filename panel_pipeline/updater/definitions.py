@@ -1,0 +1,8 @@
+"""The Updater's definitions: what the code location loads from this part."""
+
+import dagster as dg
+
+from panel_pipeline.updater.assets import dynamic_sample_updates
+from panel_pipeline.updater.sensors import member_changes_sensor, updater_job
+
+defs = dg.Definitions(assets=[dynamic_sample_updates], jobs=[updater_job], sensors=[member_changes_sensor])
