@@ -5,7 +5,8 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
-from panel_pipeline.extractor.surveygizmo import RetryPolicy, SurveyGizmoClient
+from panel_pipeline.extractor.retries import RetryPolicy
+from panel_pipeline.extractor.surveygizmo import SurveyGizmoClient
 
 
 class SurveyGizmoResource(dg.ConfigurableResource):
@@ -25,7 +26,7 @@ class SurveyGizmoResource(dg.ConfigurableResource):
         return SurveyGizmoClient(
             self.api_token,
             self.api_token_secret,
-            region=self.region,  # type: ignore[arg-type]
+            region=self.region,
             base_url=self.base_url,
             account_time_zone=self.account_time_zone,
             calls_per_minute=self.calls_per_minute,

@@ -5,17 +5,19 @@ What it does that the public clients do not (research note §12):
 * Credentials travel as query parameters, so no URL ever reaches a log line, an exception message,
   a traceback or a repr: requests' own exceptions are caught and replaced (`from None`) by ours,
   which name the path only.
-* Every call has a timeout, goes through a thread-safe token bucket (default 240 calls/minute) and
-  is retried with jittered exponential backoff on 429, 5xx, timeouts, connection errors, HTML/CDN
-  pages, unparseable bodies and "please wait" answers; 401/403/404 fail at once. `result_ok: false`
-  is checked on every answer, including HTTP 200.
+* Every call has a timeout, goes through the shared token bucket (default 240 calls/minute) and
+  is retried (extractor/retries.py) with jittered exponential backoff on 429, 5xx, timeouts,
+  connection errors, HTML/CDN pages, unparseable bodies and "please wait" answers; 401/403/404 fail
+  at once. `result_ok: false` is checked on every answer, including HTTP 200.
 * Listing pages with `resultsperpage=500` until a short or empty page, coercing string totals,
   de-duplicating ids, and rescanning (with a different page size, so the 60 s cache cannot serve a
   stale copy) when the totals moved during the scan or fewer ids came back than were counted.
-* Filter bounds are written as wall times in the account's zone, widened around the repeated
-  autumn hour, and records are then kept only if their parsed `date_submitted` is in the window.
+* Filter bounds are written as wall times in the account's zone (extractor/wall_time.py), widened
+  around the repeated autumn hour, and records are then kept only if their parsed `date_submitted`
+  is in the window.
 
-The clock (sleep and monotonic time) and the random source are injectable so tests run fast.
+The Clock (shared/clock.py: pacing and backoff sleep through it) and the random source are
+injectable so tests run fast. No Dagster.
 """
 
 from __future__ import annotations
@@ -27,16 +29,19 @@ import math
 import random
 import re
 import threading
-import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
 
 import requests
 
 from panel_pipeline.extractor.responses import parse_timestamp
+from panel_pipeline.extractor.retries import RetryPolicy, TransientFailure, call_with_retries
+from panel_pipeline.extractor.wall_time import lower_bound_wall_time, upper_bound_wall_time
+from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
+from panel_pipeline.shared.rate_limit import TokenBucket
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +57,6 @@ FILTER_OPERATORS = frozenset({"=", "<>", "!=", ">", "<", ">=", "<=", "IS NULL", 
 VALUELESS_OPERATORS = frozenset({"IS NULL", "IS NOT NULL"})
 PLEASE_WAIT = "please wait"
 SG_WARNING_HEADER = "X-SG-Warning"
-WALL_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -76,65 +80,6 @@ class SurveyGizmoNotFound(SurveyGizmoError):
 
 class SurveyGizmoUnavailable(SurveyGizmoError):
     """Still failing after every retry: rate limits, outages, timeouts or unreadable answers."""
-
-
-class Clock(Protocol):
-    def monotonic(self) -> float: ...
-
-    def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Backoff: min(max_delay, base * 2**retry) with equal jitter; throttles start from `throttle_delay`."""
-
-    max_attempts: int = 6
-    base_delay: float = 2.0
-    throttle_delay: float = 15.0
-    max_delay: float = 120.0
-
-    def delay(self, retry: int, throttled: bool, rng: random.Random) -> float:
-        base = self.throttle_delay if throttled else self.base_delay
-        ceiling = min(self.max_delay, base * 2**retry)
-        return ceiling / 2 + rng.uniform(0, ceiling / 2)
-
-
-class TokenBucket:
-    """Thread-safe token bucket: `rate_per_minute` tokens a minute, at most `burst` saved up.
-
-    A caller takes its token at once (the balance may go negative) and then sleeps until the
-    token would have existed, so concurrent callers queue in order without holding the lock.
-    """
-
-    def __init__(self, rate_per_minute: float, burst: int = 1, clock: Clock | None = None) -> None:
-        if rate_per_minute <= 0 or burst < 1:
-            raise ValueError("rate_per_minute must be > 0 and burst >= 1")
-        self._rate = rate_per_minute / 60.0
-        self._capacity = float(burst)
-        self._clock = clock or SystemClock()
-        self._lock = threading.Lock()
-        self._tokens = float(burst)
-        self._updated = self._clock.monotonic()
-
-    def acquire(self) -> float:
-        """Take one token, sleeping as long as needed; returns the time slept."""
-        with self._lock:
-            now = self._clock.monotonic()
-            self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
-            self._updated = now
-            self._tokens -= 1
-            wait = -self._tokens / self._rate if self._tokens < 0 else 0.0
-        if wait > 0:
-            self._clock.sleep(wait)
-        return wait
 
 
 @dataclass(frozen=True)
@@ -169,36 +114,6 @@ def filter_params(filters: Sequence[Filter]) -> dict[str, str]:
     return params
 
 
-def lower_bound_wall_time(instant: dt.datetime, zone: ZoneInfo) -> str:
-    """`instant` as a suffix-less wall time in `zone`, never later than it however it is read."""
-    local = _floor_second(instant).astimezone(zone)
-    if _is_ambiguous(local):
-        local = local.replace(tzinfo=None) - dt.timedelta(hours=1)
-    return local.strftime(WALL_TIME_FORMAT)
-
-
-def upper_bound_wall_time(instant: dt.datetime, zone: ZoneInfo) -> str:
-    """`instant` as a suffix-less wall time in `zone`, never earlier than it however it is read."""
-    local = _ceil_second(instant).astimezone(zone)
-    if _is_ambiguous(local):
-        local = local.replace(tzinfo=None) + dt.timedelta(hours=1)
-    return local.strftime(WALL_TIME_FORMAT)
-
-
-def _is_ambiguous(local: dt.datetime) -> bool:
-    """True in the repeated autumn hour, where one wall time names two instants."""
-    return local.replace(fold=0).utcoffset() != local.replace(fold=1).utcoffset()
-
-
-def _floor_second(instant: dt.datetime) -> dt.datetime:
-    return instant.replace(microsecond=0)
-
-
-def _ceil_second(instant: dt.datetime) -> dt.datetime:
-    floored = instant.replace(microsecond=0)
-    return floored if floored == instant else floored + dt.timedelta(seconds=1)
-
-
 class _CredentialRedactor(logging.Filter):
     """Redacts registered credentials from records of a third-party logger.
 
@@ -221,20 +136,6 @@ class _CredentialRedactor(logging.Filter):
 
 _URLLIB3_REDACTOR = _CredentialRedactor()
 logging.getLogger("urllib3.connectionpool").addFilter(_URLLIB3_REDACTOR)
-
-
-class _TransientFailure(Exception):
-    """A failure worth retrying; `reason` is safe to log."""
-
-    def __init__(
-        self, reason: str, throttled: bool = False, retry_after: float | None = None, server_gave_up: bool = False
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.throttled = throttled
-        self.retry_after = retry_after
-        # The API kills requests at 30 s with a 500 and then answers 400 for a minute.
-        self.server_gave_up = server_gave_up
 
 
 @dataclass(frozen=True)
@@ -277,7 +178,7 @@ class SurveyGizmoClient:
         timeout: tuple[float, float] = (10.0, 45.0),
         calls_per_minute: float = 240.0,
         retry: RetryPolicy = RetryPolicy(),
-        clock: Clock | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         session: requests.Session | None = None,
     ) -> None:
@@ -292,9 +193,9 @@ class SurveyGizmoClient:
         self.account_zone = ZoneInfo(account_time_zone or ACCOUNT_TIME_ZONES[region])
         self.timeout = timeout
         self.retry = retry
-        self._clock = clock or SystemClock()
+        self._clock = clock
         self._rng = rng or random.Random()
-        self._limiter = TokenBucket(calls_per_minute, clock=self._clock)
+        self._limiter = TokenBucket(calls_per_minute / 60.0, capacity=1.0, clock=clock)
         self._session = session or requests.Session()
         self._in_flight = threading.Lock()
         self._counter_lock = threading.Lock()
@@ -446,27 +347,24 @@ class SurveyGizmoClient:
 
     def _get(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
         """One GET with retries; returns the decoded JSON body of a successful answer."""
-        last_reason = "no attempt made"
-        after_timeout = False
-        for attempt in range(self.retry.max_attempts):
-            try:
-                return self._attempt(path, params, after_timeout)
-            except _TransientFailure as failure:
-                last_reason = failure.reason
-                after_timeout = failure.server_gave_up
-                if attempt + 1 == self.retry.max_attempts:
-                    break
-                delay = failure.retry_after or self.retry.delay(attempt, failure.throttled, self._rng)
-                logger.warning(
-                    "SurveyGizmo GET %s: %s; retry %d/%d in %.1f s",
-                    path, failure.reason, attempt + 1, self.retry.max_attempts - 1, delay,
-                )
-                with self._counter_lock:
-                    self._retry_wait += delay
-                self._clock.sleep(delay)
-        raise SurveyGizmoUnavailable(
-            f"GET {path} on {self._host} failed after {self.retry.max_attempts} attempts: {last_reason}", path
-        )
+
+        def attempt(previous: TransientFailure | None) -> dict[str, Any]:
+            return self._attempt(path, params, after_timeout=previous is not None and previous.server_gave_up)
+
+        def on_retry(failure: TransientFailure, attempt_number: int, delay: float) -> None:
+            logger.warning(
+                "SurveyGizmo GET %s: %s; retry %d/%d in %.1f s",
+                path, failure.reason, attempt_number, self.retry.max_attempts - 1, delay,
+            )
+            with self._counter_lock:
+                self._retry_wait += delay
+
+        try:
+            return call_with_retries(attempt, self.retry, self._clock, self._rng, on_retry)
+        except TransientFailure as failure:
+            raise SurveyGizmoUnavailable(
+                f"GET {path} on {self._host} failed after {self.retry.max_attempts} attempts: {failure.reason}", path
+            ) from None
 
     def _attempt(self, path: str, params: Mapping[str, str], after_timeout: bool) -> dict[str, Any]:
         self._limiter.acquire()
@@ -478,10 +376,10 @@ class SurveyGizmoClient:
                     self.base_url + path, params={**params, **self._credentials}, timeout=self.timeout
                 )
         except requests.Timeout:
-            raise _TransientFailure("timed out", server_gave_up=True) from None
+            raise TransientFailure("timed out", server_gave_up=True) from None
         except requests.RequestException as error:
             # str(error) can contain the full URL with the credentials: keep only its class name.
-            raise _TransientFailure(f"connection failed ({type(error).__name__})") from None
+            raise TransientFailure(f"connection failed ({type(error).__name__})") from None
         if response.headers.get(SG_WARNING_HEADER):
             logger.warning("SurveyGizmo GET %s: near the rate limit (%s)", path, self._redact(response.headers[SG_WARNING_HEADER]))
         return self._check(response, path, after_timeout)
@@ -493,14 +391,14 @@ class SurveyGizmoClient:
         code = _optional_int(body.get("code")) if body else None
         retry_after = _retry_after(response)
         if status == 429 or code == 429 or PLEASE_WAIT in message.lower():
-            raise _TransientFailure(f"throttled (HTTP {status}) {message}".strip(), throttled=True, retry_after=retry_after)
+            raise TransientFailure(f"throttled (HTTP {status}) {message}".strip(), throttled=True, retry_after=retry_after)
         if status >= 500 or (code is not None and code >= 500):
             detail = message if body else f"({_content_type(response)} page)"
-            raise _TransientFailure(
+            raise TransientFailure(
                 f"HTTP {status if status >= 500 else code} {detail}".strip(), retry_after=retry_after, server_gave_up=status == 500
             )
         if status == 400 and after_timeout:
-            raise _TransientFailure("HTTP 400 in the minute after a timeout", throttled=True)
+            raise TransientFailure("HTTP 400 in the minute after a timeout", throttled=True)
         if status in (401, 403) or code in (401, 403):
             raise SurveyGizmoAuthError(
                 f"GET {path}: credentials rejected by {self._host} ({message or f'HTTP {status}'}); "
@@ -510,7 +408,7 @@ class SurveyGizmoClient:
         if status == 404 or code == 404:
             raise SurveyGizmoNotFound(f"GET {path}: not found ({message or 'HTTP 404'})", path, status, code)
         if body is None:
-            raise _TransientFailure(f"HTTP {status} answer is not JSON ({_content_type(response)})")
+            raise TransientFailure(f"HTTP {status} answer is not JSON ({_content_type(response)})")
         if status >= 400 or body.get("result_ok") is not True:
             raise SurveyGizmoError(f"GET {path}: HTTP {status}, result_ok false: {message or 'no message'}", path, status, code)
         return body

@@ -1,22 +1,23 @@
-"""Fixtures for the Extractor tests: a local SurveyGizmo server over real HTTP and a fast fake clock."""
+"""Fixtures for the Extractor tests: a local SurveyGizmo server over real HTTP and a clock the tests drive."""
 
 from __future__ import annotations
 
 import datetime as dt
 import random
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from panel_pipeline.extractor.surveygizmo import RetryPolicy, SurveyGizmoClient
+from panel_pipeline.extractor.retries import RetryPolicy
+from panel_pipeline.extractor.surveygizmo import SurveyGizmoClient
 from panel_pipeline.local.profile_survey import (
     PROFILE_SURVEY,
     PROFILE_SURVEY_ID,
     response_record,
 )
 from panel_pipeline.local.surveygizmo_server import LocalSurveyGizmo
+from panel_pipeline_tests.clock import ManualClock
 
 API_TOKEN = "tok-4f1c2d9e7a"
 API_TOKEN_SECRET = "sec-b7e91f03c5-do-not-log"
@@ -30,23 +31,7 @@ EXAMPLE_PROFILE = {
     "vote_2024": "labour",
     "eu_ref_vote": "remain",
 }
-
-
-class FakeClock:
-    """Monotonic time that only moves when someone sleeps; records every sleep."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.now += seconds
+CLOCK_START = dt.datetime(2024, 6, 3, 12, 0, tzinfo=dt.timezone.utc)
 
 
 @pytest.fixture
@@ -57,12 +42,12 @@ def sg_server() -> Iterator[LocalSurveyGizmo]:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock(CLOCK_START)
 
 
 @pytest.fixture
-def make_client(sg_server: LocalSurveyGizmo, clock: FakeClock) -> Callable[..., SurveyGizmoClient]:
+def make_client(sg_server: LocalSurveyGizmo, clock: ManualClock) -> Callable[..., SurveyGizmoClient]:
     def make(**overrides: Any) -> SurveyGizmoClient:
         options: dict[str, Any] = {
             "base_url": sg_server.base_url,

@@ -11,18 +11,15 @@ from collections.abc import Callable
 
 import pytest
 
+from panel_pipeline.extractor.retries import RetryPolicy
 from panel_pipeline.extractor.surveygizmo import (
     Filter,
-    RetryPolicy,
     SurveyGizmoAuthError,
     SurveyGizmoClient,
     SurveyGizmoError,
     SurveyGizmoNotFound,
     SurveyGizmoUnavailable,
-    TokenBucket,
     filter_params,
-    lower_bound_wall_time,
-    upper_bound_wall_time,
 )
 from panel_pipeline.local.profile_survey import (
     PROFILE_SURVEY,
@@ -42,11 +39,13 @@ from panel_pipeline.local.surveygizmo_server import (
     throttled,
     truncated,
 )
+from panel_pipeline.shared.rate_limit import TokenBucket
+from panel_pipeline_tests.clock import ManualClock
 from panel_pipeline_tests.extractor.conftest import (
     API_TOKEN,
     API_TOKEN_SECRET,
+    CLOCK_START,
     EXAMPLE_PROFILE,
-    FakeClock,
     add_responses,
 )
 
@@ -56,7 +55,7 @@ NEXT_DAY = DAY + dt.timedelta(days=1)
 ClientFactory = Callable[..., SurveyGizmoClient]
 
 
-def backoffs(clock: FakeClock) -> list[float]:
+def backoffs(clock: ManualClock) -> list[float]:
     """Retry sleeps; the rate limiter's own sleeps between calls are at most 0.25 s at 240/min."""
     return [sleep for sleep in clock.sleeps if sleep >= 1.0]
 
@@ -219,7 +218,7 @@ def test_deleted_and_unknown_objects_are_not_found_without_retries(sg_server: Lo
     ],
     ids=lambda fault: f"{fault.status}-{fault.content_type.split('/')[1]}-{fault.times}",
 )
-def test_transient_faults_are_retried_with_backoff(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient, clock: FakeClock, fault: Fault) -> None:
+def test_transient_faults_are_retried_with_backoff(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient, clock: ManualClock, fault: Fault) -> None:
     ids = add_responses(sg_server, 3, DAY)
     times = fault.times
     sg_server.inject(fault)
@@ -228,7 +227,7 @@ def test_transient_faults_are_retried_with_backoff(sg_server: LocalSurveyGizmo, 
     assert len(backoffs(clock)) == times
 
 
-def test_throttles_back_off_longer_and_grow_with_jitter(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient, clock: FakeClock) -> None:
+def test_throttles_back_off_longer_and_grow_with_jitter(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient, clock: ManualClock) -> None:
     sg_server.inject(throttled(3))
     list_day(client)
 
@@ -238,7 +237,7 @@ def test_throttles_back_off_longer_and_grow_with_jitter(sg_server: LocalSurveyGi
         assert ceiling / 2 <= sleep <= ceiling
 
 
-def test_retry_after_is_honoured(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient, clock: FakeClock) -> None:
+def test_retry_after_is_honoured(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient, clock: ManualClock) -> None:
     sg_server.inject(throttled(1, retry_after="7"))
     list_day(client)
     assert backoffs(clock) == [7.0]
@@ -274,7 +273,7 @@ def test_gives_up_after_the_retry_budget_with_a_typed_error(sg_server: LocalSurv
 @pytest.mark.parametrize("http_status", [401, 200])
 def test_rejected_credentials_fail_fast(sg_server: LocalSurveyGizmo, http_status: int) -> None:
     sg_server.auth_failure_status = http_status
-    wrong = SurveyGizmoClient(API_TOKEN, "wrong-secret", base_url=sg_server.base_url, clock=FakeClock())
+    wrong = SurveyGizmoClient(API_TOKEN, "wrong-secret", base_url=sg_server.base_url, clock=ManualClock(CLOCK_START))
 
     with pytest.raises(SurveyGizmoAuthError, match="Login failed / Invalid auth token"):
         list(wrong.list_responses(PROFILE_SURVEY_ID, DAY, NEXT_DAY))
@@ -380,16 +379,6 @@ def test_fall_back_window_covers_both_copies_of_the_repeated_hour(sg_server: Loc
     assert sg_server.requests[0].params["filter[value][1]"] == "2024-11-03 02:30:00"
 
 
-def test_wall_time_bounds_never_cut_the_window() -> None:
-    from zoneinfo import ZoneInfo
-
-    zone = ZoneInfo("America/New_York")
-    moment = dt.datetime(2024, 6, 3, 12, 0, 0, 500_000, tzinfo=UTC)
-    assert lower_bound_wall_time(moment, zone) == "2024-06-03 08:00:00"
-    assert upper_bound_wall_time(moment, zone) == "2024-06-03 08:00:01"
-    assert lower_bound_wall_time(moment, ZoneInfo("UTC")) == "2024-06-03 12:00:00"
-
-
 def test_eu_account_filters_and_parses_in_utc(make_client: ClientFactory) -> None:
     with LocalSurveyGizmo(API_TOKEN, API_TOKEN_SECRET, time_zone="UTC") as server:
         server.add_survey(PROFILE_SURVEY)
@@ -417,12 +406,12 @@ def test_region_and_legacy_hosts() -> None:
 
 
 def test_token_bucket_never_exceeds_the_rate_in_any_minute() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(240, burst=1, clock=clock)
+    clock = ManualClock(CLOCK_START)
+    bucket = TokenBucket(240 / 60, capacity=1, clock=clock)
     moments = []
     for _ in range(720):
         bucket.acquire()
-        moments.append(clock.now)
+        moments.append(clock.monotonic())
 
     for index, moment in enumerate(moments):
         in_next_minute = sum(1 for later in moments[index:] if later < moment + 60)
@@ -431,11 +420,11 @@ def test_token_bucket_never_exceeds_the_rate_in_any_minute() -> None:
 
 
 def test_token_bucket_is_thread_safe() -> None:
-    class FrozenClock(FakeClock):
+    class FrozenClock(ManualClock):
         def sleep(self, seconds: float) -> None:
             self.sleeps.append(seconds)
 
-    bucket = TokenBucket(120, burst=3, clock=FrozenClock())
+    bucket = TokenBucket(120 / 60, capacity=3, clock=FrozenClock(CLOCK_START))
     waits: list[float] = []
     lock = threading.Lock()
 
@@ -455,7 +444,7 @@ def test_token_bucket_is_thread_safe() -> None:
     assert sorted(waits) == pytest.approx(expected)
 
 
-def test_client_calls_are_spaced_by_the_configured_rate(sg_server: LocalSurveyGizmo, make_client: ClientFactory, clock: FakeClock) -> None:
+def test_client_calls_are_spaced_by_the_configured_rate(sg_server: LocalSurveyGizmo, make_client: ClientFactory, clock: ManualClock) -> None:
     add_responses(sg_server, 1200, DAY, step=dt.timedelta(seconds=30))
     client = make_client(calls_per_minute=30)
 
