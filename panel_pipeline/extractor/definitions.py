@@ -13,18 +13,16 @@ from panel_pipeline.extractor.checks import (
     profile_values_allowed,
     quarantined_responses,
 )
+from panel_pipeline.extractor.jobs import (
+    deletion_sweep_job,
+    extract_job,
+    survey_completions_job,
+)
 from panel_pipeline.extractor.schedules import (
     hourly_extract_schedule,
     weekly_deletion_sweep_schedule,
 )
-from panel_pipeline.extractor.sensors import (
-    deletion_sweep_job,
-    extract_job,
-    survey_completions_job,
-    transactions_queue_sensor,
-)
-
-extract_job_assets = [surveygizmo_responses, users, profile_coverage, profile_values_allowed, quarantined_responses]
+from panel_pipeline.extractor.sensors import transactions_queue_sensor
 
 defs = dg.Definitions(
     assets=[surveygizmo_responses, users, survey_completions, surveygizmo_deletions],

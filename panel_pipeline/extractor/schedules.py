@@ -6,7 +6,7 @@ import datetime as dt
 import dagster as dg
 
 from panel_pipeline.extractor.assets import UK
-from panel_pipeline.extractor.sensors import deletion_sweep_job, extract_job
+from panel_pipeline.extractor.jobs import deletion_sweep_job, extract_job
 
 
 @dg.schedule(

@@ -7,13 +7,11 @@ import dagster as dg
 import pytest
 from bson import ObjectId
 
-from panel_pipeline.extractor.definitions import (
-    extract_job_assets,
-    hourly_extract_schedule,
-    transactions_queue_sensor,
-)
 from panel_pipeline.extractor.assets import survey_completions
+from panel_pipeline.extractor.jobs import extract_job_assets
 from panel_pipeline.extractor.resources import SurveyGizmoResource
+from panel_pipeline.extractor.schedules import hourly_extract_schedule
+from panel_pipeline.extractor.sensors import transactions_queue_sensor
 from panel_pipeline.local.demo import demo_user_id, seed_users
 from panel_pipeline.local.profile_survey import (
     PROFILE_SURVEY,

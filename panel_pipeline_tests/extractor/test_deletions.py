@@ -5,13 +5,10 @@ import datetime as dt
 import dagster as dg
 import pytest
 
-from panel_pipeline.extractor.definitions import (
-    deletion_sweep_job,
-    extract_job_assets,
-    weekly_deletion_sweep_schedule,
-)
 from panel_pipeline.extractor.assets import surveygizmo_deletions
+from panel_pipeline.extractor.jobs import deletion_sweep_job, extract_job_assets
 from panel_pipeline.extractor.resources import SurveyGizmoResource
+from panel_pipeline.extractor.schedules import weekly_deletion_sweep_schedule
 from panel_pipeline.extractor.store import raw_records
 from panel_pipeline.local.demo import demo_user_id, seed_users
 from panel_pipeline.local.profile_survey import (
