@@ -27,13 +27,14 @@ from benchmarks._mongo import throwaway_mongod
 from panel_pipeline.extractor.assets import day_of, surveygizmo_responses, users
 from panel_pipeline.extractor.resources import SurveyGizmoResource
 from panel_pipeline.extractor.responses import parse_response
-from panel_pipeline.extractor.store import RAW, raw_document, raw_id, upsert_raw
+from panel_pipeline.extractor.store import raw_document, raw_id, upsert_raw
 from panel_pipeline.local.demo import demo_user
 from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY_ID
 from panel_pipeline.local.surveygizmo_server import DEMO_TOKEN, DEMO_TOKEN_SECRET
-from panel_pipeline.queue.resources import MongoResource
-from panel_pipeline.queue.store import utc_now
+from panel_pipeline.shared.clock import utc_now
+from panel_pipeline.shared.contract import RAW_RESPONSES
+from panel_pipeline.shared.resources import MongoResource
 
 RESPONSES = 100_000
 FIRST_DAY = dt.date(2026, 3, 1)
@@ -166,7 +167,7 @@ def timed_materialization(asset: dg.AssetsDefinition, instance: dg.DagsterInstan
 def fingerprint(db: pymongo.database.Database) -> str:
     """A hash of the raw responses and the profiles, without the times the runs wrote them."""
     digest = hashlib.sha256()
-    for doc in db[RAW].find({}, {"fetched_at": 0}).sort("_id"):
+    for doc in db[RAW_RESPONSES].find({}, {"fetched_at": 0}).sort("_id"):
         digest.update(json.dumps(doc, sort_keys=True, default=str).encode())
     for doc in db.users.find({}, {"profile": 1, "profile_sources": 1}).sort("_id"):
         digest.update(json.dumps(doc, sort_keys=True, default=str).encode())
@@ -176,13 +177,13 @@ def fingerprint(db: pymongo.database.Database) -> str:
 def write_throughput(client: pymongo.MongoClient) -> WriteFigures:
     """Documents per second into empty collections, `upsert_raw` and a plain `insert_many` of the
     same documents taking turns (median of three each), then `upsert_raw` of the same again."""
-    source = client["clean"][RAW]
+    source = client["clean"][RAW_RESPONSES]
     responses = [parse_response(doc["record"], doc["survey_id"], ACCOUNT_ZONE) for doc in source.find({}, {"record": 1, "survey_id": 1})]
     now = utc_now()
     documents = [{"_id": raw_id(r.survey_id, r.id), **raw_document(r, day_of(r.submitted_at), now)} for r in responses]
     ours, plain = [], []
     for attempt in range(WRITE_REPEATS):
-        plain_collection, our_db = client[f"plain_{attempt}"][RAW], client[f"ours_{attempt}"]
+        plain_collection, our_db = client[f"plain_{attempt}"][RAW_RESPONSES], client[f"ours_{attempt}"]
         plain.append(rate(len(documents), lambda: plain_collection.insert_many(documents, ordered=False)))  # noqa: B023 - called at once
         ours.append(rate(len(responses), lambda: upsert_raw(our_db, responses, day_of, now)))  # noqa: B023
     again = rate(len(responses), lambda: upsert_raw(client["ours_0"], responses, day_of, now))

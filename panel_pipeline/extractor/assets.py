@@ -11,10 +11,12 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 from bson import ObjectId
 from pydantic import Field
+from pymongo.database import Database
 
 from panel_pipeline.extractor import review, store
 from panel_pipeline.extractor.deletions import plan_deletions, refusal
 from panel_pipeline.extractor.normalize import (
+    ProfileMapping,
     load_profile_mapping,
     normalize_profile,
     question_shortnames,
@@ -27,15 +29,21 @@ from panel_pipeline.extractor.responses import (
 )
 from panel_pipeline.extractor.surveygizmo import SurveyGizmoClient, SurveyGizmoNotFound
 from panel_pipeline.extractor.transactions import Transaction, TransactionError, parse_transaction, response_deadline
+from panel_pipeline.queue.store import LeaseLost, Postpone, RequestRejected, WorkQueue, process_document
+from panel_pipeline.shared.clock import utc_now
+from panel_pipeline.shared.contract import DONE, FAILED, RETRY, TRANSACTIONS
+from panel_pipeline.shared.metadata import OWNERS, row_count, table
 from panel_pipeline.shared.partitions import response_day_partitions
 from panel_pipeline.shared.resources import MongoResource
-from panel_pipeline.queue.store import FAILED, LeaseLost, Postpone, RequestRejected, WorkQueue, process_document, utc_now
 
 UK = ZoneInfo("Europe/London")
 # Each day's pull reaches an hour into its neighbours: responses submitted around midnight, or
 # whose timestamps moved with an edit, are caught by whichever run comes next (upserts are idempotent).
 WINDOW_OVERLAP = dt.timedelta(hours=1)
 SHOWN_QUARANTINED = 20
+SURVEYGIZMO_KINDS = {"python", "mongodb", "surveygizmo"}
+SWEEP_COUNTS = ("checked", "listed", "newly_deleted", "restored", "listed_not_stored")
+LEASE_LOST = "lease_lost"
 
 
 def day_of(moment: dt.datetime) -> str:
@@ -46,7 +54,8 @@ def day_of(moment: dt.datetime) -> str:
     partitions_def=response_day_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="extractor",
-    kinds={"python", "mongodb"},
+    kinds=SURVEYGIZMO_KINDS,
+    owners=OWNERS,
     pool="surveygizmo",
     tags={"panel/part": "extractor"},
 )
@@ -67,7 +76,7 @@ def surveygizmo_responses(context: dg.AssetExecutionContext, mongo: MongoResourc
     def parsed_responses() -> Iterator[SurveyResponse]:
         nonlocal quarantined_count
         for survey_id in surveygizmo.survey_ids():
-            remember_survey(db, client, survey_id, now)
+            store.remember_survey(db, survey_id, question_shortnames(client.get_survey(survey_id)), now)
             for record in client.list_responses(survey_id, window.start - WINDOW_OVERLAP, window.end + WINDOW_OVERLAP):
                 try:
                     yield parse_response(record, survey_id, client.account_zone)
@@ -89,17 +98,13 @@ def surveygizmo_responses(context: dg.AssetExecutionContext, mongo: MongoResourc
             "changed": written.changed,
             "unchanged": written.unchanged,
             "quarantined": quarantined_count,
-            "quarantined_examples": dg.MetadataValue.md(_table(("response", "reason"), quarantined)),
+            # A reason quotes what was wrong with a record: shown without its values.
+            "quarantined_examples": table(("response", "reason"), review.shown_rows(quarantined)),
             "api_calls": client.calls_made,
             "retry_wait_seconds": round(client.retry_wait_seconds, 1),
+            **row_count(written.total),
         }
     )
-
-
-def remember_survey(db, client: SurveyGizmoClient, survey_id: str, now: dt.datetime) -> None:
-    """Keep the survey's question shortnames, which the profile mapping is written against."""
-    shortnames = question_shortnames(client.get_survey(survey_id))
-    db.sg_surveys.replace_one({"_id": survey_id}, {"shortnames": shortnames, "fetched_at": now}, upsert=True)
 
 
 @dg.asset(
@@ -108,6 +113,7 @@ def remember_survey(db, client: SurveyGizmoClient, survey_id: str, now: dt.datet
     deps=[surveygizmo_responses],
     group_name="extractor",
     kinds={"python", "mongodb"},
+    owners=OWNERS,
     tags={"panel/part": "extractor"},
 )
 def users(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.MaterializeResult:
@@ -121,7 +127,8 @@ def users(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.Materia
     mapping = load_profile_mapping()
     now = utc_now()
     shortnames = store.survey_shortnames(db)
-    answers, unknown = [], []
+    answers: list[store.ProfileAnswer] = []
+    unknown: list[tuple[str, str]] = []
     unmapped: Counter[review.UnmappedKey] = Counter()
     for day in context.partition_keys:
         raws = store.raw_records(db, day)
@@ -145,9 +152,11 @@ def users(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.Materia
             "unknown_members": len(unknown),
             "unmapped_answers": sum(unmapped.values()),
             # By question and answer code with counts: never the answer's text (vote answers are special-category data).
-            "unmapped_examples": dg.MetadataValue.md(
-                review.markdown_table(("attribute", "question", "answer code", "problem", "responses"), review.unmapped_rows(unmapped, SHOWN_QUARANTINED))
+            "unmapped_examples": table(
+                ("attribute", "question", "answer code", "problem", "responses"),
+                review.shown_rows(review.unmapped_rows(unmapped, SHOWN_QUARANTINED)),
             ),
+            **row_count(changed),
         }
     )
 
@@ -162,7 +171,8 @@ class DeletionSweepConfig(dg.Config):
 @dg.asset(
     deps=[surveygizmo_responses],
     group_name="extractor",
-    kinds={"python", "mongodb"},
+    kinds=SURVEYGIZMO_KINDS,
+    owners=OWNERS,
     pool="surveygizmo",
     tags={"panel/part": "extractor"},
 )
@@ -178,8 +188,10 @@ def surveygizmo_deletions(
     db = mongo.db()
     client = surveygizmo.client()
     cutoff = utc_now()
-    rows, refused, days = [], [], set()
-    totals = {"checked": 0, "listed": 0, "newly_deleted": 0, "restored": 0, "listed_not_stored": 0}
+    rows: list[tuple[str | int, ...]] = []
+    refused: list[tuple[str, str]] = []
+    days: set[str] = set()
+    totals = dict.fromkeys(SWEEP_COUNTS, 0)
     for survey_id in surveygizmo.survey_ids():
         listing = client.list_response_ids(survey_id, cutoff)
         stored = store.stored_responses(db, survey_id, cutoff)
@@ -194,13 +206,14 @@ def surveygizmo_deletions(
         days |= plan.days
         counts = {"checked": plan.checked, "listed": len(listing.ids), "newly_deleted": deleted, "restored": restored, "listed_not_stored": plan.not_stored}
         totals = {key: totals[key] + counts[key] for key in totals}
-        rows.append((survey_id, ", ".join(f"{key} {value}" for key, value in counts.items())))
-    metadata = {
+        rows.append((survey_id, *(counts[key] for key in SWEEP_COUNTS)))
+    metadata: dict[str, Any] = {
         **totals,
         "api_calls": client.calls_made,
-        "surveys": dg.MetadataValue.md(_table(("survey", "responses"), rows)),
+        "surveys": table(("survey", *SWEEP_COUNTS), rows),
         "days_to_rematerialize": dg.MetadataValue.json(sorted(days)),
-        "refused": dg.MetadataValue.md(_table(("survey", "reason"), refused)),
+        "refused": table(("survey", "reason"), review.shown_rows(refused)),
+        **row_count(totals["newly_deleted"] + totals["restored"]),
     }
     if refused:
         raise dg.Failure(description=f"deletion sweep refused for {len(refused)} survey(s): {refused[0][1]}", metadata=metadata)
@@ -220,7 +233,13 @@ class CompletionBatch(dg.Config):
     )
 
 
-@dg.asset(group_name="extractor", kinds={"python", "mongodb"}, deps=[users], tags={"panel/part": "completions"})
+@dg.asset(
+    group_name="extractor",
+    kinds=SURVEYGIZMO_KINDS,
+    owners=OWNERS,
+    deps=[users],
+    tags={"panel/part": "completions"},
+)
 def survey_completions(
     context: dg.AssetExecutionContext, config: CompletionBatch, mongo: MongoResource, surveygizmo: SurveyGizmoResource
 ) -> dg.MaterializeResult:
@@ -233,7 +252,7 @@ def survey_completions(
     then fails naming it. A transient error schedules its retry."""
     db = mongo.db()
     client = surveygizmo.client()
-    queue = mongo.work_queue("transactions")
+    queue = mongo.work_queue(TRANSACTIONS)
     batch = CompletionContext(
         db=db, client=client, mapping=load_profile_mapping(), profile_surveys=set(surveygizmo.survey_ids()),
         shortnames=store.survey_shortnames(db), wait=dt.timedelta(minutes=config.response_wait_minutes),
@@ -242,12 +261,13 @@ def survey_completions(
     outcomes: Counter[str] = Counter()
     for document_id in config.document_ids:
         status = settle_transaction(queue, ObjectId(document_id), context.run.run_id, batch)
-        if status == "retry":
+        if status == RETRY:
             context.log.warning(f"transaction {document_id}: transient error, retried later")
         outcomes[status] += 1
-    metadata = {f"transactions_{status}": n for status, n in sorted(outcomes.items())}
-    if outcomes["retry"]:
-        raise dg.Failure(description=f"{outcomes['retry']} transaction(s) hit transient errors and will be retried; {dict(outcomes)}", metadata=metadata)
+    # Each transaction done stored its response with the raw responses.
+    metadata: dict[str, Any] = {**{f"transactions_{status}": n for status, n in sorted(outcomes.items())}, **row_count(outcomes[DONE])}
+    if outcomes[RETRY]:
+        raise dg.Failure(description=f"{outcomes[RETRY]} transaction(s) hit transient errors and will be retried; {dict(outcomes)}", metadata=metadata)
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -255,9 +275,9 @@ def survey_completions(
 class CompletionContext:
     """What every transaction of one batch shares; `shortnames` fills up as surveys are fetched."""
 
-    db: Any
+    db: Database
     client: SurveyGizmoClient
-    mapping: Any
+    mapping: ProfileMapping
     profile_surveys: set[str]
     shortnames: dict[str, dict[str, str]]
     wait: dt.timedelta
@@ -270,10 +290,10 @@ def settle_transaction(queue: WorkQueue, doc_id: ObjectId, owner: str, batch: Co
     try:
         return process_document(queue, doc_id, owner, lambda doc: complete_transaction(batch, doc)).status
     except LeaseLost:
-        return "lease_lost"
+        return LEASE_LOST
     except Exception:  # released by process_document: for a retry, or failed once its attempts are used up
         failed = queue.collection.find_one({"_id": doc_id, "status": FAILED}, {"_id": 1})
-        return FAILED if failed else "retry"
+        return FAILED if failed else RETRY
 
 
 def complete_transaction(batch: CompletionContext, doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -283,7 +303,7 @@ def complete_transaction(batch: CompletionContext, doc: Mapping[str, Any]) -> di
         transaction = parse_transaction(doc)
     except TransactionError as invalid:
         raise RequestRejected(str(invalid)) from invalid
-    if batch.db.users.find_one({"_id": transaction.user_id}, {"_id": 1}) is None:
+    if not store.member_exists(batch.db, transaction.user_id):
         raise RequestRejected(f"user_id: no member {transaction.user_id}")
     survey_id, response_id = transaction.survey_id, transaction.response_id
     try:
@@ -322,8 +342,3 @@ def _not_found(batch: CompletionContext, transaction: Transaction) -> Exception:
         f"response_id: response {response_id} not in survey {survey_id} yet; looking again until {deadline.isoformat(timespec='seconds')}",
         min(now + batch.retry_every, deadline),
     )
-
-
-def _table(header: tuple[str, str], rows: list[tuple[str, str]]) -> str:
-    """Cells pass through `review.without_values`: a reason's quoted values (answers, records) never show."""
-    return review.markdown_table(header, rows)

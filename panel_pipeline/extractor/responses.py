@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 STATUSES = ("Complete", "Partial", "Disqualified", "Deleted")
 TRUE_STRINGS = frozenset({"1", "true", "yes"})
 FALSE_STRINGS = frozenset({"0", "false", "no", ""})

@@ -5,7 +5,8 @@ special-category data (vote, in `vote_2019`/`vote_2024`), and run metadata is re
 the Dagster UI. `without_values` strips every quoted or bracketed value (Python reprs of answers,
 records and fields) out of a reason; `unmapped_table` groups the profile answers the mapping could
 not place by attribute, question id, answer code (the SurveyGizmo option id, when the answer has
-one) and reason, with a count. Pure; no Dagster, no Mongo.
+one) and reason, with a count; `shown_rows` is what a metadata table may show of any rows. Pure;
+no Dagster, no Mongo.
 """
 
 from __future__ import annotations
@@ -72,8 +73,10 @@ def unmapped_rows(counts: Counter[UnmappedKey], limit: int) -> list[tuple[str, s
     return [(*key, count) for key, count in ranked]
 
 
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """A Markdown table whose every cell has passed through `without_values`."""
-    lines = [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}"]
-    lines += [f"| {' | '.join(without_values(str(cell)).replace('|', '/') for cell in row)} |" for row in rows]
-    return "\n".join(lines) if len(lines) > 2 else "none"
+Cell = str | int | float
+
+
+def shown_rows(rows: Iterable[Sequence[Cell]]) -> list[tuple[Cell, ...]]:
+    """`rows` for a metadata table, every text cell passed through `without_values` (numbers are
+    counts and shares, never answers)."""
+    return [tuple(without_values(cell) if isinstance(cell, str) else cell for cell in row) for row in rows]

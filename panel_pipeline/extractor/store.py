@@ -18,23 +18,29 @@ from typing import Any
 
 import bson
 from bson import ObjectId
-from bson.errors import InvalidId
-from pymongo import ASCENDING, ReplaceOne, UpdateOne
+from pymongo import ASCENDING, DESCENDING, ReplaceOne, UpdateOne
 from pymongo.database import Database
 
 from panel_pipeline.extractor.deletions import StoredResponse
 from panel_pipeline.extractor.responses import SurveyResponse
 from panel_pipeline.queue.store import insert_missing
+from panel_pipeline.shared.contract import (
+    ACTIVE,
+    PROFILE_CATEGORIES,
+    QUARANTINED_RESPONSES,
+    RAW_RESPONSES,
+    SURVEYS,
+    USERS,
+)
+from panel_pipeline.shared.mongo import as_utc, object_id_or_none
 
-RAW = "sg_responses"
-QUARANTINE = "sg_quarantine"
 PANEL_ID_VARIABLE = "pid"
 
 
 def ensure_indexes(db: Database) -> None:
-    db[RAW].create_index([("day", ASCENDING)])
-    db[QUARANTINE].create_index([("day", ASCENDING)])
-    db.users.create_index([("sg_contact_id", ASCENDING)], sparse=True)
+    db[RAW_RESPONSES].create_index([("day", ASCENDING)])
+    db[QUARANTINED_RESPONSES].create_index([("day", ASCENDING)])
+    db[USERS].create_index([("sg_contact_id", ASCENDING)], sparse=True)
 
 
 def raw_id(survey_id: str, response_id: str) -> str:
@@ -70,22 +76,22 @@ def upsert_raw(db: Database, responses: Iterable[SurveyResponse], day_of: Any, n
         documents = {raw_id(r.survey_id, r.id): raw_document(r, day_of(r.submitted_at), now) for r in chunk}
         del chunk
         written += _write_raw(db, documents)
-        db[QUARANTINE].delete_many({"_id": {"$in": list(documents)}})
+        db[QUARANTINED_RESPONSES].delete_many({"_id": {"$in": list(documents)}})
     return written
 
 
 def _write_raw(db: Database, documents: Mapping[str, dict[str, Any]]) -> RawWrite:
-    stored = {doc["_id"]: doc for doc in db[RAW].find({"_id": {"$in": list(documents)}}, {"record_sha1": 1, "deleted_at": 1})}
+    stored = {doc["_id"]: doc for doc in db[RAW_RESPONSES].find({"_id": {"$in": list(documents)}}, {"record_sha1": 1, "deleted_at": 1})}
     new = [key for key in documents if key not in stored]
     changed = [
         key for key in documents
         if key in stored and (stored[key].get("record_sha1") != documents[key]["record_sha1"] or "deleted_at" in stored[key])
     ]
     inserts = [{"_id": key, **documents[key]} for key in new]
-    raced = [inserts[index]["_id"] for index in insert_missing(db[RAW], inserts)]
+    raced = [inserts[index]["_id"] for index in insert_missing(db[RAW_RESPONSES], inserts)]
     replace = [*changed, *raced]  # inserted by a concurrent run since we looked: replaced instead
     if replace:
-        db[RAW].bulk_write([ReplaceOne({"_id": key}, documents[key], upsert=True) for key in replace], ordered=False)
+        db[RAW_RESPONSES].bulk_write([ReplaceOne({"_id": key}, documents[key], upsert=True) for key in replace], ordered=False)
     return RawWrite(len(new) - len(raced), len(replace), len(documents) - len(new) - len(changed))
 
 
@@ -107,7 +113,7 @@ def raw_document(response: SurveyResponse, day: str, now: dt.datetime) -> dict[s
 
 
 def quarantine(db: Database, survey_id: str, response_id: str, day: str, reason: str, record: Mapping[str, Any], now: dt.datetime) -> None:
-    db[QUARANTINE].replace_one(
+    db[QUARANTINED_RESPONSES].replace_one(
         {"_id": raw_id(survey_id, response_id)},
         {"survey_id": survey_id, "response_id": response_id, "day": day, "reason": reason, "record": dict(record), "quarantined_at": now},
         upsert=True,
@@ -115,14 +121,14 @@ def quarantine(db: Database, survey_id: str, response_id: str, day: str, reason:
 
 
 def raw_records(db: Database, day: str) -> list[dict[str, Any]]:
-    return list(db[RAW].find({"day": day, "deleted_at": {"$exists": False}}).sort("submitted_at", ASCENDING))
+    return list(db[RAW_RESPONSES].find({"day": day, "deleted_at": {"$exists": False}}).sort("submitted_at", ASCENDING))
 
 
 def stored_responses(db: Database, survey_id: str, submitted_before: dt.datetime) -> list[StoredResponse]:
     """The survey's raw responses submitted before the cutoff, deleted or not (a weekly scan)."""
     return [
         StoredResponse(doc["response_id"], doc["day"], "deleted_at" in doc)
-        for doc in db[RAW].find(
+        for doc in db[RAW_RESPONSES].find(
             {"survey_id": survey_id, "submitted_at": {"$lt": submitted_before}}, {"response_id": 1, "day": 1, "deleted_at": 1}
         )
     ]
@@ -133,29 +139,38 @@ def mark_deleted(db: Database, survey_id: str, response_ids: Iterable[str], now:
     ids = [raw_id(survey_id, response_id) for response_id in response_ids]
     if not ids:
         return 0
-    return db[RAW].update_many({"_id": {"$in": ids}, "deleted_at": {"$exists": False}}, {"$set": {"deleted_at": now}}).modified_count
+    return db[RAW_RESPONSES].update_many({"_id": {"$in": ids}, "deleted_at": {"$exists": False}}, {"$set": {"deleted_at": now}}).modified_count
 
 
 def mark_restored(db: Database, survey_id: str, response_ids: Iterable[str]) -> int:
     ids = [raw_id(survey_id, response_id) for response_id in response_ids]
     if not ids:
         return 0
-    return db[RAW].update_many({"_id": {"$in": ids}}, {"$unset": {"deleted_at": ""}}).modified_count
+    return db[RAW_RESPONSES].update_many({"_id": {"$in": ids}}, {"$unset": {"deleted_at": ""}}).modified_count
+
+
+def remember_survey(db: Database, survey_id: str, shortnames: Mapping[str, str], now: dt.datetime) -> None:
+    """Keep the survey's question shortnames, which the profile mapping is written against."""
+    db[SURVEYS].replace_one({"_id": survey_id}, {"shortnames": dict(shortnames), "fetched_at": now}, upsert=True)
 
 
 def survey_shortnames(db: Database) -> dict[str, dict[str, str]]:
     """Each known survey's question shortnames (kept in `sg_surveys` by the raw extract), by survey id."""
-    return {survey["_id"]: dict(survey.get("shortnames") or {}) for survey in db.sg_surveys.find()}
+    return {survey["_id"]: dict(survey.get("shortnames") or {}) for survey in db[SURVEYS].find()}
+
+
+def member_exists(db: Database, user_id: ObjectId) -> bool:
+    return db[USERS].find_one({"_id": user_id}, {"_id": 1}) is not None
 
 
 def find_members(db: Database, raws: Sequence[Mapping[str, Any]]) -> list[ObjectId | None]:
     """The user each raw response belongs to: its panel id (the user `_id`), else the SurveyGizmo
     contact; None when neither is known. Two queries however many responses."""
-    panel_ids = [_object_id(raw.get("panel_id")) for raw in raws]
-    known = {doc["_id"] for doc in db.users.find({"_id": {"$in": [i for i in set(panel_ids) if i]}}, {"_id": 1})}
+    panel_ids = [object_id_or_none(raw.get("panel_id")) for raw in raws]
+    known = {doc["_id"] for doc in db[USERS].find({"_id": {"$in": [i for i in set(panel_ids) if i]}}, {"_id": 1})}
     contacts = {str(raw["contact_id"]) for raw, user_id in zip(raws, panel_ids, strict=True) if user_id not in known and raw.get("contact_id")}
     by_contact = (
-        {doc["sg_contact_id"]: doc["_id"] for doc in db.users.find({"sg_contact_id": {"$in": sorted(contacts)}}, {"sg_contact_id": 1})}
+        {doc["sg_contact_id"]: doc["_id"] for doc in db[USERS].find({"sg_contact_id": {"$in": sorted(contacts)}}, {"sg_contact_id": 1})}
         if contacts
         else {}
     )
@@ -163,13 +178,6 @@ def find_members(db: Database, raws: Sequence[Mapping[str, Any]]) -> list[Object
         user_id if user_id in known else by_contact.get(str(raw.get("contact_id") or ""))
         for raw, user_id in zip(raws, panel_ids, strict=True)
     ]
-
-
-def _object_id(value: Any) -> ObjectId | None:
-    try:
-        return ObjectId(str(value).strip()) if value else None
-    except InvalidId:
-        return None
 
 
 @dataclass(frozen=True)
@@ -185,7 +193,7 @@ def apply_profiles(db: Database, answers: Iterable[ProfileAnswer], now: dt.datet
     answers = list(answers)
     users = {
         doc["_id"]: doc
-        for doc in db.users.find(
+        for doc in db[USERS].find(
             {"_id": {"$in": list({a.user_id for a in answers})}}, {"profile": 1, "profile_sources": 1}
         )
     }
@@ -198,7 +206,7 @@ def apply_profiles(db: Database, answers: Iterable[ProfileAnswer], now: dt.datet
         profile = user.setdefault("profile", {})
         for attribute, value in answer.profile.items():
             source = sources.get(attribute)
-            if source is not None and _aware(source["submitted_at"]) > answer.submitted_at:
+            if source is not None and as_utc(source["submitted_at"]) > answer.submitted_at:
                 continue
             sources[attribute] = {"response_id": answer.response_id, "submitted_at": answer.submitted_at}
             if profile.get(attribute) != value:
@@ -210,7 +218,7 @@ def apply_profiles(db: Database, answers: Iterable[ProfileAnswer], now: dt.datet
         for user_id, fields in updates.items()
     ]
     if operations:
-        db.users.bulk_write(operations, ordered=False)
+        db[USERS].bulk_write(operations, ordered=False)
     return sum(1 for fields in updates.values() if _changed_stamp(fields, now))
 
 
@@ -219,5 +227,35 @@ def _changed_stamp(fields: Mapping[str, Any], now: dt.datetime) -> dict[str, Any
     return {"profile_updated_at": now} if any(key.startswith("profile.") for key in fields) else {}
 
 
-def _aware(moment: dt.datetime) -> dt.datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+# -- what the checks on users read -------------------------------------------------------------
+
+
+def profile_coverage(db: Database) -> tuple[int, dict[str, float]]:
+    """The number of active members, and the share of them holding each profile attribute."""
+    active = db[USERS].count_documents({"status": ACTIVE})
+    coverage = {
+        attribute: db[USERS].count_documents({"status": ACTIVE, f"profile.{attribute}": {"$ne": None}}) / active if active else 0.0
+        for attribute in PROFILE_CATEGORIES
+    }
+    return active, coverage
+
+
+def profile_values_outside(db: Database) -> dict[str, int]:
+    """Per profile attribute, the members holding a value the contract does not allow."""
+    return {
+        attribute: db[USERS].count_documents({f"profile.{attribute}": {"$exists": True, "$nin": [*values, None]}})
+        for attribute, values in PROFILE_CATEGORIES.items()
+    }
+
+
+def quarantine_count(db: Database) -> int:
+    return db[QUARANTINED_RESPONSES].count_documents({})
+
+
+def quarantine_reasons(db: Database, limit: int) -> list[tuple[str, int]]:
+    """The `limit` most frequent quarantine reasons, each with its count (the reasons as stored)."""
+    grouped = db[QUARANTINED_RESPONSES].aggregate(
+        [{"$group": {"_id": "$reason", "n": {"$sum": 1}}}, {"$sort": {"n": DESCENDING}}, {"$limit": limit}]
+    )
+    return [(str(group["_id"]), group["n"]) for group in grouped]

@@ -58,6 +58,7 @@ VALUELESS_OPERATORS = frozenset({"IS NULL", "IS NOT NULL"})
 PLEASE_WAIT = "please wait"
 SG_WARNING_HEADER = "X-SG-Warning"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+DEFAULT_RETRY = RetryPolicy()
 
 
 class SurveyGizmoError(Exception):
@@ -177,7 +178,7 @@ class SurveyGizmoClient:
         account_time_zone: str | None = None,
         timeout: tuple[float, float] = (10.0, 45.0),
         calls_per_minute: float = 240.0,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         session: requests.Session | None = None,

@@ -22,11 +22,11 @@ from typing import Any
 
 from bson import ObjectId
 
+from panel_pipeline.shared.mongo import as_utc
 from panel_pipeline.shared.privacy import redact
 
 SURVEYGIZMO_ID = re.compile(r"^[1-9][0-9]{0,18}$")  # a positive integer that fits an int64
 OBJECT_ID = re.compile(r"^[0-9a-fA-F]{24}$")
-UTC = dt.timezone.utc
 
 
 class TransactionError(ValueError):
@@ -82,7 +82,7 @@ def created_at(value: Any, document_id: Any) -> dt.datetime:
         raise ValueError("missing, and the document id is no ObjectId to read the time from")
     if not isinstance(value, dt.datetime):
         raise ValueError(f"must be a date (BSON date, UTC), got {_shown(value)}")
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return as_utc(value)
 
 
 def response_deadline(transaction: Transaction, wait: dt.timedelta) -> dt.datetime:
