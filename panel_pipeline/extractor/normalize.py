@@ -65,10 +65,6 @@ class ProfileMapping:
     def rules_for(self, survey_id: str, question_id: str, shortname: str | None) -> list[AttributeRule]:
         return [rule for rule in self.rules if any(s.matches(survey_id, question_id, shortname) for s in rule.sources)]
 
-    def applies_to(self, survey_id: str, shortnames: Mapping[str, str]) -> bool:
-        """True when at least one question of the survey feeds a profile attribute."""
-        return any(self.rules_for(str(survey_id), qid, name) for qid, name in shortnames.items())
-
 
 @dataclass(frozen=True)
 class ProfileProblem:
