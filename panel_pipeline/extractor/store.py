@@ -5,6 +5,7 @@ overlapping windows never duplicate anything. Profile updates are order-independ
 attribute remembers the response and submission time it came from (`profile_sources`), and only
 a newer answer replaces it, so days applied in any order converge. Raw writes are streamed in
 chunks of `WRITE_CHUNK`: a run's memory does not grow with the number of responses it pulls.
+The checks on `users` read through here too. No Dagster.
 """
 
 from __future__ import annotations
