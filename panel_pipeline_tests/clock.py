@@ -15,7 +15,7 @@ class ManualClock:
     def __init__(self, start: dt.datetime) -> None:
         if start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
-        self._start = start.astimezone(dt.timezone.utc)
+        self._start = start.astimezone(dt.UTC)
         self._elapsed = 0.0
         self._lock = threading.Lock()
         self.sleeps: list[float] = []

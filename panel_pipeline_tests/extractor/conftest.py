@@ -31,7 +31,7 @@ EXAMPLE_PROFILE = {
     "vote_2024": "labour",
     "eu_ref_vote": "remain",
 }
-CLOCK_START = dt.datetime(2024, 6, 3, 12, 0, tzinfo=dt.timezone.utc)
+CLOCK_START = dt.datetime(2024, 6, 3, 12, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from panel_pipeline.local.surveygizmo_server import (
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline.shared.resources import MongoResource
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 DAYS = [dt.date(2026, 3, 2), dt.date(2026, 3, 4), dt.date(2026, 3, 6)]  # apart: one day's outage touches one window
 PER_DAY = 40
 

@@ -24,7 +24,7 @@ from panel_pipeline.local.surveygizmo_server import (
 )
 from panel_pipeline.shared.resources import MongoResource
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 DAY = dt.date(2026, 3, 2)
 RESPONSES = 60
 FIRST_ID = 5000

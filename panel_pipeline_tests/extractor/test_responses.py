@@ -18,7 +18,7 @@ from panel_pipeline.extractor.responses import (
 )
 
 NEW_YORK = ZoneInfo("America/New_York")
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 # The shape of the documented list-page record (research note §8.3), with one entry per question type.
 RECORD: dict[str, Any] = {

@@ -10,7 +10,7 @@ import pytest
 from panel_pipeline.extractor.retries import RetryPolicy, TransientFailure, call_with_retries
 from panel_pipeline_tests.clock import ManualClock
 
-START = dt.datetime(2024, 6, 3, tzinfo=dt.timezone.utc)
+START = dt.datetime(2024, 6, 3, tzinfo=dt.UTC)
 
 
 def failing(failures: list[TransientFailure], seen: list[TransientFailure | None]):

@@ -49,7 +49,7 @@ from panel_pipeline_tests.extractor.conftest import (
     add_responses,
 )
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 DAY = dt.datetime(2024, 6, 3, 4, 0, tzinfo=UTC)  # 00:00 EDT
 NEXT_DAY = DAY + dt.timedelta(days=1)
 ClientFactory = Callable[..., SurveyGizmoClient]

@@ -39,7 +39,7 @@ anything = st.recursive(
 )
 valid = st.fixed_dictionaries(
     {"_id": st.builds(ObjectId), "user_id": st.builds(ObjectId) | st.builds(lambda: str(ObjectId())), "survey_id": sg_id, "response_id": sg_id},
-    optional={"created_at": st.datetimes(timezones=st.just(dt.timezone.utc)), "points": st.integers(0, 1000), "processed": st.just(False)},
+    optional={"created_at": st.datetimes(timezones=st.just(dt.UTC)), "points": st.integers(0, 1000), "processed": st.just(False)},
 )
 
 

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from panel_pipeline.extractor.wall_time import lower_bound_wall_time, upper_bound_wall_time
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 NEW_YORK = ZoneInfo("America/New_York")
 
 
