@@ -18,7 +18,9 @@ def profile_coverage(mongo: MongoResource) -> dg.AssetCheckResult:
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
             "active_members": active,
-            "coverage": table(("attribute", "coverage"), [(field, f"{share:.1%}") for field, share in coverage.items()]),
+            "coverage": table(
+                ("attribute", "coverage"), [(field, f"{share:.1%}") for field, share in coverage.items()]
+            ),
         },
     )
 
@@ -26,7 +28,9 @@ def profile_coverage(mongo: MongoResource) -> dg.AssetCheckResult:
 @dg.asset_check(asset="users", description="No profile value outside the contract's allowed values")
 def profile_values_allowed(mongo: MongoResource) -> dg.AssetCheckResult:
     outside = store.profile_values_outside(mongo.db())
-    return dg.AssetCheckResult(passed=not any(outside.values()), metadata={f"outside_{f}": n for f, n in outside.items()})
+    return dg.AssetCheckResult(
+        passed=not any(outside.values()), metadata={f"outside_{f}": n for f, n in outside.items()}
+    )
 
 
 @dg.asset_check(asset="users", description="Responses waiting in quarantine (malformed, unknown member)")

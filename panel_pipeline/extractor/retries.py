@@ -60,7 +60,11 @@ RetryNotice = Callable[[TransientFailure, int, float], None]
 
 
 def call_with_retries(
-    attempt: Callable[[TransientFailure | None], T], policy: RetryPolicy, clock: Clock, rng: random.Random, on_retry: RetryNotice
+    attempt: Callable[[TransientFailure | None], T],
+    policy: RetryPolicy,
+    clock: Clock,
+    rng: random.Random,
+    on_retry: RetryNotice,
 ) -> T:
     """`attempt(previous failure, None the first time)` until it returns; the last attempt's
     `TransientFailure` propagates once the policy's attempts are used up."""

@@ -24,12 +24,16 @@ def failing(failures: list[TransientFailure], seen: list[TransientFailure | None
 
 
 def test_retries_until_success_sleeping_the_jittered_backoff_on_the_clock() -> None:
-    clock, notices, seen = ManualClock(START), [], []
+    clock = ManualClock(START)
+    notices: list[tuple[TransientFailure, int, float]] = []
+    seen: list[TransientFailure | None] = []
     timeout = TransientFailure("timed out", server_gave_up=True)
     failures = [timeout, TransientFailure("throttled", throttled=True), TransientFailure("HTTP 503")]
     policy = RetryPolicy(max_attempts=4)
 
-    result = call_with_retries(failing(failures, seen), policy, clock, random.Random(1), lambda *notice: notices.append(notice))
+    result = call_with_retries(
+        failing(failures, seen), policy, clock, random.Random(1), lambda *notice: notices.append(notice)
+    )
 
     assert result == "ok"
     assert seen[:2] == [None, timeout]  # each attempt is told the failure before it
@@ -42,7 +46,13 @@ def test_retries_until_success_sleeping_the_jittered_backoff_on_the_clock() -> N
 
 def test_retry_after_replaces_the_backoff() -> None:
     clock = ManualClock(START)
-    call_with_retries(failing([TransientFailure("throttled", throttled=True, retry_after=7.0)], []), RetryPolicy(), clock, random.Random(), lambda *_: None)
+    call_with_retries(
+        failing([TransientFailure("throttled", throttled=True, retry_after=7.0)], []),
+        RetryPolicy(),
+        clock,
+        random.Random(),
+        lambda *_: None,
+    )
     assert clock.sleeps == [7.0]
 
 
