@@ -12,8 +12,9 @@ UV := $(UV_VENV)/bin/uv
 # changed without relocking).
 STAMP := $(VENV)/.installed-$(shell cat uv.lock pyproject.toml | md5sum | cut -c1-8)
 NODE_STAMP := templates/node_modules/.installed-$(shell cat templates/package-lock.json 2>/dev/null | md5sum | cut -c1-8)
+LINT_PATHS := panel_pipeline panel_pipeline_tests benchmarks
 
-.PHONY: install run test bench stop system-packages
+.PHONY: install lock run test lint bench stop system-packages
 
 install: $(STAMP) $(NODE_STAMP)
 
@@ -25,6 +26,11 @@ $(UV):
 $(STAMP): uv.lock pyproject.toml | $(UV)
 	UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --extra dev --python $(PYTHON)
 	rm -f $(VENV)/.installed-* && touch $@
+
+# Re-resolves uv.lock after pyproject.toml's dependencies changed; LOCK_ARGS="--upgrade-package NAME"
+# (or "--upgrade") moves versions on.
+lock: | $(UV)
+	UV_PYTHON_DOWNLOADS=never $(UV) lock --python $(PYTHON) $(LOCK_ARGS)
 
 $(NODE_STAMP):
 	@if [ -f templates/package-lock.json ]; then \
@@ -47,6 +53,14 @@ stop:
 
 test: install system-packages
 	$(BIN)/python -m pytest
+
+# Every check runs, so one run lists all that fails.
+lint: install
+	@status=0; \
+	$(BIN)/ruff check $(LINT_PATHS) || status=1; \
+	$(BIN)/ruff format --check $(LINT_PATHS) || status=1; \
+	$(BIN)/mypy panel_pipeline || status=1; \
+	exit $$status
 
 bench: install
 	$(BIN)/python -m benchmarks
