@@ -32,7 +32,7 @@ from panel_pipeline.local.demo import demo_user
 from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY_ID
 from panel_pipeline.local.surveygizmo_server import DEMO_TOKEN, DEMO_TOKEN_SECRET
-from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.queue.store import utc_now
 
 RESPONSES = 100_000
