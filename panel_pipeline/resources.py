@@ -17,7 +17,7 @@ import dagster as dg
 
 from panel_pipeline.extractor.resources import SurveyGizmoResource
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY_ID
-from panel_pipeline.local.surveygizmo_server import DEMO_TOKEN, DEMO_TOKEN_SECRET
+from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN, DEMO_TOKEN_SECRET
 from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.queue.resources import MongoResource
 

@@ -18,7 +18,7 @@ from panel_pipeline.local.ses_proxy import SesFaultProxy, SnsEventPublisher
 from panel_pipeline.local.ses_server import LocalSesServer
 from panel_pipeline.local.sns_sqs import LocalSnsSqs, aws_client, ensure_feedback_path
 from panel_pipeline.local.stack import pipeline_environment
-from panel_pipeline.local.surveygizmo_server import LocalSurveyGizmo
+from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tests load the definitions with the local resources, as `panel-pipeline dev` does; outside

@@ -40,7 +40,7 @@ from panel_pipeline.local.ses_proxy import SesFaultProxy, SnsEventPublisher, dai
 from panel_pipeline.local.ses_server import LocalSesServer
 from panel_pipeline.local.sns_sqs import LocalSnsSqs, aws_client, ensure_feedback_path
 from panel_pipeline.local.stack import pipeline_environment
-from panel_pipeline.local.surveygizmo_server import DEMO_TOKEN_SECRET, LocalSurveyGizmo
+from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN_SECRET, LocalSurveyGizmo
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline_tests.pii_scan import Needles, scan_dagster_home, scan_texts
 from panel_pipeline_tests.waiting import wait_for

@@ -114,7 +114,7 @@ def background_services() -> list[BackgroundService]:
             name="surveygizmo",
             port=SURVEYGIZMO_PORT,
             command=[
-                sys.executable, "-m", "panel_pipeline.local.surveygizmo_server",
+                sys.executable, "-m", "panel_pipeline.local.surveygizmo",
                 "--port", str(SURVEYGIZMO_PORT), "--demo",
             ],
         ),
