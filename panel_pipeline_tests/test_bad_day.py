@@ -36,7 +36,8 @@ from panel_pipeline.local.dagster_dev import DagsterDev
 from panel_pipeline.local.demo import demo_user, demo_user_id
 from panel_pipeline.local.mongod import LocalMongod, free_port
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY
-from panel_pipeline.local.ses_proxy import SesFaultProxy, SnsEventPublisher, daily_quota_exceeded
+from panel_pipeline.local.ses_events import SnsEventPublisher
+from panel_pipeline.local.ses_proxy import SesFaultProxy, daily_quota_exceeded
 from panel_pipeline.local.ses_server import LocalSesServer
 from panel_pipeline.local.sns_sqs import LocalSnsSqs, aws_client, ensure_feedback_path
 from panel_pipeline.local.stack import pipeline_environment
