@@ -24,6 +24,7 @@ REGION = "eu-west-2"
 EVENTS_NAME = "panel-ses-events"  # the topic's and the queue's
 MOTO_ACCOUNT = "123456789012"  # moto's fixed account id
 START_TIMEOUT_SECONDS = 20.0
+LOCAL_AWS_KEY = "local"  # the access key id and secret moto and aws-ses-v2-local accept (any would do)
 
 
 class SnsSqsServerError(RuntimeError):
@@ -50,7 +51,8 @@ def moto_server_command(host: str, port: int) -> list[str]:
 
 def aws_client(service: str, endpoint_url: str, region: str = REGION) -> Any:
     return boto3.client(
-        service, endpoint_url=endpoint_url, region_name=region, aws_access_key_id="local", aws_secret_access_key="local"
+        service, endpoint_url=endpoint_url, region_name=region,
+        aws_access_key_id=LOCAL_AWS_KEY, aws_secret_access_key=LOCAL_AWS_KEY,
     )
 
 
