@@ -31,10 +31,10 @@ system-packages:
 	fi
 
 run: install
-	$(BIN)/panel-pipeline dev
+	$(BIN)/python -m panel_pipeline.local dev
 
 stop:
-	$(BIN)/panel-pipeline stack down
+	$(BIN)/python -m panel_pipeline.local stack down
 
 test: install system-packages
 	$(BIN)/python -m pytest

@@ -1,4 +1,7 @@
-"""`panel-pipeline`: start, check and stop the local stack, and run the whole pipeline on it."""
+"""`python -m panel_pipeline.local`: start, check and stop the local stack, and run the whole pipeline on it.
+
+`make run` runs `dev`, `make stop` runs `stack down`.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ def main() -> None:
 
 @main.group(name="stack")
 def stack_group() -> None:
-    """The local mongod, SES endpoint and SurveyGizmo-compatible server."""
+    """The local mongod, SES endpoint, SurveyGizmo-compatible server and SNS/SQS."""
 
 
 @stack_group.command()
@@ -67,7 +70,9 @@ def dev(port: int) -> None:
     link = dagster_home / "dagster.yaml"
     if not link.exists():
         link.symlink_to(stack.PROJECT_ROOT / "dagster.yaml")
-    os.environ.update({"DAGSTER_HOME": str(dagster_home), "PANEL_ENV": "local"})
+    # The local servers accept only the local credentials, so those win over a shell's; an address
+    # already set (another mongod, say) is kept.
+    os.environ.update({"DAGSTER_HOME": str(dagster_home), "PANEL_ENV": "local", **stack.LOCAL_CREDENTIALS})
     for name, value in stack.local_environment().items():
         os.environ.setdefault(name, value)
     os.chdir(stack.PROJECT_ROOT)
