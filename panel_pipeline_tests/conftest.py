@@ -22,7 +22,7 @@ from panel_pipeline.local.stack import pipeline_environment
 from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
 
 ROOT = Path(__file__).resolve().parents[1]
-# The tests load the definitions with the local resources, as `panel-pipeline dev` does; outside
+# The tests load the definitions with the local resources, as `make run` does; outside
 # these two a missing PANEL_ENV is an error (panel_pipeline/resources.py).
 os.environ.setdefault("PANEL_ENV", "local")
 
