@@ -34,7 +34,7 @@ LOCAL_MAIL_TIMINGS = {
 }
 
 
-def local_mail_timings() -> dict[str, float]:
+def local_mail_timings() -> dict[str, Any]:
     return {field: float(os.environ[name]) for field, name in LOCAL_MAIL_TIMINGS.items() if os.environ.get(name)}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import pymongo
@@ -62,6 +63,7 @@ def dev(port: int) -> None:
         endpoints = stack.up()
     except (stack.StackError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
+    client: pymongo.MongoClient[dict[str, Any]]
     with pymongo.MongoClient(endpoints["mongo"]) as client:
         created = seed_users(client.panel)
     click.echo(f"demo members created: {created}; sent mail: {endpoints['ses']}; Dagster UI: http://localhost:{port}")

@@ -41,7 +41,8 @@ def ses_events(call: RecordedCall) -> list[dict[str, Any]]:
     """Send events for the entries SES accepted, then the mailbox simulator's bounces and complaints."""
     request = call.request
     default_tags = {tag["Name"]: [tag["Value"]] for tag in request.get("DefaultEmailTags", [])}
-    sends, feedback = [], []
+    sends: list[dict[str, Any]] = []
+    feedback: list[dict[str, Any]] = []
     for entry, result in zip(request.get("BulkEmailEntries", []), call.results):
         if result.get("Status") != "SUCCESS":
             continue

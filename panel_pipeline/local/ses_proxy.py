@@ -33,7 +33,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from panel_pipeline.local.ses_events import RecordedCall, ses_events
@@ -101,7 +101,7 @@ class SesFaultProxy:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
+        host, port = cast(tuple[str, int], self._server.server_address[:2])  # AF_INET: (host, port)
         return f"http://{host}:{port}"
 
     def start(self) -> str:
@@ -172,7 +172,7 @@ class SesFaultProxy:
             self._publish(ses_events(call))
 
     def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
-        connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
+        connection = http.client.HTTPConnection(self.upstream.netloc, timeout=60)
         try:
             connection.request(method, path, body=body or None, headers=headers)
             response = connection.getresponse()

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import boto3
 
@@ -49,7 +49,7 @@ def moto_server_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)]
 
 
-def aws_client(service: str, endpoint_url: str, region: str = REGION) -> Any:
+def aws_client(service: Literal["sns", "sqs"], endpoint_url: str, region: str = REGION) -> Any:
     return boto3.client(
         service, endpoint_url=endpoint_url, region_name=region,
         aws_access_key_id=LOCAL_AWS_KEY, aws_secret_access_key=LOCAL_AWS_KEY,

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any, Self, cast
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
@@ -130,7 +130,7 @@ class LocalSurveyGizmo(ResponseStore):
     def base_url(self) -> str:
         if self._httpd is None:
             raise RuntimeError("the server is not running")
-        host, port = self._httpd.server_address[:2]
+        host, port = cast(tuple[str, int], self._httpd.server_address[:2])  # AF_INET: (host, port)
         return f"http://{host}:{port}"
 
     # -- faults and hooks --------------------------------------------------------------------
