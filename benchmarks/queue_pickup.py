@@ -10,7 +10,7 @@ from bson import ObjectId
 from pymongo import ReturnDocument
 
 from benchmarks._mongo import throwaway_mongod
-from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.queue.sensors import build_queue_sensor
 from panel_pipeline.queue.store import WorkQueue
 

@@ -26,9 +26,8 @@ from panel_pipeline.local.profile_survey import (
     PROFILE_SURVEY_ID,
     response_record,
 )
-from panel_pipeline.local.surveygizmo_server import (
+from panel_pipeline.local.surveygizmo.faults import (
     Fault,
-    LocalSurveyGizmo,
     Outage,
     cdn_error,
     maintenance_page,
@@ -39,6 +38,7 @@ from panel_pipeline.local.surveygizmo_server import (
     throttled,
     truncated,
 )
+from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
 from panel_pipeline.shared.rate_limit import TokenBucket
 from panel_pipeline_tests.clock import ManualClock
 from panel_pipeline_tests.extractor.conftest import (
