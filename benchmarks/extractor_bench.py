@@ -79,24 +79,45 @@ def main() -> None:
 
     floor = math.ceil(RESPONSES / PAGE_SIZE)
     print(f"\nextract {RESPONSES:,} responses, rate limit lifted (clean run)")
-    print(f"  raw (surveygizmo_responses): {clean.raw_seconds:6.1f} s  {clean.responses / clean.raw_seconds:8,.0f} responses/s")
-    print(f"  users (profiles):            {clean.users_seconds:6.1f} s  {clean.applied / clean.users_seconds:8,.0f} responses/s")
+    print(
+        f"  raw (surveygizmo_responses): {clean.raw_seconds:6.1f} s  "
+        f"{clean.responses / clean.raw_seconds:8,.0f} responses/s"
+    )
+    print(
+        f"  users (profiles):            {clean.users_seconds:6.1f} s  "
+        f"{clean.applied / clean.users_seconds:8,.0f} responses/s"
+    )
     print(f"  total:                       {clean.seconds:6.1f} s  {RESPONSES / clean.seconds:8,.0f} responses/s")
     print(f"  API calls: {clean.api_calls} (floor ceil(N/{PAGE_SIZE}) = {floor}; + {clean.api_calls - floor})")
-    print(f"  at the account's {DEFAULT_CALLS_PER_MINUTE} calls/min those calls alone take {clean.api_calls / (DEFAULT_CALLS_PER_MINUTE / 60):.0f} s")
+    print(
+        f"  at the account's {DEFAULT_CALLS_PER_MINUTE} calls/min those calls alone take "
+        f"{clean.api_calls / (DEFAULT_CALLS_PER_MINUTE / 60):.0f} s"
+    )
     print(f"\nraw writes, {RESPONSES:,} documents into an empty collection (median of {WRITE_REPEATS})")
     print(f"  upsert_raw:             {writes.ours:8,.0f} docs/s")
     print(f"  plain insert_many:      {writes.plain:8,.0f} docs/s")
     print(f"  ratio ours / insert_many: {writes.ours / writes.plain:.2f}")
     mongo_only = 1 / (1 / writes.ours - 1 / writes.building)
     print(f"  of ours, building the documents (SHA-1 included) alone runs at {writes.building:,.0f} docs/s;")
-    print(f"  without it, {mongo_only:,.0f} docs/s: ratio {mongo_only / writes.plain:.2f} (the existence check and the quarantine clean-up)")
+    print(
+        f"  without it, {mongo_only:,.0f} docs/s: ratio {mongo_only / writes.plain:.2f} "
+        "(the existence check and the quarantine clean-up)"
+    )
     print(f"  upsert_raw of the same again (a re-run: all unchanged): {writes.again:8,.0f} docs/s")
     retry = SurveyGizmoResource.model_fields["retry_base_delay_seconds"].default
-    print(f"\nwith {FAULT_RATE:.0%} of calls failing (429/500/502/503), the production retry policy ({retry} s base, {retry * 7.5} s after a 429, equal jitter)")
+    print(
+        f"\nwith {FAULT_RATE:.0%} of calls failing (429/500/502/503), the production retry policy "
+        f"({retry} s base, {retry * 7.5} s after a 429, equal jitter)"
+    )
     print(f"  API calls: {faulty.api_calls} (clean {clean.api_calls}: the difference is the retried faults)")
-    print(f"  total: {faulty.seconds:.1f} s (raw {faulty.raw_seconds:.1f}, users {faulty.users_seconds:.1f}), of which backing off {faulty.retry_wait_seconds:.1f} s")
-    print(f"  slow-down ratio faulty / clean: {faulty.seconds / clean.seconds:.2f}; without the back-off waits: {(faulty.seconds - faulty.retry_wait_seconds) / clean.seconds:.2f}")
+    print(
+        f"  total: {faulty.seconds:.1f} s (raw {faulty.raw_seconds:.1f}, users {faulty.users_seconds:.1f}), "
+        f"of which backing off {faulty.retry_wait_seconds:.1f} s"
+    )
+    print(
+        f"  slow-down ratio faulty / clean: {faulty.seconds / clean.seconds:.2f}; "
+        f"without the back-off waits: {(faulty.seconds - faulty.retry_wait_seconds) / clean.seconds:.2f}"
+    )
     identical = faulty.fingerprint == clean.fingerprint
     print(f"  data identical to the clean run: {'yes' if identical else 'NO'} ({clean.fingerprint[:16]})")
     if not identical:
@@ -107,7 +128,10 @@ def main() -> None:
 def local_surveygizmo(fault_rate: float) -> Iterator[str]:
     """The local server with the benchmark's responses, in its own process; yields its base URL."""
     end = dt.datetime.combine(FIRST_DAY + dt.timedelta(days=DAYS), dt.time())
-    print(f"starting the local server with {RESPONSES:,} responses over {DAYS} days (faults {fault_rate:.0%}) ...", flush=True)
+    print(
+        f"starting the local server with {RESPONSES:,} responses over {DAYS} days (faults {fault_rate:.0%}) ...",
+        flush=True,
+    )
     with surveygizmo_process(RESPONSES, DAYS, end, fault_rate) as base_url:
         yield base_url
 
@@ -119,11 +143,27 @@ def surveygizmo_process(responses: int, days: int, end: dt.datetime, fault_rate:
     port = free_port()
     server = subprocess.Popen(
         [
-            sys.executable, "-m", "panel_pipeline.local.surveygizmo", "--port", str(port), "--demo",
-            "--members", str(responses), "--days", str(days), "--end", end.isoformat(),
-            "--seed", "3", "--fault-rate", str(fault_rate), "--time-zone", ACCOUNT_ZONE.key,
+            sys.executable,
+            "-m",
+            "panel_pipeline.local.surveygizmo",
+            "--port",
+            str(port),
+            "--demo",
+            "--members",
+            str(responses),
+            "--days",
+            str(days),
+            "--end",
+            end.isoformat(),
+            "--seed",
+            "3",
+            "--fault-rate",
+            str(fault_rate),
+            "--time-zone",
+            ACCOUNT_ZONE.key,
         ],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         server.stdout.readline()  # printed once it listens
@@ -140,23 +180,37 @@ def extract(client: pymongo.MongoClient, uri: str, database: str, base_url: str)
     resources = {
         "mongo": MongoResource(uri=uri, database=database),
         "surveygizmo": SurveyGizmoResource(
-            api_token=DEMO_TOKEN, api_token_secret=DEMO_TOKEN_SECRET, base_url=base_url,
-            account_time_zone=ACCOUNT_ZONE.key, profile_survey_ids=PROFILE_SURVEY_ID,
+            api_token=DEMO_TOKEN,
+            api_token_secret=DEMO_TOKEN_SECRET,
+            base_url=base_url,
+            account_time_zone=ACCOUNT_ZONE.key,
+            profile_survey_ids=PROFILE_SURVEY_ID,
             calls_per_minute=1e9,
         ),
     }
     last_day = FIRST_DAY + dt.timedelta(days=DAYS - 1)
-    tags = {"dagster/asset_partition_range_start": FIRST_DAY.isoformat(), "dagster/asset_partition_range_end": last_day.isoformat()}
+    tags = {
+        "dagster/asset_partition_range_start": FIRST_DAY.isoformat(),
+        "dagster/asset_partition_range_end": last_day.isoformat(),
+    }
     print(f"[{database}] extracting {FIRST_DAY} .. {last_day} as one backfill run ...", flush=True)
     with dg.instance_for_test() as instance:
         raw_seconds, raw = timed_materialization(surveygizmo_responses, instance, resources, tags)
         users_seconds, profiles = timed_materialization(users, instance, resources, tags)
     return Extraction(
-        raw_seconds, users_seconds, int(raw["api_calls"]), float(raw["retry_wait_seconds"]), int(raw["responses"]), int(profiles["responses_applied"]), fingerprint(db)
+        raw_seconds,
+        users_seconds,
+        int(raw["api_calls"]),
+        float(raw["retry_wait_seconds"]),
+        int(raw["responses"]),
+        int(profiles["responses_applied"]),
+        fingerprint(db),
     )
 
 
-def timed_materialization(asset: dg.AssetsDefinition, instance: dg.DagsterInstance, resources: dict, tags: dict) -> tuple[float, dict]:
+def timed_materialization(
+    asset: dg.AssetsDefinition, instance: dg.DagsterInstance, resources: dict, tags: dict
+) -> tuple[float, dict]:
     start = time.perf_counter()
     result = dg.materialize([asset], instance=instance, resources=resources, tags=tags)
     seconds = time.perf_counter() - start
@@ -178,7 +232,10 @@ def write_throughput(client: pymongo.MongoClient) -> WriteFigures:
     """Documents per second into empty collections, `upsert_raw` and a plain `insert_many` of the
     same documents taking turns (median of three each), then `upsert_raw` of the same again."""
     source = client["clean"][RAW_RESPONSES]
-    responses = [parse_response(doc["record"], doc["survey_id"], ACCOUNT_ZONE) for doc in source.find({}, {"record": 1, "survey_id": 1})]
+    responses = [
+        parse_response(doc["record"], doc["survey_id"], ACCOUNT_ZONE)
+        for doc in source.find({}, {"record": 1, "survey_id": 1})
+    ]
     now = utc_now()
     documents = [{"_id": raw_id(r.survey_id, r.id), **raw_document(r, day_of(r.submitted_at), now)} for r in responses]
     ours, plain = [], []

@@ -50,15 +50,21 @@ def main() -> None:
         resources = {
             "mongo": MongoResource(uri=uri, database="memory"),
             "surveygizmo": SurveyGizmoResource(
-                api_token=DEMO_TOKEN, api_token_secret=DEMO_TOKEN_SECRET, base_url=base_url,
-                account_time_zone=ACCOUNT_ZONE.key, profile_survey_ids=PROFILE_SURVEY_ID, calls_per_minute=1e9,
+                api_token=DEMO_TOKEN,
+                api_token_secret=DEMO_TOKEN_SECRET,
+                base_url=base_url,
+                account_time_zone=ACCOUNT_ZONE.key,
+                profile_survey_ids=PROFILE_SURVEY_ID,
+                calls_per_minute=1e9,
             ),
         }
         with dg.instance_for_test() as instance:
             before = resident_mib()
             tracemalloc.start()
             started = time.perf_counter()
-            result = dg.materialize([surveygizmo_responses], instance=instance, resources=resources, partition_key=DAY.isoformat())
+            result = dg.materialize(
+                [surveygizmo_responses], instance=instance, resources=resources, partition_key=DAY.isoformat()
+            )
             seconds = time.perf_counter() - started
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
@@ -67,7 +73,9 @@ def main() -> None:
         count = materialization.metadata["responses"].value
     print(f"\nsurveygizmo_responses, one day of {count:,} responses ({seconds:.1f} s under tracemalloc)")
     print(f"  peak Python allocations during the run (tracemalloc): {peak / MIB:8.1f} MiB")
-    print(f"  peak resident set {peak_rss:.0f} MiB, {peak_rss - before:.0f} MiB over the {before:.0f} MiB before the run")
+    print(
+        f"  peak resident set {peak_rss:.0f} MiB, {peak_rss - before:.0f} MiB over the {before:.0f} MiB before the run"
+    )
 
 
 if __name__ == "__main__":

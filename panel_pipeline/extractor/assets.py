@@ -59,7 +59,9 @@ def day_of(moment: dt.datetime) -> str:
     pool="surveygizmo",
     tags={"panel/part": "extractor"},
 )
-def surveygizmo_responses(context: dg.AssetExecutionContext, mongo: MongoResource, surveygizmo: SurveyGizmoResource) -> dg.MaterializeResult:
+def surveygizmo_responses(
+    context: dg.AssetExecutionContext, mongo: MongoResource, surveygizmo: SurveyGizmoResource
+) -> dg.MaterializeResult:
     """Raw SurveyGizmo responses of the profile surveys, by the UK day they were submitted on,
     upserted into `sg_responses` keyed by (survey id, response id). A run pulls its days (a backfill
     pulls its whole range in one paged query) with an hour's overlap either side, so re-runs,
@@ -82,7 +84,15 @@ def surveygizmo_responses(context: dg.AssetExecutionContext, mongo: MongoResourc
                     yield parse_response(record, survey_id, client.account_zone)
                 except MalformedResponse as bad:
                     response_id = str(record.get("id", "?")) if isinstance(record, Mapping) else "?"
-                    store.quarantine(db, survey_id, response_id, context.partition_key_range.start, str(bad), record if isinstance(record, Mapping) else {"value": record}, now)
+                    store.quarantine(
+                        db,
+                        survey_id,
+                        response_id,
+                        context.partition_key_range.start,
+                        str(bad),
+                        record if isinstance(record, Mapping) else {"value": record},
+                        now,
+                    )
                     quarantined_count += 1
                     if len(quarantined) < SHOWN_QUARANTINED:
                         quarantined.append((f"{survey_id}:{response_id}", str(bad)))
@@ -137,11 +147,16 @@ def users(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.Materia
             if response.status.lower() != "complete" or response.is_test_data:
                 continue
             if user_id is None:
-                reason = f"unknown member (panel id {raw.get('panel_id') or 'missing'}, contact id {raw.get('contact_id') or 'missing'})"
+                reason = (
+                    f"unknown member (panel id {raw.get('panel_id') or 'missing'}, "
+                    f"contact id {raw.get('contact_id') or 'missing'})"
+                )
                 store.quarantine(db, raw["survey_id"], raw["response_id"], day, reason, raw["record"], now)
                 unknown.append((raw["_id"], reason))
                 continue
-            normalized = normalize_profile(response, mapping, shortnames=shortnames.get(raw["survey_id"], {}), as_of=now.date())
+            normalized = normalize_profile(
+                response, mapping, shortnames=shortnames.get(raw["survey_id"], {}), as_of=now.date()
+            )
             unmapped.update(review.unmapped_key(problem) for problem in normalized.problems)
             answers.append(store.ProfileAnswer(user_id, response.id, response.submitted_at, normalized.profile))
     changed = store.apply_profiles(db, answers, now)
@@ -163,8 +178,11 @@ def users(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.Materia
 
 class DeletionSweepConfig(dg.Config):
     max_deleted_share: float = Field(
-        default=0.1, ge=0.0, le=1.0,
-        description="Most of a survey's live responses one sweep may mark deleted; raise it to apply a purge that was meant.",
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Most of a survey's live responses one sweep may mark deleted; "
+        "raise it to apply a purge that was meant.",
     )
 
 
@@ -177,7 +195,10 @@ class DeletionSweepConfig(dg.Config):
     tags={"panel/part": "extractor"},
 )
 def surveygizmo_deletions(
-    context: dg.AssetExecutionContext, config: DeletionSweepConfig, mongo: MongoResource, surveygizmo: SurveyGizmoResource
+    context: dg.AssetExecutionContext,
+    config: DeletionSweepConfig,
+    mongo: MongoResource,
+    surveygizmo: SurveyGizmoResource,
 ) -> dg.MaterializeResult:
     """Responses deleted in SurveyGizmo, marked in `sg_responses`: per profile survey, every id
     SurveyGizmo still lists (submitted before the sweep began; 500 a page) is compared with the
@@ -204,7 +225,13 @@ def surveygizmo_deletions(
         deleted = store.mark_deleted(db, survey_id, plan.newly_deleted, cutoff)
         restored = store.mark_restored(db, survey_id, plan.restored)
         days |= plan.days
-        counts = {"checked": plan.checked, "listed": len(listing.ids), "newly_deleted": deleted, "restored": restored, "listed_not_stored": plan.not_stored}
+        counts = {
+            "checked": plan.checked,
+            "listed": len(listing.ids),
+            "newly_deleted": deleted,
+            "restored": restored,
+            "listed_not_stored": plan.not_stored,
+        }
         totals = {key: totals[key] + counts[key] for key in totals}
         rows.append((survey_id, *(counts[key] for key in SWEEP_COUNTS)))
     metadata: dict[str, Any] = {
@@ -216,20 +243,26 @@ def surveygizmo_deletions(
         **row_count(totals["newly_deleted"] + totals["restored"]),
     }
     if refused:
-        raise dg.Failure(description=f"deletion sweep refused for {len(refused)} survey(s): {refused[0][1]}", metadata=metadata)
+        raise dg.Failure(
+            description=f"deletion sweep refused for {len(refused)} survey(s): {refused[0][1]}", metadata=metadata
+        )
     return dg.MaterializeResult(metadata=metadata)
 
 
 class CompletionBatch(dg.Config):
     document_ids: list[str]
     response_wait_minutes: float = Field(
-        default=30.0, ge=0.0,
+        default=30.0,
+        ge=0.0,
         description="How long after a transaction's created_at a response SurveyGizmo does not list yet is waited for "
-        "(Alchemer: a new response can take minutes to appear in the API); after it the transaction fails naming the response.",
+        "(Alchemer: a new response can take minutes to appear in the API); "
+        "after it the transaction fails naming the response.",
     )
     response_retry_minutes: float = Field(
-        default=2.0, gt=0.0,
-        description="Wait between looks for a response not listed yet (more than the API's 60 s cache of identical GETs).",
+        default=2.0,
+        gt=0.0,
+        description="Wait between looks for a response not listed yet "
+        "(more than the API's 60 s cache of identical GETs).",
     )
 
 
@@ -254,8 +287,12 @@ def survey_completions(
     client = surveygizmo.client()
     queue = mongo.work_queue(TRANSACTIONS)
     batch = CompletionContext(
-        db=db, client=client, mapping=load_profile_mapping(), profile_surveys=set(surveygizmo.survey_ids()),
-        shortnames=store.survey_shortnames(db), wait=dt.timedelta(minutes=config.response_wait_minutes),
+        db=db,
+        client=client,
+        mapping=load_profile_mapping(),
+        profile_surveys=set(surveygizmo.survey_ids()),
+        shortnames=store.survey_shortnames(db),
+        wait=dt.timedelta(minutes=config.response_wait_minutes),
         retry_every=dt.timedelta(minutes=config.response_retry_minutes),
     )
     outcomes: Counter[str] = Counter()
@@ -265,9 +302,15 @@ def survey_completions(
             context.log.warning(f"transaction {document_id}: transient error, retried later")
         outcomes[status] += 1
     # Each transaction done stored its response with the raw responses.
-    metadata: dict[str, Any] = {**{f"transactions_{status}": n for status, n in sorted(outcomes.items())}, **row_count(outcomes[DONE])}
+    metadata: dict[str, Any] = {
+        **{f"transactions_{status}": n for status, n in sorted(outcomes.items())},
+        **row_count(outcomes[DONE]),
+    }
     if outcomes[RETRY]:
-        raise dg.Failure(description=f"{outcomes[RETRY]} transaction(s) hit transient errors and will be retried; {dict(outcomes)}", metadata=metadata)
+        raise dg.Failure(
+            description=f"{outcomes[RETRY]} transaction(s) hit transient errors and will be retried; {dict(outcomes)}",
+            metadata=metadata,
+        )
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -313,7 +356,9 @@ def complete_transaction(batch: CompletionContext, doc: Mapping[str, Any]) -> di
     try:
         response = parse_response(record, survey_id, batch.client.account_zone)
     except MalformedResponse as bad:
-        raise RequestRejected(f"response_id: response {response_id} is malformed: {review.without_values(bad.reason)}") from bad
+        raise RequestRejected(
+            f"response_id: response {response_id} is malformed: {review.without_values(bad.reason)}"
+        ) from bad
     now = utc_now()
     store.upsert_raw(batch.db, [response], day_of, now)
     if survey_id not in batch.profile_surveys:
@@ -337,8 +382,12 @@ def _not_found(batch: CompletionContext, transaction: Transaction) -> Exception:
     now = utc_now()
     if now >= deadline:
         waited = (now - transaction.created_at).total_seconds() / 60
-        return RequestRejected(f"response_id: no response {response_id} in survey {survey_id}, {waited:.0f} minutes after the transaction was created")
+        return RequestRejected(
+            f"response_id: no response {response_id} in survey {survey_id}, "
+            f"{waited:.0f} minutes after the transaction was created"
+        )
     return Postpone(
-        f"response_id: response {response_id} not in survey {survey_id} yet; looking again until {deadline.isoformat(timespec='seconds')}",
+        f"response_id: response {response_id} not in survey {survey_id} yet; "
+        f"looking again until {deadline.isoformat(timespec='seconds')}",
         min(now + batch.retry_every, deadline),
     )

@@ -124,7 +124,9 @@ def _recode(attribute: str, recode: Any, allowed: frozenset[str] | None) -> dict
     keyed: dict[str, str | None] = {}
     for text, value in recode.items():
         if value is not None and allowed is not None and str(value) not in allowed:
-            raise MappingError(f"{attribute}: recode target {value!r} is not an allowed value ({', '.join(sorted(allowed))})")
+            raise MappingError(
+                f"{attribute}: recode target {value!r} is not an allowed value ({', '.join(sorted(allowed))})"
+            )
         keyed[_match_key(str(text))] = None if value is None else str(value)
     return keyed
 
@@ -199,12 +201,16 @@ def normalize_profile(
     return NormalizedProfile(profile, tuple(problems))
 
 
-def _set_once(profile: dict[str, Any], problems: list[ProfileProblem], attribute: str, value: Any, question_id: str) -> None:
+def _set_once(
+    profile: dict[str, Any], problems: list[ProfileProblem], attribute: str, value: Any, question_id: str
+) -> None:
     """First answer wins; a different answer to the same attribute in one response is reported."""
     if attribute not in profile:
         profile[attribute] = value
     elif profile[attribute] != value:
-        problems.append(ProfileProblem(attribute, question_id, None, "conflicts with the answer to another question; kept that one"))
+        problems.append(
+            ProfileProblem(attribute, question_id, None, "conflicts with the answer to another question; kept that one")
+        )
 
 
 def _apply(rule: AttributeRule, answer: Answer, as_of: dt.date) -> tuple[dict[str, Any], ProfileProblem | None]:
@@ -270,7 +276,9 @@ def _choice(rule: AttributeRule, text: str) -> dict[str, Any]:
 
 
 def _multi(rule: AttributeRule, answer: Answer) -> dict[str, Any]:
-    texts: Sequence[tuple[str | None, str]] = list(answer.selected.items()) or ([(answer.option_id, answer.value)] if answer.value else [])
+    texts: Sequence[tuple[str | None, str]] = list(answer.selected.items()) or (
+        [(answer.option_id, answer.value)] if answer.value else []
+    )
     values: list[str] = []
     for option_id, text in texts:
         value = _recoded(rule, text, option_id)
@@ -286,7 +294,9 @@ def _birth_year(rule: AttributeRule, text: str, as_of: dt.date) -> tuple[dict[st
     year = int(match[1])
     age = as_of.year - year
     if _outside(rule, age):
-        raise _Rejected(f"the birth year gives an age outside min_age {_bound(rule.minimum)} / max_age {_bound(rule.maximum)}")
+        raise _Rejected(
+            f"the birth year gives an age outside min_age {_bound(rule.minimum)} / max_age {_bound(rule.maximum)}"
+        )
     values: dict[str, Any] = {"birth_year": year, "age": age}
     if age < AGE_BAND_LOWER_BOUNDS[0]:
         raise _Rejected(f"the age is below the youngest band {AGE_BANDS[0]}; age_band left out", values)

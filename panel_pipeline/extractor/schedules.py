@@ -10,14 +10,21 @@ from panel_pipeline.extractor.jobs import deletion_sweep_job, extract_job
 
 
 @dg.schedule(
-    job=extract_job, cron_schedule="5 * * * *", execution_timezone="Europe/London",
+    job=extract_job,
+    cron_schedule="5 * * * *",
+    execution_timezone="Europe/London",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 def hourly_extract_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
     """Today's partition while the day runs, and yesterday's for responses completed late."""
     today = context.scheduled_execution_time.astimezone(UK).date()
     days = [today - dt.timedelta(days=1), today]
-    return [dg.RunRequest(partition_key=day.isoformat(), run_key=f"{day.isoformat()}@{context.scheduled_execution_time.isoformat()}") for day in days]
+    return [
+        dg.RunRequest(
+            partition_key=day.isoformat(), run_key=f"{day.isoformat()}@{context.scheduled_execution_time.isoformat()}"
+        )
+        for day in days
+    ]
 
 
 weekly_deletion_sweep_schedule = dg.ScheduleDefinition(

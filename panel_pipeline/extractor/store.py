@@ -82,17 +82,24 @@ def upsert_raw(db: Database, responses: Iterable[SurveyResponse], day_of: Any, n
 
 
 def _write_raw(db: Database, documents: Mapping[str, dict[str, Any]]) -> RawWrite:
-    stored = {doc["_id"]: doc for doc in db[RAW_RESPONSES].find({"_id": {"$in": list(documents)}}, {"record_sha1": 1, "deleted_at": 1})}
+    stored = {
+        doc["_id"]: doc
+        for doc in db[RAW_RESPONSES].find({"_id": {"$in": list(documents)}}, {"record_sha1": 1, "deleted_at": 1})
+    }
     new = [key for key in documents if key not in stored]
     changed = [
-        key for key in documents
-        if key in stored and (stored[key].get("record_sha1") != documents[key]["record_sha1"] or "deleted_at" in stored[key])
+        key
+        for key in documents
+        if key in stored
+        and (stored[key].get("record_sha1") != documents[key]["record_sha1"] or "deleted_at" in stored[key])
     ]
     inserts = [{"_id": key, **documents[key]} for key in new]
     raced = [inserts[index]["_id"] for index in insert_missing(db[RAW_RESPONSES], inserts)]
     replace = [*changed, *raced]  # inserted by a concurrent run since we looked: replaced instead
     if replace:
-        db[RAW_RESPONSES].bulk_write([ReplaceOne({"_id": key}, documents[key], upsert=True) for key in replace], ordered=False)
+        db[RAW_RESPONSES].bulk_write(
+            [ReplaceOne({"_id": key}, documents[key], upsert=True) for key in replace], ordered=False
+        )
     return RawWrite(len(new) - len(raced), len(replace), len(documents) - len(new) - len(changed))
 
 
@@ -113,10 +120,19 @@ def raw_document(response: SurveyResponse, day: str, now: dt.datetime) -> dict[s
     }
 
 
-def quarantine(db: Database, survey_id: str, response_id: str, day: str, reason: str, record: Mapping[str, Any], now: dt.datetime) -> None:
+def quarantine(
+    db: Database, survey_id: str, response_id: str, day: str, reason: str, record: Mapping[str, Any], now: dt.datetime
+) -> None:
     db[QUARANTINED_RESPONSES].replace_one(
         {"_id": raw_id(survey_id, response_id)},
-        {"survey_id": survey_id, "response_id": response_id, "day": day, "reason": reason, "record": dict(record), "quarantined_at": now},
+        {
+            "survey_id": survey_id,
+            "response_id": response_id,
+            "day": day,
+            "reason": reason,
+            "record": dict(record),
+            "quarantined_at": now,
+        },
         upsert=True,
     )
 
@@ -130,7 +146,8 @@ def stored_responses(db: Database, survey_id: str, submitted_before: dt.datetime
     return [
         StoredResponse(doc["response_id"], doc["day"], "deleted_at" in doc)
         for doc in db[RAW_RESPONSES].find(
-            {"survey_id": survey_id, "submitted_at": {"$lt": submitted_before}}, {"response_id": 1, "day": 1, "deleted_at": 1}
+            {"survey_id": survey_id, "submitted_at": {"$lt": submitted_before}},
+            {"response_id": 1, "day": 1, "deleted_at": 1},
         )
     ]
 
@@ -140,7 +157,11 @@ def mark_deleted(db: Database, survey_id: str, response_ids: Iterable[str], now:
     ids = [raw_id(survey_id, response_id) for response_id in response_ids]
     if not ids:
         return 0
-    return db[RAW_RESPONSES].update_many({"_id": {"$in": ids}, "deleted_at": {"$exists": False}}, {"$set": {"deleted_at": now}}).modified_count
+    return (
+        db[RAW_RESPONSES]
+        .update_many({"_id": {"$in": ids}, "deleted_at": {"$exists": False}}, {"$set": {"deleted_at": now}})
+        .modified_count
+    )
 
 
 def mark_restored(db: Database, survey_id: str, response_ids: Iterable[str]) -> int:
@@ -169,9 +190,16 @@ def find_members(db: Database, raws: Sequence[Mapping[str, Any]]) -> list[Object
     contact; None when neither is known. Two queries however many responses."""
     panel_ids = [object_id_or_none(raw.get("panel_id")) for raw in raws]
     known = {doc["_id"] for doc in db[USERS].find({"_id": {"$in": [i for i in set(panel_ids) if i]}}, {"_id": 1})}
-    contacts = {str(raw["contact_id"]) for raw, user_id in zip(raws, panel_ids, strict=True) if user_id not in known and raw.get("contact_id")}
+    contacts = {
+        str(raw["contact_id"])
+        for raw, user_id in zip(raws, panel_ids, strict=True)
+        if user_id not in known and raw.get("contact_id")
+    }
     by_contact = (
-        {doc["sg_contact_id"]: doc["_id"] for doc in db[USERS].find({"sg_contact_id": {"$in": sorted(contacts)}}, {"sg_contact_id": 1})}
+        {
+            doc["sg_contact_id"]: doc["_id"]
+            for doc in db[USERS].find({"sg_contact_id": {"$in": sorted(contacts)}}, {"sg_contact_id": 1})
+        }
         if contacts
         else {}
     )
@@ -228,7 +256,6 @@ def _changed_stamp(fields: Mapping[str, Any], now: dt.datetime) -> dict[str, Any
     return {"profile_updated_at": now} if any(key.startswith("profile.") for key in fields) else {}
 
 
-
 # -- what the checks on users read -------------------------------------------------------------
 
 
@@ -236,7 +263,9 @@ def profile_coverage(db: Database) -> tuple[int, dict[str, float]]:
     """The number of active members, and the share of them holding each profile attribute."""
     active = db[USERS].count_documents({"status": ACTIVE})
     coverage = {
-        attribute: db[USERS].count_documents({"status": ACTIVE, f"profile.{attribute}": {"$ne": None}}) / active if active else 0.0
+        attribute: db[USERS].count_documents({"status": ACTIVE, f"profile.{attribute}": {"$ne": None}}) / active
+        if active
+        else 0.0
         for attribute in PROFILE_CATEGORIES
     }
     return active, coverage

@@ -262,7 +262,12 @@ class SurveyGizmoClient:
                 yield record
 
     def list_response_ids(
-        self, survey_id: str | int, submitted_before: dt.datetime, *, page_size: int = MAX_PAGE_SIZE, max_passes: int = 3
+        self,
+        survey_id: str | int,
+        submitted_before: dt.datetime,
+        *,
+        page_size: int = MAX_PAGE_SIZE,
+        max_passes: int = 3,
     ) -> ResponseIdListing:
         """The ids of every response (any status; v5 lists leave deleted ones out) submitted before
         `submitted_before`: full pages of 500, as v5 cannot return ids alone, so ceil(N/500) + 1
@@ -303,8 +308,12 @@ class SurveyGizmoClient:
                 state.totals.add(probe)
             if len(state.totals) <= 1 and len(state.ids) >= max(state.totals, default=0):
                 return _ListingOutcome(settled=True, reported_total=probe)
-            logger.info("SurveyGizmo GET %s changed during the scan (totals %s); rescanning", path, sorted(state.totals))
-        logger.warning("SurveyGizmo GET %s still changing after %d passes; the next run's overlap will catch up", path, max_passes)
+            logger.info(
+                "SurveyGizmo GET %s changed during the scan (totals %s); rescanning", path, sorted(state.totals)
+            )
+        logger.warning(
+            "SurveyGizmo GET %s still changing after %d passes; the next run's overlap will catch up", path, max_passes
+        )
         return _ListingOutcome(settled=False, reported_total=probe)
 
     def _scan(
@@ -355,7 +364,11 @@ class SurveyGizmoClient:
         def on_retry(failure: TransientFailure, attempt_number: int, delay: float) -> None:
             logger.warning(
                 "SurveyGizmo GET %s: %s; retry %d/%d in %.1f s",
-                path, failure.reason, attempt_number, self.retry.max_attempts - 1, delay,
+                path,
+                failure.reason,
+                attempt_number,
+                self.retry.max_attempts - 1,
+                delay,
             )
             with self._counter_lock:
                 self._retry_wait += delay
@@ -382,7 +395,9 @@ class SurveyGizmoClient:
             # str(error) can contain the full URL with the credentials: keep only its class name.
             raise TransientFailure(f"connection failed ({type(error).__name__})") from None
         if response.headers.get(SG_WARNING_HEADER):
-            logger.warning("SurveyGizmo GET %s: near the rate limit (%s)", path, self._redact(response.headers[SG_WARNING_HEADER]))
+            logger.warning(
+                "SurveyGizmo GET %s: near the rate limit (%s)", path, self._redact(response.headers[SG_WARNING_HEADER])
+            )
         return self._check(response, path, after_timeout)
 
     def _check(self, response: requests.Response, path: str, after_timeout: bool) -> dict[str, Any]:
@@ -392,11 +407,15 @@ class SurveyGizmoClient:
         code = _optional_int(body.get("code")) if body else None
         retry_after = _retry_after(response)
         if status == 429 or code == 429 or PLEASE_WAIT in message.lower():
-            raise TransientFailure(f"throttled (HTTP {status}) {message}".strip(), throttled=True, retry_after=retry_after)
+            raise TransientFailure(
+                f"throttled (HTTP {status}) {message}".strip(), throttled=True, retry_after=retry_after
+            )
         if status >= 500 or (code is not None and code >= 500):
             detail = message if body else f"({_content_type(response)} page)"
             raise TransientFailure(
-                f"HTTP {status if status >= 500 else code} {detail}".strip(), retry_after=retry_after, server_gave_up=status == 500
+                f"HTTP {status if status >= 500 else code} {detail}".strip(),
+                retry_after=retry_after,
+                server_gave_up=status == 500,
             )
         if status == 400 and after_timeout:
             raise TransientFailure("HTTP 400 in the minute after a timeout", throttled=True)
@@ -404,14 +423,18 @@ class SurveyGizmoClient:
             raise SurveyGizmoAuthError(
                 f"GET {path}: credentials rejected by {self._host} ({message or f'HTTP {status}'}); "
                 f"check the key pair and that the account is in region {self.region}",
-                path, status, code,
+                path,
+                status,
+                code,
             )
         if status == 404 or code == 404:
             raise SurveyGizmoNotFound(f"GET {path}: not found ({message or 'HTTP 404'})", path, status, code)
         if body is None:
             raise TransientFailure(f"HTTP {status} answer is not JSON ({_content_type(response)})")
         if status >= 400 or body.get("result_ok") is not True:
-            raise SurveyGizmoError(f"GET {path}: HTTP {status}, result_ok false: {message or 'no message'}", path, status, code)
+            raise SurveyGizmoError(
+                f"GET {path}: HTTP {status}, result_ok false: {message or 'no message'}", path, status, code
+            )
         return body
 
     @property

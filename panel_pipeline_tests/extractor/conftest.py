@@ -79,8 +79,11 @@ def add_responses(
     ids = []
     for index in range(count):
         record = response_record(
-            EXAMPLE_PROFILE, response_id=first_id + index, submitted_at=start + step * index,
-            account_zone=server.zone, **record_options,
+            EXAMPLE_PROFILE,
+            response_id=first_id + index,
+            submitted_at=start + step * index,
+            account_zone=server.zone,
+            **record_options,
         )
         server.add_response(PROFILE_SURVEY_ID, record)
         ids.append(record["id"])

@@ -37,10 +37,20 @@ def server():
     for index, row in enumerate(rows):
         day = DAYS[index // PER_DAY]
         submitted = dt.datetime.combine(day, dt.time(9), UTC) + dt.timedelta(minutes=index % PER_DAY)
-        profile = {k: (int(v) if k == "birth_year" else str(v)) for k, v in row.items() if v is not None and k not in ("age", "age_band")}
+        profile = {
+            k: (int(v) if k == "birth_year" else str(v))
+            for k, v in row.items()
+            if v is not None and k not in ("age", "age_band")
+        }
         server.add_response(
             PROFILE_SURVEY_ID,
-            response_record(profile, response_id=5000 + index, submitted_at=submitted, account_zone=server.zone, panel_id=str(demo_user_id(index + 1))),
+            response_record(
+                profile,
+                response_id=5000 + index,
+                submitted_at=submitted,
+                account_zone=server.zone,
+                panel_id=str(demo_user_id(index + 1)),
+            ),
         )
     server.start()
     yield server
@@ -51,15 +61,21 @@ def resources(mongo_uri, db_name, server):
     return {
         "mongo": MongoResource(uri=mongo_uri, database=db_name),
         "surveygizmo": SurveyGizmoResource(
-            api_token=DEMO_TOKEN, api_token_secret=DEMO_TOKEN_SECRET, base_url=server.base_url,
-            account_time_zone="America/New_York", profile_survey_ids=PROFILE_SURVEY_ID,
-            max_attempts=2, retry_base_delay_seconds=0.01,
+            api_token=DEMO_TOKEN,
+            api_token_secret=DEMO_TOKEN_SECRET,
+            base_url=server.base_url,
+            account_time_zone="America/New_York",
+            profile_survey_ids=PROFILE_SURVEY_ID,
+            max_attempts=2,
+            retry_base_delay_seconds=0.01,
         ),
     }
 
 
 def extract(instance, res, day: dt.date):
-    return dg.materialize(extract_job_assets, partition_key=day.isoformat(), instance=instance, resources=res, raise_on_error=False)
+    return dg.materialize(
+        extract_job_assets, partition_key=day.isoformat(), instance=instance, resources=res, raise_on_error=False
+    )
 
 
 def snapshot(db):
@@ -104,7 +120,12 @@ def test_backfill_after_an_outage_converges_to_the_no_outage_data(mongo_uri, mon
 
 def test_malformed_records_are_quarantined_and_the_run_goes_on(mongo_uri, mongo_db, server):
     seed_users(mongo_db, 5)
-    bad = response_record({"gender": "female"}, response_id=9999, submitted_at=dt.datetime.combine(DAYS[0], dt.time(10), UTC), account_zone=server.zone)
+    bad = response_record(
+        {"gender": "female"},
+        response_id=9999,
+        submitted_at=dt.datetime.combine(DAYS[0], dt.time(10), UTC),
+        account_zone=server.zone,
+    )
     bad["date_submitted"] = "not a date"
     server.add_response(PROFILE_SURVEY_ID, bad, submitted_at=dt.datetime.combine(DAYS[0], dt.time(10), UTC))
     with dg.instance_for_test() as instance:
@@ -124,12 +145,21 @@ def run_completions(instance, res, **config):
     (request,) = tick.run_requests
     run_config = request.run_config
     run_config["ops"]["survey_completions"]["config"].update(config)
-    return dg.materialize([survey_completions], instance=instance, resources=res, run_config=run_config, raise_on_error=False)
+    return dg.materialize(
+        [survey_completions], instance=instance, resources=res, run_config=run_config, raise_on_error=False
+    )
 
 
 def transaction(db, **fields):
-    document = {"processed": False, "created_at": dt.datetime.now(UTC), "user_id": demo_user_id(1),
-                "survey_id": PROFILE_SURVEY_ID, "response_id": "5000", "points": 50, **fields}
+    document = {
+        "processed": False,
+        "created_at": dt.datetime.now(UTC),
+        "user_id": demo_user_id(1),
+        "survey_id": PROFILE_SURVEY_ID,
+        "response_id": "5000",
+        "points": 50,
+        **fields,
+    }
     return db.transactions.insert_one(document).inserted_id
 
 
@@ -145,7 +175,10 @@ def test_transactions_fetch_their_response_and_update_the_profile(mongo_uri, mon
     assert mongo_db.transactions.find_one({"_id": good})["status"] == "done"
     failed = mongo_db.transactions.find_one({"_id": missing})
     assert failed["status"] == "failed" and failed["attempts"] == 1
-    assert failed["error"] == f"response_id: no response 404404 in survey {PROFILE_SURVEY_ID}, 31 minutes after the transaction was created"
+    assert (
+        failed["error"] == f"response_id: no response 404404 in survey {PROFILE_SURVEY_ID}, "
+        "31 minutes after the transaction was created"
+    )
     assert mongo_db.users.find_one({"_id": user_id})["profile"]["gender"]
 
 
@@ -160,11 +193,22 @@ def test_a_response_not_listed_yet_is_looked_for_again_until_it_appears(mongo_ur
         assert run_completions(instance, res, response_retry_minutes=0.01).success
         waiting = mongo_db.transactions.find_one({"_id": late})
         assert waiting["status"] == "postponed" and waiting["processed"] is False and waiting["attempts"] == 0
-        assert waiting["last_error"].startswith(f"response_id: response 7001 not in survey {PROFILE_SURVEY_ID} yet; looking again until ")
+        assert waiting["last_error"].startswith(
+            f"response_id: response 7001 not in survey {PROFILE_SURVEY_ID} yet; looking again until "
+        )
         assert waiting["retry_at"] <= waiting["created_at"] + dt.timedelta(minutes=30)
 
         profile = {"gender": "male", "region": "Wales", "birth_year": 1970}
-        server.add_response(PROFILE_SURVEY_ID, response_record(profile, response_id=7001, submitted_at=dt.datetime.now(UTC), account_zone=server.zone, panel_id=str(demo_user_id(2))))
+        server.add_response(
+            PROFILE_SURVEY_ID,
+            response_record(
+                profile,
+                response_id=7001,
+                submitted_at=dt.datetime.now(UTC),
+                account_zone=server.zone,
+                panel_id=str(demo_user_id(2)),
+            ),
+        )
         wait_until(lambda: any(doc["_id"] == late for doc in queue.due_documents(10)))
         assert run_completions(instance, res, response_retry_minutes=0.01).success
     done = mongo_db.transactions.find_one({"_id": late})
@@ -173,13 +217,25 @@ def test_a_response_not_listed_yet_is_looked_for_again_until_it_appears(mongo_ur
 
 
 BAD_TRANSACTIONS = {
-    "survey id not a SurveyGizmo id": ({"survey_id": "7000001; DROP"}, "survey_id: must be a SurveyGizmo id (a positive integer, as a number or its digits), got '7000001; DROP'"),
-    "response id negative": ({"response_id": -5000}, "response_id: must be a SurveyGizmo id (a positive integer, as a number or its digits), got -5000"),
+    "survey id not a SurveyGizmo id": (
+        {"survey_id": "7000001; DROP"},
+        "survey_id: must be a SurveyGizmo id (a positive integer, as a number or its digits), got '7000001; DROP'",
+    ),
+    "response id negative": (
+        {"response_id": -5000},
+        "response_id: must be a SurveyGizmo id (a positive integer, as a number or its digits), got -5000",
+    ),
     "response id true": ({"response_id": True}, "response_id: must be a SurveyGizmo id"),
     "response id a path": ({"response_id": "../survey"}, "response_id: must be a SurveyGizmo id"),
-    "response id missing": ({"response_id": None}, "response_id: must be a SurveyGizmo id (a positive integer, as a number or its digits), got nothing"),
+    "response id missing": (
+        {"response_id": None},
+        "response_id: must be a SurveyGizmo id (a positive integer, as a number or its digits), got nothing",
+    ),
     "user id not an id": ({"user_id": "bob"}, "user_id: must be a member's id (an ObjectId), got 'bob'"),
-    "user id no member": ({"user_id": ObjectId("0000000000000000000000ff")}, "user_id: no member 0000000000000000000000ff"),
+    "user id no member": (
+        {"user_id": ObjectId("0000000000000000000000ff")},
+        "user_id: no member 0000000000000000000000ff",
+    ),
     "created_at text": ({"created_at": "yesterday"}, "created_at: must be a date"),
     "survey unknown": ({"survey_id": 424242, "response_id": 5000}, "survey_id: no survey 424242 in SurveyGizmo"),
 }
@@ -205,7 +261,13 @@ def test_metadata_counts_unmapped_answers_by_code_never_by_text(mongo_uri, mongo
     seed_users(mongo_db, PER_DAY)
     day = dt.datetime.combine(DAYS[0], dt.time(11), UTC)
     for index in range(3):
-        record = response_record({"gender": "female", "vote_2024": "labour"}, response_id=8000 + index, submitted_at=day + dt.timedelta(minutes=index), account_zone=server.zone, panel_id=str(demo_user_id(index + 1)))
+        record = response_record(
+            {"gender": "female", "vote_2024": "labour"},
+            response_id=8000 + index,
+            submitted_at=day + dt.timedelta(minutes=index),
+            account_zone=server.zone,
+            panel_id=str(demo_user_id(index + 1)),
+        )
         vote_2024 = record["survey_data"]["15"]["subquestions"]["17"]
         vote_2024.update(answer="Workers Party of Britain", answer_id=20077)  # no recode in the mapping
         server.add_response(PROFILE_SURVEY_ID, record, submitted_at=day + dt.timedelta(minutes=index))
@@ -215,7 +277,9 @@ def test_metadata_counts_unmapped_answers_by_code_never_by_text(mongo_uri, mongo
     with dg.instance_for_test() as instance:
         result = extract(instance, resources(mongo_uri, mongo_db.name, server), DAYS[0])
     assert result.success
-    shown = str(result.asset_materializations_for_node("users")[0].metadata) + str(result.asset_materializations_for_node("surveygizmo_responses")[0].metadata)
+    shown = str(result.asset_materializations_for_node("users")[0].metadata) + str(
+        result.asset_materializations_for_node("surveygizmo_responses")[0].metadata
+    )
     shown += str([check.metadata for check in result.get_asset_check_evaluations()])
     assert "Workers" not in shown
     unmapped = result.asset_materializations_for_node("users")[0].metadata["unmapped_examples"].records
@@ -246,4 +310,8 @@ def test_a_transaction_hit_by_an_outage_is_retried_with_a_redacted_error(mongo_u
     assert not result.success
     doc = mongo_db.transactions.find_one({"_id": doc_id})
     assert (doc["status"], doc["attempts"], doc["processed"]) == ("retry", 1, False)
-    assert doc["last_error"].startswith("SurveyGizmo") and "://" not in doc["last_error"] and DEMO_TOKEN not in doc["last_error"]
+    assert (
+        doc["last_error"].startswith("SurveyGizmo")
+        and "://" not in doc["last_error"]
+        and DEMO_TOKEN not in doc["last_error"]
+    )

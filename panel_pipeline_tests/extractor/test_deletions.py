@@ -33,7 +33,13 @@ def server():
         for index in range(RESPONSES):
             submitted = dt.datetime.combine(DAY, dt.time(9), UTC) + dt.timedelta(minutes=index)
             profile = {"gender": "female", "birth_year": 1960 + index % 40, "region": "Wales"}
-            record = response_record(profile, response_id=FIRST_ID + index, submitted_at=submitted, account_zone=server.zone, panel_id=str(demo_user_id(index + 1)))
+            record = response_record(
+                profile,
+                response_id=FIRST_ID + index,
+                submitted_at=submitted,
+                account_zone=server.zone,
+                panel_id=str(demo_user_id(index + 1)),
+            )
             server.add_response(PROFILE_SURVEY_ID, record)
         yield server
 
@@ -43,9 +49,13 @@ def res(mongo_uri, mongo_db, server):
     return {
         "mongo": MongoResource(uri=mongo_uri, database=mongo_db.name),
         "surveygizmo": SurveyGizmoResource(
-            api_token=DEMO_TOKEN, api_token_secret=DEMO_TOKEN_SECRET, base_url=server.base_url,
-            account_time_zone="America/New_York", profile_survey_ids=PROFILE_SURVEY_ID,
-            max_attempts=2, retry_base_delay_seconds=0.01,
+            api_token=DEMO_TOKEN,
+            api_token_secret=DEMO_TOKEN_SECRET,
+            base_url=server.base_url,
+            account_time_zone="America/New_York",
+            profile_survey_ids=PROFILE_SURVEY_ID,
+            max_attempts=2,
+            retry_base_delay_seconds=0.01,
         ),
     }
 
@@ -66,17 +76,25 @@ def materialize_day(instance, res):
 def sweep(instance, res, max_deleted_share: float | None = None):
     config = {} if max_deleted_share is None else {"max_deleted_share": max_deleted_share}
     return dg.materialize(
-        [surveygizmo_deletions], instance=instance, resources=res, raise_on_error=False,
+        [surveygizmo_deletions],
+        instance=instance,
+        resources=res,
+        raise_on_error=False,
         run_config={"ops": {"surveygizmo_deletions": {"config": config}}},
     )
 
 
 def sweep_metadata(result) -> dict:
     if result.success:
-        return {key: value.value for key, value in result.asset_materializations_for_node("surveygizmo_deletions")[0].metadata.items()}
+        return {
+            key: value.value
+            for key, value in result.asset_materializations_for_node("surveygizmo_deletions")[0].metadata.items()
+        }
     (failure,) = [event for event in result.all_events if event.is_step_failure]
     failure_data = failure.step_failure_data.user_failure_data
-    return {key: value.value for key, value in failure_data.metadata.items()} | {"description": failure_data.description}
+    return {key: value.value for key, value in failure_data.metadata.items()} | {
+        "description": failure_data.description
+    }
 
 
 def deleted_ids(db) -> set[str]:
@@ -91,13 +109,19 @@ def test_deleted_responses_are_marked_left_out_of_profiles_and_restored(mongo_db
     assert result.success
     metadata = sweep_metadata(result)
     assert {k: metadata[k] for k in ("checked", "listed", "newly_deleted", "restored", "listed_not_stored")} == {
-        "checked": RESPONSES, "listed": RESPONSES - 3, "newly_deleted": 3, "restored": 0, "listed_not_stored": 0,
+        "checked": RESPONSES,
+        "listed": RESPONSES - 3,
+        "newly_deleted": 3,
+        "restored": 0,
+        "listed_not_stored": 0,
     }
     assert metadata["api_calls"] == 2  # one page of 500 and the count probe
     assert metadata["days_to_rematerialize"] == [DAY.isoformat()]
     assert deleted_ids(mongo_db) == set(gone)
     assert len(raw_records(mongo_db, DAY.isoformat())) == RESPONSES - 3
-    applied = materialize_day(extracted, res).asset_materializations_for_node("users")[0].metadata["responses_applied"].value
+    applied = (
+        materialize_day(extracted, res).asset_materializations_for_node("users")[0].metadata["responses_applied"].value
+    )
     assert applied == RESPONSES - 3
 
     assert sweep_metadata(sweep(extracted, res))["newly_deleted"] == 0  # a second sweep changes nothing

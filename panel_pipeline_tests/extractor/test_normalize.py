@@ -32,7 +32,9 @@ MAPPING = load_profile_mapping()
 
 
 def answered(profile: dict[str, Any]) -> SurveyResponse:
-    record = response_record(profile, response_id=1, submitted_at=dt.datetime(2025, 5, 1, tzinfo=dt.UTC), account_zone=ZONE)
+    record = response_record(
+        profile, response_id=1, submitted_at=dt.datetime(2025, 5, 1, tzinfo=dt.UTC), account_zone=ZONE
+    )
     return parse_response(record, PROFILE_SURVEY_ID, ZONE)
 
 
@@ -70,10 +72,23 @@ def test_every_contract_value_is_reachable_from_the_mapping() -> None:
 
 @pytest.mark.parametrize(
     ("birth_year", "age_band"),
-    [(2007, "18-24"), (2000, "25-34"), (1990, "35-44"), (1980, "45-54"), (1970, "55-64"), (1960, "65-74"), (1950, "75+"), (1920, "75+")],
+    [
+        (2007, "18-24"),
+        (2000, "25-34"),
+        (1990, "35-44"),
+        (1980, "45-54"),
+        (1970, "55-64"),
+        (1960, "65-74"),
+        (1950, "75+"),
+        (1920, "75+"),
+    ],
 )
 def test_age_bands(birth_year: int, age_band: str) -> None:
-    assert normalized({"birth_year": birth_year}).profile == {"birth_year": birth_year, "age": 2025 - birth_year, "age_band": age_band}
+    assert normalized({"birth_year": birth_year}).profile == {
+        "birth_year": birth_year,
+        "age": 2025 - birth_year,
+        "age_band": age_band,
+    }
 
 
 def test_missing_answers_are_absent_never_empty_strings() -> None:
@@ -103,14 +118,26 @@ def test_birth_year_answers(answer: str, expected: dict[str, Any], problem: str 
 
 
 def test_answers_without_a_recode_are_reported_and_left_out() -> None:
-    response = with_answers({
-        "10": {"id": 10, "type": "RADIO", "question": "Gender", "answer": "Prefer to self-describe", "shown": True},
-        "12": {"id": 12, "type": "MENU", "question": "Region", "answer": "  yorkshire AND the   humber ", "shown": True},
-        "18": {"id": 18, "type": "RADIO", "question": "EU", "answer": "Don\u2019t know", "shown": True},
-    })
-    result = normalize_profile(response, MAPPING, shortnames={"10": "gender", "12": "region", "18": "eu_ref_vote"}, as_of=AS_OF)
+    response = with_answers(
+        {
+            "10": {"id": 10, "type": "RADIO", "question": "Gender", "answer": "Prefer to self-describe", "shown": True},
+            "12": {
+                "id": 12,
+                "type": "MENU",
+                "question": "Region",
+                "answer": "  yorkshire AND the   humber ",
+                "shown": True,
+            },
+            "18": {"id": 18, "type": "RADIO", "question": "EU", "answer": "Don\u2019t know", "shown": True},
+        }
+    )
+    result = normalize_profile(
+        response, MAPPING, shortnames={"10": "gender", "12": "region", "18": "eu_ref_vote"}, as_of=AS_OF
+    )
 
-    assert result.profile == {"region": "Yorkshire and The Humber"}  # "Don't know" recodes to null: absent, not a problem
+    assert result.profile == {
+        "region": "Yorkshire and The Humber"
+    }  # "Don't know" recodes to null: absent, not a problem
     [problem] = result.problems
     assert (problem.attribute, problem.question_id) == ("gender", "10")
     assert str(problem) == "gender (question 10): the answer has no recode in profile_mapping.yaml"
@@ -121,21 +148,30 @@ def test_party_recodes_follow_the_election() -> None:
     result = normalized({"vote_2019": "brexit_party", "vote_2024": "reform_uk"})
     assert result.profile == {"vote_2019": "brexit_party", "vote_2024": "reform_uk"}
     response = with_answers({"16": {"id": 16, "type": "RADIO", "parent": 15, "answer": "Reform UK", "shown": True}})
-    assert normalize_profile(response, MAPPING, shortnames={"16": "vote_2019"}, as_of=AS_OF).profile == {"vote_2019": "brexit_party"}
+    assert normalize_profile(response, MAPPING, shortnames={"16": "vote_2019"}, as_of=AS_OF).profile == {
+        "vote_2019": "brexit_party"
+    }
 
 
 def test_conflicting_answers_keep_the_first_and_report_the_second(tmp_path: Path) -> None:
-    mapping = load_profile_mapping(write_mapping(tmp_path, """
+    mapping = load_profile_mapping(
+        write_mapping(
+            tmp_path,
+            """
 attributes:
   gender:
     sources: [{shortname: gender}, {survey_id: "555", question_id: 3}]
     kind: choice
     recode: {Female: female, Male: male}
-"""))
-    response = with_answers({
-        "1": {"id": 1, "type": "RADIO", "answer": "Female", "shown": True},
-        "3": {"id": 3, "type": "RADIO", "answer": "Male", "shown": True},
-    })
+""",
+        )
+    )
+    response = with_answers(
+        {
+            "1": {"id": 1, "type": "RADIO", "answer": "Female", "shown": True},
+            "3": {"id": 3, "type": "RADIO", "answer": "Male", "shown": True},
+        }
+    )
     result = normalize_profile(response, mapping, shortnames={"1": "gender"}, as_of=AS_OF)
     assert result.profile == {"gender": "female"}
     assert result.problems[0].reason == "conflicts with the answer to another question; kept that one"
@@ -143,7 +179,10 @@ attributes:
 
 
 def test_multi_number_and_text_kinds_by_question_id(tmp_path: Path) -> None:
-    mapping = load_profile_mapping(write_mapping(tmp_path, """
+    mapping = load_profile_mapping(
+        write_mapping(
+            tmp_path,
+            """
 attributes:
   news_sources:
     sources: [{survey_id: "555", question_id: 3}]
@@ -165,28 +204,60 @@ attributes:
     sources: [{survey_id: "555", question_id: 50}]
     kind: text
     values: [owner, renter]
-"""))
-    response = with_answers({
-        "3": {"id": 3, "type": "CHECKBOX", "options": {
-            "1": {"id": 1, "answer": "BBC"}, "2": {"id": 2, "answer": "Other"}, "3": {"id": 3, "answer": "The Guardian"}}, "shown": True},
-        "10": {"id": 10, "type": "SLIDER", "answer": 7, "shown": True},
-        "82": {"id": 82, "type": "HIDDEN", "answer": " P-000123 ", "shown": True},
-        "30": {"id": 30, "type": "parent", "subquestions": {"31": {
-            "10062": {"id": 10062, "type": "CHECKBOX", "answer": "News", "shown": True},
-            "10063": {"id": 10063, "type": "CHECKBOX", "answer": None, "shown": True}}}, "shown": True},
-        "50": {"id": 50, "type": "TEXTBOX", "answer": "lodger", "shown": True},
-    })
+""",
+        )
+    )
+    response = with_answers(
+        {
+            "3": {
+                "id": 3,
+                "type": "CHECKBOX",
+                "options": {
+                    "1": {"id": 1, "answer": "BBC"},
+                    "2": {"id": 2, "answer": "Other"},
+                    "3": {"id": 3, "answer": "The Guardian"},
+                },
+                "shown": True,
+            },
+            "10": {"id": 10, "type": "SLIDER", "answer": 7, "shown": True},
+            "82": {"id": 82, "type": "HIDDEN", "answer": " P-000123 ", "shown": True},
+            "30": {
+                "id": 30,
+                "type": "parent",
+                "subquestions": {
+                    "31": {
+                        "10062": {"id": 10062, "type": "CHECKBOX", "answer": "News", "shown": True},
+                        "10063": {"id": 10063, "type": "CHECKBOX", "answer": None, "shown": True},
+                    }
+                },
+                "shown": True,
+            },
+            "50": {"id": 50, "type": "TEXTBOX", "answer": "lodger", "shown": True},
+        }
+    )
     result = normalize_profile(response, mapping, as_of=AS_OF)
 
-    assert result.profile == {"news_sources": ["bbc", "guardian"], "political_interest": 7, "panel_id": "P-000123", "device": ["news"]}
-    assert [str(p) for p in result.problems] == ["housing (question 50): the answer is not an allowed value (owner, renter)"]
+    assert result.profile == {
+        "news_sources": ["bbc", "guardian"],
+        "political_interest": 7,
+        "panel_id": "P-000123",
+        "device": ["news"],
+    }
+    assert [str(p) for p in result.problems] == [
+        "housing (question 50): the answer is not an allowed value (owner, renter)"
+    ]
 
 
 def test_numbers_outside_their_range_are_reported(tmp_path: Path) -> None:
-    mapping = load_profile_mapping(write_mapping(tmp_path, """
+    mapping = load_profile_mapping(
+        write_mapping(
+            tmp_path,
+            """
 attributes:
   political_interest: {sources: [{shortname: interest}], kind: number, min: 0, max: 10}
-"""))
+""",
+        )
+    )
     response = with_answers({"10": {"id": 10, "type": "SLIDER", "answer": "11", "shown": True}})
     result = normalize_profile(response, mapping, shortnames={"10": "interest"}, as_of=AS_OF)
     assert result.profile == {} and "outside" in result.problems[0].reason
@@ -196,11 +267,23 @@ attributes:
     ("text", "message"),
     [
         ("attributes: {}", "non-empty `attributes`"),
-        ("attributes:\n  gender: {sources: [{shortname: g}], kind: choice, recode: {F: f}}", "recode target 'f' is not an allowed value"),
-        ("attributes:\n  region: {sources: [{shortname: r}], kind: choice, recode: {London: london}}", "recode target 'london'"),
+        (
+            "attributes:\n  gender: {sources: [{shortname: g}], kind: choice, recode: {F: f}}",
+            "recode target 'f' is not an allowed value",
+        ),
+        (
+            "attributes:\n  region: {sources: [{shortname: r}], kind: choice, recode: {London: london}}",
+            "recode target 'london'",
+        ),
         ("attributes:\n  gender: {sources: [{shortname: g}], kind: pick, recode: {F: female}}", "kind 'pick'"),
-        ("attributes:\n  gender: {sources: [], kind: choice, recode: {F: female}}", "`sources` must be a non-empty list"),
-        ("attributes:\n  gender: {sources: [{survey_id: '1'}], kind: choice, recode: {F: female}}", "needs a shortname"),
+        (
+            "attributes:\n  gender: {sources: [], kind: choice, recode: {F: female}}",
+            "`sources` must be a non-empty list",
+        ),
+        (
+            "attributes:\n  gender: {sources: [{survey_id: '1'}], kind: choice, recode: {F: female}}",
+            "needs a shortname",
+        ),
         ("attributes:\n  gender: {sources: [{shortname: g}], kind: choice}", "needs a `recode`"),
         ("attributes:\n  x: {sources: [{shortname: g}], kind: number, min: low}", "must be numbers"),
     ],
@@ -212,11 +295,23 @@ def test_invalid_mappings_fail_at_load(tmp_path: Path, text: str, message: str) 
 
 def test_a_problem_names_the_answer_code_never_what_the_member_wrote() -> None:
     """Vote answers are special-category data: an unmapped one is reported by question and option id."""
-    response = with_answers({
-        "17": {"id": 17, "type": "RADIO", "question": "2024 vote", "answer": "Workers Party of Britain", "answer_id": 20077, "shown": True},
-        "10": {"id": 10, "type": "TEXTBOX", "question": "Gender", "answer": "my own words", "shown": True},
-    })
+    response = with_answers(
+        {
+            "17": {
+                "id": 17,
+                "type": "RADIO",
+                "question": "2024 vote",
+                "answer": "Workers Party of Britain",
+                "answer_id": 20077,
+                "shown": True,
+            },
+            "10": {"id": 10, "type": "TEXTBOX", "question": "Gender", "answer": "my own words", "shown": True},
+        }
+    )
     result = normalize_profile(response, MAPPING, shortnames={"17": "vote_2024", "10": "gender"}, as_of=AS_OF)
-    assert sorted((p.attribute, p.question_id, p.answer_code) for p in result.problems) == [("gender", "10", None), ("vote_2024", "17", "20077")]
+    assert sorted((p.attribute, p.question_id, p.answer_code) for p in result.problems) == [
+        ("gender", "10", None),
+        ("vote_2024", "17", "20077"),
+    ]
     shown = repr(result.problems) + " ".join(str(p) for p in result.problems)
     assert "Workers" not in shown and "own words" not in shown

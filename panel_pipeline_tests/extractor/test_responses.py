@@ -29,12 +29,25 @@ RECORD: dict[str, Any] = {
     "date_submitted": "2024-03-10 01:59:58 EST",
     "date_started": "2024-03-10 01:51:02 EST",
     "date_updated": "2024-03-10 07:00:03",
-    "url_variables": {"pid": {"key": "pid", "value": "P-000123", "type": "url"}, "sguid": {"key": "sguid", "value": "", "type": "url"}},
+    "url_variables": {
+        "pid": {"key": "pid", "value": "P-000123", "type": "url"},
+        "sguid": {"key": "sguid", "value": "", "type": "url"},
+    },
     "data_quality": [],
     "survey_data": {
-        "2": {"id": 2, "type": "TEXTBOX", "question": "Your first name", "section_id": 1, "answer": "Zoë 🙂 שלום e\u0301", "shown": True},
+        "2": {
+            "id": 2,
+            "type": "TEXTBOX",
+            "question": "Your first name",
+            "section_id": 1,
+            "answer": "Zoë 🙂 שלום e\u0301",
+            "shown": True,
+        },
         "3": {
-            "id": 3, "type": "CHECKBOX", "question": "Which of these news sources do you use?", "section_id": 1,
+            "id": 3,
+            "type": "CHECKBOX",
+            "question": "Which of these news sources do you use?",
+            "section_id": 1,
             "options": {
                 "10004": {"id": 10004, "option": "BBC", "answer": "BBC"},
                 "10006": {"id": 10006, "option": "The Guardian", "answer": "The Guardian"},
@@ -42,43 +55,163 @@ RECORD: dict[str, Any] = {
             "shown": True,
         },
         "4": {"id": 4, "type": "RADIO", "question": "Why would you not vote?", "section_id": 1, "shown": False},
-        "5": {"id": 5, "type": "RADIO", "question": "Which party?", "section_id": 1, "original_answer": "Labour", "answer": "LAB", "answer_id": 10001, "shown": True},
+        "5": {
+            "id": 5,
+            "type": "RADIO",
+            "question": "Which party?",
+            "section_id": 1,
+            "original_answer": "Labour",
+            "answer": "LAB",
+            "answer_id": 10001,
+            "shown": True,
+        },
         "6": {
-            "id": 6, "type": "parent", "question": "Rate each leader", "section_id": 2,
+            "id": 6,
+            "type": "parent",
+            "question": "Rate each leader",
+            "section_id": 2,
             "subquestions": {
-                "7": {"id": 7, "type": "RADIO", "parent": 6, "question": "Leader A", "section_id": 2, "answer": "Good", "answer_id": 10021, "shown": True},
-                "8": {"id": 8, "type": "RADIO", "parent": 6, "question": "Leader B", "section_id": 2, "answer": "Poor", "answer_id": 10023, "shown": True},
+                "7": {
+                    "id": 7,
+                    "type": "RADIO",
+                    "parent": 6,
+                    "question": "Leader A",
+                    "section_id": 2,
+                    "answer": "Good",
+                    "answer_id": 10021,
+                    "shown": True,
+                },
+                "8": {
+                    "id": 8,
+                    "type": "RADIO",
+                    "parent": 6,
+                    "question": "Leader B",
+                    "section_id": 2,
+                    "answer": "Poor",
+                    "answer_id": 10023,
+                    "shown": True,
+                },
             },
             "shown": True,
         },
-        "9": {"id": 9, "type": "MENU", "question": "Region", "section_id": 1, "answer": "Wales", "answer_id": 10090, "shown": True},
-        "10": {"id": 10, "type": "SLIDER", "question": "Interest in politics", "section_id": 1, "answer": 7, "shown": True},
-        "11": {"id": 11, "type": "ESSAY", "question": "Anything else?", "section_id": 1, "answer": "<b>no</b> \\/ thanks", "shown": True},
-        "12": {"id": 12, "type": "RADIO", "question": "Other party", "section_id": 1, "answer": "Yorkshire Party", "answer_id": "10005-other", "shown": True},
+        "9": {
+            "id": 9,
+            "type": "MENU",
+            "question": "Region",
+            "section_id": 1,
+            "answer": "Wales",
+            "answer_id": 10090,
+            "shown": True,
+        },
+        "10": {
+            "id": 10,
+            "type": "SLIDER",
+            "question": "Interest in politics",
+            "section_id": 1,
+            "answer": 7,
+            "shown": True,
+        },
+        "11": {
+            "id": 11,
+            "type": "ESSAY",
+            "question": "Anything else?",
+            "section_id": 1,
+            "answer": "<b>no</b> \\/ thanks",
+            "shown": True,
+        },
+        "12": {
+            "id": 12,
+            "type": "RADIO",
+            "question": "Other party",
+            "section_id": 1,
+            "answer": "Yorkshire Party",
+            "answer_id": "10005-other",
+            "shown": True,
+        },
         "13": {"id": 13, "type": "TEXTBOX", "question": "Nickname", "section_id": 1, "answer": None, "shown": True},
         "30": {
-            "id": 30, "type": "parent", "question": "Which channels on which devices?", "section_id": 3,
+            "id": 30,
+            "type": "parent",
+            "question": "Which channels on which devices?",
+            "section_id": 3,
             "subquestions": {
                 "31": {
-                    "10062": {"id": 10062, "type": "CHECKBOX", "parent": 30, "question": "Phone : News", "answer": "News", "shown": True},
-                    "10063": {"id": 10063, "type": "CHECKBOX", "parent": 30, "question": "Phone : Sport", "answer": None, "shown": True},
+                    "10062": {
+                        "id": 10062,
+                        "type": "CHECKBOX",
+                        "parent": 30,
+                        "question": "Phone : News",
+                        "answer": "News",
+                        "shown": True,
+                    },
+                    "10063": {
+                        "id": 10063,
+                        "type": "CHECKBOX",
+                        "parent": 30,
+                        "question": "Phone : Sport",
+                        "answer": None,
+                        "shown": True,
+                    },
                 }
             },
             "shown": True,
         },
         "38": {
-            "id": 38, "type": "parent", "question": "Split 10 points", "section_id": 3,
-            "options": {"10070": {"id": 10070, "option": "Economy", "answer": "6"}, "10071": {"id": 10071, "option": "NHS", "answer": "4"}},
+            "id": 38,
+            "type": "parent",
+            "question": "Split 10 points",
+            "section_id": 3,
+            "options": {
+                "10070": {"id": 10070, "option": "Economy", "answer": "6"},
+                "10071": {"id": 10071, "option": "NHS", "answer": "4"},
+            },
             "shown": True,
         },
-        "40": {"id": 40, "type": "RADIO", "parent": 39, "question": "Grid row at top level", "section_id": 3, "answer": "Yes", "answer_id": 10101, "shown": True},
-        "82": {"id": 82, "type": "HIDDEN", "question": "panel_id", "section_id": 10, "answer": "P-000123", "shown": True},
+        "40": {
+            "id": 40,
+            "type": "RADIO",
+            "parent": 39,
+            "question": "Grid row at top level",
+            "section_id": 3,
+            "answer": "Yes",
+            "answer_id": 10101,
+            "shown": True,
+        },
+        "82": {
+            "id": 82,
+            "type": "HIDDEN",
+            "question": "panel_id",
+            "section_id": 10,
+            "answer": "P-000123",
+            "shown": True,
+        },
         "83": {
-            "id": 83, "type": "parent", "question": "Custom table", "section_id": 4,
-            "subquestions": {"10001": {"id": 10001, "type": "RADIO", "question": "Column 1", "section_id": 4, "answer": "Option 1", "answer_id": 10113, "shown": True}},
+            "id": 83,
+            "type": "parent",
+            "question": "Custom table",
+            "section_id": 4,
+            "subquestions": {
+                "10001": {
+                    "id": 10001,
+                    "type": "RADIO",
+                    "question": "Column 1",
+                    "section_id": 4,
+                    "answer": "Option 1",
+                    "answer_id": 10113,
+                    "shown": True,
+                }
+            },
             "shown": True,
         },
-        "90": {"id": 90, "type": "MAXDIFF_NEW", "question": "Unknown type", "section_id": 5, "answer": "x", "shown": True, "extra": {"a": 1}},
+        "90": {
+            "id": 90,
+            "type": "MAXDIFF_NEW",
+            "question": "Unknown type",
+            "section_id": 5,
+            "answer": "x",
+            "shown": True,
+            "extra": {"a": 1},
+        },
     },
 }
 
@@ -99,7 +232,12 @@ def with_answer(question: dict[str, Any]) -> dict[str, Any]:
 
 def test_top_level_fields() -> None:
     response = parse()
-    assert (response.id, response.survey_id, response.status, response.is_test_data) == ("1207", "7000001", "Complete", False)
+    assert (response.id, response.survey_id, response.status, response.is_test_data) == (
+        "1207",
+        "7000001",
+        "Complete",
+        False,
+    )
     assert response.submitted_at == dt.datetime(2024, 3, 10, 6, 59, 58, tzinfo=UTC)
     assert response.started_at == dt.datetime(2024, 3, 10, 6, 51, 2, tzinfo=UTC)
     assert response.contact_id is None
@@ -143,7 +281,9 @@ def test_grids_flatten_into_rows_with_their_parent() -> None:
 
 
 def test_empty_php_containers_and_test_flags() -> None:
-    response = parse(changed(survey_data=[], url_variables=[], is_test_data="1", status="partial", contact_id=100039752))
+    response = parse(
+        changed(survey_data=[], url_variables=[], is_test_data="1", status="partial", contact_id=100039752)
+    )
     assert response.answers == {} and response.url_variables == {}
     assert response.is_test_data and response.status == "Partial" and response.contact_id == "100039752"
     assert parse(changed(is_test_data=True, id=1207)).id == "1207"
@@ -183,7 +323,10 @@ def test_unknown_suffixes_and_garbage_are_rejected(text: str) -> None:
 
 def test_format_timestamp_round_trips_across_the_repeated_hour() -> None:
     first, second = dt.datetime(2024, 11, 3, 5, 30, tzinfo=UTC), dt.datetime(2024, 11, 3, 6, 30, tzinfo=UTC)
-    assert (format_timestamp(first, NEW_YORK), format_timestamp(second, NEW_YORK)) == ("2024-11-03 01:30:00 EDT", "2024-11-03 01:30:00 EST")
+    assert (format_timestamp(first, NEW_YORK), format_timestamp(second, NEW_YORK)) == (
+        "2024-11-03 01:30:00 EDT",
+        "2024-11-03 01:30:00 EST",
+    )
     assert parse_timestamp(format_timestamp(second, NEW_YORK), NEW_YORK) == second
 
 

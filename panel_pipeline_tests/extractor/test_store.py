@@ -18,7 +18,9 @@ NOW = dt.datetime(2026, 3, 5, 12, 0, tzinfo=dt.UTC)
 def responses(count: int, **profile_changes: str) -> list[SurveyResponse]:
     submitted = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
     records = [
-        response_record({**EXAMPLE_PROFILE, **profile_changes}, response_id=100 + n, submitted_at=submitted, account_zone=ZONE)
+        response_record(
+            {**EXAMPLE_PROFILE, **profile_changes}, response_id=100 + n, submitted_at=submitted, account_zone=ZONE
+        )
         for n in range(count)
     ]
     return [parse_response(record, PROFILE_SURVEY_ID, ZONE) for record in records]
@@ -44,11 +46,16 @@ def test_a_deleted_response_listed_again_is_restored_and_quarantine_is_left(mong
 
 def test_responses_a_concurrent_run_inserted_first_are_replaced_not_lost(mongo_db):
     documents = {
-        store.raw_id(r.survey_id, r.id): store.raw_document(r, day_of(r.submitted_at), NOW) for r in responses(2, region="Wales")
+        store.raw_id(r.survey_id, r.id): store.raw_document(r, day_of(r.submitted_at), NOW)
+        for r in responses(2, region="Wales")
     }
-    mongo_db.sg_responses.insert_one({"_id": f"{PROFILE_SURVEY_ID}:100", "record": {}})  # lands between our read and our insert
+    mongo_db.sg_responses.insert_one(
+        {"_id": f"{PROFILE_SURVEY_ID}:100", "record": {}}
+    )  # lands between our read and our insert
     inserts = [{"_id": key, **doc} for key, doc in documents.items()]
-    assert [inserts[index]["_id"] for index in insert_missing(mongo_db.sg_responses, inserts)] == [f"{PROFILE_SURVEY_ID}:100"]
+    assert [inserts[index]["_id"] for index in insert_missing(mongo_db.sg_responses, inserts)] == [
+        f"{PROFILE_SURVEY_ID}:100"
+    ]
 
 
 def test_large_batches_are_written_in_chunks(mongo_db):

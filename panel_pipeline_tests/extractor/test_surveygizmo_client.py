@@ -65,14 +65,20 @@ def list_day(client: SurveyGizmoClient, **options: object) -> list[str]:
 
 
 def page_requests(server: LocalSurveyGizmo) -> list[dict[str, str]]:
-    return [dict(r.params) for r in server.requests if r.path.endswith("surveyresponse") and r.params.get("resultsperpage") == "500"]
+    return [
+        dict(r.params)
+        for r in server.requests
+        if r.path.endswith("surveyresponse") and r.params.get("resultsperpage") == "500"
+    ]
 
 
 # -- paging ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("rows", "pages"), [(0, 1), (1, 1), (500, 1), (501, 2), (1000, 2), (1001, 3)])
-def test_pages_until_the_end_without_extra_empty_pages(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient, rows: int, pages: int) -> None:
+def test_pages_until_the_end_without_extra_empty_pages(
+    sg_server: LocalSurveyGizmo, client: SurveyGizmoClient, rows: int, pages: int
+) -> None:
     ids = add_responses(sg_server, rows, DAY, step=dt.timedelta(seconds=60))
 
     assert list_day(client) == ids
@@ -80,7 +86,9 @@ def test_pages_until_the_end_without_extra_empty_pages(sg_server: LocalSurveyGiz
     assert client.calls_made == pages + 1  # the pages, then one count probe
 
 
-def test_string_totals_and_id_keyed_data_give_the_same_rows(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient) -> None:
+def test_string_totals_and_id_keyed_data_give_the_same_rows(
+    sg_server: LocalSurveyGizmo, client: SurveyGizmoClient
+) -> None:
     ids = add_responses(sg_server, 1100, DAY, step=dt.timedelta(seconds=30))
     sg_server.string_totals = True
     assert list_day(client) == ids
@@ -88,9 +96,13 @@ def test_string_totals_and_id_keyed_data_give_the_same_rows(sg_server: LocalSurv
     assert list_day(client) == ids
 
 
-def test_a_row_inserted_before_the_cursor_mid_scan_is_deduplicated_and_found(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient) -> None:
+def test_a_row_inserted_before_the_cursor_mid_scan_is_deduplicated_and_found(
+    sg_server: LocalSurveyGizmo, client: SurveyGizmoClient
+) -> None:
     ids = add_responses(sg_server, 1000, DAY, first_id=2000)
-    early = response_record(EXAMPLE_PROFILE, response_id=5, submitted_at=DAY + dt.timedelta(hours=20), account_zone=sg_server.zone)
+    early = response_record(
+        EXAMPLE_PROFILE, response_id=5, submitted_at=DAY + dt.timedelta(hours=20), account_zone=sg_server.zone
+    )
     sg_server.after_requests(1, lambda: sg_server.add_response(PROFILE_SURVEY_ID, early))
 
     listed = list_day(client)
@@ -99,7 +111,9 @@ def test_a_row_inserted_before_the_cursor_mid_scan_is_deduplicated_and_found(sg_
     assert set(listed) == {*ids, "5"}
 
 
-def test_a_row_deleted_mid_scan_leaves_an_empty_last_page_and_nothing_is_skipped(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient) -> None:
+def test_a_row_deleted_mid_scan_leaves_an_empty_last_page_and_nothing_is_skipped(
+    sg_server: LocalSurveyGizmo, client: SurveyGizmoClient
+) -> None:
     ids = add_responses(sg_server, 501, DAY)
     sg_server.after_requests(1, lambda: sg_server.delete_response(PROFILE_SURVEY_ID, ids[0]))
 
@@ -110,19 +124,29 @@ def test_a_row_deleted_mid_scan_leaves_an_empty_last_page_and_nothing_is_skipped
     assert {r.params["resultsperpage"] for r in sg_server.requests} >= {"500", "499"}  # rescanned with another size
 
 
-def test_rows_added_after_the_last_page_are_found_by_the_count_probe(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient) -> None:
+def test_rows_added_after_the_last_page_are_found_by_the_count_probe(
+    sg_server: LocalSurveyGizmo, client: SurveyGizmoClient
+) -> None:
     ids = add_responses(sg_server, 500, DAY)
-    sg_server.after_requests(1, lambda: ids.extend(add_responses(sg_server, 300, DAY + dt.timedelta(hours=12), first_id=5000)))
+    sg_server.after_requests(
+        1, lambda: ids.extend(add_responses(sg_server, 300, DAY + dt.timedelta(hours=12), first_id=5000))
+    )
 
     listed = list_day(client)
 
     assert sorted(listed) == sorted(ids) and len(ids) == 800
 
 
-def test_records_with_unreadable_dates_are_passed_on_for_quarantine(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient) -> None:
+def test_records_with_unreadable_dates_are_passed_on_for_quarantine(
+    sg_server: LocalSurveyGizmo, client: SurveyGizmoClient
+) -> None:
     ids = add_responses(sg_server, 2, DAY)
-    sg_server.add_response(PROFILE_SURVEY_ID, {"id": "77", "status": "Complete", "date_submitted": "yesterday"}, submitted_at=DAY)
-    sg_server.add_response(PROFILE_SURVEY_ID, {"id": "78", "status": "Complete", "date_submitted": 1717387200}, submitted_at=DAY)
+    sg_server.add_response(
+        PROFILE_SURVEY_ID, {"id": "77", "status": "Complete", "date_submitted": "yesterday"}, submitted_at=DAY
+    )
+    sg_server.add_response(
+        PROFILE_SURVEY_ID, {"id": "78", "status": "Complete", "date_submitted": 1717387200}, submitted_at=DAY
+    )
 
     assert list_day(client) == ["77", "78", *ids]
 
@@ -141,7 +165,10 @@ def test_filters_go_on_the_wire_percent_encoded(sg_server: LocalSurveyGizmo, cli
     list_day(client, status="Complete", include_test_data=False, filters=[Filter("contact_id", "IS NULL")])
 
     query = sg_server.requests[0].query
-    assert "filter%5Bfield%5D%5B0%5D=date_submitted&filter%5Boperator%5D%5B0%5D=%3E%3D&filter%5Bvalue%5D%5B0%5D=2024-06-03+00%3A00%3A00" in query
+    assert (
+        "filter%5Bfield%5D%5B0%5D=date_submitted&filter%5Boperator%5D%5B0%5D=%3E%3D&filter%5Bvalue%5D%5B0%5D=2024-06-03+00%3A00%3A00"
+        in query
+    )
     assert "filter%5Boperator%5D%5B1%5D=%3C&filter%5Bvalue%5D%5B1%5D=2024-06-04+00%3A00%3A00" in query
     assert "filter%5Bfield%5D%5B3%5D=is_test_data&filter%5Boperator%5D%5B3%5D=%3D&filter%5Bvalue%5D%5B3%5D=0" in query
     assert "filter%5Boperator%5D%5B4%5D=IS+NULL" in query and "filter%5Bvalue%5D%5B4%5D" not in query
@@ -166,7 +193,9 @@ def test_filter_objects_reject_bad_operators_and_values() -> None:
     with pytest.raises(ValueError, match="needs a value"):
         Filter("status", "=")
     assert filter_params([Filter("status", "in", ("Complete", "Partial"))]) == {
-        "filter[field][0]": "status", "filter[operator][0]": "in", "filter[value][0]": "Complete,Partial",
+        "filter[field][0]": "status",
+        "filter[operator][0]": "in",
+        "filter[value][0]": "Complete,Partial",
     }
 
 
@@ -185,7 +214,9 @@ def test_get_response_survey_and_account(sg_server: LocalSurveyGizmo, client: Su
     assert client.calls_made == 4
 
 
-def test_deleted_and_unknown_objects_are_not_found_without_retries(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient) -> None:
+def test_deleted_and_unknown_objects_are_not_found_without_retries(
+    sg_server: LocalSurveyGizmo, client: SurveyGizmoClient
+) -> None:
     [response_id] = add_responses(sg_server, 1, DAY)
     sg_server.delete_response(PROFILE_SURVEY_ID, response_id)
 
@@ -218,7 +249,9 @@ def test_deleted_and_unknown_objects_are_not_found_without_retries(sg_server: Lo
     ],
     ids=lambda fault: f"{fault.status}-{fault.content_type.split('/')[1]}-{fault.times}",
 )
-def test_transient_faults_are_retried_with_backoff(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient, clock: ManualClock, fault: Fault) -> None:
+def test_transient_faults_are_retried_with_backoff(
+    sg_server: LocalSurveyGizmo, client: SurveyGizmoClient, clock: ManualClock, fault: Fault
+) -> None:
     ids = add_responses(sg_server, 3, DAY)
     times = fault.times
     sg_server.inject(fault)
@@ -227,7 +260,9 @@ def test_transient_faults_are_retried_with_backoff(sg_server: LocalSurveyGizmo, 
     assert len(backoffs(clock)) == times
 
 
-def test_throttles_back_off_longer_and_grow_with_jitter(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient, clock: ManualClock) -> None:
+def test_throttles_back_off_longer_and_grow_with_jitter(
+    sg_server: LocalSurveyGizmo, client: SurveyGizmoClient, clock: ManualClock
+) -> None:
     sg_server.inject(throttled(3))
     list_day(client)
 
@@ -253,7 +288,9 @@ def test_slow_answers_time_out_and_are_retried(sg_server: LocalSurveyGizmo, make
     assert client.calls_made == 3
 
 
-def test_a_400_in_the_minute_after_a_timeout_is_retried(sg_server: LocalSurveyGizmo, make_client: ClientFactory) -> None:
+def test_a_400_in_the_minute_after_a_timeout_is_retried(
+    sg_server: LocalSurveyGizmo, make_client: ClientFactory
+) -> None:
     sg_server.inject(slow(1.0))
     sg_server.inject(Fault(400, {"result_ok": False, "code": 400, "message": "Bad request"}))
     client = make_client(timeout=(1.0, 0.2))
@@ -262,7 +299,9 @@ def test_a_400_in_the_minute_after_a_timeout_is_retried(sg_server: LocalSurveyGi
     assert client.calls_made == 4
 
 
-def test_gives_up_after_the_retry_budget_with_a_typed_error(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient) -> None:
+def test_gives_up_after_the_retry_budget_with_a_typed_error(
+    sg_server: LocalSurveyGizmo, client: SurveyGizmoClient
+) -> None:
     sg_server.inject(cdn_error(503, times=100))
 
     with pytest.raises(SurveyGizmoUnavailable, match=r"failed after 4 attempts: HTTP 503 \(text/html page\)"):
@@ -280,7 +319,9 @@ def test_rejected_credentials_fail_fast(sg_server: LocalSurveyGizmo, http_status
     assert wrong.calls_made == 1
 
 
-def test_result_ok_false_on_200_is_an_error_even_without_a_code(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient) -> None:
+def test_result_ok_false_on_200_is_an_error_even_without_a_code(
+    sg_server: LocalSurveyGizmo, client: SurveyGizmoClient
+) -> None:
     sg_server.inject(result_not_ok(code=None, message="No valid contacts selected."))
 
     with pytest.raises(SurveyGizmoError, match="No valid contacts selected") as caught:
@@ -289,20 +330,26 @@ def test_result_ok_false_on_200_is_an_error_even_without_a_code(sg_server: Local
     assert client.calls_made == 1
 
 
-def test_an_outage_day_fails_its_window_and_spares_the_others(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient) -> None:
+def test_an_outage_day_fails_its_window_and_spares_the_others(
+    sg_server: LocalSurveyGizmo, client: SurveyGizmoClient
+) -> None:
     add_responses(sg_server, 2, DAY)
     tomorrow = add_responses(sg_server, 2, NEXT_DAY, first_id=3000)
     sg_server.outage = Outage(days=frozenset({dt.date(2024, 6, 3)}))
 
     with pytest.raises(SurveyGizmoUnavailable):
         list_day(client)
-    assert [r["id"] for r in client.list_responses(PROFILE_SURVEY_ID, NEXT_DAY, NEXT_DAY + dt.timedelta(days=1))] == tomorrow
+    assert [
+        r["id"] for r in client.list_responses(PROFILE_SURVEY_ID, NEXT_DAY, NEXT_DAY + dt.timedelta(days=1))
+    ] == tomorrow
 
     sg_server.clear_faults()
     assert len(list_day(client)) == 2
 
 
-def test_an_outage_time_window_fails_list_calls_while_it_lasts(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient) -> None:
+def test_an_outage_time_window_fails_list_calls_while_it_lasts(
+    sg_server: LocalSurveyGizmo, client: SurveyGizmoClient
+) -> None:
     now = dt.datetime.now(UTC)
     sg_server.outage = Outage(start=now - dt.timedelta(minutes=1), end=now + dt.timedelta(hours=1))
     with pytest.raises(SurveyGizmoUnavailable):
@@ -319,11 +366,20 @@ def _failures(sg_server: LocalSurveyGizmo, make_client: ClientFactory) -> list[E
     errors: list[Exception] = []
     scenarios: list[tuple[Callable[[], None], Callable[[], object]]] = [
         (lambda: sg_server.inject(cdn_error(522, times=10)), lambda: list_day(make_client())),
-        (lambda: sg_server.inject(result_not_ok(code=401, message="Login failed / Invalid auth token")), lambda: make_client().get_survey(PROFILE_SURVEY_ID)),
-        (lambda: sg_server.inject(slow(1.0, times=10)), lambda: list_day(make_client(timeout=(1.0, 0.1), retry=RetryPolicy(max_attempts=2)))),
+        (
+            lambda: sg_server.inject(result_not_ok(code=401, message="Login failed / Invalid auth token")),
+            lambda: make_client().get_survey(PROFILE_SURVEY_ID),
+        ),
+        (
+            lambda: sg_server.inject(slow(1.0, times=10)),
+            lambda: list_day(make_client(timeout=(1.0, 0.1), retry=RetryPolicy(max_attempts=2))),
+        ),
         (lambda: None, lambda: make_client().get_response(PROFILE_SURVEY_ID, "404404")),
         (lambda: None, lambda: list_day(make_client(base_url="http://127.0.0.1:9", retry=RetryPolicy(max_attempts=2)))),
-        (lambda: sg_server.inject(Fault(400, {"result_ok": False, "message": f"echo {API_TOKEN_SECRET}"})), lambda: make_client().get_survey(PROFILE_SURVEY_ID)),
+        (
+            lambda: sg_server.inject(Fault(400, {"result_ok": False, "message": f"echo {API_TOKEN_SECRET}"})),
+            lambda: make_client().get_survey(PROFILE_SURVEY_ID),
+        ),
     ]
     for arrange, act in scenarios:
         sg_server.clear_faults()
@@ -347,7 +403,12 @@ def test_credentials_never_reach_logs_exceptions_tracebacks_or_reprs(
     for text in texts:
         assert API_TOKEN not in text and API_TOKEN_SECRET not in text
     assert "urllib3" in caplog.text  # DEBUG request lines were captured, and redacted
-    assert {type(error) for error in errors} == {SurveyGizmoUnavailable, SurveyGizmoAuthError, SurveyGizmoNotFound, SurveyGizmoError}
+    assert {type(error) for error in errors} == {
+        SurveyGizmoUnavailable,
+        SurveyGizmoAuthError,
+        SurveyGizmoNotFound,
+        SurveyGizmoError,
+    }
 
 
 # -- time zones ----------------------------------------------------------------------------------
@@ -366,7 +427,9 @@ def test_spring_forward_window_is_exact(sg_server: LocalSurveyGizmo, client: Sur
     assert sg_server.requests[0].params["filter[value][1]"] == "2024-03-10 03:30:00"
 
 
-def test_fall_back_window_covers_both_copies_of_the_repeated_hour(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient) -> None:
+def test_fall_back_window_covers_both_copies_of_the_repeated_hour(
+    sg_server: LocalSurveyGizmo, client: SurveyGizmoClient
+) -> None:
     # 2024-11-03 06:00Z: 02:00 EDT falls back to 01:00 EST; 01:00-01:59 happens twice.
     ids = add_responses(sg_server, 25, dt.datetime(2024, 11, 3, 4, 0, tzinfo=UTC), step=dt.timedelta(minutes=10))
     start, end = dt.datetime(2024, 11, 3, 5, 30, tzinfo=UTC), dt.datetime(2024, 11, 3, 6, 30, tzinfo=UTC)
@@ -444,7 +507,9 @@ def test_token_bucket_is_thread_safe() -> None:
     assert sorted(waits) == pytest.approx(expected)
 
 
-def test_client_calls_are_spaced_by_the_configured_rate(sg_server: LocalSurveyGizmo, make_client: ClientFactory, clock: ManualClock) -> None:
+def test_client_calls_are_spaced_by_the_configured_rate(
+    sg_server: LocalSurveyGizmo, make_client: ClientFactory, clock: ManualClock
+) -> None:
     add_responses(sg_server, 1200, DAY, step=dt.timedelta(seconds=30))
     client = make_client(calls_per_minute=30)
 

@@ -32,14 +32,29 @@ SEEN: Counter[str] = Counter()
 
 sg_id = st.integers(min_value=1, max_value=2**63 - 1) | st.integers(min_value=1, max_value=10**12).map(str)
 anything = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80) | st.floats() | st.text(max_size=12)
-    | st.datetimes() | st.builds(ObjectId) | st.sampled_from(["0", "007", "12a", " 12", "1e3", "-1", "../1", "0" * 24, "f" * 24]),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats()
+    | st.text(max_size=12)
+    | st.datetimes()
+    | st.builds(ObjectId)
+    | st.sampled_from(["0", "007", "12a", " 12", "1e3", "-1", "../1", "0" * 24, "f" * 24]),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3),
     max_leaves=5,
 )
 valid = st.fixed_dictionaries(
-    {"_id": st.builds(ObjectId), "user_id": st.builds(ObjectId) | st.builds(lambda: str(ObjectId())), "survey_id": sg_id, "response_id": sg_id},
-    optional={"created_at": st.datetimes(timezones=st.just(dt.UTC)), "points": st.integers(0, 1000), "processed": st.just(False)},
+    {
+        "_id": st.builds(ObjectId),
+        "user_id": st.builds(ObjectId) | st.builds(lambda: str(ObjectId())),
+        "survey_id": sg_id,
+        "response_id": sg_id,
+    },
+    optional={
+        "created_at": st.datetimes(timezones=st.just(dt.UTC)),
+        "points": st.integers(0, 1000),
+        "processed": st.just(False),
+    },
 )
 
 
@@ -86,8 +101,11 @@ def test_mutated_transactions_parse_or_are_refused_naming_the_field(document: di
 def test_report_the_counts(capsys: pytest.CaptureFixture[str]) -> None:
     generated = SEEN["valid generated"] + SEEN["mutated generated"]
     with capsys.disabled():
-        print(f"\ntransactions documents: {generated} generated ({SEEN['valid generated']} valid, {SEEN['mutated generated']} mutated); "
-              f"{SEEN['accepted']} accepted, {SEEN['refused']} refused naming a field")
+        print(
+            f"\ntransactions documents: {generated} generated "
+            f"({SEEN['valid generated']} valid, {SEEN['mutated generated']} mutated); "
+            f"{SEEN['accepted']} accepted, {SEEN['refused']} refused naming a field"
+        )
     if generated:
         assert SEEN["accepted"] + SEEN["refused"] == generated
 
@@ -106,9 +124,15 @@ def test_without_values_leaves_no_repr_of_a_value(value: Any, context: str) -> N
 @pytest.mark.parametrize(
     ("reason", "scrubbed"),
     [
-        ("question 5: answer {'text': 'I vote Labour'} is not text or a number", "question 5: answer <value> is not text or a number"),
+        (
+            "question 5: answer {'text': 'I vote Labour'} is not text or a number",
+            "question 5: answer <value> is not text or a number",
+        ),
         ("status 'Abandoned' is not one of Complete, Partial", "status <value> is not one of Complete, Partial"),
-        ("date_submitted: not a SurveyGizmo timestamp: \"it's \\\" late\"", "date_submitted: not a SurveyGizmo timestamp: <value>"),
+        (
+            'date_submitted: not a SurveyGizmo timestamp: "it\'s \\" late"',
+            "date_submitted: not a SurveyGizmo timestamp: <value>",
+        ),
         ("unknown member (panel id 42, contact id missing)", "unknown member (panel id 42, contact id missing)"),
         ("the member's answer [1, ['x', '}']] is odd", "the member's answer <value> is odd"),
     ],
