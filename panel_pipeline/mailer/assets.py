@@ -27,7 +27,7 @@ from panel_pipeline.mailer.ledger import CLAIMED, UNKNOWN, MailLedger
 from panel_pipeline.mailer.recipients import mark_invited, resolve_recipients
 from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.mailer.ses import SendEventsNotPublished, SesGateway
-from panel_pipeline.mailer.templates import EmailTemplate, load_templates
+from panel_pipeline.shared.templates import EmailTemplate, load_templates
 from panel_pipeline.mailer.validation import check_mailing
 from panel_pipeline.shared.partitions import mailing_partitions
 from panel_pipeline.shared.resources import MongoResource

@@ -42,7 +42,7 @@ from panel_pipeline.mailer.ses import (
     Outcome,
     SesGateway,
 )
-from panel_pipeline.mailer.templates import (
+from panel_pipeline.shared.templates import (
     HTML_COPY_KEY,
     EmailTemplate,
     check_recipient_data,

@@ -49,7 +49,7 @@ from botocore.exceptions import (
 from botocore.model import Shape
 from botocore.validate import ParamValidator
 
-from panel_pipeline.mailer.templates import EmailTemplate
+from panel_pipeline.shared.templates import EmailTemplate
 from panel_pipeline.shared.privacy import describe_error, redact
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from bson import Decimal128, ObjectId
 
-from panel_pipeline.mailer.templates import HTML_COPY_KEY
+from panel_pipeline.shared.templates import HTML_COPY_KEY
 from panel_pipeline.shared.privacy import redact
 from panel_pipeline.queue.store import RequestRejected
 

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from panel_pipeline.mailer.templates import EmailTemplate, check_recipient_data, load_templates
+from panel_pipeline.shared.templates import EmailTemplate, check_recipient_data, load_templates
 from panel_pipeline.shared.contract import AGE_BAND_LOWER_BOUNDS, PROFILE_CATEGORIES
 from panel_pipeline.shared.privacy import redact
 

@@ -13,7 +13,7 @@ from panel_pipeline.local.ses_proxy import SesFaultProxy
 from panel_pipeline.local.ses_server import LocalSesServer
 from panel_pipeline.mailer.ledger import MailLedger
 from panel_pipeline.mailer.ses import SesGateway, SesSettings
-from panel_pipeline.mailer.templates import EmailTemplate, load_templates
+from panel_pipeline.shared.templates import EmailTemplate, load_templates
 
 FROM_ADDRESS = "UK Opinion Panel <panel@example.org>"
 CONFIGURATION_SET = "panel-events"

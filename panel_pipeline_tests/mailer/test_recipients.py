@@ -14,7 +14,7 @@ from pymongo import monitoring
 from panel_pipeline.mailer.dispatch import UNSUBSCRIBE_FIELD, plan_recipients
 from panel_pipeline.mailer.ledger import FAILED, PENDING, SUPPRESSED
 from panel_pipeline.mailer.recipients import USERS_PER_QUERY, resolve_recipients
-from panel_pipeline.mailer.templates import load_templates
+from panel_pipeline.shared.templates import load_templates
 from panel_pipeline.mailer.validation import LinkPolicy
 from panel_pipeline.queue.store import RequestRejected
 

@@ -28,7 +28,7 @@ from panel_pipeline.mailer.ses import (
     TokenBucket,
     redact,
 )
-from panel_pipeline.mailer.templates import EmailTemplate, escape_for_html
+from panel_pipeline.shared.templates import EmailTemplate, escape_for_html
 from panel_pipeline_tests.mailer.conftest import CONFIGURATION_SET
 
 MAILING_ID = "65f000000000000000000001"
