@@ -39,7 +39,7 @@ from panel_pipeline.mailer.ses import (
     BatchResult,
     BulkRecipient,
     BulkSend,
-    Outcome,
+    SendStatus,
     SesGateway,
 )
 from panel_pipeline.shared.templates import (
@@ -206,9 +206,9 @@ def send_mailing(
         ledger.record_results(attempt, result.entries, _retry_at(result, attempt, policy, now()))
         report.batches += 1
         report.outcomes.update(entry.outcome.value for entry in result.entries)
-        if result.keys(Outcome.PAUSE):
+        if result.keys(SendStatus.PAUSE):
             report.paused_until = now() + dt.timedelta(seconds=policy.pause_seconds)
-            report.pause_reason = next(e.error for e in result.entries if e.outcome is Outcome.PAUSE)
+            report.pause_reason = next(e.error for e in result.entries if e.outcome is SendStatus.PAUSE)
             log.warning("mailing %s paused until %s: %s", mailing_id, report.paused_until, report.pause_reason)
             return report
         _keep_alive(keep_alive, mailing_id, report)
@@ -271,7 +271,7 @@ def _bulk_send(batch: Batch, template_name: str, bulk: bool, unsubscribe_link: U
 
 def _retry_at(result: BatchResult, batch: Batch, policy: DispatchPolicy, now: dt.datetime) -> dt.datetime:
     """When re-queued rows may go again: after a pause, or a full-jitter exponential backoff."""
-    if result.keys(Outcome.PAUSE):
+    if result.keys(SendStatus.PAUSE):
         return now + dt.timedelta(seconds=policy.pause_seconds)
     attempts = max((row.get("attempts", 1) for row in batch.rows), default=1)  # counts this attempt
     ceiling = min(policy.backoff_cap_seconds, policy.backoff_base_seconds * 2 ** (attempts - 1))

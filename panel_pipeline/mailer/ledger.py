@@ -36,7 +36,7 @@ from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 
-from panel_pipeline.mailer.ses import EntryResult, Outcome
+from panel_pipeline.mailer.ses import EntryResult, SendStatus
 from panel_pipeline.queue.store import insert_missing
 
 Clock = Callable[[], dt.datetime]
@@ -278,11 +278,11 @@ class MailLedger:
     def _result_update(result: EntryResult, now: dt.datetime, retry_at: dt.datetime | None) -> dict[str, Any]:
         error = (result.error or "")[:ERROR_MAX_CHARS] or None
         fields: dict[str, Any] = {"ses_status": result.ses_status, "updated_at": now, "lease_owner": None, "lease_until": None}
-        if result.outcome is Outcome.SENT:
+        if result.outcome is SendStatus.SENT:
             fields |= {"status": SENT, "ses_message_id": result.message_id, "sent_at": now, "error": None}
-        elif result.outcome is Outcome.FAILED:
+        elif result.outcome is SendStatus.FAILED:
             fields |= {"status": FAILED, "error": error}
-        elif result.outcome is Outcome.UNKNOWN:
+        elif result.outcome is SendStatus.UNKNOWN:
             return {"$set": fields | {"status": UNKNOWN, "error": error}}  # may be sent again: keeps its data
         else:
             # Nothing was sent: the row may be claimed again once retry_at has passed.

@@ -20,7 +20,7 @@ from panel_pipeline.mailer.ledger import (
     recipient_key_for,
     send_event_from_ses,
 )
-from panel_pipeline.mailer.ses import EntryResult, Outcome
+from panel_pipeline.mailer.ses import EntryResult, SendStatus
 
 
 class Clock:
@@ -163,10 +163,10 @@ def test_results_are_recorded_per_entry_and_retries_wait(ledger: MailLedger) -> 
     batch = ledger.start_attempt(ledger.claim_batch(mailing, "w1", 10, 30))
     keys = batch.keys
     results = [
-        EntryResult(keys[0], Outcome.SENT, "SUCCESS", "ses-a"),
-        EntryResult(keys[1], Outcome.FAILED, "MESSAGE_REJECTED", error="rejected"),
-        EntryResult(keys[2], Outcome.RETRY, "ACCOUNT_THROTTLED", error="throttled"),
-        EntryResult(keys[3], Outcome.UNKNOWN, error="no answer"),
+        EntryResult(keys[0], SendStatus.SENT, "SUCCESS", "ses-a"),
+        EntryResult(keys[1], SendStatus.FAILED, "MESSAGE_REJECTED", error="rejected"),
+        EntryResult(keys[2], SendStatus.RETRY, "ACCOUNT_THROTTLED", error="throttled"),
+        EntryResult(keys[3], SendStatus.UNKNOWN, error="no answer"),
     ]
     later = clock.now + dt.timedelta(seconds=20)
     assert ledger.record_results(batch, results, retry_at=later) == {SENT: 1, FAILED: 1, PENDING: 1, UNKNOWN: 1}
@@ -177,7 +177,7 @@ def test_results_are_recorded_per_entry_and_retries_wait(ledger: MailLedger) -> 
     clock.advance(21)
     assert ledger.claim_batch(mailing, "w1", 10, 30).keys == [keys[2]]
 
-    assert ledger.record_results(batch, [EntryResult(keys[0], Outcome.FAILED, error="late")]) == {FAILED: 0}
+    assert ledger.record_results(batch, [EntryResult(keys[0], SendStatus.FAILED, error="late")]) == {FAILED: 0}
     assert ledger.counts(mailing) == {PENDING: 0, CLAIMED: 1, UNKNOWN: 1, SENT: 1, FAILED: 1, SUPPRESSED: 0}
 
 
@@ -222,11 +222,11 @@ def test_a_rows_data_is_removed_once_it_is_settled(ledger: MailLedger) -> None:
     batch = ledger.start_attempt(ledger.claim_batch(mailing, "w1", 5, 30))
     keys = batch.keys
     ledger.record_results(batch, [
-        EntryResult(keys[0], Outcome.SENT, "SUCCESS", "ses-a"),
-        EntryResult(keys[1], Outcome.FAILED, "MESSAGE_REJECTED", error="rejected"),
-        EntryResult(keys[2], Outcome.RETRY, "ACCOUNT_THROTTLED", error="throttled"),
-        EntryResult(keys[3], Outcome.UNKNOWN, error="no answer"),
-        EntryResult(keys[4], Outcome.UNKNOWN, error="no answer"),
+        EntryResult(keys[0], SendStatus.SENT, "SUCCESS", "ses-a"),
+        EntryResult(keys[1], SendStatus.FAILED, "MESSAGE_REJECTED", error="rejected"),
+        EntryResult(keys[2], SendStatus.RETRY, "ACCOUNT_THROTTLED", error="throttled"),
+        EntryResult(keys[3], SendStatus.UNKNOWN, error="no answer"),
+        EntryResult(keys[4], SendStatus.UNKNOWN, error="no answer"),
     ], retry_at=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
     ledger.reconcile([SendEvent("Send", str(mailing), batch.batch_id, keys[3], "ses-d")])
     claimed = ledger.claim_batch(mailing, "w2", 10, 30)
