@@ -30,7 +30,7 @@ import datetime as dt
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,23 +39,19 @@ from pymongo import ASCENDING
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from panel_pipeline.mailer.ledger import (
+from panel_pipeline.mailer.store import (
     SendEvent,
     normalize_email,
     send_event_from_ses,
-    utc_now,
 )
+from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
+from panel_pipeline.shared.contract import ACTIVE, BOUNCED, UNSUBSCRIBED
 
-Clock = Callable[[], dt.datetime]
-
-ACTIVE = "active"
-BOUNCED = "bounced"
-UNSUBSCRIBED = "unsubscribed"
 PERMANENT_BOUNCE = "Permanent"
 SQS_BATCH_SIZE = 10
 MAX_MESSAGES_PER_DRAIN = 10_000
 OBJECT_ID_TAG = re.compile(r"^[0-9a-f]{24}$")
-RECIPIENT_TAG = re.compile(r"^(?:[0-9a-f]{24}|e-[0-9a-f]{32})$")  # ledger.recipient_key_for
+RECIPIENT_TAG = re.compile(r"^(?:[0-9a-f]{24}|e-[0-9a-f]{32})$")  # store.recipient_key_for
 
 
 @dataclass(frozen=True)
@@ -159,10 +155,10 @@ def _parse_time(value: Any) -> dt.datetime | None:
 class FeedbackStore:
     """`mail_events` and the members' status in `users`, written idempotently."""
 
-    def __init__(self, events: Collection, users: Collection, clock: Clock = utc_now) -> None:
+    def __init__(self, events: Collection, users: Collection, clock: Clock = SYSTEM_CLOCK) -> None:
         self.events = events
         self.users = users
-        self._now = clock
+        self._clock = clock
 
     def ensure_indexes(self) -> None:
         self.events.create_index(
@@ -179,7 +175,7 @@ class FeedbackStore:
         tags = event.tags
         if tags is None or not ObjectId.is_valid(tags.mailing_id):
             return False
-        now = self._now()
+        now = self._clock.now()
         document = {
             "event_type": event.event_type,
             "mailing_id": ObjectId(tags.mailing_id),
@@ -209,7 +205,7 @@ class FeedbackStore:
         stale = {"status_changed_at": {"$not": {"$gte": event.occurred_at}}} if event.occurred_at else {}
         changed = self.users.update_many(
             {**member, **stale, "status": ACTIVE},
-            {"$set": {"status": event.member_status, "status_reason": event.reason, "status_changed_at": self._now()}},
+            {"$set": {"status": event.member_status, "status_reason": event.reason, "status_changed_at": self._clock.now()}},
         ).modified_count
         return event.member_status if changed else None
 

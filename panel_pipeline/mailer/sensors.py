@@ -8,7 +8,7 @@ from panel_pipeline.mailer.jobs import mailing_job, ses_feedback_job, transactio
 from panel_pipeline.mailer.resources import SqsResource
 from panel_pipeline.mailer.ses import aws_error_code
 from panel_pipeline.queue.sensors import build_queue_sensor, run_in_flight
-from panel_pipeline.shared.contract import MAILINGS, TRANSACTIONAL
+from panel_pipeline.shared.contract import BULK, MAILINGS, TRANSACTIONAL
 from panel_pipeline.shared.partitions import mailing_partitions
 
 mailings_queue_sensor = build_queue_sensor(
@@ -18,7 +18,7 @@ mailings_queue_sensor = build_queue_sensor(
     match={"kind": {"$ne": TRANSACTIONAL}},
     description="Turns each bulk `mailings` document with processed: false into a run of its own "
     "partition; bulk mailings run one at a time.",
-    tags_for=lambda doc: {"panel/mail_kind": "bulk"},
+    tags_for=lambda doc: {"panel/mail_kind": BULK},
 )
 
 transactional_mail_queue_sensor = build_queue_sensor(

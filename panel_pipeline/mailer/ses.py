@@ -52,6 +52,7 @@ from botocore.validate import ParamValidator
 from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
 from panel_pipeline.shared.privacy import describe_error, redact
 from panel_pipeline.shared.rate_limit import TokenBucket
+from panel_pipeline.shared.template_data import KEY, NUMBER, NotJson, as_json
 from panel_pipeline.shared.templates import EmailTemplate
 
 log = logging.getLogger(__name__)
@@ -333,7 +334,7 @@ class SesGateway:
                 entry = self._entry(recipient, send.bulk)
                 problem = self._entry_problem(entry)
             except (TypeError, ValueError):
-                problem = f"template data: {_first_non_json(recipient.template_data, 'data') or 'not a JSON object'}"
+                problem = f"template data: {_first_non_json(recipient.template_data)}"
             if send.bulk and not recipient.unsubscribe_url:
                 problem = "bulk mail needs an unsubscribe link (List-Unsubscribe), and this recipient has none"
             if problem is None:
@@ -511,23 +512,18 @@ def _publishes_send_events(destination: Mapping[str, Any]) -> bool:
     )
 
 
-def _first_non_json(value: Any, path: str) -> str:
+def _first_non_json(data: Any) -> str:
     """Where in the data a value is not JSON, e.g. `data.expires_at is a datetime, not a JSON value`."""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return f"{path} has a {type(key).__name__} key, not a string"
-            found = _first_non_json(item, f"{path}.{key}")
-            if found:
-                return found
-        return ""
-    if isinstance(value, list | tuple):
-        return next((found for i, item in enumerate(value) if (found := _first_non_json(item, f"{path}.{i}"))), "")
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"{path} is {value}, not a JSON number"
-    if value is None or isinstance(value, str | int | float | bool):
-        return ""
-    return f"{path} is a {type(value).__name__}, not a JSON value"
+    try:
+        as_json(data)
+    except NotJson as wrong:
+        at = ".".join(["data", *map(str, wrong.path)])
+        if wrong.reason == KEY:
+            return f"{at} has a {type(wrong.value).__name__} key, not a string"
+        if wrong.reason == NUMBER:
+            return f"{at} is {wrong.value}, not a JSON number"
+        return f"{at} is a {type(wrong.value).__name__}, not a JSON value"
+    return "not a JSON object"
 
 
 def _model_problems(value: Any, shape: Shape, path: str) -> list[str]:

@@ -11,7 +11,7 @@ from pymongo.database import Database
 from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.ses_proxy import SesFaultProxy
 from panel_pipeline.local.ses_server import LocalSesServer
-from panel_pipeline.mailer.ledger import MailLedger
+from panel_pipeline.mailer.store import MailLedger
 from panel_pipeline.mailer.ses import SesGateway
 from panel_pipeline.shared.templates import EmailTemplate, load_templates
 

@@ -10,7 +10,7 @@ import pymongo
 from bson import ObjectId
 
 from panel_pipeline.mailer.dispatch import DispatchPolicy, send_mailing
-from panel_pipeline.mailer.ledger import MailLedger
+from panel_pipeline.mailer.store import MailLedger
 from panel_pipeline.mailer.ses import SesGateway
 
 

@@ -34,7 +34,7 @@ from panel_pipeline.mailer.dispatch import (
     send_mailing,
 )
 from panel_pipeline.mailer.feedback import FeedbackStore, parse_ses_event
-from panel_pipeline.mailer.ledger import (
+from panel_pipeline.mailer.store import (
     CLAIMED,
     FAILED,
     PENDING,
