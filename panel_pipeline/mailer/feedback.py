@@ -26,6 +26,7 @@ changes nothing the second time, so SQS's at-least-once delivery is harmless. py
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -120,24 +121,19 @@ def parse_ses_event(event: Mapping[str, Any]) -> FeedbackEvent | None:
     mail = event.get("mail")
     if not event_type or not isinstance(mail, dict) or not mail.get("messageId"):
         return None
-    common = {
-        "event_type": str(event_type),
-        "message_id": str(mail["messageId"]),
-        "occurred_at": _parse_time(mail.get("timestamp")),
-        "tags": send_event_from_ses(event),
-    }
+    common = FeedbackEvent(str(event_type), str(mail["messageId"]), _parse_time(mail.get("timestamp")), send_event_from_ses(event))
     if event_type == "Bounce":
         bounce = event.get("bounce") or {}
         kind = f"{bounce.get('bounceType', 'Undetermined')}/{bounce.get('bounceSubType', 'Undetermined')}"
         status = BOUNCED if bounce.get("bounceType") == PERMANENT_BOUNCE else None
-        return FeedbackEvent(**common, member_status=status, reason=f"SES bounce {kind}",
-                             addresses=_addresses(bounce.get("bouncedRecipients")))
+        return dataclasses.replace(common, member_status=status, reason=f"SES bounce {kind}",
+                                   addresses=_addresses(bounce.get("bouncedRecipients")))
     if event_type == "Complaint":
         complaint = event.get("complaint") or {}
         kind = complaint.get("complaintFeedbackType") or complaint.get("complaintSubType") or "unspecified"
-        return FeedbackEvent(**common, member_status=UNSUBSCRIBED, reason=f"SES complaint {kind}",
-                             addresses=_addresses(complaint.get("complainedRecipients")))
-    return FeedbackEvent(**common)
+        return dataclasses.replace(common, member_status=UNSUBSCRIBED, reason=f"SES complaint {kind}",
+                                   addresses=_addresses(complaint.get("complainedRecipients")))
+    return common
 
 
 def _addresses(recipients: Any) -> tuple[str, ...]:

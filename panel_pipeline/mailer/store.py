@@ -376,7 +376,7 @@ class MailLedger:
 
     def counts(self, mailing_id: ObjectId) -> dict[str, int]:
         counts = {status: 0 for status in ALL_STATUSES}
-        pipeline = [{"$match": {"mailing_id": mailing_id}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+        pipeline: list[dict[str, Any]] = [{"$match": {"mailing_id": mailing_id}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
         for group in self.collection.aggregate(pipeline):
             counts[group["_id"]] = group["n"]
         return counts
