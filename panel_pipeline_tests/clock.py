@@ -1,36 +1,24 @@
-"""The one fake clock the tests drive: time moves only when a test advances it or code sleeps.
-
-Implements panel_pipeline.shared.clock.Clock: `now()` is aware UTC (`start` plus the time advanced),
-`monotonic()` the seconds advanced, and `sleep(seconds)` records the sleep and advances, so code
-that backs off or paces itself runs instantly.
-"""
+"""A clock a test drives by hand (shared.clock.Clock): `sleep` and `advance` move both times at once."""
 
 from __future__ import annotations
 
 import datetime as dt
-import threading
 
 
 class ManualClock:
     def __init__(self, start: dt.datetime) -> None:
-        if start.tzinfo is None:
-            raise ValueError("start must be timezone-aware")
-        self._start = start.astimezone(dt.UTC)
-        self._elapsed = 0.0
-        self._lock = threading.Lock()
-        self.sleeps: list[float] = []
+        self._now = start if start.tzinfo else start.replace(tzinfo=dt.timezone.utc)
+        self._monotonic = 0.0
 
     def now(self) -> dt.datetime:
-        return self._start + dt.timedelta(seconds=self._elapsed)
+        return self._now
 
     def monotonic(self) -> float:
-        return self._elapsed
+        return self._monotonic
 
     def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self._elapsed += seconds
+        self.advance(seconds)
 
     def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._elapsed += seconds
+        self._now += dt.timedelta(seconds=seconds)
+        self._monotonic += seconds

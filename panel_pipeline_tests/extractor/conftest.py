@@ -34,6 +34,18 @@ EXAMPLE_PROFILE = {
 CLOCK_START = dt.datetime(2024, 6, 3, 12, 0, tzinfo=dt.UTC)
 
 
+class RecordingClock(ManualClock):
+    """A ManualClock that keeps every sleep, so a test can tell the backoffs from the pacing."""
+
+    def __init__(self, start: dt.datetime) -> None:
+        super().__init__(start)
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        super().sleep(seconds)
+
+
 @pytest.fixture
 def sg_server() -> Iterator[LocalSurveyGizmo]:
     with LocalSurveyGizmo(API_TOKEN, API_TOKEN_SECRET, time_zone="America/New_York") as server:
@@ -42,12 +54,12 @@ def sg_server() -> Iterator[LocalSurveyGizmo]:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(CLOCK_START)
+def clock() -> RecordingClock:
+    return RecordingClock(CLOCK_START)
 
 
 @pytest.fixture
-def make_client(sg_server: LocalSurveyGizmo, clock: ManualClock) -> Callable[..., SurveyGizmoClient]:
+def make_client(sg_server: LocalSurveyGizmo, clock: RecordingClock) -> Callable[..., SurveyGizmoClient]:
     def make(**overrides: Any) -> SurveyGizmoClient:
         options: dict[str, Any] = {
             "base_url": sg_server.base_url,

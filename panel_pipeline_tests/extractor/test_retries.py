@@ -8,7 +8,7 @@ import random
 import pytest
 
 from panel_pipeline.extractor.retries import RetryPolicy, TransientFailure, call_with_retries
-from panel_pipeline_tests.clock import ManualClock
+from panel_pipeline_tests.extractor.conftest import RecordingClock
 
 START = dt.datetime(2024, 6, 3, tzinfo=dt.UTC)
 
@@ -24,7 +24,7 @@ def failing(failures: list[TransientFailure], seen: list[TransientFailure | None
 
 
 def test_retries_until_success_sleeping_the_jittered_backoff_on_the_clock() -> None:
-    clock = ManualClock(START)
+    clock = RecordingClock(START)
     notices: list[tuple[TransientFailure, int, float]] = []
     seen: list[TransientFailure | None] = []
     timeout = TransientFailure("timed out", server_gave_up=True)
@@ -45,7 +45,7 @@ def test_retries_until_success_sleeping_the_jittered_backoff_on_the_clock() -> N
 
 
 def test_retry_after_replaces_the_backoff() -> None:
-    clock = ManualClock(START)
+    clock = RecordingClock(START)
     call_with_retries(
         failing([TransientFailure("throttled", throttled=True, retry_after=7.0)], []),
         RetryPolicy(),
@@ -57,7 +57,7 @@ def test_retry_after_replaces_the_backoff() -> None:
 
 
 def test_the_last_failure_propagates_after_the_attempts_without_a_last_wait() -> None:
-    clock = ManualClock(START)
+    clock = RecordingClock(START)
     failures = [TransientFailure(f"HTTP 50{n}") for n in range(5)]
     with pytest.raises(TransientFailure, match="HTTP 502"):
         call_with_retries(failing(failures, []), RetryPolicy(max_attempts=3), clock, random.Random(), lambda *_: None)
@@ -72,7 +72,7 @@ def test_other_errors_end_the_call_at_once() -> None:
         raise KeyError("not transient")
 
     with pytest.raises(KeyError):
-        call_with_retries(attempt, RetryPolicy(), ManualClock(START), random.Random(), lambda *_: None)
+        call_with_retries(attempt, RetryPolicy(), RecordingClock(START), random.Random(), lambda *_: None)
     assert calls == [None]
 
 

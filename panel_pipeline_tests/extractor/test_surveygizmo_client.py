@@ -40,12 +40,12 @@ from panel_pipeline.local.surveygizmo.faults import (
 )
 from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
 from panel_pipeline.shared.rate_limit import TokenBucket
-from panel_pipeline_tests.clock import ManualClock
 from panel_pipeline_tests.extractor.conftest import (
     API_TOKEN,
     API_TOKEN_SECRET,
     CLOCK_START,
     EXAMPLE_PROFILE,
+    RecordingClock,
     add_responses,
 )
 
@@ -55,7 +55,7 @@ NEXT_DAY = DAY + dt.timedelta(days=1)
 ClientFactory = Callable[..., SurveyGizmoClient]
 
 
-def backoffs(clock: ManualClock) -> list[float]:
+def backoffs(clock: RecordingClock) -> list[float]:
     """Retry sleeps; the rate limiter's own sleeps between calls are at most 0.25 s at 240/min."""
     return [sleep for sleep in clock.sleeps if sleep >= 1.0]
 
@@ -250,7 +250,7 @@ def test_deleted_and_unknown_objects_are_not_found_without_retries(
     ids=lambda fault: f"{fault.status}-{fault.content_type.split('/')[1]}-{fault.times}",
 )
 def test_transient_faults_are_retried_with_backoff(
-    sg_server: LocalSurveyGizmo, client: SurveyGizmoClient, clock: ManualClock, fault: Fault
+    sg_server: LocalSurveyGizmo, client: SurveyGizmoClient, clock: RecordingClock, fault: Fault
 ) -> None:
     ids = add_responses(sg_server, 3, DAY)
     times = fault.times
@@ -261,7 +261,7 @@ def test_transient_faults_are_retried_with_backoff(
 
 
 def test_throttles_back_off_longer_and_grow_with_jitter(
-    sg_server: LocalSurveyGizmo, client: SurveyGizmoClient, clock: ManualClock
+    sg_server: LocalSurveyGizmo, client: SurveyGizmoClient, clock: RecordingClock
 ) -> None:
     sg_server.inject(throttled(3))
     list_day(client)
@@ -272,7 +272,7 @@ def test_throttles_back_off_longer_and_grow_with_jitter(
         assert ceiling / 2 <= sleep <= ceiling
 
 
-def test_retry_after_is_honoured(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient, clock: ManualClock) -> None:
+def test_retry_after_is_honoured(sg_server: LocalSurveyGizmo, client: SurveyGizmoClient, clock: RecordingClock) -> None:
     sg_server.inject(throttled(1, retry_after="7"))
     list_day(client)
     assert backoffs(clock) == [7.0]
@@ -312,7 +312,7 @@ def test_gives_up_after_the_retry_budget_with_a_typed_error(
 @pytest.mark.parametrize("http_status", [401, 200])
 def test_rejected_credentials_fail_fast(sg_server: LocalSurveyGizmo, http_status: int) -> None:
     sg_server.auth_failure_status = http_status
-    wrong = SurveyGizmoClient(API_TOKEN, "wrong-secret", base_url=sg_server.base_url, clock=ManualClock(CLOCK_START))
+    wrong = SurveyGizmoClient(API_TOKEN, "wrong-secret", base_url=sg_server.base_url, clock=RecordingClock(CLOCK_START))
 
     with pytest.raises(SurveyGizmoAuthError, match="Login failed / Invalid auth token"):
         list(wrong.list_responses(PROFILE_SURVEY_ID, DAY, NEXT_DAY))
@@ -469,7 +469,7 @@ def test_region_and_legacy_hosts() -> None:
 
 
 def test_token_bucket_never_exceeds_the_rate_in_any_minute() -> None:
-    clock = ManualClock(CLOCK_START)
+    clock = RecordingClock(CLOCK_START)
     bucket = TokenBucket(240 / 60, capacity=1, clock=clock)
     moments = []
     for _ in range(720):
@@ -483,7 +483,7 @@ def test_token_bucket_never_exceeds_the_rate_in_any_minute() -> None:
 
 
 def test_token_bucket_is_thread_safe() -> None:
-    class FrozenClock(ManualClock):
+    class FrozenClock(RecordingClock):
         def sleep(self, seconds: float) -> None:
             self.sleeps.append(seconds)
 
@@ -508,7 +508,7 @@ def test_token_bucket_is_thread_safe() -> None:
 
 
 def test_client_calls_are_spaced_by_the_configured_rate(
-    sg_server: LocalSurveyGizmo, make_client: ClientFactory, clock: ManualClock
+    sg_server: LocalSurveyGizmo, make_client: ClientFactory, clock: RecordingClock
 ) -> None:
     add_responses(sg_server, 1200, DAY, step=dt.timedelta(seconds=30))
     client = make_client(calls_per_minute=30)
