@@ -33,7 +33,7 @@ from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY_ID
 from panel_pipeline.local.surveygizmo_server import DEMO_TOKEN, DEMO_TOKEN_SECRET
 from panel_pipeline.queue.resources import MongoResource
-from panel_pipeline.queue.store import utc_now
+from panel_pipeline.shared.clock import utc_now
 
 RESPONSES = 100_000
 FIRST_DAY = dt.date(2026, 3, 1)

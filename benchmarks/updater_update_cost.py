@@ -10,7 +10,7 @@ import dagster as dg
 
 from benchmarks._mongo import throwaway_mongod
 from panel_pipeline.local.synthetic_panel import generate_profiles
-from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.updater import store
 from panel_pipeline.updater.assets import dynamic_sample_updates
 

@@ -29,7 +29,8 @@ from panel_pipeline.extractor.surveygizmo import SurveyGizmoClient, SurveyGizmoN
 from panel_pipeline.extractor.transactions import Transaction, TransactionError, parse_transaction, response_deadline
 from panel_pipeline.shared.partitions import response_day_partitions
 from panel_pipeline.shared.resources import MongoResource
-from panel_pipeline.queue.store import FAILED, LeaseLost, Postpone, RequestRejected, WorkQueue, process_document, utc_now
+from panel_pipeline.queue.store import FAILED, LeaseLost, Postpone, RequestRejected, WorkQueue, process_document
+from panel_pipeline.shared.clock import utc_now
 
 UK = ZoneInfo("Europe/London")
 # Each day's pull reaches an hour into its neighbours: responses submitted around midnight, or

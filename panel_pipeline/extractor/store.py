@@ -24,7 +24,7 @@ from pymongo.database import Database
 
 from panel_pipeline.extractor.deletions import StoredResponse
 from panel_pipeline.extractor.responses import SurveyResponse
-from panel_pipeline.queue.store import insert_missing
+from panel_pipeline.shared.mongo import insert_missing
 
 RAW = "sg_responses"
 QUARANTINE = "sg_quarantine"

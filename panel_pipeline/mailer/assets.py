@@ -32,7 +32,8 @@ from panel_pipeline.mailer.validation import check_mailing
 from panel_pipeline.shared.partitions import mailing_partitions
 from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.shared.privacy import describe_error
-from panel_pipeline.queue.store import LeaseLost, RequestRejected, WorkQueue, utc_now
+from panel_pipeline.queue.store import LeaseLost, RequestRejected, WorkQueue
+from panel_pipeline.shared.clock import utc_now
 
 # Unknown recipients wait for SES events; claimed ones for another worker's lease: look again then.
 OPEN_RECIPIENTS_RECHECK = dt.timedelta(seconds=60)

@@ -37,7 +37,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 
 from panel_pipeline.mailer.ses import EntryResult, Outcome
-from panel_pipeline.queue.store import insert_missing
+from panel_pipeline.shared.mongo import insert_missing
 
 Clock = Callable[[], dt.datetime]
 

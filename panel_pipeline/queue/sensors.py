@@ -22,8 +22,9 @@ import dagster as dg
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
+from panel_pipeline.queue.store import Document, WorkQueue, claims_of
+from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.resources import MongoResource
-from panel_pipeline.queue.store import Document, WorkQueue, claims_of, utc_now
 
 QUEUE_TAG = "panel/queue"
 DOCUMENT_TAG = "panel/document_id"

@@ -19,7 +19,8 @@ every claim and never goes down, so it names each claim once (the sensors' run k
 document claimed before `claims` existed counts from LEGACY_CLAIMS_START, above any attempts count.
 Only the lease owner can complete, fail, release, postpone or renew; one that finds its lease gone
 raises (or is told by a False) and stops: `LeaseLost`. Stored errors pass through
-`panel_pipeline.shared.privacy` (redacted, clipped).
+`panel_pipeline.shared.privacy` (redacted, clipped). The statuses are `shared.contract`'s; times
+come from the queue's `Clock`.
 """
 
 from __future__ import annotations
@@ -32,39 +33,15 @@ from typing import Any
 from bson import ObjectId
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError
 
+from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
+from panel_pipeline.shared.contract import DONE, FAILED, POSTPONED, PROCESSING, RETRY
 from panel_pipeline.shared.privacy import clip, describe_error, redact
 
-Clock = Callable[[], dt.datetime]
 Document = dict[str, Any]
 
-PROCESSING = "processing"
-RETRY = "retry"
-POSTPONED = "postponed"
-DONE = "done"
-FAILED = "failed"
-DUPLICATE_KEY = 11000
+SKIPPED = "skipped"  # an Outcome only: the document was not claimable by this run (never stored)
 LEGACY_CLAIMS_START = 1000  # above any attempts count a run key was built from before `claims`
-
-
-def insert_missing(collection: Collection, documents: Sequence[Document]) -> list[int]:
-    """Insert documents, unordered; those a unique index already holds are skipped. Returns the
-    indexes (into `documents`) of the skipped ones; any other write error is raised."""
-    if not documents:
-        return []
-    try:
-        collection.insert_many(documents, ordered=False)
-    except BulkWriteError as exc:
-        errors = exc.details.get("writeErrors", [])
-        if any(error.get("code") != DUPLICATE_KEY for error in errors):
-            raise
-        return [error["index"] for error in errors]
-    return []
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -116,7 +93,7 @@ class WorkQueue:
     """Claim, complete, fail and retry documents of one collection, each claimed by one owner at a time."""
 
     def __init__(
-        self, collection: Collection, policy: QueuePolicy = QueuePolicy(), clock: Clock = utc_now
+        self, collection: Collection, policy: QueuePolicy = QueuePolicy(), clock: Clock = SYSTEM_CLOCK
     ) -> None:
         self.collection = collection
         self.policy = policy
@@ -147,7 +124,7 @@ class WorkQueue:
 
     def due_documents(self, limit: int, fields: Sequence[str] = (), match: Mapping[str, Any] | None = None) -> list[Document]:
         """Documents (also matching `match`) whose lease expired or whose retry time came: claimable again."""
-        query = {"processed": False, "retry_at": {"$lte": self.clock()}, **(match or {})}
+        query = {"processed": False, "retry_at": {"$lte": self.clock.now()}, **(match or {})}
         projection = dict.fromkeys(["_id", "attempts", "claims", *fields], 1)
         return list(self.collection.find(query, projection).sort("retry_at", ASCENDING).limit(limit))
 
@@ -155,7 +132,7 @@ class WorkQueue:
 
     def claim(self, doc_id: ObjectId, owner: str) -> Document | None:
         """Atomically take the document for `owner`; None when it is not claimable now."""
-        now = self.clock()
+        now = self.clock.now()
         claimed = self.collection.find_one_and_update(
             {
                 "_id": doc_id,
@@ -190,7 +167,7 @@ class WorkQueue:
 
     def extend_lease(self, doc_id: ObjectId, owner: str) -> bool:
         """Push the lease expiry a full lease from now; False when `owner` no longer holds it."""
-        expiry = self.clock() + dt.timedelta(seconds=self.policy.lease_seconds)
+        expiry = self.clock.now() + dt.timedelta(seconds=self.policy.lease_seconds)
         result = self.collection.update_one(
             self._leased(doc_id, owner), {"$set": {"retry_at": expiry}}
         )
@@ -204,7 +181,7 @@ class WorkQueue:
     def save_progress(self, doc_id: ObjectId, owner: str, fields: Mapping[str, Any]) -> None:
         """Write fields on the document while still holding it (and renew the lease), so a later
         claim can carry on from them; LeaseLost when the lease is gone."""
-        expiry = self.clock() + dt.timedelta(seconds=self.policy.lease_seconds)
+        expiry = self.clock.now() + dt.timedelta(seconds=self.policy.lease_seconds)
         result = self.collection.update_one(self._leased(doc_id, owner), {"$set": {**fields, "retry_at": expiry}})
         if result.matched_count != 1:
             raise LeaseLost(self.name, doc_id, owner, "save its progress")
@@ -235,7 +212,7 @@ class WorkQueue:
                 "$set": {
                     "status": RETRY,
                     "last_error": _stored(error),
-                    "retry_at": self.clock() + self.policy.backoff(attempts),
+                    "retry_at": self.clock.now() + self.policy.backoff(attempts),
                 },
                 "$unset": {"lease_owner": ""},
             },
@@ -264,7 +241,7 @@ class WorkQueue:
 
     def _finish(self, doc_id: ObjectId, owner: str, status: str, fields: Document) -> bool:
         update = {
-            "$set": {**fields, "processed": True, "status": status, "processed_at": self.clock(), "run_id": owner},
+            "$set": {**fields, "processed": True, "status": status, "processed_at": self.clock.now(), "run_id": owner},
             "$unset": {"lease_owner": "", "retry_at": ""},
         }
         return self.collection.update_one(self._leased(doc_id, owner), update).modified_count == 1
@@ -310,7 +287,7 @@ _LEGACY_CLAIMS = {"$cond": [{"$eq": [{"$type": "$attempts"}, "missing"]}, 0, LEG
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one document in a run: `done`, `failed` (rejected), `postponed`, or `skipped` (not ours)."""
+    """What became of one document in a run: DONE, FAILED (rejected), POSTPONED, or SKIPPED (not ours)."""
 
     doc_id: ObjectId
     status: str
@@ -327,7 +304,7 @@ def process_document(
     was not recorded, and the run must not look successful."""
     doc = queue.claim(doc_id, owner)
     if doc is None:
-        return Outcome(doc_id, "skipped", {})
+        return Outcome(doc_id, SKIPPED, {})
     try:
         result = work(doc)
     except RequestRejected as rejected:

@@ -16,7 +16,8 @@ from bson import ObjectId
 
 from panel_pipeline.shared.partitions import sample_request_partitions
 from panel_pipeline.shared.resources import MongoResource
-from panel_pipeline.queue.store import RequestRejected, WorkQueue, process_document, utc_now
+from panel_pipeline.queue.store import RequestRejected, WorkQueue, process_document
+from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.sampler import members
 from panel_pipeline.shared import invitations
 from panel_pipeline.sampler.composition_chart import composition_svg, markdown_image

@@ -8,7 +8,7 @@ from bson import ObjectId
 from pymongo.database import Database
 
 from panel_pipeline.shared.resources import MongoResource
-from panel_pipeline.queue.store import utc_now
+from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.sampler import members
 from panel_pipeline.shared import invitations
 from panel_pipeline.updater import store

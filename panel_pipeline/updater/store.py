@@ -15,7 +15,7 @@ from bson import ObjectId
 from pymongo import ASCENDING
 from pymongo.database import Database
 
-from panel_pipeline.queue.store import insert_missing
+from panel_pipeline.shared.mongo import insert_missing
 from panel_pipeline.sampler import members
 from panel_pipeline.sampler.members import profiles_frame
 from panel_pipeline.sampler.requests import SampleRequestError, parse_sample_request
