@@ -35,13 +35,7 @@ import pandas as pd
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from panel_pipeline.sampler.requests import (
-    CELL_SEPARATOR,
-    PROFILE_CATEGORIES,
-    ResponseRates,
-    SampleRequest,
-    filter_mask,
-)
+from panel_pipeline.sampler.requests import CELL_SEPARATOR, ResponseRates, SampleRequest, filter_mask
 from panel_pipeline.sampler.targets import Target, request_targets
 from panel_pipeline.sampler.weighting import (
     design_effect,
@@ -49,12 +43,15 @@ from panel_pipeline.sampler.weighting import (
     rake,
     rake_with_cap,
 )
+from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
 WEIGHT_CAP = 5.0
 PLAN_TOLERANCE = 1e-9  # largest margin error (as a share) for a fractional plan to count as exact
 SOLVER_TIME_LIMIT_SECONDS = 20.0
 EXACT_ROUNDING_MAX_CELLS = 300  # above this, controlled rounding uses local search: MILPs stall
 MAX_SWAPS = 20_000
+# A category is short when it misses at least half a complete: a shortfall that rounds to one or more.
+SHORT_FROM_COMPLETES = 0.5
 
 
 @dataclass(frozen=True)
@@ -71,6 +68,10 @@ class CategoryReport:
     capacity: float  # expected completes they could give (members x response rate)
     allocated: int  # planned completes
     shortfall: float  # max(0, requested - allocated)
+
+    @property
+    def is_short(self) -> bool:
+        return self.shortfall >= SHORT_FROM_COMPLETES
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class SelectionResult:
 
     @property
     def shortfalls(self) -> tuple[CategoryReport, ...]:
-        return tuple(report for report in self.categories if report.shortfall >= 0.5)
+        return tuple(report for report in self.categories if report.is_short)
 
     def summary(self) -> str:
         """One paragraph a project manager can act on."""

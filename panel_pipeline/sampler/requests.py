@@ -33,7 +33,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from panel_pipeline.mailer.templates import EmailTemplate, check_recipient_data, load_templates
-from panel_pipeline.shared.contract import AGE_BAND_LOWER_BOUNDS, PROFILE_CATEGORIES
+from panel_pipeline.shared.contract import ACTIVE, AGE_BAND_LOWER_BOUNDS, PROFILE_CATEGORIES
 from panel_pipeline.shared.privacy import redact
 
 NUMERIC_BOUNDS: dict[str, tuple[int, int]] = {"age": (0, 130), "birth_year": (1890, 2100)}
@@ -461,7 +461,7 @@ def mongo_filter(request: SampleRequest, as_of_year: int | None = None) -> dict[
     derivation) so a stored age can never go stale; every other field maps to `profile.<field>`.
     """
     year = as_of_year or dt.date.today().year
-    clauses: list[dict[str, Any]] = [{"status": "active"}]
+    clauses: list[dict[str, Any]] = [{"status": ACTIVE}]
     for condition in request.filters:
         path, operator, value = _mongo_condition(condition, year)
         clauses.append({path: {operator: list(value) if isinstance(value, tuple) else value}})

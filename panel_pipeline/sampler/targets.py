@@ -19,14 +19,8 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from panel_pipeline.sampler.requests import (
-    AGE_BAND_LOWER_BOUNDS,
-    CELL_SEPARATOR,
-    PROFILE_CATEGORIES,
-    Condition,
-    SampleRequest,
-    split_key,
-)
+from panel_pipeline.sampler.requests import CELL_SEPARATOR, Condition, SampleRequest, split_key
+from panel_pipeline.shared.contract import AGE_BAND_LOWER_BOUNDS, PROFILE_CATEGORIES
 
 UK_NAT_REP_TARGETS: tuple[str, ...] = ("age_band|gender", "region", "social_grade", "education", "vote_2024")
 OLDEST_AGE = 120

@@ -15,10 +15,10 @@ from bson import ObjectId
 from pymongo import ASCENDING
 from pymongo.database import Database
 
-from panel_pipeline.shared.mongo import insert_missing
-from panel_pipeline.sampler import members
-from panel_pipeline.sampler.members import profiles_frame
+from panel_pipeline.sampler import store as sampler_store
 from panel_pipeline.sampler.requests import SampleRequestError, parse_sample_request
+from panel_pipeline.shared.contract import ACTIVE, DONE
+from panel_pipeline.shared.mongo import insert_missing
 from panel_pipeline.updater.dynamic import DynamicSample, filled_cells
 
 CURSOR_ID = "updater"
@@ -30,7 +30,7 @@ CHANGE_FIELDS = ("profile_updated_at", "created_at")
 
 
 def ensure_indexes(db: Database) -> None:
-    members.ensure_indexes(db)
+    sampler_store.ensure_indexes(db)
     for name in CHANGE_FIELDS:
         db.users.create_index([(name, ASCENDING)])  # the sensor's newest-change look-up
         db.users.create_index([(name, ASCENDING), ("_id", ASCENDING)])  # the pages, in a stable order
@@ -92,7 +92,7 @@ def stream_query(name: str, after: ChangeKey | dt.datetime) -> dict[str, Any]:
     else:
         moment, user_id = after
         position = {"$or": [{name: {"$gt": moment}}, {name: moment, "_id": {"$gt": user_id}}]}
-    return {"status": "active", **position}
+    return {"status": ACTIVE, **position}
 
 
 def changed_member_pages(
@@ -126,7 +126,7 @@ def _key(doc: Mapping[str, Any]) -> ChangeKey:
 
 
 def _page(docs: list[dict[str, Any]], as_of_year: int) -> ChangedMembers:
-    profiles = profiles_frame(docs, as_of_year)
+    profiles = sampler_store.profiles_frame(docs, as_of_year)
     changed_at = pd.Series([changed_at_of(doc) for doc in docs], index=profiles.index, dtype=object)
     return ChangedMembers(profiles, changed_at, changed_at_of(docs[-1]))
 
@@ -141,7 +141,7 @@ def open_dynamic_samples(db: Database, now: dt.datetime) -> tuple[list[DynamicSa
     """Open dynamic samples (after closing those past `closes_at`), and the ids just closed."""
     closed = []
     samples = []
-    for doc in db.samples.find({"dynamic": True, "open": True, "processed": True, "status": "done"}).sort("_id", 1):
+    for doc in db.samples.find({"dynamic": True, "open": True, "processed": True, "status": DONE}).sort("_id", 1):
         closes_at = doc.get("closes_at")
         if closes_at is not None and closes_at <= now:
             close_sample(db, doc["_id"], "its end date passed", now)
@@ -152,7 +152,7 @@ def open_dynamic_samples(db: Database, now: dt.datetime) -> tuple[list[DynamicSa
         except SampleRequestError:
             continue  # the sampler already failed it; nothing to keep current
         members = list(db.sample_members.find({"sample_id": doc["_id"]}, {"user_id": 1}))
-        member_profiles = profiles_frame(
+        member_profiles = sampler_store.profiles_frame(
             list(db.users.find({"_id": {"$in": [m["user_id"] for m in members]}}, {"profile": 1})), now.year
         )
         member_ids = frozenset(str(m["user_id"]) for m in members)

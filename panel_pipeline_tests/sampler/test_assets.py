@@ -69,6 +69,9 @@ def test_nat_rep_request_from_the_queue_end_to_end(instance, mongo, mongo_db, pa
     assert doc["result"]["composition"] and doc["seed_used"] == 7
     metadata = result.asset_materializations_for_node("samples")[0].metadata
     assert "largest_deviation_pp" in metadata and "data:image/svg+xml" in metadata["composition_chart"].value
+    assert metadata["dagster/row_count"].value == doc["members"]
+    composition = metadata["target_vs_achieved"].records
+    assert len(composition) == len(doc["result"]["composition"]) and {"target", "category", "shortfall"} <= set(composition[0].data)
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == "composition_within_tolerance"
     (mailing,) = mongo_db.mailings.find()

@@ -25,17 +25,17 @@ from pymongo.database import Database
 
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline.mailer.templates import check_recipient_data, escape_for_html
-from panel_pipeline.sampler.members import excluded_user_ids
 from panel_pipeline.sampler.quotas import select
 from panel_pipeline.sampler.requests import (
     NUMERIC_BOUNDS,
-    PROFILE_CATEGORIES,
     SampleRequest,
     SampleRequestError,
     built_templates,
     mongo_filter,
     parse_sample_request,
 )
+from panel_pipeline.sampler.store import excluded_user_ids
+from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
 FIELDS = ("name", "survey_id", "size", "tolerance", "seed", "preset", "filters", "quotas", "exclude",
           "expected_response_rate", "dynamic", "closes_at", "mailing")

@@ -286,7 +286,7 @@ def test_a_set_filter_names_each_value_once() -> None:
 
 def test_the_largest_numeric_survey_id_accepted_can_be_queried(mongo_db: Database) -> None:
     """Completed surveys are matched as text and as numbers: an accepted id must fit BSON's int64."""
-    from panel_pipeline.sampler.members import excluded_user_ids
+    from panel_pipeline.sampler.store import excluded_user_ids
 
     largest = str(2**63 - 1)
     mongo_db.transactions.insert_one({"user_id": "u1", "survey_id": int(largest)})

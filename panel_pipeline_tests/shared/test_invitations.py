@@ -7,7 +7,7 @@ import time
 import bson
 from bson import ObjectId
 
-from panel_pipeline.sampler import members
+from panel_pipeline.sampler import store
 from panel_pipeline.shared import invitations
 
 UTC = dt.timezone.utc
@@ -28,7 +28,7 @@ def sample_with_members(db, count, mailing=None):
 
 
 def test_one_bad_sample_among_good_ones_fails_alone(mongo_db, caplog):
-    members.ensure_indexes(mongo_db)
+    store.ensure_indexes(mongo_db)
     good = [sample_with_members(mongo_db, 3) for _ in range(2)]
     bad = sample_with_members(mongo_db, 2, {"template": "new_survey", "default_data": "points: 100"})
     deleted = sample_with_members(mongo_db, 2)
@@ -78,7 +78,7 @@ def test_a_crash_between_stamping_and_the_mailing_is_finished_once(mongo_db):
 
 
 def test_a_600k_member_sample_gets_one_small_mailing_document(mongo_db, capsys):
-    members.ensure_indexes(mongo_db)
+    store.ensure_indexes(mongo_db)
     sample_id = sample_with_members(mongo_db, 600_000)
     started = time.perf_counter()
     mailing_id = invitations.stamp_pending_invitations(mongo_db, sample_id, NOW)

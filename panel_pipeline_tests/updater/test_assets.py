@@ -49,7 +49,7 @@ def test_new_scottish_member_joins_and_is_invited_once(mongo, mongo_db):
     add_user(mongo_db, "Wales", now)
     add_user(mongo_db, "Scotland", now, status="unsubscribed")
     metadata = update(mongo)
-    assert metadata["members_added"].value == 1
+    assert metadata["members_added"].value == metadata["dagster/row_count"].value == 1
     member = mongo_db.sample_members.find_one({"sample_id": sample_id})
     assert member["user_id"] == scot
     (mailing,) = mongo_db.mailings.find()
@@ -152,7 +152,8 @@ def test_the_requests_exclusions_hold_for_newcomers(mongo, mongo_db):
     mongo_db.sample_members.insert_one({"sample_id": ObjectId(), "user_id": invited, "invited_at": now - dt.timedelta(days=3)})
     metadata = update(mongo)
     assert mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id}) == [newcomer]
-    assert "| 1 | 0 | 2 | 0 |" in metadata["per_sample"].value
+    (row,) = metadata["per_sample"].records
+    assert row.data == {"sample": str(sample_id), "added": 1, "no room": 0, "excluded": 2, "stopped qualifying": 0}
 
 
 def test_an_age_filter_reads_the_birth_year_not_a_stale_stored_age(mongo, mongo_db):

@@ -1,4 +1,8 @@
-"""The Sampler's reads and writes in Mongo: the eligible panel, exclusions, and sample members."""
+"""The Sampler's reads and writes in Mongo: the eligible panel, exclusions, and sample members.
+
+The Updater reads the panel and the exclusions through this module too, so a dynamic sample's
+newcomers are loaded and left out exactly as its first draw's members were. No Dagster.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,8 @@ from pymongo import ASCENDING, UpdateOne
 from pymongo.database import Database
 
 from panel_pipeline.sampler.quotas import panel_fields
-from panel_pipeline.sampler.requests import (
-    PROFILE_CATEGORIES,
-    SampleRequest,
-    mongo_filter,
-)
+from panel_pipeline.sampler.requests import SampleRequest, mongo_filter
+from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
 STORED_FIELDS = (*PROFILE_CATEGORIES, "birth_year")  # `age` is derived, never read
 FIELD_SEPARATOR = "\x1f"  # ASCII unit separator: never part of a profile value
