@@ -11,7 +11,7 @@ class ManualClock:
     def __init__(self, start: dt.datetime) -> None:
         if start.tzinfo is None:
             raise ValueError("start must be timezone-aware (a Clock's now() is aware UTC)")
-        self._now = start.astimezone(dt.timezone.utc)
+        self._now = start.astimezone(dt.UTC)
         self._elapsed = 0.0
         self._lock = threading.Lock()
         self.sleeps: list[float] = []

@@ -107,7 +107,7 @@ def per_document_requests(
                 partition_key=key,
                 tags={**tags_for(doc), QUEUE_TAG: collection, DOCUMENT_TAG: key},
             )
-            for doc, key in zip(docs, keys)
+            for doc, key in zip(docs, keys, strict=True)
         ],
         dynamic_partitions_requests=[partitions_def.build_add_request(keys)],
     )

@@ -534,8 +534,8 @@ def weighting_cost(categories: list[np.ndarray], shares: list[np.ndarray], compl
     """Rake the planned completes (one row per cell, `completes` persons each) to the targets."""
     used = completes > 0
     if not categories or not used.any():
-        persons = float(completes.sum())
-        return WeightingCost(1.0, persons, 1.0, True, 1.0, persons, 0.0)
+        total = float(completes.sum())
+        return WeightingCost(1.0, total, 1.0, True, 1.0, total, 0.0)
     codes = [category[used] for category in categories]
     persons = completes[used].astype(float)
     free = rake_with_cap(codes, shares, persons)

@@ -256,7 +256,7 @@ class SampleRequest(BaseModel):
             return None
         if not isinstance(value, dt.datetime):
             raise RequestFieldError((), f"must be a date (BSON date, UTC), got {_type_shown(value)}")
-        return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+        return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
     @field_validator("exclude", mode="before")
     @classmethod

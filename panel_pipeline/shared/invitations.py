@@ -21,6 +21,7 @@ id. Every query is bounded by the pending ids (one per stamping), never by all o
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Mapping
@@ -105,10 +106,8 @@ def _create_invitation(db: Database, pending: Mapping[str, Any], now: dt.datetim
         db[PENDING_INVITATIONS].delete_one({"_id": mailing_id})
         return False
     document = invitation_document(mailing_id, sample_id, sample["mailing"], recipient_count, now)
-    try:
+    with contextlib.suppress(DuplicateKeyError):  # made by a run that stopped before the pending id went
         db[MAILINGS].insert_one(document)
-    except DuplicateKeyError:
-        pass
     db[SAMPLES].update_one({"_id": sample_id, "invitation_error": {"$exists": True}}, {"$unset": {"invitation_error": ""}})
     db[PENDING_INVITATIONS].delete_one({"_id": mailing_id})
     return True

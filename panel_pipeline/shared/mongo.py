@@ -21,7 +21,7 @@ DUPLICATE_KEY = 11000  # Mongo's error code for a write a unique index refused
 
 def as_utc(moment: dt.datetime) -> dt.datetime:
     """`moment` as an aware UTC datetime (a naive one is taken to be UTC, as Mongo stores it)."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def object_id_or_none(value: Any) -> ObjectId | None:

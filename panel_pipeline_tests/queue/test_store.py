@@ -16,7 +16,7 @@ from panel_pipeline_tests.clock import ManualClock
 
 @pytest.fixture
 def clock():
-    return ManualClock(dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc))
+    return ManualClock(dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC))
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ import pytest
 from bson import ObjectId
 
 from panel_pipeline.local.synthetic_panel import generate_profiles
-from panel_pipeline.shared.resources import MongoResource
-from panel_pipeline.sampler.sensors import samples_queue_sensor
 from panel_pipeline.queue.store import LeaseLost
 from panel_pipeline.sampler.assets import draw_once, samples
+from panel_pipeline.sampler.sensors import samples_queue_sensor
+from panel_pipeline.shared.resources import MongoResource
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 INVITATION = {"template": "new_survey", "default_data": {"survey_name": "Omnibus", "duration_minutes": 10, "points": 100, "survey_url": "https://survey.example/s/12"}}
 PROFILE_COLUMNS = ["gender", "birth_year", "age", "age_band", "region", "social_grade", "education", "vote_2019", "vote_2024", "eu_ref_vote"]
 

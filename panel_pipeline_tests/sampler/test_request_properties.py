@@ -41,7 +41,7 @@ FIELDS = ("name", "survey_id", "size", "tolerance", "seed", "preset", "filters",
           "expected_response_rate", "dynamic", "closes_at", "mailing")
 MESSAGE = re.compile(r"^(?P<field>[a-z_]+)(?:\.\S.*)?: \S")  # a top-level field, maybe a path below it, then the reason
 PANEL = generate_profiles(400, seed=11, as_of_year=2026)
-NOW = dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 SEEN: Counter[str] = Counter()
 INVITATION_DATA = {"survey_name": "Omnibus", "duration_minutes": 10, "points": 100, "survey_url": "https://survey.example/s/1"}
 
@@ -87,7 +87,7 @@ def valid_request(draw: Callable) -> dict[str, Any]:
         "seed": st.integers(min_value=0, max_value=2**63 - 1),
         "preset": st.just("uk_nat_rep"),
         "dynamic": st.booleans(),
-        "closes_at": st.datetimes(timezones=st.just(dt.timezone.utc)),
+        "closes_at": st.datetimes(timezones=st.just(dt.UTC)),
         "filters": st.lists(st.sampled_from(sorted(PROFILE_CATEGORIES) + ["age", "birth_year"]), min_size=1, max_size=2, unique=True).flatmap(
             lambda fields: st.fixed_dictionaries({field: condition(field) for field in fields})
         ),

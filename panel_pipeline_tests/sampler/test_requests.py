@@ -291,4 +291,4 @@ def test_the_largest_numeric_survey_id_accepted_can_be_queried(mongo_db: Databas
     largest = str(2**63 - 1)
     mongo_db.transactions.insert_one({"user_id": "u1", "survey_id": int(largest)})
     request = parse_sample_request(request_with(exclude={"completed_surveys": [largest]}))
-    assert excluded_user_ids(mongo_db, request, dt.datetime.now(dt.timezone.utc)) == {"u1"}
+    assert excluded_user_ids(mongo_db, request, dt.datetime.now(dt.UTC)) == {"u1"}

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 from panel_pipeline.sampler.requests import parse_sample_request
-from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 from panel_pipeline.sampler.targets import (
     load_target_table,
     preset_targets,
     request_targets,
 )
+from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
 BASE = {"name": "n", "survey_id": "1", "size": 100}
 

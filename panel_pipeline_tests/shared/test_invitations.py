@@ -10,7 +10,7 @@ from bson import ObjectId
 from panel_pipeline.sampler import store
 from panel_pipeline.shared import invitations
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 DEFAULT_DATA = {"survey_name": "Omnibus", "duration_minutes": 10, "points": 100, "survey_url": "https://survey.example/s/12"}
 

@@ -4,13 +4,13 @@ import dagster as dg
 import pytest
 from bson import ObjectId
 
-from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.shared import invitations
+from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.updater import store
 from panel_pipeline.updater.assets import dynamic_sample_updates
 from panel_pipeline.updater.sensors import member_changes_sensor
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 @pytest.fixture

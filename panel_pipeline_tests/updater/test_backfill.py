@@ -13,7 +13,7 @@ from panel_pipeline.updater import store
 from panel_pipeline.updater.assets import dynamic_sample_updates
 from panel_pipeline.updater.sensors import member_changes_sensor
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 BACKFILL = 50_000
 
 
