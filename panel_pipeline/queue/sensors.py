@@ -77,7 +77,11 @@ def run_in_flight(instance: dg.DagsterInstance, job_name: str) -> str | None:
 
 
 def pending_work(
-    queue: WorkQueue, cursor: QueueCursor, now: dt.datetime, fields: Sequence[str] = (), match: Mapping[str, Any] | None = None
+    queue: WorkQueue,
+    cursor: QueueCursor,
+    now: dt.datetime,
+    fields: Sequence[str] = (),
+    match: Mapping[str, Any] | None = None,
 ) -> tuple[list[Document], QueueCursor]:
     """New and due documents (matching `match`) for one tick, with `fields` besides `_id`, and the cursor after it."""
     full_scan = cursor.full_scan_at is None or now - cursor.full_scan_at >= FULL_SCAN_EVERY

@@ -26,7 +26,7 @@ come from the queue's `Clock`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,9 +105,7 @@ class WorkQueue:
 
     def ensure_indexes(self) -> None:
         self.collection.create_index([("processed", ASCENDING), ("_id", ASCENDING)], name="queue_new")
-        self.collection.create_index(
-            [("processed", ASCENDING), ("retry_at", ASCENDING)], name="queue_due"
-        )
+        self.collection.create_index([("processed", ASCENDING), ("retry_at", ASCENDING)], name="queue_due")
         self.collection.create_index([("lease_owner", ASCENDING)], name="queue_owner", sparse=True)
 
     # -- what a sensor asks ------------------------------------------------------------------
@@ -115,14 +113,17 @@ class WorkQueue:
     def new_documents(
         self, after_id: ObjectId | None, limit: int, fields: Sequence[str] = (), match: Mapping[str, Any] | None = None
     ) -> list[Document]:
-        """Never-claimed documents (those also matching `match`), oldest first, with `_id` above `after_id` when given."""
+        """Never-claimed documents (those also matching `match`), oldest first, with `_id` above
+        `after_id` when given."""
         query: Document = {"processed": False, "attempts": {"$exists": False}, **(match or {})}
         if after_id is not None:
             query["_id"] = {"$gt": after_id}
         projection = dict.fromkeys(["_id", *fields], 1)
         return list(self.collection.find(query, projection).sort("_id", ASCENDING).limit(limit))
 
-    def due_documents(self, limit: int, fields: Sequence[str] = (), match: Mapping[str, Any] | None = None) -> list[Document]:
+    def due_documents(
+        self, limit: int, fields: Sequence[str] = (), match: Mapping[str, Any] | None = None
+    ) -> list[Document]:
         """Documents (also matching `match`) whose lease expired or whose retry time came: claimable again."""
         query = {"processed": False, "retry_at": {"$lte": self.clock.now()}, **(match or {})}
         projection = dict.fromkeys(["_id", "attempts", "claims", *fields], 1)
@@ -162,15 +163,10 @@ class WorkQueue:
             self._give_up_if_exhausted(doc_id, owner, now)
         return claimed
 
-    def claim_many(self, doc_ids: Iterable[ObjectId], owner: str) -> list[Document]:
-        return [doc for doc_id in doc_ids if (doc := self.claim(doc_id, owner)) is not None]
-
     def extend_lease(self, doc_id: ObjectId, owner: str) -> bool:
         """Push the lease expiry a full lease from now; False when `owner` no longer holds it."""
         expiry = self.clock.now() + dt.timedelta(seconds=self.policy.lease_seconds)
-        result = self.collection.update_one(
-            self._leased(doc_id, owner), {"$set": {"retry_at": expiry}}
-        )
+        result = self.collection.update_one(self._leased(doc_id, owner), {"$set": {"retry_at": expiry}})
         return result.matched_count == 1
 
     def renew(self, doc_id: ObjectId, owner: str) -> None:

@@ -46,7 +46,11 @@ class RedrawConfig(dg.Config):
     group_name="sampler",
     owners=OWNERS,
     kinds={"python", "mongodb"},
-    check_specs=[dg.AssetCheckSpec(TOLERANCE_CHECK, asset="samples", description="Every target category within the request's tolerance")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            TOLERANCE_CHECK, asset="samples", description="Every target category within the request's tolerance"
+        )
+    ],
     tags={"panel/part": "sampler"},
 )
 def samples(context: dg.AssetExecutionContext, config: RedrawConfig, mongo: MongoResource) -> dg.MaterializeResult:
@@ -87,7 +91,9 @@ def samples(context: dg.AssetExecutionContext, config: RedrawConfig, mongo: Mong
     return materialization(report, int(write_back["members"]))
 
 
-def draw_once(db: Database, queue: WorkQueue, document: Mapping[str, Any], run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def draw_once(
+    db: Database, queue: WorkQueue, document: Mapping[str, Any], run_id: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The draw of a claimed request and its write-back fields, saved on the request before any
     invitation is made; a request an earlier claim already drew is not drawn again."""
     if document.get("drawn_by_run"):
@@ -142,11 +148,15 @@ def draw(
     return result, write_back
 
 
-def redraw(db: Database, document: Mapping[str, Any], config: RedrawConfig, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def redraw(
+    db: Database, document: Mapping[str, Any], config: RedrawConfig, run_id: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Re-draw a processed request: its report and the fields written back on it. A failed request
     stays failed (its error says what to fix)."""
     if document.get("status") != DONE:
-        raise dg.Failure(description=f"the request is {document.get('status')}: {document.get('error', 'no error recorded')}")
+        raise dg.Failure(
+            description=f"the request is {document.get('status')}: {document.get('error', 'no error recorded')}"
+        )
     changes = {key: value for key, value in config.model_dump().items() if value is not None}
     try:
         result, write_back = draw(db, document, run_id, changes)
@@ -156,7 +166,9 @@ def redraw(db: Database, document: Mapping[str, Any], config: RedrawConfig, run_
         {"_id": document["_id"]},
         {
             "$set": write_back,
-            "$push": {"redraws": {"run_id": run_id, "at": write_back["drawn_at"], "changes": changes, "seed": result.seed}},
+            "$push": {
+                "redraws": {"run_id": run_id, "at": write_back["drawn_at"], "changes": changes, "seed": result.seed}
+            },
         },
     )
     return result.to_document(), write_back
@@ -167,7 +179,13 @@ def shortfall(result: SelectionResult) -> dict[str, Any]:
     return {
         "completes": int(result.size_requested - result.completes_planned),
         "categories": [
-            {"target": r.target, "category": r.category, "requested": round(r.requested, 1), "allocated": r.allocated, "short": round(r.shortfall, 1)}
+            {
+                "target": r.target,
+                "category": r.category,
+                "requested": round(r.requested, 1),
+                "allocated": r.allocated,
+                "short": round(r.shortfall, 1),
+            }
             for r in result.shortfalls
         ],
     }
@@ -187,7 +205,9 @@ def materialization(report: Mapping[str, Any], member_count: int) -> dg.Material
             "invitations": int(report["invited"]),
             "largest_deviation_pp": dg.MetadataValue.float(round(deviation, 3)),
             "seed": int(report["seed"]),
-            "effective_sample_size": dg.MetadataValue.float(round(float(report["weighting_cost"]["effective_sample_size"]), 1)),
+            "effective_sample_size": dg.MetadataValue.float(
+                round(float(report["weighting_cost"]["effective_sample_size"]), 1)
+            ),
             "composition_chart": dg.MetadataValue.md(composition),
             "target_vs_achieved": composition_table(categories),
             "summary": dg.MetadataValue.text(report["message"]),
@@ -212,7 +232,14 @@ def composition_table(categories: list[CategoryReport]) -> dg.TableMetadataValue
     return table(
         ["target", "category", "target %", "achieved %", "deviation pp", "shortfall"],
         [
-            (r.target, r.category, round(r.target_pct, 2), round(r.achieved_pct, 2), round(r.deviation_pp, 2), round(r.shortfall))
+            (
+                r.target,
+                r.category,
+                round(r.target_pct, 2),
+                round(r.achieved_pct, 2),
+                round(r.deviation_pp, 2),
+                round(r.shortfall),
+            )
             for r in categories
         ],
     )

@@ -153,7 +153,10 @@ class SelectionResult:
 
 
 def _rounded(values: dict[str, Any]) -> dict[str, Any]:
-    return {key: round(float(value), 3) if isinstance(value, float | np.floating) else value for key, value in values.items()}
+    return {
+        key: round(float(value), 3) if isinstance(value, float | np.floating) else value
+        for key, value in values.items()
+    }
 
 
 def panel_fields(request: SampleRequest) -> tuple[str, ...]:
@@ -203,7 +206,9 @@ def select_members(
     chosen = table.member_rows[draw_within_cells(rng, table.member_cell, table.counts, invites)]
     categories = _category_reports(table, targets, completes, size)
     max_deviation = max((abs(report.deviation_pp) for report in categories), default=0.0)
-    status: Literal["ok", "infeasible"] = "ok" if completes.sum() == size and max_deviation <= tolerance_pp else "infeasible"
+    status: Literal["ok", "infeasible"] = (
+        "ok" if completes.sum() == size and max_deviation <= tolerance_pp else "infeasible"
+    )
     return SelectionResult(
         status=status,
         size_requested=size,
@@ -238,7 +243,9 @@ class CellTable:
         return self.counts * self.response_rates
 
 
-def build_cells(panel: pd.DataFrame, targets: Sequence[Target], rates: ResponseRates, eligible: np.ndarray | None) -> CellTable:
+def build_cells(
+    panel: pd.DataFrame, targets: Sequence[Target], rates: ResponseRates, eligible: np.ndarray | None
+) -> CellTable:
     field_codes = _field_codes(panel, {field for target in targets for field in target.fields} | set(rates.fields))
     dimensions = [_target_codes(field_codes, target) for target in targets]
     sizes = [len(target.cells) for target in targets]
@@ -296,7 +303,9 @@ def _target_codes(field_codes: dict[str, np.ndarray], target: Target) -> np.ndar
     return np.where(valid, lookup[combined], -1)
 
 
-def _rate_codes(field_codes: dict[str, np.ndarray], rates: ResponseRates, members: int) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+def _rate_codes(
+    field_codes: dict[str, np.ndarray], rates: ResponseRates, members: int
+) -> tuple[np.ndarray, list[tuple[str, ...]]]:
     """Per member, an index into the returned list of rate cells (index 0 = no values: default)."""
     if not rates.fields:
         return np.zeros(members, dtype=np.int64), [()]
@@ -318,14 +327,20 @@ def plan_completes(table: CellTable, targets: Sequence[Target], size: int, rng: 
         return np.zeros(len(capacity), dtype=np.int64)
     membership = _membership(table.categories, [len(target.cells) for target in targets], len(capacity))
     wanted = total * np.concatenate([target.share_array() for target in targets]) if targets else np.zeros(0)
-    fractional = fractional_plan(table.counts, capacity, table.categories, [len(target.cells) for target in targets], membership, wanted, total)
+    fractional = fractional_plan(
+        table.counts, capacity, table.categories, [len(target.cells) for target in targets], membership, wanted, total
+    )
     return round_plan(fractional, capacity, membership, membership @ fractional, rng)
 
 
 def _membership(categories: list[np.ndarray], sizes: list[int], cells: int) -> sparse.csr_matrix:
     """Rows: every target category (targets stacked); columns: cells; 1 where the cell belongs."""
     offsets = np.cumsum([0] + sizes[:-1])
-    rows = np.concatenate([codes + offset for codes, offset in zip(categories, offsets, strict=True)]) if categories else np.zeros(0, dtype=np.int64)
+    rows = (
+        np.concatenate([codes + offset for codes, offset in zip(categories, offsets, strict=True)])
+        if categories
+        else np.zeros(0, dtype=np.int64)
+    )
     columns = np.tile(np.arange(cells), len(categories))
     return sparse.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(sum(sizes), cells))
 
@@ -370,7 +385,9 @@ def _scale_within_capacity(proportional: np.ndarray, capacity: np.ndarray, total
     return plan
 
 
-def closest_allocation(capacity: np.ndarray, membership: sparse.csr_matrix, wanted: np.ndarray, total: int) -> np.ndarray:
+def closest_allocation(
+    capacity: np.ndarray, membership: sparse.csr_matrix, wanted: np.ndarray, total: int
+) -> np.ndarray:
     """LP: completes per cell within capacity summing to `total`, minimising first the largest and
     then the summed absolute deviation of every target category from `wanted`."""
     plan = _solve_deviation_problem(membership, wanted, total, capacity, np.zeros(len(capacity)), integral=False)
@@ -458,7 +475,9 @@ def _random_priority(rng: np.random.Generator, parts: np.ndarray) -> np.ndarray:
     return ranks / max(len(parts), 1)
 
 
-def _choose_extra_completes(membership: sparse.csr_matrix, residual: np.ndarray, remainder: int, priority: np.ndarray) -> np.ndarray:
+def _choose_extra_completes(
+    membership: sparse.csr_matrix, residual: np.ndarray, remainder: int, priority: np.ndarray
+) -> np.ndarray:
     """Which cells get one extra complete (0/1 per cell), `remainder` of them in all."""
     cells = membership.shape[1]
     by_priority = np.zeros(cells)
@@ -472,7 +491,9 @@ def _choose_extra_completes(membership: sparse.csr_matrix, residual: np.ndarray,
     return _improve_by_swaps(membership, residual, by_priority, priority)
 
 
-def _improve_by_swaps(membership: sparse.csr_matrix, residual: np.ndarray, chosen: np.ndarray, priority: np.ndarray) -> np.ndarray:
+def _improve_by_swaps(
+    membership: sparse.csr_matrix, residual: np.ndarray, chosen: np.ndarray, priority: np.ndarray
+) -> np.ndarray:
     """Local search for large cell tables: move one extra complete from one cell to another while
     that lowers the sum of squared margin gaps (exact MILPs on tens of thousands of cells take
     tens of seconds; this takes milliseconds and ends within a complete or so of the optimum)."""
@@ -494,7 +515,9 @@ def _improve_by_swaps(membership: sparse.csr_matrix, residual: np.ndarray, chose
 # --- 4. draw and reports -----------------------------------------------------------------------
 
 
-def draw_within_cells(rng: np.random.Generator, member_cell: np.ndarray, counts: np.ndarray, invites: np.ndarray) -> np.ndarray:
+def draw_within_cells(
+    rng: np.random.Generator, member_cell: np.ndarray, counts: np.ndarray, invites: np.ndarray
+) -> np.ndarray:
     """Positions (into member_cell) of `invites[c]` members drawn uniformly at random from each cell c."""
     order = np.argsort(member_cell + rng.random(len(member_cell)))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
@@ -503,7 +526,9 @@ def draw_within_cells(rng: np.random.Generator, member_cell: np.ndarray, counts:
     return np.sort(order[rank < invites[sorted_cells]])
 
 
-def _category_reports(table: CellTable, targets: Sequence[Target], completes: np.ndarray, size: int) -> tuple[CategoryReport, ...]:
+def _category_reports(
+    table: CellTable, targets: Sequence[Target], completes: np.ndarray, size: int
+) -> tuple[CategoryReport, ...]:
     planned = max(int(completes.sum()), 1)
     reports: list[CategoryReport] = []
     for target, codes in zip(targets, table.categories, strict=True):
@@ -551,7 +576,9 @@ def weighting_cost(categories: list[np.ndarray], shares: list[np.ndarray], compl
     )
 
 
-def _cell_frame(table: CellTable, targets: Sequence[Target], completes: np.ndarray, invites: np.ndarray) -> pd.DataFrame:
+def _cell_frame(
+    table: CellTable, targets: Sequence[Target], completes: np.ndarray, invites: np.ndarray
+) -> pd.DataFrame:
     columns: dict[str, Any] = {}
     for target, codes in zip(targets, table.categories, strict=True):
         values = np.array(target.cells, dtype=object)[codes]
@@ -570,10 +597,16 @@ def _cell_frame(table: CellTable, targets: Sequence[Target], completes: np.ndarr
 # --- 5. a request that places nobody -----------------------------------------------------------
 
 
-def nobody_placed_reason(panel: pd.DataFrame, request: SampleRequest, eligible: np.ndarray, result: SelectionResult) -> str:
+def nobody_placed_reason(
+    panel: pd.DataFrame, request: SampleRequest, eligible: np.ndarray, result: SelectionResult
+) -> str:
     """Why `select` placed nobody, naming the filter, exclusion or target that leaves nobody, in
     words a project manager can act on."""
-    mask = filter_mask(panel, request.filters) & np.asarray(eligible, dtype=bool) if len(panel) else np.zeros(0, dtype=bool)
+    mask = (
+        filter_mask(panel, request.filters) & np.asarray(eligible, dtype=bool)
+        if len(panel)
+        else np.zeros(0, dtype=bool)
+    )
     filters = ", ".join(sorted({f"filters.{condition.field}" for condition in request.filters}))
     if not mask.any():
         if len(panel) == 0 or not filter_mask(panel, request.filters).any():
@@ -597,7 +630,8 @@ def nobody_placed_reason(panel: pd.DataFrame, request: SampleRequest, eligible: 
         elif not (mask & (_target_codes(codes, target) >= 0)).any():
             empty.append(
                 f"none of the {int(answered.sum())} {who}s with {target.key} is in the target's categories "
-                f"({', '.join(CELL_SEPARATOR.join(cell) for cell in target.cells)}): change that target's quotas or drop it"
+                f"({', '.join(CELL_SEPARATOR.join(cell) for cell in target.cells)}): "
+                "change that target's quotas or drop it"
             )
     if empty:
         return "; ".join(empty)

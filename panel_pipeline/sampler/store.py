@@ -53,7 +53,10 @@ def load_panel(db: Database, request: SampleRequest, as_of_year: int) -> pd.Data
     joined: list[Any] = []
     for field in fields:
         source = "birth_year" if field == "age" else field
-        joined += [{"$convert": {"input": f"$profile.{source}", "to": "string", "onError": "", "onNull": ""}}, FIELD_SEPARATOR]
+        joined += [
+            {"$convert": {"input": f"$profile.{source}", "to": "string", "onError": "", "onNull": ""}},
+            FIELD_SEPARATOR,
+        ]
     pipeline = [
         {"$match": mongo_filter(request, as_of_year)},
         {"$sort": {"_id": ASCENDING}},
@@ -90,7 +93,9 @@ def excluded_user_ids(
         excluded.update(db.sample_members.distinct("user_id", {**scope, "invited_at": {"$gte": since}}))
     if request.exclude.completed_surveys:
         surveys = list(request.exclude.completed_surveys)
-        excluded.update(db.transactions.distinct("user_id", {**scope, "survey_id": {"$in": surveys + _as_ints(surveys)}}))
+        excluded.update(
+            db.transactions.distinct("user_id", {**scope, "survey_id": {"$in": surveys + _as_ints(surveys)}})
+        )
     return {str(user_id) for user_id in excluded}
 
 

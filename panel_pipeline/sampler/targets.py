@@ -55,7 +55,9 @@ class Target:
         kept = {
             cell: share
             for cell, share in self.shares.items()
-            if all(value in allowed.get(field, frozenset([value])) for field, value in zip(self.fields, cell, strict=True))
+            if all(
+                value in allowed.get(field, frozenset([value])) for field, value in zip(self.fields, cell, strict=True)
+            )
         }
         total = sum(kept.values())
         if total <= 0:

@@ -94,9 +94,11 @@ def _create_invitation(db: Database, pending: Mapping[str, Any], now: dt.datetim
         return False
     sample = db[SAMPLES].find_one({"_id": sample_id}, {"mailing": 1})
     if sample is None or not sample.get("mailing"):
-        unstamped = db[SAMPLE_MEMBERS].update_many(
-            {"mailing_id": mailing_id, "invited_at": None}, {"$unset": {"mailing_id": ""}}
-        ).modified_count
+        unstamped = (
+            db[SAMPLE_MEMBERS]
+            .update_many({"mailing_id": mailing_id, "invited_at": None}, {"$unset": {"mailing_id": ""}})
+            .modified_count
+        )
         db[PENDING_INVITATIONS].delete_one({"_id": mailing_id})
         why = "was deleted" if sample is None else "no longer has a mailing"
         log.warning(f"invitation {mailing_id} not made: sample {sample_id} {why}; {unstamped} member(s) unstamped")
@@ -108,7 +110,9 @@ def _create_invitation(db: Database, pending: Mapping[str, Any], now: dt.datetim
     document = invitation_document(mailing_id, sample_id, sample["mailing"], recipient_count, now)
     with contextlib.suppress(DuplicateKeyError):  # made by a run that stopped before the pending id went
         db[MAILINGS].insert_one(document)
-    db[SAMPLES].update_one({"_id": sample_id, "invitation_error": {"$exists": True}}, {"$unset": {"invitation_error": ""}})
+    db[SAMPLES].update_one(
+        {"_id": sample_id, "invitation_error": {"$exists": True}}, {"$unset": {"invitation_error": ""}}
+    )
     db[PENDING_INVITATIONS].delete_one({"_id": mailing_id})
     return True
 

@@ -108,7 +108,9 @@ def changed_member_pages(
         kept: list[dict[str, Any]] = []
         bound: ChangeKey | None = None  # below it, both scans have seen everything
         for name in CHANGE_FIELDS:
-            scanned = list(db.users.find(stream_query(name, position), projection).sort([(name, 1), ("_id", 1)]).limit(page_size))
+            scanned = list(
+                db.users.find(stream_query(name, position), projection).sort([(name, 1), ("_id", 1)]).limit(page_size)
+            )
             kept += [doc for doc in scanned if change_field_of(doc) == name]
             if len(scanned) == page_size:
                 last = (scanned[-1][name], scanned[-1]["_id"])
@@ -133,7 +135,9 @@ def _page(docs: list[dict[str, Any]], as_of_year: int) -> ChangedMembers:
 
 def first_cursor(db: Database, now: dt.datetime) -> dt.datetime:
     """Where the very first update starts: the earliest draw of an open dynamic sample, else now."""
-    earliest = db.samples.find_one({"dynamic": True, "open": True, "drawn_at": {"$type": "date"}}, {"drawn_at": 1}, sort=[("drawn_at", 1)])
+    earliest = db.samples.find_one(
+        {"dynamic": True, "open": True, "drawn_at": {"$type": "date"}}, {"drawn_at": 1}, sort=[("drawn_at", 1)]
+    )
     return earliest["drawn_at"] if earliest else now
 
 
@@ -168,13 +172,21 @@ def close_sample(db: Database, sample_id: ObjectId, reason: str, now: dt.datetim
 def add_members(db: Database, sample_id: str, user_ids: Iterable[str], now: dt.datetime) -> int:
     """Add members once each (the unique index makes a repeat a no-op); returns how many were new."""
     docs = [
-        {"sample_id": ObjectId(sample_id), "user_id": ObjectId(uid), "added_at": now, "invited_at": None, "source": "updater"}
+        {
+            "sample_id": ObjectId(sample_id),
+            "user_id": ObjectId(uid),
+            "added_at": now,
+            "invited_at": None,
+            "source": "updater",
+        }
         for uid in user_ids
     ]
     return len(docs) - len(insert_missing(db.sample_members, docs))
 
 
-def mark_qualification(db: Database, sample_id: str, user_ids: Iterable[str], qualifies: bool, now: dt.datetime) -> None:
+def mark_qualification(
+    db: Database, sample_id: str, user_ids: Iterable[str], qualifies: bool, now: dt.datetime
+) -> None:
     """Members are never removed; one who stops matching the filters is recorded as such."""
     ids = [ObjectId(uid) for uid in user_ids]
     if not ids:

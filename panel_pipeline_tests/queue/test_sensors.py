@@ -32,7 +32,9 @@ batch_job = dg.define_asset_job("batch_job", selection=[batch_asset])
 request_sensor = build_queue_sensor(
     collection="samples", job=request_job, partitions_def=requests_partitions, description="test"
 )
-batch_sensor = build_queue_sensor(collection="transactions", job=batch_job, batch_op_name="batch_asset", description="test")
+batch_sensor = build_queue_sensor(
+    collection="transactions", job=batch_job, batch_op_name="batch_asset", description="test"
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,9 @@ def test_new_documents_give_one_run_each_and_the_next_tick_none(instance, mongo,
 
 def test_daemon_style_evaluation_accepts_the_partitioned_requests(instance, mongo, mongo_db):
     mongo_db.samples.insert_one({"processed": False})
-    defs = dg.Definitions(assets=[request_asset], jobs=[request_job], sensors=[request_sensor], resources={"mongo": mongo})
+    defs = dg.Definitions(
+        assets=[request_asset], jobs=[request_job], sensors=[request_sensor], resources={"mongo": mongo}
+    )
     context = dg.build_sensor_context(instance_ref=instance.get_ref(), definitions=defs, resources={"mongo": mongo})
     data = defs.resolve_sensor_def("samples_queue_sensor").evaluate_tick(context)
     assert len(data.run_requests) == 1
@@ -126,8 +130,12 @@ def test_failed_run_releases_its_documents(instance, mongo, mongo_db):
 
 def test_tags_from_document_fields(instance, mongo, mongo_db):
     tagged = build_queue_sensor(
-        collection="samples", job=request_job, partitions_def=requests_partitions, description="test",
-        tag_fields=["kind"], tags_for=lambda doc: {"panel/mail_kind": doc.get("kind", "bulk")},
+        collection="samples",
+        job=request_job,
+        partitions_def=requests_partitions,
+        description="test",
+        tag_fields=["kind"],
+        tags_for=lambda doc: {"panel/mail_kind": doc.get("kind", "bulk")},
     )
     mongo_db.samples.insert_one({"processed": False, "kind": "transactional"})
     (request,) = tick(tagged, instance, mongo).run_requests

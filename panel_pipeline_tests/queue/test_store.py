@@ -80,7 +80,8 @@ def test_a_document_whose_last_worker_died_is_failed_not_retried_forever(queue, 
 
 def test_release_owner_frees_everything_a_dead_run_held(queue):
     ids = insert(queue, 3)
-    queue.claim_many(ids[:2], "dead-run")
+    for doc_id in ids[:2]:
+        queue.claim(doc_id, "dead-run")
     released = queue.release_owner("dead-run", "run was killed")
     assert set(released) == {str(i) for i in ids[:2]} and set(released.values()) == {"retry"}
 

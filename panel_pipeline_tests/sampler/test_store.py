@@ -16,10 +16,12 @@ YEAR = 2025
 
 def insert_panel(db, size: int) -> None:
     profiles = generate_profiles(size, seed=7, as_of_year=YEAR).astype(object).to_dict("records")
-    db.users.insert_many([
-        {"status": "active", "profile": {key: value for key, value in profile.items() if value is not None}}
-        for profile in profiles
-    ])
+    db.users.insert_many(
+        [
+            {"status": "active", "profile": {key: value for key, value in profile.items() if value is not None}}
+            for profile in profiles
+        ]
+    )
 
 
 def whole_profiles(db, request) -> pd.DataFrame:
@@ -33,10 +35,16 @@ def test_the_loaded_panel_matches_the_whole_profiles_and_draws_the_same_sample(m
     mongo_db.users.update_one({"profile.gender": "male"}, {"$unset": {"profile.social_grade": ""}})
     mongo_db.users.update_one({"profile.gender": "female"}, {"$set": {"profile.education": "not a category"}})
     mongo_db.users.insert_one({"status": "unsubscribed", "profile": {"gender": "female"}})
-    request = parse_sample_request({
-        "name": "t", "survey_id": "1", "size": 300, "preset": "uk_nat_rep", "seed": 3,
-        "filters": {"age": {"$gte": 25}, "region": {"$nin": ["London"]}},
-    })
+    request = parse_sample_request(
+        {
+            "name": "t",
+            "survey_id": "1",
+            "size": 300,
+            "preset": "uk_nat_rep",
+            "seed": 3,
+            "filters": {"age": {"$gte": 25}, "region": {"$nin": ["London"]}},
+        }
+    )
     loaded = store.load_panel(mongo_db, request, YEAR)
     expected = whole_profiles(mongo_db, request)
     assert list(loaded.columns) == list(panel_fields(request)) and "age" in loaded.columns
@@ -44,7 +52,12 @@ def test_the_loaded_panel_matches_the_whole_profiles_and_draws_the_same_sample(m
     for field in loaded.columns:
         if field in PROFILE_CATEGORIES:
             known = expected[field].where(expected[field].isin(PROFILE_CATEGORIES[field]))
-            assert loaded[field].astype(object).where(loaded[field].notna()).equals(known.astype(object).where(known.notna())), field
+            assert (
+                loaded[field]
+                .astype(object)
+                .where(loaded[field].notna())
+                .equals(known.astype(object).where(known.notna()))
+            ), field
         else:
             np.testing.assert_array_equal(loaded[field].to_numpy(dtype=float), expected[field].to_numpy(dtype=float))
     assert list(select(loaded, request).member_ids) == list(select(expected, request).member_ids)
@@ -53,7 +66,9 @@ def test_the_loaded_panel_matches_the_whole_profiles_and_draws_the_same_sample(m
 def test_a_value_of_the_wrong_type_is_read_as_missing_not_a_crash(mongo_db):
     insert_panel(mongo_db, 500)
     odd = mongo_db.users.find_one({}, sort=[("_id", ASCENDING)])["_id"]
-    mongo_db.users.update_one({"_id": odd}, {"$set": {"profile.region": ["not", "a", "string"], "profile.education": 3}})
+    mongo_db.users.update_one(
+        {"_id": odd}, {"$set": {"profile.region": ["not", "a", "string"], "profile.education": 3}}
+    )
     request = parse_sample_request({"name": "t", "survey_id": "1", "size": 50, "preset": "uk_nat_rep", "seed": 3})
     loaded = store.load_panel(mongo_db, request, YEAR)
     assert loaded.loc[[str(odd)], ["region", "education"]].isna().all(axis=None)
