@@ -1,21 +1,36 @@
 # The two commands of the README: `make run` (the whole pipeline on the local stack, UI on
 # localhost:3000) and `make test`. Both install what they need first; every step is idempotent.
+# Python packages come from uv.lock (exactly what CI tested); see the README for updating it.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
+UV_VERSION := 0.13.9
+UV_VENV := .venv-uv/$(UV_VERSION)
+UV := $(UV_VENV)/bin/uv
+# A changed lock or pyproject.toml reinstalls (and `uv sync --locked` refuses a pyproject.toml
+# changed without relocking).
+STAMP := $(VENV)/.installed-$(shell cat uv.lock pyproject.toml | md5sum | cut -c1-8)
 NODE_STAMP := templates/node_modules/.installed-$(shell cat templates/package-lock.json 2>/dev/null | md5sum | cut -c1-8)
+LINT_PATHS := panel_pipeline panel_pipeline_tests benchmarks
 
-.PHONY: install run test bench stop system-packages
+.PHONY: install lock run test lint bench stop system-packages
 
 install: $(STAMP) $(NODE_STAMP)
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+# uv itself, pinned, in a venv of its own (the machine has no uv).
+$(UV):
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(STAMP): uv.lock pyproject.toml | $(UV)
+	UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --extra dev --python $(PYTHON)
 	rm -f $(VENV)/.installed-* && touch $@
+
+# Re-resolves uv.lock after pyproject.toml's dependencies changed; LOCK_ARGS="--upgrade-package NAME"
+# (or "--upgrade") moves versions on.
+lock: | $(UV)
+	UV_PYTHON_DOWNLOADS=never $(UV) lock --python $(PYTHON) $(LOCK_ARGS)
 
 $(NODE_STAMP):
 	@if [ -f templates/package-lock.json ]; then \
@@ -31,13 +46,21 @@ system-packages:
 	fi
 
 run: install
-	$(BIN)/panel-pipeline dev
+	$(BIN)/python -m panel_pipeline.local dev
 
 stop:
-	$(BIN)/panel-pipeline stack down
+	$(BIN)/python -m panel_pipeline.local stack down
 
 test: install system-packages
 	$(BIN)/python -m pytest
+
+# Every check runs, so one run lists all that fails.
+lint: install
+	@status=0; \
+	$(BIN)/ruff check $(LINT_PATHS) || status=1; \
+	$(BIN)/ruff format --check $(LINT_PATHS) || status=1; \
+	$(BIN)/mypy panel_pipeline || status=1; \
+	exit $$status
 
 bench: install
 	$(BIN)/python -m benchmarks

@@ -31,9 +31,9 @@ from panel_pipeline.extractor.store import RAW, raw_document, raw_id, upsert_raw
 from panel_pipeline.local.demo import demo_user
 from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY_ID
-from panel_pipeline.local.surveygizmo_server import DEMO_TOKEN, DEMO_TOKEN_SECRET
-from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN, DEMO_TOKEN_SECRET
 from panel_pipeline.shared.clock import utc_now
+from panel_pipeline.shared.resources import MongoResource
 
 RESPONSES = 100_000
 FIRST_DAY = dt.date(2026, 3, 1)
@@ -118,7 +118,7 @@ def surveygizmo_process(responses: int, days: int, end: dt.datetime, fault_rate:
     port = free_port()
     server = subprocess.Popen(
         [
-            sys.executable, "-m", "panel_pipeline.local.surveygizmo_server", "--port", str(port), "--demo",
+            sys.executable, "-m", "panel_pipeline.local.surveygizmo", "--port", str(port), "--demo",
             "--members", str(responses), "--days", str(days), "--end", end.isoformat(),
             "--seed", "3", "--fault-rate", str(fault_rate), "--time-zone", ACCOUNT_ZONE.key,
         ],

@@ -22,8 +22,8 @@ from benchmarks.extractor_bench import ACCOUNT_ZONE, surveygizmo_process
 from panel_pipeline.extractor.assets import surveygizmo_responses
 from panel_pipeline.extractor.resources import SurveyGizmoResource
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY_ID
-from panel_pipeline.local.surveygizmo_server import DEMO_TOKEN, DEMO_TOKEN_SECRET
-from panel_pipeline.queue.resources import MongoResource
+from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN, DEMO_TOKEN_SECRET
+from panel_pipeline.shared.resources import MongoResource
 
 DAY = dt.date(2026, 3, 10)
 MIB = 1024 * 1024

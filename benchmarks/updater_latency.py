@@ -18,7 +18,7 @@ from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.ses_server import LocalSesServer
 from panel_pipeline.local.sns_sqs import LocalSnsSqs, ensure_feedback_path
 from panel_pipeline.local.stack import pipeline_environment
-from panel_pipeline.local.surveygizmo_server import LocalSurveyGizmo
+from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
 
 UTC = dt.timezone.utc
 TRIALS = 20

@@ -1,11 +1,12 @@
 """Resource selection per environment: the only place where local and production differ.
 
-Both read addresses and secrets from the environment through `dg.EnvVar`, resolved when a run or
-tick starts and never stored in run config. PANEL_ENV=local expects the local stack's addresses
-(`panel-pipeline dev` and the tests' stacks set them, with PANEL_ENV itself: see local/stack.py) and
-uses dummy credentials and a demo unsubscribe secret; PANEL_ENV=production expects real ones, with
-AWS credentials from boto3's default chain (role or environment). PANEL_ENV must be set: a
-deployment that forgot it fails to load instead of running on the local resources' demo secret.
+Both read addresses and secrets from the same environment variables through `dg.EnvVar`, resolved
+when a run or tick starts and never stored in run config, and AWS credentials from boto3's default
+chain (a role, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY). They differ only in endpoints, the link
+policy and the test timings. PANEL_ENV=local expects the local stack's addresses and demo
+credentials, which the local run and the tests' stacks set (local/stack.py `pipeline_environment`);
+production code never imports the local stack. PANEL_ENV must be set: a deployment that forgot it
+fails to load instead of running on the local resources.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from typing import Any
 import dagster as dg
 
 from panel_pipeline.extractor.resources import SurveyGizmoResource
-from panel_pipeline.local.profile_survey import PROFILE_SURVEY_ID
-from panel_pipeline.local.surveygizmo_server import DEMO_TOKEN, DEMO_TOKEN_SECRET
 from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.shared.resources import MongoResource
 
@@ -35,7 +34,7 @@ LOCAL_MAIL_TIMINGS = {
 }
 
 
-def local_mail_timings() -> dict[str, float]:
+def local_mail_timings() -> dict[str, Any]:
     return {field: float(os.environ[name]) for field, name in LOCAL_MAIL_TIMINGS.items() if os.environ.get(name)}
 
 
@@ -43,21 +42,19 @@ def local_resources() -> dict[str, Any]:
     return {
         "mongo": MongoResource(uri=dg.EnvVar("MONGO_URI"), database="panel"),
         "surveygizmo": SurveyGizmoResource(
-            api_token=DEMO_TOKEN,
-            api_token_secret=DEMO_TOKEN_SECRET,
+            api_token=dg.EnvVar("SURVEYGIZMO_API_TOKEN"),
+            api_token_secret=dg.EnvVar("SURVEYGIZMO_API_TOKEN_SECRET"),
             base_url=dg.EnvVar("SURVEYGIZMO_BASE_URL"),
             account_time_zone="America/New_York",
-            profile_survey_ids=PROFILE_SURVEY_ID,
+            profile_survey_ids=dg.EnvVar("SURVEYGIZMO_PROFILE_SURVEY_IDS"),
         ),
         "ses": SesResource(
             region_name="eu-west-2",
             from_address="UK Panel <panel@example.org>",
             configuration_set="panel-events",
             endpoint_url=dg.EnvVar("SES_ENDPOINT_URL"),
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
             unsubscribe_url="http://localhost:4200/unsubscribe?user={user}&token={token}",
-            unsubscribe_secret="local-unsubscribe-secret",
+            unsubscribe_secret=dg.EnvVar("PANEL_UNSUBSCRIBE_SECRET"),
             link_hosts=LOCAL_LINK_HOSTS,
             allow_http_links=True,
             **local_mail_timings(),
@@ -68,8 +65,6 @@ def local_resources() -> dict[str, Any]:
             region_name="eu-west-2",
             endpoint_url=dg.EnvVar("SQS_ENDPOINT_URL"),
             wait_seconds=1,
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
         ),
     }
 
@@ -113,7 +108,7 @@ def current_environment() -> str:
     environment = os.environ.get("PANEL_ENV", "").strip()
     if not environment:
         raise EnvironmentNotSet(
-            "PANEL_ENV is not set: set PANEL_ENV=production for a deployment; `panel-pipeline dev` sets "
-            "PANEL_ENV=local for the local run"
+            "PANEL_ENV is not set: set PANEL_ENV=production for a deployment; the local run (`make run`) "
+            "sets PANEL_ENV=local"
         )
     return environment

@@ -14,14 +14,15 @@ from pymongo.database import Database
 from panel_pipeline.local.dagster_dev import DagsterDev
 from panel_pipeline.local.mongod import LocalMongod, free_port
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY
-from panel_pipeline.local.ses_proxy import SesFaultProxy, SnsEventPublisher
+from panel_pipeline.local.ses_events import SnsEventPublisher
+from panel_pipeline.local.ses_proxy import SesFaultProxy
 from panel_pipeline.local.ses_server import LocalSesServer
 from panel_pipeline.local.sns_sqs import LocalSnsSqs, aws_client, ensure_feedback_path
 from panel_pipeline.local.stack import pipeline_environment
-from panel_pipeline.local.surveygizmo_server import LocalSurveyGizmo
+from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
 
 ROOT = Path(__file__).resolve().parents[1]
-# The tests load the definitions with the local resources, as `panel-pipeline dev` does; outside
+# The tests load the definitions with the local resources, as `make run` does; outside
 # these two a missing PANEL_ENV is an error (panel_pipeline/resources.py).
 os.environ.setdefault("PANEL_ENV", "local")
 

@@ -36,11 +36,12 @@ from panel_pipeline.local.dagster_dev import DagsterDev
 from panel_pipeline.local.demo import demo_user, demo_user_id
 from panel_pipeline.local.mongod import LocalMongod, free_port
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY
-from panel_pipeline.local.ses_proxy import SesFaultProxy, SnsEventPublisher, daily_quota_exceeded
+from panel_pipeline.local.ses_events import SnsEventPublisher
+from panel_pipeline.local.ses_proxy import SesFaultProxy, daily_quota_exceeded
 from panel_pipeline.local.ses_server import LocalSesServer
 from panel_pipeline.local.sns_sqs import LocalSnsSqs, aws_client, ensure_feedback_path
-from panel_pipeline.local.stack import pipeline_environment
-from panel_pipeline.local.surveygizmo_server import DEMO_TOKEN_SECRET, LocalSurveyGizmo
+from panel_pipeline.local.stack import LOCAL_UNSUBSCRIBE_SECRET, pipeline_environment
+from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN_SECRET, LocalSurveyGizmo
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline_tests.pii_scan import Needles, scan_dagster_home, scan_texts
 from panel_pipeline_tests.waiting import wait_for
@@ -50,7 +51,6 @@ UTC = dt.timezone.utc
 PANEL = 4_000
 BACKFILL = 50_000
 SEND_RATE = 20.0
-LOCAL_UNSUBSCRIBE_SECRET = "local-unsubscribe-secret"
 SURVEY = {"survey_name": "Omnibus wave 12", "duration_minutes": 10, "points": 100, "survey_url": "https://survey.example/s/12"}
 TIMINGS = {
     "PANEL_MAIL_PAUSE_SECONDS": "20",  # after SES's daily quota answer (production: an hour)

@@ -5,14 +5,18 @@ import sys
 import tomllib
 from pathlib import Path
 
+from typing import Any
+
+import dagster as dg
 import pytest
 import yaml
 
 from panel_pipeline.definitions import defs
 from panel_pipeline.extractor.resources import SurveyGizmoResource
+from panel_pipeline.local.stack import local_environment
 from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.shared.resources import MongoResource
-from panel_pipeline.resources import resources_for
+from panel_pipeline.resources import ENVIRONMENTS, resources_for
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCATION = "panel_pipeline"
@@ -32,6 +36,18 @@ SENSOR_JOBS = {
 }
 SCHEDULE_JOBS = {"hourly_extract_schedule": "extract_job", "weekly_deletion_sweep_schedule": "deletion_sweep_job"}
 RESOURCE_TYPES = {"mongo": MongoResource, "surveygizmo": SurveyGizmoResource, "ses": SesResource, "sqs": SqsResource}
+SECRETS = {("surveygizmo", "api_token"), ("surveygizmo", "api_token_secret"), ("ses", "unsubscribe_secret")}
+AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def environment_variables(resources: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """(resource, field) -> the variable it reads, for every field set from the environment."""
+    return {
+        (name, field): value.env_var_name
+        for name, resource in resources.items()
+        for field, value in vars(resource).items()
+        if isinstance(value, dg.EnvVar)
+    }
 
 
 def test_every_definition_resolves_with_its_job_and_resources():
@@ -55,6 +71,21 @@ def test_every_definition_resolves_with_its_job_and_resources():
 def test_both_environments_provide_every_resource(environment):
     resources = resources_for(environment)
     assert {name: type(resource) for name, resource in resources.items()} == RESOURCE_TYPES
+
+
+def test_local_and_production_read_secrets_from_the_same_variables_and_aws_keys_from_boto3():
+    local, production = (environment_variables(resources_for(environment)) for environment in ENVIRONMENTS)
+    assert {key: local.get(key) for key in SECRETS} == {key: production[key] for key in SECRETS}
+    for environment in ENVIRONMENTS:
+        for name in ("ses", "sqs"):
+            resource = resources_for(environment)[name]
+            assert (resource.aws_access_key_id, resource.aws_secret_access_key) == (None, None), (environment, name)
+
+
+def test_the_local_stack_sets_every_variable_the_local_resources_read():
+    environment = local_environment()
+    assert set(environment_variables(resources_for("local")).values()) - set(environment) == set()
+    assert set(AWS_KEYS) <= set(environment) and environment["PANEL_ENV"] == "local"
 
 
 def test_unknown_environment_is_refused():

@@ -1,6 +1,7 @@
 // Builds every template directory (subject.txt, body.inky.html, body.txt, example.json) into
 // dist/<name>.json: the SES-ready Subject, Html (Inky -> tables, CSS inlined by juice) and Text,
-// plus the example data. Output is deterministic, so an unchanged source gives the same file
+// the example data, and what the parts read (variables.mjs): `variables` per part and
+// `link_variables`, the names the HTML puts in a link attribute. Output is deterministic, so an unchanged source gives the same file
 // (and the same content hash in Python). Run: npm ci && npm run build
 import fs from 'node:fs';
 import path from 'node:path';
@@ -9,6 +10,7 @@ import * as sass from 'sass';
 import inkyModule from 'inky';
 import juice from 'juice';
 import Handlebars from 'handlebars';
+import { templateVariables } from './variables.mjs';
 
 const root = path.dirname(fileURLToPath(import.meta.url));
 const distDir = path.join(root, 'dist');
@@ -67,17 +69,18 @@ function htmlEscapedCopy(value) {
 }
 
 // The same checks SES would fail silently on: every variable present in the example data.
-function smokeTest(name, parts, example) {
+// `variables` is what each part reads (templateVariables of it).
+function smokeTest(name, parts, variables, example) {
   const data = { ...example, html: htmlEscapedCopy(example) };
-  for (const [part, source] of Object.entries(parts)) {
+  for (const source of Object.values(parts)) {
     Handlebars.compile(source, { strict: true, noEscape: true })(data);
   }
   const leftover = INKY_TAGS.find((tag) => new RegExp(`<${tag}[\\s>]`).test(parts.html) && tag !== 'center');
   if (leftover) throw new Error(`${name}: Inky tag <${leftover}> was not converted`);
-  if (/\{\{(?!html\.)[^}]*\}\}/.test(parts.html.replace(/\{\{[#/]|\{\{else\}\}/g, ''))) {
+  if (!variables.html.every((path) => path.startsWith('html.'))) {
     throw new Error(`${name}: the HTML part must only use {{html.*}} (escaped) values`);
   }
-  if (/\{\{html\./.test(parts.subject + parts.text)) {
+  if ([...variables.subject, ...variables.text].some((path) => path.startsWith('html.'))) {
     throw new Error(`${name}: subject and text must use raw values, not {{html.*}}`);
   }
   const size = Buffer.byteLength(parts.html + parts.text, 'utf8');
@@ -96,8 +99,18 @@ function build() {
       text: read('body.txt'),
     };
     const example = JSON.parse(read('example.json'));
-    smokeTest(name, parts, example);
-    const output = { name, subject: parts.subject, html: parts.html, text: parts.text, example_data: example };
+    const readBy = Object.fromEntries(Object.entries(parts).map(([part, source]) => [part, templateVariables(source)]));
+    const variables = Object.fromEntries(Object.entries(readBy).map(([part, found]) => [part, found.variables]));
+    smokeTest(name, parts, variables, example);
+    const output = {
+      name,
+      subject: parts.subject,
+      html: parts.html,
+      text: parts.text,
+      example_data: example,
+      variables,
+      link_variables: readBy.html.linkVariables,
+    };
     fs.writeFileSync(path.join(distDir, `${name}.json`), `${JSON.stringify(output, null, 2)}\n`);
     console.log(`built dist/${name}.json (${Buffer.byteLength(parts.html, 'utf8')} bytes of HTML)`);
   }

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import dagster as dg
 import requests
-from dagster._core.instance.ref import InstanceRef
 
 from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.stack import PROJECT_ROOT as ROOT
@@ -64,7 +63,7 @@ class DagsterDev:
         return any(e["name"] == "panel_pipeline" and e["loadStatus"] == "LOADED" for e in entries)
 
     def instance(self) -> dg.DagsterInstance:
-        return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home)))
+        return dg.DagsterInstance.from_config(str(self.home))
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

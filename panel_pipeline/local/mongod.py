@@ -14,6 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pymongo
 from pymongo.errors import OperationFailure, PyMongoError
@@ -148,7 +149,7 @@ class LocalMongod:
             os.kill(pid, signal.SIGKILL)
         return True
 
-    def _client(self, **kwargs: object) -> pymongo.MongoClient:
+    def _client(self, **kwargs: Any) -> pymongo.MongoClient:
         return pymongo.MongoClient(
             host="127.0.0.1", port=self.port, serverSelectionTimeoutMS=2000, **kwargs
         )

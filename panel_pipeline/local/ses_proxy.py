@@ -10,10 +10,8 @@ boto3 talks real SES v2 REST JSON to this proxy over HTTP; the proxy forwards to
 * standing refusals (`refuse_address`): a call with an entry to such an address is refused whole
   with HTTP 400 `BadRequestException`, nothing sent, as SES refuses an illegal address;
 * a record of every SendBulkEmail request as received, tags included (the emulator drops tags),
-  and SES-style `Send` events for each accepted entry, with the tags SES would put in
-  `mail.tags`: what a configuration-set event destination delivers, for reconciliation; plus a
-  permanent `Bounce` or a `Complaint` event for SES's mailbox simulator addresses
-  (bounce@simulator.amazonses.com, complaint@simulator.amazonses.com);
+  and the SES events each produced (ses_events.py: `Send` for each accepted entry, with its
+  tags; a `Bounce` or a `Complaint` for SES's mailbox simulator addresses);
 * optionally, those events published as they happen (`publish`, e.g. `SnsEventPublisher` to the
   SNS topic of the local SES event path), as a configuration set's SNS event destination does.
 GetConfigurationSetEventDestinations is answered here (the emulator has no configuration sets):
@@ -26,29 +24,25 @@ through unchanged.
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import http.client
 import json
-import queue
 import re
 import socket
-import sys
 import threading
-import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
+
+from panel_pipeline.local.ses_events import RecordedCall, ses_events
 
 BULK_PATH = "/v2/email/outbound-bulk-emails"
 EVENT_DESTINATIONS_PATH = re.compile(r"^/v2/email/configuration-sets/([^/]+)/event-destinations$")
 LOCAL_TOPIC_ARN = "arn:aws:sns:eu-west-2:000000000000:panel-ses-events"
 LOCAL_EVENT_TYPES = ("SEND", "REJECT", "BOUNCE", "COMPLAINT", "DELIVERY", "RENDERING_FAILURE", "DELIVERY_DELAY")
 SES_MAX_ENTRIES = 50
-SIMULATOR_DOMAIN = "simulator.amazonses.com"
-SNS_MAX_BATCH = 10
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
 
@@ -85,15 +79,6 @@ def entry_statuses(statuses: dict[int, str]) -> Fault:
     return Fault("entry_statuses", entry_statuses=dict(statuses))
 
 
-@dataclass(frozen=True)
-class RecordedCall:
-    request: dict[str, Any]
-    fault: str | None
-    results: list[dict[str, Any]]  # per entry, as SES decided; [] when the whole call was refused
-    answered: bool = True  # False: accepted, but the answer was dropped on purpose
-    timestamp: str = field(default_factory=lambda: _ses_timestamp(dt.datetime.now(dt.timezone.utc)))
-
-
 EventSink = Callable[[list[dict[str, Any]]], None]
 
 
@@ -116,7 +101,7 @@ class SesFaultProxy:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
+        host, port = cast(tuple[str, int], self._server.server_address[:2])  # AF_INET: (host, port)
         return f"http://{host}:{port}"
 
     def start(self) -> str:
@@ -168,7 +153,7 @@ class SesFaultProxy:
 
     def events(self) -> list[dict[str, Any]]:
         """Every SES event of the calls so far: Send events, then simulated bounces and complaints."""
-        return [event for call in self.calls() for event in _ses_events(call)]
+        return [event for call in self.calls() for event in ses_events(call)]
 
     def send_events(self) -> list[dict[str, Any]]:
         """SES `Send` events for every entry SES accepted, including calls whose answer was lost."""
@@ -184,10 +169,10 @@ class SesFaultProxy:
         with self._lock:
             self._calls.append(call)
         if self._publish is not None and call.results:
-            self._publish(_ses_events(call))
+            self._publish(ses_events(call))
 
     def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
-        connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
+        connection = http.client.HTTPConnection(self.upstream.netloc, timeout=60)
         try:
             connection.request(method, path, body=body or None, headers=headers)
             response = connection.getresponse()
@@ -303,73 +288,3 @@ def _merge_statuses(count: int, injected: dict[int, str], forwarded_results: lis
     return merged
 
 
-def _ses_timestamp(moment: dt.datetime) -> str:
-    """SES's event time format, e.g. 2025-01-06T09:00:00.123Z."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def _ses_events(call: RecordedCall) -> list[dict[str, Any]]:
-    request = call.request
-    default_tags = {tag["Name"]: [tag["Value"]] for tag in request.get("DefaultEmailTags", [])}
-    sends, feedback = [], []
-    for entry, result in zip(request.get("BulkEmailEntries", []), call.results):
-        if result.get("Status") != "SUCCESS":
-            continue
-        tags = copy.deepcopy(default_tags)
-        tags.update({tag["Name"]: [tag["Value"]] for tag in entry.get("ReplacementTags", [])})
-        if request.get("ConfigurationSetName"):
-            tags["ses:configuration-set"] = [request["ConfigurationSetName"]]
-        destination = list(entry.get("Destination", {}).get("ToAddresses", []))
-        mail = {"timestamp": call.timestamp, "messageId": result["MessageId"], "destination": destination, "tags": tags}
-        sends.append({"eventType": "Send", "mail": mail})
-        feedback.extend(_simulated_feedback(mail, address) for address in destination if _simulator_box(address))
-    return sends + feedback
-
-
-def _simulator_box(address: str) -> str | None:
-    """`bounce` or `complaint` for SES's mailbox simulator addresses (labels allowed: bounce+x@...)."""
-    local, _, domain = address.strip().lower().rpartition("@")
-    box = local.split("+")[0]
-    return box if domain == SIMULATOR_DOMAIN and box in ("bounce", "complaint") else None
-
-
-def _simulated_feedback(mail: dict[str, Any], address: str) -> dict[str, Any]:
-    feedback_id = str(uuid.uuid5(uuid.NAMESPACE_OID, mail["messageId"]))  # the same each time events() is read
-    if _simulator_box(address) == "bounce":
-        recipient = {"emailAddress": address, "action": "failed", "status": "5.1.1", "diagnosticCode": "smtp; 550 5.1.1 user unknown"}
-        bounce = {"bounceType": "Permanent", "bounceSubType": "General", "bouncedRecipients": [recipient],
-                  "timestamp": mail["timestamp"], "feedbackId": feedback_id}
-        return {"eventType": "Bounce", "bounce": bounce, "mail": mail}
-    complaint = {"complainedRecipients": [{"emailAddress": address}], "complaintFeedbackType": "abuse",
-                 "timestamp": mail["timestamp"], "feedbackId": feedback_id}
-    return {"eventType": "Complaint", "complaint": complaint, "mail": mail}
-
-
-class SnsEventPublisher:
-    """Publishes SES events to an SNS topic from a thread of its own (SES, too, publishes after
-    answering), ten per PublishBatch call. A failed publish is reported on stderr and dropped."""
-
-    def __init__(self, sns_client: Any, topic_arn: str) -> None:
-        self.sns = sns_client
-        self.topic_arn = topic_arn
-        self._pending: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="ses-event-publisher", daemon=True)
-        self._thread.start()
-
-    def __call__(self, events: list[dict[str, Any]]) -> None:
-        self._pending.put(events)
-
-    def close(self) -> None:
-        """Publish what is queued, then stop."""
-        self._pending.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        while (events := self._pending.get()) is not None:
-            for start in range(0, len(events), SNS_MAX_BATCH):
-                chunk = events[start : start + SNS_MAX_BATCH]
-                entries = [{"Id": str(index), "Message": json.dumps(event)} for index, event in enumerate(chunk)]
-                try:
-                    self.sns.publish_batch(TopicArn=self.topic_arn, PublishBatchRequestEntries=entries)
-                except Exception as exc:  # the local stand-in must not stop the proxy
-                    print(f"ses-event-publisher: {len(entries)} events not published ({type(exc).__name__})", file=sys.stderr)

@@ -131,7 +131,8 @@ def main() -> None:
     import signal
 
     from panel_pipeline.local.mongod import free_port
-    from panel_pipeline.local.ses_proxy import SesFaultProxy, SnsEventPublisher
+    from panel_pipeline.local.ses_events import SnsEventPublisher
+    from panel_pipeline.local.ses_proxy import SesFaultProxy
     from panel_pipeline.local.sns_sqs import aws_client
 
     parser = argparse.ArgumentParser(description="The local SES v2 endpoint (aws-ses-v2-local).")

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import boto3
 
@@ -24,6 +24,7 @@ REGION = "eu-west-2"
 EVENTS_NAME = "panel-ses-events"  # the topic's and the queue's
 MOTO_ACCOUNT = "123456789012"  # moto's fixed account id
 START_TIMEOUT_SECONDS = 20.0
+LOCAL_AWS_KEY = "local"  # the access key id and secret moto and aws-ses-v2-local accept (any would do)
 
 
 class SnsSqsServerError(RuntimeError):
@@ -48,9 +49,10 @@ def moto_server_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)]
 
 
-def aws_client(service: str, endpoint_url: str, region: str = REGION) -> Any:
+def aws_client(service: Literal["sns", "sqs"], endpoint_url: str, region: str = REGION) -> Any:
     return boto3.client(
-        service, endpoint_url=endpoint_url, region_name=region, aws_access_key_id="local", aws_secret_access_key="local"
+        service, endpoint_url=endpoint_url, region_name=region,
+        aws_access_key_id=LOCAL_AWS_KEY, aws_secret_access_key=LOCAL_AWS_KEY,
     )
 
 

@@ -4,7 +4,9 @@ SES events take production's path: the local SES endpoint publishes them to an S
 server, whose SQS queue subscription the `ses_feedback` asset drains.
 
 Everything lives under `.panel_pipeline/` in the project folder (data, logs, pid files), so starting
-is idempotent and `down` stops exactly what `up` started.
+is idempotent and `down` stops exactly what `up` started. `pipeline_environment` is what the pipeline
+runs with on a stack (this one, or a test's): its addresses, PANEL_ENV=local and the local credentials,
+under the variable names production uses (panel_pipeline/resources.py reads them, never this module).
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from panel_pipeline.local.mongod import LocalMongod, live_pid, pid_alive, port_in_use
+from panel_pipeline.local.profile_survey import PROFILE_SURVEY_ID
 from panel_pipeline.local.sns_sqs import (
+    LOCAL_AWS_KEY,
     ensure_feedback_path,
     local_queue_url,
     local_topic_arn,
     moto_server_command,
 )
+from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN, DEMO_TOKEN_SECRET
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = Path(os.environ.get("PANEL_PIPELINE_STATE_DIR", PROJECT_ROOT / ".panel_pipeline"))
@@ -34,6 +39,17 @@ SURVEYGIZMO_PORT = 8006
 SNS_SQS_PORT = 8007
 SNS_SQS_URL = f"http://127.0.0.1:{SNS_SQS_PORT}"
 START_TIMEOUT_SECONDS = 30.0
+LOCAL_UNSUBSCRIBE_SECRET = "local-unsubscribe-secret"
+# What the local servers accept and what the local run signs unsubscribe links with, under the
+# names production reads its secrets from (AWS's: where boto3's default chain finds them).
+# None of them is a secret.
+LOCAL_CREDENTIALS = {
+    "SURVEYGIZMO_API_TOKEN": DEMO_TOKEN,
+    "SURVEYGIZMO_API_TOKEN_SECRET": DEMO_TOKEN_SECRET,
+    "AWS_ACCESS_KEY_ID": LOCAL_AWS_KEY,
+    "AWS_SECRET_ACCESS_KEY": LOCAL_AWS_KEY,
+    "PANEL_UNSUBSCRIBE_SECRET": LOCAL_UNSUBSCRIBE_SECRET,
+}
 
 
 class StackError(RuntimeError):
@@ -114,7 +130,7 @@ def background_services() -> list[BackgroundService]:
             name="surveygizmo",
             port=SURVEYGIZMO_PORT,
             command=[
-                sys.executable, "-m", "panel_pipeline.local.surveygizmo_server",
+                sys.executable, "-m", "panel_pipeline.local.surveygizmo",
                 "--port", str(SURVEYGIZMO_PORT), "--demo",
             ],
         ),
@@ -147,16 +163,18 @@ def local_environment() -> dict[str, str]:
 
 def pipeline_environment(mongo_uri: str, ses_url: str, surveygizmo_url: str, sns_sqs_url: str) -> dict[str, str]:
     """The variables PANEL_ENV=local resources read, for a stack at these addresses (the tests and
-    benchmarks start stacks of their own on free ports)."""
+    benchmarks start stacks of their own on free ports), with the local credentials."""
     return {
         "PANEL_ENV": "local",
         "MONGO_URI": mongo_uri,
         "SES_ENDPOINT_URL": ses_url,
         "SURVEYGIZMO_BASE_URL": surveygizmo_url,
+        "SURVEYGIZMO_PROFILE_SURVEY_IDS": PROFILE_SURVEY_ID,
         "SQS_ENDPOINT_URL": sns_sqs_url,
         "SES_EVENTS_QUEUE_URL": local_queue_url(sns_sqs_url),
         # The feed applies only messages from this topic (`ensure_feedback_path` makes it).
         "SES_EVENTS_TOPIC_ARN": local_topic_arn(),
+        **LOCAL_CREDENTIALS,
     }
 
 

@@ -14,32 +14,29 @@ from typing import Any
 
 import dagster as dg
 from bson import ObjectId
+from pymongo.database import Database
 
 from panel_pipeline.mailer.dispatch import SendingStopped, plan_recipients, send_mailing
-from panel_pipeline.mailer.feedback import (
-    BOUNCED,
-    UNSUBSCRIBED,
-    DrainReport,
-    FeedbackStore,
-    drain,
-)
-from panel_pipeline.mailer.ledger import CLAIMED, UNKNOWN, MailLedger
+from panel_pipeline.mailer.feedback import DrainReport, FeedbackStore, drain
 from panel_pipeline.mailer.recipients import mark_invited, resolve_recipients
 from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.mailer.ses import SendEventsNotPublished, SesGateway
-from panel_pipeline.mailer.templates import EmailTemplate, load_templates
+from panel_pipeline.mailer.store import CLAIMED, UNKNOWN, MailLedger
 from panel_pipeline.mailer.validation import check_mailing
-from panel_pipeline.shared.partitions import mailing_partitions
-from panel_pipeline.shared.resources import MongoResource
-from panel_pipeline.shared.privacy import describe_error
 from panel_pipeline.queue.store import LeaseLost, RequestRejected, WorkQueue
 from panel_pipeline.shared.clock import utc_now
+from panel_pipeline.shared.contract import BOUNCED, BULK, MAILINGS, TRANSACTIONAL, UNSUBSCRIBED
+from panel_pipeline.shared.metadata import OWNERS, row_count, table
+from panel_pipeline.shared.partitions import mailing_partitions
+from panel_pipeline.shared.privacy import describe_error
+from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.shared.templates import EmailTemplate, load_templates
 
 # Unknown recipients wait for SES events; claimed ones for another worker's lease: look again then.
 OPEN_RECIPIENTS_RECHECK = dt.timedelta(seconds=60)
 
 
-@dg.asset(group_name="mailer", kinds={"python", "ses"}, tags={"panel/part": "mailer"})
+@dg.asset(group_name="mailer", owners=OWNERS, kinds={"python", "aws"}, tags={"panel/part": "mailer"})
 def email_templates(context: dg.AssetExecutionContext, ses: SesResource) -> dg.MaterializeResult:
     """The five e-mails built from templates/ (Foundation for Emails, committed in templates/dist),
     stored in SES under versioned names (`panel-<name>-<content hash>`): a changed template is a new
@@ -47,16 +44,16 @@ def email_templates(context: dg.AssetExecutionContext, ses: SesResource) -> dg.M
     to SES's 1 call/s."""
     gateway = ses.gateway()
     rows = [(template.name, gateway.ensure_template(template), template.content_hash[:12]) for template in load_templates().values()]
-    table = "\n".join(["| template | SES name | content hash |", "|---|---|---|", *(f"| {n} | {s} | {h} |" for n, s, h in rows)])
     context.log.info(f"{len(rows)} templates in SES")
-    return dg.MaterializeResult(metadata={"templates": dg.MetadataValue.md(table), "count": len(rows)})
+    return dg.MaterializeResult(metadata={"templates": table(["template", "SES name", "content hash"], rows), "count": len(rows)})
 
 
 @dg.asset(
     partitions_def=mailing_partitions,
     deps=[email_templates, dg.AssetDep("samples", partition_mapping=dg.AllPartitionMapping())],
     group_name="mailer",
-    kinds={"python", "mongodb", "ses"},
+    owners=OWNERS,
+    kinds={"python", "mongodb", "aws"},
     tags={"panel/part": "mailer"},
 )
 def mailings(context: dg.AssetExecutionContext, mongo: MongoResource, ses: SesResource) -> dg.MaterializeResult:
@@ -72,13 +69,13 @@ def mailings(context: dg.AssetExecutionContext, mongo: MongoResource, ses: SesRe
     ledger = MailLedger(db.mail_log, db.mail_events)
     ledger.ensure_indexes()
     try:
-        outcome = process_mailing(db, mongo.work_queue("mailings"), ledger, ses, ses.gateway(), mailing_id, context.run.run_id)
+        outcome = process_mailing(db, mongo.work_queue(MAILINGS), ledger, ses, ses.gateway(), mailing_id, context.run.run_id)
     except RequestRejected as rejected:
         raise dg.Failure(description=f"mailing rejected: {rejected}") from rejected
     except (SendingStopped, LeaseLost) as lost:
         context.log.error(describe_error(lost))
         raise dg.Failure(description=f"stopped: {describe_error(lost)}") from lost
-    return report(ledger, mailing_id, outcome)
+    return mailing_result(ledger, mailing_id, outcome)
 
 
 class TransactionalBatch(dg.Config):
@@ -88,7 +85,8 @@ class TransactionalBatch(dg.Config):
 @dg.asset(
     deps=[email_templates],
     group_name="mailer",
-    kinds={"python", "mongodb", "ses"},
+    owners=OWNERS,
+    kinds={"python", "mongodb", "aws"},
     tags={"panel/part": "transactional_mail"},
 )
 def transactional_mail(
@@ -100,7 +98,7 @@ def transactional_mail(
     Each goes through the same ledger as bulk mail (exactly once per recipient, no unsubscribe
     headers); a rejected one fails alone, naming the field; a transient error retries it later."""
     db = mongo.db()
-    queue = mongo.work_queue("mailings")
+    queue = mongo.work_queue(MAILINGS)
     ledger = MailLedger(db.mail_log, db.mail_events)
     ledger.ensure_indexes()
     gateway = ses.gateway()  # shared by the batch: one client, one template check per template
@@ -123,7 +121,10 @@ def transactional_mail(
             description=f"{transient} mailing(s) hit transient errors and will be retried, {outcomes['lease_lost']} lost "
             f"their lease to another run; {dict(outcomes)}"
         )
-    return dg.MaterializeResult(metadata={"mailings": len(config.document_ids), **{f"mailings_{k}": n for k, n in outcomes.items()}})
+    rows = sum(sum(ledger.counts(ObjectId(document_id)).values()) for document_id in config.document_ids)
+    return dg.MaterializeResult(
+        metadata={"mailings": len(config.document_ids), **{f"mailings_{k}": n for k, n in outcomes.items()}, **row_count(rows)}
+    )
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class MailingOutcome:
 
 
 def process_mailing(
-    db, queue: WorkQueue, ledger: MailLedger, ses: SesResource, gateway: SesGateway, mailing_id: ObjectId, owner: str
+    db: Database, queue: WorkQueue, ledger: MailLedger, ses: SesResource, gateway: SesGateway, mailing_id: ObjectId, owner: str
 ) -> MailingOutcome:
     """Claim the mailing, send it, then complete or postpone it. A rejected mailing is failed and
     the rejection raised; a lost lease raises (nothing to release: another run holds it); any
@@ -155,11 +156,11 @@ def process_mailing(
 
 
 def send(
-    db, queue: WorkQueue, ledger: MailLedger, ses: SesResource, gateway: SesGateway, mailing: Mapping[str, Any], owner: str
+    db: Database, queue: WorkQueue, ledger: MailLedger, ses: SesResource, gateway: SesGateway, mailing: Mapping[str, Any], owner: str
 ) -> MailingOutcome:
     mailing_id = mailing["_id"]
     template = find_template(mailing)
-    bulk = mailing.get("kind", "bulk") != "transactional"
+    bulk = mailing.get("kind", BULK) != TRANSACTIONAL
     if bulk:
         try:
             gateway.check_send_events_published()
@@ -192,7 +193,7 @@ def send(
 
 
 def expand(
-    db, queue: WorkQueue, ledger: MailLedger, ses: SesResource, template: EmailTemplate, mailing: Mapping[str, Any], owner: str, bulk: bool
+    db: Database, queue: WorkQueue, ledger: MailLedger, ses: SesResource, template: EmailTemplate, mailing: Mapping[str, Any], owner: str, bulk: bool
 ) -> None:
     """Resolve, plan and add the mailing's recipients, a chunk of `USERS_PER_QUERY` at a time (the lease
     renewed after each), then record `expanded_at` so no later claim expands it again."""
@@ -220,17 +221,22 @@ def find_template(mailing: Mapping[str, Any]) -> EmailTemplate:
     return templates[mailing["template"]]
 
 
-def report(ledger: MailLedger, mailing_id: ObjectId, outcome: MailingOutcome) -> dg.MaterializeResult:
+def mailing_result(ledger: MailLedger, mailing_id: ObjectId, outcome: MailingOutcome) -> dg.MaterializeResult:
     counts = ledger.counts(mailing_id)
     return dg.MaterializeResult(
-        metadata={"outcome": outcome.detail, **{f"recipients_{status}": int(n) for status, n in counts.items()}}
+        metadata={
+            "outcome": outcome.detail,
+            **{f"recipients_{status}": int(n) for status, n in counts.items()},
+            **row_count(sum(counts.values())),
+        }
     )
 
 
 @dg.asset(
     deps=[dg.AssetDep(mailings, partition_mapping=dg.AllPartitionMapping())],
     group_name="mailer",
-    kinds={"python", "mongodb", "sqs"},
+    owners=OWNERS,
+    kinds={"python", "mongodb", "aws"},
     tags={"panel/part": "ses_feedback"},
 )
 def ses_feedback(context: dg.AssetExecutionContext, mongo: MongoResource, sqs: SqsResource) -> dg.MaterializeResult:
@@ -260,4 +266,5 @@ def feedback_metadata(report: DrainReport) -> dict[str, Any]:
         "events_by_type": dg.MetadataValue.json(dict(sorted(report.events_by_type.items()))),
         "members_bounced": report.members[BOUNCED],
         "members_unsubscribed": report.members[UNSUBSCRIBED],
+        **row_count(report.events_stored),
     }

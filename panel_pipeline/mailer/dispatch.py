@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import Any
 from bson import ObjectId
 from pymongo.collection import Collection
 
-from panel_pipeline.mailer.ledger import (
+from panel_pipeline.mailer.store import (
     EVENT_SILENCE,
     FAILED,
     PENDING,
@@ -39,30 +38,28 @@ from panel_pipeline.mailer.ses import (
     BatchResult,
     BulkRecipient,
     BulkSend,
-    Outcome,
+    SendStatus,
     SesGateway,
 )
-from panel_pipeline.mailer.templates import (
-    HTML_COPY_KEY,
-    EmailTemplate,
-    check_recipient_data,
-    escape_for_html,
-)
 from panel_pipeline.mailer.validation import (
+    ANY_HOST,
     DataProblem,
     LinkPolicy,
     address_problem,
     mailing_data,
+    reserved_key_problem,
 )
 from panel_pipeline.queue.store import RequestRejected
+from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
+from panel_pipeline.shared.contract import ACTIVE, UNSUBSCRIBE_URL
+from panel_pipeline.shared.mongo import as_utc
+from panel_pipeline.shared.templates import EmailTemplate, check_recipient_data, escape_for_html
 
 log = logging.getLogger(__name__)
 
-UNSUBSCRIBE_FIELD = "unsubscribe_url"
 # Stands in for the signed link while checking a bulk recipient's data: the link is made at send time.
 _SIGNED_LINK_PLACEHOLDER = "https://unsubscribe.invalid/"
 UnsubscribeLink = Callable[[str], str]
-ACTIVE = "active"
 
 
 class SendingStopped(RuntimeError):
@@ -116,8 +113,8 @@ def plan_recipients(
     except DataProblem as problem:
         raise RequestRejected(str(problem)) from None
     if bulk:
-        shared.pop(UNSUBSCRIBE_FIELD, None)  # only the pipeline's own signed link goes out
-    policy = links or LinkPolicy(hosts=None)
+        shared.pop(UNSUBSCRIBE_URL, None)  # only the pipeline's own signed link goes out
+    policy = links or ANY_HOST
     planned = []
     for recipient in recipients:
         data = {**shared, **recipient.data}
@@ -126,7 +123,7 @@ def plan_recipients(
 
 
 def _initial_status(
-    template: EmailTemplate, recipient: MailingRecipient, data: Mapping[str, Any], bulk: bool, links: LinkPolicy | None = None
+    template: EmailTemplate, recipient: MailingRecipient, data: Mapping[str, Any], bulk: bool, links: LinkPolicy
 ) -> tuple[str, str | None]:
     if recipient.suppressed_reason:
         return SUPPRESSED, recipient.suppressed_reason
@@ -135,19 +132,20 @@ def _initial_status(
     wrong_address = address_problem(normalize_email(recipient.email))
     if wrong_address:
         return FAILED, f"email: {wrong_address}"
-    if HTML_COPY_KEY in data:
-        return FAILED, f"data.{HTML_COPY_KEY}: reserved (the pipeline puts the HTML-escaped copy of the data there)"
+    reserved = reserved_key_problem(data, "data")
+    if reserved:
+        return FAILED, reserved
     signed_link = bulk and recipient.user_id is not None
     for name in sorted(template.link_variables):
-        if name == UNSUBSCRIBE_FIELD and signed_link:
+        if name == UNSUBSCRIBE_URL and signed_link:
             continue  # made by the pipeline when the batch is built
-        wrong_link = (links or LinkPolicy(hosts=None)).problem(data[name]) if data.get(name) is not None else None
+        wrong_link = links.problem(data[name]) if data.get(name) is not None else None
         if wrong_link:
             return FAILED, f"data.{name}: {wrong_link}"
-    checked = {**data, UNSUBSCRIBE_FIELD: _SIGNED_LINK_PLACEHOLDER} if signed_link else data
+    checked = {**data, UNSUBSCRIBE_URL: _SIGNED_LINK_PLACEHOLDER} if signed_link else data
     missing = set(check_recipient_data(template, checked))
-    if bulk and not checked.get(UNSUBSCRIBE_FIELD):
-        missing.add(UNSUBSCRIBE_FIELD)
+    if bulk and not checked.get(UNSUBSCRIBE_URL):
+        missing.add(UNSUBSCRIBE_URL)
     if missing:
         return FAILED, f"missing template data: {', '.join(sorted(missing))}"
     return PENDING, None
@@ -161,8 +159,7 @@ def send_mailing(
     owner: str,
     bulk: bool = True,
     policy: DispatchPolicy = DispatchPolicy(),
-    sleep: Callable[[float], None] = time.sleep,
-    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+    clock: Clock = SYSTEM_CLOCK,
     members: Collection | None = None,
     keep_alive: Callable[[], bool] | None = None,
     unsubscribe_link: UnsubscribeLink | None = None,
@@ -186,10 +183,10 @@ def send_mailing(
     while True:
         batch = ledger.claim_batch(mailing_id, owner, gateway.batch_size, policy.lease_seconds)
         if batch is None:
-            wait = _seconds_until_retry(ledger, mailing_id, now())
+            wait = _seconds_until_retry(ledger, mailing_id, clock.now())
             if wait is None or wait > policy.max_wait_seconds:
                 return report
-            sleep(wait)
+            clock.sleep(wait)
             _keep_alive(keep_alive, mailing_id, report)
             continue
         if members is not None:
@@ -203,12 +200,12 @@ def send_mailing(
         if not attempt.rows:
             continue
         result = gateway.send_batch(_bulk_send(attempt, template_name, bulk, unsubscribe_link))
-        ledger.record_results(attempt, result.entries, _retry_at(result, attempt, policy, now()))
+        ledger.record_results(attempt, result.entries, _retry_at(result, attempt, policy, clock.now()))
         report.batches += 1
         report.outcomes.update(entry.outcome.value for entry in result.entries)
-        if result.keys(Outcome.PAUSE):
-            report.paused_until = now() + dt.timedelta(seconds=policy.pause_seconds)
-            report.pause_reason = next(e.error for e in result.entries if e.outcome is Outcome.PAUSE)
+        if result.keys(SendStatus.PAUSE):
+            report.paused_until = clock.now() + dt.timedelta(seconds=policy.pause_seconds)
+            report.pause_reason = next(e.error for e in result.entries if e.outcome is SendStatus.PAUSE)
             log.warning("mailing %s paused until %s: %s", mailing_id, report.paused_until, report.pause_reason)
             return report
         _keep_alive(keep_alive, mailing_id, report)
@@ -256,8 +253,8 @@ def _bulk_send(batch: Batch, template_name: str, bulk: bool, unsubscribe_link: U
             if unsubscribe_link is not None and row.get("user_id") is not None:
                 link = unsubscribe_link(str(row["user_id"]))
             else:  # a row planned before the link was made at send time
-                link = data.get(UNSUBSCRIBE_FIELD)
-            data[UNSUBSCRIBE_FIELD] = link
+                link = data.get(UNSUBSCRIBE_URL)
+            data[UNSUBSCRIBE_URL] = link
         recipients.append(
             BulkRecipient(
                 recipient_key=row["recipient_key"],
@@ -271,7 +268,7 @@ def _bulk_send(batch: Batch, template_name: str, bulk: bool, unsubscribe_link: U
 
 def _retry_at(result: BatchResult, batch: Batch, policy: DispatchPolicy, now: dt.datetime) -> dt.datetime:
     """When re-queued rows may go again: after a pause, or a full-jitter exponential backoff."""
-    if result.keys(Outcome.PAUSE):
+    if result.keys(SendStatus.PAUSE):
         return now + dt.timedelta(seconds=policy.pause_seconds)
     attempts = max((row.get("attempts", 1) for row in batch.rows), default=1)  # counts this attempt
     ceiling = min(policy.backoff_cap_seconds, policy.backoff_base_seconds * 2 ** (attempts - 1))
@@ -282,6 +279,4 @@ def _seconds_until_retry(ledger: MailLedger, mailing_id: ObjectId, now: dt.datet
     retry_at = ledger.next_retry_at(mailing_id)
     if retry_at is None:
         return None
-    if retry_at.tzinfo is None:
-        retry_at = retry_at.replace(tzinfo=dt.timezone.utc)
-    return max((retry_at - now).total_seconds(), 0.0)
+    return max((as_utc(retry_at) - now).total_seconds(), 0.0)

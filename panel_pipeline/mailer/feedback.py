@@ -26,11 +26,12 @@ changes nothing the second time, so SQS's at-least-once delivery is harmless. py
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,23 +40,19 @@ from pymongo import ASCENDING
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from panel_pipeline.mailer.ledger import (
+from panel_pipeline.mailer.store import (
     SendEvent,
     normalize_email,
     send_event_from_ses,
-    utc_now,
 )
+from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
+from panel_pipeline.shared.contract import ACTIVE, BOUNCED, UNSUBSCRIBED
 
-Clock = Callable[[], dt.datetime]
-
-ACTIVE = "active"
-BOUNCED = "bounced"
-UNSUBSCRIBED = "unsubscribed"
 PERMANENT_BOUNCE = "Permanent"
 SQS_BATCH_SIZE = 10
 MAX_MESSAGES_PER_DRAIN = 10_000
 OBJECT_ID_TAG = re.compile(r"^[0-9a-f]{24}$")
-RECIPIENT_TAG = re.compile(r"^(?:[0-9a-f]{24}|e-[0-9a-f]{32})$")  # ledger.recipient_key_for
+RECIPIENT_TAG = re.compile(r"^(?:[0-9a-f]{24}|e-[0-9a-f]{32})$")  # store.recipient_key_for
 
 
 @dataclass(frozen=True)
@@ -124,24 +121,19 @@ def parse_ses_event(event: Mapping[str, Any]) -> FeedbackEvent | None:
     mail = event.get("mail")
     if not event_type or not isinstance(mail, dict) or not mail.get("messageId"):
         return None
-    common = {
-        "event_type": str(event_type),
-        "message_id": str(mail["messageId"]),
-        "occurred_at": _parse_time(mail.get("timestamp")),
-        "tags": send_event_from_ses(event),
-    }
+    common = FeedbackEvent(str(event_type), str(mail["messageId"]), _parse_time(mail.get("timestamp")), send_event_from_ses(event))
     if event_type == "Bounce":
         bounce = event.get("bounce") or {}
         kind = f"{bounce.get('bounceType', 'Undetermined')}/{bounce.get('bounceSubType', 'Undetermined')}"
         status = BOUNCED if bounce.get("bounceType") == PERMANENT_BOUNCE else None
-        return FeedbackEvent(**common, member_status=status, reason=f"SES bounce {kind}",
-                             addresses=_addresses(bounce.get("bouncedRecipients")))
+        return dataclasses.replace(common, member_status=status, reason=f"SES bounce {kind}",
+                                   addresses=_addresses(bounce.get("bouncedRecipients")))
     if event_type == "Complaint":
         complaint = event.get("complaint") or {}
         kind = complaint.get("complaintFeedbackType") or complaint.get("complaintSubType") or "unspecified"
-        return FeedbackEvent(**common, member_status=UNSUBSCRIBED, reason=f"SES complaint {kind}",
-                             addresses=_addresses(complaint.get("complainedRecipients")))
-    return FeedbackEvent(**common)
+        return dataclasses.replace(common, member_status=UNSUBSCRIBED, reason=f"SES complaint {kind}",
+                                   addresses=_addresses(complaint.get("complainedRecipients")))
+    return common
 
 
 def _addresses(recipients: Any) -> tuple[str, ...]:
@@ -159,10 +151,10 @@ def _parse_time(value: Any) -> dt.datetime | None:
 class FeedbackStore:
     """`mail_events` and the members' status in `users`, written idempotently."""
 
-    def __init__(self, events: Collection, users: Collection, clock: Clock = utc_now) -> None:
+    def __init__(self, events: Collection, users: Collection, clock: Clock = SYSTEM_CLOCK) -> None:
         self.events = events
         self.users = users
-        self._now = clock
+        self._clock = clock
 
     def ensure_indexes(self) -> None:
         self.events.create_index(
@@ -179,7 +171,7 @@ class FeedbackStore:
         tags = event.tags
         if tags is None or not ObjectId.is_valid(tags.mailing_id):
             return False
-        now = self._now()
+        now = self._clock.now()
         document = {
             "event_type": event.event_type,
             "mailing_id": ObjectId(tags.mailing_id),
@@ -209,7 +201,7 @@ class FeedbackStore:
         stale = {"status_changed_at": {"$not": {"$gte": event.occurred_at}}} if event.occurred_at else {}
         changed = self.users.update_many(
             {**member, **stale, "status": ACTIVE},
-            {"$set": {"status": event.member_status, "status_reason": event.reason, "status_changed_at": self._now()}},
+            {"$set": {"status": event.member_status, "status_reason": event.reason, "status_changed_at": self._clock.now()}},
         ).modified_count
         return event.member_status if changed else None
 

@@ -19,14 +19,14 @@ Invariants:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from bson import ObjectId
 from pymongo.database import Database
 
-from panel_pipeline.mailer.dispatch import UNSUBSCRIBE_FIELD, MailingRecipient
-from panel_pipeline.mailer.ledger import normalize_email
+from panel_pipeline.mailer.dispatch import MailingRecipient, UnsubscribeLink
+from panel_pipeline.mailer.store import normalize_email
 from panel_pipeline.mailer.validation import (
     DataProblem,
     address_problem,
@@ -35,9 +35,8 @@ from panel_pipeline.mailer.validation import (
     object_id,
 )
 from panel_pipeline.queue.store import RequestRejected
-
-UnsubscribeLink = Callable[[str], str]
-USER_FIELDS = {"email": 1, "first_name": 1, "status": 1}
+from panel_pipeline.shared.contract import ACTIVE, FIRST_NAME, UNSUBSCRIBE_URL
+USER_FIELDS = {"email": 1, FIRST_NAME: 1, "status": 1}
 USERS_PER_QUERY = 1000
 
 
@@ -99,7 +98,7 @@ class ResolvedRecipients:
                 raise RequestRejected(f"{where}.user_id: no user {user_id} with an e-mail address")
             return self._recipient(user, entry.get("data"), f"{where}.data", f"{where}.user_id: the member's address")
         address = normalize_email(entry["email"])
-        user = by_email.get(address) or {"email": address, "status": "active"}
+        user = by_email.get(address) or {"email": address, "status": ACTIVE}
         return self._recipient(user, entry.get("data"), f"{where}.data", f"{where}.email")
 
     # --- sample members ------------------------------------------------------------------------
@@ -146,15 +145,15 @@ class ResolvedRecipients:
         except DataProblem as bad:
             data, problem = {}, str(bad)
         if self.bulk:
-            data.pop(UNSUBSCRIBE_FIELD, None)
-        if user.get("first_name") and isinstance(user["first_name"], str):
-            data.setdefault("first_name", user["first_name"])
+            data.pop(UNSUBSCRIBE_URL, None)
+        if user.get(FIRST_NAME) and isinstance(user[FIRST_NAME], str):
+            data.setdefault(FIRST_NAME, user[FIRST_NAME])
         email = normalize_email(str(user["email"]))
         wrong_address = address_problem(email)
         if wrong_address and problem is None:
             problem = f"{address_field}: {wrong_address}"
-        status = user.get("status", "active")
-        suppressed = None if status == "active" else f"member status is {status}"
+        status = user.get("status", ACTIVE)
+        suppressed = None if status == ACTIVE else f"member status is {status}"
         return MailingRecipient(email=email, data=data, user_id=user.get("_id"), suppressed_reason=suppressed, problem=problem)
 
 

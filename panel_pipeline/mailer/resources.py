@@ -19,11 +19,12 @@ from botocore.config import Config
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from panel_pipeline.mailer.dispatch import DispatchPolicy
-from panel_pipeline.mailer.ses import SesGateway, SesSettings
+from panel_pipeline.mailer.ses import TEMPLATE_CALLS_PER_SECOND, SesGateway
 from panel_pipeline.mailer.sqs import SqsQueue
 from panel_pipeline.mailer.unsubscribe import DEFAULT_KEY_VERSION, KEY_VERSION, unsubscribe_token
 from panel_pipeline.mailer.validation import LinkPolicy
 
+LOCAL_TEMPLATE_CALLS_PER_SECOND = 20.0  # a local endpoint has no 1 call/s limit
 TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$")
 
 
@@ -118,15 +119,15 @@ class SesResource(AwsServiceResource):
         )
 
     def gateway(self) -> SesGateway:
-        settings = SesSettings(
-            region_name=self.region_name,
+        """The gateway on these settings (the session carries region and credentials)."""
+        return SesGateway(
+            self.session(),
             from_address=self.from_address,
             configuration_set=self.configuration_set,
             endpoint_url=self.endpoint_url,
             max_send_rate=self.max_send_rate,
-            template_calls_per_second=20.0 if self.endpoint_url else 1.0,
+            template_calls_per_second=LOCAL_TEMPLATE_CALLS_PER_SECOND if self.endpoint_url else TEMPLATE_CALLS_PER_SECOND,
         )
-        return SesGateway(settings, session=self.session())
 
 
 class SqsResource(AwsServiceResource):

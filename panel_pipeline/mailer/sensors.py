@@ -4,53 +4,31 @@ batched per tick; SES's feedback drained whenever its SQS queue holds messages."
 import dagster as dg
 from botocore.exceptions import BotoCoreError, ClientError
 
+from panel_pipeline.mailer.jobs import mailing_job, ses_feedback_job, transactional_mail_job
 from panel_pipeline.mailer.resources import SqsResource
-from panel_pipeline.shared.partitions import mailing_partitions
+from panel_pipeline.mailer.ses import aws_error_code
 from panel_pipeline.queue.sensors import build_queue_sensor, run_in_flight
-
-mailing_job = dg.define_asset_job(
-    "mailing_job",
-    selection=dg.AssetSelection.assets("mailings"),
-    executor_def=dg.in_process_executor,
-    tags={"panel/part": "mailer"},
-)
-
-template_job = dg.define_asset_job("email_templates_job", selection=dg.AssetSelection.assets("email_templates"))
-
-transactional_mail_job = dg.define_asset_job(
-    "transactional_mail_job",
-    selection=dg.AssetSelection.assets("transactional_mail"),
-    executor_def=dg.in_process_executor,
-    tags={"panel/part": "transactional_mail"},
-)
-
-TRANSACTIONAL = {"kind": "transactional"}
+from panel_pipeline.shared.contract import BULK, MAILINGS, TRANSACTIONAL
+from panel_pipeline.shared.partitions import mailing_partitions
 
 mailings_queue_sensor = build_queue_sensor(
-    collection="mailings",
+    collection=MAILINGS,
     job=mailing_job,
     partitions_def=mailing_partitions,
-    match={"kind": {"$ne": "transactional"}},
+    match={"kind": {"$ne": TRANSACTIONAL}},
     description="Turns each bulk `mailings` document with processed: false into a run of its own "
     "partition; bulk mailings run one at a time.",
-    tags_for=lambda doc: {"panel/mail_kind": "bulk"},
+    tags_for=lambda doc: {"panel/mail_kind": BULK},
 )
 
 transactional_mail_queue_sensor = build_queue_sensor(
-    collection="mailings",
+    collection=MAILINGS,
     name="transactional_mail_queue_sensor",
     job=transactional_mail_job,
     batch_op_name="transactional_mail",
-    match=TRANSACTIONAL,
+    match={"kind": TRANSACTIONAL},
     description="Turns the transactional `mailings` documents with processed: false into one run per "
     "tick, beside any bulk mailing, so a password e-mail never waits for a process per e-mail.",
-)
-
-ses_feedback_job = dg.define_asset_job(
-    "ses_feedback_job",
-    selection=dg.AssetSelection.assets("ses_feedback"),
-    executor_def=dg.in_process_executor,
-    tags={"panel/part": "ses_feedback"},
 )
 
 FEEDBACK_CHECK_SECONDS = 30
@@ -67,16 +45,10 @@ def ses_feedback_sensor(context: dg.SensorEvaluationContext, sqs: SqsResource) -
     try:
         waiting = sqs.queue().waiting()
     except (BotoCoreError, ClientError) as exc:
-        return dg.SensorResult(skip_reason=f"the SES event queue is unreachable ({_aws_error(exc)}); trying again on the next tick")
+        return dg.SensorResult(skip_reason=f"the SES event queue is unreachable ({aws_error_code(exc)}); trying again on the next tick")
     if not waiting:
         return dg.SensorResult(skip_reason="no SES events waiting")
     if run_in_flight(context.instance, ses_feedback_job.name):
         return dg.SensorResult(skip_reason=f"{waiting} SES events waiting for the ses_feedback run already under way")
     return dg.SensorResult(run_requests=[dg.RunRequest(tags={"panel/waiting_messages": str(waiting)})])
 
-
-def _aws_error(exc: Exception) -> str:
-    """The error's code or class: never its message, which may carry an address or an account."""
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", "ClientError"))
-    return type(exc).__name__

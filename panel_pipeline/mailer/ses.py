@@ -9,8 +9,9 @@ What it guarantees and why:
   try again), `PAUSE` (daily quota, sending paused, a configuration problem: stop the mailing until
   later or until a person acts), `FAILED` (this recipient only, with the reason), or `UNKNOWN` (the
   request may have reached SES but no answer came: never re-send blindly, reconcile from events).
-* Sending is paced by a thread-safe token bucket at the account's MaxSendRate (GetAccount, or an
-  override), in batches of min(50, rate); template calls are paced to SES's 1 call per second.
+* Sending is paced by the shared token bucket (shared/rate_limit.py) at the account's MaxSendRate
+  (GetAccount, or an override), in batches of min(50, rate); template calls are paced to SES's 1
+  call per second.
 * Bulk mail carries per-recipient `List-Unsubscribe` and one-click `List-Unsubscribe-Post`
   headers (RFC 8058) via `ReplacementHeaders`; transactional mail does not.
 * Message tags carry the mailing, batch and recipient ids, so SES events can be joined back to
@@ -32,9 +33,8 @@ import logging
 import math
 import re
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -49,13 +49,18 @@ from botocore.exceptions import (
 from botocore.model import Shape
 from botocore.validate import ParamValidator
 
-from panel_pipeline.mailer.templates import EmailTemplate
+from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
 from panel_pipeline.shared.privacy import describe_error, redact
+from panel_pipeline.shared.rate_limit import TokenBucket
+from panel_pipeline.shared.template_data import KEY, NUMBER, NotJson, as_json
+from panel_pipeline.shared.templates import EmailTemplate
 
 log = logging.getLogger(__name__)
 
 SES_MAX_ENTRIES_PER_CALL = 50
 TEMPLATE_CALLS_PER_SECOND = 1.0
+CONNECT_TIMEOUT_SECONDS = 10.0
+READ_TIMEOUT_SECONDS = 60.0
 UNSUBSCRIBE_POST_VALUE = "List-Unsubscribe=One-Click"
 _TAG_VALUE = re.compile(r"^[A-Za-z0-9_\-]{1,256}$")
 BAD_REQUEST = "BadRequestException"
@@ -67,7 +72,9 @@ class SendEventsNotPublished(Exception):
     """The configuration set publishes no Send events to SNS: unknown recipients could never be settled."""
 
 
-class Outcome(str, Enum):
+class SendStatus(str, Enum):
+    """What became of one recipient of a send call, by what the mailer should do next."""
+
     SENT = "sent"
     RETRY = "retry"
     PAUSE = "pause"
@@ -76,36 +83,36 @@ class Outcome(str, Enum):
 
 
 # BulkEmailStatus values of the botocore sesv2 model, by what the mailer should do next.
-_ENTRY_OUTCOMES: dict[str, Outcome] = {
-    "SUCCESS": Outcome.SENT,
-    "ACCOUNT_THROTTLED": Outcome.RETRY,
-    "TRANSIENT_FAILURE": Outcome.RETRY,
-    "ACCOUNT_DAILY_QUOTA_EXCEEDED": Outcome.PAUSE,
-    "ACCOUNT_SENDING_PAUSED": Outcome.PAUSE,
-    "CONFIGURATION_SET_SENDING_PAUSED": Outcome.PAUSE,
-    "ACCOUNT_SUSPENDED": Outcome.PAUSE,
-    "CONFIGURATION_SET_NOT_FOUND": Outcome.PAUSE,
-    "TEMPLATE_NOT_FOUND": Outcome.PAUSE,
-    "MAIL_FROM_DOMAIN_NOT_VERIFIED": Outcome.PAUSE,
-    "INVALID_SENDING_POOL_NAME": Outcome.PAUSE,
-    "MESSAGE_REJECTED": Outcome.FAILED,
-    "INVALID_PARAMETER": Outcome.FAILED,
-    "FAILED": Outcome.FAILED,
+_ENTRY_OUTCOMES: dict[str, SendStatus] = {
+    "SUCCESS": SendStatus.SENT,
+    "ACCOUNT_THROTTLED": SendStatus.RETRY,
+    "TRANSIENT_FAILURE": SendStatus.RETRY,
+    "ACCOUNT_DAILY_QUOTA_EXCEEDED": SendStatus.PAUSE,
+    "ACCOUNT_SENDING_PAUSED": SendStatus.PAUSE,
+    "CONFIGURATION_SET_SENDING_PAUSED": SendStatus.PAUSE,
+    "ACCOUNT_SUSPENDED": SendStatus.PAUSE,
+    "CONFIGURATION_SET_NOT_FOUND": SendStatus.PAUSE,
+    "TEMPLATE_NOT_FOUND": SendStatus.PAUSE,
+    "MAIL_FROM_DOMAIN_NOT_VERIFIED": SendStatus.PAUSE,
+    "INVALID_SENDING_POOL_NAME": SendStatus.PAUSE,
+    "MESSAGE_REJECTED": SendStatus.FAILED,
+    "INVALID_PARAMETER": SendStatus.FAILED,
+    "FAILED": SendStatus.FAILED,
 }
 
 # Whole-call error codes (SendBulkEmail errors in the sesv2 model). A definite error answer
 # means SES sent nothing in that call, so nothing here is UNKNOWN. BadRequestException is not
 # here: such a call is split to find the entries SES refuses (`_split_refused`).
-_CALL_OUTCOMES: dict[str, Outcome] = {
-    "TooManyRequestsException": Outcome.RETRY,
-    "Throttling": Outcome.RETRY,
-    "ThrottlingException": Outcome.RETRY,
-    "LimitExceededException": Outcome.PAUSE,
-    "SendingPausedException": Outcome.PAUSE,
-    "AccountSuspendedException": Outcome.PAUSE,
-    "MailFromDomainNotVerifiedException": Outcome.PAUSE,
-    "NotFoundException": Outcome.PAUSE,
-    "MessageRejected": Outcome.PAUSE,
+_CALL_OUTCOMES: dict[str, SendStatus] = {
+    "TooManyRequestsException": SendStatus.RETRY,
+    "Throttling": SendStatus.RETRY,
+    "ThrottlingException": SendStatus.RETRY,
+    "LimitExceededException": SendStatus.PAUSE,
+    "SendingPausedException": SendStatus.PAUSE,
+    "AccountSuspendedException": SendStatus.PAUSE,
+    "MailFromDomainNotVerifiedException": SendStatus.PAUSE,
+    "NotFoundException": SendStatus.PAUSE,
+    "MessageRejected": SendStatus.PAUSE,
 }
 
 
@@ -145,7 +152,7 @@ class BulkSend:
 @dataclass(frozen=True)
 class EntryResult:
     recipient_key: str
-    outcome: Outcome
+    outcome: SendStatus
     ses_status: str | None = None
     message_id: str | None = None
     error: str | None = None
@@ -156,7 +163,7 @@ class BatchResult:
     entries: list[EntryResult]
     retry_attempts: int = 0
 
-    def keys(self, outcome: Outcome) -> list[str]:
+    def keys(self, outcome: SendStatus) -> list[str]:
         return [entry.recipient_key for entry in self.entries if entry.outcome is outcome]
 
     def counts(self) -> dict[str, int]:
@@ -166,77 +173,30 @@ class BatchResult:
         return counts
 
 
-class TokenBucket:
-    """Thread-safe pacing: `acquire(n)` blocks until n tokens (recipients) are available."""
-
-    def __init__(
-        self,
-        rate_per_second: float,
-        capacity: float,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        if rate_per_second <= 0 or capacity <= 0:
-            raise ValueError("rate and capacity must be positive")
-        self.rate = rate_per_second
-        self.capacity = capacity
-        self._clock = clock
-        self._sleep = sleep
-        self._tokens = capacity
-        self._updated = clock()
-        self._lock = threading.Lock()
-
-    def acquire(self, tokens: float = 1.0) -> None:
-        if tokens > self.capacity:
-            raise ValueError(f"cannot take {tokens} tokens from a bucket of {self.capacity}")
-        while True:
-            with self._lock:
-                wait = self._take_or_wait(tokens)
-            if wait <= 0:
-                return
-            self._sleep(wait)
-
-    def _take_or_wait(self, tokens: float) -> float:
-        now = self._clock()
-        self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
-        self._updated = now
-        if self._tokens >= tokens:
-            self._tokens -= tokens
-            return 0.0
-        return (tokens - self._tokens) / self.rate
-
-
-@dataclass
-class SesSettings:
-    region_name: str
-    from_address: str
-    configuration_set: str | None = None
-    endpoint_url: str | None = None
-    max_send_rate: float | None = None  # recipients/s; None reads MaxSendRate from GetAccount
-    rate_fraction: float = 1.0  # pace below the quota, e.g. 0.9, to leave room for other senders
-    reply_to: Sequence[str] = field(default_factory=tuple)
-    template_calls_per_second: float = TEMPLATE_CALLS_PER_SECOND  # SES's limit; raise only for local servers
-    connect_timeout_seconds: float = 10.0
-    read_timeout_seconds: float = 60.0
-
-
 class SesGateway:
     """SES v2 stored templates and SendBulkEmail; one instance may be shared by threads."""
 
     def __init__(
         self,
-        settings: SesSettings,
-        session: boto3.session.Session | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        session: boto3.session.Session,
+        *,
+        from_address: str,
+        configuration_set: str | None = None,
+        endpoint_url: str | None = None,
+        max_send_rate: float | None = None,
+        template_calls_per_second: float = TEMPLATE_CALLS_PER_SECOND,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self.settings = settings
-        session = session or boto3.session.Session()
+        """`session` holds the region and credentials; `max_send_rate` (recipients/s) None reads
+        MaxSendRate from GetAccount; `template_calls_per_second` above SES's 1 only for a local endpoint."""
+        self.from_address = from_address
+        self.configuration_set = configuration_set
+        self.endpoint_url = endpoint_url
+        self.max_send_rate = max_send_rate
         self._send_client = self._client(session, total_max_attempts=1)
         self._admin_client = self._client(session, total_max_attempts=3)
-        self._template_pacer = TokenBucket(settings.template_calls_per_second, 1.0, clock, sleep)
+        self._template_pacer = TokenBucket(template_calls_per_second, 1.0, clock)
         self._clock = clock
-        self._sleep = sleep
         self._bucket: TokenBucket | None = None
         self._bucket_lock = threading.Lock()
         self._ensured_templates: set[str] = set()
@@ -248,15 +208,10 @@ class SesGateway:
     def _client(self, session: boto3.session.Session, total_max_attempts: int) -> Any:
         config = Config(
             retries={"total_max_attempts": total_max_attempts, "mode": "standard"},
-            connect_timeout=self.settings.connect_timeout_seconds,
-            read_timeout=self.settings.read_timeout_seconds,
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            read_timeout=READ_TIMEOUT_SECONDS,
         )
-        return session.client(
-            "sesv2",
-            region_name=self.settings.region_name,
-            endpoint_url=self.settings.endpoint_url,
-            config=config,
-        )
+        return session.client("sesv2", endpoint_url=self.endpoint_url, config=config)
 
     # --- account and pacing -------------------------------------------------------------------
 
@@ -280,10 +235,9 @@ class SesGateway:
     def _send_bucket(self) -> TokenBucket:
         with self._bucket_lock:
             if self._bucket is None:
-                account_rate = self.settings.max_send_rate or self.send_quota().max_send_rate
-                rate = account_rate * self.settings.rate_fraction
+                rate = self.max_send_rate or self.send_quota().max_send_rate
                 capacity = max(1, min(SES_MAX_ENTRIES_PER_CALL, math.floor(rate)))
-                self._bucket = TokenBucket(rate, capacity, self._clock, self._sleep)
+                self._bucket = TokenBucket(rate, capacity, self._clock)
                 log.info("SES pacing at %.2f recipients/s, batches of %d", rate, capacity)
             return self._bucket
 
@@ -313,15 +267,15 @@ class SesGateway:
         """Raise `SendEventsNotPublished` unless the configuration set has an enabled SNS event
         destination matching SEND (checked once per gateway; nothing to check without a set, nor on
         a local endpoint that does not know the call)."""
-        name = self.settings.configuration_set
+        name = self.configuration_set
         if not name or self._send_events_checked:
             return
         try:
             destinations = self._admin_client.get_configuration_set_event_destinations(ConfigurationSetName=name)
         except ClientError as exc:
-            if self.settings.endpoint_url and _error_code(exc) in {"404", "UnknownOperationException"}:
+            if self.endpoint_url and aws_error_code(exc) in {"404", "UnknownOperationException"}:
                 # A local emulator without configuration sets (the bare aws-ses-v2-local): nothing to check.
-                log.warning("SES endpoint %s cannot list event destinations; Send events not checked", self.settings.endpoint_url)
+                log.warning("SES endpoint %s cannot list event destinations; Send events not checked", self.endpoint_url)
                 self._send_events_checked = True
                 return
             raise SesAdminError(describe_error(exc)) from None
@@ -337,7 +291,7 @@ class SesGateway:
         try:
             response = self._template_call(self._admin_client.get_email_template, raw_errors=True, TemplateName=name)
         except ClientError as exc:
-            if _error_code(exc) in {"NotFoundException", "404"}:
+            if aws_error_code(exc) in {"NotFoundException", "404"}:
                 return None
             raise SesAdminError(describe_error(exc)) from None
         stored = response["TemplateContent"]
@@ -380,13 +334,13 @@ class SesGateway:
                 entry = self._entry(recipient, send.bulk)
                 problem = self._entry_problem(entry)
             except (TypeError, ValueError):
-                problem = f"template data: {_first_non_json(recipient.template_data, 'data') or 'not a JSON object'}"
+                problem = f"template data: {_first_non_json(recipient.template_data)}"
             if send.bulk and not recipient.unsubscribe_url:
                 problem = "bulk mail needs an unsubscribe link (List-Unsubscribe), and this recipient has none"
             if problem is None:
                 built.append((recipient.recipient_key, entry))
             else:
-                not_built.append(EntryResult(recipient.recipient_key, Outcome.FAILED, NOT_BUILT, None, f"not sent: {problem}"))
+                not_built.append(EntryResult(recipient.recipient_key, SendStatus.FAILED, NOT_BUILT, None, f"not sent: {problem}"))
         if not_built:
             log.warning("mailing %s batch %s: %d entries could not be built and fail alone", send.mailing_id, send.batch_id, len(not_built))
         return built, not_built
@@ -403,20 +357,20 @@ class SesGateway:
         try:
             response = self._send_client.send_bulk_email(**self._request(send, [entry for _, entry in built]))
         except ClientError as exc:
-            if _error_code(exc) == BAD_REQUEST:
+            if aws_error_code(exc) == BAD_REQUEST:
                 return self._split_refused(send, built, redact(exc.response.get("Error", {}).get("Message", "") or BAD_REQUEST))
             return self._call_error(send, keys, exc), 0
         except ParamValidationError as exc:  # raised before anything went out
             return self._split_refused(send, built, redact(str(exc)))
         except (EndpointConnectionError, ConnectTimeoutError) as exc:
             # The connection was never made: SES cannot have seen the request.
-            return _all(keys, Outcome.RETRY, type(exc).__name__, redact(str(exc))), 0
+            return _all(keys, SendStatus.RETRY, type(exc).__name__, redact(str(exc))), 0
         except Exception as exc:  # noqa: BLE001 - any other failure may have happened after SES accepted
             log.error(
                 "mailing %s batch %s: no answer from SES (%s); %d recipients are unknown",
                 send.mailing_id, send.batch_id, type(exc).__name__, len(keys),
             )
-            return _all(keys, Outcome.UNKNOWN, type(exc).__name__, redact(str(exc))), 0
+            return _all(keys, SendStatus.UNKNOWN, type(exc).__name__, redact(str(exc))), 0
         return self._entry_results(send, keys, response)
 
     def _split_refused(self, send: BulkSend, built: Sequence[tuple[str, dict[str, Any]]], message: str) -> tuple[list[EntryResult], int]:
@@ -424,7 +378,7 @@ class SesGateway:
         reason; otherwise each half goes again (paced), so one bad entry cannot hold back the rest."""
         if len(built) == 1:
             log.warning("mailing %s batch %s: SES refused one entry as a bad request: %s", send.mailing_id, send.batch_id, message)
-            return [EntryResult(built[0][0], Outcome.FAILED, BAD_REQUEST, None, f"SES refused this recipient: {message}")], 0
+            return [EntryResult(built[0][0], SendStatus.FAILED, BAD_REQUEST, None, f"SES refused this recipient: {message}")], 0
         log.warning(
             "mailing %s batch %s: SES refused %d entries as a bad request (%s); splitting them",
             send.mailing_id, send.batch_id, len(built), message,
@@ -450,7 +404,7 @@ class SesGateway:
 
     def _request(self, send: BulkSend, entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         request: dict[str, Any] = {
-            "FromEmailAddress": self.settings.from_address,
+            "FromEmailAddress": self.from_address,
             "DefaultContent": {"Template": {"TemplateName": send.template_name, "TemplateData": "{}"}},
             "BulkEmailEntries": list(entries),
             "DefaultEmailTags": [
@@ -458,10 +412,8 @@ class SesGateway:
                 {"Name": "batch", "Value": send.batch_id},
             ],
         }
-        if self.settings.configuration_set:
-            request["ConfigurationSetName"] = self.settings.configuration_set
-        if self.settings.reply_to:
-            request["ReplyToAddresses"] = list(self.settings.reply_to)
+        if self.configuration_set:
+            request["ConfigurationSetName"] = self.configuration_set
         return request
 
     @staticmethod
@@ -490,7 +442,7 @@ class SesGateway:
                 "mailing %s batch %s: SES answered %d entries for %d recipients",
                 send.mailing_id, send.batch_id, len(answers), len(keys),
             )
-            return _all(keys, Outcome.UNKNOWN, None, "entry count mismatch in the SES answer"), 0
+            return _all(keys, SendStatus.UNKNOWN, None, "entry count mismatch in the SES answer"), 0
         entries = [self._entry_result(key, answer) for key, answer in zip(keys, answers)]
         retry_attempts = int(response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
         log.info("mailing %s batch %s: %s", send.mailing_id, send.batch_id, BatchResult(entries).counts())
@@ -501,20 +453,20 @@ class SesGateway:
     @staticmethod
     def _entry_result(recipient_key: str, answer: Mapping[str, Any]) -> EntryResult:
         status = answer.get("Status", "")
-        outcome = _ENTRY_OUTCOMES.get(status, Outcome.FAILED)
+        outcome = _ENTRY_OUTCOMES.get(status, SendStatus.FAILED)
         error = redact(answer["Error"]) if answer.get("Error") else None
-        if outcome is not Outcome.SENT and error is None:
+        if outcome is not SendStatus.SENT and error is None:
             error = status or "no status in the SES answer"
-        message_id = answer.get("MessageId") if outcome is Outcome.SENT else None
+        message_id = answer.get("MessageId") if outcome is SendStatus.SENT else None
         return EntryResult(recipient_key, outcome, status or None, message_id, error)
 
     def _call_error(self, send: BulkSend, keys: Sequence[str], exc: ClientError) -> list[EntryResult]:
-        code = _error_code(exc)
+        code = aws_error_code(exc)
         http_status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
         outcome = _CALL_OUTCOMES.get(code)
         if outcome is None:
             # A 5xx (or an error we do not know) may come after SES queued the mail.
-            outcome = Outcome.UNKNOWN if http_status >= 500 or http_status == 0 else Outcome.PAUSE
+            outcome = SendStatus.UNKNOWN if http_status >= 500 or http_status == 0 else SendStatus.PAUSE
         message = redact(exc.response.get("Error", {}).get("Message", "") or code)
         log.warning(
             "mailing %s batch %s: SES refused the call (%s, HTTP %s): %s -> %s",
@@ -523,13 +475,13 @@ class SesGateway:
         return _all(keys, outcome, code, message)
 
 
-def _all(keys: Sequence[str], outcome: Outcome, status: str | None, error: str) -> list[EntryResult]:
+def _all(keys: Sequence[str], outcome: SendStatus, status: str | None, error: str) -> list[EntryResult]:
     return [EntryResult(key, outcome, status, None, error) for key in keys]
 
 
 def _paused_as_bad_request(result: EntryResult, entries: int) -> EntryResult:
     error = f"SES refused each of the {entries} entries, even alone, as a bad request: the request itself is wrong ({result.error})"
-    return EntryResult(result.recipient_key, Outcome.PAUSE, BAD_REQUEST, None, error)
+    return EntryResult(result.recipient_key, SendStatus.PAUSE, BAD_REQUEST, None, error)
 
 
 class SesAdminError(RuntimeError):
@@ -544,8 +496,12 @@ def _redacted_errors(call: Callable[..., Any], **kwargs: Any) -> Any:
         raise SesAdminError(describe_error(exc)) from None
 
 
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
+def aws_error_code(exc: BaseException) -> str:
+    """An AWS error's code (`Error.Code` of a ClientError), else its class name: never its message,
+    which may carry an address or an account."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code") or type(exc).__name__)
+    return type(exc).__name__
 
 
 def _publishes_send_events(destination: Mapping[str, Any]) -> bool:
@@ -556,23 +512,18 @@ def _publishes_send_events(destination: Mapping[str, Any]) -> bool:
     )
 
 
-def _first_non_json(value: Any, path: str) -> str:
+def _first_non_json(data: Any) -> str:
     """Where in the data a value is not JSON, e.g. `data.expires_at is a datetime, not a JSON value`."""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return f"{path} has a {type(key).__name__} key, not a string"
-            found = _first_non_json(item, f"{path}.{key}")
-            if found:
-                return found
-        return ""
-    if isinstance(value, list | tuple):
-        return next((found for i, item in enumerate(value) if (found := _first_non_json(item, f"{path}.{i}"))), "")
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"{path} is {value}, not a JSON number"
-    if value is None or isinstance(value, str | int | float | bool):
-        return ""
-    return f"{path} is a {type(value).__name__}, not a JSON value"
+    try:
+        as_json(data)
+    except NotJson as wrong:
+        at = ".".join(["data", *map(str, wrong.path)])
+        if wrong.reason == KEY:
+            return f"{at} has a {type(wrong.value).__name__} key, not a string"
+        if wrong.reason == NUMBER:
+            return f"{at} is {wrong.value}, not a JSON number"
+        return f"{at} is a {type(wrong.value).__name__}, not a JSON value"
+    return "not a JSON object"
 
 
 def _model_problems(value: Any, shape: Shape, path: str) -> list[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -26,12 +25,12 @@ from urllib.parse import urlsplit
 
 from bson import Decimal128, ObjectId
 
-from panel_pipeline.mailer.templates import HTML_COPY_KEY
-from panel_pipeline.shared.privacy import redact
 from panel_pipeline.queue.store import RequestRejected
+from panel_pipeline.shared.contract import BULK, HTML_COPY_KEY, MAIL_KINDS
+from panel_pipeline.shared.mongo import as_utc
+from panel_pipeline.shared.privacy import redact
+from panel_pipeline.shared.template_data import KEY, NUMBER, Conversion, NotJson, Path, as_json
 
-KINDS = ("bulk", "transactional")
-RESERVED_DATA_KEYS = frozenset({HTML_COPY_KEY})
 MAX_ADDRESS_CHARS = 254
 MAX_LOCAL_PART_CHARS = 64
 MAX_LINK_CHARS = 2000
@@ -58,8 +57,8 @@ def check_mailing(mailing: Mapping[str, Any], template_names: Iterable[str]) -> 
         raise RequestRejected(f"template: must be a string, not {_type_name(template)}")
     if template not in names:
         raise RequestRejected(f"template: no template {_short_repr(template)}; known: {', '.join(names)}")
-    kind = mailing.get("kind", "bulk")
-    if kind not in KINDS:
+    kind = mailing.get("kind", BULK)
+    if kind not in MAIL_KINDS:
         raise RequestRejected(f"kind: must be \"bulk\" or \"transactional\", not {_short_repr(kind)}")
     try:
         mailing_data(mailing.get("default_data"))
@@ -104,37 +103,47 @@ def mailing_data(value: Any, where: str = "default_data") -> dict[str, Any]:
         return {}
     if not isinstance(value, Mapping):
         raise DataProblem(f"{where}: must be an object, not {_type_name(value)}")
-    for key in RESERVED_DATA_KEYS:
-        if key in value:
-            raise DataProblem(f"{where}.{key}: reserved (the pipeline puts the HTML-escaped copy of the data there)")
+    reserved = reserved_key_problem(value, where)
+    if reserved:
+        raise DataProblem(reserved)
     return json_data(value, where)
+
+
+def reserved_key_problem(data: Mapping[str, Any], where: str) -> str | None:
+    """Why `data` may not be sent as it is: it holds the key the pipeline fills with its escaped copy."""
+    if HTML_COPY_KEY in data:
+        return f"{where}.{HTML_COPY_KEY}: reserved (the pipeline puts the HTML-escaped copy of the data there)"
+    return None
 
 
 def json_data(value: Any, where: str) -> Any:
     """`value` as JSON can carry it: datetime -> ISO 8601 (naive read as UTC, as pymongo gives BSON
     dates), date -> ISO date, ObjectId and decimals -> strings; anything else is a `DataProblem`."""
-    if value is None or isinstance(value, str | bool | int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise DataProblem(f"{where}: {value} is not a number JSON can carry")
-        return value
-    if isinstance(value, dt.datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).isoformat()
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, ObjectId | Decimal128 | decimal.Decimal):
-        return str(value)
-    if isinstance(value, Mapping):
-        converted = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise DataProblem(f"{where}: key {_short_repr(key)} is not a string")
-            converted[key] = json_data(item, field_path(where, key))
-        return converted
-    if isinstance(value, list | tuple):
-        return [json_data(item, f"{where}.{index}") for index, item in enumerate(value)]
-    raise DataProblem(f"{where}: a {_type_name(value)} is not JSON; give a string, number, true/false, list or object")
+    try:
+        return as_json(value, conversions=MONGO_VALUES)
+    except NotJson as wrong:
+        at = _where(where, wrong.path)
+        if wrong.reason == NUMBER:
+            raise DataProblem(f"{at}: {wrong.value} is not a number JSON can carry") from None
+        if wrong.reason == KEY:
+            raise DataProblem(f"{at}: key {_short_repr(wrong.value)} is not a string") from None
+        raise DataProblem(
+            f"{at}: a {_type_name(wrong.value)} is not JSON; give a string, number, true/false, list or object"
+        ) from None
+
+
+# Values pymongo reads that SES's JSON data has no type for, as the text sent instead.
+MONGO_VALUES: tuple[Conversion, ...] = (
+    (dt.datetime, lambda moment: as_utc(moment).isoformat()),
+    (dt.date, lambda day: day.isoformat()),
+    ((ObjectId, Decimal128, decimal.Decimal), str),
+)
+
+
+def _where(where: str, path: Path) -> str:
+    for step in path:
+        where = f"{where}.{step}" if isinstance(step, int) else field_path(where, step)
+    return where
 
 
 def field_path(where: str, key: str) -> str:
@@ -203,6 +212,10 @@ class LinkPolicy:
         if self.hosts is None or host in self.hosts:
             return True
         return any(allowed.startswith("*.") and host.endswith(allowed[1:]) for allowed in self.hosts)
+
+
+# The policy of a caller without a resource: links must be https and well-formed, to any host.
+ANY_HOST = LinkPolicy(hosts=None)
 
 
 def _type_name(value: Any) -> str:

@@ -32,9 +32,17 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from panel_pipeline.mailer.templates import EmailTemplate, check_recipient_data, load_templates
-from panel_pipeline.shared.contract import ACTIVE, AGE_BAND_LOWER_BOUNDS, PROFILE_CATEGORIES
+from panel_pipeline.shared.contract import (
+    ACTIVE,
+    AGE_BAND_LOWER_BOUNDS,
+    HTML_COPY_KEY,
+    PER_MEMBER_VARIABLES,
+    PROFILE_CATEGORIES,
+    UNSUBSCRIBE_URL,
+)
 from panel_pipeline.shared.privacy import redact
+from panel_pipeline.shared.template_data import DEPTH, KEY, NUMBER, NotJson, as_json
+from panel_pipeline.shared.templates import EmailTemplate, check_recipient_data, load_templates
 
 NUMERIC_BOUNDS: dict[str, tuple[int, int]] = {"age": (0, 130), "birth_year": (1890, 2100)}
 FILTERABLE_FIELDS: frozenset[str] = frozenset(PROFILE_CATEGORIES) | frozenset(NUMERIC_BOUNDS)
@@ -56,9 +64,8 @@ MAX_QUOTA_TARGETS = 12
 MAX_CELL_SPACE = 2**62  # product of every target's and the rate table's cells: an int64 cell index
 MAX_DATA_DEPTH = 8
 SURVEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-# Filled per member by the Mailer (recipients.py), so a sample's default data need not hold them.
-PER_MEMBER_VARIABLES: frozenset[str] = frozenset({"first_name", "unsubscribe_url"})
-MAILER_OWNED_KEYS: frozenset[str] = frozenset({"unsubscribe_url", "html"})
+# Set by the Mailer, never by a request: the escaped copy and the member's own signed link.
+MAILER_OWNED_KEYS: frozenset[str] = frozenset({UNSUBSCRIBE_URL, HTML_COPY_KEY})
 
 
 def age_band_codes(age: np.ndarray) -> np.ndarray:
@@ -360,25 +367,19 @@ def built_templates() -> dict[str, EmailTemplate]:
 
 def check_plain_data(value: Any, path: tuple[str, ...]) -> None:
     """Template data must be JSON: text, finite numbers, true/false, null, lists and objects with text keys."""
-    if len(path) > MAX_DATA_DEPTH:
-        raise RequestFieldError(path, f"nested deeper than {MAX_DATA_DEPTH} levels")
-    if value is None or isinstance(value, str | bool | int):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise RequestFieldError(path, "must be a finite number")
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str) or not key:
-                raise RequestFieldError(path, f"keys must be non-empty text, got {_type_shown(key)}")
-            check_plain_data(item, (*path, key))
-        return
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            check_plain_data(item, (*path, str(index)))
-        return
-    raise RequestFieldError(path, f"must be text, a number, true/false, a list or an object, got {type(value).__name__}")
+    try:
+        as_json(value, max_depth=MAX_DATA_DEPTH, empty_keys=False, path=path)
+    except NotJson as wrong:
+        at = tuple(map(str, wrong.path))
+        if wrong.reason == DEPTH:
+            raise RequestFieldError(at, f"nested deeper than {MAX_DATA_DEPTH} levels") from None
+        if wrong.reason == NUMBER:
+            raise RequestFieldError(at, "must be a finite number") from None
+        if wrong.reason == KEY:
+            raise RequestFieldError(at, f"keys must be non-empty text, got {_type_shown(wrong.value)}") from None
+        raise RequestFieldError(
+            at, f"must be text, a number, true/false, a list or an object, got {type(wrong.value).__name__}"
+        ) from None
 
 
 def _cell_count(fields: Sequence[str]) -> int:

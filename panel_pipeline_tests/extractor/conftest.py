@@ -16,7 +16,7 @@ from panel_pipeline.local.profile_survey import (
     PROFILE_SURVEY_ID,
     response_record,
 )
-from panel_pipeline.local.surveygizmo_server import LocalSurveyGizmo
+from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
 
 API_TOKEN = "tok-4f1c2d9e7a"
 API_TOKEN_SECRET = "sec-b7e91f03c5-do-not-log"

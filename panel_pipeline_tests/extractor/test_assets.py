@@ -20,12 +20,8 @@ from panel_pipeline.local.profile_survey import (
     PROFILE_SURVEY_ID,
     response_record,
 )
-from panel_pipeline.local.surveygizmo_server import (
-    DEMO_TOKEN,
-    DEMO_TOKEN_SECRET,
-    LocalSurveyGizmo,
-    Outage,
-)
+from panel_pipeline.local.surveygizmo.faults import Outage
+from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN, DEMO_TOKEN_SECRET, LocalSurveyGizmo
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline.shared.resources import MongoResource
 

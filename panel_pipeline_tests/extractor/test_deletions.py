@@ -19,12 +19,8 @@ from panel_pipeline.local.profile_survey import (
     PROFILE_SURVEY_ID,
     response_record,
 )
-from panel_pipeline.local.surveygizmo_server import (
-    DEMO_TOKEN,
-    DEMO_TOKEN_SECRET,
-    LocalSurveyGizmo,
-    dropped_rows,
-)
+from panel_pipeline.local.surveygizmo.faults import dropped_rows
+from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN, DEMO_TOKEN_SECRET, LocalSurveyGizmo
 from panel_pipeline.shared.resources import MongoResource
 
 UTC = dt.timezone.utc

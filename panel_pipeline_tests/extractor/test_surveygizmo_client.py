@@ -29,9 +29,8 @@ from panel_pipeline.local.profile_survey import (
     PROFILE_SURVEY_ID,
     response_record,
 )
-from panel_pipeline.local.surveygizmo_server import (
+from panel_pipeline.local.surveygizmo.faults import (
     Fault,
-    LocalSurveyGizmo,
     Outage,
     cdn_error,
     maintenance_page,
@@ -42,6 +41,7 @@ from panel_pipeline.local.surveygizmo_server import (
     throttled,
     truncated,
 )
+from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
 from panel_pipeline_tests.extractor.conftest import (
     API_TOKEN,
     API_TOKEN_SECRET,

@@ -23,7 +23,8 @@ from panel_pipeline.local.profile_survey import (
     PROFILE_SURVEY_ID,
     response_record,
 )
-from panel_pipeline.local.surveygizmo_server import LocalSurveyGizmo, load_demo_data
+from panel_pipeline.local.surveygizmo.demo import load_demo_data
+from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
 from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
 ZONE = ZoneInfo("America/New_York")

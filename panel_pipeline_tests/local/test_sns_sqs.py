@@ -15,7 +15,8 @@ from botocore.config import Config
 
 from panel_pipeline.local import stack
 from panel_pipeline.local.mongod import free_port, port_in_use
-from panel_pipeline.local.ses_proxy import SesFaultProxy, SnsEventPublisher
+from panel_pipeline.local.ses_events import SnsEventPublisher
+from panel_pipeline.local.ses_proxy import SesFaultProxy
 from panel_pipeline.local.sns_sqs import (
     aws_client,
     ensure_feedback_path,

@@ -19,8 +19,7 @@ from panel_pipeline.local.profile_survey import (
     PROFILE_SURVEY_ID,
     response_record,
 )
-from panel_pipeline.local.surveygizmo_server import (
-    LocalSurveyGizmo,
+from panel_pipeline.local.surveygizmo.faults import (
     Outage,
     RandomFaults,
     cdn_error,
@@ -33,6 +32,7 @@ from panel_pipeline.local.surveygizmo_server import (
     throttled,
     truncated,
 )
+from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
 
 TOKEN, SECRET = "local-token-1", "local-secret-2"
 AUTH = {"api_token": TOKEN, "api_token_secret": SECRET}
@@ -254,7 +254,7 @@ def test_after_requests_runs_a_mutation_between_two_requests(server: LocalSurvey
 
 
 def test_nothing_secret_in_the_request_log_or_the_http_log(server: LocalSurveyGizmo, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="panel_pipeline.local.surveygizmo_server")
+    caplog.set_level(logging.DEBUG, logger="panel_pipeline.local.surveygizmo.server")
     listed(server, ("status", "=", "Complete"))
     logged = server.requests[-1]
     assert logged.params == {"filter[field][0]": "status", "filter[operator][0]": "=", "filter[value][0]": "Complete"}
@@ -265,7 +265,7 @@ def test_nothing_secret_in_the_request_log_or_the_http_log(server: LocalSurveyGi
 def test_cli_serves_demo_data() -> None:
     port = free_port()
     command = [
-        sys.executable, "-m", "panel_pipeline.local.surveygizmo_server", "--port", str(port), "--demo",
+        sys.executable, "-m", "panel_pipeline.local.surveygizmo", "--port", str(port), "--demo",
         "--members", "40", "--days", "2", "--end", "2026-03-03T00:00:00",
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -11,12 +11,16 @@ from pymongo.database import Database
 from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.ses_proxy import SesFaultProxy
 from panel_pipeline.local.ses_server import LocalSesServer
-from panel_pipeline.mailer.ledger import MailLedger
-from panel_pipeline.mailer.ses import SesGateway, SesSettings
-from panel_pipeline.mailer.templates import EmailTemplate, load_templates
+from panel_pipeline.mailer.store import MailLedger
+from panel_pipeline.mailer.ses import SesGateway
+from panel_pipeline.shared.templates import EmailTemplate, load_templates
 
 FROM_ADDRESS = "UK Opinion Panel <panel@example.org>"
 CONFIGURATION_SET = "panel-events"
+
+
+def local_session() -> boto3.session.Session:
+    return boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name="eu-west-2")
 
 
 @pytest.fixture(scope="session")
@@ -46,16 +50,14 @@ def ses_proxy(ses_server: LocalSesServer, ses_proxy_session: SesFaultProxy) -> S
 @pytest.fixture
 def make_gateway(ses_proxy: SesFaultProxy) -> Callable[..., SesGateway]:
     def make(max_send_rate: float | None = 1000.0) -> SesGateway:
-        session = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local")
-        settings = SesSettings(
-            region_name="eu-west-2",
+        return SesGateway(
+            local_session(),
             from_address=FROM_ADDRESS,
             configuration_set=CONFIGURATION_SET,
             endpoint_url=ses_proxy.url,
             max_send_rate=max_send_rate,
             template_calls_per_second=50.0,
         )
-        return SesGateway(settings, session=session)
 
     return make
 

@@ -10,8 +10,8 @@ import pymongo
 from bson import ObjectId
 
 from panel_pipeline.mailer.dispatch import DispatchPolicy, send_mailing
-from panel_pipeline.mailer.ledger import MailLedger
-from panel_pipeline.mailer.ses import SesGateway, SesSettings
+from panel_pipeline.mailer.store import MailLedger
+from panel_pipeline.mailer.ses import SesGateway
 
 
 def main() -> None:
@@ -22,11 +22,11 @@ def main() -> None:
     parser.add_argument("--lease-seconds", type=float, required=True)
     parser.add_argument("--event-silence-seconds", type=float, required=True)
     args = parser.parse_args()
-    settings = SesSettings(
-        region_name="eu-west-2", from_address=args.from_address, configuration_set=args.configuration_set,
+    session = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name="eu-west-2")
+    gateway = SesGateway(
+        session, from_address=args.from_address, configuration_set=args.configuration_set,
         endpoint_url=args.ses_url, max_send_rate=args.max_send_rate, template_calls_per_second=50.0,
     )
-    gateway = SesGateway(settings, session=boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local"))
     policy = DispatchPolicy(
         lease_seconds=args.lease_seconds, backoff_base_seconds=0.05, backoff_cap_seconds=0.2, max_wait_seconds=5,
         event_silence=dt.timedelta(seconds=args.event_silence_seconds),

@@ -34,7 +34,7 @@ from panel_pipeline.mailer.dispatch import (
     send_mailing,
 )
 from panel_pipeline.mailer.feedback import FeedbackStore, parse_ses_event
-from panel_pipeline.mailer.ledger import (
+from panel_pipeline.mailer.store import (
     CLAIMED,
     FAILED,
     PENDING,
@@ -46,9 +46,9 @@ from panel_pipeline.mailer.ledger import (
     send_event_from_ses,
 )
 from panel_pipeline.mailer.ses import SesGateway
-from panel_pipeline.mailer.templates import EmailTemplate
 from panel_pipeline.queue.store import QueuePolicy, WorkQueue
 from panel_pipeline.shared.clock import utc_now
+from panel_pipeline.shared.templates import EmailTemplate
 from panel_pipeline_tests.clock import ManualClock
 from panel_pipeline_tests.mailer.conftest import CONFIGURATION_SET, FROM_ADDRESS
 

@@ -20,13 +20,14 @@ from panel_pipeline.mailer.feedback import (
     parse_ses_event,
     unwrap_sqs_body,
 )
-from panel_pipeline.mailer.ledger import (
+from panel_pipeline.mailer.store import (
     PENDING,
     SENT,
     UNKNOWN,
     MailLedger,
     recipient_key_for,
 )
+from panel_pipeline_tests.clock import ManualClock
 from panel_pipeline_tests.mailer.ses_events import (
     BATCH,
     bounce,
@@ -48,7 +49,7 @@ def apply_message(store, body):
 
 @pytest.fixture
 def store(mongo_db: Database) -> FeedbackStore:
-    feedback = FeedbackStore(mongo_db.mail_events, mongo_db.users, clock=lambda: NOW)
+    feedback = FeedbackStore(mongo_db.mail_events, mongo_db.users, clock=ManualClock(NOW))
     feedback.ensure_indexes()
     return feedback
 

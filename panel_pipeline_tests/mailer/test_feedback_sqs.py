@@ -16,7 +16,7 @@ from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.sns_sqs import aws_client, ensure_feedback_path
 from panel_pipeline.mailer.sensors import ses_feedback_sensor
 from panel_pipeline.mailer.assets import mailings, ses_feedback
-from panel_pipeline.mailer.ledger import recipient_key_for
+from panel_pipeline.mailer.store import recipient_key_for
 from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline_tests.mailer.ses_events import bounce, complaint, event, sns_envelope, tags
@@ -104,6 +104,7 @@ def test_bounces_and_complaints_arrive_through_sqs_and_suppress_the_members(inst
     assert metadata_values(materialization) == {
         "messages_read": 4, "messages_deleted": 4, "messages_ignored": 0, "messages_untrusted": 0, "events_stored": 4,
         "events_by_type": {"Bounce": 2, "Complaint": 1, "Send": 1}, "members_bounced": 1, "members_unsubscribed": 1,
+        "dagster/row_count": 4,
     }
     statuses = {user["_id"]: user["status"] for user in mongo_db.users.find()}
     assert statuses == {ann: "bounced", bob: "unsubscribed", cat: "active"}

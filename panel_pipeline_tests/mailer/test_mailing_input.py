@@ -18,7 +18,7 @@ from panel_pipeline.mailer.assets import email_templates, mailings, transactiona
 from panel_pipeline.mailer.resources import SesResource
 from panel_pipeline.mailer.ses import SesAdminError
 from panel_pipeline.mailer.sensors import transactional_mail_queue_sensor
-from panel_pipeline.mailer.templates import load_templates
+from panel_pipeline.shared.templates import load_templates
 from panel_pipeline.mailer.unsubscribe import verify_unsubscribe_token
 from panel_pipeline.shared.resources import MongoResource
 

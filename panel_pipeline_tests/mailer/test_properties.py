@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from panel_pipeline.mailer.assets import find_template
 from panel_pipeline.mailer.dispatch import plan_recipients
-from panel_pipeline.mailer.ledger import FAILED, PENDING, SUPPRESSED, MailLedger
+from panel_pipeline.mailer.store import FAILED, PENDING, SUPPRESSED, MailLedger
 from panel_pipeline.mailer.recipients import resolve_recipients
-from panel_pipeline.mailer.templates import load_templates
+from panel_pipeline.shared.templates import load_templates
 from panel_pipeline.mailer.validation import LinkPolicy, check_mailing
 from panel_pipeline.queue.store import RequestRejected
 

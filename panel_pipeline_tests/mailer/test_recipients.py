@@ -11,10 +11,11 @@ import pytest
 from bson import Binary, ObjectId
 from pymongo import monitoring
 
-from panel_pipeline.mailer.dispatch import UNSUBSCRIBE_FIELD, plan_recipients
-from panel_pipeline.mailer.ledger import FAILED, PENDING, SUPPRESSED
+from panel_pipeline.mailer.dispatch import plan_recipients
+from panel_pipeline.shared.contract import UNSUBSCRIBE_URL
+from panel_pipeline.mailer.store import FAILED, PENDING, SUPPRESSED
 from panel_pipeline.mailer.recipients import USERS_PER_QUERY, resolve_recipients
-from panel_pipeline.mailer.templates import load_templates
+from panel_pipeline.shared.templates import load_templates
 from panel_pipeline.mailer.validation import LinkPolicy
 from panel_pipeline.queue.store import RequestRejected
 
@@ -123,13 +124,13 @@ def test_bulk_data_never_carries_an_unsubscribe_link_of_its_own(mongo_db):
     members = add_users(mongo_db, 2)
     mailing = {
         "_id": ObjectId(), "template": "new_survey", "kind": "bulk",
-        "recipients": [{"user_id": members[0], "data": {UNSUBSCRIBE_FIELD: "https://evil.example/phish"}}, {"user_id": members[1]}],
+        "recipients": [{"user_id": members[0], "data": {UNSUBSCRIBE_URL: "https://evil.example/phish"}}, {"user_id": members[1]}],
     }
     template = load_templates()["new_survey"]
     planned = plan_recipients(template, resolve_recipients(mongo_db, mailing, bulk_link),
-                              {**SURVEY, UNSUBSCRIBE_FIELD: "https://evil.example/all"}, bulk=True, links=LINKS)
+                              {**SURVEY, UNSUBSCRIBE_URL: "https://evil.example/all"}, bulk=True, links=LINKS)
     assert [(row.status, row.error) for row in planned] == [(PENDING, None), (PENDING, None)]
-    assert all(UNSUBSCRIBE_FIELD not in row.data for row in planned), "the signed link is made at send time, never stored"
+    assert all(UNSUBSCRIBE_URL not in row.data for row in planned), "the signed link is made at send time, never stored"
 
 
 def test_a_bulk_recipient_who_is_no_member_fails_for_want_of_an_unsubscribe_link(mongo_db):

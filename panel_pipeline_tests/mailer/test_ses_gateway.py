@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
-import boto3
 import pytest
 from bson import ObjectId
 
@@ -21,15 +20,14 @@ from panel_pipeline.mailer.ses import (
     BulkRecipient,
     BulkSend,
     NOT_BUILT,
-    Outcome,
+    SendStatus,
     SendEventsNotPublished,
     SesGateway,
-    SesSettings,
-    TokenBucket,
-    redact,
 )
-from panel_pipeline.mailer.templates import EmailTemplate, escape_for_html
-from panel_pipeline_tests.mailer.conftest import CONFIGURATION_SET
+from panel_pipeline.shared.privacy import redact
+from panel_pipeline.shared.templates import EmailTemplate, escape_for_html
+from panel_pipeline_tests.clock import ManualClock
+from panel_pipeline_tests.mailer.conftest import CONFIGURATION_SET, local_session
 
 MAILING_ID = "65f000000000000000000001"
 
@@ -69,7 +67,7 @@ def test_bulk_send_delivers_each_recipient_with_tags_and_unsubscribe_headers(
     templates: dict[str, EmailTemplate],
 ) -> None:
     result = _send(make_gateway(), templates["new_survey"], 3)
-    assert [entry.outcome for entry in result.entries] == [Outcome.SENT] * 3
+    assert [entry.outcome for entry in result.entries] == [SendStatus.SENT] * 3
     emails = sorted(ses_server.emails(), key=lambda email: email["destination"]["to"][0])
     assert [email["destination"]["to"] for email in emails] == [[f"person{i}@example.org"] for i in range(3)]
     headers = {header["name"]: header["value"] for header in emails[1]["headers"]}
@@ -127,7 +125,7 @@ def test_each_entry_is_classified_on_its_own(
     ses_proxy.inject(entry_statuses({1: "ACCOUNT_THROTTLED", 2: "ACCOUNT_DAILY_QUOTA_EXCEEDED", 3: "MESSAGE_REJECTED", 4: "TRANSIENT_FAILURE"}))
     result = _send(make_gateway(), templates["new_survey"], 6)
     assert [entry.outcome for entry in result.entries] == [
-        Outcome.SENT, Outcome.RETRY, Outcome.PAUSE, Outcome.FAILED, Outcome.RETRY, Outcome.SENT,
+        SendStatus.SENT, SendStatus.RETRY, SendStatus.PAUSE, SendStatus.FAILED, SendStatus.RETRY, SendStatus.SENT,
     ]
     assert result.entries[3].error == "injected MESSAGE_REJECTED"
     assert sorted(email["destination"]["to"][0] for email in ses_server.emails()) == ["person0@example.org", "person5@example.org"]
@@ -153,7 +151,7 @@ def test_missing_variable_fails_only_that_entry_on_the_strict_server(
     broken = {key: value for key, value in recipients[1].template_data.items() if key != "first_name"}
     recipients[1] = BulkRecipient("user1", "person1@example.org", broken, "https://panel.example.org/u/1")
     result = gateway.send_batch(BulkSend(MAILING_ID, "b", gateway.ensure_template(template), recipients))
-    assert [entry.outcome for entry in result.entries] == [Outcome.SENT, Outcome.FAILED, Outcome.SENT]
+    assert [entry.outcome for entry in result.entries] == [SendStatus.SENT, SendStatus.FAILED, SendStatus.SENT]
     assert len(ses_server.emails()) == 2
 
 
@@ -171,20 +169,15 @@ def test_batches_are_checked_before_anything_is_sent(
     assert ses_proxy.calls() == []
 
 
-def test_token_bucket_paces_recipients_per_second() -> None:
-    now = [0.0]
-    waits: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        now[0] += seconds
-
-    bucket = TokenBucket(rate_per_second=10, capacity=10, clock=lambda: now[0], sleep=sleep)
+def test_sending_is_paced_at_the_send_rate_in_recipients_per_second() -> None:
+    clock = ManualClock(dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    gateway = SesGateway(local_session(), from_address="p@example.org", max_send_rate=10, clock=clock)
+    assert gateway.batch_size == 10
     for _ in range(3):
-        bucket.acquire(10)
-    assert now[0] == pytest.approx(2.0)
+        gateway.wait_for_send_capacity(10)
+    assert clock.monotonic() == pytest.approx(2.0)
     with pytest.raises(ValueError):
-        bucket.acquire(11)
+        gateway.wait_for_send_capacity(11)
 
 
 def test_redact_removes_addresses_and_links() -> None:
@@ -204,7 +197,7 @@ def test_an_entry_that_cannot_be_built_fails_alone_and_nothing_is_sent_for_it(
     recipients[3] = BulkRecipient("user3", "person3@example.org", recipients[3].template_data, "https://panel.example.org/ü/3")
     recipients[4] = BulkRecipient("user4", 12345, recipients[4].template_data, "https://panel.example.org/u/4")  # type: ignore[arg-type]
     result = gateway.send_batch(BulkSend(MAILING_ID, "b", gateway.ensure_template(template), recipients))
-    assert [entry.outcome for entry in result.entries] == [Outcome.SENT] + [Outcome.FAILED] * 4
+    assert [entry.outcome for entry in result.entries] == [SendStatus.SENT] + [SendStatus.FAILED] * 4
     errors = [entry.error for entry in result.entries[1:]]
     assert errors[0] == "not sent: template data: data.closes_at is a datetime, not a JSON value"
     assert errors[1] == "not sent: template data: data.ref.id is a ObjectId, not a JSON value"
@@ -222,7 +215,7 @@ def test_a_batch_refused_for_one_bad_address_is_split_and_only_that_recipient_fa
     ses_proxy.refuse_address("person5@example.org", "Illegal address")
     result = _send(make_gateway(), templates["new_survey"], 12)
     outcomes = [entry.outcome for entry in result.entries]
-    assert outcomes == [Outcome.SENT] * 5 + [Outcome.FAILED] + [Outcome.SENT] * 6
+    assert outcomes == [SendStatus.SENT] * 5 + [SendStatus.FAILED] + [SendStatus.SENT] * 6
     assert result.entries[5].error == "SES refused this recipient: Illegal address"
     assert sorted(email["destination"]["to"][0] for email in ses_server.emails()) == sorted(
         f"person{i}@example.org" for i in range(12) if i != 5
@@ -259,7 +252,5 @@ def test_the_configuration_set_must_publish_send_events(
 
 
 def test_a_local_endpoint_without_configuration_sets_is_not_checked(ses_server: LocalSesServer) -> None:
-    settings = SesSettings(
-        region_name="eu-west-2", from_address="p@example.org", configuration_set=CONFIGURATION_SET, endpoint_url=ses_server.url,
-    )
-    SesGateway(settings, session=boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local")).check_send_events_published()
+    gateway = SesGateway(local_session(), from_address="p@example.org", configuration_set=CONFIGURATION_SET, endpoint_url=ses_server.url)
+    gateway.check_send_events_published()

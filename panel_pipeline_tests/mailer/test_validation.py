@@ -12,7 +12,6 @@ from bson import Binary, ObjectId
 from pydantic import ValidationError
 
 from panel_pipeline.mailer.resources import SesResource, SqsResource
-from panel_pipeline.mailer.templates import load_templates, link_variables
 from panel_pipeline.mailer.unsubscribe import unsubscribe_token, verify_unsubscribe_token
 from panel_pipeline.mailer.validation import (
     DataProblem,
@@ -135,15 +134,6 @@ def test_other_links_are_refused_without_repeating_them(url, expected):
 def test_http_is_allowed_only_where_the_policy_says_so():
     local = LinkPolicy.of(["localhost"], allow_http=True)
     assert local.problem("http://localhost:4200/x") is None and local.problem("ftp://localhost/x")
-
-
-def test_the_link_variables_are_read_from_the_built_html():
-    found = {name: template.link_variables for name, template in load_templates().items()}
-    assert found == {
-        "new_survey": {"survey_url", "unsubscribe_url"}, "password_recovery": {"reset_url"}, "welcome": {"profile_survey_url"},
-        "points_registered": {"dashboard_url"}, "paid": {"dashboard_url"},
-    }
-    assert link_variables('<img src="{{html.logo}}"><a title="{{html.name}}" href=\'{{{html.next}}}\'>') == {"logo", "next"}
 
 
 # --- the unsubscribe token ------------------------------------------------------------------------

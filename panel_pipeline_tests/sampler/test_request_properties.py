@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from pymongo.database import Database
 
 from panel_pipeline.local.synthetic_panel import generate_profiles
-from panel_pipeline.mailer.templates import check_recipient_data, escape_for_html
+from panel_pipeline.shared.templates import check_recipient_data, escape_for_html
 from panel_pipeline.sampler.quotas import select
 from panel_pipeline.sampler.requests import (
     NUMERIC_BOUNDS,

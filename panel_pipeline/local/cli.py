@@ -1,10 +1,14 @@
-"""`panel-pipeline`: start, check and stop the local stack, and run the whole pipeline on it."""
+"""`python -m panel_pipeline.local`: start, check and stop the local stack, and run the whole pipeline on it.
+
+`make run` runs `dev`, `make stop` runs `stack down`.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import pymongo
@@ -20,7 +24,7 @@ def main() -> None:
 
 @main.group(name="stack")
 def stack_group() -> None:
-    """The local mongod, SES endpoint and SurveyGizmo-compatible server."""
+    """The local mongod, SES endpoint, SurveyGizmo-compatible server and SNS/SQS."""
 
 
 @stack_group.command()
@@ -59,6 +63,7 @@ def dev(port: int) -> None:
         endpoints = stack.up()
     except (stack.StackError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
+    client: pymongo.MongoClient[dict[str, Any]]
     with pymongo.MongoClient(endpoints["mongo"]) as client:
         created = seed_users(client.panel)
     click.echo(f"demo members created: {created}; sent mail: {endpoints['ses']}; Dagster UI: http://localhost:{port}")
@@ -67,7 +72,9 @@ def dev(port: int) -> None:
     link = dagster_home / "dagster.yaml"
     if not link.exists():
         link.symlink_to(stack.PROJECT_ROOT / "dagster.yaml")
-    os.environ.update({"DAGSTER_HOME": str(dagster_home), "PANEL_ENV": "local"})
+    # The local servers accept only the local credentials, so those win over a shell's; an address
+    # already set (another mongod, say) is kept.
+    os.environ.update({"DAGSTER_HOME": str(dagster_home), "PANEL_ENV": "local", **stack.LOCAL_CREDENTIALS})
     for name, value in stack.local_environment().items():
         os.environ.setdefault(name, value)
     os.chdir(stack.PROJECT_ROOT)

@@ -1,4 +1,4 @@
-"""`mail_log`: the per-recipient ledger that makes each mailing reach each recipient at most once.
+"""The Mailer's Mongo access. `mail_log`: the per-recipient ledger that makes each mailing reach each recipient at most once.
 
 One document per (mailing, recipient), unique on (mailing_id, recipient_key) and on
 (mailing_id, email), so expanding a mailing twice, or listing a person twice, adds nobody twice.
@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,10 +36,9 @@ from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 
-from panel_pipeline.mailer.ses import EntryResult, Outcome
-from panel_pipeline.shared.mongo import insert_missing
-
-Clock = Callable[[], dt.datetime]
+from panel_pipeline.mailer.ses import EntryResult, SendStatus
+from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
+from panel_pipeline.shared.mongo import as_utc, insert_missing
 
 PENDING = "pending"
 CLAIMED = "claimed"
@@ -55,10 +54,6 @@ ERROR_MAX_CHARS = 500
 EVENT_SILENCE = dt.timedelta(minutes=10)
 SEND_EVENT = "Send"
 ROWS_PER_INSERT = 1000
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 def normalize_email(email: str) -> str:
@@ -132,11 +127,11 @@ def send_event_from_ses(event: Mapping[str, Any]) -> SendEvent | None:
 class MailLedger:
     """The `mail_log` collection, used by any number of workers at once."""
 
-    def __init__(self, collection: Collection, events: Collection | None = None, clock: Clock = utc_now) -> None:
+    def __init__(self, collection: Collection, events: Collection | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         """`events` is `mail_events`, where the SES event feed stores what SES reported per message."""
         self.collection = collection
         self.events = events
-        self._now = clock
+        self._clock = clock
 
     def ensure_indexes(self) -> None:
         self.collection.create_index(
@@ -157,7 +152,7 @@ class MailLedger:
     def add_recipients(self, mailing_id: ObjectId, recipients: Iterable[NewRecipient]) -> int:
         """Insert rows for new recipients, `ROWS_PER_INSERT` at a time (the iterable is consumed in
         chunks, never held whole); ones already in the mailing are skipped. Returns how many were added."""
-        now = self._now()
+        now = self._clock.now()
         added = 0
         rows = (self._new_row(mailing_id, recipient, now) for recipient in recipients)
         while chunk := list(itertools.islice(rows, ROWS_PER_INSERT)):
@@ -187,7 +182,7 @@ class MailLedger:
 
     def claim_batch(self, mailing_id: ObjectId, owner: str, size: int, lease_seconds: float) -> Batch | None:
         """Lease up to `size` claimable rows to `owner`; None when nothing is claimable now."""
-        now = self._now()
+        now = self._clock.now()
         claimable = self._claimable(mailing_id, now)
         ids = [row["_id"] for row in self.collection.find(claimable, {"_id": 1}).sort("_id", ASCENDING).limit(size)]
         if not ids:
@@ -224,7 +219,7 @@ class MailLedger:
 
         Call immediately before SES. Rows missing from the result lost their lease and must not be sent.
         """
-        now = self._now()
+        now = self._clock.now()
         attempt_id = str(ObjectId())
         self.collection.update_many(
             {
@@ -244,7 +239,7 @@ class MailLedger:
         end `suppressed` with the reason; returns the batch without them."""
         if not reasons:
             return batch
-        now = self._now()
+        now = self._clock.now()
         for reason, keys in _keys_by_reason(reasons).items():
             self.collection.update_many(
                 {"batch_id": batch.batch_id, "recipient_key": {"$in": keys}, "status": CLAIMED, "lease_owner": batch.owner},
@@ -262,7 +257,7 @@ class MailLedger:
         Only rows of this batch that are still claimed or unknown are written, so a late answer
         settles an `unknown` row but can never overwrite a result recorded by someone else.
         """
-        now = self._now()
+        now = self._clock.now()
         written: dict[str, int] = {}
         for result in results:
             update = self._result_update(result, now, retry_at)
@@ -278,11 +273,11 @@ class MailLedger:
     def _result_update(result: EntryResult, now: dt.datetime, retry_at: dt.datetime | None) -> dict[str, Any]:
         error = (result.error or "")[:ERROR_MAX_CHARS] or None
         fields: dict[str, Any] = {"ses_status": result.ses_status, "updated_at": now, "lease_owner": None, "lease_until": None}
-        if result.outcome is Outcome.SENT:
+        if result.outcome is SendStatus.SENT:
             fields |= {"status": SENT, "ses_message_id": result.message_id, "sent_at": now, "error": None}
-        elif result.outcome is Outcome.FAILED:
+        elif result.outcome is SendStatus.FAILED:
             fields |= {"status": FAILED, "error": error}
-        elif result.outcome is Outcome.UNKNOWN:
+        elif result.outcome is SendStatus.UNKNOWN:
             return {"$set": fields | {"status": UNKNOWN, "error": error}}  # may be sent again: keeps its data
         else:
             # Nothing was sent: the row may be claimed again once retry_at has passed.
@@ -293,7 +288,7 @@ class MailLedger:
 
     def recover_expired(self, mailing_id: ObjectId) -> int:
         """Rows whose worker died after starting the attempt become `unknown`; returns how many."""
-        now = self._now()
+        now = self._clock.now()
         return self.collection.update_many(
             {"mailing_id": mailing_id, "status": CLAIMED, "attempt_started_at": {"$ne": None}, "lease_until": {"$lt": now}},
             {"$set": {"status": UNKNOWN, "error": "worker stopped after the SES call started", "updated_at": now}},
@@ -301,7 +296,7 @@ class MailLedger:
 
     def reconcile(self, events: Iterable[SendEvent]) -> dict[str, int]:
         """Settle `unknown` rows from SES events: a Send event means sent, a Reject or Rendering Failure failed."""
-        now = self._now()
+        now = self._clock.now()
         settled = {SENT: 0, FAILED: 0}
         for event in events:
             status = _status_for_event(event.event_type)
@@ -346,8 +341,8 @@ class MailLedger:
         settled[PENDING] = 0
         newest = self.events.find_one({"event_type": SEND_EVENT}, {"occurred_at": 1}, sort=[("occurred_at", DESCENDING)])
         if newest is not None:
-            now = self._now()
-            heard_until = _aware(newest["occurred_at"]) - silence
+            now = self._clock.now()
+            heard_until = as_utc(newest["occurred_at"]) - silence
             settled[PENDING] = self.collection.update_many(
                 {"mailing_id": mailing_id, "status": UNKNOWN, "attempt_started_at": {"$lt": heard_until}},
                 {"$set": {"status": PENDING, "retry_at": now, "updated_at": now, "error": "SES reported no Send event: not accepted, sent again"}},
@@ -361,7 +356,7 @@ class MailLedger:
         """
         if to_status not in (PENDING, FAILED):
             raise ValueError("unknown rows are released to pending or failed")
-        now = self._now()
+        now = self._clock.now()
         update: dict[str, Any] = {"$set": {"status": to_status, "retry_at": now, "updated_at": now, "error": "released: no SES event"}}
         if to_status == FAILED:
             update["$unset"] = {"data": ""}
@@ -380,7 +375,7 @@ class MailLedger:
 
     def counts(self, mailing_id: ObjectId) -> dict[str, int]:
         counts = {status: 0 for status in ALL_STATUSES}
-        pipeline = [{"$match": {"mailing_id": mailing_id}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+        pipeline: list[dict[str, Any]] = [{"$match": {"mailing_id": mailing_id}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
         for group in self.collection.aggregate(pipeline):
             counts[group["_id"]] = group["n"]
         return counts
@@ -394,7 +389,7 @@ class MailLedger:
         row = self.collection.find_one({"mailing_id": mailing_id, "status": PENDING}, {"retry_at": 1}, sort=[("retry_at", ASCENDING)])
         if row is None:
             return None
-        return row.get("retry_at") or self._now()
+        return row.get("retry_at") or self._clock.now()
 
 
 def _keys_by_reason(reasons: Mapping[str, str]) -> dict[str, list[str]]:
@@ -402,10 +397,6 @@ def _keys_by_reason(reasons: Mapping[str, str]) -> dict[str, list[str]]:
     for key, reason in reasons.items():
         grouped.setdefault(reason, []).append(key)
     return grouped
-
-
-def _aware(moment: dt.datetime) -> dt.datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
 
 
 def _status_for_event(event_type: str) -> str | None:

@@ -7,7 +7,7 @@ import threading
 
 from bson import ObjectId
 
-from panel_pipeline.mailer.ledger import (
+from panel_pipeline.mailer.store import (
     CLAIMED,
     FAILED,
     PENDING,
@@ -20,26 +20,16 @@ from panel_pipeline.mailer.ledger import (
     recipient_key_for,
     send_event_from_ses,
 )
-from panel_pipeline.mailer.ses import EntryResult, Outcome
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = dt.datetime(2025, 1, 6, 9, 0, tzinfo=dt.timezone.utc)
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += dt.timedelta(seconds=seconds)
+from panel_pipeline.mailer.ses import EntryResult, SendStatus
+from panel_pipeline_tests.clock import ManualClock
 
 
 def _people(count: int) -> list[NewRecipient]:
     return [NewRecipient(f"Person{i}@Example.org ", {"first_name": f"P{i}"}, user_id=ObjectId()) for i in range(count)]
 
 
-def _clocked(ledger: MailLedger) -> tuple[MailLedger, Clock]:
-    clock = Clock()
+def _clocked(ledger: MailLedger) -> tuple[MailLedger, ManualClock]:
+    clock = ManualClock(dt.datetime(2025, 1, 6, 9, 0, tzinfo=dt.timezone.utc))
     return MailLedger(ledger.collection, ledger.events, clock=clock), clock
 
 
@@ -122,7 +112,7 @@ def test_worker_dying_after_the_attempt_leaves_unknown_rows_that_are_not_resent(
     assert ledger.counts(mailing)[UNKNOWN] == 2
 
     clock.advance(600)
-    assert ledger.release_unknown(mailing, attempted_before=clock.now, to_status=PENDING) == 2
+    assert ledger.release_unknown(mailing, attempted_before=clock.now(), to_status=PENDING) == 2
     assert sorted(ledger.claim_batch(mailing, "w3", 10, 30).keys) == sorted(batch.keys[2:])
 
 
@@ -140,7 +130,7 @@ def test_unknown_rows_are_settled_from_stored_events_and_silence_counts_only_whe
     mailing = ObjectId()
     ledger.add_recipients(mailing, _people(3))
     batch = ledger.start_attempt(ledger.claim_batch(mailing, "w1", 10, 30))
-    attempted = clock.now
+    attempted = clock.now()
     clock.advance(31)
     ledger.recover_expired(mailing)
     ledger.events.insert_one(_stored_event(mailing, batch.batch_id, batch.keys[0], "Send", attempted))
@@ -163,21 +153,21 @@ def test_results_are_recorded_per_entry_and_retries_wait(ledger: MailLedger) -> 
     batch = ledger.start_attempt(ledger.claim_batch(mailing, "w1", 10, 30))
     keys = batch.keys
     results = [
-        EntryResult(keys[0], Outcome.SENT, "SUCCESS", "ses-a"),
-        EntryResult(keys[1], Outcome.FAILED, "MESSAGE_REJECTED", error="rejected"),
-        EntryResult(keys[2], Outcome.RETRY, "ACCOUNT_THROTTLED", error="throttled"),
-        EntryResult(keys[3], Outcome.UNKNOWN, error="no answer"),
+        EntryResult(keys[0], SendStatus.SENT, "SUCCESS", "ses-a"),
+        EntryResult(keys[1], SendStatus.FAILED, "MESSAGE_REJECTED", error="rejected"),
+        EntryResult(keys[2], SendStatus.RETRY, "ACCOUNT_THROTTLED", error="throttled"),
+        EntryResult(keys[3], SendStatus.UNKNOWN, error="no answer"),
     ]
-    later = clock.now + dt.timedelta(seconds=20)
+    later = clock.now() + dt.timedelta(seconds=20)
     assert ledger.record_results(batch, results, retry_at=later) == {SENT: 1, FAILED: 1, PENDING: 1, UNKNOWN: 1}
     sent = ledger.collection.find_one({"recipient_key": keys[0]})
-    assert (sent["status"], sent["ses_message_id"], sent["sent_at"]) == (SENT, "ses-a", clock.now)
+    assert (sent["status"], sent["ses_message_id"], sent["sent_at"]) == (SENT, "ses-a", clock.now())
     assert ledger.claim_batch(mailing, "w1", 10, 30) is None
     assert ledger.next_retry_at(mailing) == later
     clock.advance(21)
     assert ledger.claim_batch(mailing, "w1", 10, 30).keys == [keys[2]]
 
-    assert ledger.record_results(batch, [EntryResult(keys[0], Outcome.FAILED, error="late")]) == {FAILED: 0}
+    assert ledger.record_results(batch, [EntryResult(keys[0], SendStatus.FAILED, error="late")]) == {FAILED: 0}
     assert ledger.counts(mailing) == {PENDING: 0, CLAIMED: 1, UNKNOWN: 1, SENT: 1, FAILED: 1, SUPPRESSED: 0}
 
 
@@ -195,7 +185,7 @@ def test_only_send_events_show_the_feed_moved_past_an_attempt(ledger: MailLedger
     mailing = ObjectId()
     ledger.add_recipients(mailing, _people(2))
     batch = ledger.start_attempt(ledger.claim_batch(mailing, "w1", 10, 30))
-    attempted = clock.now
+    attempted = clock.now()
     clock.advance(31)
     ledger.recover_expired(mailing)
     much_later = attempted + dt.timedelta(minutes=30)
@@ -222,11 +212,11 @@ def test_a_rows_data_is_removed_once_it_is_settled(ledger: MailLedger) -> None:
     batch = ledger.start_attempt(ledger.claim_batch(mailing, "w1", 5, 30))
     keys = batch.keys
     ledger.record_results(batch, [
-        EntryResult(keys[0], Outcome.SENT, "SUCCESS", "ses-a"),
-        EntryResult(keys[1], Outcome.FAILED, "MESSAGE_REJECTED", error="rejected"),
-        EntryResult(keys[2], Outcome.RETRY, "ACCOUNT_THROTTLED", error="throttled"),
-        EntryResult(keys[3], Outcome.UNKNOWN, error="no answer"),
-        EntryResult(keys[4], Outcome.UNKNOWN, error="no answer"),
+        EntryResult(keys[0], SendStatus.SENT, "SUCCESS", "ses-a"),
+        EntryResult(keys[1], SendStatus.FAILED, "MESSAGE_REJECTED", error="rejected"),
+        EntryResult(keys[2], SendStatus.RETRY, "ACCOUNT_THROTTLED", error="throttled"),
+        EntryResult(keys[3], SendStatus.UNKNOWN, error="no answer"),
+        EntryResult(keys[4], SendStatus.UNKNOWN, error="no answer"),
     ], retry_at=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
     ledger.reconcile([SendEvent("Send", str(mailing), batch.batch_id, keys[3], "ses-d")])
     claimed = ledger.claim_batch(mailing, "w2", 10, 30)
