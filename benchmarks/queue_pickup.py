@@ -80,7 +80,7 @@ def sensor_tick(client, uri: str, database: str) -> None:
     queue = WorkQueue(collection)
     for label, query in (
         ("new documents", {"processed": False, "attempts": {"$exists": False}}),
-        ("due documents", {"processed": False, "retry_at": {"$lte": queue.clock()}}),
+        ("due documents", {"processed": False, "retry_at": {"$lte": queue.clock.now()}}),
     ):
         plan = collection.find(query).sort("_id" if label == "new documents" else "retry_at", 1).limit(200).explain()
         stats = plan["executionStats"]

@@ -23,7 +23,7 @@ import weightipy
 
 from benchmarks._mongo import throwaway_mongod
 from panel_pipeline.local.synthetic_panel import generate_profiles
-from panel_pipeline.sampler import members
+from panel_pipeline.sampler import store
 from panel_pipeline.sampler.quotas import select
 from panel_pipeline.sampler.requests import parse_sample_request
 from panel_pipeline.sampler.targets import Target, request_targets
@@ -154,7 +154,7 @@ def time_with_mongo(panel: pd.DataFrame, request) -> float:
                 ordered=False,
             )
         started = time.perf_counter()
-        loaded = members.load_panel(db, request, 2025)
+        loaded = store.load_panel(db, request, 2025)
         select(loaded, request)
         return time.perf_counter() - started
 

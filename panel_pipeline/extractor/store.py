@@ -24,7 +24,6 @@ from pymongo.database import Database
 
 from panel_pipeline.extractor.deletions import StoredResponse
 from panel_pipeline.extractor.responses import SurveyResponse
-from panel_pipeline.queue.store import insert_missing
 from panel_pipeline.shared.contract import (
     ACTIVE,
     PROFILE_CATEGORIES,
@@ -33,7 +32,7 @@ from panel_pipeline.shared.contract import (
     SURVEYS,
     USERS,
 )
-from panel_pipeline.shared.mongo import as_utc, object_id_or_none
+from panel_pipeline.shared.mongo import as_utc, insert_missing, object_id_or_none
 
 PANEL_ID_VARIABLE = "pid"
 

@@ -37,9 +37,8 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 
 from panel_pipeline.mailer.ses import EntryResult, SendStatus
-from panel_pipeline.queue.store import insert_missing
 from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
-from panel_pipeline.shared.mongo import as_utc
+from panel_pipeline.shared.mongo import as_utc, insert_missing
 
 PENDING = "pending"
 CLAIMED = "claimed"

@@ -3,7 +3,6 @@
 import dagster as dg
 
 from panel_pipeline.queue.sensors import build_run_failure_sensors
-
-QUEUED_COLLECTIONS = ("samples", "mailings", "transactions")
+from panel_pipeline.shared.contract import QUEUED_COLLECTIONS
 
 defs = dg.Definitions(sensors=build_run_failure_sensors(QUEUED_COLLECTIONS))

@@ -22,8 +22,9 @@ import dagster as dg
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
+from panel_pipeline.queue.store import Document, WorkQueue, claims_of
+from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.resources import MongoResource
-from panel_pipeline.queue.store import Document, WorkQueue, claims_of, utc_now
 
 QUEUE_TAG = "panel/queue"
 DOCUMENT_TAG = "panel/document_id"
@@ -76,7 +77,11 @@ def run_in_flight(instance: dg.DagsterInstance, job_name: str) -> str | None:
 
 
 def pending_work(
-    queue: WorkQueue, cursor: QueueCursor, now: dt.datetime, fields: Sequence[str] = (), match: Mapping[str, Any] | None = None
+    queue: WorkQueue,
+    cursor: QueueCursor,
+    now: dt.datetime,
+    fields: Sequence[str] = (),
+    match: Mapping[str, Any] | None = None,
 ) -> tuple[list[Document], QueueCursor]:
     """New and due documents (matching `match`) for one tick, with `fields` besides `_id`, and the cursor after it."""
     full_scan = cursor.full_scan_at is None or now - cursor.full_scan_at >= FULL_SCAN_EVERY
@@ -106,7 +111,7 @@ def per_document_requests(
                 partition_key=key,
                 tags={**tags_for(doc), QUEUE_TAG: collection, DOCUMENT_TAG: key},
             )
-            for doc, key in zip(docs, keys)
+            for doc, key in zip(docs, keys, strict=True)
         ],
         dynamic_partitions_requests=[partitions_def.build_add_request(keys)],
     )

@@ -19,52 +19,29 @@ every claim and never goes down, so it names each claim once (the sensors' run k
 document claimed before `claims` existed counts from LEGACY_CLAIMS_START, above any attempts count.
 Only the lease owner can complete, fail, release, postpone or renew; one that finds its lease gone
 raises (or is told by a False) and stops: `LeaseLost`. Stored errors pass through
-`panel_pipeline.shared.privacy` (redacted, clipped).
+`panel_pipeline.shared.privacy` (redacted, clipped). The statuses are `shared.contract`'s; times
+come from the queue's `Clock`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError
 
+from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
+from panel_pipeline.shared.contract import DONE, FAILED, POSTPONED, PROCESSING, RETRY
 from panel_pipeline.shared.privacy import clip, describe_error, redact
 
-Clock = Callable[[], dt.datetime]
 Document = dict[str, Any]
 
-PROCESSING = "processing"
-RETRY = "retry"
-POSTPONED = "postponed"
-DONE = "done"
-FAILED = "failed"
-DUPLICATE_KEY = 11000
+SKIPPED = "skipped"  # an Outcome only: the document was not claimable by this run (never stored)
 LEGACY_CLAIMS_START = 1000  # above any attempts count a run key was built from before `claims`
-
-
-def insert_missing(collection: Collection, documents: Sequence[Document]) -> list[int]:
-    """Insert documents, unordered; those a unique index already holds are skipped. Returns the
-    indexes (into `documents`) of the skipped ones; any other write error is raised."""
-    if not documents:
-        return []
-    try:
-        collection.insert_many(documents, ordered=False)
-    except BulkWriteError as exc:
-        errors = exc.details.get("writeErrors", [])
-        if any(error.get("code") != DUPLICATE_KEY for error in errors):
-            raise
-        return [error["index"] for error in errors]
-    return []
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -116,7 +93,7 @@ class WorkQueue:
     """Claim, complete, fail and retry documents of one collection, each claimed by one owner at a time."""
 
     def __init__(
-        self, collection: Collection, policy: QueuePolicy = QueuePolicy(), clock: Clock = utc_now
+        self, collection: Collection, policy: QueuePolicy = QueuePolicy(), clock: Clock = SYSTEM_CLOCK
     ) -> None:
         self.collection = collection
         self.policy = policy
@@ -128,9 +105,7 @@ class WorkQueue:
 
     def ensure_indexes(self) -> None:
         self.collection.create_index([("processed", ASCENDING), ("_id", ASCENDING)], name="queue_new")
-        self.collection.create_index(
-            [("processed", ASCENDING), ("retry_at", ASCENDING)], name="queue_due"
-        )
+        self.collection.create_index([("processed", ASCENDING), ("retry_at", ASCENDING)], name="queue_due")
         self.collection.create_index([("lease_owner", ASCENDING)], name="queue_owner", sparse=True)
 
     # -- what a sensor asks ------------------------------------------------------------------
@@ -138,16 +113,19 @@ class WorkQueue:
     def new_documents(
         self, after_id: ObjectId | None, limit: int, fields: Sequence[str] = (), match: Mapping[str, Any] | None = None
     ) -> list[Document]:
-        """Never-claimed documents (those also matching `match`), oldest first, with `_id` above `after_id` when given."""
+        """Never-claimed documents (those also matching `match`), oldest first, with `_id` above
+        `after_id` when given."""
         query: Document = {"processed": False, "attempts": {"$exists": False}, **(match or {})}
         if after_id is not None:
             query["_id"] = {"$gt": after_id}
         projection = dict.fromkeys(["_id", *fields], 1)
         return list(self.collection.find(query, projection).sort("_id", ASCENDING).limit(limit))
 
-    def due_documents(self, limit: int, fields: Sequence[str] = (), match: Mapping[str, Any] | None = None) -> list[Document]:
+    def due_documents(
+        self, limit: int, fields: Sequence[str] = (), match: Mapping[str, Any] | None = None
+    ) -> list[Document]:
         """Documents (also matching `match`) whose lease expired or whose retry time came: claimable again."""
-        query = {"processed": False, "retry_at": {"$lte": self.clock()}, **(match or {})}
+        query = {"processed": False, "retry_at": {"$lte": self.clock.now()}, **(match or {})}
         projection = dict.fromkeys(["_id", "attempts", "claims", *fields], 1)
         return list(self.collection.find(query, projection).sort("retry_at", ASCENDING).limit(limit))
 
@@ -155,7 +133,7 @@ class WorkQueue:
 
     def claim(self, doc_id: ObjectId, owner: str) -> Document | None:
         """Atomically take the document for `owner`; None when it is not claimable now."""
-        now = self.clock()
+        now = self.clock.now()
         claimed = self.collection.find_one_and_update(
             {
                 "_id": doc_id,
@@ -185,15 +163,10 @@ class WorkQueue:
             self._give_up_if_exhausted(doc_id, owner, now)
         return claimed
 
-    def claim_many(self, doc_ids: Iterable[ObjectId], owner: str) -> list[Document]:
-        return [doc for doc_id in doc_ids if (doc := self.claim(doc_id, owner)) is not None]
-
     def extend_lease(self, doc_id: ObjectId, owner: str) -> bool:
         """Push the lease expiry a full lease from now; False when `owner` no longer holds it."""
-        expiry = self.clock() + dt.timedelta(seconds=self.policy.lease_seconds)
-        result = self.collection.update_one(
-            self._leased(doc_id, owner), {"$set": {"retry_at": expiry}}
-        )
+        expiry = self.clock.now() + dt.timedelta(seconds=self.policy.lease_seconds)
+        result = self.collection.update_one(self._leased(doc_id, owner), {"$set": {"retry_at": expiry}})
         return result.matched_count == 1
 
     def renew(self, doc_id: ObjectId, owner: str) -> None:
@@ -204,7 +177,7 @@ class WorkQueue:
     def save_progress(self, doc_id: ObjectId, owner: str, fields: Mapping[str, Any]) -> None:
         """Write fields on the document while still holding it (and renew the lease), so a later
         claim can carry on from them; LeaseLost when the lease is gone."""
-        expiry = self.clock() + dt.timedelta(seconds=self.policy.lease_seconds)
+        expiry = self.clock.now() + dt.timedelta(seconds=self.policy.lease_seconds)
         result = self.collection.update_one(self._leased(doc_id, owner), {"$set": {**fields, "retry_at": expiry}})
         if result.matched_count != 1:
             raise LeaseLost(self.name, doc_id, owner, "save its progress")
@@ -235,7 +208,7 @@ class WorkQueue:
                 "$set": {
                     "status": RETRY,
                     "last_error": _stored(error),
-                    "retry_at": self.clock() + self.policy.backoff(attempts),
+                    "retry_at": self.clock.now() + self.policy.backoff(attempts),
                 },
                 "$unset": {"lease_owner": ""},
             },
@@ -264,7 +237,7 @@ class WorkQueue:
 
     def _finish(self, doc_id: ObjectId, owner: str, status: str, fields: Document) -> bool:
         update = {
-            "$set": {**fields, "processed": True, "status": status, "processed_at": self.clock(), "run_id": owner},
+            "$set": {**fields, "processed": True, "status": status, "processed_at": self.clock.now(), "run_id": owner},
             "$unset": {"lease_owner": "", "retry_at": ""},
         }
         return self.collection.update_one(self._leased(doc_id, owner), update).modified_count == 1
@@ -310,7 +283,7 @@ _LEGACY_CLAIMS = {"$cond": [{"$eq": [{"$type": "$attempts"}, "missing"]}, 0, LEG
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one document in a run: `done`, `failed` (rejected), `postponed`, or `skipped` (not ours)."""
+    """What became of one document in a run: DONE, FAILED (rejected), POSTPONED, or SKIPPED (not ours)."""
 
     doc_id: ObjectId
     status: str
@@ -327,7 +300,7 @@ def process_document(
     was not recorded, and the run must not look successful."""
     doc = queue.claim(doc_id, owner)
     if doc is None:
-        return Outcome(doc_id, "skipped", {})
+        return Outcome(doc_id, SKIPPED, {})
     try:
         result = work(doc)
     except RequestRejected as rejected:

@@ -13,15 +13,19 @@ from typing import Any
 
 import dagster as dg
 from bson import ObjectId
+from pymongo.database import Database
 
-from panel_pipeline.shared.partitions import sample_request_partitions
-from panel_pipeline.shared.resources import MongoResource
-from panel_pipeline.queue.store import RequestRejected, WorkQueue, process_document, utc_now
-from panel_pipeline.sampler import members
-from panel_pipeline.shared import invitations
+from panel_pipeline.queue.store import SKIPPED, RequestRejected, WorkQueue, process_document
+from panel_pipeline.sampler import store
 from panel_pipeline.sampler.composition_chart import composition_svg, markdown_image
 from panel_pipeline.sampler.quotas import CategoryReport, SelectionResult, nobody_placed_reason, select
 from panel_pipeline.sampler.requests import SampleRequestError, parse_sample_request
+from panel_pipeline.shared import invitations
+from panel_pipeline.shared.clock import utc_now
+from panel_pipeline.shared.contract import DONE, FAILED, SAMPLES
+from panel_pipeline.shared.metadata import OWNERS, row_count, table
+from panel_pipeline.shared.partitions import sample_request_partitions
+from panel_pipeline.shared.resources import MongoResource
 
 TOLERANCE_CHECK = "composition_within_tolerance"
 DRAW_FIELDS = ("result", "members", "shortfall", "seed_used", "drawn_at", "drawn_by_run", "open")
@@ -40,50 +44,56 @@ class RedrawConfig(dg.Config):
     partitions_def=sample_request_partitions,
     deps=[dg.AssetDep("users", partition_mapping=dg.AllPartitionMapping())],
     group_name="sampler",
+    owners=OWNERS,
     kinds={"python", "mongodb"},
-    check_specs=[dg.AssetCheckSpec(TOLERANCE_CHECK, asset="samples", description="Every target category within the request's tolerance")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            TOLERANCE_CHECK, asset="samples", description="Every target category within the request's tolerance"
+        )
+    ],
     tags={"panel/part": "sampler"},
 )
-def samples(context: dg.AssetExecutionContext, config: RedrawConfig, mongo: MongoResource):
+def samples(context: dg.AssetExecutionContext, config: RedrawConfig, mongo: MongoResource) -> dg.MaterializeResult:
     """A sample for one request (partition = the `samples` document's `_id`): active members who match
     its filters and exclusions, drawn to its quotas (or the `uk_nat_rep` preset) with a seeded draw,
     written to `sample_members`. The first run takes the request from the queue; re-materialising a
     processed request re-draws it (optionally with another seed, size or quotas, recorded on the
     request), replacing members not yet invited and keeping those invited or queued for an invitation."""
     db = mongo.db()
-    members.ensure_indexes(db)
+    store.ensure_indexes(db)
     sample_id = ObjectId(context.partition_key)
     run_id = context.run.run_id
-    queue = mongo.work_queue("samples")
+    queue = mongo.work_queue(SAMPLES)
     document = db.samples.find_one({"_id": sample_id})
     if document is None:
         raise dg.Failure(description=f"no samples document with _id {sample_id}")
 
     if document.get("processed"):
-        result = redraw(db, document, config, run_id)
+        report, write_back = redraw(db, document, config, run_id)
         invitations.invite_sample(db, sample_id, utc_now(), context.log)
-        report = result.to_document()
     else:
         drawn: dict[str, Any] = {}
 
         def work(doc: Mapping[str, Any]) -> Mapping[str, Any]:
-            drawn["report"], write_back = draw_once(db, queue, doc, run_id)
+            drawn["report"], drawn["write_back"] = draw_once(db, queue, doc, run_id)
             invitations.invite_sample(db, sample_id, utc_now(), context.log)
-            return write_back
+            return drawn["write_back"]
 
         outcome = process_document(queue, sample_id, run_id, work)
-        if outcome.status == "failed":
+        if outcome.status == FAILED:
             raise dg.Failure(description=f"sample request rejected: {outcome.error}")
-        if outcome.status == "skipped":
+        if outcome.status == SKIPPED:
             context.log.info("the request is claimed by another run; nothing to do")
             return dg.MaterializeResult(metadata={"skipped": True})
-        report = drawn["report"]
+        report, write_back = drawn["report"], drawn["write_back"]
     # Invitations other runs left pending (a crash, a sample fixed since): each fails alone.
     invitations.create_missing_mailings(db, utc_now(), log=context.log)
-    return materialization(report)
+    return materialization(report, int(write_back["members"]))
 
 
-def draw_once(db, queue: WorkQueue, document: Mapping[str, Any], run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def draw_once(
+    db: Database, queue: WorkQueue, document: Mapping[str, Any], run_id: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The draw of a claimed request and its write-back fields, saved on the request before any
     invitation is made; a request an earlier claim already drew is not drawn again."""
     if document.get("drawn_by_run"):
@@ -94,7 +104,7 @@ def draw_once(db, queue: WorkQueue, document: Mapping[str, Any], run_id: str) ->
 
 
 def draw(
-    db,
+    db: Database,
     document: Mapping[str, Any],
     run_id: str,
     changes: Mapping[str, Any] | None = None,
@@ -108,9 +118,9 @@ def draw(
         raise RequestRejected(str(invalid)) from invalid
     now = utc_now()
     sample_id = document["_id"]
-    panel = members.load_panel(db, request, now.year)
-    kept = members.kept_members(db, sample_id)
-    excluded = members.excluded_user_ids(db, request, now) | kept
+    panel = store.load_panel(db, request, now.year)
+    kept = store.kept_members(db, sample_id)
+    excluded = store.excluded_user_ids(db, request, now) | kept
     if len(kept) >= request.size:
         raise RequestRejected(
             f"size: all {len(kept)} members are invited or queued for an invitation, so there is nothing to re-draw; "
@@ -119,12 +129,12 @@ def draw(
     if kept:
         # Invited members stay; the rest of the size is drawn around them (to the same targets).
         request = request.model_copy(update={"size": request.size - len(kept)})
-    eligible = members.eligibility(panel, excluded)
+    eligible = store.eligibility(panel, excluded)
     result = select(panel, request, eligible)
     if result.invited == 0 and not request.dynamic:  # a dynamic sample waits for newcomers, its shortfall says how many
         raise RequestRejected(nobody_placed_reason(panel, request, eligible, result))
     before_writing()
-    written = members.replace_members(db, sample_id, [str(uid) for uid in result.member_ids], now)
+    written = store.replace_members(db, sample_id, [str(uid) for uid in result.member_ids], now)
     write_back = {
         "result": result.to_document(),
         "members": written["members"],
@@ -138,10 +148,15 @@ def draw(
     return result, write_back
 
 
-def redraw(db, document: Mapping[str, Any], config: RedrawConfig, run_id: str) -> SelectionResult:
-    """Re-draw a processed request; a failed request stays failed (its error says what to fix)."""
-    if document.get("status") != "done":
-        raise dg.Failure(description=f"the request is {document.get('status')}: {document.get('error', 'no error recorded')}")
+def redraw(
+    db: Database, document: Mapping[str, Any], config: RedrawConfig, run_id: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Re-draw a processed request: its report and the fields written back on it. A failed request
+    stays failed (its error says what to fix)."""
+    if document.get("status") != DONE:
+        raise dg.Failure(
+            description=f"the request is {document.get('status')}: {document.get('error', 'no error recorded')}"
+        )
     changes = {key: value for key, value in config.model_dump().items() if value is not None}
     try:
         result, write_back = draw(db, document, run_id, changes)
@@ -151,10 +166,12 @@ def redraw(db, document: Mapping[str, Any], config: RedrawConfig, run_id: str) -
         {"_id": document["_id"]},
         {
             "$set": write_back,
-            "$push": {"redraws": {"run_id": run_id, "at": write_back["drawn_at"], "changes": changes, "seed": result.seed}},
+            "$push": {
+                "redraws": {"run_id": run_id, "at": write_back["drawn_at"], "changes": changes, "seed": result.seed}
+            },
         },
     )
-    return result
+    return result.to_document(), write_back
 
 
 def shortfall(result: SelectionResult) -> dict[str, Any]:
@@ -162,15 +179,21 @@ def shortfall(result: SelectionResult) -> dict[str, Any]:
     return {
         "completes": int(result.size_requested - result.completes_planned),
         "categories": [
-            {"target": r.target, "category": r.category, "requested": round(r.requested, 1), "allocated": r.allocated, "short": round(r.shortfall, 1)}
+            {
+                "target": r.target,
+                "category": r.category,
+                "requested": round(r.requested, 1),
+                "allocated": r.allocated,
+                "short": round(r.shortfall, 1),
+            }
             for r in result.shortfalls
         ],
     }
 
 
-def materialization(report: Mapping[str, Any]) -> dg.MaterializeResult:
+def materialization(report: Mapping[str, Any], member_count: int) -> dg.MaterializeResult:
     """From the result as written on the request (`SelectionResult.to_document()`), so a run that
-    finishes an earlier claim's draw shows the same."""
+    finishes an earlier claim's draw shows the same; `member_count` is the sample's `sample_members`."""
     categories = [CategoryReport(**entry) for entry in report["composition"]]
     deviation, tolerance = float(report["max_deviation_pp"]), float(report["tolerance_pp"])
     passed = bool(deviation <= tolerance and report["completes_planned"] == report["size_requested"])
@@ -182,10 +205,13 @@ def materialization(report: Mapping[str, Any]) -> dg.MaterializeResult:
             "invitations": int(report["invited"]),
             "largest_deviation_pp": dg.MetadataValue.float(round(deviation, 3)),
             "seed": int(report["seed"]),
-            "effective_sample_size": dg.MetadataValue.float(round(float(report["weighting_cost"]["effective_sample_size"]), 1)),
+            "effective_sample_size": dg.MetadataValue.float(
+                round(float(report["weighting_cost"]["effective_sample_size"]), 1)
+            ),
             "composition_chart": dg.MetadataValue.md(composition),
-            "target_vs_achieved": dg.MetadataValue.md(composition_table(categories)),
+            "target_vs_achieved": composition_table(categories),
             "summary": dg.MetadataValue.text(report["message"]),
+            **row_count(member_count),
         },
         check_results=[
             dg.AssetCheckResult(
@@ -195,17 +221,25 @@ def materialization(report: Mapping[str, Any]) -> dg.MaterializeResult:
                 metadata={
                     "largest_deviation_pp": dg.MetadataValue.float(round(deviation, 3)),
                     "tolerance_pp": dg.MetadataValue.float(tolerance),
-                    "cells_short": sum(1 for report in categories if report.shortfall >= 0.5),
+                    "cells_short": sum(report.is_short for report in categories),
                 },
             )
         ],
     )
 
 
-def composition_table(categories: list[CategoryReport]) -> str:
-    lines = ["| target | category | target % | achieved % | deviation pp | shortfall |", "|---|---|---|---|---|---|"]
-    lines += [
-        f"| {r.target} | {r.category} | {r.target_pct:.2f} | {r.achieved_pct:.2f} | {r.deviation_pp:+.2f} | {r.shortfall:.0f} |"
-        for r in categories
-    ]
-    return "\n".join(lines)
+def composition_table(categories: list[CategoryReport]) -> dg.TableMetadataValue:
+    return table(
+        ["target", "category", "target %", "achieved %", "deviation pp", "shortfall"],
+        [
+            (
+                r.target,
+                r.category,
+                round(r.target_pct, 2),
+                round(r.achieved_pct, 2),
+                round(r.deviation_pp, 2),
+                round(r.shortfall),
+            )
+            for r in categories
+        ],
+    )

@@ -48,8 +48,10 @@ def _row(report: CategoryReport, y: int, scale: float, tolerance_pp: float) -> s
     middle = y + ROW_HEIGHT / 2
     return (
         f'<text x="{LABEL_WIDTH - 6}" y="{middle + 4}" text-anchor="end">{escape(report.category)}</text>'
-        f'<rect x="{LABEL_WIDTH}" y="{y + 2}" width="{report.target_pct * scale:.1f}" height="{ROW_HEIGHT - 4}" fill="{TARGET_FILL}"/>'
-        f'<rect x="{LABEL_WIDTH}" y="{middle - 2}" width="{report.achieved_pct * scale:.1f}" height="4" fill="{colour}"/>'
+        f'<rect x="{LABEL_WIDTH}" y="{y + 2}" width="{report.target_pct * scale:.1f}" '
+        f'height="{ROW_HEIGHT - 4}" fill="{TARGET_FILL}"/>'
+        f'<rect x="{LABEL_WIDTH}" y="{middle - 2}" width="{report.achieved_pct * scale:.1f}" '
+        f'height="4" fill="{colour}"/>'
         f'<text x="{LABEL_WIDTH + BAR_WIDTH + 6}" y="{middle + 4}" fill="{colour}">'
         f"{report.achieved_pct:.1f}% vs {report.target_pct:.1f}% ({report.deviation_pp:+.2f})</text>"
     )

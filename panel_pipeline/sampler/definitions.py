@@ -3,6 +3,7 @@
 import dagster as dg
 
 from panel_pipeline.sampler.assets import samples
-from panel_pipeline.sampler.sensors import sample_job, samples_queue_sensor
+from panel_pipeline.sampler.jobs import sample_job
+from panel_pipeline.sampler.sensors import samples_queue_sensor
 
 defs = dg.Definitions(assets=[samples], jobs=[sample_job], sensors=[samples_queue_sensor])

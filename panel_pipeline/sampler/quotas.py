@@ -35,13 +35,7 @@ import pandas as pd
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from panel_pipeline.sampler.requests import (
-    CELL_SEPARATOR,
-    PROFILE_CATEGORIES,
-    ResponseRates,
-    SampleRequest,
-    filter_mask,
-)
+from panel_pipeline.sampler.requests import CELL_SEPARATOR, ResponseRates, SampleRequest, filter_mask
 from panel_pipeline.sampler.targets import Target, request_targets
 from panel_pipeline.sampler.weighting import (
     design_effect,
@@ -49,12 +43,15 @@ from panel_pipeline.sampler.weighting import (
     rake,
     rake_with_cap,
 )
+from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
 WEIGHT_CAP = 5.0
 PLAN_TOLERANCE = 1e-9  # largest margin error (as a share) for a fractional plan to count as exact
 SOLVER_TIME_LIMIT_SECONDS = 20.0
 EXACT_ROUNDING_MAX_CELLS = 300  # above this, controlled rounding uses local search: MILPs stall
 MAX_SWAPS = 20_000
+# A category is short when it misses at least half a complete: a shortfall that rounds to one or more.
+SHORT_FROM_COMPLETES = 0.5
 
 
 @dataclass(frozen=True)
@@ -71,6 +68,10 @@ class CategoryReport:
     capacity: float  # expected completes they could give (members x response rate)
     allocated: int  # planned completes
     shortfall: float  # max(0, requested - allocated)
+
+    @property
+    def is_short(self) -> bool:
+        return self.shortfall >= SHORT_FROM_COMPLETES
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class SelectionResult:
 
     @property
     def shortfalls(self) -> tuple[CategoryReport, ...]:
-        return tuple(report for report in self.categories if report.shortfall >= 0.5)
+        return tuple(report for report in self.categories if report.is_short)
 
     def summary(self) -> str:
         """One paragraph a project manager can act on."""
@@ -152,7 +153,10 @@ class SelectionResult:
 
 
 def _rounded(values: dict[str, Any]) -> dict[str, Any]:
-    return {key: round(float(value), 3) if isinstance(value, float | np.floating) else value for key, value in values.items()}
+    return {
+        key: round(float(value), 3) if isinstance(value, float | np.floating) else value
+        for key, value in values.items()
+    }
 
 
 def panel_fields(request: SampleRequest) -> tuple[str, ...]:
@@ -202,7 +206,9 @@ def select_members(
     chosen = table.member_rows[draw_within_cells(rng, table.member_cell, table.counts, invites)]
     categories = _category_reports(table, targets, completes, size)
     max_deviation = max((abs(report.deviation_pp) for report in categories), default=0.0)
-    status: Literal["ok", "infeasible"] = "ok" if completes.sum() == size and max_deviation <= tolerance_pp else "infeasible"
+    status: Literal["ok", "infeasible"] = (
+        "ok" if completes.sum() == size and max_deviation <= tolerance_pp else "infeasible"
+    )
     return SelectionResult(
         status=status,
         size_requested=size,
@@ -237,7 +243,9 @@ class CellTable:
         return self.counts * self.response_rates
 
 
-def build_cells(panel: pd.DataFrame, targets: Sequence[Target], rates: ResponseRates, eligible: np.ndarray | None) -> CellTable:
+def build_cells(
+    panel: pd.DataFrame, targets: Sequence[Target], rates: ResponseRates, eligible: np.ndarray | None
+) -> CellTable:
     field_codes = _field_codes(panel, {field for target in targets for field in target.fields} | set(rates.fields))
     dimensions = [_target_codes(field_codes, target) for target in targets]
     sizes = [len(target.cells) for target in targets]
@@ -295,7 +303,9 @@ def _target_codes(field_codes: dict[str, np.ndarray], target: Target) -> np.ndar
     return np.where(valid, lookup[combined], -1)
 
 
-def _rate_codes(field_codes: dict[str, np.ndarray], rates: ResponseRates, members: int) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+def _rate_codes(
+    field_codes: dict[str, np.ndarray], rates: ResponseRates, members: int
+) -> tuple[np.ndarray, list[tuple[str, ...]]]:
     """Per member, an index into the returned list of rate cells (index 0 = no values: default)."""
     if not rates.fields:
         return np.zeros(members, dtype=np.int64), [()]
@@ -317,14 +327,20 @@ def plan_completes(table: CellTable, targets: Sequence[Target], size: int, rng: 
         return np.zeros(len(capacity), dtype=np.int64)
     membership = _membership(table.categories, [len(target.cells) for target in targets], len(capacity))
     wanted = total * np.concatenate([target.share_array() for target in targets]) if targets else np.zeros(0)
-    fractional = fractional_plan(table.counts, capacity, table.categories, [len(target.cells) for target in targets], membership, wanted, total)
+    fractional = fractional_plan(
+        table.counts, capacity, table.categories, [len(target.cells) for target in targets], membership, wanted, total
+    )
     return round_plan(fractional, capacity, membership, membership @ fractional, rng)
 
 
 def _membership(categories: list[np.ndarray], sizes: list[int], cells: int) -> sparse.csr_matrix:
     """Rows: every target category (targets stacked); columns: cells; 1 where the cell belongs."""
     offsets = np.cumsum([0] + sizes[:-1])
-    rows = np.concatenate([codes + offset for codes, offset in zip(categories, offsets, strict=True)]) if categories else np.zeros(0, dtype=np.int64)
+    rows = (
+        np.concatenate([codes + offset for codes, offset in zip(categories, offsets, strict=True)])
+        if categories
+        else np.zeros(0, dtype=np.int64)
+    )
     columns = np.tile(np.arange(cells), len(categories))
     return sparse.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(sum(sizes), cells))
 
@@ -369,7 +385,9 @@ def _scale_within_capacity(proportional: np.ndarray, capacity: np.ndarray, total
     return plan
 
 
-def closest_allocation(capacity: np.ndarray, membership: sparse.csr_matrix, wanted: np.ndarray, total: int) -> np.ndarray:
+def closest_allocation(
+    capacity: np.ndarray, membership: sparse.csr_matrix, wanted: np.ndarray, total: int
+) -> np.ndarray:
     """LP: completes per cell within capacity summing to `total`, minimising first the largest and
     then the summed absolute deviation of every target category from `wanted`."""
     plan = _solve_deviation_problem(membership, wanted, total, capacity, np.zeros(len(capacity)), integral=False)
@@ -457,7 +475,9 @@ def _random_priority(rng: np.random.Generator, parts: np.ndarray) -> np.ndarray:
     return ranks / max(len(parts), 1)
 
 
-def _choose_extra_completes(membership: sparse.csr_matrix, residual: np.ndarray, remainder: int, priority: np.ndarray) -> np.ndarray:
+def _choose_extra_completes(
+    membership: sparse.csr_matrix, residual: np.ndarray, remainder: int, priority: np.ndarray
+) -> np.ndarray:
     """Which cells get one extra complete (0/1 per cell), `remainder` of them in all."""
     cells = membership.shape[1]
     by_priority = np.zeros(cells)
@@ -471,7 +491,9 @@ def _choose_extra_completes(membership: sparse.csr_matrix, residual: np.ndarray,
     return _improve_by_swaps(membership, residual, by_priority, priority)
 
 
-def _improve_by_swaps(membership: sparse.csr_matrix, residual: np.ndarray, chosen: np.ndarray, priority: np.ndarray) -> np.ndarray:
+def _improve_by_swaps(
+    membership: sparse.csr_matrix, residual: np.ndarray, chosen: np.ndarray, priority: np.ndarray
+) -> np.ndarray:
     """Local search for large cell tables: move one extra complete from one cell to another while
     that lowers the sum of squared margin gaps (exact MILPs on tens of thousands of cells take
     tens of seconds; this takes milliseconds and ends within a complete or so of the optimum)."""
@@ -493,7 +515,9 @@ def _improve_by_swaps(membership: sparse.csr_matrix, residual: np.ndarray, chose
 # --- 4. draw and reports -----------------------------------------------------------------------
 
 
-def draw_within_cells(rng: np.random.Generator, member_cell: np.ndarray, counts: np.ndarray, invites: np.ndarray) -> np.ndarray:
+def draw_within_cells(
+    rng: np.random.Generator, member_cell: np.ndarray, counts: np.ndarray, invites: np.ndarray
+) -> np.ndarray:
     """Positions (into member_cell) of `invites[c]` members drawn uniformly at random from each cell c."""
     order = np.argsort(member_cell + rng.random(len(member_cell)))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
@@ -502,7 +526,9 @@ def draw_within_cells(rng: np.random.Generator, member_cell: np.ndarray, counts:
     return np.sort(order[rank < invites[sorted_cells]])
 
 
-def _category_reports(table: CellTable, targets: Sequence[Target], completes: np.ndarray, size: int) -> tuple[CategoryReport, ...]:
+def _category_reports(
+    table: CellTable, targets: Sequence[Target], completes: np.ndarray, size: int
+) -> tuple[CategoryReport, ...]:
     planned = max(int(completes.sum()), 1)
     reports: list[CategoryReport] = []
     for target, codes in zip(targets, table.categories, strict=True):
@@ -533,8 +559,8 @@ def weighting_cost(categories: list[np.ndarray], shares: list[np.ndarray], compl
     """Rake the planned completes (one row per cell, `completes` persons each) to the targets."""
     used = completes > 0
     if not categories or not used.any():
-        persons = float(completes.sum())
-        return WeightingCost(1.0, persons, 1.0, True, 1.0, persons, 0.0)
+        total = float(completes.sum())
+        return WeightingCost(1.0, total, 1.0, True, 1.0, total, 0.0)
     codes = [category[used] for category in categories]
     persons = completes[used].astype(float)
     free = rake_with_cap(codes, shares, persons)
@@ -550,7 +576,9 @@ def weighting_cost(categories: list[np.ndarray], shares: list[np.ndarray], compl
     )
 
 
-def _cell_frame(table: CellTable, targets: Sequence[Target], completes: np.ndarray, invites: np.ndarray) -> pd.DataFrame:
+def _cell_frame(
+    table: CellTable, targets: Sequence[Target], completes: np.ndarray, invites: np.ndarray
+) -> pd.DataFrame:
     columns: dict[str, Any] = {}
     for target, codes in zip(targets, table.categories, strict=True):
         values = np.array(target.cells, dtype=object)[codes]
@@ -569,10 +597,16 @@ def _cell_frame(table: CellTable, targets: Sequence[Target], completes: np.ndarr
 # --- 5. a request that places nobody -----------------------------------------------------------
 
 
-def nobody_placed_reason(panel: pd.DataFrame, request: SampleRequest, eligible: np.ndarray, result: SelectionResult) -> str:
+def nobody_placed_reason(
+    panel: pd.DataFrame, request: SampleRequest, eligible: np.ndarray, result: SelectionResult
+) -> str:
     """Why `select` placed nobody, naming the filter, exclusion or target that leaves nobody, in
     words a project manager can act on."""
-    mask = filter_mask(panel, request.filters) & np.asarray(eligible, dtype=bool) if len(panel) else np.zeros(0, dtype=bool)
+    mask = (
+        filter_mask(panel, request.filters) & np.asarray(eligible, dtype=bool)
+        if len(panel)
+        else np.zeros(0, dtype=bool)
+    )
     filters = ", ".join(sorted({f"filters.{condition.field}" for condition in request.filters}))
     if not mask.any():
         if len(panel) == 0 or not filter_mask(panel, request.filters).any():
@@ -596,7 +630,8 @@ def nobody_placed_reason(panel: pd.DataFrame, request: SampleRequest, eligible: 
         elif not (mask & (_target_codes(codes, target) >= 0)).any():
             empty.append(
                 f"none of the {int(answered.sum())} {who}s with {target.key} is in the target's categories "
-                f"({', '.join(CELL_SEPARATOR.join(cell) for cell in target.cells)}): change that target's quotas or drop it"
+                f"({', '.join(CELL_SEPARATOR.join(cell) for cell in target.cells)}): "
+                "change that target's quotas or drop it"
             )
     if empty:
         return "; ".join(empty)

@@ -33,6 +33,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from panel_pipeline.shared.contract import (
+    ACTIVE,
     AGE_BAND_LOWER_BOUNDS,
     HTML_COPY_KEY,
     PER_MEMBER_VARIABLES,
@@ -262,7 +263,7 @@ class SampleRequest(BaseModel):
             return None
         if not isinstance(value, dt.datetime):
             raise RequestFieldError((), f"must be a date (BSON date, UTC), got {_type_shown(value)}")
-        return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+        return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
     @field_validator("exclude", mode="before")
     @classmethod
@@ -461,7 +462,7 @@ def mongo_filter(request: SampleRequest, as_of_year: int | None = None) -> dict[
     derivation) so a stored age can never go stale; every other field maps to `profile.<field>`.
     """
     year = as_of_year or dt.date.today().year
-    clauses: list[dict[str, Any]] = [{"status": "active"}]
+    clauses: list[dict[str, Any]] = [{"status": ACTIVE}]
     for condition in request.filters:
         path, operator, value = _mongo_condition(condition, year)
         clauses.append({path: {operator: list(value) if isinstance(value, tuple) else value}})

@@ -19,14 +19,8 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from panel_pipeline.sampler.requests import (
-    AGE_BAND_LOWER_BOUNDS,
-    CELL_SEPARATOR,
-    PROFILE_CATEGORIES,
-    Condition,
-    SampleRequest,
-    split_key,
-)
+from panel_pipeline.sampler.requests import CELL_SEPARATOR, Condition, SampleRequest, split_key
+from panel_pipeline.shared.contract import AGE_BAND_LOWER_BOUNDS, PROFILE_CATEGORIES
 
 UK_NAT_REP_TARGETS: tuple[str, ...] = ("age_band|gender", "region", "social_grade", "education", "vote_2024")
 OLDEST_AGE = 120
@@ -61,7 +55,9 @@ class Target:
         kept = {
             cell: share
             for cell, share in self.shares.items()
-            if all(value in allowed.get(field, frozenset([value])) for field, value in zip(self.fields, cell, strict=True))
+            if all(
+                value in allowed.get(field, frozenset([value])) for field, value in zip(self.fields, cell, strict=True)
+            )
         }
         total = sum(kept.values())
         if total <= 0:

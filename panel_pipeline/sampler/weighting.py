@@ -65,7 +65,9 @@ def rake(
     return RakeResult(weights=weights, converged=error <= tolerance, iterations=iteration, max_margin_error=error)
 
 
-def _max_margin_error(codes: Sequence[np.ndarray], target_totals: Sequence[np.ndarray], weights: np.ndarray, total: float) -> float:
+def _max_margin_error(
+    codes: Sequence[np.ndarray], target_totals: Sequence[np.ndarray], weights: np.ndarray, total: float
+) -> float:
     errors = [
         np.abs(np.bincount(variable_codes, weights=weights, minlength=len(wanted)) - wanted).max()
         for variable_codes, wanted in zip(codes, target_totals, strict=True)

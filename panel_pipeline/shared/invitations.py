@@ -21,6 +21,7 @@ id. Every query is bounded by the pending ids (one per stamping), never by all o
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Mapping
@@ -30,6 +31,8 @@ from bson import ObjectId
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from panel_pipeline.shared.clock import utc_now
+from panel_pipeline.shared.contract import BULK, MAILINGS, PENDING_INVITATIONS, SAMPLE_MEMBERS, SAMPLES
 from panel_pipeline.shared.privacy import describe_error
 
 LOG = logging.getLogger(__name__)
@@ -42,19 +45,19 @@ class InvitationError(ValueError):
 
 def stamp_pending_invitations(db: Database, sample_id: ObjectId, now: dt.datetime | None = None) -> ObjectId | None:
     """Tie the sample's members still waiting for an invitation to one new mailing id."""
-    sample = db.samples.find_one({"_id": sample_id}, {"mailing": 1})
+    sample = db[SAMPLES].find_one({"_id": sample_id}, {"mailing": 1})
     mailing = (sample or {}).get("mailing")
     if not (isinstance(mailing, Mapping) and mailing.get("template")):
         return None  # a sample without an invitation: members are added, nobody is mailed
     waiting = {"sample_id": sample_id, "invited_at": None, "mailing_id": {"$exists": False}}
-    if db.sample_members.find_one(waiting, {"_id": 1}) is None:
+    if db[SAMPLE_MEMBERS].find_one(waiting, {"_id": 1}) is None:
         return None
     mailing_id = ObjectId()
     # Pending first: a crash after it and before the stamp leaves an id naming nobody, dropped later.
-    db.pending_invitations.insert_one({"_id": mailing_id, "sample_id": sample_id, "stamped_at": now or dt.datetime.now(dt.timezone.utc)})
-    if db.sample_members.update_many(waiting, {"$set": {"mailing_id": mailing_id}}).modified_count:
+    db[PENDING_INVITATIONS].insert_one({"_id": mailing_id, "sample_id": sample_id, "stamped_at": now or utc_now()})
+    if db[SAMPLE_MEMBERS].update_many(waiting, {"$set": {"mailing_id": mailing_id}}).modified_count:
         return mailing_id
-    db.pending_invitations.delete_one({"_id": mailing_id})
+    db[PENDING_INVITATIONS].delete_one({"_id": mailing_id})
     return None
 
 
@@ -67,7 +70,7 @@ def create_missing_mailings(
     log = log or LOG
     query = {} if sample_id is None else {"sample_id": sample_id}
     created = []
-    for pending in db.pending_invitations.find(query).sort("_id", 1):
+    for pending in db[PENDING_INVITATIONS].find(query).sort("_id", 1):
         try:
             if _create_invitation(db, pending, now, log):
                 created.append(pending["_id"])
@@ -86,34 +89,36 @@ def invite_sample(db: Database, sample_id: ObjectId, now: dt.datetime, log: Logg
 
 def _create_invitation(db: Database, pending: Mapping[str, Any], now: dt.datetime, log: Logger) -> bool:
     mailing_id, sample_id = pending["_id"], pending["sample_id"]
-    if db.mailings.find_one({"_id": mailing_id}, {"_id": 1}) is not None:
-        db.pending_invitations.delete_one({"_id": mailing_id})  # made by a run that stopped before this step
+    if db[MAILINGS].find_one({"_id": mailing_id}, {"_id": 1}) is not None:
+        db[PENDING_INVITATIONS].delete_one({"_id": mailing_id})  # made by a run that stopped before this step
         return False
-    sample = db.samples.find_one({"_id": sample_id}, {"mailing": 1})
+    sample = db[SAMPLES].find_one({"_id": sample_id}, {"mailing": 1})
     if sample is None or not sample.get("mailing"):
-        unstamped = db.sample_members.update_many(
-            {"mailing_id": mailing_id, "invited_at": None}, {"$unset": {"mailing_id": ""}}
-        ).modified_count
-        db.pending_invitations.delete_one({"_id": mailing_id})
+        unstamped = (
+            db[SAMPLE_MEMBERS]
+            .update_many({"mailing_id": mailing_id, "invited_at": None}, {"$unset": {"mailing_id": ""}})
+            .modified_count
+        )
+        db[PENDING_INVITATIONS].delete_one({"_id": mailing_id})
         why = "was deleted" if sample is None else "no longer has a mailing"
         log.warning(f"invitation {mailing_id} not made: sample {sample_id} {why}; {unstamped} member(s) unstamped")
         return False
-    recipient_count = db.sample_members.count_documents({"mailing_id": mailing_id})
+    recipient_count = db[SAMPLE_MEMBERS].count_documents({"mailing_id": mailing_id})
     if recipient_count == 0:  # stamped nobody (a crash before the stamp, or a race)
-        db.pending_invitations.delete_one({"_id": mailing_id})
+        db[PENDING_INVITATIONS].delete_one({"_id": mailing_id})
         return False
     document = invitation_document(mailing_id, sample_id, sample["mailing"], recipient_count, now)
-    try:
-        db.mailings.insert_one(document)
-    except DuplicateKeyError:
-        pass
-    db.samples.update_one({"_id": sample_id, "invitation_error": {"$exists": True}}, {"$unset": {"invitation_error": ""}})
-    db.pending_invitations.delete_one({"_id": mailing_id})
+    with contextlib.suppress(DuplicateKeyError):  # made by a run that stopped before the pending id went
+        db[MAILINGS].insert_one(document)
+    db[SAMPLES].update_one(
+        {"_id": sample_id, "invitation_error": {"$exists": True}}, {"$unset": {"invitation_error": ""}}
+    )
+    db[PENDING_INVITATIONS].delete_one({"_id": mailing_id})
     return True
 
 
 def _record_invitation_error(db: Database, pending: Mapping[str, Any], reason: str, log: Logger) -> None:
-    db.samples.update_one({"_id": pending["sample_id"]}, {"$set": {"invitation_error": reason}})
+    db[SAMPLES].update_one({"_id": pending["sample_id"]}, {"$set": {"invitation_error": reason}})
     log.warning(f"invitation {pending['_id']} of sample {pending['sample_id']} not made: {reason}")
 
 
@@ -135,7 +140,7 @@ def invitation_document(
         "_id": mailing_id,
         "processed": False,
         "created_at": now,
-        "kind": "bulk",
+        "kind": BULK,
         "template": template,
         "default_data": dict(data or {}),
         "invitation_for_sample": sample_id,

@@ -7,16 +7,18 @@ import dagster as dg
 from bson import ObjectId
 from pymongo.database import Database
 
-from panel_pipeline.shared.resources import MongoResource
-from panel_pipeline.queue.store import utc_now
-from panel_pipeline.sampler import members
+from panel_pipeline.sampler import store as sampler_store
 from panel_pipeline.shared import invitations
+from panel_pipeline.shared.clock import utc_now
+from panel_pipeline.shared.metadata import OWNERS, row_count, table
+from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.updater import store
 from panel_pipeline.updater.dynamic import DynamicSample, Placement, place_changed_members, with_joiners
 
 
 @dg.asset(
     group_name="updater",
+    owners=OWNERS,
     kinds={"python", "mongodb"},
     deps=[
         dg.AssetDep("users", partition_mapping=dg.AllPartitionMapping()),
@@ -59,17 +61,18 @@ def dynamic_sample_updates(context: dg.AssetExecutionContext, mongo: MongoResour
     cursor = max(cursor, min(newest_at_start, now)) if newest_at_start else cursor
     store.write_cursor(db, cursor)
     context.log.info(f"{changed_count} changed member(s) in {pages} page(s), {len(totals)} open dynamic sample(s)")
-    rows = [(sample_id, t.added, t.no_room, t.excluded, t.stopped) for sample_id, t in totals.items()]
+    members_added = sum(t.added for t in totals.values())
     return dg.MaterializeResult(
         metadata={
             "changed_members": changed_count,
             "pages": pages,
             "open_dynamic_samples": len(totals),
-            "members_added": sum(t.added for t in totals.values()),
+            "members_added": members_added,
             "invitation_mailings": dg.MetadataValue.json([str(m) for m in mailings]),
             "closed_samples": dg.MetadataValue.json(closed),
-            "per_sample": dg.MetadataValue.md(_table(rows)),
+            "per_sample": per_sample_table(totals),
             "cursor": dg.MetadataValue.text(cursor.isoformat()),
+            **row_count(members_added),
         }
     )
 
@@ -88,7 +91,7 @@ def update_sample(
     """One page of changed members placed into one sample, written, and its newcomers stamped for an invitation."""
     newly_changed = page.since(sample.drawn_at) if sample.drawn_at else page.profiles
     # The request's exclusions hold for newcomers as for the draw; members stay members.
-    excluded = members.excluded_user_ids(db, sample.request, now, among=newly_changed.index) - sample.member_ids
+    excluded = sampler_store.excluded_user_ids(db, sample.request, now, among=newly_changed.index) - sample.member_ids
     placement = place_changed_members(newly_changed.drop(index=list(excluded)), sample)
     totals.added += store.add_members(db, sample.sample_id, placement.joining, now)
     store.mark_qualification(db, sample.sample_id, placement.stopped_qualifying, False, now)
@@ -100,7 +103,8 @@ def update_sample(
     return placement
 
 
-def _table(rows: list[tuple[str, int, int, int, int]]) -> str:
-    lines = ["| sample | added | no room | excluded | stopped qualifying |", "|---|---|---|---|---|"]
-    lines += [f"| {sample} | {added} | {no_room} | {excluded} | {stopped} |" for sample, added, no_room, excluded, stopped in rows]
-    return "\n".join(lines)
+def per_sample_table(totals: dict[str, SampleTotals]) -> dg.TableMetadataValue:
+    return table(
+        ["sample", "added", "no room", "excluded", "stopped qualifying"],
+        [(sample_id, t.added, t.no_room, t.excluded, t.stopped) for sample_id, t in totals.items()],
+    )

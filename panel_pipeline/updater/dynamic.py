@@ -65,8 +65,7 @@ def filled_cells(profiles: pd.DataFrame, targets: Sequence[Target]) -> dict[str,
     """Members per cell of each target, from the profiles of a sample's current members."""
     rows = profiles.to_dict("records")
     return {
-        target.key: Counter(cell for row in rows if (cell := cell_of(row, target)) is not None)
-        for target in targets
+        target.key: Counter(cell for row in rows if (cell := cell_of(row, target)) is not None) for target in targets
     }
 
 

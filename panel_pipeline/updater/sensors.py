@@ -3,20 +3,14 @@
 import dagster as dg
 from pymongo.errors import PyMongoError
 
-from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.queue.sensors import SENSOR_INTERVAL_SECONDS, run_in_flight
+from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.updater import store
-from panel_pipeline.updater.assets import dynamic_sample_updates
+from panel_pipeline.updater.jobs import dynamic_sample_updates_job
 
-updater_job = dg.define_asset_job(
-    "dynamic_sample_updates_job",
-    selection=dg.AssetSelection.assets(dynamic_sample_updates),
-    executor_def=dg.in_process_executor,
-    tags={"panel/part": "updater"},
-)
 
 @dg.sensor(
-    job=updater_job,
+    job=dynamic_sample_updates_job,
     minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
@@ -31,7 +25,7 @@ def member_changes_sensor(context: dg.SensorEvaluationContext, mongo: MongoResou
         return dg.SensorResult(skip_reason=f"MongoDB is unreachable ({type(exc).__name__})")
     if newest is None or (cursor is not None and newest <= cursor):
         return dg.SensorResult(skip_reason="no member changed since the last update")
-    running = run_in_flight(context.instance, updater_job.name)
+    running = run_in_flight(context.instance, dynamic_sample_updates_job.name)
     if running:
         return dg.SensorResult(skip_reason=f"an update is already running ({running})")
     return dg.SensorResult(run_requests=[dg.RunRequest(tags={"panel/changes_until": newest.isoformat()})])

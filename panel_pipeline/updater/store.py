@@ -15,10 +15,10 @@ from bson import ObjectId
 from pymongo import ASCENDING
 from pymongo.database import Database
 
-from panel_pipeline.queue.store import insert_missing
-from panel_pipeline.sampler import members
-from panel_pipeline.sampler.members import profiles_frame
+from panel_pipeline.sampler import store as sampler_store
 from panel_pipeline.sampler.requests import SampleRequestError, parse_sample_request
+from panel_pipeline.shared.contract import ACTIVE, DONE
+from panel_pipeline.shared.mongo import insert_missing
 from panel_pipeline.updater.dynamic import DynamicSample, filled_cells
 
 CURSOR_ID = "updater"
@@ -30,7 +30,7 @@ CHANGE_FIELDS = ("profile_updated_at", "created_at")
 
 
 def ensure_indexes(db: Database) -> None:
-    members.ensure_indexes(db)
+    sampler_store.ensure_indexes(db)
     for name in CHANGE_FIELDS:
         db.users.create_index([(name, ASCENDING)])  # the sensor's newest-change look-up
         db.users.create_index([(name, ASCENDING), ("_id", ASCENDING)])  # the pages, in a stable order
@@ -92,7 +92,7 @@ def stream_query(name: str, after: ChangeKey | dt.datetime) -> dict[str, Any]:
     else:
         moment, user_id = after
         position = {"$or": [{name: {"$gt": moment}}, {name: moment, "_id": {"$gt": user_id}}]}
-    return {"status": "active", **position}
+    return {"status": ACTIVE, **position}
 
 
 def changed_member_pages(
@@ -108,7 +108,9 @@ def changed_member_pages(
         kept: list[dict[str, Any]] = []
         bound: ChangeKey | None = None  # below it, both scans have seen everything
         for name in CHANGE_FIELDS:
-            scanned = list(db.users.find(stream_query(name, position), projection).sort([(name, 1), ("_id", 1)]).limit(page_size))
+            scanned = list(
+                db.users.find(stream_query(name, position), projection).sort([(name, 1), ("_id", 1)]).limit(page_size)
+            )
             kept += [doc for doc in scanned if change_field_of(doc) == name]
             if len(scanned) == page_size:
                 last = (scanned[-1][name], scanned[-1]["_id"])
@@ -126,14 +128,16 @@ def _key(doc: Mapping[str, Any]) -> ChangeKey:
 
 
 def _page(docs: list[dict[str, Any]], as_of_year: int) -> ChangedMembers:
-    profiles = profiles_frame(docs, as_of_year)
+    profiles = sampler_store.profiles_frame(docs, as_of_year)
     changed_at = pd.Series([changed_at_of(doc) for doc in docs], index=profiles.index, dtype=object)
     return ChangedMembers(profiles, changed_at, changed_at_of(docs[-1]))
 
 
 def first_cursor(db: Database, now: dt.datetime) -> dt.datetime:
     """Where the very first update starts: the earliest draw of an open dynamic sample, else now."""
-    earliest = db.samples.find_one({"dynamic": True, "open": True, "drawn_at": {"$type": "date"}}, {"drawn_at": 1}, sort=[("drawn_at", 1)])
+    earliest = db.samples.find_one(
+        {"dynamic": True, "open": True, "drawn_at": {"$type": "date"}}, {"drawn_at": 1}, sort=[("drawn_at", 1)]
+    )
     return earliest["drawn_at"] if earliest else now
 
 
@@ -141,7 +145,7 @@ def open_dynamic_samples(db: Database, now: dt.datetime) -> tuple[list[DynamicSa
     """Open dynamic samples (after closing those past `closes_at`), and the ids just closed."""
     closed = []
     samples = []
-    for doc in db.samples.find({"dynamic": True, "open": True, "processed": True, "status": "done"}).sort("_id", 1):
+    for doc in db.samples.find({"dynamic": True, "open": True, "processed": True, "status": DONE}).sort("_id", 1):
         closes_at = doc.get("closes_at")
         if closes_at is not None and closes_at <= now:
             close_sample(db, doc["_id"], "its end date passed", now)
@@ -152,7 +156,7 @@ def open_dynamic_samples(db: Database, now: dt.datetime) -> tuple[list[DynamicSa
         except SampleRequestError:
             continue  # the sampler already failed it; nothing to keep current
         members = list(db.sample_members.find({"sample_id": doc["_id"]}, {"user_id": 1}))
-        member_profiles = profiles_frame(
+        member_profiles = sampler_store.profiles_frame(
             list(db.users.find({"_id": {"$in": [m["user_id"] for m in members]}}, {"profile": 1})), now.year
         )
         member_ids = frozenset(str(m["user_id"]) for m in members)
@@ -168,13 +172,21 @@ def close_sample(db: Database, sample_id: ObjectId, reason: str, now: dt.datetim
 def add_members(db: Database, sample_id: str, user_ids: Iterable[str], now: dt.datetime) -> int:
     """Add members once each (the unique index makes a repeat a no-op); returns how many were new."""
     docs = [
-        {"sample_id": ObjectId(sample_id), "user_id": ObjectId(uid), "added_at": now, "invited_at": None, "source": "updater"}
+        {
+            "sample_id": ObjectId(sample_id),
+            "user_id": ObjectId(uid),
+            "added_at": now,
+            "invited_at": None,
+            "source": "updater",
+        }
         for uid in user_ids
     ]
     return len(docs) - len(insert_missing(db.sample_members, docs))
 
 
-def mark_qualification(db: Database, sample_id: str, user_ids: Iterable[str], qualifies: bool, now: dt.datetime) -> None:
+def mark_qualification(
+    db: Database, sample_id: str, user_ids: Iterable[str], qualifies: bool, now: dt.datetime
+) -> None:
     """Members are never removed; one who stops matching the filters is recorded as such."""
     ids = [ObjectId(uid) for uid in user_ids]
     if not ids:

@@ -8,7 +8,7 @@ from panel_pipeline.extractor import store
 from panel_pipeline.extractor.assets import day_of
 from panel_pipeline.extractor.responses import SurveyResponse, parse_response
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY_ID, response_record
-from panel_pipeline.queue.store import insert_missing
+from panel_pipeline.shared.mongo import insert_missing
 from panel_pipeline_tests.extractor.conftest import EXAMPLE_PROFILE
 
 ZONE = ZoneInfo("America/New_York")

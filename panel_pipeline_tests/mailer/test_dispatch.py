@@ -46,8 +46,10 @@ from panel_pipeline.mailer.store import (
     send_event_from_ses,
 )
 from panel_pipeline.mailer.ses import SesGateway
+from panel_pipeline.queue.store import QueuePolicy, WorkQueue
+from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.templates import EmailTemplate
-from panel_pipeline.queue.store import QueuePolicy, WorkQueue, utc_now
+from panel_pipeline_tests.clock import ManualClock
 from panel_pipeline_tests.mailer.conftest import CONFIGURATION_SET, FROM_ADDRESS
 
 FAST = DispatchPolicy(backoff_base_seconds=0.05, backoff_cap_seconds=0.2, max_wait_seconds=5)
@@ -271,7 +273,7 @@ def test_a_stolen_lease_stops_the_sender_within_one_batch(
 ) -> None:
     queue = WorkQueue(mongo_db.mailings, QueuePolicy(lease_seconds=300))
     # Another run whose clock is past the lease: it claims as a run does once a lease has expired.
-    later = WorkQueue(mongo_db.mailings, QueuePolicy(lease_seconds=300), clock=lambda: utc_now() + dt.timedelta(seconds=301))
+    later = WorkQueue(mongo_db.mailings, QueuePolicy(lease_seconds=300), clock=ManualClock(utc_now() + dt.timedelta(seconds=301)))
     doc_id = mongo_db.mailings.insert_one({"processed": False}).inserted_id
     queue.claim(doc_id, "run-1")
     gateway = make_gateway(max_send_rate=50)

@@ -33,7 +33,9 @@ def hold_forever(uri: str, db_name: str, doc_id: ObjectId) -> None:
 
 
 def assert_each_claimed_once(db, ids):
-    per_doc = {row["_id"]: row["n"] for row in db.side_effects.aggregate([{"$group": {"_id": "$doc_id", "n": {"$sum": 1}}}])}
+    per_doc = {
+        row["_id"]: row["n"] for row in db.side_effects.aggregate([{"$group": {"_id": "$doc_id", "n": {"$sum": 1}}}])
+    }
     assert per_doc == {doc_id: 1 for doc_id in ids}
     assert db.samples.count_documents({"processed": True, "status": "done"}) == len(ids)
 

@@ -5,12 +5,12 @@ import dagster as dg
 import pytest
 from bson import ObjectId
 
-from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.queue.sensors import (
     QueueCursor,
     build_queue_sensor,
     release_documents_of_run,
 )
+from panel_pipeline.shared.resources import MongoResource
 
 requests_partitions = dg.DynamicPartitionsDefinition(name="test_requests")
 
@@ -32,7 +32,9 @@ batch_job = dg.define_asset_job("batch_job", selection=[batch_asset])
 request_sensor = build_queue_sensor(
     collection="samples", job=request_job, partitions_def=requests_partitions, description="test"
 )
-batch_sensor = build_queue_sensor(collection="transactions", job=batch_job, batch_op_name="batch_asset", description="test")
+batch_sensor = build_queue_sensor(
+    collection="transactions", job=batch_job, batch_op_name="batch_asset", description="test"
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,9 @@ def test_new_documents_give_one_run_each_and_the_next_tick_none(instance, mongo,
 
 def test_daemon_style_evaluation_accepts_the_partitioned_requests(instance, mongo, mongo_db):
     mongo_db.samples.insert_one({"processed": False})
-    defs = dg.Definitions(assets=[request_asset], jobs=[request_job], sensors=[request_sensor], resources={"mongo": mongo})
+    defs = dg.Definitions(
+        assets=[request_asset], jobs=[request_job], sensors=[request_sensor], resources={"mongo": mongo}
+    )
     context = dg.build_sensor_context(instance_ref=instance.get_ref(), definitions=defs, resources={"mongo": mongo})
     data = defs.resolve_sensor_def("samples_queue_sensor").evaluate_tick(context)
     assert len(data.run_requests) == 1
@@ -82,7 +86,7 @@ def test_late_insert_with_an_older_id_is_found_by_the_full_scan(instance, mongo,
     first = tick(request_sensor, instance, mongo, cursor=None)
     mongo_db.samples.insert_one({"processed": False})
     newest = tick(request_sensor, instance, mongo, cursor=first.cursor)
-    older_id = ObjectId.from_datetime(dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc))
+    older_id = ObjectId.from_datetime(dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
     mongo_db.samples.insert_one({"_id": older_id, "processed": False})
     assert tick(request_sensor, instance, mongo, cursor=newest.cursor).run_requests in ([], None)
     stale = QueueCursor.parse(newest.cursor)
@@ -95,7 +99,7 @@ def test_expired_lease_gives_a_new_run_key(instance, mongo, mongo_db):
     queue = mongo.work_queue("samples")
     doc_id = mongo_db.samples.insert_one({"processed": False}).inserted_id
     queue.claim(doc_id, "run-1")
-    mongo_db.samples.update_one({"_id": doc_id}, {"$set": {"retry_at": dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)}})
+    mongo_db.samples.update_one({"_id": doc_id}, {"$set": {"retry_at": dt.datetime(2020, 1, 1, tzinfo=dt.UTC)}})
     result = tick(request_sensor, instance, mongo, cursor=None)
     assert [r.run_key for r in result.run_requests] == [f"samples:{doc_id}:1"]
 
@@ -126,8 +130,12 @@ def test_failed_run_releases_its_documents(instance, mongo, mongo_db):
 
 def test_tags_from_document_fields(instance, mongo, mongo_db):
     tagged = build_queue_sensor(
-        collection="samples", job=request_job, partitions_def=requests_partitions, description="test",
-        tag_fields=["kind"], tags_for=lambda doc: {"panel/mail_kind": doc.get("kind", "bulk")},
+        collection="samples",
+        job=request_job,
+        partitions_def=requests_partitions,
+        description="test",
+        tag_fields=["kind"],
+        tags_for=lambda doc: {"panel/mail_kind": doc.get("kind", "bulk")},
     )
     mongo_db.samples.insert_one({"processed": False, "kind": "transactional"})
     (request,) = tick(tagged, instance, mongo).run_requests
@@ -137,7 +145,7 @@ def test_tags_from_document_fields(instance, mongo, mongo_db):
 def postpone_until_due(queue, doc_id, owner):
     """Claim, then postpone into the past: due again at once, as after a daily-quota pause."""
     assert queue.claim(doc_id, owner) is not None
-    assert queue.postpone(doc_id, owner, dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc), "daily quota reached")
+    assert queue.postpone(doc_id, owner, dt.datetime(2020, 1, 1, tzinfo=dt.UTC), "daily quota reached")
 
 
 def test_a_postponed_document_due_again_gets_a_run_key_never_used_before(instance, mongo, mongo_db):
@@ -166,7 +174,7 @@ def test_a_postponed_transactional_batch_due_again_gets_a_new_run_key(instance, 
 def test_a_document_claimed_before_the_claim_counter_gets_keys_no_old_run_used(instance, mongo, mongo_db):
     # Written by the old code: claimed once, then postponed (attempts given back), so its old key was `:0`.
     doc_id = mongo_db.samples.insert_one(
-        {"processed": False, "status": "postponed", "attempts": 0, "retry_at": dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)}
+        {"processed": False, "status": "postponed", "attempts": 0, "retry_at": dt.datetime(2020, 1, 1, tzinfo=dt.UTC)}
     ).inserted_id
     (request,) = tick(request_sensor, instance, mongo).run_requests
     assert request.run_key == f"samples:{doc_id}:1000"

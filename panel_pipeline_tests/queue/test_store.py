@@ -2,7 +2,6 @@ import datetime as dt
 
 import pytest
 from bson import ObjectId
-from pymongo.errors import BulkWriteError
 
 from panel_pipeline.queue.store import (
     LeaseLost,
@@ -10,25 +9,14 @@ from panel_pipeline.queue.store import (
     QueuePolicy,
     RequestRejected,
     WorkQueue,
-    insert_missing,
     process_document,
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += dt.timedelta(seconds=seconds)
+from panel_pipeline_tests.clock import ManualClock
 
 
 @pytest.fixture
 def clock():
-    return FakeClock()
+    return ManualClock(dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC))
 
 
 @pytest.fixture
@@ -92,7 +80,8 @@ def test_a_document_whose_last_worker_died_is_failed_not_retried_forever(queue, 
 
 def test_release_owner_frees_everything_a_dead_run_held(queue):
     ids = insert(queue, 3)
-    queue.claim_many(ids[:2], "dead-run")
+    for doc_id in ids[:2]:
+        queue.claim(doc_id, "dead-run")
     released = queue.release_owner("dead-run", "run was killed")
     assert set(released) == {str(i) for i in ids[:2]} and set(released.values()) == {"retry"}
 
@@ -134,7 +123,7 @@ def test_unknown_document_is_not_claimed(queue):
 def test_postponed_document_waits_without_using_an_attempt(queue, clock):
     (doc_id,) = insert(queue)
     queue.claim(doc_id, "run-1")
-    assert queue.postpone(doc_id, "run-1", clock.now + dt.timedelta(hours=1), "daily quota reached")
+    assert queue.postpone(doc_id, "run-1", clock.now() + dt.timedelta(hours=1), "daily quota reached")
     stored = queue.collection.find_one({"_id": doc_id})
     assert stored["status"] == "postponed" and stored["attempts"] == 0 and stored["processed"] is False
     assert queue.claim(doc_id, "run-2") is None
@@ -142,21 +131,12 @@ def test_postponed_document_waits_without_using_an_attempt(queue, clock):
     assert queue.claim(doc_id, "run-2")["attempts"] == 1
 
 
-def test_insert_missing_skips_what_a_unique_index_holds_and_raises_anything_else(mongo_db):
-    mongo_db.things.insert_one({"_id": 2})
-    assert insert_missing(mongo_db.things, [{"_id": 1}, {"_id": 2}, {"_id": 3}, {"_id": 1}]) == [1, 3]
-    assert sorted(doc["_id"] for doc in mongo_db.things.find()) == [1, 2, 3]
-    assert insert_missing(mongo_db.things, []) == []
-    with pytest.raises(BulkWriteError):
-        insert_missing(mongo_db.things, [{"_id": 4}, {"_id": [5, 6]}])
-
-
 def test_claims_only_grow_while_attempts_are_given_back_by_postponements(queue, clock):
     (doc_id,) = insert(queue)
     for claim in range(1, 5):
         doc = queue.claim(doc_id, f"run-{claim}")
         assert doc["claims"] == claim and doc["attempts"] == 1
-        queue.postpone(doc_id, f"run-{claim}", clock.now, "waiting for SES events")
+        queue.postpone(doc_id, f"run-{claim}", clock.now(), "waiting for SES events")
     assert queue.due_documents(10)[0]["claims"] == 4
 
 
@@ -214,13 +194,13 @@ def test_stored_errors_are_redacted(queue, clock):
     assert stored["last_error"] == "ConnectionError: lost while mailing <email> via <url>"
     clock.advance(3600)
     queue.claim(doc_id, "run-2")
-    queue.postpone(doc_id, "run-2", clock.now, "paused for bob@example.com")
+    queue.postpone(doc_id, "run-2", clock.now(), "paused for bob@example.com")
     assert queue.collection.find_one({"_id": doc_id})["last_error"] == "paused for <email>"
 
 
 def test_work_that_must_wait_is_postponed_without_using_an_attempt(queue, clock):
     (doc_id,) = insert(queue)
-    until = clock.now + dt.timedelta(minutes=2)
+    until = clock.now() + dt.timedelta(minutes=2)
 
     def not_there_yet(doc):
         raise Postpone("response_id: not listed yet", until)

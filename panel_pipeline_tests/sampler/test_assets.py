@@ -7,14 +7,33 @@ import pytest
 from bson import ObjectId
 
 from panel_pipeline.local.synthetic_panel import generate_profiles
-from panel_pipeline.shared.resources import MongoResource
-from panel_pipeline.sampler.sensors import samples_queue_sensor
 from panel_pipeline.queue.store import LeaseLost
 from panel_pipeline.sampler.assets import draw_once, samples
+from panel_pipeline.sampler.sensors import samples_queue_sensor
+from panel_pipeline.shared.resources import MongoResource
 
-UTC = dt.timezone.utc
-INVITATION = {"template": "new_survey", "default_data": {"survey_name": "Omnibus", "duration_minutes": 10, "points": 100, "survey_url": "https://survey.example/s/12"}}
-PROFILE_COLUMNS = ["gender", "birth_year", "age", "age_band", "region", "social_grade", "education", "vote_2019", "vote_2024", "eu_ref_vote"]
+UTC = dt.UTC
+INVITATION = {
+    "template": "new_survey",
+    "default_data": {
+        "survey_name": "Omnibus",
+        "duration_minutes": 10,
+        "points": 100,
+        "survey_url": "https://survey.example/s/12",
+    },
+}
+PROFILE_COLUMNS = [
+    "gender",
+    "birth_year",
+    "age",
+    "age_band",
+    "region",
+    "social_grade",
+    "education",
+    "vote_2019",
+    "vote_2024",
+    "eu_ref_vote",
+]
 
 
 @pytest.fixture
@@ -27,7 +46,12 @@ def panel(mongo_db):
     profiles = generate_profiles(6000, seed=3)[PROFILE_COLUMNS]
     created = dt.datetime(2025, 1, 1, tzinfo=UTC)
     docs = [
-        {"status": "active", "created_at": created, "email": f"m{i}@panel.example", "profile": {k: v for k, v in row.items() if v is not None}}
+        {
+            "status": "active",
+            "created_at": created,
+            "email": f"m{i}@panel.example",
+            "profile": {k: v for k, v in row.items() if v is not None},
+        }
         for i, row in enumerate(profiles.astype(object).to_dict("records"))
     ]
     for doc in docs:
@@ -46,13 +70,24 @@ def run(instance, mongo, sample_id, run_config=None):
     key = str(sample_id)
     instance.add_dynamic_partitions("sample_requests", [key])
     return dg.materialize(
-        [samples], partition_key=key, instance=instance, resources={"mongo": mongo},
-        run_config=run_config, raise_on_error=False,
+        [samples],
+        partition_key=key,
+        instance=instance,
+        resources={"mongo": mongo},
+        run_config=run_config,
+        raise_on_error=False,
     )
 
 
 def request(mongo_db, **fields):
-    doc = {"name": "test", "survey_id": "123", "size": 200, "processed": False, "created_at": dt.datetime.now(UTC), **fields}
+    doc = {
+        "name": "test",
+        "survey_id": "123",
+        "size": 200,
+        "processed": False,
+        "created_at": dt.datetime.now(UTC),
+        **fields,
+    }
     return mongo_db.samples.insert_one(doc).inserted_id
 
 
@@ -69,12 +104,20 @@ def test_nat_rep_request_from_the_queue_end_to_end(instance, mongo, mongo_db, pa
     assert doc["result"]["composition"] and doc["seed_used"] == 7
     metadata = result.asset_materializations_for_node("samples")[0].metadata
     assert "largest_deviation_pp" in metadata and "data:image/svg+xml" in metadata["composition_chart"].value
+    assert metadata["dagster/row_count"].value == doc["members"]
+    composition = metadata["target_vs_achieved"].records
+    assert len(composition) == len(doc["result"]["composition"]) and {"target", "category", "shortfall"} <= set(
+        composition[0].data
+    )
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == "composition_within_tolerance"
     (mailing,) = mongo_db.mailings.find()
     assert "recipients" not in mailing and mailing["kind"] == "bulk" and mailing["invitation_for_sample"] == sample_id
     assert mailing["recipient_count"] == doc["members"]
-    assert mongo_db.sample_members.count_documents({"sample_id": sample_id, "mailing_id": mailing["_id"]}) == doc["members"]
+    assert (
+        mongo_db.sample_members.count_documents({"sample_id": sample_id, "mailing_id": mailing["_id"]})
+        == doc["members"]
+    )
 
     again = run(instance, mongo, sample_id)  # an analyst re-materialises it: everyone is queued for mail
     assert not again.success
@@ -126,7 +169,9 @@ def test_exclusions_leave_out_recent_invitees_and_completers(instance, mongo, mo
     recent, completer = panel[0], panel[1]
     mongo_db.sample_members.insert_one({"sample_id": ObjectId(), "user_id": recent, "invited_at": dt.datetime.now(UTC)})
     mongo_db.transactions.insert_one({"user_id": completer, "survey_id": "555", "processed": True})
-    sample_id = request(mongo_db, size=5990, tolerance=100, exclude={"invited_within_days": 7, "completed_surveys": ["555"]})
+    sample_id = request(
+        mongo_db, size=5990, tolerance=100, exclude={"invited_within_days": 7, "completed_surveys": ["555"]}
+    )
     assert run(instance, mongo, sample_id).success
     chosen = {m["user_id"] for m in mongo_db.sample_members.find({"sample_id": sample_id})}
     assert recent not in chosen and completer not in chosen
@@ -154,15 +199,24 @@ def test_a_crash_after_the_draw_is_finished_by_the_next_claim_with_its_invitatio
     mongo_db.sample_members.update_many({"sample_id": sample_id}, {"$unset": {"mailing_id": ""}})
     mongo_db.samples.update_one(
         {"_id": sample_id},
-        {"$set": {"processed": False, "status": "processing", "lease_owner": "killed-run", "retry_at": dt.datetime(2020, 1, 1, tzinfo=UTC)},
-         "$unset": {"processed_at": ""}},
+        {
+            "$set": {
+                "processed": False,
+                "status": "processing",
+                "lease_owner": "killed-run",
+                "retry_at": dt.datetime(2020, 1, 1, tzinfo=UTC),
+            },
+            "$unset": {"processed_at": ""},
+        },
     )
     members_before = {m["user_id"] for m in mongo_db.sample_members.find({"sample_id": sample_id})}
     resumed = run(instance, mongo, sample_id)
     assert resumed.success
     doc = mongo_db.samples.find_one({"_id": sample_id})
     assert doc["status"] == "done" and doc["run_id"] == resumed.run_id and doc["drawn_by_run"] == done["drawn_by_run"]
-    assert {m["user_id"] for m in mongo_db.sample_members.find({"sample_id": sample_id})} == members_before  # not re-drawn
+    assert {
+        m["user_id"] for m in mongo_db.sample_members.find({"sample_id": sample_id})
+    } == members_before  # not re-drawn
     (mailing,) = mongo_db.mailings.find()
     assert mailing["recipient_count"] == len(members_before)
 
@@ -173,7 +227,9 @@ def test_a_request_nobody_can_fill_is_failed_saying_which_target_leaves_nobody(i
     assert not run(instance, mongo, sample_id).success
     doc = mongo_db.samples.find_one({"_id": sample_id})
     assert doc["processed"] and doc["status"] == "failed"
-    assert doc["error"].startswith("no active member has vote_2024: nobody can be placed in the vote_2024 target; drop that target")
+    assert doc["error"].startswith(
+        "no active member has vote_2024: nobody can be placed in the vote_2024 target; drop that target"
+    )
     assert mongo_db.sample_members.count_documents({}) == 0
 
 
@@ -209,9 +265,13 @@ def test_a_draw_whose_lease_was_taken_stops_before_writing_members(mongo, mongo_
     sample_id = request(mongo_db, size=100, tolerance=100)
     queue = mongo.work_queue("samples")
     claimed = queue.claim(sample_id, "slow-run")
-    mongo_db.samples.update_one({"_id": sample_id}, {"$set": {"retry_at": dt.datetime(2020, 1, 1, tzinfo=UTC)}})  # its lease expired
+    mongo_db.samples.update_one(
+        {"_id": sample_id}, {"$set": {"retry_at": dt.datetime(2020, 1, 1, tzinfo=UTC)}}
+    )  # its lease expired
     assert queue.claim(sample_id, "new-run") is not None
-    with pytest.raises(LeaseLost, match=f"samples document {sample_id}: run slow-run lost its lease before it could renew"):
+    with pytest.raises(
+        LeaseLost, match=f"samples document {sample_id}: run slow-run lost its lease before it could renew"
+    ):
         draw_once(mongo_db, queue, claimed, "slow-run")
     assert mongo_db.sample_members.count_documents({}) == 0
     assert "drawn_by_run" not in mongo_db.samples.find_one({"_id": sample_id})

@@ -13,7 +13,14 @@ def test_a_plan_whose_margins_are_met_at_once_still_respects_low_response_rate_c
     panel = generate_profiles(400, seed=11, as_of_year=2026)
     rates = {band: 1.0 for band in ["18-24", "25-34", "35-44", "45-54", "55-64"]} | {"65-74": 0.25, "75+": 0.25}
     request = parse_sample_request(
-        {"name": "n", "survey_id": "1", "size": 13, "seed": 0, "quotas": {"education": {"no_qualifications": 1.0}}, "expected_response_rate": {"age_band": rates}}
+        {
+            "name": "n",
+            "survey_id": "1",
+            "size": 13,
+            "seed": 0,
+            "quotas": {"education": {"no_qualifications": 1.0}},
+            "expected_response_rate": {"age_band": rates},
+        }
     )
     result = select(panel, request)
     assert result.completes_planned == 13

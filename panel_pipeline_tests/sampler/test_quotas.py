@@ -36,7 +36,9 @@ def test_marginal_quota_is_met_exactly() -> None:
 
 def test_interlocked_cells_are_met_exactly() -> None:
     panel = tiny_panel(age_band=["18-24"] * 50 + ["75+"] * 50, gender=(["female"] * 25 + ["male"] * 25) * 2)
-    target = Target.from_shares("age_band|gender", {"18-24|female": 0.4, "18-24|male": 0.1, "75+|female": 0.3, "75+|male": 0.2})
+    target = Target.from_shares(
+        "age_band|gender", {"18-24|female": 0.4, "18-24|male": 0.1, "75+|female": 0.3, "75+|male": 0.2}
+    )
     result = select_members(panel, [target], 20, seed=1)
     by_cell = result.cells.set_index(["age_band", "gender"])["completes"].to_dict()
     assert by_cell == {("18-24", "female"): 8, ("18-24", "male"): 2, ("75+", "female"): 6, ("75+", "male"): 4}
@@ -124,7 +126,9 @@ def synthetic_panel() -> pd.DataFrame:
 
 
 def nat_rep(size: int, seed: int | None = None, **fields: object) -> object:
-    return parse_sample_request({"name": "nat rep", "survey_id": "1", "size": size, "preset": "uk_nat_rep", "seed": seed, **fields})
+    return parse_sample_request(
+        {"name": "nat rep", "survey_id": "1", "size": size, "preset": "uk_nat_rep", "seed": seed, **fields}
+    )
 
 
 def test_uk_nat_rep_from_a_skewed_panel(synthetic_panel: pd.DataFrame) -> None:

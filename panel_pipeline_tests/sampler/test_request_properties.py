@@ -25,31 +25,60 @@ from pymongo.database import Database
 
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline.shared.templates import check_recipient_data, escape_for_html
-from panel_pipeline.sampler.members import excluded_user_ids
 from panel_pipeline.sampler.quotas import select
 from panel_pipeline.sampler.requests import (
     NUMERIC_BOUNDS,
-    PROFILE_CATEGORIES,
     SampleRequest,
     SampleRequestError,
     built_templates,
     mongo_filter,
     parse_sample_request,
 )
+from panel_pipeline.sampler.store import excluded_user_ids
+from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
-FIELDS = ("name", "survey_id", "size", "tolerance", "seed", "preset", "filters", "quotas", "exclude",
-          "expected_response_rate", "dynamic", "closes_at", "mailing")
+FIELDS = (
+    "name",
+    "survey_id",
+    "size",
+    "tolerance",
+    "seed",
+    "preset",
+    "filters",
+    "quotas",
+    "exclude",
+    "expected_response_rate",
+    "dynamic",
+    "closes_at",
+    "mailing",
+)
 MESSAGE = re.compile(r"^(?P<field>[a-z_]+)(?:\.\S.*)?: \S")  # a top-level field, maybe a path below it, then the reason
 PANEL = generate_profiles(400, seed=11, as_of_year=2026)
-NOW = dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 SEEN: Counter[str] = Counter()
-INVITATION_DATA = {"survey_name": "Omnibus", "duration_minutes": 10, "points": 100, "survey_url": "https://survey.example/s/1"}
+INVITATION_DATA = {
+    "survey_name": "Omnibus",
+    "duration_minutes": 10,
+    "points": 100,
+    "survey_url": "https://survey.example/s/1",
+}
 
 CATEGORICAL = sorted(PROFILE_CATEGORIES)
 junk = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats() | st.text(max_size=8)
-    | st.datetimes() | st.builds(ObjectId) | st.sampled_from(["$where", "$gt", "18-24", "Scotland", "default", "new_survey", "|"]),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6) | st.sampled_from(["$in", "$gt", "gender", "default"]), children, max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.datetimes()
+    | st.builds(ObjectId)
+    | st.sampled_from(["$where", "$gt", "18-24", "Scotland", "default", "new_survey", "|"]),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.text(max_size=6) | st.sampled_from(["$in", "$gt", "gender", "default"]), children, max_size=3
+        )
+    ),
     max_leaves=6,
 )
 
@@ -67,7 +96,9 @@ def condition(draw: Callable, field: str) -> Any:
         low, high = NUMERIC_BOUNDS[field]
         operator = draw(st.sampled_from(["$gte", "$lte", "$gt", "$lt", "$eq", "$ne", "$in", "$nin"]))
         number = st.integers(min_value=low, max_value=high)
-        return {operator: draw(st.lists(number, min_size=1, max_size=3)) if operator in ("$in", "$nin") else draw(number)}
+        return {
+            operator: draw(st.lists(number, min_size=1, max_size=3)) if operator in ("$in", "$nin") else draw(number)
+        }
     values = PROFILE_CATEGORIES[field]
     operator = draw(st.sampled_from(["$eq", "$ne", "$in", "$nin", "shorthand"]))
     if operator == "shorthand":
@@ -79,25 +110,41 @@ def condition(draw: Callable, field: str) -> Any:
 
 @st.composite
 def valid_request(draw: Callable) -> dict[str, Any]:
-    document: dict[str, Any] = {"name": draw(st.text(min_size=1, max_size=20).filter(str.strip)),
-                                "survey_id": draw(st.integers(min_value=1, max_value=10**9) | st.from_regex(r"\A[0-9]{1,9}\Z")),
-                                "size": draw(st.integers(min_value=1, max_value=300))}
+    document: dict[str, Any] = {
+        "name": draw(st.text(min_size=1, max_size=20).filter(str.strip)),
+        "survey_id": draw(st.integers(min_value=1, max_value=10**9) | st.from_regex(r"\A[0-9]{1,9}\Z")),
+        "size": draw(st.integers(min_value=1, max_value=300)),
+    }
     optional: dict[str, st.SearchStrategy[Any]] = {
         "tolerance": st.floats(min_value=0.1, max_value=100),
         "seed": st.integers(min_value=0, max_value=2**63 - 1),
         "preset": st.just("uk_nat_rep"),
         "dynamic": st.booleans(),
-        "closes_at": st.datetimes(timezones=st.just(dt.timezone.utc)),
-        "filters": st.lists(st.sampled_from(sorted(PROFILE_CATEGORIES) + ["age", "birth_year"]), min_size=1, max_size=2, unique=True).flatmap(
-            lambda fields: st.fixed_dictionaries({field: condition(field) for field in fields})
-        ),
+        "closes_at": st.datetimes(timezones=st.just(dt.UTC)),
+        "filters": st.lists(
+            st.sampled_from(sorted(PROFILE_CATEGORIES) + ["age", "birth_year"]), min_size=1, max_size=2, unique=True
+        ).flatmap(lambda fields: st.fixed_dictionaries({field: condition(field) for field in fields})),
         "quotas": st.lists(st.sampled_from(CATEGORICAL), min_size=1, max_size=2, unique=True).flatmap(
             lambda fields: st.fixed_dictionaries({field: shares(PROFILE_CATEGORIES[field]) for field in fields})
         ),
-        "exclude": st.fixed_dictionaries({}, optional={"invited_within_days": st.integers(0, 3650), "completed_surveys": st.lists(st.integers(1, 2**63 - 1) | st.from_regex(r"\A[0-9]{1,19}\Z"), max_size=3)}),
-        "expected_response_rate": st.floats(min_value=0.01, max_value=1) | st.sampled_from(CATEGORICAL).flatmap(
-            lambda field: st.fixed_dictionaries({field: st.fixed_dictionaries({value: st.floats(0.05, 1) for value in PROFILE_CATEGORIES[field]})})
-        ) | st.fixed_dictionaries({"region": st.fixed_dictionaries({"Wales": st.floats(0.05, 1)}), "default": st.floats(0.05, 1)}),
+        "exclude": st.fixed_dictionaries(
+            {},
+            optional={
+                "invited_within_days": st.integers(0, 3650),
+                "completed_surveys": st.lists(
+                    st.integers(1, 2**63 - 1) | st.from_regex(r"\A[0-9]{1,19}\Z"), max_size=3
+                ),
+            },
+        ),
+        "expected_response_rate": st.floats(min_value=0.01, max_value=1)
+        | st.sampled_from(CATEGORICAL).flatmap(
+            lambda field: st.fixed_dictionaries(
+                {field: st.fixed_dictionaries({value: st.floats(0.05, 1) for value in PROFILE_CATEGORIES[field]})}
+            )
+        )
+        | st.fixed_dictionaries(
+            {"region": st.fixed_dictionaries({"Wales": st.floats(0.05, 1)}), "default": st.floats(0.05, 1)}
+        ),
         "mailing": st.just({"template": "new_survey", "default_data": INVITATION_DATA}),
     }
     for key, strategy in optional.items():
@@ -120,7 +167,9 @@ def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 @st.composite
 def mutated_request(draw: Callable) -> dict[str, Any]:
     """A valid request with one to three places replaced by junk, deleted, or given an unknown key."""
-    document = json.loads(json.dumps(draw(valid_request()), default=str))  # a deep copy (closes_at becomes text: a mutation too)
+    document = json.loads(
+        json.dumps(draw(valid_request()), default=str)
+    )  # a deep copy (closes_at becomes text: a mutation too)
     for _ in range(draw(st.integers(1, 3))):
         paths = _paths(document)
         path = draw(st.sampled_from(paths)) if paths else ("size",)
@@ -163,7 +212,8 @@ def drawable(request: SampleRequest, db: Database) -> None:
 
 
 PROPERTY_SETTINGS = settings(
-    max_examples=150, deadline=None,
+    max_examples=150,
+    deadline=None,
     # `db` is read-only here (the queries run on an empty database), so sharing it across examples is fine.
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )
@@ -194,7 +244,10 @@ def test_report_the_counts(capsys: pytest.CaptureFixture[str]) -> None:
     """Runs last in this file: how many documents the properties above generated and refused."""
     generated = SEEN["valid generated"] + SEEN["mutated generated"] + SEEN["junk generated"]
     with capsys.disabled():
-        print(f"\nsamples documents: {generated} generated ({SEEN['valid generated']} valid, {SEEN['mutated generated']} mutated, "
-              f"{SEEN['junk generated']} junk); {SEEN['accepted']} accepted and drawn, {SEEN['refused']} refused naming a field")
+        print(
+            f"\nsamples documents: {generated} generated ({SEEN['valid generated']} valid, "
+            f"{SEEN['mutated generated']} mutated, {SEEN['junk generated']} junk); "
+            f"{SEEN['accepted']} accepted and drawn, {SEEN['refused']} refused naming a field"
+        )
     if generated:
         assert SEEN["accepted"] + SEEN["refused"] == generated

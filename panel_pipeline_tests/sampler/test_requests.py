@@ -18,7 +18,12 @@ from panel_pipeline.sampler.requests import (
 )
 
 BASE: dict[str, Any] = {"name": "Scotland omnibus", "survey_id": "123456", "size": 1000}
-INVITATION_DATA: dict[str, Any] = {"survey_name": "Omnibus", "duration_minutes": 10, "points": 100, "survey_url": "https://survey.example/s/1"}
+INVITATION_DATA: dict[str, Any] = {
+    "survey_name": "Omnibus",
+    "duration_minutes": 10,
+    "points": 100,
+    "survey_url": "https://survey.example/s/1",
+}
 
 
 def request_with(**fields: Any) -> dict[str, Any]:
@@ -46,7 +51,10 @@ def test_a_full_request_parses() -> None:
             seed=42,
             preset="uk_nat_rep",
             filters={"region": {"$in": ["Scotland"]}, "age": {"$gte": 18, "$lte": 34}},
-            quotas={"gender": {"female": 0.51, "male": 0.49}, "age_band|gender": {"18-24|female": 0.5, "18-24|male": 0.5}},
+            quotas={
+                "gender": {"female": 0.51, "male": 0.49},
+                "age_band|gender": {"18-24|female": 0.5, "18-24|male": 0.5},
+            },
             exclude={"invited_within_days": 7, "completed_surveys": ["123456"]},
             expected_response_rate={"age_band": {"18-24": 0.06}, "default": 0.2},
             dynamic=True,
@@ -64,7 +72,9 @@ REJECTED_FILTERS = [
     pytest.param({"$expr": {"$gt": ["$points", 0]}}, "filters.$expr: operator $expr is not allowed", id="$expr"),
     pytest.param({"$or": [{"region": "Wales"}]}, "filters.$or: operator $or is not allowed", id="$or"),
     pytest.param({"region": {"$where": "1"}}, "filters.region: unknown operator $where", id="field-$where"),
-    pytest.param({"region": {"$function": {"body": "x"}}}, "filters.region: unknown operator $function", id="$function"),
+    pytest.param(
+        {"region": {"$function": {"body": "x"}}}, "filters.region: unknown operator $function", id="$function"
+    ),
     pytest.param({"region": {"$regex": "^Sc"}}, "filters.region: unknown operator $regex", id="$regex"),
     pytest.param({"region": {"$exists": True}}, "filters.region: unknown operator $exists", id="$exists"),
     pytest.param({"email": {"$eq": "a@b.c"}}, "filters.email: unknown field email", id="unknown-field"),
@@ -76,7 +86,9 @@ REJECTED_FILTERS = [
     pytest.param({"region": {"$in": [{"$ne": "Wales"}]}}, "filters.region.$in: must be a string", id="nested-in-list"),
     pytest.param({"region": "Narnia"}, "filters.region.$eq: unknown value 'Narnia'", id="unknown-value"),
     pytest.param({"region": ["Wales"]}, "filters.region.$eq: must be a string", id="list-shorthand"),
-    pytest.param({"region": {"$gt": "London"}}, "filters.region.$gt: $gt needs a numeric field", id="order-on-category"),
+    pytest.param(
+        {"region": {"$gt": "London"}}, "filters.region.$gt: $gt needs a numeric field", id="order-on-category"
+    ),
     pytest.param({"age": {"$gte": "18"}}, "filters.age.$gte: must be a whole number", id="age-string"),
     pytest.param({"age": {"$gte": True}}, "filters.age.$gte: must be a whole number", id="age-bool"),
     pytest.param({"age": {"$gte": 18.5}}, "filters.age.$gte: must be a whole number", id="age-fraction"),
@@ -97,12 +109,30 @@ def test_rejected_filter_names_the_field(filters: Any, message: str) -> None:
         pytest.param({"size": 0}, "size: must be a whole number from 1 to 1000000, got 0", id="size"),
         pytest.param({"tolerance": -1}, "tolerance:", id="tolerance"),
         pytest.param({"preset": "world"}, "preset:", id="preset"),
-        pytest.param({"quotas": {"gender": {"female": 0.6, "male": 0.6}}}, "quotas.gender: shares must sum to 1", id="quota-sum"),
-        pytest.param({"quotas": {"gender": {"nonbinary": 1.0}}}, "quotas.gender.nonbinary: unknown gender value", id="quota-value"),
-        pytest.param({"quotas": {"shoe_size": {"9": 1.0}}}, "quotas.shoe_size: unknown field shoe_size", id="quota-field"),
-        pytest.param({"quotas": {"age_band|gender": {"18-24": 1.0}}}, "quotas.age_band|gender.18-24: needs 2 values", id="quota-cell"),
-        pytest.param({"expected_response_rate": 0}, "expected_response_rate: rate must be a number in (0, 1]", id="rate"),
-        pytest.param({"expected_response_rate": {"region": {"Wales": 2}}}, "expected_response_rate.region.Wales: rate", id="cell-rate"),
+        pytest.param(
+            {"quotas": {"gender": {"female": 0.6, "male": 0.6}}}, "quotas.gender: shares must sum to 1", id="quota-sum"
+        ),
+        pytest.param(
+            {"quotas": {"gender": {"nonbinary": 1.0}}},
+            "quotas.gender.nonbinary: unknown gender value",
+            id="quota-value",
+        ),
+        pytest.param(
+            {"quotas": {"shoe_size": {"9": 1.0}}}, "quotas.shoe_size: unknown field shoe_size", id="quota-field"
+        ),
+        pytest.param(
+            {"quotas": {"age_band|gender": {"18-24": 1.0}}},
+            "quotas.age_band|gender.18-24: needs 2 values",
+            id="quota-cell",
+        ),
+        pytest.param(
+            {"expected_response_rate": 0}, "expected_response_rate: rate must be a number in (0, 1]", id="rate"
+        ),
+        pytest.param(
+            {"expected_response_rate": {"region": {"Wales": 2}}},
+            "expected_response_rate.region.Wales: rate",
+            id="cell-rate",
+        ),
         pytest.param({"exclude": {"invited_within_days": 7, "bounced": True}}, "exclude.bounced:", id="exclude-extra"),
     ],
 )
@@ -116,10 +146,14 @@ OUT_OF_TYPE_OR_RANGE = [
     pytest.param({"size": -5}, "size: must be a whole number from 1 to 1000000, got -5", id="size-negative"),
     pytest.param({"size": 10**9}, "size: must be a whole number from 1 to 1000000, got 1000000000", id="size-absurd"),
     pytest.param({"size": 20.5}, "size: must be a whole number", id="size-fraction"),
-    pytest.param({"seed": -1}, "seed: must be a whole number from 0 to 9223372036854775807, got -1", id="seed-negative"),
+    pytest.param(
+        {"seed": -1}, "seed: must be a whole number from 0 to 9223372036854775807, got -1", id="seed-negative"
+    ),
     pytest.param({"seed": 2**64}, "seed: must be a whole number from 0 to", id="seed-past-int64"),
     pytest.param({"seed": "42"}, "seed: must be a whole number", id="seed-text"),
-    pytest.param({"tolerance": "1"}, "tolerance: must be a number of percentage points in (0, 100]", id="tolerance-text"),
+    pytest.param(
+        {"tolerance": "1"}, "tolerance: must be a number of percentage points in (0, 100]", id="tolerance-text"
+    ),
     pytest.param({"tolerance": float("nan")}, "tolerance: must be a number", id="tolerance-nan"),
     pytest.param({"dynamic": "yes"}, "dynamic: must be true or false, got 'yes'", id="dynamic-text"),
     pytest.param({"dynamic": 1}, "dynamic: must be true or false, got 1", id="dynamic-one"),
@@ -128,17 +162,44 @@ OUT_OF_TYPE_OR_RANGE = [
     pytest.param({"name": "x" * 201}, "name: at most 200 characters", id="name-long"),
     pytest.param({"survey_id": -3}, "survey_id: must be a survey id", id="survey-id-negative"),
     pytest.param({"survey_id": "12 OR 1=1"}, "survey_id: must be a survey id", id="survey-id-spaces"),
-    pytest.param({"exclude": {"completed_surveys": ["9" * 19]}}, "exclude.completed_surveys.0: must be a survey id", id="completed-past-int64"),
-    pytest.param({"exclude": {"invited_within_days": 10**7}}, "exclude.invited_within_days: must be a whole number from 0 to 3650, got 10000000", id="days-absurd"),
-    pytest.param({"exclude": {"invited_within_days": "7"}}, "exclude.invited_within_days: must be a whole number", id="days-text"),
+    pytest.param(
+        {"exclude": {"completed_surveys": ["9" * 19]}},
+        "exclude.completed_surveys.0: must be a survey id",
+        id="completed-past-int64",
+    ),
+    pytest.param(
+        {"exclude": {"invited_within_days": 10**7}},
+        "exclude.invited_within_days: must be a whole number from 0 to 3650, got 10000000",
+        id="days-absurd",
+    ),
+    pytest.param(
+        {"exclude": {"invited_within_days": "7"}}, "exclude.invited_within_days: must be a whole number", id="days-text"
+    ),
     pytest.param({"exclude": [7]}, "exclude: must be an object", id="exclude-list"),
-    pytest.param({"exclude": {"completed_surveys": "123"}}, "exclude.completed_surveys: must be a list of survey ids", id="completed-text"),
-    pytest.param({"exclude": {"completed_surveys": ["1", None]}}, "exclude.completed_surveys.1: must be a survey id", id="completed-null"),
-    pytest.param({"quotas": {"gender": {"female": 0.5, " female ": 0.5}}}, "quotas.gender.' female ': the same cell as 'female'", id="quota-repeated-cell"),
-    pytest.param({"quotas": {"age_band|gender|region|education|vote_2024": {"18-24|female|Wales|other|green": 1}}}, "quotas.age_band|gender|region|education|vote_2024: crosses 5 fields; at most 4", id="quota-too-crossed"),
+    pytest.param(
+        {"exclude": {"completed_surveys": "123"}},
+        "exclude.completed_surveys: must be a list of survey ids",
+        id="completed-text",
+    ),
+    pytest.param(
+        {"exclude": {"completed_surveys": ["1", None]}},
+        "exclude.completed_surveys.1: must be a survey id",
+        id="completed-null",
+    ),
+    pytest.param(
+        {"quotas": {"gender": {"female": 0.5, " female ": 0.5}}},
+        "quotas.gender.' female ': the same cell as 'female'",
+        id="quota-repeated-cell",
+    ),
+    pytest.param(
+        {"quotas": {"age_band|gender|region|education|vote_2024": {"18-24|female|Wales|other|green": 1}}},
+        "quotas.age_band|gender|region|education|vote_2024: crosses 5 fields; at most 4",
+        id="quota-too-crossed",
+    ),
     pytest.param(
         {"expected_response_rate": {"region": {"Wales": 0.3}}},
-        "expected_response_rate.region: no rate for 11 cell(s) (North East, North West, Yorkshire and The Humber, East Midlands, West Midlands, …) and no default",
+        "expected_response_rate.region: no rate for 11 cell(s) (North East, North West, "
+        "Yorkshire and The Humber, East Midlands, West Midlands, …) and no default",
         id="rate-table-without-default",
     ),
 ]
@@ -162,11 +223,20 @@ def test_a_rate_table_listing_every_cell_needs_no_default() -> None:
 
 
 def test_a_default_alone_is_one_overall_rate() -> None:
-    assert parse_sample_request(request_with(expected_response_rate={"default": 0.3})).expected_response_rate.rate_for(("x",)) == 0.3
+    assert (
+        parse_sample_request(request_with(expected_response_rate={"default": 0.3})).expected_response_rate.rate_for(
+            ("x",)
+        )
+        == 0.3
+    )
 
 
 def test_targets_crossing_more_cells_than_an_index_holds_are_refused() -> None:
-    keys = ["age_band|gender|region|education", "vote_2019|vote_2024|region|education", "social_grade|eu_ref_vote|region|age_band"]
+    keys = [
+        "age_band|gender|region|education",
+        "vote_2019|vote_2024|region|education",
+        "social_grade|eu_ref_vote|region|age_band",
+    ]
     quotas = {key: {"|".join(_first_values(key)): 1.0} for key in keys}
     quotas |= {"|".join(reversed(key.split("|"))): {"|".join(reversed(_first_values(key))): 1.0} for key in keys}
     assert "quotas: the targets cross too many cells" in rejection(request_with(quotas=quotas))
@@ -180,18 +250,38 @@ def _first_values(key: str) -> list[str]:
 
 INVITATIONS = [
     pytest.param("new_survey", "mailing: must be an object with template and default_data", id="not-an-object"),
-    pytest.param({"template": "no_such", "default_data": INVITATION_DATA}, "mailing.template: unknown template 'no_such'; built: new_survey", id="unknown-template"),
-    pytest.param({"template": ["new_survey"], "default_data": INVITATION_DATA}, "mailing.template: must be a template name (text), got list", id="template-list"),
+    pytest.param(
+        {"template": "no_such", "default_data": INVITATION_DATA},
+        "mailing.template: unknown template 'no_such'; built: new_survey",
+        id="unknown-template",
+    ),
+    pytest.param(
+        {"template": ["new_survey"], "default_data": INVITATION_DATA},
+        "mailing.template: must be a template name (text), got list",
+        id="template-list",
+    ),
     pytest.param({"template": {"$ne": 1}}, "mailing.template: must be a template name", id="template-object"),
-    pytest.param({"template": "new_survey", "default_data": "x"}, "mailing.default_data: must be an object of template variables", id="data-text"),
+    pytest.param(
+        {"template": "new_survey", "default_data": "x"},
+        "mailing.default_data: must be an object of template variables",
+        id="data-text",
+    ),
     pytest.param(
         {"template": "new_survey", "default_data": {k: v for k, v in INVITATION_DATA.items() if k != "points"}},
         "mailing.default_data: template new_survey needs points, missing (or null) in the default data",
         id="missing-variable",
     ),
-    pytest.param({"template": "new_survey", "default_data": {**INVITATION_DATA, "points": None}}, "needs points", id="null-variable"),
+    pytest.param(
+        {"template": "new_survey", "default_data": {**INVITATION_DATA, "points": None}},
+        "needs points",
+        id="null-variable",
+    ),
     pytest.param({"template": "new_survey"}, "needs duration_minutes, points, survey_name, survey_url", id="no-data"),
-    pytest.param({"template": "new_survey", "default_data": {**INVITATION_DATA, "html": {}}}, "mailing.default_data.html: is set by the Mailer", id="reserved-html"),
+    pytest.param(
+        {"template": "new_survey", "default_data": {**INVITATION_DATA, "html": {}}},
+        "mailing.default_data.html: is set by the Mailer",
+        id="reserved-html",
+    ),
     pytest.param(
         {"template": "new_survey", "default_data": {**INVITATION_DATA, "unsubscribe_url": "https://evil.example"}},
         "mailing.default_data.unsubscribe_url: is set by the Mailer",
@@ -202,8 +292,14 @@ INVITATIONS = [
         "mailing.default_data.when: must be text, a number, true/false, a list or an object, got datetime",
         id="not-json",
     ),
-    pytest.param({"template": "new_survey", "default_data": {**INVITATION_DATA, "points": float("inf")}}, "mailing.default_data.points: must be a finite number", id="infinite"),
-    pytest.param({"template": "new_survey", "default_data": INVITATION_DATA, "data": {}}, "mailing.data:", id="unknown-key"),
+    pytest.param(
+        {"template": "new_survey", "default_data": {**INVITATION_DATA, "points": float("inf")}},
+        "mailing.default_data.points: must be a finite number",
+        id="infinite",
+    ),
+    pytest.param(
+        {"template": "new_survey", "default_data": INVITATION_DATA, "data": {}}, "mailing.data:", id="unknown-key"
+    ),
 ]
 
 
@@ -226,7 +322,9 @@ def test_every_problem_is_reported_at_once() -> None:
 
 def test_mongo_filter_is_on_profile_fields_and_active_members_only() -> None:
     request = parse_sample_request(
-        request_with(filters={"region": {"$in": ["Scotland", "Wales"]}, "age": {"$gte": 18, "$lte": 34}, "gender": "female"})
+        request_with(
+            filters={"region": {"$in": ["Scotland", "Wales"]}, "age": {"$gte": 18, "$lte": 34}, "gender": "female"}
+        )
     )
     assert mongo_filter(request, as_of_year=2025) == {
         "status": "active",
@@ -262,7 +360,9 @@ FILTER_CASES = [
 
 @pytest.mark.parametrize("filters", FILTER_CASES, ids=[str(case) for case in FILTER_CASES])
 def test_filter_mask_agrees_with_mongo(mongo_db: Database, filters: dict[str, Any]) -> None:
-    mongo_db.users.insert_many([{"n": index, "status": "active", "profile": profile} for index, profile in enumerate(MEMBERS)])
+    mongo_db.users.insert_many(
+        [{"n": index, "status": "active", "profile": profile} for index, profile in enumerate(MEMBERS)]
+    )
     mongo_db.users.insert_one({"n": 99, "status": "deleted", "profile": MEMBERS[0]})
     request = parse_sample_request(request_with(filters=filters))
     from_mongo = sorted(document["n"] for document in mongo_db.users.find(mongo_filter(request, as_of_year=2025)))
@@ -273,10 +373,11 @@ def test_filter_mask_agrees_with_mongo(mongo_db: Database, filters: dict[str, An
 
 def test_a_refusal_quotes_no_address_or_link() -> None:
     """The message is stored on the request and logged: a wrong value that is an address stays out."""
-    message = rejection(request_with(survey_id="jo.bloggs@example.org", mailing={"template": "https://x.example/t?token=abc"}))
+    message = rejection(
+        request_with(survey_id="jo.bloggs@example.org", mailing={"template": "https://x.example/t?token=abc"})
+    )
     assert "survey_id: must be a survey id" in message and "mailing.template: unknown template" in message
     assert "bloggs" not in message and "x.example" not in message
-
 
 
 def test_a_set_filter_names_each_value_once() -> None:
@@ -286,9 +387,9 @@ def test_a_set_filter_names_each_value_once() -> None:
 
 def test_the_largest_numeric_survey_id_accepted_can_be_queried(mongo_db: Database) -> None:
     """Completed surveys are matched as text and as numbers: an accepted id must fit BSON's int64."""
-    from panel_pipeline.sampler.members import excluded_user_ids
+    from panel_pipeline.sampler.store import excluded_user_ids
 
     largest = str(2**63 - 1)
     mongo_db.transactions.insert_one({"user_id": "u1", "survey_id": int(largest)})
     request = parse_sample_request(request_with(exclude={"completed_surveys": [largest]}))
-    assert excluded_user_ids(mongo_db, request, dt.datetime.now(dt.timezone.utc)) == {"u1"}
+    assert excluded_user_ids(mongo_db, request, dt.datetime.now(dt.UTC)) == {"u1"}

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 from panel_pipeline.sampler.requests import parse_sample_request
-from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 from panel_pipeline.sampler.targets import (
     load_target_table,
     preset_targets,
     request_targets,
 )
+from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
 BASE = {"name": "n", "survey_id": "1", "size": 100}
 
@@ -32,14 +32,22 @@ def test_uk_nat_rep_interlocks_age_and_gender_and_keeps_the_rest_marginal() -> N
 
 
 def test_quotas_override_the_preset_and_add_targets() -> None:
-    request = parse_sample_request(BASE | {"preset": "uk_nat_rep", "quotas": {"region": {"Wales": 0.5, "Scotland": 0.5}, "eu_ref_vote": {"remain": 0.5, "leave": 0.5}}})
+    request = parse_sample_request(
+        BASE
+        | {
+            "preset": "uk_nat_rep",
+            "quotas": {"region": {"Wales": 0.5, "Scotland": 0.5}, "eu_ref_vote": {"remain": 0.5, "leave": 0.5}},
+        }
+    )
     targets = {target.key: target for target in request_targets(request)}
     assert targets["region"].shares == {("Wales",): 0.5, ("Scotland",): 0.5}
     assert "eu_ref_vote" in targets and "education" in targets
 
 
 def test_filters_restrict_and_renormalise_targets() -> None:
-    request = parse_sample_request(BASE | {"preset": "uk_nat_rep", "filters": {"region": "Scotland", "age": {"$gte": 35}}})
+    request = parse_sample_request(
+        BASE | {"preset": "uk_nat_rep", "filters": {"region": "Scotland", "age": {"$gte": 35}}}
+    )
     targets = {target.key: target for target in request_targets(request)}
     assert targets["region"].shares == {("Scotland",): 1.0}
     bands = {cell[0] for cell in targets["age_band|gender"].cells}

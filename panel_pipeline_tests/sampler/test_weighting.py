@@ -17,15 +17,29 @@ from panel_pipeline.sampler.weighting import (
 TARGETS = {
     "age_band": {"18-24": 10.5, "25-34": 17.0, "35-44": 16.4, "45-54": 16.8, "55-64": 15.9, "65-74": 12.5, "75+": 10.9},
     "gender": {"male": 48.35, "female": 51.65},
-    "region": {"London": 13.0, "South East": 13.85, "Scotland": 8.26, "Wales": 4.68, "North West": 11.06, "North East": 4.0,
-               "Yorkshire and The Humber": 8.16, "East Midlands": 7.31, "West Midlands": 8.78, "East of England": 9.44,
-               "South West": 8.69, "Northern Ireland": 2.76},
+    "region": {
+        "London": 13.0,
+        "South East": 13.85,
+        "Scotland": 8.26,
+        "Wales": 4.68,
+        "North West": 11.06,
+        "North East": 4.0,
+        "Yorkshire and The Humber": 8.16,
+        "East Midlands": 7.31,
+        "West Midlands": 8.78,
+        "East of England": 9.44,
+        "South West": 8.69,
+        "Northern Ireland": 2.76,
+    },
     "social_grade": {"AB": 27.0, "C1": 29.0, "C2": 21.0, "DE": 23.0},
 }
 
 
 def _codes_and_shares(frame: pd.DataFrame) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    codes = [pd.Categorical(frame[field].astype(str), categories=list(shares)).codes.astype(np.int64) for field, shares in TARGETS.items()]
+    codes = [
+        pd.Categorical(frame[field].astype(str), categories=list(shares)).codes.astype(np.int64)
+        for field, shares in TARGETS.items()
+    ]
     targets = [np.array(list(shares.values())) / sum(shares.values()) for shares in TARGETS.values()]
     return codes, targets
 

@@ -7,33 +7,49 @@ import time
 import bson
 from bson import ObjectId
 
-from panel_pipeline.sampler import members
+from panel_pipeline.sampler import store
 from panel_pipeline.shared import invitations
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-DEFAULT_DATA = {"survey_name": "Omnibus", "duration_minutes": 10, "points": 100, "survey_url": "https://survey.example/s/12"}
+DEFAULT_DATA = {
+    "survey_name": "Omnibus",
+    "duration_minutes": 10,
+    "points": 100,
+    "survey_url": "https://survey.example/s/12",
+}
 
 
 def sample_with_members(db, count, mailing=None):
     sample_id = db.samples.insert_one(
-        {"name": "s", "processed": True, "status": "done", "mailing": mailing or {"template": "new_survey", "default_data": DEFAULT_DATA}}
+        {
+            "name": "s",
+            "processed": True,
+            "status": "done",
+            "mailing": mailing or {"template": "new_survey", "default_data": DEFAULT_DATA},
+        }
     ).inserted_id
     for start in range(0, count, 50_000):
         db.sample_members.insert_many(
-            [{"sample_id": sample_id, "user_id": ObjectId(), "invited_at": None, "source": "sampler"} for _ in range(start, min(count, start + 50_000))],
+            [
+                {"sample_id": sample_id, "user_id": ObjectId(), "invited_at": None, "source": "sampler"}
+                for _ in range(start, min(count, start + 50_000))
+            ],
             ordered=False,
         )
     return sample_id
 
 
 def test_one_bad_sample_among_good_ones_fails_alone(mongo_db, caplog):
-    members.ensure_indexes(mongo_db)
+    store.ensure_indexes(mongo_db)
     good = [sample_with_members(mongo_db, 3) for _ in range(2)]
     bad = sample_with_members(mongo_db, 2, {"template": "new_survey", "default_data": "points: 100"})
     deleted = sample_with_members(mongo_db, 2)
     unset = sample_with_members(mongo_db, 2)
-    stamped = {sample_id: invitations.stamp_pending_invitations(mongo_db, sample_id, NOW) for sample_id in [bad, good[0], deleted, unset, good[1]]}
+    stamped = {
+        sample_id: invitations.stamp_pending_invitations(mongo_db, sample_id, NOW)
+        for sample_id in [bad, good[0], deleted, unset, good[1]]
+    }
     mongo_db.samples.delete_one({"_id": deleted})
     mongo_db.samples.update_one({"_id": unset}, {"$unset": {"mailing": ""}})
 
@@ -44,10 +60,19 @@ def test_one_bad_sample_among_good_ones_fails_alone(mongo_db, caplog):
     for sample_id in good:
         mailing = mongo_db.mailings.find_one({"invitation_for_sample": sample_id})
         assert mailing == {
-            "_id": stamped[sample_id], "processed": False, "created_at": NOW, "kind": "bulk", "template": "new_survey",
-            "default_data": DEFAULT_DATA, "invitation_for_sample": sample_id, "recipient_count": 3,
+            "_id": stamped[sample_id],
+            "processed": False,
+            "created_at": NOW,
+            "kind": "bulk",
+            "template": "new_survey",
+            "default_data": DEFAULT_DATA,
+            "invitation_for_sample": sample_id,
+            "recipient_count": 3,
         }
-    assert mongo_db.samples.find_one({"_id": bad})["invitation_error"] == "mailing.default_data: must be an object of template fields, got str"
+    assert (
+        mongo_db.samples.find_one({"_id": bad})["invitation_error"]
+        == "mailing.default_data: must be an object of template fields, got str"
+    )
     assert mongo_db.mailings.count_documents({}) == 2
     # Deleted or uninvited samples: their members are unstamped (never invited), said in the log by id.
     for sample_id in (deleted, unset):
@@ -78,7 +103,7 @@ def test_a_crash_between_stamping_and_the_mailing_is_finished_once(mongo_db):
 
 
 def test_a_600k_member_sample_gets_one_small_mailing_document(mongo_db, capsys):
-    members.ensure_indexes(mongo_db)
+    store.ensure_indexes(mongo_db)
     sample_id = sample_with_members(mongo_db, 600_000)
     started = time.perf_counter()
     mailing_id = invitations.stamp_pending_invitations(mongo_db, sample_id, NOW)
@@ -89,4 +114,6 @@ def test_a_600k_member_sample_gets_one_small_mailing_document(mongo_db, capsys):
     assert mailing["recipient_count"] == 600_000 and "recipients" not in mailing
     assert len(bson.encode(mailing)) < 1000
     with capsys.disabled():
-        print(f"\n600k-member invitation: stamping {stamped - started:.2f} s, mailing document {created - stamped:.3f} s")
+        print(
+            f"\n600k-member invitation: stamping {stamped - started:.2f} s, mailing document {created - stamped:.3f} s"
+        )

@@ -4,13 +4,13 @@ import dagster as dg
 import pytest
 from bson import ObjectId
 
-from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.shared import invitations
+from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.updater import store
 from panel_pipeline.updater.assets import dynamic_sample_updates
 from panel_pipeline.updater.sensors import member_changes_sensor
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 @pytest.fixture
@@ -26,12 +26,27 @@ def add_user(db, region, when, status="active"):
 
 def open_scotland_sample(db, size=10, mailing=True):
     doc = {
-        "name": "Scotland tracker", "survey_id": "123", "size": size, "dynamic": True, "open": True,
-        "filters": {"region": {"$in": ["Scotland"]}}, "processed": True, "status": "done",
-        "processed_at": dt.datetime.now(UTC) - dt.timedelta(minutes=1), "drawn_at": dt.datetime.now(UTC) - dt.timedelta(minutes=1),
+        "name": "Scotland tracker",
+        "survey_id": "123",
+        "size": size,
+        "dynamic": True,
+        "open": True,
+        "filters": {"region": {"$in": ["Scotland"]}},
+        "processed": True,
+        "status": "done",
+        "processed_at": dt.datetime.now(UTC) - dt.timedelta(minutes=1),
+        "drawn_at": dt.datetime.now(UTC) - dt.timedelta(minutes=1),
     }
     if mailing:
-        doc["mailing"] = {"template": "new_survey", "default_data": {"survey_name": "Tracker", "duration_minutes": 5, "points": 50, "survey_url": "https://survey.example/s/9"}}
+        doc["mailing"] = {
+            "template": "new_survey",
+            "default_data": {
+                "survey_name": "Tracker",
+                "duration_minutes": 5,
+                "points": 50,
+                "survey_url": "https://survey.example/s/9",
+            },
+        }
     return db.samples.insert_one(doc).inserted_id
 
 
@@ -49,7 +64,7 @@ def test_new_scottish_member_joins_and_is_invited_once(mongo, mongo_db):
     add_user(mongo_db, "Wales", now)
     add_user(mongo_db, "Scotland", now, status="unsubscribed")
     metadata = update(mongo)
-    assert metadata["members_added"].value == 1
+    assert metadata["members_added"].value == metadata["dagster/row_count"].value == 1
     member = mongo_db.sample_members.find_one({"sample_id": sample_id})
     assert member["user_id"] == scot
     (mailing,) = mongo_db.mailings.find()
@@ -100,6 +115,7 @@ def test_member_who_moves_away_is_recorded_but_kept(mongo, mongo_db):
 
 def test_sensor_requests_an_update_only_when_members_changed(mongo, mongo_db):
     with dg.instance_for_test() as instance:
+
         def tick():
             return member_changes_sensor(dg.build_sensor_context(instance=instance, resources={"mongo": mongo}))
 
@@ -112,7 +128,9 @@ def test_sensor_requests_an_update_only_when_members_changed(mongo, mongo_db):
 
 def test_update_cost_does_not_depend_on_the_unchanged_panel(mongo, mongo_db):
     old = dt.datetime(2025, 1, 1, tzinfo=UTC)
-    mongo_db.users.insert_many([{"status": "active", "created_at": old, "profile": {"region": "Scotland"}} for _ in range(2000)])
+    mongo_db.users.insert_many(
+        [{"status": "active", "created_at": old, "profile": {"region": "Scotland"}} for _ in range(2000)]
+    )
     store.ensure_indexes(mongo_db)
     store.write_cursor(mongo_db, old + dt.timedelta(days=1))
     add_user(mongo_db, "Scotland", dt.datetime.now(UTC))
@@ -136,7 +154,9 @@ def test_member_who_joined_while_the_draw_ran_joins(mongo, mongo_db):
     between, or a little before by a backend clock running behind ours, was in neither."""
     sample_id = open_scotland_sample(mongo_db, mailing=False)
     drawn_at = dt.datetime.now(UTC)
-    mongo_db.samples.update_one({"_id": sample_id}, {"$set": {"drawn_at": drawn_at, "processed_at": drawn_at + dt.timedelta(seconds=5)}})
+    mongo_db.samples.update_one(
+        {"_id": sample_id}, {"$set": {"drawn_at": drawn_at, "processed_at": drawn_at + dt.timedelta(seconds=5)}}
+    )
     during = add_user(mongo_db, "Scotland", drawn_at + dt.timedelta(seconds=2))
     behind = add_user(mongo_db, "Scotland", drawn_at - dt.timedelta(seconds=2))
     update(mongo)
@@ -145,22 +165,33 @@ def test_member_who_joined_while_the_draw_ran_joins(mongo, mongo_db):
 
 def test_the_requests_exclusions_hold_for_newcomers(mongo, mongo_db):
     sample_id = open_scotland_sample(mongo_db, mailing=False)
-    mongo_db.samples.update_one({"_id": sample_id}, {"$set": {"exclude": {"invited_within_days": 30, "completed_surveys": ["77"]}}})
+    mongo_db.samples.update_one(
+        {"_id": sample_id}, {"$set": {"exclude": {"invited_within_days": 30, "completed_surveys": ["77"]}}}
+    )
     now = dt.datetime.now(UTC)
     completed, invited, newcomer = (add_user(mongo_db, "Scotland", now) for _ in range(3))
     mongo_db.transactions.insert_one({"user_id": completed, "survey_id": 77, "processed": True})
-    mongo_db.sample_members.insert_one({"sample_id": ObjectId(), "user_id": invited, "invited_at": now - dt.timedelta(days=3)})
+    mongo_db.sample_members.insert_one(
+        {"sample_id": ObjectId(), "user_id": invited, "invited_at": now - dt.timedelta(days=3)}
+    )
     metadata = update(mongo)
     assert mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id}) == [newcomer]
-    assert "| 1 | 0 | 2 | 0 |" in metadata["per_sample"].value
+    (row,) = metadata["per_sample"].records
+    assert row.data == {"sample": str(sample_id), "added": 1, "no room": 0, "excluded": 2, "stopped qualifying": 0}
 
 
 def test_an_age_filter_reads_the_birth_year_not_a_stale_stored_age(mongo, mongo_db):
     sample_id = open_scotland_sample(mongo_db, mailing=False)
-    mongo_db.samples.update_one({"_id": sample_id}, {"$set": {"filters": {"region": {"$in": ["Scotland"]}, "age": {"$gte": 30}}}})
+    mongo_db.samples.update_one(
+        {"_id": sample_id}, {"$set": {"filters": {"region": {"$in": ["Scotland"]}, "age": {"$gte": 30}}}}
+    )
     now = dt.datetime.now(UTC)
     thirty_something = mongo_db.users.insert_one(
-        {"status": "active", "created_at": now, "profile": {"region": "Scotland", "birth_year": now.year - 35, "age": 20}}
+        {
+            "status": "active",
+            "created_at": now,
+            "profile": {"region": "Scotland", "birth_year": now.year - 35, "age": 20},
+        }
     ).inserted_id
     update(mongo)
     assert mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id}) == [thirty_something]

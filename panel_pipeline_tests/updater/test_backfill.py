@@ -13,7 +13,7 @@ from panel_pipeline.updater import store
 from panel_pipeline.updater.assets import dynamic_sample_updates
 from panel_pipeline.updater.sensors import member_changes_sensor
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 BACKFILL = 50_000
 
 
@@ -25,14 +25,27 @@ def mongo(mongo_uri, mongo_db):
 def update(mongo, instance):
     result = dg.materialize([dynamic_sample_updates], instance=instance, resources={"mongo": mongo})
     assert result.success
-    return {key: value.value for key, value in result.asset_materializations_for_node("dynamic_sample_updates")[0].metadata.items()}
+    return {
+        key: value.value
+        for key, value in result.asset_materializations_for_node("dynamic_sample_updates")[0].metadata.items()
+    }
 
 
 def dynamic_sample(db, size, drawn_at, filters=None):
-    return db.samples.insert_one({
-        "name": "tracker", "survey_id": "9", "size": size, "dynamic": True, "open": True, "processed": True, "status": "done",
-        "filters": filters or {}, "drawn_at": drawn_at, "processed_at": drawn_at,
-    }).inserted_id
+    return db.samples.insert_one(
+        {
+            "name": "tracker",
+            "survey_id": "9",
+            "size": size,
+            "dynamic": True,
+            "open": True,
+            "processed": True,
+            "status": "done",
+            "filters": filters or {},
+            "drawn_at": drawn_at,
+            "processed_at": drawn_at,
+        }
+    ).inserted_id
 
 
 def test_pages_give_every_changed_member_once_in_change_order(mongo_db):
@@ -43,7 +56,11 @@ def test_pages_give_every_changed_member_once_in_change_order(mongo_db):
     moments = [base + dt.timedelta(seconds=s) for s in (20, 20, 20, 30, 40)]
     docs = []
     for _ in range(300):
-        doc = {"_id": ObjectId(), "status": rng.choice(["active"] * 5 + ["unsubscribed"]), "profile": {"region": "Wales"}}
+        doc = {
+            "_id": ObjectId(),
+            "status": rng.choice(["active"] * 5 + ["unsubscribed"]),
+            "profile": {"region": "Wales"},
+        }
         kind = rng.randrange(4)
         if kind == 0:
             doc["created_at"] = rng.choice(moments)
@@ -72,8 +89,13 @@ def test_a_backfill_of_50000_changes_is_considered_once_none_skipped(mongo, mong
     drawn_at = (dt.datetime.now(UTC) - dt.timedelta(hours=1)).replace(microsecond=0)  # Mongo keeps milliseconds
     moments = [drawn_at + dt.timedelta(minutes=m) for m in range(1, 6)]
     users = [
-        {"_id": ObjectId(), "status": "active", "created_at": drawn_at - dt.timedelta(days=30), "profile_updated_at": moments[n % 5],
-         "profile": {"region": ("Scotland", "Wales")[n % 2], "gender": "female"}}
+        {
+            "_id": ObjectId(),
+            "status": "active",
+            "created_at": drawn_at - dt.timedelta(days=30),
+            "profile_updated_at": moments[n % 5],
+            "profile": {"region": ("Scotland", "Wales")[n % 2], "gender": "female"},
+        }
         for n in range(BACKFILL)
     ]
     mongo_db.users.insert_many(users)
@@ -86,21 +108,30 @@ def test_a_backfill_of_50000_changes_is_considered_once_none_skipped(mongo, mong
         assert first["changed_members"] == BACKFILL, "each changed member read once"
         assert first["pages"] >= BACKFILL // store.CHANGES_PER_PAGE
         assert mongo_db.sample_members.count_documents({"sample_id": everyone}) == BACKFILL
-        in_change_order = sorted((u["profile_updated_at"], u["_id"]) for u in users if u["profile"]["region"] == "Scotland")
-        assert set(mongo_db.sample_members.distinct("user_id", {"sample_id": scotland})) == {i for _, i in in_change_order[:12_000]}
+        in_change_order = sorted(
+            (u["profile_updated_at"], u["_id"]) for u in users if u["profile"]["region"] == "Scotland"
+        )
+        assert set(mongo_db.sample_members.distinct("user_id", {"sample_id": scotland})) == {
+            i for _, i in in_change_order[:12_000]
+        }
         assert mongo_db.samples.find_one({"_id": scotland})["closed_reason"] == "its size was reached"
         assert store.read_cursor(mongo_db) == moments[-1]
 
         second = update(mongo, instance)
-        assert second["changed_members"] == BACKFILL // 5, "the overlap looks 10 s back: the last timestamp's members again"
+        assert second["changed_members"] == BACKFILL // 5, (
+            "the overlap looks 10 s back: the last timestamp's members again"
+        )
         assert second["members_added"] == 0
         assert mongo_db.sample_members.count_documents({}) == BACKFILL + 12_000
 
 
 def test_a_change_of_a_member_who_left_does_not_request_updates_forever(mongo, mongo_db):
     dynamic_sample(mongo_db, 10, dt.datetime.now(UTC) - dt.timedelta(minutes=1))
-    mongo_db.users.insert_one({"status": "unsubscribed", "created_at": dt.datetime.now(UTC), "profile": {"region": "Wales"}})
+    mongo_db.users.insert_one(
+        {"status": "unsubscribed", "created_at": dt.datetime.now(UTC), "profile": {"region": "Wales"}}
+    )
     with dg.instance_for_test() as instance:
+
         def tick():
             return member_changes_sensor(dg.build_sensor_context(instance=instance, resources={"mongo": mongo}))
 

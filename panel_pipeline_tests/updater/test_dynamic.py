@@ -35,7 +35,9 @@ def test_quota_cells_cap_who_joins():
         frozenset({"m1"}),
         {"gender": Counter({("female",): 1})},
     )
-    changed = people(("a", {"gender": "female"}), ("b", {"gender": "male"}), ("c", {"gender": "female"}), ("d", {"gender": "other"}))
+    changed = people(
+        ("a", {"gender": "female"}), ("b", {"gender": "male"}), ("c", {"gender": "female"}), ("d", {"gender": "other"})
+    )
     placement = place_changed_members(changed, sample)
     assert placement.joining == ("a", "b")
     assert placement.no_room == ("c", "d")

@@ -1,4 +1,8 @@
-"""The Sampler's reads and writes in Mongo: the eligible panel, exclusions, and sample members."""
+"""The Sampler's reads and writes in Mongo: the eligible panel, exclusions, and sample members.
+
+The Updater reads the panel and the exclusions through this module too, so a dynamic sample's
+newcomers are loaded and left out exactly as its first draw's members were. No Dagster.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,8 @@ from pymongo import ASCENDING, UpdateOne
 from pymongo.database import Database
 
 from panel_pipeline.sampler.quotas import panel_fields
-from panel_pipeline.sampler.requests import (
-    PROFILE_CATEGORIES,
-    SampleRequest,
-    mongo_filter,
-)
+from panel_pipeline.sampler.requests import SampleRequest, mongo_filter
+from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
 STORED_FIELDS = (*PROFILE_CATEGORIES, "birth_year")  # `age` is derived, never read
 FIELD_SEPARATOR = "\x1f"  # ASCII unit separator: never part of a profile value
@@ -52,7 +53,10 @@ def load_panel(db: Database, request: SampleRequest, as_of_year: int) -> pd.Data
     joined: list[Any] = []
     for field in fields:
         source = "birth_year" if field == "age" else field
-        joined += [{"$convert": {"input": f"$profile.{source}", "to": "string", "onError": "", "onNull": ""}}, FIELD_SEPARATOR]
+        joined += [
+            {"$convert": {"input": f"$profile.{source}", "to": "string", "onError": "", "onNull": ""}},
+            FIELD_SEPARATOR,
+        ]
     pipeline = [
         {"$match": mongo_filter(request, as_of_year)},
         {"$sort": {"_id": ASCENDING}},
@@ -89,7 +93,9 @@ def excluded_user_ids(
         excluded.update(db.sample_members.distinct("user_id", {**scope, "invited_at": {"$gte": since}}))
     if request.exclude.completed_surveys:
         surveys = list(request.exclude.completed_surveys)
-        excluded.update(db.transactions.distinct("user_id", {**scope, "survey_id": {"$in": surveys + _as_ints(surveys)}}))
+        excluded.update(
+            db.transactions.distinct("user_id", {**scope, "survey_id": {"$in": surveys + _as_ints(surveys)}})
+        )
     return {str(user_id) for user_id in excluded}
 
 
