@@ -51,7 +51,8 @@ run: install
 stop:
 	$(BIN)/python -m panel_pipeline.local stack down
 
-test: install system-packages
+# The lint and type gate first (seconds), then the suite.
+test: lint system-packages
 	$(BIN)/python -m pytest
 
 # Every check runs, so one run lists all that fails.

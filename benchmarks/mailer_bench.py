@@ -24,12 +24,17 @@ from panel_pipeline.local.sns_sqs import LocalSnsSqs, ensure_feedback_path
 from panel_pipeline.local.stack import pipeline_environment
 from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 RECIPIENTS = 10_000
 SEND_RATE = 200.0
 SES_BATCH = 50
 PASSWORD_EVERY_SECONDS = 2.0
-SURVEY = {"survey_name": "Winter omnibus", "duration_minutes": 12, "points": 150, "survey_url": "https://survey.example/s/9"}
+SURVEY = {
+    "survey_name": "Winter omnibus",
+    "duration_minutes": 12,
+    "points": 150,
+    "survey_url": "https://survey.example/s/9",
+}
 
 
 def wait_for(predicate, timeout: float = 300.0, poll: float = 0.02):
@@ -49,23 +54,47 @@ def percentile(values: list[float], share: float) -> float:
 def seed_bulk_mailing(db) -> ObjectId:
     """10,000 active members in a sample, and the mailing that invites them all."""
     now = dt.datetime.now(UTC)
-    user_ids = db.users.insert_many([
-        {"email": f"member{i}@panel.example", "first_name": f"Member{i}", "status": "active", "created_at": now}
-        for i in range(RECIPIENTS)
-    ]).inserted_ids
+    user_ids = db.users.insert_many(
+        [
+            {"email": f"member{i}@panel.example", "first_name": f"Member{i}", "status": "active", "created_at": now}
+            for i in range(RECIPIENTS)
+        ]
+    ).inserted_ids
     sample_id = db.samples.insert_one({"name": "bench", "processed": True, "status": "done"}).inserted_id
-    db.sample_members.insert_many([{"sample_id": sample_id, "user_id": uid, "added_at": now, "invited_at": None} for uid in user_ids])
-    return db.mailings.insert_one({
-        "processed": False, "created_at": now, "kind": "bulk", "template": "new_survey",
-        "sample_id": sample_id, "default_data": SURVEY,
-    }).inserted_id
+    db.sample_members.insert_many(
+        [{"sample_id": sample_id, "user_id": uid, "added_at": now, "invited_at": None} for uid in user_ids]
+    )
+    return db.mailings.insert_one(
+        {
+            "processed": False,
+            "created_at": now,
+            "kind": "bulk",
+            "template": "new_survey",
+            "sample_id": sample_id,
+            "default_data": SURVEY,
+        }
+    ).inserted_id
 
 
 def insert_password_email(db, number: int) -> ObjectId:
-    return db.mailings.insert_one({
-        "processed": False, "created_at": dt.datetime.now(UTC), "kind": "transactional", "template": "password_recovery",
-        "recipients": [{"email": f"reset{number}@panel.example", "data": {"first_name": "R", "reset_url": f"https://panel.example/reset?token=t{number}", "expires_in_minutes": 60}}],
-    }).inserted_id
+    return db.mailings.insert_one(
+        {
+            "processed": False,
+            "created_at": dt.datetime.now(UTC),
+            "kind": "transactional",
+            "template": "password_recovery",
+            "recipients": [
+                {
+                    "email": f"reset{number}@panel.example",
+                    "data": {
+                        "first_name": "R",
+                        "reset_url": f"https://panel.example/reset?token=t{number}",
+                        "expires_in_minutes": 60,
+                    },
+                }
+            ],
+        }
+    ).inserted_id
 
 
 def accepted_after(db, mailing_id: ObjectId) -> float:
@@ -113,15 +142,26 @@ def report(db, bulk_id: ObjectId, proxy: SesFaultProxy, latencies: list[float], 
     sending_seconds = (last_sent - first_attempt).total_seconds()
     # The first batch goes at once (the bucket starts full), so the rate counts the recipients after it.
     achieved = (len(sent) - SES_BATCH) / sending_seconds
-    bulk_calls = sum(1 for call in proxy.calls() if call.request.get("DefaultEmailTags") and _tag(call, "mailing") == str(bulk_id))
+    bulk_calls = sum(
+        1 for call in proxy.calls() if call.request.get("DefaultEmailTags") and _tag(call, "mailing") == str(bulk_id)
+    )
     floor = math.ceil(RECIPIENTS / SES_BATCH)
-    print(f"bulk mailing: {len(sent):,} of {RECIPIENTS:,} sent; insert -> done {insert_to_done:.1f} s "
-          f"(insert -> first SES call {(first_attempt - bulk['created_at']).total_seconds():.1f} s, sending {sending_seconds:.1f} s)")
-    print(f"achieved {achieved:.1f} recipients/s of the configured {SEND_RATE:.0f}/s: ratio {achieved / SEND_RATE:.3f} (target >= 0.95)")
+    print(
+        f"bulk mailing: {len(sent):,} of {RECIPIENTS:,} sent; insert -> done {insert_to_done:.1f} s "
+        f"(insert -> first SES call {(first_attempt - bulk['created_at']).total_seconds():.1f} s, "
+        f"sending {sending_seconds:.1f} s)"
+    )
+    print(
+        f"achieved {achieved:.1f} recipients/s of the configured {SEND_RATE:.0f}/s: "
+        f"ratio {achieved / SEND_RATE:.3f} (target >= 0.95)"
+    )
     print(f"SendBulkEmail calls: {bulk_calls} (floor ceil(N/50) = {floor}; ratio {bulk_calls / floor:.2f})")
-    print(f"password-recovery e-mails inserted every {PASSWORD_EVERY_SECONDS:.0f} s during the bulk send: {len(latencies)}; insert -> accepted by SES "
-          f"p50 {percentile(latencies, 0.5):.1f} s, p95 {percentile(latencies, 0.95):.1f} s, max {max(latencies):.1f} s, "
-          f"mean {statistics.mean(latencies):.1f} s")
+    print(
+        f"password-recovery e-mails inserted every {PASSWORD_EVERY_SECONDS:.0f} s during the bulk send: "
+        f"{len(latencies)}; insert -> accepted by SES "
+        f"p50 {percentile(latencies, 0.5):.1f} s, p95 {percentile(latencies, 0.95):.1f} s, max {max(latencies):.1f} s, "
+        f"mean {statistics.mean(latencies):.1f} s"
+    )
 
 
 def _tag(call, name: str) -> str | None:

@@ -10,9 +10,9 @@ from bson import ObjectId
 from pymongo import ReturnDocument
 
 from benchmarks._mongo import throwaway_mongod
-from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.queue.sensors import build_queue_sensor
 from panel_pipeline.queue.store import WorkQueue
+from panel_pipeline.shared.resources import MongoResource
 
 DOCUMENTS = 1_000
 PROCESSED = 1_000_000
@@ -73,9 +73,11 @@ def sensor_tick(client, uri: str, database: str) -> None:
             if not result.run_requests:
                 break
             requested += len(result.run_requests)
-        print(f"sensor ticks over {DOCUMENTS:,} new documents: {len(timings) - 1} ticks of up to 200 requests, "
-              f"{requested:,} run requests, {sum(timings[:-1]) / (len(timings) - 1) * 1000:.0f} ms per tick; "
-              f"an idle tick (nothing new) {timings[-1] * 1000:.1f} ms")
+        print(
+            f"sensor ticks over {DOCUMENTS:,} new documents: {len(timings) - 1} ticks of up to 200 requests, "
+            f"{requested:,} run requests, {sum(timings[:-1]) / (len(timings) - 1) * 1000:.0f} ms per tick; "
+            f"an idle tick (nothing new) {timings[-1] * 1000:.1f} ms"
+        )
 
     queue = WorkQueue(collection)
     for label, query in (
@@ -102,8 +104,10 @@ def main() -> None:
     with throwaway_mongod() as (client, uri):
         ours = queue_primitives(client.bench.queue_ours)
         plain = plain_loop(client.bench.queue_plain)
-        print(f"claim-and-complete, {DOCUMENTS:,} documents: queue primitives {ours:,.0f} docs/s, "
-              f"plain find_one_and_update loop {plain:,.0f} docs/s, ratio {ours / plain:.2f}")
+        print(
+            f"claim-and-complete, {DOCUMENTS:,} documents: queue primitives {ours:,.0f} docs/s, "
+            f"plain find_one_and_update loop {plain:,.0f} docs/s, ratio {ours / plain:.2f}"
+        )
         sensor_tick(client, uri, "bench_tick")
 
 

@@ -42,7 +42,11 @@ def target_codes(frame: pd.DataFrame, targets: Sequence[Target]) -> list[np.ndar
     """Each row's category index per target (-1 if outside the target's cells)."""
     codes = []
     for target in targets:
-        keys = frame[list(target.fields)].astype(str).agg("|".join, axis=1) if len(target.fields) > 1 else frame[target.fields[0]].astype(str)
+        keys = (
+            frame[list(target.fields)].astype(str).agg("|".join, axis=1)
+            if len(target.fields) > 1
+            else frame[target.fields[0]].astype(str)
+        )
         codes.append(pd.Index(["|".join(cell) for cell in target.cells]).get_indexer(keys).astype(np.int64))
     return codes
 
@@ -50,7 +54,9 @@ def target_codes(frame: pd.DataFrame, targets: Sequence[Target]) -> list[np.ndar
 def max_deviation_pp(codes: list[np.ndarray], targets: Sequence[Target], weights: np.ndarray | None = None) -> float:
     weights = np.ones(len(codes[0])) if weights is None else weights
     deviations = [
-        np.abs(np.bincount(variable, weights=weights, minlength=len(target.cells)) / weights.sum() - target.share_array()).max()
+        np.abs(
+            np.bincount(variable, weights=weights, minlength=len(target.cells)) / weights.sum() - target.share_array()
+        ).max()
         for variable, target in zip(codes, targets, strict=True)
     ]
     return 100.0 * float(max(deviations))
@@ -81,11 +87,15 @@ def main() -> None:
     started = time.perf_counter()
     panel = generate_profiles(args.members, seed=args.seed, as_of_year=2025)
     print(f"synthetic panel: {len(panel):,} members in {time.perf_counter() - started:.2f} s")
-    request = parse_sample_request({"name": "bench", "survey_id": "0", "size": args.size, "preset": "uk_nat_rep", "seed": args.seed})
+    request = parse_sample_request(
+        {"name": "bench", "survey_id": "0", "size": args.size, "preset": "uk_nat_rep", "seed": args.seed}
+    )
     targets = request_targets(request)
     panel_codes = target_codes(panel, targets)
     classified = np.all([code >= 0 for code in panel_codes], axis=0)
-    print(f"raw panel max deviation from target: {max_deviation_pp([c[classified] for c in panel_codes], targets):.2f} pp")
+    print(
+        f"raw panel max deviation from target: {max_deviation_pp([c[classified] for c in panel_codes], targets):.2f} pp"
+    )
 
     select(panel, request)  # warm-up (imports, HiGHS initialisation)
     started = time.perf_counter()
@@ -114,7 +124,10 @@ def main() -> None:
     agreement = float(np.abs(our_weights - reference_weights).max())
 
     print(f"\n{'method':<46}{'max dev (pp)':>14}{'ESS':>10}{'max w':>8}{'seconds':>10}")
-    print(f"{'quota selection (ours)':<46}{quota_dev:>14.3f}{quota_ess:>10.1f}{quota_max_w:>8.2f}{selection_seconds:>10.3f}")
+    print(
+        f"{'quota selection (ours)':<46}{quota_dev:>14.3f}{quota_ess:>10.1f}"
+        f"{quota_max_w:>8.2f}{selection_seconds:>10.3f}"
+    )
     print(f"{'(a) simple random draw, raked':<46}{random_dev:>14.3f}{random_ess:>10.1f}{random_max_w:>8.2f}{'':>10}")
     print(
         f"{'(b) whole panel raked with weightipy':<46}{weighted_dev:>14.3f}{args.size / panel_deff:>10.1f}"
@@ -132,8 +145,10 @@ def main() -> None:
     )
     print(f"result: {result.summary()}")
     with_mongo_seconds = time_with_mongo(panel, request)
-    print(f"selection including the load of the panel from Mongo: {with_mongo_seconds:.2f} s "
-          f"(the load is {with_mongo_seconds - selection_seconds:.2f} s of it)")
+    print(
+        f"selection including the load of the panel from Mongo: {with_mongo_seconds:.2f} s "
+        f"(the load is {with_mongo_seconds - selection_seconds:.2f} s of it)"
+    )
     checks = {
         f"max deviation <= {MAX_DEVIATION_PP} pp": quota_dev <= MAX_DEVIATION_PP,
         f"ESS >= {MIN_ESS:,}": quota_ess >= MIN_ESS,
@@ -150,7 +165,10 @@ def time_with_mongo(panel: pd.DataFrame, request) -> float:
         records = panel.astype(object).to_dict("records")
         for start in range(0, len(records), 50_000):
             db.users.insert_many(
-                [{"status": "active", "profile": {k: v for k, v in row.items() if v is not None}} for row in records[start : start + 50_000]],
+                [
+                    {"status": "active", "profile": {k: v for k, v in row.items() if v is not None}}
+                    for row in records[start : start + 50_000]
+                ],
                 ordered=False,
             )
         started = time.perf_counter()

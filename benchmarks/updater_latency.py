@@ -20,9 +20,14 @@ from panel_pipeline.local.sns_sqs import LocalSnsSqs, ensure_feedback_path
 from panel_pipeline.local.stack import pipeline_environment
 from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 TRIALS = 20
-SURVEY = {"survey_name": "Scotland tracker", "duration_minutes": 5, "points": 50, "survey_url": "https://survey.example/s/1"}
+SURVEY = {
+    "survey_name": "Scotland tracker",
+    "duration_minutes": 5,
+    "points": 50,
+    "survey_url": "https://survey.example/s/1",
+}
 
 
 def wait_for(predicate, timeout: float = 120.0):
@@ -41,10 +46,15 @@ def percentile(values: list[float], share: float) -> float:
 
 def trial(db, number: int) -> dict[str, float]:
     inserted = dt.datetime.now(UTC)
-    user_id = db.users.insert_one({
-        "email": f"scot{number}@panel.example", "first_name": "Morag", "status": "active", "created_at": inserted,
-        "profile": {"region": "Scotland", "gender": "female"},
-    }).inserted_id
+    user_id = db.users.insert_one(
+        {
+            "email": f"scot{number}@panel.example",
+            "first_name": "Morag",
+            "status": "active",
+            "created_at": inserted,
+            "profile": {"region": "Scotland", "gender": "female"},
+        }
+    ).inserted_id
     member = wait_for(lambda: db.sample_members.find_one({"user_id": user_id, "mailing_id": {"$exists": True}}))
     mailing = wait_for(lambda: db.mailings.find_one({"_id": member["mailing_id"]}))
     sent = wait_for(lambda: db.mail_log.find_one({"user_id": user_id, "status": "sent"}))
@@ -73,11 +83,21 @@ def main() -> None:
     ):
         ensure_feedback_path(sns_sqs.url)
         db = client.panel
-        db.samples.insert_one({
-            "name": "Scotland tracker", "survey_id": "1", "size": 10_000, "dynamic": True, "open": True,
-            "filters": {"region": {"$in": ["Scotland"]}}, "processed": True, "status": "done",
-            "processed_at": dt.datetime.now(UTC), "drawn_at": dt.datetime.now(UTC), "mailing": {"template": "new_survey", "default_data": SURVEY},
-        })
+        db.samples.insert_one(
+            {
+                "name": "Scotland tracker",
+                "survey_id": "1",
+                "size": 10_000,
+                "dynamic": True,
+                "open": True,
+                "filters": {"region": {"$in": ["Scotland"]}},
+                "processed": True,
+                "status": "done",
+                "processed_at": dt.datetime.now(UTC),
+                "drawn_at": dt.datetime.now(UTC),
+                "mailing": {"template": "new_survey", "default_data": SURVEY},
+            }
+        )
         with tempfile.TemporaryDirectory(prefix="panel-dagster-") as home:
             server = DagsterDev(Path(home), pipeline_environment(uri, ses.url, sg.base_url, sns_sqs.url))
             server.start()
@@ -92,7 +112,10 @@ def main() -> None:
         values = [r[name] for r in results]
         print(f"{name:<32} p50 {percentile(values, 0.5):5.1f} s   p95 {percentile(values, 0.95):5.1f} s")
     for job, values in phases.items():
-        print(f"{job:<32} run queued -> started {values['create -> start']:.1f} s, started -> finished {values['start -> end']:.1f} s (medians)")
+        print(
+            f"{job:<32} run queued -> started {values['create -> start']:.1f} s, "
+            f"started -> finished {values['start -> end']:.1f} s (medians)"
+        )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.updater import store
 from panel_pipeline.updater.assets import dynamic_sample_updates
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 CHANGED = 1_000
 PROFILE_COLUMNS = ["gender", "birth_year", "age", "age_band", "region", "social_grade", "education"]
 
@@ -31,11 +31,29 @@ def load_panel(db, members: int, created_at: dt.datetime) -> None:
 
 def dynamic_samples(db, drawn_at: dt.datetime) -> None:
     for region in ("Scotland", "Wales", "London"):
-        db.samples.insert_one({
-            "name": f"{region} tracker", "survey_id": "1", "size": 100_000, "dynamic": True, "open": True,
-            "filters": {"region": {"$in": [region]}}, "processed": True, "status": "done", "processed_at": drawn_at, "drawn_at": drawn_at,
-            "mailing": {"template": "new_survey", "default_data": {"survey_name": "Tracker", "duration_minutes": 5, "points": 50, "survey_url": "https://survey.example/s/9"}},
-        })
+        db.samples.insert_one(
+            {
+                "name": f"{region} tracker",
+                "survey_id": "1",
+                "size": 100_000,
+                "dynamic": True,
+                "open": True,
+                "filters": {"region": {"$in": [region]}},
+                "processed": True,
+                "status": "done",
+                "processed_at": drawn_at,
+                "drawn_at": drawn_at,
+                "mailing": {
+                    "template": "new_survey",
+                    "default_data": {
+                        "survey_name": "Tracker",
+                        "duration_minutes": 5,
+                        "points": 50,
+                        "survey_url": "https://survey.example/s/9",
+                    },
+                },
+            }
+        )
 
 
 def timed_update(client, uri: str, members: int) -> float:
@@ -55,8 +73,10 @@ def timed_update(client, uri: str, members: int) -> float:
         result = dg.materialize([dynamic_sample_updates], instance=instance, resources={"mongo": mongo})
         elapsed = time.perf_counter() - start
     metadata = result.asset_materializations_for_node("dynamic_sample_updates")[0].metadata
-    print(f"{members:>9,} members, {CHANGED:,} changed: update {elapsed:.2f} s "
-          f"(members added {metadata['members_added'].value}, changed read {metadata['changed_members'].value})")
+    print(
+        f"{members:>9,} members, {CHANGED:,} changed: update {elapsed:.2f} s "
+        f"(members added {metadata['members_added'].value}, changed read {metadata['changed_members'].value})"
+    )
     client.drop_database(db_name)
     return elapsed
 

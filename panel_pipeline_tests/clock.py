@@ -7,7 +7,7 @@ import datetime as dt
 
 class ManualClock:
     def __init__(self, start: dt.datetime) -> None:
-        self._now = start if start.tzinfo else start.replace(tzinfo=dt.timezone.utc)
+        self._now = start if start.tzinfo else start.replace(tzinfo=dt.UTC)
         self._monotonic = 0.0
 
     def now(self) -> dt.datetime:

@@ -83,7 +83,9 @@ def daemon_ses(local_ses: LocalSesServer, local_sns_sqs: LocalSnsSqs) -> Iterato
     """The SES endpoint the daemon sends through, as the local stack runs it (`ses_server --sns-topic-arn`):
     the fault proxy in front of `local_ses`, publishing SES's events (Send, and the mailbox
     simulator's Bounce and Complaint) to the local event topic, which `ses_feedback` drains."""
-    publisher = SnsEventPublisher(aws_client("sns", local_sns_sqs.url), ensure_feedback_path(local_sns_sqs.url).topic_arn)
+    publisher = SnsEventPublisher(
+        aws_client("sns", local_sns_sqs.url), ensure_feedback_path(local_sns_sqs.url).topic_arn
+    )
     proxy = SesFaultProxy(local_ses.url, publish=publisher)
     proxy.start()
     yield proxy
@@ -93,7 +95,10 @@ def daemon_ses(local_ses: LocalSesServer, local_sns_sqs: LocalSnsSqs) -> Iterato
 
 @pytest.fixture(scope="session")
 def dagster_dev(
-    tmp_path_factory: pytest.TempPathFactory, mongo_uri: str, local_surveygizmo: LocalSurveyGizmo, daemon_ses: SesFaultProxy,
+    tmp_path_factory: pytest.TempPathFactory,
+    mongo_uri: str,
+    local_surveygizmo: LocalSurveyGizmo,
+    daemon_ses: SesFaultProxy,
     local_sns_sqs: LocalSnsSqs,
 ) -> Iterator[DagsterDev]:
     """The whole pipeline under a real daemon, as `make run` starts it, on the session's local stack

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import dagster as dg
 
-
 EMAIL_LIKE = re.compile(rb"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+")
 HEX_RUN = re.compile(rb"[0-9a-f]{16,}")
 

@@ -23,7 +23,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -47,11 +46,16 @@ from panel_pipeline_tests.pii_scan import Needles, scan_dagster_home, scan_texts
 from panel_pipeline_tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
-UTC = dt.timezone.utc
+UTC = dt.UTC
 PANEL = 4_000
 BACKFILL = 50_000
 SEND_RATE = 20.0
-SURVEY = {"survey_name": "Omnibus wave 12", "duration_minutes": 10, "points": 100, "survey_url": "https://survey.example/s/12"}
+SURVEY = {
+    "survey_name": "Omnibus wave 12",
+    "duration_minutes": 10,
+    "points": 100,
+    "survey_url": "https://survey.example/s/12",
+}
 TIMINGS = {
     "PANEL_MAIL_PAUSE_SECONDS": "20",  # after SES's daily quota answer (production: an hour)
     "PANEL_MAIL_RECIPIENT_LEASE_SECONDS": "20",  # a claimed batch of recipients (production: 5 minutes)
@@ -109,16 +113,24 @@ def seed_members(db: Database, first: int, count: int, seed: int) -> None:
     now = dt.datetime.now(UTC)
     rows = generate_profiles(count, seed=seed).astype(object).to_dict("records")
     for start in range(0, count, 5_000):
-        db.users.insert_many([
-            {**demo_user(first + i, now), "profile": profile_of(rows[i]), "profile_updated_at": now}
-            for i in range(start, min(start + 5_000, count))
-        ])
+        db.users.insert_many(
+            [
+                {**demo_user(first + i, now), "profile": profile_of(rows[i]), "profile_updated_at": now}
+                for i in range(start, min(start + 5_000, count))
+            ]
+        )
 
 
 def sample(name: str, **fields: Any) -> dict[str, Any]:
     return {
-        "processed": False, "created_at": dt.datetime.now(UTC), "name": name, "survey_id": "901", "size": 20,
-        "tolerance": 100, "mailing": {"template": "new_survey", "default_data": {**SURVEY, "survey_name": name}}, **fields,
+        "processed": False,
+        "created_at": dt.datetime.now(UTC),
+        "name": name,
+        "survey_id": "901",
+        "size": 20,
+        "tolerance": 100,
+        "mailing": {"template": "new_survey", "default_data": {**SURVEY, "survey_name": name}},
+        **fields,
     }
 
 
@@ -136,11 +148,23 @@ BAD_SAMPLES = {
     "size absurd": (sample("bad", size=10**12), "size"),
     "negative seed": (sample("bad", seed=-1), "seed"),
     "exclusion overflow": (sample("bad", exclude={"invited_within_days": 10**7}), "exclude.invited_within_days"),
-    "rates without default": (sample("bad", expected_response_rate={"gender": {"female": 0.3}}), "expected_response_rate"),
+    "rates without default": (
+        sample("bad", expected_response_rate={"gender": {"female": 0.3}}),
+        "expected_response_rate",
+    ),
     "mailing not an object": (sample("bad", mailing="yes"), "mailing"),
-    "unknown template": (sample("bad", mailing={"template": "no_such_template", "default_data": SURVEY}), "mailing.template"),
-    "template not text": (sample("bad", mailing={"template": ["new_survey"], "default_data": SURVEY}), "mailing.template"),
-    "data not an object": (sample("bad", mailing={"template": "new_survey", "default_data": "x"}), "mailing.default_data"),
+    "unknown template": (
+        sample("bad", mailing={"template": "no_such_template", "default_data": SURVEY}),
+        "mailing.template",
+    ),
+    "template not text": (
+        sample("bad", mailing={"template": ["new_survey"], "default_data": SURVEY}),
+        "mailing.template",
+    ),
+    "data not an object": (
+        sample("bad", mailing={"template": "new_survey", "default_data": "x"}),
+        "mailing.default_data",
+    ),
     "data missing a variable": (sample("bad", mailing={"template": "new_survey", "default_data": NO_POINTS}), "points"),
     "nobody matches": (sample("bad", filters={"birth_year": {"$lt": 1895}}), ""),
 }
@@ -149,21 +173,36 @@ BAD_MAILINGS = {
     "unknown template": ({"template": "no_such_template", "recipients": [{"user_id": demo_user_id(1)}]}, "template"),
 }
 BAD_TRANSACTIONS = {
-    "response id not an id": ({"user_id": demo_user_id(1), "survey_id": "7000001", "response_id": "abc"}, "response_id"),
+    "response id not an id": (
+        {"user_id": demo_user_id(1), "survey_id": "7000001", "response_id": "abc"},
+        "response_id",
+    ),
     "survey id not an id": ({"user_id": demo_user_id(1), "survey_id": "x1", "response_id": "5"}, "survey_id"),
     "no such member": ({"user_id": ObjectId(), "survey_id": "7000001", "response_id": "6"}, "user_id"),
 }
 
 
 def password_email(db: Database, member: int, token: str) -> ObjectId:
-    return db.mailings.insert_one({
-        "processed": False, "created_at": dt.datetime.now(UTC), "kind": "transactional", "template": "password_recovery",
-        "recipients": [{"user_id": demo_user_id(member), "data": {"reset_url": f"https://panel.example/reset?token={token}", "expires_in_minutes": 60}}],
-    }).inserted_id
+    return db.mailings.insert_one(
+        {
+            "processed": False,
+            "created_at": dt.datetime.now(UTC),
+            "kind": "transactional",
+            "template": "password_recovery",
+            "recipients": [
+                {
+                    "user_id": demo_user_id(member),
+                    "data": {"reset_url": f"https://panel.example/reset?token={token}", "expires_in_minutes": 60},
+                }
+            ],
+        }
+    ).inserted_id
 
 
 def transactional(db: Database, **fields: Any) -> ObjectId:
-    return db.mailings.insert_one({"processed": False, "created_at": dt.datetime.now(UTC), "kind": "transactional", **fields}).inserted_id
+    return db.mailings.insert_one(
+        {"processed": False, "created_at": dt.datetime.now(UTC), "kind": "transactional", **fields}
+    ).inserted_id
 
 
 # --- what the test reads -------------------------------------------------------------------------
@@ -183,7 +222,7 @@ def accepted_entries(proxy: SesFaultProxy) -> list[tuple[str, str, str]]:
     accepted = []
     for call in proxy.calls():
         mailing = next((t["Value"] for t in call.request.get("DefaultEmailTags", []) if t["Name"] == "mailing"), "")
-        for entry, result in zip(call.request.get("BulkEmailEntries", []), call.results):
+        for entry, result in zip(call.request.get("BulkEmailEntries", []), call.results, strict=False):
             if result.get("Status") == "SUCCESS":
                 accepted.append((mailing, entry["Destination"]["ToAddresses"][0].lower(), call.timestamp))
     return accepted
@@ -203,10 +242,16 @@ def launch_partition_run(dagster: DagsterDev, job_name: str, partition: str) -> 
     data = dagster.graphql(
         """mutation Launch($params: ExecutionParams!) { launchRun(executionParams: $params) {
              __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""",
-        {"params": {
-            "selector": {"repositoryLocationName": "panel_pipeline", "repositoryName": "__repository__", "jobName": job_name},
-            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
-        }},
+        {
+            "params": {
+                "selector": {
+                    "repositoryLocationName": "panel_pipeline",
+                    "repositoryName": "__repository__",
+                    "jobName": job_name,
+                },
+                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+            }
+        },
     )
     launched = data["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
@@ -241,40 +286,84 @@ def test_a_bad_day(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     started = time.monotonic()
 
     good = {name: db.samples.insert_one(dict(doc)).inserted_id for name, doc in GOOD_SAMPLES.items()}
-    bad_samples = {name: (db.samples.insert_one(dict(doc)).inserted_id, field) for name, (doc, field) in BAD_SAMPLES.items()}
+    bad_samples = {
+        name: (db.samples.insert_one(dict(doc)).inserted_id, field) for name, (doc, field) in BAD_SAMPLES.items()
+    }
     bad_mailings = {name: (transactional(db, **doc), field) for name, (doc, field) in BAD_MAILINGS.items()}
-    bad_address = transactional(db, template="points_registered", recipients=[
-        {"email": "not an address", "data": {"survey_name": "Omnibus", "points": 5, "balance": 10, "dashboard_url": "https://panel.example/dashboard"}},
-        {"user_id": demo_user_id(2), "data": {"survey_name": "Omnibus", "points": 5, "balance": 10, "dashboard_url": "https://panel.example/dashboard"}},
-    ])
+    bad_address = transactional(
+        db,
+        template="points_registered",
+        recipients=[
+            {
+                "email": "not an address",
+                "data": {
+                    "survey_name": "Omnibus",
+                    "points": 5,
+                    "balance": 10,
+                    "dashboard_url": "https://panel.example/dashboard",
+                },
+            },
+            {
+                "user_id": demo_user_id(2),
+                "data": {
+                    "survey_name": "Omnibus",
+                    "points": 5,
+                    "balance": 10,
+                    "dashboard_url": "https://panel.example/dashboard",
+                },
+            },
+        ],
+    )
     bad_transactions = {
-        name: (db.transactions.insert_one({"processed": False, "created_at": dt.datetime.now(UTC), "points": 5, **doc}).inserted_id, field)
+        name: (
+            db.transactions.insert_one(
+                {"processed": False, "created_at": dt.datetime.now(UTC), "points": 5, **doc}
+            ).inserted_id,
+            field,
+        )
         for name, (doc, field) in BAD_TRANSACTIONS.items()
     }
     reset_tokens = [os.urandom(16).hex() for _ in range(5)]
     resets = [password_email(db, 100 + n, token) for n, token in enumerate(reset_tokens)]
 
     # The nat rep invitation starts; SES answers "daily quota exceeded" mid-way.
-    invitation = wait_for(lambda: invitation_of(db, good["nat rep"]), timeout=300, what="the nat rep invitation", explain=explain)
+    invitation = wait_for(
+        lambda: invitation_of(db, good["nat rep"]), timeout=300, what="the nat rep invitation", explain=explain
+    )
     mailing_id = invitation["_id"]
     wait_for(lambda: sent_for(db, mailing_id) >= 100, timeout=300, what="the invitation half sent", explain=explain)
     proxy.inject(daily_quota_exceeded())
-    wait_for(lambda: db.mailings.find_one({"_id": mailing_id, "status": "postponed"}), timeout=120, what="the quota pause", explain=explain)
+    wait_for(
+        lambda: db.mailings.find_one({"_id": mailing_id, "status": "postponed"}),
+        timeout=120,
+        what="the quota pause",
+        explain=explain,
+    )
 
     # Members leave during the pause: they must not be mailed afterwards.
-    leaving = [row["user_id"] for row in db.mail_log.find({"mailing_id": mailing_id, "status": "pending"}, {"user_id": 1}).limit(25)]
+    leaving = [
+        row["user_id"]
+        for row in db.mail_log.find({"mailing_id": mailing_id, "status": "pending"}, {"user_id": 1}).limit(25)
+    ]
     left_at = dt.datetime.now(UTC)
     db.users.update_many({"_id": {"$in": leaving}}, {"$set": {"status": "unsubscribed", "status_changed_at": left_at}})
 
     # After the pause it resumes; an analyst re-materialises the partition it is sending.
     resumed_from = sent_for(db, mailing_id)
-    wait_for(lambda: sent_for(db, mailing_id) > resumed_from + 40, timeout=180, what="the invitation resumed", explain=explain)
+    wait_for(
+        lambda: sent_for(db, mailing_id) > resumed_from + 40,
+        timeout=180,
+        what="the invitation resumed",
+        explain=explain,
+    )
     analyst_run = launch_partition_run(dagster, "mailing_job", str(mailing_id))
 
     # The run worker sending it is SIGKILLed mid-send.
     sender = db.mailings.find_one({"_id": mailing_id})["run_id"]
     with dagster.instance() as instance:
-        pid = wait_for(lambda: run_worker_pid(instance, sender), timeout=60, what="the sending run's pid", explain=explain)
+        pid = wait_for(
+            lambda: run_worker_pid(instance, sender), timeout=60, what="the sending run's pid", explain=explain
+        )
     killed_at = sent_for(db, mailing_id)
     os.kill(pid, signal.SIGKILL)
 
@@ -288,18 +377,32 @@ def test_a_bad_day(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     # Every queue document ends processed, done or failed, and a failure says what to fix.
     for name in ("samples", "mailings", "transactions"):
         for doc in db[name].find():
-            assert doc["processed"] is True and doc["status"] in ("done", "failed"), (name, doc["_id"], doc.get("status"))
+            assert doc["processed"] is True and doc["status"] in ("done", "failed"), (
+                name,
+                doc["_id"],
+                doc.get("status"),
+            )
             if doc["status"] == "failed":
                 assert doc.get("error"), (name, doc["_id"])
     for kind, (doc_id, field) in [*bad_samples.items(), *bad_mailings.items()]:
         doc = db.samples.find_one({"_id": doc_id}) or db.mailings.find_one({"_id": doc_id})
-        assert doc["status"] == "failed" and doc["attempts"] == 1, (kind, doc.get("status"), doc.get("attempts"), doc.get("error"))
+        assert doc["status"] == "failed" and doc["attempts"] == 1, (
+            kind,
+            doc.get("status"),
+            doc.get("attempts"),
+            doc.get("error"),
+        )
         assert field in doc["error"] and "gave up" not in doc["error"], (kind, doc["error"])
     for kind, (doc_id, field) in bad_transactions.items():
         doc = db.transactions.find_one({"_id": doc_id})
         assert doc["status"] == "failed" and doc["attempts"] == 1 and field in doc["error"], (kind, doc.get("error"))
-    address_rows = {str(row["user_id"]): (row["status"], row.get("error")) for row in db.mail_log.find({"mailing_id": bad_address})}
-    assert sorted(status for status, _ in address_rows.values()) == ["failed", "sent"], (address_rows, db.mailings.find_one({"_id": bad_address}))
+    address_rows = {
+        str(row["user_id"]): (row["status"], row.get("error")) for row in db.mail_log.find({"mailing_id": bad_address})
+    }
+    assert sorted(status for status, _ in address_rows.values()) == ["failed", "sent"], (
+        address_rows,
+        db.mailings.find_one({"_id": bad_address}),
+    )
 
     # Every good sample drawn and invited; the Scotland sample took newcomers from the backfill.
     for name, sample_id in good.items():
@@ -326,9 +429,13 @@ def test_a_bad_day(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
                 lost += 1
     assert lost == 0
     leavers = {f"member{int(str(uid), 16)}@panel.example" for uid in leaving}
-    mailed_after_leaving = [a for mailing, a, at in accepted if a in leavers and mailing == str(mailing_id) and at > _ses_time(left_at)]
+    mailed_after_leaving = [
+        a for mailing, a, at in accepted if a in leavers and mailing == str(mailing_id) and at > _ses_time(left_at)
+    ]
     assert mailed_after_leaving == []
-    assert db.mail_log.count_documents({"mailing_id": mailing_id, "user_id": {"$in": leaving}, "status": "suppressed"}) == len(leaving)
+    assert db.mail_log.count_documents(
+        {"mailing_id": mailing_id, "user_id": {"$in": leaving}, "status": "suppressed"}
+    ) == len(leaving)
 
     # The analyst's run and the killed run ended; the mailing names its last run.
     with dagster.instance() as instance:
@@ -338,11 +445,14 @@ def test_a_bad_day(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
 
         # Nothing the instance kept holds an address, a token or a secret.
         unsubscribe_tokens = {
-            token for email in stack.ses.emails() for token in re.findall(r"token=([0-9a-zA-Z._\-]+)", str(email.get("headers", "")))
+            token
+            for email in stack.ses.emails()
+            for token in re.findall(r"token=([0-9a-zA-Z._\-]+)", str(email.get("headers", "")))
         }
         needles = Needles(
             emails=frozenset(u["email"] for u in db.users.find({}, {"email": 1})),
-            tokens=frozenset(reset_tokens) | frozenset(t for t in unsubscribe_tokens if re.fullmatch(r"[0-9a-f]{16,}", t)),
+            tokens=frozenset(reset_tokens)
+            | frozenset(t for t in unsubscribe_tokens if re.fullmatch(r"[0-9a-f]{16,}", t)),
             secrets=frozenset({LOCAL_UNSUBSCRIBE_SECRET, DEMO_TOKEN_SECRET}),
         )
         scan = scan_dagster_home(dagster.home, instance, needles)
@@ -356,7 +466,8 @@ def test_a_bad_day(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
         print(
             f"\nbad day: {db.samples.count_documents({})} samples, {db.mailings.count_documents({})} mailings, "
             f"{db.transactions.count_documents({})} transactions; {len(accepted)} e-mails accepted by SES "
-            f"({sent_for(db, mailing_id)} of the nat rep invitation, killed at {killed_at}), {newcomers} backfill newcomers invited; "
+            f"({sent_for(db, mailing_id)} of the nat rep invitation, killed at {killed_at}), "
+            f"{newcomers} backfill newcomers invited; "
             f"duplicates {duplicates}, lost {lost}, stuck 0, mailed after leaving 0; drained in {drain_seconds:.0f} s"
         )
         print(scan.summary(), f"; stored errors read {len(stored_errors)}, hits {len(error_hits)}")

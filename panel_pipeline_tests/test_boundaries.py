@@ -66,13 +66,20 @@ def private_dagster_attributes(path: Path) -> Iterator[tuple[int, str]]:
     tree = ast.parse(path.read_text(), filename=str(path))
     bound = {
         alias.asname or alias.name: alias.name
-        for node in ast.walk(tree) if isinstance(node, ast.Import)
-        for alias in node.names if alias.name.split(".")[0].startswith("dagster")
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+        if alias.name.split(".")[0].startswith("dagster")
     }
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound:
-            if node.attr.startswith("_") and not node.attr.startswith("__"):
-                yield node.lineno, f"{bound[node.value.id]}.{node.attr}"
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in bound
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            yield node.lineno, f"{bound[node.value.id]}.{node.attr}"
 
 
 def test_production_code_never_imports_the_local_stack():
@@ -92,7 +99,9 @@ def test_the_import_reader_sees_relative_and_aliased_imports(tmp_path, monkeypat
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     module = tmp_path / "panel_pipeline" / "mailer" / "x.py"
     module.parent.mkdir(parents=True)
-    module.write_text("from ..local import stack\nimport dagster._core.instance as inner\nimport dagster as dg\ndg._check\n")
+    module.write_text(
+        "from ..local import stack\nimport dagster._core.instance as inner\nimport dagster as dg\ndg._check\n"
+    )
     assert {name for _line, name in imported_modules(module)} >= {"panel_pipeline.local", "panel_pipeline.local.stack"}
     assert any(is_private_dagster(name) for _line, name in imported_modules(module))
     assert [name for _line, name in private_dagster_attributes(module)] == ["dagster._check"]
@@ -117,7 +126,9 @@ def test_the_wheel_ships_no_local_stack(tmp_path):
         shutil.copy(ROOT / name, source / name)
     completed = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path / "dist"), str(source)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     (wheel,) = (tmp_path / "dist").glob("panel_pipeline-*.whl")

@@ -4,7 +4,6 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-
 from typing import Any
 
 import dagster as dg
@@ -15,16 +14,24 @@ from panel_pipeline.definitions import defs
 from panel_pipeline.extractor.resources import SurveyGizmoResource
 from panel_pipeline.local.stack import local_environment
 from panel_pipeline.mailer.resources import SesResource, SqsResource
-from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.resources import ENVIRONMENTS, resources_for
+from panel_pipeline.shared.resources import MongoResource
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCATION = "panel_pipeline"
 
 
 ASSETS = {
-    "surveygizmo_responses", "users", "survey_completions", "surveygizmo_deletions", "samples", "dynamic_sample_updates",
-    "mailings", "transactional_mail", "ses_feedback", "email_templates",
+    "surveygizmo_responses",
+    "users",
+    "survey_completions",
+    "surveygizmo_deletions",
+    "samples",
+    "dynamic_sample_updates",
+    "mailings",
+    "transactional_mail",
+    "ses_feedback",
+    "email_templates",
 }
 SENSOR_JOBS = {
     "samples_queue_sensor": "sample_job",

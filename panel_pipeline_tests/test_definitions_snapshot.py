@@ -23,7 +23,9 @@ def partitions_name(partitions_def: dg.PartitionsDefinition | None) -> str | Non
     if isinstance(partitions_def, dg.DynamicPartitionsDefinition):
         return f"dynamic:{partitions_def.name}"
     if isinstance(partitions_def, dg.TimeWindowPartitionsDefinition):
-        return f"time:{partitions_def.cron_schedule}:{partitions_def.timezone}:{partitions_def.start.date().isoformat()}"
+        return (
+            f"time:{partitions_def.cron_schedule}:{partitions_def.timezone}:{partitions_def.start.date().isoformat()}"
+        )
     return type(partitions_def).__name__
 
 
@@ -31,15 +33,21 @@ def current_names() -> dict[str, object]:
     repository = defs.get_repository_def()
     graph = repository.asset_graph
     assets = {
-        key.to_user_string(): partitions_name(graph.get(key).partitions_def) for key in sorted(graph.get_all_asset_keys())
+        key.to_user_string(): partitions_name(graph.get(key).partitions_def)
+        for key in sorted(graph.get_all_asset_keys())
     }
     checks = sorted(f"{key.asset_key.to_user_string()}:{key.name}" for key in graph.asset_check_keys)
     return {
         "assets": assets,
         "asset_checks": checks,
         "jobs": sorted(job.name for job in repository.get_all_jobs() if not job.name.startswith("__")),
-        "sensors": {sensor.name: sorted(t.job_name for t in sensor.targets) for sensor in sorted(repository.sensor_defs, key=lambda s: s.name)},
-        "schedules": {schedule.name: schedule.job_name for schedule in sorted(repository.schedule_defs, key=lambda s: s.name)},
+        "sensors": {
+            sensor.name: sorted(t.job_name for t in sensor.targets)
+            for sensor in sorted(repository.sensor_defs, key=lambda s: s.name)
+        },
+        "schedules": {
+            schedule.name: schedule.job_name for schedule in sorted(repository.schedule_defs, key=lambda s: s.name)
+        },
     }
 
 

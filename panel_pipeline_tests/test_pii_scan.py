@@ -8,7 +8,9 @@ import dagster as dg
 from panel_pipeline_tests.pii_scan import Needles, scan_dagster_home, scan_texts
 
 NEEDLES = Needles(
-    emails=frozenset({"member7@panel.example"}), tokens=frozenset({"0123456789abcdef0123"}), secrets=frozenset({"s3cret-value"})
+    emails=frozenset({"member7@panel.example"}),
+    tokens=frozenset({"0123456789abcdef0123"}),
+    secrets=frozenset({"s3cret-value"}),
 )
 
 

@@ -41,8 +41,15 @@ def postgres():
     port = free_port()
     as_postgres(postgres_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
     as_postgres(
-        postgres_bin("pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w",
-        "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start",
+        postgres_bin("pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(base / "log"),
+        "-w",
+        "-o",
+        f"-p {port} -k {base} -c listen_addresses=127.0.0.1",
+        "start",
     )
     as_postgres(postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "dagster")
     yield port
@@ -56,8 +63,11 @@ def test_production_instance_works_on_postgres(postgres, tmp_path, monkeypatch):
     del config["run_launcher"]
     (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
     for name, value in {
-        "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(postgres), "DAGSTER_PG_USERNAME": "postgres",
-        "DAGSTER_PG_PASSWORD": "unused", "DAGSTER_PG_DB": "dagster",
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": str(postgres),
+        "DAGSTER_PG_USERNAME": "postgres",
+        "DAGSTER_PG_PASSWORD": "unused",
+        "DAGSTER_PG_DB": "dagster",
     }.items():
         monkeypatch.setenv(name, value)
 

@@ -23,8 +23,14 @@ def browser(tmp_path_factory):
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for argument in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1600,1000",
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1600,1000",
         f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
     ):
         options.add_argument(argument)
@@ -57,7 +63,9 @@ def test_sensors_are_shown_running(dagster_dev, browser):
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "ui-sensors.png"))
     data = dagster_dev.graphql(
-        """{ sensorsOrError(repositorySelector: {repositoryLocationName: "panel_pipeline", repositoryName: "__repository__"}) {
+        """{ sensorsOrError(
+            repositorySelector: {repositoryLocationName: "panel_pipeline", repositoryName: "__repository__"}
+        ) {
               ... on Sensors { results { name sensorState { status } } } } }"""
     )
     states = {s["name"]: s["sensorState"]["status"] for s in data["sensorsOrError"]["results"]}

@@ -13,7 +13,10 @@ T = TypeVar("T")
 
 
 def wait_for(
-    predicate: Callable[[], T], timeout: float = 180.0, what: str = "condition", explain: Callable[[], str] | None = None
+    predicate: Callable[[], T],
+    timeout: float = 180.0,
+    what: str = "condition",
+    explain: Callable[[], str] | None = None,
 ) -> T:
     """Poll until `predicate` returns something truthy, and return it; on timeout, fail with what
     `explain` says of the state of things (e.g. the daemon's latest runs and sensor ticks)."""

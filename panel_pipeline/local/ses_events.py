@@ -29,7 +29,7 @@ class RecordedCall:
     fault: str | None
     results: list[dict[str, Any]]  # per entry, as SES decided; [] when the whole call was refused
     answered: bool = True  # False: accepted, but the answer was dropped on purpose
-    timestamp: str = field(default_factory=lambda: ses_timestamp(dt.datetime.now(dt.timezone.utc)))
+    timestamp: str = field(default_factory=lambda: ses_timestamp(dt.datetime.now(dt.UTC)))
 
 
 def ses_timestamp(moment: dt.datetime) -> str:
@@ -43,7 +43,7 @@ def ses_events(call: RecordedCall) -> list[dict[str, Any]]:
     default_tags = {tag["Name"]: [tag["Value"]] for tag in request.get("DefaultEmailTags", [])}
     sends: list[dict[str, Any]] = []
     feedback: list[dict[str, Any]] = []
-    for entry, result in zip(request.get("BulkEmailEntries", []), call.results):
+    for entry, result in zip(request.get("BulkEmailEntries", []), call.results, strict=False):
         if result.get("Status") != "SUCCESS":
             continue
         tags = copy.deepcopy(default_tags)
@@ -67,12 +67,26 @@ def _simulator_box(address: str) -> str | None:
 def _simulated_feedback(mail: dict[str, Any], address: str) -> dict[str, Any]:
     feedback_id = str(uuid.uuid5(uuid.NAMESPACE_OID, mail["messageId"]))  # the same each time events() is read
     if _simulator_box(address) == "bounce":
-        recipient = {"emailAddress": address, "action": "failed", "status": "5.1.1", "diagnosticCode": "smtp; 550 5.1.1 user unknown"}
-        bounce = {"bounceType": "Permanent", "bounceSubType": "General", "bouncedRecipients": [recipient],
-                  "timestamp": mail["timestamp"], "feedbackId": feedback_id}
+        recipient = {
+            "emailAddress": address,
+            "action": "failed",
+            "status": "5.1.1",
+            "diagnosticCode": "smtp; 550 5.1.1 user unknown",
+        }
+        bounce = {
+            "bounceType": "Permanent",
+            "bounceSubType": "General",
+            "bouncedRecipients": [recipient],
+            "timestamp": mail["timestamp"],
+            "feedbackId": feedback_id,
+        }
         return {"eventType": "Bounce", "bounce": bounce, "mail": mail}
-    complaint = {"complainedRecipients": [{"emailAddress": address}], "complaintFeedbackType": "abuse",
-                 "timestamp": mail["timestamp"], "feedbackId": feedback_id}
+    complaint = {
+        "complainedRecipients": [{"emailAddress": address}],
+        "complaintFeedbackType": "abuse",
+        "timestamp": mail["timestamp"],
+        "feedbackId": feedback_id,
+    }
     return {"eventType": "Complaint", "complaint": complaint, "mail": mail}
 
 
@@ -103,4 +117,7 @@ class SnsEventPublisher:
                 try:
                     self.sns.publish_batch(TopicArn=self.topic_arn, PublishBatchRequestEntries=entries)
                 except Exception as exc:  # the local stand-in must not stop the proxy
-                    print(f"ses-event-publisher: {len(entries)} events not published ({type(exc).__name__})", file=sys.stderr)
+                    print(
+                        f"ses-event-publisher: {len(entries)} events not published ({type(exc).__name__})",
+                        file=sys.stderr,
+                    )

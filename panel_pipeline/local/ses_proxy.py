@@ -86,7 +86,9 @@ class SesFaultProxy:
     """Start/stop a proxy on `host:port` (0 picks a free port) forwarding to `upstream_url`;
     `publish` receives the SES events of every call SES accepted, as it is answered."""
 
-    def __init__(self, upstream_url: str, host: str = "127.0.0.1", port: int = 0, publish: EventSink | None = None) -> None:
+    def __init__(
+        self, upstream_url: str, host: str = "127.0.0.1", port: int = 0, publish: EventSink | None = None
+    ) -> None:
         self.upstream = urlsplit(upstream_url)
         self._publish = publish
         self._faults: deque[Fault] = deque()
@@ -171,7 +173,9 @@ class SesFaultProxy:
         if self._publish is not None and call.results:
             self._publish(ses_events(call))
 
-    def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+    def _forward(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
         connection = http.client.HTTPConnection(self.upstream.netloc, timeout=60)
         try:
             connection.request(method, path, body=body or None, headers=headers)
@@ -226,10 +230,14 @@ class SesFaultProxy:
             destinations = self._event_destinations.get(configuration_set)
         if destinations is None:
             topic_arn = getattr(self._publish, "topic_arn", None) or LOCAL_TOPIC_ARN
-            destinations = [{
-                "Name": "panel-ses-events", "Enabled": True, "MatchingEventTypes": list(LOCAL_EVENT_TYPES),
-                "SnsDestination": {"TopicArn": topic_arn},
-            }]
+            destinations = [
+                {
+                    "Name": "panel-ses-events",
+                    "Enabled": True,
+                    "MatchingEventTypes": list(LOCAL_EVENT_TYPES),
+                    "SnsDestination": {"TopicArn": topic_arn},
+                }
+            ]
         return 200, {"Content-Type": "application/json"}, json.dumps({"EventDestinations": destinations}).encode()
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
@@ -277,7 +285,9 @@ def _error(status: int, error_type: str, message: str) -> tuple[int, dict[str, s
     return status, headers, json.dumps({"message": message}).encode()
 
 
-def _merge_statuses(count: int, injected: dict[int, str], forwarded_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _merge_statuses(
+    count: int, injected: dict[int, str], forwarded_results: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     upstream = iter(forwarded_results)
     merged = []
     for index in range(count):
@@ -286,5 +296,3 @@ def _merge_statuses(count: int, injected: dict[int, str], forwarded_results: lis
         else:
             merged.append(next(upstream))
     return merged
-
-

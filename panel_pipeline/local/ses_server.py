@@ -85,7 +85,10 @@ class LocalSesServer(ChildProcessServer):
         }
         return subprocess.Popen(
             [str(binary), "--host", self.host, "--port", str(self.port)],
-            env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
 
     def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:

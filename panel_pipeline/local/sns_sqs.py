@@ -51,8 +51,11 @@ def moto_server_command(host: str, port: int) -> list[str]:
 
 def aws_client(service: Literal["sns", "sqs"], endpoint_url: str, region: str = REGION) -> Any:
     return boto3.client(
-        service, endpoint_url=endpoint_url, region_name=region,
-        aws_access_key_id=LOCAL_AWS_KEY, aws_secret_access_key=LOCAL_AWS_KEY,
+        service,
+        endpoint_url=endpoint_url,
+        region_name=region,
+        aws_access_key_id=LOCAL_AWS_KEY,
+        aws_secret_access_key=LOCAL_AWS_KEY,
     )
 
 
@@ -71,13 +74,15 @@ def ensure_feedback_path(endpoint_url: str, region: str = REGION, name: str = EV
 def _queue_policy(queue_arn: str, topic_arn: str) -> dict[str, Any]:
     return {
         "Version": "2012-10-17",
-        "Statement": [{
-            "Effect": "Allow",
-            "Principal": {"Service": "sns.amazonaws.com"},
-            "Action": "sqs:SendMessage",
-            "Resource": queue_arn,
-            "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
-        }],
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "sns.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+            }
+        ],
     }
 
 
@@ -93,7 +98,9 @@ class LocalSnsSqs(ChildProcessServer):
     def _spawn(self, log_file: IO[bytes]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             moto_server_command(self.host, self.port),
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
 
     def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
@@ -102,4 +109,3 @@ class LocalSnsSqs(ChildProcessServer):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise SnsSqsServerError(f"moto server did not start on {self.url}; see {self.log_file_path}")
             time.sleep(0.05)
-

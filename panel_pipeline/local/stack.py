@@ -130,8 +130,12 @@ def background_services() -> list[BackgroundService]:
             name="surveygizmo",
             port=SURVEYGIZMO_PORT,
             command=[
-                sys.executable, "-m", "panel_pipeline.local.surveygizmo",
-                "--port", str(SURVEYGIZMO_PORT), "--demo",
+                sys.executable,
+                "-m",
+                "panel_pipeline.local.surveygizmo",
+                "--port",
+                str(SURVEYGIZMO_PORT),
+                "--demo",
             ],
         ),
         BackgroundService(
@@ -144,8 +148,15 @@ def background_services() -> list[BackgroundService]:
             name="ses",
             port=SES_PORT,
             command=[
-                sys.executable, "-m", "panel_pipeline.local.ses_server", "--port", str(SES_PORT),
-                "--sns-topic-arn", local_topic_arn(), "--sns-endpoint-url", SNS_SQS_URL,
+                sys.executable,
+                "-m",
+                "panel_pipeline.local.ses_server",
+                "--port",
+                str(SES_PORT),
+                "--sns-topic-arn",
+                local_topic_arn(),
+                "--sns-endpoint-url",
+                SNS_SQS_URL,
             ],
         ),
     ]

@@ -231,7 +231,11 @@ def _eu_ref_table() -> np.ndarray:
 
 
 def _vote_2019_table() -> np.ndarray:
-    table = VOTE_2019_BY_EU[:, None, None, :] * VOTE_BY_AGE_GROUP[None, :, None, :] * _party_mask(VOTE_2019)[None, None, :, :]
+    table = (
+        VOTE_2019_BY_EU[:, None, None, :]
+        * VOTE_BY_AGE_GROUP[None, :, None, :]
+        * _party_mask(VOTE_2019)[None, None, :, :]
+    )
     _boost_national_parties(table, VOTE_2019)
     return _normalise(table.reshape(-1, len(VOTE_2019)))
 
@@ -245,5 +249,5 @@ def _vote_2024_table() -> np.ndarray:
     return _normalise(table)
 
 
-def _categorical(codes: np.ndarray, field: str) -> pd.Categorical:
-    return pd.Categorical.from_codes(codes, categories=list(PROFILE_CATEGORIES[field]))
+def _categorical(codes: np.ndarray, field: str) -> pd.Categorical[str]:
+    return pd.Categorical.from_codes(codes, categories=pd.Index(PROFILE_CATEGORIES[field]))

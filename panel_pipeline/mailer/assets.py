@@ -43,9 +43,14 @@ def email_templates(context: dg.AssetExecutionContext, ses: SesResource) -> dg.M
     SES template, so a mailing in flight keeps the version it started with. Template calls are paced
     to SES's 1 call/s."""
     gateway = ses.gateway()
-    rows = [(template.name, gateway.ensure_template(template), template.content_hash[:12]) for template in load_templates().values()]
+    rows = [
+        (template.name, gateway.ensure_template(template), template.content_hash[:12])
+        for template in load_templates().values()
+    ]
     context.log.info(f"{len(rows)} templates in SES")
-    return dg.MaterializeResult(metadata={"templates": table(["template", "SES name", "content hash"], rows), "count": len(rows)})
+    return dg.MaterializeResult(
+        metadata={"templates": table(["template", "SES name", "content hash"], rows), "count": len(rows)}
+    )
 
 
 @dg.asset(
@@ -69,7 +74,9 @@ def mailings(context: dg.AssetExecutionContext, mongo: MongoResource, ses: SesRe
     ledger = MailLedger(db.mail_log, db.mail_events)
     ledger.ensure_indexes()
     try:
-        outcome = process_mailing(db, mongo.work_queue(MAILINGS), ledger, ses, ses.gateway(), mailing_id, context.run.run_id)
+        outcome = process_mailing(
+            db, mongo.work_queue(MAILINGS), ledger, ses, ses.gateway(), mailing_id, context.run.run_id
+        )
     except RequestRejected as rejected:
         raise dg.Failure(description=f"mailing rejected: {rejected}") from rejected
     except (SendingStopped, LeaseLost) as lost:
@@ -106,7 +113,9 @@ def transactional_mail(
     transient = 0
     for document_id in config.document_ids:
         try:
-            outcomes[process_mailing(db, queue, ledger, ses, gateway, ObjectId(document_id), context.run.run_id).status] += 1
+            outcomes[
+                process_mailing(db, queue, ledger, ses, gateway, ObjectId(document_id), context.run.run_id).status
+            ] += 1
         except RequestRejected as rejected:
             context.log.warning(f"mailing {document_id} rejected: {rejected}")
             outcomes["rejected"] += 1
@@ -118,12 +127,16 @@ def transactional_mail(
             transient += 1
     if transient or outcomes["lease_lost"]:
         raise dg.Failure(
-            description=f"{transient} mailing(s) hit transient errors and will be retried, {outcomes['lease_lost']} lost "
-            f"their lease to another run; {dict(outcomes)}"
+            description=f"{transient} mailing(s) hit transient errors and will be retried, "
+            f"{outcomes['lease_lost']} lost their lease to another run; {dict(outcomes)}"
         )
     rows = sum(sum(ledger.counts(ObjectId(document_id)).values()) for document_id in config.document_ids)
     return dg.MaterializeResult(
-        metadata={"mailings": len(config.document_ids), **{f"mailings_{k}": n for k, n in outcomes.items()}, **row_count(rows)}
+        metadata={
+            "mailings": len(config.document_ids),
+            **{f"mailings_{k}": n for k, n in outcomes.items()},
+            **row_count(rows),
+        }
     )
 
 
@@ -134,7 +147,13 @@ class MailingOutcome:
 
 
 def process_mailing(
-    db: Database, queue: WorkQueue, ledger: MailLedger, ses: SesResource, gateway: SesGateway, mailing_id: ObjectId, owner: str
+    db: Database,
+    queue: WorkQueue,
+    ledger: MailLedger,
+    ses: SesResource,
+    gateway: SesGateway,
+    mailing_id: ObjectId,
+    owner: str,
 ) -> MailingOutcome:
     """Claim the mailing, send it, then complete or postpone it. A rejected mailing is failed and
     the rejection raised; a lost lease raises (nothing to release: another run holds it); any
@@ -156,7 +175,13 @@ def process_mailing(
 
 
 def send(
-    db: Database, queue: WorkQueue, ledger: MailLedger, ses: SesResource, gateway: SesGateway, mailing: Mapping[str, Any], owner: str
+    db: Database,
+    queue: WorkQueue,
+    ledger: MailLedger,
+    ses: SesResource,
+    gateway: SesGateway,
+    mailing: Mapping[str, Any],
+    owner: str,
 ) -> MailingOutcome:
     mailing_id = mailing["_id"]
     template = find_template(mailing)
@@ -173,9 +198,16 @@ def send(
     if mailing.get("expanded_at") is None:
         expand(db, queue, ledger, ses, template, mailing, owner, bulk)
     dispatch = send_mailing(
-        ledger, gateway, mailing_id, ses_template, owner, bulk,
-        members=db.users, keep_alive=lambda: queue.extend_lease(mailing_id, owner),
-        unsubscribe_link=ses.unsubscribe_link if bulk else None, policy=ses.dispatch_policy(),
+        ledger,
+        gateway,
+        mailing_id,
+        ses_template,
+        owner,
+        bulk,
+        members=db.users,
+        keep_alive=lambda: queue.extend_lease(mailing_id, owner),
+        unsubscribe_link=ses.unsubscribe_link if bulk else None,
+        policy=ses.dispatch_policy(),
     )
     counts = ledger.counts(mailing_id)
     if dispatch.paused_until is not None:
@@ -193,7 +225,14 @@ def send(
 
 
 def expand(
-    db: Database, queue: WorkQueue, ledger: MailLedger, ses: SesResource, template: EmailTemplate, mailing: Mapping[str, Any], owner: str, bulk: bool
+    db: Database,
+    queue: WorkQueue,
+    ledger: MailLedger,
+    ses: SesResource,
+    template: EmailTemplate,
+    mailing: Mapping[str, Any],
+    owner: str,
+    bulk: bool,
 ) -> None:
     """Resolve, plan and add the mailing's recipients, a chunk of `USERS_PER_QUERY` at a time (the lease
     renewed after each), then record `expanded_at` so no later claim expands it again."""
@@ -201,10 +240,16 @@ def expand(
     links = ses.link_policy()
     listed = 0
     for chunk in recipients.chunks():  # `USERS_PER_QUERY` recipients each, never the whole list
-        ledger.add_recipients(mailing["_id"], plan_recipients(template, chunk, mailing.get("default_data"), bulk, links))
+        ledger.add_recipients(
+            mailing["_id"], plan_recipients(template, chunk, mailing.get("default_data"), bulk, links)
+        )
         listed += len(chunk)
         queue.renew(mailing["_id"], owner)
-    expansion = {"recipients": listed, "duplicates": recipients.duplicates, "missing_members": recipients.missing_members}
+    expansion = {
+        "recipients": listed,
+        "duplicates": recipients.duplicates,
+        "missing_members": recipients.missing_members,
+    }
     queue.save_progress(mailing["_id"], owner, {"expanded_at": utc_now(), "expansion": expansion})
 
 
@@ -250,7 +295,8 @@ def ses_feedback(context: dg.AssetExecutionContext, mongo: MongoResource, sqs: S
     store.ensure_indexes()
     report = drain(sqs.queue(), store)
     context.log.info(
-        f"{report.messages_read} messages read, {report.messages_deleted} deleted; {report.events_stored} events stored; "
+        f"{report.messages_read} messages read, {report.messages_deleted} deleted; "
+        f"{report.events_stored} events stored; "
         f"{report.members[BOUNCED]} members bounced, {report.members[UNSUBSCRIBED]} unsubscribed"
     )
     return dg.MaterializeResult(metadata=feedback_metadata(report))

@@ -3,7 +3,8 @@
 `plan_recipients` turns a mailing's recipients into ledger rows, failing (alone) each recipient
 whose data lacks a template variable (SES would accept and then silently drop that e-mail), whose
 address is invalid, or whose link values fall outside the link policy. Bulk mail's unsubscribe link
-is never taken from data nor stored: `_bulk_send` makes it from the member id per batch. `send_mailing` claims a batch, suppresses the rows whose member is no longer active (one
+is never taken from data nor stored: `_bulk_send` makes it from the member id per batch.
+`send_mailing` claims a batch, suppresses the rows whose member is no longer active (one
 query per batch: a member may leave between planning and sending, and a pause can last days),
 writes the attempt ahead, makes one SES call and records every entry's outcome; throttled entries
 come back after a jittered exponential backoff, and a daily-quota or sending-paused answer stops
@@ -24,6 +25,13 @@ from typing import Any
 from bson import ObjectId
 from pymongo.collection import Collection
 
+from panel_pipeline.mailer.ses import (
+    BatchResult,
+    BulkRecipient,
+    BulkSend,
+    SendStatus,
+    SesGateway,
+)
 from panel_pipeline.mailer.store import (
     EVENT_SILENCE,
     FAILED,
@@ -33,13 +41,6 @@ from panel_pipeline.mailer.store import (
     MailLedger,
     NewRecipient,
     normalize_email,
-)
-from panel_pipeline.mailer.ses import (
-    BatchResult,
-    BulkRecipient,
-    BulkSend,
-    SendStatus,
-    SesGateway,
 )
 from panel_pipeline.mailer.validation import (
     ANY_HOST,
@@ -118,7 +119,11 @@ def plan_recipients(
     planned = []
     for recipient in recipients:
         data = {**shared, **recipient.data}
-        planned.append(NewRecipient(recipient.email, data, recipient.user_id, *_initial_status(template, recipient, data, bulk, policy)))
+        planned.append(
+            NewRecipient(
+                recipient.email, data, recipient.user_id, *_initial_status(template, recipient, data, bulk, policy)
+            )
+        )
     return planned
 
 
@@ -237,11 +242,15 @@ def left_members(users: Collection, rows: Iterable[Mapping[str, Any]]) -> dict[s
             if isinstance(user_id, ObjectId):  # a member deleted from `users` altogether
                 reasons[row["recipient_key"]] = "member no longer exists (removed after the mailing was planned)"
         elif statuses[user_id] != ACTIVE:
-            reasons[row["recipient_key"]] = f"member status is {statuses[user_id]} (changed after the mailing was planned)"
+            reasons[row["recipient_key"]] = (
+                f"member status is {statuses[user_id]} (changed after the mailing was planned)"
+            )
     return reasons
 
 
-def _bulk_send(batch: Batch, template_name: str, bulk: bool, unsubscribe_link: UnsubscribeLink | None = None) -> BulkSend:
+def _bulk_send(
+    batch: Batch, template_name: str, bulk: bool, unsubscribe_link: UnsubscribeLink | None = None
+) -> BulkSend:
     """The SES call for a batch. Bulk mail gets each member's signed unsubscribe link here, made
     from the member id, so no link (no token) is stored with the ledger row; the link both the
     template and `List-Unsubscribe` use is that one, whatever the data held."""

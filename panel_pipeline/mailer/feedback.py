@@ -109,7 +109,9 @@ def check_tags(event: FeedbackEvent) -> FeedbackEvent:
         raise Untrusted("the event carries no mailing, batch and recipient tags")
     values = (tags.mailing_id, tags.batch_id, tags.recipient_key)
     if not all(isinstance(value, str) for value in values) or not (
-        OBJECT_ID_TAG.fullmatch(tags.mailing_id) and OBJECT_ID_TAG.fullmatch(tags.batch_id) and RECIPIENT_TAG.fullmatch(tags.recipient_key)
+        OBJECT_ID_TAG.fullmatch(tags.mailing_id)
+        and OBJECT_ID_TAG.fullmatch(tags.batch_id)
+        and RECIPIENT_TAG.fullmatch(tags.recipient_key)
     ):
         raise Untrusted("the event's tags are not of the types the mailer writes")
     return event
@@ -121,18 +123,28 @@ def parse_ses_event(event: Mapping[str, Any]) -> FeedbackEvent | None:
     mail = event.get("mail")
     if not event_type or not isinstance(mail, dict) or not mail.get("messageId"):
         return None
-    common = FeedbackEvent(str(event_type), str(mail["messageId"]), _parse_time(mail.get("timestamp")), send_event_from_ses(event))
+    common = FeedbackEvent(
+        str(event_type), str(mail["messageId"]), _parse_time(mail.get("timestamp")), send_event_from_ses(event)
+    )
     if event_type == "Bounce":
         bounce = event.get("bounce") or {}
         kind = f"{bounce.get('bounceType', 'Undetermined')}/{bounce.get('bounceSubType', 'Undetermined')}"
         status = BOUNCED if bounce.get("bounceType") == PERMANENT_BOUNCE else None
-        return dataclasses.replace(common, member_status=status, reason=f"SES bounce {kind}",
-                                   addresses=_addresses(bounce.get("bouncedRecipients")))
+        return dataclasses.replace(
+            common,
+            member_status=status,
+            reason=f"SES bounce {kind}",
+            addresses=_addresses(bounce.get("bouncedRecipients")),
+        )
     if event_type == "Complaint":
         complaint = event.get("complaint") or {}
         kind = complaint.get("complaintFeedbackType") or complaint.get("complaintSubType") or "unspecified"
-        return dataclasses.replace(common, member_status=UNSUBSCRIBED, reason=f"SES complaint {kind}",
-                                   addresses=_addresses(complaint.get("complainedRecipients")))
+        return dataclasses.replace(
+            common,
+            member_status=UNSUBSCRIBED,
+            reason=f"SES complaint {kind}",
+            addresses=_addresses(complaint.get("complainedRecipients")),
+        )
     return common
 
 
@@ -158,7 +170,8 @@ class FeedbackStore:
 
     def ensure_indexes(self) -> None:
         self.events.create_index(
-            [("mailing_id", ASCENDING), ("batch_id", ASCENDING), ("recipient_key", ASCENDING)], name="mailing_batch_recipient"
+            [("mailing_id", ASCENDING), ("batch_id", ASCENDING), ("recipient_key", ASCENDING)],
+            name="mailing_batch_recipient",
         )
 
     def apply(self, event: FeedbackEvent) -> Applied:
@@ -201,7 +214,13 @@ class FeedbackStore:
         stale = {"status_changed_at": {"$not": {"$gte": event.occurred_at}}} if event.occurred_at else {}
         changed = self.users.update_many(
             {**member, **stale, "status": ACTIVE},
-            {"$set": {"status": event.member_status, "status_reason": event.reason, "status_changed_at": self._clock.now()}},
+            {
+                "$set": {
+                    "status": event.member_status,
+                    "status_reason": event.reason,
+                    "status_changed_at": self._clock.now(),
+                }
+            },
         ).modified_count
         return event.member_status if changed else None
 

@@ -36,6 +36,7 @@ from panel_pipeline.mailer.validation import (
 )
 from panel_pipeline.queue.store import RequestRejected
 from panel_pipeline.shared.contract import ACTIVE, FIRST_NAME, UNSUBSCRIBE_URL
+
 USER_FIELDS = {"email": 1, FIRST_NAME: 1, "status": 1}
 USERS_PER_QUERY = 1000
 
@@ -74,7 +75,9 @@ class ResolvedRecipients:
         seen: set[str] = set()
         for start in range(0, len(entries), self.chunk_size):
             chunk = list(enumerate(entries[start : start + self.chunk_size], start))
-            by_id = self._users("_id", [object_id(e["user_id"], "user_id") for _, e in chunk if e.get("user_id") is not None])
+            by_id = self._users(
+                "_id", [object_id(e["user_id"], "user_id") for _, e in chunk if e.get("user_id") is not None]
+            )
             addresses = [normalize_email(e["email"]) for _, e in chunk if e.get("user_id") is None]
             by_email = {normalize_email(str(user["email"])): user for user in self._users("email", addresses).values()}
             recipients = []
@@ -89,7 +92,11 @@ class ResolvedRecipients:
             yield recipients
 
     def _listed_recipient(
-        self, entry: Mapping[str, Any], where: str, by_id: Mapping[ObjectId, Mapping[str, Any]], by_email: Mapping[str, Mapping[str, Any]]
+        self,
+        entry: Mapping[str, Any],
+        where: str,
+        by_id: Mapping[ObjectId, Mapping[str, Any]],
+        by_email: Mapping[str, Mapping[str, Any]],
     ) -> MailingRecipient:
         if entry.get("user_id") is not None:
             user_id = object_id(entry["user_id"], f"{where}.user_id")
@@ -108,7 +115,11 @@ class ResolvedRecipients:
             # An invitation names its members by their mailing_id (sampler/invitations.py).
             scope: dict[str, Any] = {"mailing_id": self.mailing["_id"]}
         else:
-            scope = {"sample_id": object_id(self.mailing["sample_id"], "sample_id"), "invited_at": None, "mailing_id": {"$exists": False}}
+            scope = {
+                "sample_id": object_id(self.mailing["sample_id"], "sample_id"),
+                "invited_at": None,
+                "mailing_id": {"$exists": False},
+            }
         members = self.db.sample_members.find(scope, {"user_id": 1, "_id": 0}, batch_size=self.chunk_size)
         user_ids: list[Any] = []
         for member in members:
@@ -138,7 +149,9 @@ class ResolvedRecipients:
             return {}
         return {user["_id"]: user for user in self.db.users.find({field_name: {"$in": values}}, USER_FIELDS)}
 
-    def _recipient(self, user: Mapping[str, Any], raw_data: Any, data_field: str, address_field: str) -> MailingRecipient:
+    def _recipient(
+        self, user: Mapping[str, Any], raw_data: Any, data_field: str, address_field: str
+    ) -> MailingRecipient:
         problem = None
         try:
             data = mailing_data(raw_data, data_field)
@@ -154,10 +167,14 @@ class ResolvedRecipients:
             problem = f"{address_field}: {wrong_address}"
         status = user.get("status", ACTIVE)
         suppressed = None if status == ACTIVE else f"member status is {status}"
-        return MailingRecipient(email=email, data=data, user_id=user.get("_id"), suppressed_reason=suppressed, problem=problem)
+        return MailingRecipient(
+            email=email, data=data, user_id=user.get("_id"), suppressed_reason=suppressed, problem=problem
+        )
 
 
-def resolve_recipients(db: Database, mailing: Mapping[str, Any], unsubscribe_link: UnsubscribeLink | None) -> ResolvedRecipients:
+def resolve_recipients(
+    db: Database, mailing: Mapping[str, Any], unsubscribe_link: UnsubscribeLink | None
+) -> ResolvedRecipients:
     """The mailing's recipients with their data (first name), streamed; members who are not
     `active` are kept but suppressed, so the ledger records why they were not mailed.
 

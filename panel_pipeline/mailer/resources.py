@@ -59,21 +59,29 @@ class SesResource(AwsServiceResource):
     )
     unsubscribe_secret: str = Field(description="Signs the unsubscribe tokens; set it from an environment variable.")
     unsubscribe_key_version: str = Field(
-        default=DEFAULT_KEY_VERSION, description="Names the secret in each token (v1, v2, ...); change it with the secret."
+        default=DEFAULT_KEY_VERSION,
+        description="Names the secret in each token (v1, v2, ...); change it with the secret.",
     )
     link_hosts: str = Field(
         description="Comma-separated hosts that links in our e-mail (survey_url, reset_url, ...) may point at; "
         "`*.example.org` allows its subdomains. The unsubscribe URL's host is always allowed."
     )
-    allow_http_links: bool = Field(default=False, description="Allow http:// links as well as https://; the local run only.")
+    allow_http_links: bool = Field(
+        default=False, description="Allow http:// links as well as https://; the local run only."
+    )
     recipient_lease_seconds: float = Field(
-        default=300.0, gt=0, description="How long a worker holds a claimed batch of recipients before another may take it."
+        default=300.0,
+        gt=0,
+        description="How long a worker holds a claimed batch of recipients before another may take it.",
     )
     quota_pause_seconds: float = Field(
-        default=3600.0, gt=0, description="After SES's daily-quota or sending-paused answer, try the mailing again this much later."
+        default=3600.0,
+        gt=0,
+        description="After SES's daily-quota or sending-paused answer, try the mailing again this much later.",
     )
     event_silence_seconds: float = Field(
-        default=600.0, gt=0,
+        default=600.0,
+        gt=0,
         description="How far past an attempt SES's Send events must reach before its silence means 'not accepted' "
         "(SNS and SQS do not keep their order).",
     )
@@ -126,23 +134,31 @@ class SesResource(AwsServiceResource):
             configuration_set=self.configuration_set,
             endpoint_url=self.endpoint_url,
             max_send_rate=self.max_send_rate,
-            template_calls_per_second=LOCAL_TEMPLATE_CALLS_PER_SECOND if self.endpoint_url else TEMPLATE_CALLS_PER_SECOND,
+            template_calls_per_second=LOCAL_TEMPLATE_CALLS_PER_SECOND
+            if self.endpoint_url
+            else TEMPLATE_CALLS_PER_SECOND,
         )
 
 
 class SqsResource(AwsServiceResource):
     """The SQS queue subscribed to the SNS topic that the SES configuration set publishes events to."""
 
-    queue_url: str = Field(description="The queue's URL, e.g. https://sqs.eu-west-2.amazonaws.com/<account>/panel-ses-events.")
+    queue_url: str = Field(
+        description="The queue's URL, e.g. https://sqs.eu-west-2.amazonaws.com/<account>/panel-ses-events."
+    )
     topic_arn: str = Field(
         description="The SNS topic the SES configuration set publishes to; a message from any other topic is dropped."
     )
-    wait_seconds: int = Field(default=5, ge=1, le=20, description="Long-poll wait of each receive; a drain ends after one empty wait.")
+    wait_seconds: int = Field(
+        default=5, ge=1, le=20, description="Long-poll wait of each receive; a drain ends after one empty wait."
+    )
 
     def queue(self) -> SqsQueue:
         # Short connect timeout so an unreachable queue costs a sensor tick seconds, not minutes;
         # the read timeout must outlast the long poll.
-        config = Config(connect_timeout=3, read_timeout=self.wait_seconds + 10, retries={"mode": "standard", "max_attempts": 2})
+        config = Config(
+            connect_timeout=3, read_timeout=self.wait_seconds + 10, retries={"mode": "standard", "max_attempts": 2}
+        )
         client = self.session().client("sqs", endpoint_url=self.endpoint_url, config=config)
         return SqsQueue(client, self.queue_url, self.wait_seconds, self.topic_arn)
 
@@ -150,7 +166,9 @@ class SqsResource(AwsServiceResource):
     @classmethod
     def _topic_is_an_arn(cls, topic_arn: Any) -> Any:
         if _resolved(topic_arn) and not TOPIC_ARN.fullmatch(str(topic_arn)):
-            raise ValueError("topic_arn: not an SNS topic ARN (arn:aws:sns:<region>:<account>:<name>); set SES_EVENTS_TOPIC_ARN")
+            raise ValueError(
+                "topic_arn: not an SNS topic ARN (arn:aws:sns:<region>:<account>:<name>); set SES_EVENTS_TOPIC_ARN"
+            )
         return topic_arn
 
 

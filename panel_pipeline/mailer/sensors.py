@@ -45,10 +45,11 @@ def ses_feedback_sensor(context: dg.SensorEvaluationContext, sqs: SqsResource) -
     try:
         waiting = sqs.queue().waiting()
     except (BotoCoreError, ClientError) as exc:
-        return dg.SensorResult(skip_reason=f"the SES event queue is unreachable ({aws_error_code(exc)}); trying again on the next tick")
+        return dg.SensorResult(
+            skip_reason=f"the SES event queue is unreachable ({aws_error_code(exc)}); trying again on the next tick"
+        )
     if not waiting:
         return dg.SensorResult(skip_reason="no SES events waiting")
     if run_in_flight(context.instance, ses_feedback_job.name):
         return dg.SensorResult(skip_reason=f"{waiting} SES events waiting for the ses_feedback run already under way")
     return dg.SensorResult(run_requests=[dg.RunRequest(tags={"panel/waiting_messages": str(waiting)})])
-

@@ -35,7 +35,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import boto3
@@ -46,7 +46,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ParamValidationError,
 )
-from botocore.model import Shape
+from botocore.model import ListShape, Shape, StructureShape
 from botocore.validate import ParamValidator
 
 from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
@@ -72,7 +72,7 @@ class SendEventsNotPublished(Exception):
     """The configuration set publishes no Send events to SNS: unknown recipients could never be settled."""
 
 
-class SendStatus(str, Enum):
+class SendStatus(StrEnum):
     """What became of one recipient of a send call, by what the mailer should do next."""
 
     SENT = "sent"
@@ -202,7 +202,9 @@ class SesGateway:
         self._ensured_templates: set[str] = set()
         self._send_events_checked = False
         self._entry_shape: Shape = (
-            self._send_client.meta.service_model.operation_model("SendBulkEmail").input_shape.members["BulkEmailEntries"].member
+            self._send_client.meta.service_model.operation_model("SendBulkEmail")
+            .input_shape.members["BulkEmailEntries"]
+            .member
         )
 
     def _client(self, session: boto3.session.Session, total_max_attempts: int) -> Any:
@@ -275,7 +277,9 @@ class SesGateway:
         except ClientError as exc:
             if self.endpoint_url and aws_error_code(exc) in {"404", "UnknownOperationException"}:
                 # A local emulator without configuration sets (the bare aws-ses-v2-local): nothing to check.
-                log.warning("SES endpoint %s cannot list event destinations; Send events not checked", self.endpoint_url)
+                log.warning(
+                    "SES endpoint %s cannot list event destinations; Send events not checked", self.endpoint_url
+                )
                 self._send_events_checked = True
                 return
             raise SesAdminError(describe_error(exc)) from None
@@ -340,9 +344,16 @@ class SesGateway:
             if problem is None:
                 built.append((recipient.recipient_key, entry))
             else:
-                not_built.append(EntryResult(recipient.recipient_key, SendStatus.FAILED, NOT_BUILT, None, f"not sent: {problem}"))
+                not_built.append(
+                    EntryResult(recipient.recipient_key, SendStatus.FAILED, NOT_BUILT, None, f"not sent: {problem}")
+                )
         if not_built:
-            log.warning("mailing %s batch %s: %d entries could not be built and fail alone", send.mailing_id, send.batch_id, len(not_built))
+            log.warning(
+                "mailing %s batch %s: %d entries could not be built and fail alone",
+                send.mailing_id,
+                send.batch_id,
+                len(not_built),
+            )
         return built, not_built
 
     def _entry_problem(self, entry: Mapping[str, Any]) -> str | None:
@@ -352,13 +363,17 @@ class SesGateway:
         problems = _model_problems(entry, self._entry_shape, "entry")
         return "SES would refuse the entry: " + "; ".join(problems) if problems else None
 
-    def _send_entries(self, send: BulkSend, built: Sequence[tuple[str, dict[str, Any]]]) -> tuple[list[EntryResult], int]:
+    def _send_entries(
+        self, send: BulkSend, built: Sequence[tuple[str, dict[str, Any]]]
+    ) -> tuple[list[EntryResult], int]:
         keys = [key for key, _ in built]
         try:
             response = self._send_client.send_bulk_email(**self._request(send, [entry for _, entry in built]))
         except ClientError as exc:
             if aws_error_code(exc) == BAD_REQUEST:
-                return self._split_refused(send, built, redact(exc.response.get("Error", {}).get("Message", "") or BAD_REQUEST))
+                return self._split_refused(
+                    send, built, redact(exc.response.get("Error", {}).get("Message", "") or BAD_REQUEST)
+                )
             return self._call_error(send, keys, exc), 0
         except ParamValidationError as exc:  # raised before anything went out
             return self._split_refused(send, built, redact(str(exc)))
@@ -368,20 +383,35 @@ class SesGateway:
         except Exception as exc:  # noqa: BLE001 - any other failure may have happened after SES accepted
             log.error(
                 "mailing %s batch %s: no answer from SES (%s); %d recipients are unknown",
-                send.mailing_id, send.batch_id, type(exc).__name__, len(keys),
+                send.mailing_id,
+                send.batch_id,
+                type(exc).__name__,
+                len(keys),
             )
             return _all(keys, SendStatus.UNKNOWN, type(exc).__name__, redact(str(exc))), 0
         return self._entry_results(send, keys, response)
 
-    def _split_refused(self, send: BulkSend, built: Sequence[tuple[str, dict[str, Any]]], message: str) -> tuple[list[EntryResult], int]:
+    def _split_refused(
+        self, send: BulkSend, built: Sequence[tuple[str, dict[str, Any]]], message: str
+    ) -> tuple[list[EntryResult], int]:
         """SES refused the call as a bad request and sent nothing: alone, an entry fails with the
         reason; otherwise each half goes again (paced), so one bad entry cannot hold back the rest."""
         if len(built) == 1:
-            log.warning("mailing %s batch %s: SES refused one entry as a bad request: %s", send.mailing_id, send.batch_id, message)
-            return [EntryResult(built[0][0], SendStatus.FAILED, BAD_REQUEST, None, f"SES refused this recipient: {message}")], 0
+            log.warning(
+                "mailing %s batch %s: SES refused one entry as a bad request: %s",
+                send.mailing_id,
+                send.batch_id,
+                message,
+            )
+            return [
+                EntryResult(built[0][0], SendStatus.FAILED, BAD_REQUEST, None, f"SES refused this recipient: {message}")
+            ], 0
         log.warning(
             "mailing %s batch %s: SES refused %d entries as a bad request (%s); splitting them",
-            send.mailing_id, send.batch_id, len(built), message,
+            send.mailing_id,
+            send.batch_id,
+            len(built),
+            message,
         )
         middle = len(built) // 2
         results: list[EntryResult] = []
@@ -435,15 +465,20 @@ class SesGateway:
             ]
         return entry
 
-    def _entry_results(self, send: BulkSend, keys: Sequence[str], response: Mapping[str, Any]) -> tuple[list[EntryResult], int]:
+    def _entry_results(
+        self, send: BulkSend, keys: Sequence[str], response: Mapping[str, Any]
+    ) -> tuple[list[EntryResult], int]:
         answers = response.get("BulkEmailEntryResults", [])
         if len(answers) != len(keys):
             log.error(
                 "mailing %s batch %s: SES answered %d entries for %d recipients",
-                send.mailing_id, send.batch_id, len(answers), len(keys),
+                send.mailing_id,
+                send.batch_id,
+                len(answers),
+                len(keys),
             )
             return _all(keys, SendStatus.UNKNOWN, None, "entry count mismatch in the SES answer"), 0
-        entries = [self._entry_result(key, answer) for key, answer in zip(keys, answers)]
+        entries = [self._entry_result(key, answer) for key, answer in zip(keys, answers, strict=True)]
         retry_attempts = int(response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
         log.info("mailing %s batch %s: %s", send.mailing_id, send.batch_id, BatchResult(entries).counts())
         if retry_attempts:
@@ -470,7 +505,12 @@ class SesGateway:
         message = redact(exc.response.get("Error", {}).get("Message", "") or code)
         log.warning(
             "mailing %s batch %s: SES refused the call (%s, HTTP %s): %s -> %s",
-            send.mailing_id, send.batch_id, code, http_status, message, outcome.value,
+            send.mailing_id,
+            send.batch_id,
+            code,
+            http_status,
+            message,
+            outcome.value,
         )
         return _all(keys, outcome, code, message)
 
@@ -480,7 +520,10 @@ def _all(keys: Sequence[str], outcome: SendStatus, status: str | None, error: st
 
 
 def _paused_as_bad_request(result: EntryResult, entries: int) -> EntryResult:
-    error = f"SES refused each of the {entries} entries, even alone, as a bad request: the request itself is wrong ({result.error})"
+    error = (
+        f"SES refused each of the {entries} entries, even alone, as a bad request: "
+        f"the request itself is wrong ({result.error})"
+    )
     return EntryResult(result.recipient_key, SendStatus.PAUSE, BAD_REQUEST, None, error)
 
 
@@ -529,11 +572,22 @@ def _first_non_json(data: Any) -> str:
 def _model_problems(value: Any, shape: Shape, path: str) -> list[str]:
     """What SES checks that botocore's validator does not: maximum lengths and patterns."""
     limit = shape.metadata.get("max")
-    if shape.type_name == "structure" and isinstance(value, Mapping):
-        return [p for name, member in shape.members.items() if name in value for p in _model_problems(value[name], member, f"{path}.{name}")]
-    if shape.type_name == "list" and isinstance(value, list):
-        too_many = [f"{path} has {len(value)} items, at most {limit} allowed"] if limit is not None and len(value) > limit else []
-        return too_many + [p for i, item in enumerate(value) for p in _model_problems(item, shape.member, f"{path}.{i}")]
+    if isinstance(shape, StructureShape) and isinstance(value, Mapping):
+        return [
+            p
+            for name, member in shape.members.items()
+            if name in value
+            for p in _model_problems(value[name], member, f"{path}.{name}")
+        ]
+    if isinstance(shape, ListShape) and isinstance(value, list):
+        too_many = (
+            [f"{path} has {len(value)} items, at most {limit} allowed"]
+            if limit is not None and len(value) > limit
+            else []
+        )
+        return too_many + [
+            p for i, item in enumerate(value) for p in _model_problems(item, shape.member, f"{path}.{i}")
+        ]
     if shape.type_name == "string" and isinstance(value, str):
         if limit is not None and len(value) > limit:
             return [f"{path} is {len(value)} characters, at most {limit} allowed"]

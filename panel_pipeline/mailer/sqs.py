@@ -33,5 +33,7 @@ class SqsQueue:
 
     def waiting(self) -> int:
         """Messages ready to be received now (SQS's approximate count)."""
-        attributes = self.client.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+        attributes = self.client.get_queue_attributes(
+            QueueUrl=self.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+        )
         return int(attributes["Attributes"]["ApproximateNumberOfMessages"])

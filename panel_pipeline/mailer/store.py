@@ -1,4 +1,5 @@
-"""The Mailer's Mongo access. `mail_log`: the per-recipient ledger that makes each mailing reach each recipient at most once.
+"""The Mailer's Mongo access. `mail_log`: the per-recipient ledger that makes each mailing reach each
+recipient at most once.
 
 One document per (mailing, recipient), unique on (mailing_id, recipient_key) and on
 (mailing_id, email), so expanding a mailing twice, or listing a person twice, adds nobody twice.
@@ -242,9 +243,22 @@ class MailLedger:
         now = self._clock.now()
         for reason, keys in _keys_by_reason(reasons).items():
             self.collection.update_many(
-                {"batch_id": batch.batch_id, "recipient_key": {"$in": keys}, "status": CLAIMED, "lease_owner": batch.owner},
-                {"$set": {"status": SUPPRESSED, "error": reason[:ERROR_MAX_CHARS], "updated_at": now, "lease_owner": None, "lease_until": None},
-                 "$unset": {"data": ""}},
+                {
+                    "batch_id": batch.batch_id,
+                    "recipient_key": {"$in": keys},
+                    "status": CLAIMED,
+                    "lease_owner": batch.owner,
+                },
+                {
+                    "$set": {
+                        "status": SUPPRESSED,
+                        "error": reason[:ERROR_MAX_CHARS],
+                        "updated_at": now,
+                        "lease_owner": None,
+                        "lease_until": None,
+                    },
+                    "$unset": {"data": ""},
+                },
             )
         rows = [row for row in batch.rows if row["recipient_key"] not in reasons]
         return Batch(batch.batch_id, batch.mailing_id, batch.owner, rows)
@@ -262,7 +276,11 @@ class MailLedger:
         for result in results:
             update = self._result_update(result, now, retry_at)
             matched = self.collection.update_one(
-                {"batch_id": batch.batch_id, "recipient_key": result.recipient_key, "status": {"$in": [CLAIMED, UNKNOWN]}},
+                {
+                    "batch_id": batch.batch_id,
+                    "recipient_key": result.recipient_key,
+                    "status": {"$in": [CLAIMED, UNKNOWN]},
+                },
                 update,
             ).modified_count
             status = update["$set"]["status"]
@@ -272,7 +290,12 @@ class MailLedger:
     @staticmethod
     def _result_update(result: EntryResult, now: dt.datetime, retry_at: dt.datetime | None) -> dict[str, Any]:
         error = (result.error or "")[:ERROR_MAX_CHARS] or None
-        fields: dict[str, Any] = {"ses_status": result.ses_status, "updated_at": now, "lease_owner": None, "lease_until": None}
+        fields: dict[str, Any] = {
+            "ses_status": result.ses_status,
+            "updated_at": now,
+            "lease_owner": None,
+            "lease_until": None,
+        }
         if result.outcome is SendStatus.SENT:
             fields |= {"status": SENT, "ses_message_id": result.message_id, "sent_at": now, "error": None}
         elif result.outcome is SendStatus.FAILED:
@@ -281,7 +304,10 @@ class MailLedger:
             return {"$set": fields | {"status": UNKNOWN, "error": error}}  # may be sent again: keeps its data
         else:
             # Nothing was sent: the row may be claimed again once retry_at has passed.
-            return {"$set": fields | {"status": PENDING, "error": error, "retry_at": retry_at or now, "attempt_started_at": None}}
+            return {
+                "$set": fields
+                | {"status": PENDING, "error": error, "retry_at": retry_at or now, "attempt_started_at": None}
+            }
         return {"$set": fields, "$unset": {"data": ""}}
 
     # --- recovery and reconciliation ------------------------------------------------------------
@@ -290,7 +316,12 @@ class MailLedger:
         """Rows whose worker died after starting the attempt become `unknown`; returns how many."""
         now = self._clock.now()
         return self.collection.update_many(
-            {"mailing_id": mailing_id, "status": CLAIMED, "attempt_started_at": {"$ne": None}, "lease_until": {"$lt": now}},
+            {
+                "mailing_id": mailing_id,
+                "status": CLAIMED,
+                "attempt_started_at": {"$ne": None},
+                "lease_until": {"$lt": now},
+            },
             {"$set": {"status": UNKNOWN, "error": "worker stopped after the SES call started", "updated_at": now}},
         ).modified_count
 
@@ -333,19 +364,37 @@ class MailLedger:
         unknown = list(self.collection.find({"mailing_id": mailing_id, "status": UNKNOWN}, {"batch_id": 1}))
         if not unknown:
             return {}
-        stored = self.events.find({"mailing_id": mailing_id, "batch_id": {"$in": sorted({row["batch_id"] for row in unknown})}})
+        stored = self.events.find(
+            {"mailing_id": mailing_id, "batch_id": {"$in": sorted({row["batch_id"] for row in unknown})}}
+        )
         settled = self.reconcile(
-            SendEvent(doc["event_type"], str(doc["mailing_id"]), doc["batch_id"], doc["recipient_key"], doc.get("message_id", ""), doc.get("error"))
+            SendEvent(
+                doc["event_type"],
+                str(doc["mailing_id"]),
+                doc["batch_id"],
+                doc["recipient_key"],
+                doc.get("message_id", ""),
+                doc.get("error"),
+            )
             for doc in stored
         )
         settled[PENDING] = 0
-        newest = self.events.find_one({"event_type": SEND_EVENT}, {"occurred_at": 1}, sort=[("occurred_at", DESCENDING)])
+        newest = self.events.find_one(
+            {"event_type": SEND_EVENT}, {"occurred_at": 1}, sort=[("occurred_at", DESCENDING)]
+        )
         if newest is not None:
             now = self._clock.now()
             heard_until = as_utc(newest["occurred_at"]) - silence
             settled[PENDING] = self.collection.update_many(
                 {"mailing_id": mailing_id, "status": UNKNOWN, "attempt_started_at": {"$lt": heard_until}},
-                {"$set": {"status": PENDING, "retry_at": now, "updated_at": now, "error": "SES reported no Send event: not accepted, sent again"}},
+                {
+                    "$set": {
+                        "status": PENDING,
+                        "retry_at": now,
+                        "updated_at": now,
+                        "error": "SES reported no Send event: not accepted, sent again",
+                    }
+                },
             ).modified_count
         return settled
 
@@ -357,7 +406,9 @@ class MailLedger:
         if to_status not in (PENDING, FAILED):
             raise ValueError("unknown rows are released to pending or failed")
         now = self._clock.now()
-        update: dict[str, Any] = {"$set": {"status": to_status, "retry_at": now, "updated_at": now, "error": "released: no SES event"}}
+        update: dict[str, Any] = {
+            "$set": {"status": to_status, "retry_at": now, "updated_at": now, "error": "released: no SES event"}
+        }
         if to_status == FAILED:
             update["$unset"] = {"data": ""}
         return self.collection.update_many(
@@ -367,7 +418,9 @@ class MailLedger:
     def sent_user_ids(self, mailing_id: ObjectId) -> Iterable[Any]:
         """The user ids of the mailing's sent rows, streamed from a cursor (never all in memory)."""
         cursor = self.collection.find(
-            {"mailing_id": mailing_id, "status": SENT, "user_id": {"$ne": None}}, {"user_id": 1, "_id": 0}, batch_size=ROWS_PER_INSERT
+            {"mailing_id": mailing_id, "status": SENT, "user_id": {"$ne": None}},
+            {"user_id": 1, "_id": 0},
+            batch_size=ROWS_PER_INSERT,
         )
         return (row["user_id"] for row in cursor)
 
@@ -375,18 +428,26 @@ class MailLedger:
 
     def counts(self, mailing_id: ObjectId) -> dict[str, int]:
         counts = {status: 0 for status in ALL_STATUSES}
-        pipeline: list[dict[str, Any]] = [{"$match": {"mailing_id": mailing_id}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"mailing_id": mailing_id}},
+            {"$group": {"_id": "$status", "n": {"$sum": 1}}},
+        ]
         for group in self.collection.aggregate(pipeline):
             counts[group["_id"]] = group["n"]
         return counts
 
     def mailing_done(self, mailing_id: ObjectId) -> bool:
         """True when nothing is pending, claimed or unknown: every recipient has a final outcome."""
-        return self.collection.count_documents({"mailing_id": mailing_id, "status": {"$in": list(OPEN_STATUSES)}}, limit=1) == 0
+        return (
+            self.collection.count_documents({"mailing_id": mailing_id, "status": {"$in": list(OPEN_STATUSES)}}, limit=1)
+            == 0
+        )
 
     def next_retry_at(self, mailing_id: ObjectId) -> dt.datetime | None:
         """When the earliest pending row becomes claimable (None if nothing is pending)."""
-        row = self.collection.find_one({"mailing_id": mailing_id, "status": PENDING}, {"retry_at": 1}, sort=[("retry_at", ASCENDING)])
+        row = self.collection.find_one(
+            {"mailing_id": mailing_id, "status": PENDING}, {"retry_at": 1}, sort=[("retry_at", ASCENDING)]
+        )
         if row is None:
             return None
         return row.get("retry_at") or self._clock.now()

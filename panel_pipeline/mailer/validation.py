@@ -59,7 +59,7 @@ def check_mailing(mailing: Mapping[str, Any], template_names: Iterable[str]) -> 
         raise RequestRejected(f"template: no template {_short_repr(template)}; known: {', '.join(names)}")
     kind = mailing.get("kind", BULK)
     if kind not in MAIL_KINDS:
-        raise RequestRejected(f"kind: must be \"bulk\" or \"transactional\", not {_short_repr(kind)}")
+        raise RequestRejected(f'kind: must be "bulk" or "transactional", not {_short_repr(kind)}')
     try:
         mailing_data(mailing.get("default_data"))
     except DataProblem as problem:

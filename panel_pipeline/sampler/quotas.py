@@ -280,7 +280,7 @@ def _field_codes(panel: pd.DataFrame, fields: set[str]) -> dict[str, np.ndarray]
         if isinstance(column.dtype, pd.CategoricalDtype) and list(column.cat.categories) == values:
             codes[field] = column.cat.codes.to_numpy().astype(np.int64)
         else:
-            codes[field] = pd.Index(values).get_indexer(column.astype(object)).astype(np.int64)
+            codes[field] = pd.Index(values).get_indexer(pd.Index(column.astype(object))).astype(np.int64)
     return codes
 
 

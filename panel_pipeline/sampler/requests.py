@@ -179,7 +179,9 @@ class InvitationRequest(BaseModel):
             raise RequestFieldError((), f"must be an object of template variables, got {type(value).__name__}")
         for key in value:
             if key in MAILER_OWNED_KEYS:
-                raise RequestFieldError((str(key),), "is set by the Mailer (escaped copy / the member's own signed link); remove it")
+                raise RequestFieldError(
+                    (str(key),), "is set by the Mailer (escaped copy / the member's own signed link); remove it"
+                )
         check_plain_data(value, ())
         return dict(value)
 
@@ -190,7 +192,8 @@ class InvitationRequest(BaseModel):
         missing = check_recipient_data(template, {**placeholders, **self.default_data})
         if missing:
             raise RequestFieldError(
-                ("default_data",), f"template {self.template} needs {', '.join(missing)}, missing (or null) in the default data"
+                ("default_data",),
+                f"template {self.template} needs {', '.join(missing)}, missing (or null) in the default data",
             )
         return self
 
@@ -304,7 +307,10 @@ class SampleRequest(BaseModel):
         space = math.prod(_cell_count(split_key(key)) for key in keys)
         space *= 1 + _cell_count(self.expected_response_rate.fields)
         if space > MAX_CELL_SPACE:
-            raise RequestFieldError(("quotas",), "the targets cross too many cells (more than 2^62 combinations); use fewer or smaller crossed targets")
+            raise RequestFieldError(
+                ("quotas",),
+                "the targets cross too many cells (more than 2^62 combinations); use fewer or smaller crossed targets",
+            )
         return self
 
 
@@ -342,7 +348,11 @@ def _path_part(part: Any) -> str:
 
 def whole_number(value: Any, low: int, high: int) -> int:
     """An integer (or a whole float, as JSON numbers arrive) within [low, high]; never a string or bool."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or (isinstance(value, float) and not value.is_integer()):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and not value.is_integer())
+    ):
         raise RequestFieldError((), f"must be a whole number from {low} to {high}, got {_shown(value)}")
     if not low <= value <= high:
         raise RequestFieldError((), f"must be a whole number from {low} to {high}, got {_shown(value)}")
@@ -356,7 +366,9 @@ def survey_id_text(value: Any) -> str:
         return str(value)
     if isinstance(value, str) and SURVEY_ID_PATTERN.match(value) and not (value.isdigit() and int(value) > MAX_SEED):
         return value
-    raise RequestFieldError((), f"must be a survey id (a positive integer or up to 64 letters, digits, _.:-), got {_shown(value)}")
+    raise RequestFieldError(
+        (), f"must be a survey id (a positive integer or up to 64 letters, digits, _.:-), got {_shown(value)}"
+    )
 
 
 @functools.cache
@@ -476,7 +488,7 @@ def _mongo_condition(condition: Condition, year: int) -> tuple[str, str, FilterV
     if condition.field != "age":
         return f"profile.{condition.field}", condition.operator, condition.value
     value = condition.value
-    birth_years = tuple(year - age for age in value) if isinstance(value, tuple) else year - value  # type: ignore[operator, union-attr]
+    birth_years = tuple(year - int(age) for age in value) if isinstance(value, tuple) else year - int(value)
     return "profile.birth_year", _MIRRORED_OPERATOR.get(condition.operator, condition.operator), birth_years
 
 
@@ -602,11 +614,14 @@ def parse_response_rates(raw: Any) -> ResponseRates:
     _refuse_repeated_cells(key, [str(cell) for cell in table])
     rates = {_check_cell(key, str(cell), fields): _parse_rate((key, str(cell)), rate) for cell, rate in table.items()}
     if default is None:
-        unlisted = [cell for cell in itertools.product(*(PROFILE_CATEGORIES[field] for field in fields)) if cell not in rates]
+        unlisted = [
+            cell for cell in itertools.product(*(PROFILE_CATEGORIES[field] for field in fields)) if cell not in rates
+        ]
         if unlisted:
             shown = ", ".join(CELL_SEPARATOR.join(cell) for cell in unlisted[:5]) + (", …" if len(unlisted) > 5 else "")
             raise RequestFieldError(
-                (key,), f"no rate for {len(unlisted)} cell(s) ({shown}) and no default; list every cell or add a default"
+                (key,),
+                f"no rate for {len(unlisted)} cell(s) ({shown}) and no default; list every cell or add a default",
             )
         # Every cell is listed: members without a value for the table's fields get the lowest rate
         # (the cautious guess: more invitations, never fewer completes than planned).

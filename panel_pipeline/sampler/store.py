@@ -72,11 +72,15 @@ def load_panel(db: Database, request: SampleRequest, as_of_year: int) -> pd.Data
     return pd.DataFrame(columns, index=pd.Index([str(doc["_id"]) for doc in docs]))
 
 
-def _panel_column(field: str, values: list[str], codes: np.ndarray, as_of_year: int) -> pd.Categorical | np.ndarray:
+def _panel_column(
+    field: str, values: list[str], codes: np.ndarray, as_of_year: int
+) -> pd.Categorical[str] | np.ndarray:
     """One column from the values of each distinct combination and each member's combination code."""
     if field in PROFILE_CATEGORIES:
         categories = PROFILE_CATEGORIES[field]
-        return pd.Categorical.from_codes(pd.Index(categories).get_indexer(values), categories=categories)[codes]
+        return pd.Categorical.from_codes(
+            pd.Index(categories).get_indexer(pd.Index(values)), categories=pd.Index(categories)
+        )[codes]
     numbers = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype=float)[codes]
     return as_of_year - numbers if field == "age" else numbers
 

@@ -115,7 +115,7 @@ def check_recipient_data(template: EmailTemplate, data: Mapping[str, Any]) -> li
 
 def _raw_name(path: str) -> str:
     prefix = f"{HTML_COPY_KEY}."
-    return path[len(prefix):] if path.startswith(prefix) else path
+    return path[len(prefix) :] if path.startswith(prefix) else path
 
 
 def _missing(value: Any, segments: list[str]) -> bool:

@@ -15,6 +15,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pandas as pd
 
@@ -56,7 +57,7 @@ class Placement:
     filled: Mapping[str, Counter[Cell]] = field(default_factory=dict)  # members per cell, joiners included
 
 
-def cell_of(profile: Mapping[str, object], target: Target) -> Cell | None:
+def cell_of(profile: Mapping[Any, Any] | pd.Series, target: Target) -> Cell | None:
     cell = tuple(str(profile.get(name)) if profile.get(name) is not None else "" for name in target.fields)
     return cell if cell in target.shares else None
 

@@ -15,8 +15,11 @@ SERVICES = ("mongo", "surveygizmo", "sns_sqs", "ses")
 def run_local(state_dir: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "panel_pipeline.local", *arguments],
-        cwd=ROOT, env={**os.environ, "PANEL_PIPELINE_STATE_DIR": str(state_dir)},
-        capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PANEL_PIPELINE_STATE_DIR": str(state_dir)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -4,9 +4,8 @@ from panel_pipeline.local.mongod import LocalMongod, MongodError, free_port
 
 
 def test_replica_set_supports_transactions(mongo_client, mongo_db):
-    with mongo_client.start_session() as session:
-        with session.start_transaction():
-            mongo_db.things.insert_one({"a": 1}, session=session)
+    with mongo_client.start_session() as session, session.start_transaction():
+        mongo_db.things.insert_one({"a": 1}, session=session)
     assert mongo_db.things.count_documents({}) == 1
 
 

@@ -29,7 +29,7 @@ from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
 ZONE = ZoneInfo("America/New_York")
 AS_OF = dt.date(2025, 6, 1)
-SUBMITTED = dt.datetime(2025, 3, 9, 6, 59, tzinfo=dt.timezone.utc)
+SUBMITTED = dt.datetime(2025, 3, 9, 6, 59, tzinfo=dt.UTC)
 MAPPING = load_profile_mapping()
 SHORTNAMES = question_shortnames(PROFILE_SURVEY)
 CATEGORICAL = ("gender", "region", "social_grade", "education", "vote_2019", "vote_2024", "eu_ref_vote")
@@ -39,14 +39,21 @@ def every_value_profiles() -> list[dict[str, Any]]:
     """Enough hand-made profiles that every contract value of every field appears at least once."""
     longest = max(len(PROFILE_CATEGORIES[field]) for field in CATEGORICAL)
     return [
-        {"birth_year": 1940 + 5 * index, **{field: PROFILE_CATEGORIES[field][index % len(PROFILE_CATEGORIES[field])] for field in CATEGORICAL}}
+        {
+            "birth_year": 1940 + 5 * index,
+            **{field: PROFILE_CATEGORIES[field][index % len(PROFILE_CATEGORIES[field])] for field in CATEGORICAL},
+        }
         for index in range(longest)
     ]
 
 
 def round_trip(profile: dict[str, Any], response_id: int = 1) -> dict[str, Any]:
-    record = response_record(profile, response_id=response_id, submitted_at=SUBMITTED, account_zone=ZONE, panel_id="P-1")
-    result = normalize_profile(parse_response(record, PROFILE_SURVEY_ID, ZONE), MAPPING, shortnames=SHORTNAMES, as_of=AS_OF)
+    record = response_record(
+        profile, response_id=response_id, submitted_at=SUBMITTED, account_zone=ZONE, panel_id="P-1"
+    )
+    result = normalize_profile(
+        parse_response(record, PROFILE_SURVEY_ID, ZONE), MAPPING, shortnames=SHORTNAMES, as_of=AS_OF
+    )
     assert result.problems == ()
     return result.profile
 
@@ -68,11 +75,26 @@ def test_partial_profiles_round_trip_without_empty_values() -> None:
 
 
 def test_records_have_the_v5_shape() -> None:
-    record = response_record({"gender": "female"}, response_id=12, submitted_at=SUBMITTED, account_zone=ZONE, panel_id="P-7", is_test_data=True)
+    record = response_record(
+        {"gender": "female"},
+        response_id=12,
+        submitted_at=SUBMITTED,
+        account_zone=ZONE,
+        panel_id="P-7",
+        is_test_data=True,
+    )
     assert record["date_submitted"] == "2025-03-09 01:59:00 EST"
     assert (record["id"], record["is_test_data"], record["status"]) == ("12", "1", "Complete")
     assert record["url_variables"]["pid"] == {"key": "pid", "value": "P-7", "type": "url"}
-    assert record["survey_data"]["10"] == {"id": 10, "type": "RADIO", "question": "How do you describe yourself?", "section_id": 1, "answer": "Female", "answer_id": 10001, "shown": True}
+    assert record["survey_data"]["10"] == {
+        "id": 10,
+        "type": "RADIO",
+        "question": "How do you describe yourself?",
+        "section_id": 1,
+        "answer": "Female",
+        "answer_id": 10001,
+        "shown": True,
+    }
     assert record["survey_data"]["11"]["shown"] is False and "answer" not in record["survey_data"]["11"]
     assert record["survey_data"]["15"]["subquestions"]["16"]["parent"] == 15
     with pytest.raises(ValueError, match="not a contract value"):
@@ -85,9 +107,11 @@ def synthetic_profiles(n: int, seed: int) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("make_profiles", [synthetic_profiles])
-def test_a_synthetic_panel_survives_server_client_parse_and_normalize(make_profiles: Callable[[int, int], pd.DataFrame]) -> None:
+def test_a_synthetic_panel_survives_server_client_parse_and_normalize(
+    make_profiles: Callable[[int, int], pd.DataFrame],
+) -> None:
     profiles = make_profiles(1200, 3)
-    start = dt.datetime(2025, 3, 1, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
     end = start + dt.timedelta(days=14)  # spans the 2025-03-09 spring-forward in New York
     with LocalSurveyGizmo("t", "s") as server:
         load_demo_data(server, profiles, start, end)
@@ -97,9 +121,13 @@ def test_a_synthetic_panel_survives_server_client_parse_and_normalize(make_profi
 
     shortnames = question_shortnames(survey)
     back = [
-        normalize_profile(parse_response(record, PROFILE_SURVEY_ID, client.account_zone), MAPPING, shortnames=shortnames, as_of=AS_OF)
+        normalize_profile(
+            parse_response(record, PROFILE_SURVEY_ID, client.account_zone), MAPPING, shortnames=shortnames, as_of=AS_OF
+        )
         for record in records
     ]
     assert [result.problems for result in back] == [()] * len(profiles)
     expected = profiles.astype({field: str for field in (*CATEGORICAL, "age_band")}).to_dict(orient="records")
-    assert [result.profile for result in back] == [{**row, "birth_year": int(row["birth_year"]), "age": int(row["age"])} for row in expected]
+    assert [result.profile for result in back] == [
+        {**row, "birth_year": int(row["birth_year"]), "age": int(row["age"])} for row in expected
+    ]

@@ -27,7 +27,11 @@ def server() -> Iterator[LocalSesServer]:
 
 def _client(url: str) -> Any:
     return boto3.client(
-        "sesv2", endpoint_url=url, region_name="eu-west-2", aws_access_key_id="local", aws_secret_access_key="local",
+        "sesv2",
+        endpoint_url=url,
+        region_name="eu-west-2",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
         config=Config(retries={"total_max_attempts": 1}),
     )
 
@@ -35,7 +39,9 @@ def _client(url: str) -> Any:
 def _entry(index: int, headers: bool) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "Destination": {"ToAddresses": [f"p{index}@example.org"]},
-        "ReplacementEmailContent": {"ReplacementTemplate": {"ReplacementTemplateData": f'{{"first_name": "P{index}"}}'}},
+        "ReplacementEmailContent": {
+            "ReplacementTemplate": {"ReplacementTemplateData": f'{{"first_name": "P{index}"}}'}
+        },
     }
     if headers:
         entry["ReplacementHeaders"] = [{"Name": "List-Unsubscribe", "Value": f"<https://x.test/u/{index}>"}]
@@ -85,11 +91,19 @@ def test_strict_rendering_fails_a_missing_variable_but_not_a_null(server: LocalS
     client = _client(server.url)
     client.create_email_template(TemplateName="t", TemplateContent=TEMPLATE)
     entries = [
-        {"Destination": {"ToAddresses": ["a@example.org"]}, "ReplacementEmailContent": {"ReplacementTemplate": {"ReplacementTemplateData": "{}"}}},
-        {"Destination": {"ToAddresses": ["b@example.org"]}, "ReplacementEmailContent": {"ReplacementTemplate": {"ReplacementTemplateData": '{"first_name": null}'}}},
+        {
+            "Destination": {"ToAddresses": ["a@example.org"]},
+            "ReplacementEmailContent": {"ReplacementTemplate": {"ReplacementTemplateData": "{}"}},
+        },
+        {
+            "Destination": {"ToAddresses": ["b@example.org"]},
+            "ReplacementEmailContent": {"ReplacementTemplate": {"ReplacementTemplateData": '{"first_name": null}'}},
+        },
     ]
     result = client.send_bulk_email(
-        FromEmailAddress="panel@example.org", DefaultContent={"Template": {"TemplateName": "t", "TemplateData": "{}"}}, BulkEmailEntries=entries
+        FromEmailAddress="panel@example.org",
+        DefaultContent={"Template": {"TemplateName": "t", "TemplateData": "{}"}},
+        BulkEmailEntries=entries,
     )
     assert [entry["Status"] for entry in result["BulkEmailEntryResults"]] == ["FAILED", "SUCCESS"]
 
@@ -111,6 +125,8 @@ def test_proxy_adds_the_50_entry_limit_faults_and_a_request_record(server: Local
             _bulk(client, 3, headers=False)
         assert len(server.emails()) == 3, "the dropped answer's mail was accepted"
         assert [call.answered for call in proxy.calls()] == [True, False]
-        assert [event["mail"]["messageId"] for event in proxy.send_events()] == [email["messageId"] for email in server.emails()]
+        assert [event["mail"]["messageId"] for event in proxy.send_events()] == [
+            email["messageId"] for email in server.emails()
+        ]
     finally:
         proxy.stop()

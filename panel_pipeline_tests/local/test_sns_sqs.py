@@ -31,14 +31,27 @@ ADDRESSES = ["ann@panel.example", "bounce@simulator.amazonses.com", "complaint+x
 
 def test_the_path_is_set_up_once_however_often_it_is_asked(local_sns_sqs):
     name = f"events-{uuid.uuid4().hex[:8]}"
-    first, second = ensure_feedback_path(local_sns_sqs.url, name=name), ensure_feedback_path(local_sns_sqs.url, name=name)
+    first, second = (
+        ensure_feedback_path(local_sns_sqs.url, name=name),
+        ensure_feedback_path(local_sns_sqs.url, name=name),
+    )
     assert first == second
-    assert (first.topic_arn, first.queue_url) == (local_topic_arn(name=name), local_queue_url(local_sns_sqs.url, name=name))
+    assert (first.topic_arn, first.queue_url) == (
+        local_topic_arn(name=name),
+        local_queue_url(local_sns_sqs.url, name=name),
+    )
     sns, sqs = aws_client("sns", local_sns_sqs.url), aws_client("sqs", local_sns_sqs.url)
     (subscription,) = sns.list_subscriptions_by_topic(TopicArn=first.topic_arn)["Subscriptions"]
     assert subscription["Protocol"] == "sqs"
-    assert sns.get_subscription_attributes(SubscriptionArn=subscription["SubscriptionArn"])["Attributes"]["RawMessageDelivery"] == "false"
-    policy = json.loads(sqs.get_queue_attributes(QueueUrl=first.queue_url, AttributeNames=["Policy"])["Attributes"]["Policy"])
+    assert (
+        sns.get_subscription_attributes(SubscriptionArn=subscription["SubscriptionArn"])["Attributes"][
+            "RawMessageDelivery"
+        ]
+        == "false"
+    )
+    policy = json.loads(
+        sqs.get_queue_attributes(QueueUrl=first.queue_url, AttributeNames=["Policy"])["Attributes"]["Policy"]
+    )
     assert policy["Statement"][0]["Condition"]["ArnEquals"]["aws:SourceArn"] == first.topic_arn
 
 
@@ -53,8 +66,14 @@ def test_the_local_stack_points_at_the_path_it_sets_up():
 
 
 def _send(url: str, addresses: list[str], template: str) -> None:
-    ses = boto3.client("sesv2", endpoint_url=url, region_name="eu-west-2", aws_access_key_id="local",
-                       aws_secret_access_key="local", config=Config(retries={"total_max_attempts": 1}))
+    ses = boto3.client(
+        "sesv2",
+        endpoint_url=url,
+        region_name="eu-west-2",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        config=Config(retries={"total_max_attempts": 1}),
+    )
     ses.create_email_template(TemplateName=template, TemplateContent=TEMPLATE)
     ses.send_bulk_email(
         FromEmailAddress="panel@example.org",
@@ -62,9 +81,11 @@ def _send(url: str, addresses: list[str], template: str) -> None:
         DefaultEmailTags=[{"Name": "mailing", "Value": "m1"}, {"Name": "batch", "Value": "b1"}],
         ConfigurationSetName="panel-events",
         BulkEmailEntries=[
-            {"Destination": {"ToAddresses": [address]},
-             "ReplacementEmailContent": {"ReplacementTemplate": {"ReplacementTemplateData": '{"first_name": "P"}'}},
-             "ReplacementTags": [{"Name": "recipient", "Value": f"r{index}"}]}
+            {
+                "Destination": {"ToAddresses": [address]},
+                "ReplacementEmailContent": {"ReplacementTemplate": {"ReplacementTemplateData": '{"first_name": "P"}'}},
+                "ReplacementTags": [{"Name": "recipient", "Value": f"r{index}"}],
+            }
             for index, address in enumerate(addresses)
         ],
     )
@@ -74,7 +95,9 @@ def _receive_events(sqs: Any, queue_url: str, count: int, timeout: float = 10.0)
     events: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
     while len(events) < count and time.monotonic() < deadline:
-        for message in sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+        for message in sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+            "Messages", []
+        ):
             assert json.loads(message["Body"])["Type"] == "Notification", "raw delivery is off: an SNS envelope"
             events.append(unwrap_sqs_body(message["Body"], json.loads(message["Body"])["TopicArn"]))
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
@@ -96,7 +119,12 @@ def test_the_ses_proxy_publishes_send_bounce_and_complaint_events_to_sns(local_s
     assert sorted(map(json.dumps, events)) == sorted(map(json.dumps, proxy.events()))
     (bounce,) = [e for e in events if e["eventType"] == "Bounce"]
     assert bounce["bounce"]["bounceType"] == "Permanent"
-    assert bounce["mail"]["tags"] == {"mailing": ["m1"], "batch": ["b1"], "recipient": ["r1"], "ses:configuration-set": ["panel-events"]}
+    assert bounce["mail"]["tags"] == {
+        "mailing": ["m1"],
+        "batch": ["b1"],
+        "recipient": ["r1"],
+        "ses:configuration-set": ["panel-events"],
+    }
     assert len(proxy.send_events()) == 3
 
 
@@ -104,9 +132,19 @@ def test_the_local_ses_entry_point_publishes_to_the_topic_it_is_given(local_sns_
     path = ensure_feedback_path(local_sns_sqs.url, name=f"events-{uuid.uuid4().hex[:8]}")
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "panel_pipeline.local.ses_server", "--port", str(port),
-         "--sns-topic-arn", path.topic_arn, "--sns-endpoint-url", local_sns_sqs.url],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "panel_pipeline.local.ses_server",
+            "--port",
+            str(port),
+            "--sns-topic-arn",
+            path.topic_arn,
+            "--sns-endpoint-url",
+            local_sns_sqs.url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 30

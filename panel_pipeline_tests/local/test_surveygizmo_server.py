@@ -36,7 +36,7 @@ from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
 
 TOKEN, SECRET = "local-token-1", "local-secret-2"
 AUTH = {"api_token": TOKEN, "api_token_secret": SECRET}
-UTC = dt.timezone.utc
+UTC = dt.UTC
 START = dt.datetime(2024, 6, 3, 4, 0, tzinfo=UTC)  # 2024-06-03 00:00 EDT
 PROFILE = {"gender": "male", "birth_year": 1961, "region": "Wales", "eu_ref_vote": "leave"}
 
@@ -47,7 +47,13 @@ def server() -> Iterator[LocalSurveyGizmo]:
         running.add_survey(PROFILE_SURVEY)
         for index in range(10):  # one an hour from 00:00 EDT; ids 1..10; 9 and 10 are Partial test data
             extra = {"status": "Partial", "is_test_data": True} if index >= 8 else {}
-            record = response_record(PROFILE, response_id=index + 1, submitted_at=START + dt.timedelta(hours=index), account_zone=running.zone, **extra)
+            record = response_record(
+                PROFILE,
+                response_id=index + 1,
+                submitted_at=START + dt.timedelta(hours=index),
+                account_zone=running.zone,
+                **extra,
+            )
             record["contact_id"] = str(100 + index) if index % 2 else ""
             running.add_response(PROFILE_SURVEY_ID, record)
         yield running
@@ -72,7 +78,11 @@ def listed(server: LocalSurveyGizmo, *filters: tuple[str, str, str | None], **pa
 def test_list_envelope_and_record_shape(server: LocalSurveyGizmo) -> None:
     body = get(server, f"/v5/survey/{PROFILE_SURVEY_ID}/surveyresponse", resultsperpage=4, page=3).json()
     assert {key: body[key] for key in ("result_ok", "total_count", "page", "total_pages", "results_per_page")} == {
-        "result_ok": True, "total_count": 10, "page": 3, "total_pages": 3, "results_per_page": 4,
+        "result_ok": True,
+        "total_count": 10,
+        "page": 3,
+        "total_pages": 3,
+        "results_per_page": 4,
     }
     assert [row["id"] for row in body["data"]] == ["9", "10"]
     assert body["data"][0]["date_submitted"] == "2024-06-03 08:00:00 EDT"
@@ -89,7 +99,9 @@ def test_paging_defaults_clamps_and_errors(server: LocalSurveyGizmo) -> None:
     assert bad.status_code == 400 and bad.json()["result_ok"] is False
     server.string_totals = True
     assert get(server, path).json()["total_count"] == "10"
-    nothing = get(server, path, **{"filter[field][0]": "status", "filter[operator][0]": "=", "filter[value][0]": "Disqualified"}).json()
+    nothing = get(
+        server, path, **{"filter[field][0]": "status", "filter[operator][0]": "=", "filter[value][0]": "Disqualified"}
+    ).json()
     assert (nothing["total_count"], nothing["total_pages"]) == ("0", 0)
 
 
@@ -113,7 +125,9 @@ def test_paging_defaults_clamps_and_errors(server: LocalSurveyGizmo) -> None:
         ([("contact_id", "in", "101,109")], ["2", "10"]),
     ],
 )
-def test_filter_engine(server: LocalSurveyGizmo, filters: list[tuple[str, str, str | None]], expected: list[str]) -> None:
+def test_filter_engine(
+    server: LocalSurveyGizmo, filters: list[tuple[str, str, str | None]], expected: list[str]
+) -> None:
     assert listed(server, *filters) == expected
 
 
@@ -133,13 +147,19 @@ def test_bad_filters_are_400_errors(server: LocalSurveyGizmo, query: dict[str, s
 
 
 def test_routes_auth_and_methods(server: LocalSurveyGizmo) -> None:
-    for path in (f"/v5/survey/{PROFILE_SURVEY_ID}/surveyresponse/", f"/v5/survey/{PROFILE_SURVEY_ID}/surveyresponse.json"):
+    for path in (
+        f"/v5/survey/{PROFILE_SURVEY_ID}/surveyresponse/",
+        f"/v5/survey/{PROFILE_SURVEY_ID}/surveyresponse.json",
+    ):
         assert get(server, path).json()["total_count"] == 10
     assert get(server, "/v5/nothing").status_code == 404
     assert requests.post(server.base_url + "/v5/account", params=AUTH, timeout=5).status_code == 405
     assert get(server, "/v5/account", _method="DELETE").status_code == 405
     unauthorised = requests.get(server.base_url + "/v5/account", params={"api_token": TOKEN}, timeout=5)
-    assert (unauthorised.status_code, unauthorised.json()) == (401, {"result_ok": False, "code": 401, "message": "Login failed / Invalid auth token"})
+    assert (unauthorised.status_code, unauthorised.json()) == (
+        401,
+        {"result_ok": False, "code": 401, "message": "Login failed / Invalid auth token"},
+    )
     server.auth_failure_status = 200
     assert requests.get(server.base_url + "/v5/account", timeout=5).status_code == 200
 
@@ -163,8 +183,14 @@ def test_single_objects_edits_and_deletes(server: LocalSurveyGizmo) -> None:
 
 
 def test_malformed_records_and_unicode_are_served_verbatim(server: LocalSurveyGizmo) -> None:
-    server.add_response(PROFILE_SURVEY_ID, {"id": "50", "status": 17, "date_submitted": "soon", "survey_data": "??"}, submitted_at=START)
-    server.add_response(PROFILE_SURVEY_ID, {"id": "51", "status": "Complete", "survey_data": {"2": {"id": 2, "answer": "Zoë 🙂 / ok"}}}, submitted_at=START)
+    server.add_response(
+        PROFILE_SURVEY_ID, {"id": "50", "status": 17, "date_submitted": "soon", "survey_data": "??"}, submitted_at=START
+    )
+    server.add_response(
+        PROFILE_SURVEY_ID,
+        {"id": "51", "status": "Complete", "survey_data": {"2": {"id": 2, "answer": "Zoë 🙂 / ok"}}},
+        submitted_at=START,
+    )
     assert get(server, f"/v5/survey/{PROFILE_SURVEY_ID}/surveyresponse/50").json()["data"]["survey_data"] == "??"
     assert "50" in listed(server, ("date_submitted", "<", "2024-06-03 00:00:01"))
     assert "51" in listed(server, ("date_submitted", "<", "2024-06-03 00:00:01"))
@@ -188,7 +214,9 @@ def test_malformed_records_and_unicode_are_served_verbatim(server: LocalSurveyGi
         (result_not_ok(code=401, http_status=200), 200, "application/json"),
     ],
 )
-def test_injected_faults_answer_once_then_recover(server: LocalSurveyGizmo, fault: Any, status: int, content_type: str) -> None:
+def test_injected_faults_answer_once_then_recover(
+    server: LocalSurveyGizmo, fault: Any, status: int, content_type: str
+) -> None:
     server.inject(fault)
     faulty = get(server, "/v5/account")
     assert faulty.status_code == status and faulty.headers["Content-Type"].startswith(content_type)
@@ -253,7 +281,9 @@ def test_after_requests_runs_a_mutation_between_two_requests(server: LocalSurvey
     assert len(listed(server)) == 9
 
 
-def test_nothing_secret_in_the_request_log_or_the_http_log(server: LocalSurveyGizmo, caplog: pytest.LogCaptureFixture) -> None:
+def test_nothing_secret_in_the_request_log_or_the_http_log(
+    server: LocalSurveyGizmo, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG, logger="panel_pipeline.local.surveygizmo.server")
     listed(server, ("status", "=", "Complete"))
     logged = server.requests[-1]
@@ -265,15 +295,27 @@ def test_nothing_secret_in_the_request_log_or_the_http_log(server: LocalSurveyGi
 def test_cli_serves_demo_data() -> None:
     port = free_port()
     command = [
-        sys.executable, "-m", "panel_pipeline.local.surveygizmo", "--port", str(port), "--demo",
-        "--members", "40", "--days", "2", "--end", "2026-03-03T00:00:00",
+        sys.executable,
+        "-m",
+        "panel_pipeline.local.surveygizmo",
+        "--port",
+        str(port),
+        "--demo",
+        "--members",
+        "40",
+        "--days",
+        "2",
+        "--end",
+        "2026-03-03T00:00:00",
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         banner = process.stdout.readline() if process.stdout else ""
         assert f"http://127.0.0.1:{port}/v5" in banner and "demo-secret" not in banner
         params = {"api_token": "demo-token", "api_token_secret": "demo-secret", "resultsperpage": 500}
-        body = requests.get(f"http://127.0.0.1:{port}/v5/survey/{PROFILE_SURVEY_ID}/surveyresponse", params=params, timeout=5).json()
+        body = requests.get(
+            f"http://127.0.0.1:{port}/v5/survey/{PROFILE_SURVEY_ID}/surveyresponse", params=params, timeout=5
+        ).json()
         assert body["total_count"] == 40
         assert body["data"][0]["survey_data"]["19"]["answer"] == str(demo_user_id(1))
         assert body["data"][0]["date_submitted"] == "2026-02-28 19:00:00 EST"  # 2 days before --end (UTC)

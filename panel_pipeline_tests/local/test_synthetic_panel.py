@@ -9,8 +9,8 @@ import pytest
 
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline.sampler.requests import age_band_codes
-from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 from panel_pipeline.sampler.targets import packaged_target
+from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
 YEAR = 2025
 
@@ -22,8 +22,16 @@ def panel() -> pd.DataFrame:
 
 def test_columns_and_values_are_exactly_the_contracts(panel: pd.DataFrame) -> None:
     assert list(panel.columns) == [
-        "gender", "birth_year", "age", "age_band", "region", "social_grade",
-        "education", "vote_2019", "vote_2024", "eu_ref_vote",
+        "gender",
+        "birth_year",
+        "age",
+        "age_band",
+        "region",
+        "social_grade",
+        "education",
+        "vote_2019",
+        "vote_2024",
+        "eu_ref_vote",
     ]
     for field, values in PROFILE_CATEGORIES.items():
         assert set(panel[field].astype(str).unique()) <= set(values), field
@@ -48,7 +56,9 @@ def _share(panel: pd.DataFrame, field: str, values: list[str]) -> float:
 
 
 def test_skewed_like_an_opt_in_panel(panel: pd.DataFrame) -> None:
-    population_young = sum(share for cell, share in packaged_target("age_band|gender").shares.items() if cell[0] in ("18-24", "25-34"))
+    population_young = sum(
+        share for cell, share in packaged_target("age_band|gender").shares.items() if cell[0] in ("18-24", "25-34")
+    )
     assert _share(panel, "age_band", ["18-24", "25-34"]) < 0.7 * population_young
     assert _share(panel, "social_grade", ["AB", "C1"]) > 0.60  # population 0.56
     assert _share(panel, "region", ["London", "South East", "East of England", "South West"]) > 0.50  # population 0.45

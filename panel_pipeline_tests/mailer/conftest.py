@@ -1,4 +1,5 @@
-"""Mailer fixtures: aws-ses-v2-local behind the fault proxy (real HTTP, real boto3), and the ledger on the real mongod."""
+"""Mailer fixtures: aws-ses-v2-local behind the fault proxy (real HTTP, real boto3), and the ledger
+on the real mongod."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pymongo.database import Database
 from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.ses_proxy import SesFaultProxy
 from panel_pipeline.local.ses_server import LocalSesServer
-from panel_pipeline.mailer.store import MailLedger
 from panel_pipeline.mailer.ses import SesGateway
+from panel_pipeline.mailer.store import MailLedger
 from panel_pipeline.shared.templates import EmailTemplate, load_templates
 
 FROM_ADDRESS = "UK Opinion Panel <panel@example.org>"

@@ -21,7 +21,10 @@ def mail(message_id: str, address: str, tags: dict[str, str] | None) -> dict[str
         "commonHeaders": {"from": ["UK Panel <panel@example.org>"], "to": [address], "subject": "A new survey"},
     }
     if tags is not None:
-        document["tags"] = {"ses:configuration-set": ["panel-events"], **{name: [value] for name, value in tags.items()}}
+        document["tags"] = {
+            "ses:configuration-set": ["panel-events"],
+            **{name: [value] for name, value in tags.items()},
+        }
     return document
 
 
@@ -32,16 +35,27 @@ def tags(mailing: Any, recipient: Any, batch: str = BATCH) -> dict[str, str]:
     return {"mailing": str(mailing), "batch": batch, "recipient": str(recipient)}
 
 
-def bounce(address: str, tags: dict[str, str] | None, bounce_type: str = "Permanent", message_id: str | None = None,
-           key: str = "eventType") -> dict[str, Any]:
+def bounce(
+    address: str,
+    tags: dict[str, str] | None,
+    bounce_type: str = "Permanent",
+    message_id: str | None = None,
+    key: str = "eventType",
+) -> dict[str, Any]:
     sub_type = "General" if bounce_type == "Permanent" else "MailboxFull"
     return {
         key: "Bounce",
         "bounce": {
             "bounceType": bounce_type,
             "bounceSubType": sub_type,
-            "bouncedRecipients": [{"emailAddress": address, "action": "failed", "status": "5.1.1",
-                                   "diagnosticCode": f"smtp; 550 5.1.1 <{address}>: Recipient address rejected"}],
+            "bouncedRecipients": [
+                {
+                    "emailAddress": address,
+                    "action": "failed",
+                    "status": "5.1.1",
+                    "diagnosticCode": f"smtp; 550 5.1.1 <{address}>: Recipient address rejected",
+                }
+            ],
             "timestamp": LATER,
             "feedbackId": str(uuid.uuid4()),
             "reportingMTA": "dsn; mx.example.net",
@@ -50,7 +64,9 @@ def bounce(address: str, tags: dict[str, str] | None, bounce_type: str = "Perman
     }
 
 
-def complaint(address: str, tags: dict[str, str] | None, message_id: str | None = None, key: str = "eventType") -> dict[str, Any]:
+def complaint(
+    address: str, tags: dict[str, str] | None, message_id: str | None = None, key: str = "eventType"
+) -> dict[str, Any]:
     return {
         key: "Complaint",
         "complaint": {
@@ -71,25 +87,34 @@ def event(event_type: str, address: str, tags: dict[str, str] | None, message_id
     if event_type == "Reject":
         document["reject"] = {"reason": "Bad content"}
     if event_type == "Rendering Failure":
-        document["failure"] = {"templateName": "panel-new_survey", "errorMessage": "Attribute 'points' is not present in the rendering data."}
+        document["failure"] = {
+            "templateName": "panel-new_survey",
+            "errorMessage": "Attribute 'points' is not present in the rendering data.",
+        }
     if event_type == "Delivery":
-        document["delivery"] = {"timestamp": LATER, "recipients": [address], "smtpResponse": "250 2.6.0 Message received"}
+        document["delivery"] = {
+            "timestamp": LATER,
+            "recipients": [address],
+            "smtpResponse": "250 2.6.0 Message received",
+        }
     return document
 
 
 def sns_envelope(event: dict[str, Any], topic_arn: str = "arn:aws:sns:eu-west-2:123456789012:panel-ses-events") -> str:
     """An SQS body as SNS delivers it with raw message delivery off."""
-    return json.dumps({
-        "Type": "Notification",
-        "MessageId": str(uuid.uuid4()),
-        "TopicArn": topic_arn,
-        "Message": json.dumps(event),
-        "Timestamp": LATER,
-        "SignatureVersion": "1",
-        "Signature": "EXAMPLE",
-        "SigningCertURL": "https://sns.eu-west-2.amazonaws.com/SimpleNotificationService-x.pem",
-        "UnsubscribeURL": "https://sns.eu-west-2.amazonaws.com/?Action=Unsubscribe",
-    })
+    return json.dumps(
+        {
+            "Type": "Notification",
+            "MessageId": str(uuid.uuid4()),
+            "TopicArn": topic_arn,
+            "Message": json.dumps(event),
+            "Timestamp": LATER,
+            "SignatureVersion": "1",
+            "Signature": "EXAMPLE",
+            "SigningCertURL": "https://sns.eu-west-2.amazonaws.com/SimpleNotificationService-x.pem",
+            "UnsubscribeURL": "https://sns.eu-west-2.amazonaws.com/?Action=Unsubscribe",
+        }
+    )
 
 
 def new_message_id() -> str:

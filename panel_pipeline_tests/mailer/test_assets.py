@@ -5,15 +5,20 @@ import datetime as dt
 import dagster as dg
 import pytest
 
-from panel_pipeline.mailer.sensors import mailings_queue_sensor, transactional_mail_queue_sensor
+from panel_pipeline.local.ses_proxy import daily_quota_exceeded
 from panel_pipeline.mailer.assets import email_templates, mailings, transactional_mail
 from panel_pipeline.mailer.resources import SesResource
-from panel_pipeline.local.ses_proxy import daily_quota_exceeded
+from panel_pipeline.mailer.sensors import mailings_queue_sensor, transactional_mail_queue_sensor
 from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline_tests.mailer.conftest import CONFIGURATION_SET
 
-UTC = dt.timezone.utc
-SURVEY = {"survey_name": "Bus services", "duration_minutes": 12, "points": 150, "survey_url": "https://survey.example/s/1"}
+UTC = dt.UTC
+SURVEY = {
+    "survey_name": "Bus services",
+    "duration_minutes": 12,
+    "points": 150,
+    "survey_url": "https://survey.example/s/1",
+}
 
 
 @pytest.fixture
@@ -22,9 +27,13 @@ def resources(mongo_uri, mongo_db, local_ses):
     return {
         "mongo": MongoResource(uri=mongo_uri, database=mongo_db.name),
         "ses": SesResource(
-            region_name="eu-west-2", from_address="Panel <panel@example.org>", endpoint_url=local_ses.url,
-            aws_access_key_id="local", aws_secret_access_key="local",
-            unsubscribe_url="https://panel.example/unsubscribe?user={user}&token={token}", unsubscribe_secret="s",
+            region_name="eu-west-2",
+            from_address="Panel <panel@example.org>",
+            endpoint_url=local_ses.url,
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+            unsubscribe_url="https://panel.example/unsubscribe?user={user}&token={token}",
+            unsubscribe_secret="s",
             link_hosts="survey.example,panel.example,x",
         ),
     }
@@ -44,27 +53,46 @@ def send(instance, resources, mailing_id):
 
 def send_transactional(instance, resources):
     """What the daemon does: one sensor tick, and the batch run it asks for."""
-    tick = transactional_mail_queue_sensor(dg.build_sensor_context(instance=instance, resources={"mongo": resources["mongo"]}))
+    tick = transactional_mail_queue_sensor(
+        dg.build_sensor_context(instance=instance, resources={"mongo": resources["mongo"]})
+    )
     (request,) = tick.run_requests
-    return dg.materialize([transactional_mail], run_config=request.run_config, instance=instance, resources=resources, raise_on_error=False)
+    return dg.materialize(
+        [transactional_mail],
+        run_config=request.run_config,
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
+    )
 
 
 def users(db, *specs):
     return db.users.insert_many(
-        [{"email": f"user{i}@panel.example", "first_name": name, "status": status} for i, (name, status) in enumerate(specs)]
+        [
+            {"email": f"user{i}@panel.example", "first_name": name, "status": status}
+            for i, (name, status) in enumerate(specs)
+        ]
     ).inserted_ids
 
 
 def test_invitation_is_sent_once_to_active_members_and_marks_them_invited(instance, resources, mongo_db, local_ses):
     active, evil, gone = users(mongo_db, ("Ann", "active"), ("<script>x</script>", "active"), ("Bob", "unsubscribed"))
     sample_id = mongo_db.samples.insert_one({"name": "s"}).inserted_id
-    mailing_id = mongo_db.mailings.insert_one({
-        "processed": False, "kind": "bulk", "template": "new_survey", "default_data": SURVEY,
-        "recipients": [{"user_id": active}, {"user_id": evil}, {"user_id": gone}],
-    }).inserted_id
-    mongo_db.sample_members.insert_many([
-        {"sample_id": sample_id, "user_id": uid, "invited_at": None, "mailing_id": mailing_id} for uid in (active, evil, gone)
-    ])
+    mailing_id = mongo_db.mailings.insert_one(
+        {
+            "processed": False,
+            "kind": "bulk",
+            "template": "new_survey",
+            "default_data": SURVEY,
+            "recipients": [{"user_id": active}, {"user_id": evil}, {"user_id": gone}],
+        }
+    ).inserted_id
+    mongo_db.sample_members.insert_many(
+        [
+            {"sample_id": sample_id, "user_id": uid, "invited_at": None, "mailing_id": mailing_id}
+            for uid in (active, evil, gone)
+        ]
+    )
     tick = mailings_queue_sensor(dg.build_sensor_context(instance=instance, resources={"mongo": resources["mongo"]}))
     assert tick.run_requests[0].tags["panel/mail_kind"] == "bulk"
 
@@ -90,13 +118,21 @@ def test_invitation_is_sent_once_to_active_members_and_marks_them_invited(instan
         assert "@" not in str(value.value)
 
 
-def test_transactional_mail_has_no_unsubscribe_header_and_keeps_its_token_out_of_logs(instance, resources, mongo_db, local_ses):
+def test_transactional_mail_has_no_unsubscribe_header_and_keeps_its_token_out_of_logs(
+    instance, resources, mongo_db, local_ses
+):
     users(mongo_db, ("Cat", "active"))
     token_link = "https://panel.example/reset?token=SECRET-TOKEN-123"
-    mailing_id = mongo_db.mailings.insert_one({
-        "processed": False, "kind": "transactional", "template": "password_recovery",
-        "recipients": [{"email": " User0@Panel.example ", "data": {"reset_url": token_link, "expires_in_minutes": 60}}],
-    }).inserted_id
+    mailing_id = mongo_db.mailings.insert_one(
+        {
+            "processed": False,
+            "kind": "transactional",
+            "template": "password_recovery",
+            "recipients": [
+                {"email": " User0@Panel.example ", "data": {"reset_url": token_link, "expires_in_minutes": 60}}
+            ],
+        }
+    ).inserted_id
     result = send_transactional(instance, resources)
     assert result.success and mongo_db.mailings.find_one({"_id": mailing_id})["status"] == "done"
     (email,) = local_ses.emails()
@@ -108,42 +144,68 @@ def test_transactional_mail_has_no_unsubscribe_header_and_keeps_its_token_out_of
 
 def test_missing_variable_fails_that_recipient_alone(instance, resources, mongo_db, local_ses):
     users(mongo_db, ("Dee", "active"), ("Eve", "active"))
-    mailing_id = mongo_db.mailings.insert_one({
-        "processed": False, "kind": "transactional", "template": "password_recovery", "default_data": {"expires_in_minutes": 60},
-        "recipients": [
-            {"email": "user0@panel.example", "data": {"reset_url": "https://x/1"}},
-            {"email": "user1@panel.example", "data": {}},
-        ],
-    }).inserted_id
+    mailing_id = mongo_db.mailings.insert_one(
+        {
+            "processed": False,
+            "kind": "transactional",
+            "template": "password_recovery",
+            "default_data": {"expires_in_minutes": 60},
+            "recipients": [
+                {"email": "user0@panel.example", "data": {"reset_url": "https://x/1"}},
+                {"email": "user1@panel.example", "data": {}},
+            ],
+        }
+    ).inserted_id
     assert send_transactional(instance, resources).success
     doc = mongo_db.mailings.find_one({"_id": mailing_id})
     assert {k: v for k, v in doc["counts"].items() if v} == {"sent": 1, "failed": 1}
     assert "reset_url" in mongo_db.mail_log.find_one({"status": "failed"})["error"]
 
 
-def test_transactional_mail_goes_in_one_run_per_tick_and_a_rejected_one_fails_alone(instance, resources, mongo_db, local_ses):
+def test_transactional_mail_goes_in_one_run_per_tick_and_a_rejected_one_fails_alone(
+    instance, resources, mongo_db, local_ses
+):
     users(mongo_db, ("Fay", "active"), ("Gus", "active"))
     welcome = [
-        mongo_db.mailings.insert_one({"processed": False, "kind": "transactional", "template": "welcome", "default_data": {"profile_survey_url": "https://survey.example/p"}, "recipients": [{"email": f"user{i}@panel.example"}]}).inserted_id
+        mongo_db.mailings.insert_one(
+            {
+                "processed": False,
+                "kind": "transactional",
+                "template": "welcome",
+                "default_data": {"profile_survey_url": "https://survey.example/p"},
+                "recipients": [{"email": f"user{i}@panel.example"}],
+            }
+        ).inserted_id
         for i in range(2)
     ]
-    broken = mongo_db.mailings.insert_one({"processed": False, "kind": "transactional", "template": "welcome", "recipients": [{"user_id": "not-an-id"}]}).inserted_id
-    bulk = mongo_db.mailings.insert_one({"processed": False, "kind": "bulk", "template": "new_survey", "recipients": [{"email": "user0@panel.example"}]}).inserted_id
+    broken = mongo_db.mailings.insert_one(
+        {"processed": False, "kind": "transactional", "template": "welcome", "recipients": [{"user_id": "not-an-id"}]}
+    ).inserted_id
+    bulk = mongo_db.mailings.insert_one(
+        {"processed": False, "kind": "bulk", "template": "new_survey", "recipients": [{"email": "user0@panel.example"}]}
+    ).inserted_id
     context = dg.build_sensor_context(instance=instance, resources={"mongo": resources["mongo"]})
-    assert [r.partition_key for r in mailings_queue_sensor(context).run_requests] == [str(bulk)], "bulk runs leave transactional mail alone"
+    assert [r.partition_key for r in mailings_queue_sensor(context).run_requests] == [str(bulk)], (
+        "bulk runs leave transactional mail alone"
+    )
 
     result = send_transactional(instance, resources)
     assert result.success
     statuses = {doc["_id"]: doc["status"] for doc in mongo_db.mailings.find({"_id": {"$in": [*welcome, broken]}})}
     assert statuses == {welcome[0]: "done", welcome[1]: "done", broken: "failed"}
     assert mongo_db.mailings.find_one({"_id": broken})["error"] == "recipients.0.user_id: 'not-an-id' is not an id"
-    assert sorted(e["destination"]["to"][0] for e in local_ses.emails()) == ["user0@panel.example", "user1@panel.example"]
+    assert sorted(e["destination"]["to"][0] for e in local_ses.emails()) == [
+        "user0@panel.example",
+        "user1@panel.example",
+    ]
     metadata = result.asset_materializations_for_node("transactional_mail")[0].metadata
     assert (metadata["mailings_done"].value, metadata["mailings_rejected"].value) == (2, 1)
 
 
 def test_unknown_template_fails_the_mailing_naming_the_field(instance, resources, mongo_db):
-    mailing_id = mongo_db.mailings.insert_one({"processed": False, "template": "nope", "recipients": [{"email": "a@b.c"}]}).inserted_id
+    mailing_id = mongo_db.mailings.insert_one(
+        {"processed": False, "template": "nope", "recipients": [{"email": "a@b.c"}]}
+    ).inserted_id
     assert not send(instance, resources, mailing_id).success
     doc = mongo_db.mailings.find_one({"_id": mailing_id})
     assert doc["status"] == "failed" and doc["error"].startswith("template: no template 'nope'")
@@ -153,7 +215,11 @@ def test_templates_are_synced_under_versioned_names(instance, resources, local_s
     result = dg.materialize([email_templates], instance=instance, resources={"ses": resources["ses"]})
     assert result.success
     assert sorted(name.split("-")[1] for name in local_ses.templates()) == [
-        "new_survey", "paid", "password_recovery", "points_registered", "welcome",
+        "new_survey",
+        "paid",
+        "password_recovery",
+        "points_registered",
+        "welcome",
     ]
 
 
@@ -164,37 +230,71 @@ def proxied(resources, ses_proxy):
     return {**resources, "ses": SesResource(**settings)}
 
 
-def test_a_configuration_set_without_send_events_refuses_a_bulk_mailing(instance, proxied, mongo_db, ses_proxy, ses_server):
+def test_a_configuration_set_without_send_events_refuses_a_bulk_mailing(
+    instance, proxied, mongo_db, ses_proxy, ses_server
+):
     (member,) = users(mongo_db, ("Ann", "active"))
-    ses_proxy.set_event_destinations(CONFIGURATION_SET, [
-        {"Name": "bounces", "Enabled": True, "MatchingEventTypes": ["BOUNCE", "COMPLAINT"], "SnsDestination": {"TopicArn": "arn:aws:sns:eu-west-2:000000000000:t"}},
-    ])
-    mailing_id = mongo_db.mailings.insert_one({
-        "processed": False, "kind": "bulk", "template": "new_survey", "default_data": SURVEY, "recipients": [{"user_id": member}],
-    }).inserted_id
+    ses_proxy.set_event_destinations(
+        CONFIGURATION_SET,
+        [
+            {
+                "Name": "bounces",
+                "Enabled": True,
+                "MatchingEventTypes": ["BOUNCE", "COMPLAINT"],
+                "SnsDestination": {"TopicArn": "arn:aws:sns:eu-west-2:000000000000:t"},
+            },
+        ],
+    )
+    mailing_id = mongo_db.mailings.insert_one(
+        {
+            "processed": False,
+            "kind": "bulk",
+            "template": "new_survey",
+            "default_data": SURVEY,
+            "recipients": [{"user_id": member}],
+        }
+    ).inserted_id
     assert not send(instance, proxied, mailing_id).success
     doc = mongo_db.mailings.find_one({"_id": mailing_id})
     assert doc["status"] == "failed" and doc["attempts"] == 1
-    assert doc["error"].startswith(f"SES configuration set '{CONFIGURATION_SET}' has no enabled SNS event destination matching SEND")
+    assert doc["error"].startswith(
+        f"SES configuration set '{CONFIGURATION_SET}' has no enabled SNS event destination matching SEND"
+    )
     assert ses_proxy.calls() == [] and ses_server.emails() == []
 
 
-def test_a_paused_mailing_is_expanded_once_and_who_left_meanwhile_is_not_mailed(instance, proxied, mongo_db, ses_proxy, ses_server):
+def test_a_paused_mailing_is_expanded_once_and_who_left_meanwhile_is_not_mailed(
+    instance, proxied, mongo_db, ses_proxy, ses_server
+):
     ann, bob, cat = users(mongo_db, ("Ann", "active"), ("Bob", "active"), ("Cat", "active"))
     sample_id = mongo_db.samples.insert_one({"name": "s"}).inserted_id
-    mongo_db.sample_members.insert_many([{"sample_id": sample_id, "user_id": uid, "invited_at": None} for uid in (ann, bob, cat)])
-    mailing_id = mongo_db.mailings.insert_one({
-        "processed": False, "kind": "bulk", "template": "new_survey", "default_data": SURVEY, "sample_id": sample_id,
-    }).inserted_id
+    mongo_db.sample_members.insert_many(
+        [{"sample_id": sample_id, "user_id": uid, "invited_at": None} for uid in (ann, bob, cat)]
+    )
+    mailing_id = mongo_db.mailings.insert_one(
+        {
+            "processed": False,
+            "kind": "bulk",
+            "template": "new_survey",
+            "default_data": SURVEY,
+            "sample_id": sample_id,
+        }
+    ).inserted_id
     ses_proxy.inject(daily_quota_exceeded())
     assert send(instance, proxied, mailing_id).success
     paused = mongo_db.mailings.find_one({"_id": mailing_id})
-    assert paused["status"] == "postponed" and paused["expansion"] == {"recipients": 3, "duplicates": 0, "missing_members": 0}
+    assert paused["status"] == "postponed" and paused["expansion"] == {
+        "recipients": 3,
+        "duplicates": 0,
+        "missing_members": 0,
+    }
     expanded_at = paused["expanded_at"]
 
     # During the pause: Bob unsubscribes, and a member joins the sample (the updater invites newcomers itself).
     mongo_db.users.update_one({"_id": bob}, {"$set": {"status": "unsubscribed"}})
-    (dan,) = mongo_db.users.insert_many([{"email": "dan@panel.example", "first_name": "Dan", "status": "active"}]).inserted_ids
+    (dan,) = mongo_db.users.insert_many(
+        [{"email": "dan@panel.example", "first_name": "Dan", "status": "active"}]
+    ).inserted_ids
     mongo_db.sample_members.insert_one({"sample_id": sample_id, "user_id": dan, "invited_at": None})
     for paused_until in (mongo_db.mailings, mongo_db.mail_log):  # the hour's pause is over
         paused_until.update_many({"retry_at": {"$ne": None}}, {"$set": {"retry_at": dt.datetime.now(UTC)}})
@@ -204,22 +304,36 @@ def test_a_paused_mailing_is_expanded_once_and_who_left_meanwhile_is_not_mailed(
     assert doc["status"] == "done" and doc["expanded_at"] == expanded_at
     assert {k: v for k, v in doc["counts"].items() if v} == {"sent": 2, "suppressed": 1}
     assert mongo_db.mail_log.count_documents({"mailing_id": mailing_id, "user_id": dan}) == 0, "not expanded again"
-    assert sorted(e["destination"]["to"][0] for e in ses_server.emails()) == ["user0@panel.example", "user2@panel.example"]
+    assert sorted(e["destination"]["to"][0] for e in ses_server.emails()) == [
+        "user0@panel.example",
+        "user2@panel.example",
+    ]
     suppressed = mongo_db.mail_log.find_one({"user_id": bob})
     assert suppressed["status"] == "suppressed" and "changed after the mailing was planned" in suppressed["error"]
-    assert mongo_db.mail_log.count_documents({"mailing_id": mailing_id, "data": {"$exists": True}}) == 0, "no token outlives its row"
+    assert mongo_db.mail_log.count_documents({"mailing_id": mailing_id, "data": {"$exists": True}}) == 0, (
+        "no token outlives its row"
+    )
     assert {m["user_id"] for m in mongo_db.sample_members.find({"invited_at": {"$ne": None}})} == {ann, cat}
 
 
-def test_a_transactional_batch_shares_one_gateway_and_checks_its_template_once(instance, proxied, mongo_db, ses_proxy, ses_server):
+def test_a_transactional_batch_shares_one_gateway_and_checks_its_template_once(
+    instance, proxied, mongo_db, ses_proxy, ses_server
+):
     users(mongo_db, ("Fay", "active"), ("Gus", "active"), ("Hal", "active"))
     for i in range(3):
-        mongo_db.mailings.insert_one({
-            "processed": False, "kind": "transactional", "template": "welcome",
-            "default_data": {"profile_survey_url": "https://survey.example/p"}, "recipients": [{"email": f"user{i}@panel.example"}],
-        })
+        mongo_db.mailings.insert_one(
+            {
+                "processed": False,
+                "kind": "transactional",
+                "template": "welcome",
+                "default_data": {"profile_survey_url": "https://survey.example/p"},
+                "recipients": [{"email": f"user{i}@panel.example"}],
+            }
+        )
     assert send_transactional(instance, proxied).success
     assert len(ses_server.emails()) == 3
     template_reads = {k: n for k, n in ses_proxy.requests().items() if k.startswith("GET /v2/email/templates/")}
     assert list(template_reads.values()) == [1], template_reads
-    assert ses_proxy.requests()["GET /v1/account"] + ses_proxy.requests()["GET /v2/email/account"] == 1, "one GetAccount per run"
+    assert ses_proxy.requests()["GET /v1/account"] + ses_proxy.requests()["GET /v2/email/account"] == 1, (
+        "one GetAccount per run"
+    )

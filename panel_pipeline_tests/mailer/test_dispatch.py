@@ -27,25 +27,25 @@ from panel_pipeline.local.ses_proxy import (
 )
 from panel_pipeline.local.ses_server import LocalSesServer
 from panel_pipeline.mailer.dispatch import (
-    SendingStopped,
     DispatchPolicy,
     MailingRecipient,
+    SendingStopped,
     plan_recipients,
     send_mailing,
 )
 from panel_pipeline.mailer.feedback import FeedbackStore, parse_ses_event
+from panel_pipeline.mailer.ses import SesGateway
 from panel_pipeline.mailer.store import (
     CLAIMED,
     FAILED,
     PENDING,
     SENT,
-    UNKNOWN,
     SUPPRESSED,
+    UNKNOWN,
     MailLedger,
     NewRecipient,
     send_event_from_ses,
 )
-from panel_pipeline.mailer.ses import SesGateway
 from panel_pipeline.queue.store import QueuePolicy, WorkQueue
 from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.templates import EmailTemplate
@@ -70,7 +70,9 @@ def _invitees(count: int, start: int = 0) -> list[MailingRecipient]:
     ]
 
 
-def _setup(ledger: MailLedger, gateway: SesGateway, template: EmailTemplate, recipients: list[MailingRecipient]) -> tuple[ObjectId, str]:
+def _setup(
+    ledger: MailLedger, gateway: SesGateway, template: EmailTemplate, recipients: list[MailingRecipient]
+) -> tuple[ObjectId, str]:
     mailing = ObjectId()
     shared = {key: template.example_data[key] for key in ("survey_name", "duration_minutes", "points", "survey_url")}
     ledger.add_recipients(mailing, plan_recipients(template, recipients, shared, bulk=True))
@@ -83,7 +85,10 @@ def _deliveries(server: LocalSesServer) -> Counter[str]:
 
 @pytest.mark.slow
 def test_a_thousand_recipients_are_each_sent_once(
-    ledger: MailLedger, make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, templates: dict[str, EmailTemplate],
+    ledger: MailLedger,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    templates: dict[str, EmailTemplate],
 ) -> None:
     gateway = make_gateway(max_send_rate=2000)
     mailing, name = _setup(ledger, gateway, templates["new_survey"], _invitees(1000))
@@ -92,12 +97,20 @@ def test_a_thousand_recipients_are_each_sent_once(
     deliveries = _deliveries(ses_server)
     assert len(deliveries) == 1000 and set(deliveries.values()) == {1}
     assert ledger.mailing_done(mailing)
-    assert ledger.collection.count_documents({"mailing_id": mailing, "status": SENT, "ses_message_id": {"$regex": "^ses-"}}) == 1000
+    assert (
+        ledger.collection.count_documents(
+            {"mailing_id": mailing, "status": SENT, "ses_message_id": {"$regex": "^ses-"}}
+        )
+        == 1000
+    )
 
 
 def test_lost_answer_is_reconciled_from_send_events_without_a_duplicate(
-    ledger: MailLedger, make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer,
-    ses_proxy: SesFaultProxy, templates: dict[str, EmailTemplate],
+    ledger: MailLedger,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy,
+    templates: dict[str, EmailTemplate],
 ) -> None:
     gateway = make_gateway(max_send_rate=50)
     mailing, name = _setup(ledger, gateway, templates["new_survey"], _invitees(120))
@@ -117,8 +130,11 @@ def test_lost_answer_is_reconciled_from_send_events_without_a_duplicate(
 
 
 def test_throttled_batches_back_off_and_then_go(
-    ledger: MailLedger, make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer,
-    ses_proxy: SesFaultProxy, templates: dict[str, EmailTemplate],
+    ledger: MailLedger,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy,
+    templates: dict[str, EmailTemplate],
 ) -> None:
     gateway = make_gateway(max_send_rate=50)
     mailing, name = _setup(ledger, gateway, templates["new_survey"], _invitees(60))
@@ -132,8 +148,11 @@ def test_throttled_batches_back_off_and_then_go(
 
 
 def test_daily_quota_pauses_the_mailing_until_later(
-    ledger: MailLedger, make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer,
-    ses_proxy: SesFaultProxy, templates: dict[str, EmailTemplate],
+    ledger: MailLedger,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy,
+    templates: dict[str, EmailTemplate],
 ) -> None:
     gateway = make_gateway(max_send_rate=50)
     mailing, name = _setup(ledger, gateway, templates["new_survey"], _invitees(80))
@@ -147,56 +166,91 @@ def test_daily_quota_pauses_the_mailing_until_later(
 
 
 def test_recipients_missing_a_variable_fail_alone(
-    ledger: MailLedger, make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, templates: dict[str, EmailTemplate],
+    ledger: MailLedger,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    templates: dict[str, EmailTemplate],
 ) -> None:
     gateway = make_gateway()
     invitees = _invitees(4)
-    invitees[1] = MailingRecipient("nameless@example.org", {"unsubscribe_url": "https://panel.example.org/u"}, user_id=ObjectId())
-    invitees[2] = MailingRecipient("nolink@example.org", {"first_name": "Null", "unsubscribe_url": None}, user_id=ObjectId())
+    invitees[1] = MailingRecipient(
+        "nameless@example.org", {"unsubscribe_url": "https://panel.example.org/u"}, user_id=ObjectId()
+    )
+    invitees[2] = MailingRecipient(
+        "nolink@example.org", {"first_name": "Null", "unsubscribe_url": None}, user_id=ObjectId()
+    )
     mailing, name = _setup(ledger, gateway, templates["new_survey"], invitees)
     send_mailing(ledger, gateway, mailing, name, owner="w1", policy=FAST, unsubscribe_link=LINK)
     failed = {row["email"]: row["error"] for row in ledger.collection.find({"status": FAILED})}
     assert failed == {"nameless@example.org": "missing template data: first_name"}
-    assert sorted(_deliveries(ses_server)) == ["nolink@example.org", "panelist0@example.org", "panelist3@example.org"], (
-        "the unsubscribe link is the pipeline's own, made at send time"
-    )
+    assert sorted(_deliveries(ses_server)) == [
+        "nolink@example.org",
+        "panelist0@example.org",
+        "panelist3@example.org",
+    ], "the unsubscribe link is the pipeline's own, made at send time"
     assert ledger.mailing_done(mailing)
 
 
 def test_logs_carry_no_address_link_or_token(
-    ledger: MailLedger, make_gateway: Callable[..., SesGateway], ses_proxy: SesFaultProxy,
-    templates: dict[str, EmailTemplate], caplog: pytest.LogCaptureFixture,
+    ledger: MailLedger,
+    make_gateway: Callable[..., SesGateway],
+    ses_proxy: SesFaultProxy,
+    templates: dict[str, EmailTemplate],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="panel_pipeline")
     gateway = make_gateway(max_send_rate=50)
     template = templates["password_recovery"]
     mailing = ObjectId()
     resets = [
-        MailingRecipient(f"Reset{i}@Example.org", {"first_name": "R", "reset_url": f"https://panel.example.org/reset?token=TOKEN{i}", "expires_in_minutes": 60})
+        MailingRecipient(
+            f"Reset{i}@Example.org",
+            {
+                "first_name": "R",
+                "reset_url": f"https://panel.example.org/reset?token=TOKEN{i}",
+                "expires_in_minutes": 60,
+            },
+        )
         for i in range(70)
     ]
     ledger.add_recipients(mailing, plan_recipients(template, resets, bulk=False))
     ses_proxy.inject(throttling(), lost_answer(), daily_quota_exceeded())
-    send_mailing(ledger, gateway, mailing, gateway.ensure_template(template), owner="w1", bulk=False, policy=FAST, unsubscribe_link=LINK)
+    send_mailing(
+        ledger,
+        gateway,
+        mailing,
+        gateway.ensure_template(template),
+        owner="w1",
+        bulk=False,
+        policy=FAST,
+        unsubscribe_link=LINK,
+    )
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "quota" in logged and "unknown" in logged, "the test must see the fault paths log"
     assert not re.search(r"@|token|https?://", logged, re.IGNORECASE), logged
 
 
 def test_one_bad_recipient_fails_alone_and_the_batch_goes(
-    ledger: MailLedger, make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer,
-    ses_proxy: SesFaultProxy, templates: dict[str, EmailTemplate],
+    ledger: MailLedger,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy,
+    templates: dict[str, EmailTemplate],
 ) -> None:
     gateway = make_gateway(max_send_rate=50)
     template = templates["new_survey"]
     shared = {key: template.example_data[key] for key in ("survey_name", "duration_minutes", "points", "survey_url")}
     mailing = ObjectId()
     rows = [NewRecipient(f"p{i}@example.org", {**shared, "first_name": f"P{i}"}, user_id=ObjectId()) for i in range(20)]
-    rows[3] = NewRecipient("dated@example.org", {**shared, "first_name": "D", "closes_at": dt.datetime(2025, 1, 6)}, user_id=ObjectId())
+    rows[3] = NewRecipient(
+        "dated@example.org", {**shared, "first_name": "D", "closes_at": dt.datetime(2025, 1, 6)}, user_id=ObjectId()
+    )
     rows[7] = NewRecipient("illegal@example.org", {**shared, "first_name": "I"}, user_id=ObjectId())
     ledger.add_recipients(mailing, rows)
     ses_proxy.refuse_address("illegal@example.org", "Illegal address")
-    report = send_mailing(ledger, gateway, mailing, gateway.ensure_template(template), owner="w1", policy=FAST, unsubscribe_link=LINK)
+    report = send_mailing(
+        ledger, gateway, mailing, gateway.ensure_template(template), owner="w1", policy=FAST, unsubscribe_link=LINK
+    )
     assert report.paused_until is None and report.outcomes == Counter(sent=18, failed=2)
     assert ledger.mailing_done(mailing)
     failed = {row["email"]: row["error"] for row in ledger.collection.find({"status": FAILED})}
@@ -210,8 +264,11 @@ def test_one_bad_recipient_fails_alone_and_the_batch_goes(
 
 
 def test_a_member_who_leaves_after_planning_is_suppressed_not_mailed(
-    ledger: MailLedger, make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer,
-    templates: dict[str, EmailTemplate], mongo_db: Database,
+    ledger: MailLedger,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    templates: dict[str, EmailTemplate],
+    mongo_db: Database,
 ) -> None:
     gateway = make_gateway(max_send_rate=50)
     invitees = _invitees(60)
@@ -220,9 +277,13 @@ def test_a_member_who_leaves_after_planning_is_suppressed_not_mailed(
     mongo_db.users.update_one({"_id": invitees[1].user_id}, {"$set": {"status": "unsubscribed"}})
     mongo_db.users.update_one({"_id": invitees[55].user_id}, {"$set": {"status": "bounced"}})
     mongo_db.users.delete_one({"_id": invitees[30].user_id})
-    report = send_mailing(ledger, gateway, mailing, name, owner="w1", policy=FAST, members=mongo_db.users, unsubscribe_link=LINK)
+    report = send_mailing(
+        ledger, gateway, mailing, name, owner="w1", policy=FAST, members=mongo_db.users, unsubscribe_link=LINK
+    )
     assert report.outcomes == Counter(sent=57, suppressed=3)
-    suppressed = {row["user_id"]: row["error"] for row in ledger.collection.find({"mailing_id": mailing, "status": SUPPRESSED})}
+    suppressed = {
+        row["user_id"]: row["error"] for row in ledger.collection.find({"mailing_id": mailing, "status": SUPPRESSED})
+    }
     assert suppressed == {
         invitees[1].user_id: "member status is unsubscribed (changed after the mailing was planned)",
         invitees[55].user_id: "member status is bounced (changed after the mailing was planned)",
@@ -234,8 +295,11 @@ def test_a_member_who_leaves_after_planning_is_suppressed_not_mailed(
 
 
 def test_a_long_mailing_keeps_its_queue_lease(
-    ledger: MailLedger, make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer,
-    templates: dict[str, EmailTemplate], mongo_db: Database,
+    ledger: MailLedger,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    templates: dict[str, EmailTemplate],
+    mongo_db: Database,
 ) -> None:
     queue = WorkQueue(mongo_db.mailings, QueuePolicy(lease_seconds=3.0))
     doc_id = mongo_db.mailings.insert_one({"processed": False}).inserted_id
@@ -256,7 +320,13 @@ def test_a_long_mailing_keeps_its_queue_lease(
     started = time.monotonic()
     try:
         report = send_mailing(
-            ledger, gateway, mailing, name, owner="run-1", policy=FAST, unsubscribe_link=LINK,
+            ledger,
+            gateway,
+            mailing,
+            name,
+            owner="run-1",
+            policy=FAST,
+            unsubscribe_link=LINK,
             keep_alive=lambda: queue.extend_lease(doc_id, "run-1"),
         )
     finally:
@@ -268,24 +338,35 @@ def test_a_long_mailing_keeps_its_queue_lease(
 
 
 def test_a_stolen_lease_stops_the_sender_within_one_batch(
-    ledger: MailLedger, make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer,
-    ses_proxy: SesFaultProxy, templates: dict[str, EmailTemplate], mongo_db: Database,
+    ledger: MailLedger,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy,
+    templates: dict[str, EmailTemplate],
+    mongo_db: Database,
 ) -> None:
     queue = WorkQueue(mongo_db.mailings, QueuePolicy(lease_seconds=300))
     # Another run whose clock is past the lease: it claims as a run does once a lease has expired.
-    later = WorkQueue(mongo_db.mailings, QueuePolicy(lease_seconds=300), clock=ManualClock(utc_now() + dt.timedelta(seconds=301)))
+    later = WorkQueue(
+        mongo_db.mailings, QueuePolicy(lease_seconds=300), clock=ManualClock(utc_now() + dt.timedelta(seconds=301))
+    )
     doc_id = mongo_db.mailings.insert_one({"processed": False}).inserted_id
     queue.claim(doc_id, "run-1")
     gateway = make_gateway(max_send_rate=50)
     mailing, name = _setup(ledger, gateway, templates["new_survey"], _invitees(200))
 
     def keep_alive() -> bool:
-        if later.claim(doc_id, "run-2") is None and mongo_db.mailings.find_one({"_id": doc_id})["lease_owner"] != "run-2":
+        if (
+            later.claim(doc_id, "run-2") is None
+            and mongo_db.mailings.find_one({"_id": doc_id})["lease_owner"] != "run-2"
+        ):
             raise AssertionError("the rival run should have claimed the mailing")
         return queue.extend_lease(doc_id, "run-1")
 
     with pytest.raises(SendingStopped, match="no longer holds the mailing.*stopped sending after 1 batches"):
-        send_mailing(ledger, gateway, mailing, name, owner="run-1", policy=FAST, unsubscribe_link=LINK, keep_alive=keep_alive)
+        send_mailing(
+            ledger, gateway, mailing, name, owner="run-1", policy=FAST, unsubscribe_link=LINK, keep_alive=keep_alive
+        )
     assert len(ses_proxy.calls()) == 1 and len(ses_server.emails()) == 50
     assert ledger.counts(mailing)[PENDING] == 150
 
@@ -296,12 +377,33 @@ EVENT_SILENCE_SECONDS = 2.0
 
 
 def _worker(mongo_uri: str, db: Database, mailing: ObjectId, template_name: str, ses_url: str) -> subprocess.Popen:
-    return subprocess.Popen([
-        sys.executable, "-m", "panel_pipeline_tests.mailer.send_worker", "--mongo-uri", mongo_uri, "--database", db.name,
-        "--mailing", str(mailing), "--template", template_name, "--ses-url", ses_url, "--from-address", FROM_ADDRESS,
-        "--configuration-set", CONFIGURATION_SET, "--max-send-rate", "100", "--lease-seconds", str(LEASE_SECONDS),
-        "--event-silence-seconds", str(EVENT_SILENCE_SECONDS),
-    ])
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "panel_pipeline_tests.mailer.send_worker",
+            "--mongo-uri",
+            mongo_uri,
+            "--database",
+            db.name,
+            "--mailing",
+            str(mailing),
+            "--template",
+            template_name,
+            "--ses-url",
+            ses_url,
+            "--from-address",
+            FROM_ADDRESS,
+            "--configuration-set",
+            CONFIGURATION_SET,
+            "--max-send-rate",
+            "100",
+            "--lease-seconds",
+            str(LEASE_SECONDS),
+            "--event-silence-seconds",
+            str(EVENT_SILENCE_SECONDS),
+        ]
+    )
 
 
 def _wait_for_an_attempt(ledger: MailLedger, mailing: ObjectId, worker: subprocess.Popen) -> None:
@@ -320,8 +422,13 @@ def _feed_events(ses_proxy: SesFaultProxy, db: Database) -> None:
 
 @pytest.mark.slow
 def test_a_worker_killed_twenty_times_mails_nobody_twice_and_loses_nobody(
-    ledger: MailLedger, make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer,
-    ses_proxy: SesFaultProxy, templates: dict[str, EmailTemplate], mongo_db: Database, mongo_uri: str,
+    ledger: MailLedger,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy,
+    templates: dict[str, EmailTemplate],
+    mongo_db: Database,
+    mongo_uri: str,
 ) -> None:
     gateway = make_gateway(max_send_rate=100)
     invitees = _invitees(1000)
@@ -356,8 +463,10 @@ def test_a_worker_killed_twenty_times_mails_nobody_twice_and_loses_nobody(
     deliveries = _deliveries(ses_server)
     mailed = {recipient.email.lower() for recipient in invitees}
     duplicates = sum(n - 1 for address, n in deliveries.items() if address in mailed and n > 1)
-    print(f"SIGKILL: {KILLS} kills, {unknown_seen} unknown rows seen, {counts[SENT]} sent, "
-          f"{duplicates} duplicates, {len(mailed - set(deliveries))} lost")
+    print(
+        f"SIGKILL: {KILLS} kills, {unknown_seen} unknown rows seen, {counts[SENT]} sent, "
+        f"{duplicates} duplicates, {len(mailed - set(deliveries))} lost"
+    )
     assert counts[SENT] == 1000 and ledger.mailing_done(mailing), counts
     assert {address: n for address, n in deliveries.items() if address in mailed and n != 1} == {}
     assert mailed <= set(deliveries), "nobody lost"

@@ -15,10 +15,12 @@ from panel_pipeline.mailer.feedback import (
     FeedbackStore,
     QueueMessage,
     Untrusted,
-    apply_message as apply_from,
     drain,
     parse_ses_event,
     unwrap_sqs_body,
+)
+from panel_pipeline.mailer.feedback import (
+    apply_message as apply_from,
 )
 from panel_pipeline.mailer.store import (
     PENDING,
@@ -37,7 +39,7 @@ from panel_pipeline_tests.mailer.ses_events import (
     tags,
 )
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 NOW = dt.datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 TOPIC = "arn:aws:sns:eu-west-2:123456789012:panel-ses-events"  # sns_envelope's default
 
@@ -63,18 +65,26 @@ def test_an_sns_envelope_from_the_configured_topic_carries_the_event():
     assert unwrap_sqs_body(sns_envelope(ses_event), TOPIC) == ses_event
 
 
-@pytest.mark.parametrize("body", [
-    json.dumps({"Type": "SubscriptionConfirmation", "TopicArn": TOPIC, "Message": "confirm"}),
-    "not json", "[1, 2]", json.dumps({"Type": "Notification", "TopicArn": TOPIC, "Message": "not json"}),
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps({"Type": "SubscriptionConfirmation", "TopicArn": TOPIC, "Message": "confirm"}),
+        "not json",
+        "[1, 2]",
+        json.dumps({"Type": "Notification", "TopicArn": TOPIC, "Message": "not json"}),
+    ],
+)
 def test_a_body_without_an_ses_event_is_none(body):
     assert unwrap_sqs_body(body, TOPIC) is None
 
 
-@pytest.mark.parametrize("malformed", [
-    {"eventType": "Bounce", "mail": {"messageId": "m1", "tags": ["not", "a", "map"]}},
-    {"eventType": "Complaint", "mail": {"messageId": "m1"}, "complaint": ["not a map"]},
-])
+@pytest.mark.parametrize(
+    "malformed",
+    [
+        {"eventType": "Bounce", "mail": {"messageId": "m1", "tags": ["not", "a", "map"]}},
+        {"eventType": "Complaint", "mail": {"messageId": "m1"}, "complaint": ["not a map"]},
+    ],
+)
 def test_a_malformed_event_is_ignored_not_raised(store, malformed):
     assert apply_message(store, sns_envelope(malformed)) is None
 
@@ -84,7 +94,11 @@ def test_configuration_set_and_legacy_spellings_parse_alike():
     modern = parse_ses_event(bounce("Ann@Panel.example", labels))
     legacy = parse_ses_event(bounce("Ann@Panel.example", labels, key="notificationType"))
     for parsed in (modern, legacy):
-        assert (parsed.event_type, parsed.member_status, parsed.reason) == ("Bounce", BOUNCED, "SES bounce Permanent/General")
+        assert (parsed.event_type, parsed.member_status, parsed.reason) == (
+            "Bounce",
+            BOUNCED,
+            "SES bounce Permanent/General",
+        )
         assert parsed.addresses == ("ann@panel.example",)
         assert parsed.tags.recipient_key == "u1"
         assert parsed.occurred_at == dt.datetime(2026, 11, 23, 9, 0, 0, 123000, tzinfo=UTC)
@@ -106,9 +120,15 @@ def test_each_tagged_event_is_stored_once_with_the_schema_and_no_address(store, 
     documents = {doc["_id"]: doc for doc in mongo_db.mail_events.find()}
     assert sorted(doc["event_type"] for doc in documents.values()) == ["Bounce", "Rendering Failure", "Send"]
     assert documents[f"{message_id}:Send"] == {
-        "_id": f"{message_id}:Send", "event_type": "Send", "mailing_id": mailing, "batch_id": BATCH,
-        "recipient_key": ann, "message_id": message_id, "error": None,
-        "occurred_at": dt.datetime(2026, 11, 23, 9, 0, 0, 123000, tzinfo=UTC), "received_at": NOW,
+        "_id": f"{message_id}:Send",
+        "event_type": "Send",
+        "mailing_id": mailing,
+        "batch_id": BATCH,
+        "recipient_key": ann,
+        "message_id": message_id,
+        "error": None,
+        "occurred_at": dt.datetime(2026, 11, 23, 9, 0, 0, 123000, tzinfo=UTC),
+        "received_at": NOW,
     }
     assert documents[f"{message_id}:Bounce"]["error"] == "SES bounce Permanent/General"
     failure = next(doc for doc in documents.values() if doc["event_type"] == "Rendering Failure")
@@ -124,7 +144,11 @@ def test_a_permanent_bounce_bounces_the_tagged_member_once(store, mongo_db):
     first, again = apply_message(store, body), apply_message(store, body)
     assert (first.member_status, again.member_status) == (BOUNCED, None)
     user = mongo_db.users.find_one({"_id": ann})
-    assert (user["status"], user["status_reason"], user["status_changed_at"]) == ("bounced", "SES bounce Permanent/General", NOW)
+    assert (user["status"], user["status_reason"], user["status_changed_at"]) == (
+        "bounced",
+        "SES bounce Permanent/General",
+        NOW,
+    )
 
 
 def test_a_complaint_without_a_user_tag_finds_the_member_by_address(store, mongo_db):
@@ -134,7 +158,9 @@ def test_a_complaint_without_a_user_tag_finds_the_member_by_address(store, mongo
     assert applied.member_status == UNSUBSCRIBED
     assert mongo_db.users.find_one({"_id": ann})["status_reason"] == "SES complaint abuse"
     other = member(mongo_db, "ann2@panel.example")
-    legacy = complaint("ann2@panel.example", tags(ObjectId(), recipient_key_for(None, "ann2@panel.example")), key="notificationType")
+    legacy = complaint(
+        "ann2@panel.example", tags(ObjectId(), recipient_key_for(None, "ann2@panel.example")), key="notificationType"
+    )
     assert apply_message(store, sns_envelope(legacy)).member_status == UNSUBSCRIBED
     assert mongo_db.users.find_one({"_id": other})["status"] == "unsubscribed"
 
@@ -151,7 +177,9 @@ def test_a_transient_bounce_changes_nothing_and_only_active_members_change(store
 
 def test_a_late_event_about_an_earlier_message_does_not_bounce_a_reactivated_member(store, mongo_db):
     ann = member(mongo_db, "ann@panel.example")
-    apply_message(store, sns_envelope(bounce("ann@panel.example", tags(ObjectId(), ann))))  # sent 09:00, applied at 10:00
+    apply_message(
+        store, sns_envelope(bounce("ann@panel.example", tags(ObjectId(), ann)))
+    )  # sent 09:00, applied at 10:00
     mongo_db.users.update_one({"_id": ann}, {"$set": {"status": "active"}})  # the backend reactivates her
     late = bounce("ann@panel.example", tags(ObjectId(), ann))  # another message sent at 09:00, reported late
     assert apply_message(store, sns_envelope(late)).member_status is None
@@ -165,22 +193,34 @@ def test_stored_events_settle_unknown_ledger_rows(store, mongo_db):
     """The ledger reads what the feed stores: a Send event settles its unknown row as sent."""
     mailing, ann = ObjectId(), ObjectId()
     ledger = MailLedger(mongo_db.mail_log, mongo_db.mail_events)
-    mongo_db.mail_log.insert_many([
-        {"mailing_id": mailing, "recipient_key": key, "batch_id": BATCH, "status": UNKNOWN,
-         "attempt_started_at": dt.datetime(2026, 11, 23, 8, 0, tzinfo=UTC)}
-        for key in (str(ann), "e-0000")
-    ])
+    mongo_db.mail_log.insert_many(
+        [
+            {
+                "mailing_id": mailing,
+                "recipient_key": key,
+                "batch_id": BATCH,
+                "status": UNKNOWN,
+                "attempt_started_at": dt.datetime(2026, 11, 23, 8, 0, tzinfo=UTC),
+            }
+            for key in (str(ann), "e-0000")
+        ]
+    )
     apply_message(store, sns_envelope(event("Send", "ann@panel.example", tags(mailing, ann))))
     settled = ledger.settle_unknown(mailing)
     assert (settled[SENT], settled[PENDING]) == (1, 1)  # the silent one was never accepted
     assert mongo_db.mail_log.find_one({"recipient_key": str(ann)})["status"] == SENT
 
 
-@pytest.mark.parametrize("forged", [
-    pytest.param(lambda e: json.dumps(e), id="raw delivery: no envelope to check"),
-    pytest.param(lambda e: sns_envelope(e, topic_arn="arn:aws:sns:eu-west-2:999999999999:someone-else"), id="another topic"),
-    pytest.param(lambda e: json.dumps({**json.loads(sns_envelope(e)), "TopicArn": None}), id="no topic"),
-])
+@pytest.mark.parametrize(
+    "forged",
+    [
+        pytest.param(lambda e: json.dumps(e), id="raw delivery: no envelope to check"),
+        pytest.param(
+            lambda e: sns_envelope(e, topic_arn="arn:aws:sns:eu-west-2:999999999999:someone-else"), id="another topic"
+        ),
+        pytest.param(lambda e: json.dumps({**json.loads(sns_envelope(e)), "TopicArn": None}), id="no topic"),
+    ],
+)
 def test_a_message_not_from_the_configured_topic_is_untrusted_and_changes_nothing(store, mongo_db, forged):
     ann = member(mongo_db, "ann@panel.example")
     applied = apply_message(store, forged(bounce("ann@panel.example", tags(ObjectId(), ann))))
@@ -189,13 +229,22 @@ def test_a_message_not_from_the_configured_topic_is_untrusted_and_changes_nothin
     assert mongo_db.mail_events.count_documents({}) == 0
 
 
-@pytest.mark.parametrize("labels", [
-    pytest.param(None, id="untagged"),
-    pytest.param({"mailing": "not-an-id", "batch": BATCH, "recipient": "x"}, id="mailing not an ObjectId"),
-    pytest.param({"mailing": str(ObjectId()), "batch": "batch-1", "recipient": str(ObjectId())}, id="batch not an ObjectId"),
-    pytest.param({"mailing": str(ObjectId()), "batch": BATCH, "recipient": "ann@panel.example"}, id="recipient not a key"),
-    pytest.param({"mailing": str(ObjectId()), "batch": BATCH, "recipient": "e-1234"}, id="recipient hash too short"),
-])
+@pytest.mark.parametrize(
+    "labels",
+    [
+        pytest.param(None, id="untagged"),
+        pytest.param({"mailing": "not-an-id", "batch": BATCH, "recipient": "x"}, id="mailing not an ObjectId"),
+        pytest.param(
+            {"mailing": str(ObjectId()), "batch": "batch-1", "recipient": str(ObjectId())}, id="batch not an ObjectId"
+        ),
+        pytest.param(
+            {"mailing": str(ObjectId()), "batch": BATCH, "recipient": "ann@panel.example"}, id="recipient not a key"
+        ),
+        pytest.param(
+            {"mailing": str(ObjectId()), "batch": BATCH, "recipient": "e-1234"}, id="recipient hash too short"
+        ),
+    ],
+)
 def test_an_event_without_our_tags_is_untrusted_even_from_the_topic(store, mongo_db, labels):
     ann = member(mongo_db, "ann@panel.example")
     applied = apply_message(store, sns_envelope(complaint("ann@panel.example", labels)))
@@ -222,8 +271,14 @@ def test_the_drain_counts_and_deletes_untrusted_messages(store, mongo_db):
             return len(handles)
 
     genuine = sns_envelope(event("Send", "ann@panel.example", tags(ObjectId(), ann)))
-    queue = Queue([genuine, json.dumps(bounce("ann@panel.example", tags(ObjectId(), ann))), "not json",
-                   sns_envelope(bounce("ann@panel.example", None))])
+    queue = Queue(
+        [
+            genuine,
+            json.dumps(bounce("ann@panel.example", tags(ObjectId(), ann))),
+            "not json",
+            sns_envelope(bounce("ann@panel.example", None)),
+        ]
+    )
     report = drain(queue, store)
     assert (report.messages_read, report.messages_deleted) == (4, 4)
     assert (report.events_stored, report.messages_untrusted, report.messages_ignored) == (1, 2, 1)

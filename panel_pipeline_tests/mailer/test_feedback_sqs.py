@@ -14,30 +14,42 @@ from bson import ObjectId
 
 from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.sns_sqs import aws_client, ensure_feedback_path
-from panel_pipeline.mailer.sensors import ses_feedback_sensor
 from panel_pipeline.mailer.assets import mailings, ses_feedback
-from panel_pipeline.mailer.store import recipient_key_for
 from panel_pipeline.mailer.resources import SesResource, SqsResource
+from panel_pipeline.mailer.sensors import ses_feedback_sensor
+from panel_pipeline.mailer.store import recipient_key_for
 from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline_tests.mailer.ses_events import bounce, complaint, event, sns_envelope, tags
 from panel_pipeline_tests.waiting import finished_runs, wait_for
 
-SURVEY = {"survey_name": "Bus services", "duration_minutes": 12, "points": 150, "survey_url": "https://survey.example/s/1"}
+SURVEY = {
+    "survey_name": "Bus services",
+    "duration_minutes": 12,
+    "points": 150,
+    "survey_url": "https://survey.example/s/1",
+}
 
 
 @pytest.fixture
 def feedback_path(local_sns_sqs):
     """A topic and queue of this test's own; redelivery after 1 s instead of SQS's 30 s."""
     path = ensure_feedback_path(local_sns_sqs.url, name=f"ses-events-{uuid.uuid4().hex[:8]}")
-    aws_client("sqs", local_sns_sqs.url).set_queue_attributes(QueueUrl=path.queue_url, Attributes={"VisibilityTimeout": "1"})
+    aws_client("sqs", local_sns_sqs.url).set_queue_attributes(
+        QueueUrl=path.queue_url, Attributes={"VisibilityTimeout": "1"}
+    )
     return path
 
 
 @pytest.fixture
 def sqs(local_sns_sqs, feedback_path):
     return SqsResource(
-        queue_url=feedback_path.queue_url, topic_arn=feedback_path.topic_arn, region_name="eu-west-2",
-        endpoint_url=local_sns_sqs.url, wait_seconds=1, aws_access_key_id="local", aws_secret_access_key="local",
+        queue_url=feedback_path.queue_url,
+        topic_arn=feedback_path.topic_arn,
+        region_name="eu-west-2",
+        endpoint_url=local_sns_sqs.url,
+        wait_seconds=1,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
     )
 
 
@@ -47,9 +59,13 @@ def resources(mongo_uri, mongo_db, local_ses, sqs):
         "mongo": MongoResource(uri=mongo_uri, database=mongo_db.name),
         "sqs": sqs,
         "ses": SesResource(
-            region_name="eu-west-2", from_address="Panel <panel@example.org>", endpoint_url=local_ses.url,
-            aws_access_key_id="local", aws_secret_access_key="local",
-            unsubscribe_url="https://panel.example/unsubscribe?user={user}&token={token}", unsubscribe_secret="s",
+            region_name="eu-west-2",
+            from_address="Panel <panel@example.org>",
+            endpoint_url=local_ses.url,
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+            unsubscribe_url="https://panel.example/unsubscribe?user={user}&token={token}",
+            unsubscribe_secret="s",
             link_hosts="survey.example",
         ),
     }
@@ -87,7 +103,9 @@ def metadata_values(materialization):
     return {key: value.value for key, value in materialization.metadata.items()}
 
 
-def test_bounces_and_complaints_arrive_through_sqs_and_suppress_the_members(instance, resources, mongo_db, publish, local_ses, capfd):
+def test_bounces_and_complaints_arrive_through_sqs_and_suppress_the_members(
+    instance, resources, mongo_db, publish, local_ses, capfd
+):
     ann, bob, cat = members(mongo_db, "ann@panel.example", "bob@panel.example", "cat@panel.example")
     earlier = ObjectId()
     publish(
@@ -102,24 +120,39 @@ def test_bounces_and_complaints_arrive_through_sqs_and_suppress_the_members(inst
     result, materialization = drain(instance, resources)
     assert result.success
     assert metadata_values(materialization) == {
-        "messages_read": 4, "messages_deleted": 4, "messages_ignored": 0, "messages_untrusted": 0, "events_stored": 4,
-        "events_by_type": {"Bounce": 2, "Complaint": 1, "Send": 1}, "members_bounced": 1, "members_unsubscribed": 1,
+        "messages_read": 4,
+        "messages_deleted": 4,
+        "messages_ignored": 0,
+        "messages_untrusted": 0,
+        "events_stored": 4,
+        "events_by_type": {"Bounce": 2, "Complaint": 1, "Send": 1},
+        "members_bounced": 1,
+        "members_unsubscribed": 1,
         "dagster/row_count": 4,
     }
     statuses = {user["_id"]: user["status"] for user in mongo_db.users.find()}
     assert statuses == {ann: "bounced", bob: "unsubscribed", cat: "active"}
     assert mongo_db.mail_events.count_documents({}) == 4
 
-    mailing_id = mongo_db.mailings.insert_one({
-        "processed": False, "kind": "bulk", "template": "new_survey", "default_data": SURVEY,
-        "recipients": [{"user_id": ann}, {"user_id": bob}, {"user_id": cat}],
-    }).inserted_id
+    mailing_id = mongo_db.mailings.insert_one(
+        {
+            "processed": False,
+            "kind": "bulk",
+            "template": "new_survey",
+            "default_data": SURVEY,
+            "recipients": [{"user_id": ann}, {"user_id": bob}, {"user_id": cat}],
+        }
+    ).inserted_id
     local_ses.clear()
     instance.add_dynamic_partitions("mailings", [str(mailing_id)])
     assert dg.materialize([mailings], partition_key=str(mailing_id), instance=instance, resources=resources).success
-    ledger = {row["user_id"]: (row["status"], row.get("error")) for row in mongo_db.mail_log.find({"mailing_id": mailing_id})}
+    ledger = {
+        row["user_id"]: (row["status"], row.get("error")) for row in mongo_db.mail_log.find({"mailing_id": mailing_id})
+    }
     assert ledger == {
-        ann: ("suppressed", "member status is bounced"), bob: ("suppressed", "member status is unsubscribed"), cat: ("sent", None),
+        ann: ("suppressed", "member status is bounced"),
+        bob: ("suppressed", "member status is unsubscribed"),
+        cat: ("sent", None),
     }
     assert [email["destination"]["to"] for email in local_ses.emails()] == [["cat@panel.example"]]
 
@@ -144,17 +177,27 @@ def test_redelivered_and_duplicate_events_change_nothing_twice(instance, resourc
     assert mongo_db.mail_events.count_documents({}) == 1
 
 
-def test_a_bounce_sent_straight_to_the_queue_is_untrusted_counted_and_deleted(instance, resources, mongo_db, publish, local_sns_sqs, feedback_path):
+def test_a_bounce_sent_straight_to_the_queue_is_untrusted_counted_and_deleted(
+    instance, resources, mongo_db, publish, local_sns_sqs, feedback_path
+):
     """Anyone who may send to the queue could forge a bounce; only the topic's envelopes are applied."""
     (ann,) = members(mongo_db, "ann@panel.example")
     sqs = aws_client("sqs", local_sns_sqs.url)
     forged = bounce("ann@panel.example", tags(ObjectId(), ann))
     sqs.send_message(QueueUrl=feedback_path.queue_url, MessageBody=json.dumps(forged))  # a raw event
-    sqs.send_message(QueueUrl=feedback_path.queue_url, MessageBody=sns_envelope(forged, topic_arn="arn:aws:sns:eu-west-2:123456789012:other"))
+    sqs.send_message(
+        QueueUrl=feedback_path.queue_url,
+        MessageBody=sns_envelope(forged, topic_arn="arn:aws:sns:eu-west-2:123456789012:other"),
+    )
     publish(bounce("ann@panel.example", None))  # from the topic, but not tagged as our mail is
     _, materialization = drain(instance, resources)
     values = metadata_values(materialization)
-    assert (values["messages_read"], values["messages_deleted"], values["messages_untrusted"], values["events_stored"]) == (3, 3, 3, 0)
+    assert (
+        values["messages_read"],
+        values["messages_deleted"],
+        values["messages_untrusted"],
+        values["events_stored"],
+    ) == (3, 3, 3, 0)
     assert mongo_db.users.find_one({"_id": ann})["status"] == "active"
 
 
@@ -167,18 +210,28 @@ def test_a_message_is_deleted_only_once_applied(instance, resources, mongo_db, p
     failed, _ = drain(instance, resources)
     assert not failed.success
     (failure,) = [event for event in failed.all_events if event.is_step_failure]
-    assert "Document failed validation" in str(failure.step_failure_data.error), "it failed applying the event, not before reading"
+    assert "Document failed validation" in str(failure.step_failure_data.error), (
+        "it failed applying the event, not before reading"
+    )
 
     def waiting(attribute):
-        return int(aws_client("sqs", local_sns_sqs.url).get_queue_attributes(
-            QueueUrl=feedback_path.queue_url, AttributeNames=[attribute]
-        )["Attributes"][attribute])
+        return int(
+            aws_client("sqs", local_sns_sqs.url).get_queue_attributes(
+                QueueUrl=feedback_path.queue_url, AttributeNames=[attribute]
+            )["Attributes"][attribute]
+        )
 
-    assert waiting("ApproximateNumberOfMessages") + waiting("ApproximateNumberOfMessagesNotVisible") == 1, "the message stays in the queue"
+    assert waiting("ApproximateNumberOfMessages") + waiting("ApproximateNumberOfMessagesNotVisible") == 1, (
+        "the message stays in the queue"
+    )
     assert mongo_db.users.find_one({"_id": ann})["status"] == "active"
 
     mongo_db.command("collMod", "users", validator={})
-    wait_for(lambda: waiting("ApproximateNumberOfMessages") == 1, timeout=30, what="the message visible again (1 s visibility timeout)")
+    wait_for(
+        lambda: waiting("ApproximateNumberOfMessages") == 1,
+        timeout=30,
+        what="the message visible again (1 s visibility timeout)",
+    )
     result, materialization = drain(instance, resources)
     assert result.success and metadata_values(materialization)["members_bounced"] == 1
     assert mongo_db.users.find_one({"_id": ann})["status"] == "bounced"
@@ -191,9 +244,12 @@ def test_the_sensor_skips_an_empty_or_unreachable_queue(instance, sqs):
     secret = "s3cr3t-key-material"
     dead = f"http://127.0.0.1:{free_port()}"
     unreachable = SqsResource(
-        queue_url=f"{dead}/123456789012/ses-events", topic_arn="arn:aws:sns:eu-west-2:123456789012:ses-events",
-        region_name="eu-west-2", endpoint_url=dead,
-        aws_access_key_id="local", aws_secret_access_key=secret,
+        queue_url=f"{dead}/123456789012/ses-events",
+        topic_arn="arn:aws:sns:eu-west-2:123456789012:ses-events",
+        region_name="eu-west-2",
+        endpoint_url=dead,
+        aws_access_key_id="local",
+        aws_secret_access_key=secret,
     )
     tick = ses_feedback_sensor(dg.build_sensor_context(instance=instance, resources={"sqs": unreachable}))
     message = tick.skip_reason.skip_message
@@ -203,7 +259,9 @@ def test_the_sensor_skips_an_empty_or_unreachable_queue(instance, sqs):
 
 def test_the_sensor_waits_while_a_feedback_run_is_under_way(instance, sqs, publish):
     publish(event("Send", "ann@panel.example", tags(ObjectId(), ObjectId())))
-    instance.add_run(dg.DagsterRun(job_name="ses_feedback_job", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED))
+    instance.add_run(
+        dg.DagsterRun(job_name="ses_feedback_job", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED)
+    )
     tick = ses_feedback_sensor(dg.build_sensor_context(instance=instance, resources={"sqs": sqs}))
     assert not tick.run_requests and "already under way" in tick.skip_reason.skip_message
 
@@ -213,13 +271,20 @@ def test_under_the_daemon_a_published_bounce_bounces_the_member(dagster_dev, mon
     """The sensor (every 30 s) sees the message and its run applies it: the whole path under `dagster dev`."""
     db = mongo_client.panel
     since = dt.datetime.now(dt.UTC)
-    member_id = db.users.insert_one({"email": f"daemon-{uuid.uuid4().hex[:6]}@panel.example", "status": "active"}).inserted_id
+    member_id = db.users.insert_one(
+        {"email": f"daemon-{uuid.uuid4().hex[:6]}@panel.example", "status": "active"}
+    ).inserted_id
     path = ensure_feedback_path(local_sns_sqs.url)
     published = time.monotonic()
     aws_client("sns", local_sns_sqs.url).publish(
         TopicArn=path.topic_arn, Message=json.dumps(bounce("daemon@panel.example", tags(ObjectId(), member_id)))
     )
-    wait_for(lambda: db.users.find_one({"_id": member_id, "status": "bounced"}), timeout=120, what="the member bounced", explain=dagster_dev.activity)
+    wait_for(
+        lambda: db.users.find_one({"_id": member_id, "status": "bounced"}),
+        timeout=120,
+        what="the member bounced",
+        explain=dagster_dev.activity,
+    )
     print(f"published -> member bounced under the daemon: {time.monotonic() - published:.1f} s")
     runs = finished_runs(dagster_dev, "the feedback runs", job_name="ses_feedback_job", created_after=since)
     assert {(run.status, run.tags["panel/part"]) for run in runs} == {(dg.DagsterRunStatus.SUCCESS, "ses_feedback")}

@@ -12,12 +12,12 @@ from bson import Binary, ObjectId
 from pymongo import monitoring
 
 from panel_pipeline.mailer.dispatch import plan_recipients
-from panel_pipeline.shared.contract import UNSUBSCRIBE_URL
-from panel_pipeline.mailer.store import FAILED, PENDING, SUPPRESSED
 from panel_pipeline.mailer.recipients import USERS_PER_QUERY, resolve_recipients
-from panel_pipeline.shared.templates import load_templates
+from panel_pipeline.mailer.store import FAILED, PENDING, SUPPRESSED
 from panel_pipeline.mailer.validation import LinkPolicy
 from panel_pipeline.queue.store import RequestRejected
+from panel_pipeline.shared.contract import UNSUBSCRIBE_URL
+from panel_pipeline.shared.templates import load_templates
 
 SURVEY = {"survey_name": "Bus", "duration_minutes": 5, "points": 50, "survey_url": "https://survey.example/s/1"}
 LINKS = LinkPolicy.of(["survey.example", "panel.example"])
@@ -59,9 +59,19 @@ def test_a_big_invitation_is_streamed_a_thousand_members_per_users_query(counted
     db, listener = counted
     members = add_users(db, 2500)
     mailing_id, sample_id = ObjectId(), ObjectId()
-    db.sample_members.insert_many([{"sample_id": sample_id, "user_id": uid, "mailing_id": mailing_id, "invited_at": None} for uid in members])
-    db.sample_members.insert_one({"sample_id": sample_id, "user_id": ObjectId(), "mailing_id": ObjectId()})  # another invitation's
-    invitation = {"_id": mailing_id, "kind": "bulk", "template": "new_survey", "invitation_for_sample": sample_id, "recipient_count": 2500}
+    db.sample_members.insert_many(
+        [{"sample_id": sample_id, "user_id": uid, "mailing_id": mailing_id, "invited_at": None} for uid in members]
+    )
+    db.sample_members.insert_one(
+        {"sample_id": sample_id, "user_id": ObjectId(), "mailing_id": ObjectId()}
+    )  # another invitation's
+    invitation = {
+        "_id": mailing_id,
+        "kind": "bulk",
+        "template": "new_survey",
+        "invitation_for_sample": sample_id,
+        "recipient_count": 2500,
+    }
     recipients = resolve_recipients(db, invitation, bulk_link)
     listener.finds.clear()
     chunks = recipients.chunks()
@@ -85,7 +95,11 @@ def test_listed_addresses_are_looked_up_in_batches_and_duplicates_counted(counte
     listener.finds.clear()
     recipients = resolve_recipients(db, {"_id": ObjectId(), "template": "welcome", "recipients": listed}, None)
     resolved = list(recipients)
-    assert [r.email for r in resolved] == ["m0@panel.example", "new@panel.example", *(f"other{i}@panel.example" for i in range(5))]
+    assert [r.email for r in resolved] == [
+        "m0@panel.example",
+        "new@panel.example",
+        *(f"other{i}@panel.example" for i in range(5)),
+    ]
     assert resolved[0].user_id == ann and resolved[0].data == {"first_name": "M0"}
     assert recipients.duplicates == 2
     assert listener.finds["users"] == 2, "one query for the chunk's ids, one for its addresses (was one per address)"
@@ -94,24 +108,45 @@ def test_listed_addresses_are_looked_up_in_batches_and_duplicates_counted(counte
 def test_data_is_made_json_and_a_bad_value_or_address_fails_that_recipient_alone(mongo_db):
     when = dt.datetime(2026, 12, 1, 9, 0)
     listed = [
-        {"email": "ok@panel.example", "data": {"reset_url": "https://panel.example/r?t=1", "when": when, "ref": ObjectId("6566a0000000000000000009")}},
+        {
+            "email": "ok@panel.example",
+            "data": {
+                "reset_url": "https://panel.example/r?t=1",
+                "when": when,
+                "ref": ObjectId("6566a0000000000000000009"),
+            },
+        },
         {"email": "blob@panel.example", "data": {"reset_url": "https://panel.example/r?t=2", "blob": Binary(b"\x00")}},
         {"email": "not an address", "data": {"reset_url": "https://panel.example/r?t=3"}},
-        {"email": "raw@panel.example", "data": {"reset_url": "https://panel.example/r?t=4", "html": {"first_name": "<b>"}}},
+        {
+            "email": "raw@panel.example",
+            "data": {"reset_url": "https://panel.example/r?t=4", "html": {"first_name": "<b>"}},
+        },
         {"email": "evil@panel.example", "data": {"reset_url": "https://evil.example/r?t=5"}},
         {"email": "js@panel.example", "data": {"reset_url": "javascript:alert(1)"}},
         {"email": "list@panel.example", "data": ["not", "an", "object"]},
     ]
     mailing = {"_id": ObjectId(), "template": "password_recovery", "kind": "transactional", "recipients": listed}
     template = load_templates()["password_recovery"]
-    planned = plan_recipients(template, resolve_recipients(mongo_db, mailing, None), {"first_name": "A", "expires_in_minutes": 60},
-                              bulk=False, links=LINKS)
+    planned = plan_recipients(
+        template,
+        resolve_recipients(mongo_db, mailing, None),
+        {"first_name": "A", "expires_in_minutes": 60},
+        bulk=False,
+        links=LINKS,
+    )
     outcome = {row.email: (row.status, row.error) for row in planned}
     assert outcome == {
         "ok@panel.example": (PENDING, None),
-        "blob@panel.example": (FAILED, "recipients.1.data.blob: a Binary is not JSON; give a string, number, true/false, list or object"),
+        "blob@panel.example": (
+            FAILED,
+            "recipients.1.data.blob: a Binary is not JSON; give a string, number, true/false, list or object",
+        ),
         "not an address": (FAILED, "recipients.2.email: not an e-mail address (no name before an @)"),
-        "raw@panel.example": (FAILED, "recipients.3.data.html: reserved (the pipeline puts the HTML-escaped copy of the data there)"),
+        "raw@panel.example": (
+            FAILED,
+            "recipients.3.data.html: reserved (the pipeline puts the HTML-escaped copy of the data there)",
+        ),
         "evil@panel.example": (FAILED, "data.reset_url: link points at a host that is not in the allowed link hosts"),
         "js@panel.example": (FAILED, "data.reset_url: link must be https"),
         "list@panel.example": (FAILED, "recipients.6.data: must be an object, not list"),
@@ -123,38 +158,65 @@ def test_data_is_made_json_and_a_bad_value_or_address_fails_that_recipient_alone
 def test_bulk_data_never_carries_an_unsubscribe_link_of_its_own(mongo_db):
     members = add_users(mongo_db, 2)
     mailing = {
-        "_id": ObjectId(), "template": "new_survey", "kind": "bulk",
-        "recipients": [{"user_id": members[0], "data": {UNSUBSCRIBE_URL: "https://evil.example/phish"}}, {"user_id": members[1]}],
+        "_id": ObjectId(),
+        "template": "new_survey",
+        "kind": "bulk",
+        "recipients": [
+            {"user_id": members[0], "data": {UNSUBSCRIBE_URL: "https://evil.example/phish"}},
+            {"user_id": members[1]},
+        ],
     }
     template = load_templates()["new_survey"]
-    planned = plan_recipients(template, resolve_recipients(mongo_db, mailing, bulk_link),
-                              {**SURVEY, UNSUBSCRIBE_URL: "https://evil.example/all"}, bulk=True, links=LINKS)
+    planned = plan_recipients(
+        template,
+        resolve_recipients(mongo_db, mailing, bulk_link),
+        {**SURVEY, UNSUBSCRIBE_URL: "https://evil.example/all"},
+        bulk=True,
+        links=LINKS,
+    )
     assert [(row.status, row.error) for row in planned] == [(PENDING, None), (PENDING, None)]
     assert all(UNSUBSCRIBE_URL not in row.data for row in planned), "the signed link is made at send time, never stored"
 
 
 def test_a_bulk_recipient_who_is_no_member_fails_for_want_of_an_unsubscribe_link(mongo_db):
-    mailing = {"_id": ObjectId(), "template": "new_survey", "kind": "bulk", "recipients": [{"email": "stranger@panel.example"}]}
-    (row,) = plan_recipients(load_templates()["new_survey"], resolve_recipients(mongo_db, mailing, bulk_link),
-                             {**SURVEY, "first_name": "S"}, bulk=True, links=LINKS)
+    mailing = {
+        "_id": ObjectId(),
+        "template": "new_survey",
+        "kind": "bulk",
+        "recipients": [{"email": "stranger@panel.example"}],
+    }
+    (row,) = plan_recipients(
+        load_templates()["new_survey"],
+        resolve_recipients(mongo_db, mailing, bulk_link),
+        {**SURVEY, "first_name": "S"},
+        bulk=True,
+        links=LINKS,
+    )
     assert (row.status, row.error) == (FAILED, "missing template data: unsubscribe_url")
 
 
 def test_sample_members_who_left_are_suppressed_and_deleted_ones_counted(mongo_db):
     active, gone = add_users(mongo_db, 1)[0], add_users(mongo_db, 1, status="unsubscribed")[0]
     sample_id = ObjectId()
-    mongo_db.sample_members.insert_many([{"sample_id": sample_id, "user_id": uid, "invited_at": None} for uid in (active, gone, ObjectId())])
-    recipients = resolve_recipients(mongo_db, {"_id": ObjectId(), "template": "new_survey", "sample_id": sample_id}, bulk_link)
+    mongo_db.sample_members.insert_many(
+        [{"sample_id": sample_id, "user_id": uid, "invited_at": None} for uid in (active, gone, ObjectId())]
+    )
+    recipients = resolve_recipients(
+        mongo_db, {"_id": ObjectId(), "template": "new_survey", "sample_id": sample_id}, bulk_link
+    )
     planned = plan_recipients(load_templates()["new_survey"], recipients, SURVEY, bulk=True, links=LINKS)
     assert sorted(row.status for row in planned) == [PENDING, SUPPRESSED]
     assert recipients.missing_members == 1
 
 
-@pytest.mark.parametrize("mailing, expected", [
-    ({"recipients": [{"email": "a@panel.example"}, {"user_id": ObjectId()}]}, "recipients.1.user_id: no user"),
-    ({"recipients": [{"email": "a@panel.example"}, {}]}, "recipients.1: give a user_id or an email"),
-    ({"recipients": [], "sample_id": None}, "recipients: the mailing lists no recipients and no sample_id"),
-])
+@pytest.mark.parametrize(
+    "mailing, expected",
+    [
+        ({"recipients": [{"email": "a@panel.example"}, {"user_id": ObjectId()}]}, "recipients.1.user_id: no user"),
+        ({"recipients": [{"email": "a@panel.example"}, {}]}, "recipients.1: give a user_id or an email"),
+        ({"recipients": [], "sample_id": None}, "recipients: the mailing lists no recipients and no sample_id"),
+    ],
+)
 def test_a_wrong_listing_is_rejected_naming_the_field(mongo_db, mailing, expected):
     with pytest.raises(RequestRejected, match=expected.replace(".", r"\.")):
         list(resolve_recipients(mongo_db, {"_id": ObjectId(), "template": "welcome", **mailing}, None))

@@ -17,11 +17,11 @@ from panel_pipeline.local.ses_proxy import (
 )
 from panel_pipeline.local.ses_server import LocalSesServer
 from panel_pipeline.mailer.ses import (
+    NOT_BUILT,
     BulkRecipient,
     BulkSend,
-    NOT_BUILT,
-    SendStatus,
     SendEventsNotPublished,
+    SendStatus,
     SesGateway,
 )
 from panel_pipeline.shared.privacy import redact
@@ -36,11 +36,20 @@ def _recipients(template: EmailTemplate, count: int, **overrides: object) -> lis
     recipients = []
     for index in range(count):
         data = {**template.example_data, **overrides, "unsubscribe_url": f"https://panel.example.org/u/{index}"}
-        recipients.append(BulkRecipient(f"user{index}", f"person{index}@example.org", escape_for_html(data), data["unsubscribe_url"]))
+        recipients.append(
+            BulkRecipient(f"user{index}", f"person{index}@example.org", escape_for_html(data), data["unsubscribe_url"])
+        )
     return recipients
 
 
-def _send(gateway: SesGateway, template: EmailTemplate, count: int, batch_id: str = "batch1", bulk: bool = True, **data: object):
+def _send(
+    gateway: SesGateway,
+    template: EmailTemplate,
+    count: int,
+    batch_id: str = "batch1",
+    bulk: bool = True,
+    **data: object,
+):
     name = gateway.ensure_template(template)
     return gateway.send_batch(BulkSend(MAILING_ID, batch_id, name, _recipients(template, count, **data), bulk))
 
@@ -63,7 +72,9 @@ def test_templates_are_stored_once_under_their_versioned_name(
 
 
 def test_bulk_send_delivers_each_recipient_with_tags_and_unsubscribe_headers(
-    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, ses_proxy: SesFaultProxy,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy,
     templates: dict[str, EmailTemplate],
 ) -> None:
     result = _send(make_gateway(), templates["new_survey"], 3)
@@ -71,11 +82,19 @@ def test_bulk_send_delivers_each_recipient_with_tags_and_unsubscribe_headers(
     emails = sorted(ses_server.emails(), key=lambda email: email["destination"]["to"][0])
     assert [email["destination"]["to"] for email in emails] == [[f"person{i}@example.org"] for i in range(3)]
     headers = {header["name"]: header["value"] for header in emails[1]["headers"]}
-    assert headers == {"List-Unsubscribe": "<https://panel.example.org/u/1>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    assert headers == {
+        "List-Unsubscribe": "<https://panel.example.org/u/1>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
     request = ses_proxy.calls()[0].request
     assert request["ConfigurationSetName"] == CONFIGURATION_SET
-    assert request["DefaultEmailTags"] == [{"Name": "mailing", "Value": MAILING_ID}, {"Name": "batch", "Value": "batch1"}]
-    assert [entry["ReplacementTags"] for entry in request["BulkEmailEntries"]] == [[{"Name": "recipient", "Value": f"user{i}"}] for i in range(3)]
+    assert request["DefaultEmailTags"] == [
+        {"Name": "mailing", "Value": MAILING_ID},
+        {"Name": "batch", "Value": "batch1"},
+    ]
+    assert [entry["ReplacementTags"] for entry in request["BulkEmailEntries"]] == [
+        [{"Name": "recipient", "Value": f"user{i}"}] for i in range(3)
+    ]
 
 
 def test_transactional_send_has_no_unsubscribe_headers(
@@ -97,7 +116,9 @@ def test_html_injection_in_a_first_name_arrives_escaped(
 
 
 def test_throttling_answer_retries_everyone_and_sends_nothing(
-    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, ses_proxy: SesFaultProxy,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy,
     templates: dict[str, EmailTemplate],
 ) -> None:
     ses_proxy.inject(throttling())
@@ -109,7 +130,9 @@ def test_throttling_answer_retries_everyone_and_sends_nothing(
 
 
 def test_daily_quota_answer_pauses_the_batch(
-    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, ses_proxy: SesFaultProxy,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy,
     templates: dict[str, EmailTemplate],
 ) -> None:
     ses_proxy.inject(daily_quota_exceeded())
@@ -119,20 +142,36 @@ def test_daily_quota_answer_pauses_the_batch(
 
 
 def test_each_entry_is_classified_on_its_own(
-    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, ses_proxy: SesFaultProxy,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy,
     templates: dict[str, EmailTemplate],
 ) -> None:
-    ses_proxy.inject(entry_statuses({1: "ACCOUNT_THROTTLED", 2: "ACCOUNT_DAILY_QUOTA_EXCEEDED", 3: "MESSAGE_REJECTED", 4: "TRANSIENT_FAILURE"}))
+    ses_proxy.inject(
+        entry_statuses(
+            {1: "ACCOUNT_THROTTLED", 2: "ACCOUNT_DAILY_QUOTA_EXCEEDED", 3: "MESSAGE_REJECTED", 4: "TRANSIENT_FAILURE"}
+        )
+    )
     result = _send(make_gateway(), templates["new_survey"], 6)
     assert [entry.outcome for entry in result.entries] == [
-        SendStatus.SENT, SendStatus.RETRY, SendStatus.PAUSE, SendStatus.FAILED, SendStatus.RETRY, SendStatus.SENT,
+        SendStatus.SENT,
+        SendStatus.RETRY,
+        SendStatus.PAUSE,
+        SendStatus.FAILED,
+        SendStatus.RETRY,
+        SendStatus.SENT,
     ]
     assert result.entries[3].error == "injected MESSAGE_REJECTED"
-    assert sorted(email["destination"]["to"][0] for email in ses_server.emails()) == ["person0@example.org", "person5@example.org"]
+    assert sorted(email["destination"]["to"][0] for email in ses_server.emails()) == [
+        "person0@example.org",
+        "person5@example.org",
+    ]
 
 
 def test_lost_answer_is_unknown_and_never_sent_twice(
-    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, ses_proxy: SesFaultProxy,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy,
     templates: dict[str, EmailTemplate],
 ) -> None:
     ses_proxy.inject(lost_answer())
@@ -170,7 +209,7 @@ def test_batches_are_checked_before_anything_is_sent(
 
 
 def test_sending_is_paced_at_the_send_rate_in_recipients_per_second() -> None:
-    clock = ManualClock(dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    clock = ManualClock(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     gateway = SesGateway(local_session(), from_address="p@example.org", max_send_rate=10, clock=clock)
     assert gateway.batch_size == 10
     for _ in range(3):
@@ -186,30 +225,53 @@ def test_redact_removes_addresses_and_links() -> None:
 
 
 def test_an_entry_that_cannot_be_built_fails_alone_and_nothing_is_sent_for_it(
-    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, ses_proxy: SesFaultProxy,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy,
     templates: dict[str, EmailTemplate],
 ) -> None:
     template = templates["new_survey"]
     gateway = make_gateway()
     recipients = _recipients(template, 5)
-    recipients[1] = BulkRecipient("user1", "person1@example.org", {**recipients[1].template_data, "closes_at": dt.datetime(2025, 1, 6)}, "https://panel.example.org/u/1")
-    recipients[2] = BulkRecipient("user2", "person2@example.org", {**recipients[2].template_data, "ref": {"id": ObjectId()}}, "https://panel.example.org/u/2")
-    recipients[3] = BulkRecipient("user3", "person3@example.org", recipients[3].template_data, "https://panel.example.org/ü/3")
+    recipients[1] = BulkRecipient(
+        "user1",
+        "person1@example.org",
+        {**recipients[1].template_data, "closes_at": dt.datetime(2025, 1, 6)},
+        "https://panel.example.org/u/1",
+    )
+    recipients[2] = BulkRecipient(
+        "user2",
+        "person2@example.org",
+        {**recipients[2].template_data, "ref": {"id": ObjectId()}},
+        "https://panel.example.org/u/2",
+    )
+    recipients[3] = BulkRecipient(
+        "user3", "person3@example.org", recipients[3].template_data, "https://panel.example.org/ü/3"
+    )
     recipients[4] = BulkRecipient("user4", 12345, recipients[4].template_data, "https://panel.example.org/u/4")  # type: ignore[arg-type]
     result = gateway.send_batch(BulkSend(MAILING_ID, "b", gateway.ensure_template(template), recipients))
     assert [entry.outcome for entry in result.entries] == [SendStatus.SENT] + [SendStatus.FAILED] * 4
     errors = [entry.error for entry in result.entries[1:]]
     assert errors[0] == "not sent: template data: data.closes_at is a datetime, not a JSON value"
     assert errors[1] == "not sent: template data: data.ref.id is a ObjectId, not a JSON value"
-    assert errors[2] == "not sent: SES would refuse the entry: entry.ReplacementHeaders.0.Value has characters SES does not allow there"
-    assert errors[3].startswith("not sent: SES would refuse the entry: Invalid type for parameter Destination.ToAddresses[0]")
+    assert (
+        errors[2] == "not sent: SES would refuse the entry: "
+        "entry.ReplacementHeaders.0.Value has characters SES does not allow there"
+    )
+    assert errors[3].startswith(
+        "not sent: SES would refuse the entry: Invalid type for parameter Destination.ToAddresses[0]"
+    )
     assert {entry.ses_status for entry in result.entries[1:]} == {NOT_BUILT}
-    assert [call.request["BulkEmailEntries"][0]["Destination"]["ToAddresses"] for call in ses_proxy.calls()] == [["person0@example.org"]]
+    assert [call.request["BulkEmailEntries"][0]["Destination"]["ToAddresses"] for call in ses_proxy.calls()] == [
+        ["person0@example.org"]
+    ]
     assert [email["destination"]["to"] for email in ses_server.emails()] == [["person0@example.org"]]
 
 
 def test_a_batch_refused_for_one_bad_address_is_split_and_only_that_recipient_fails(
-    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, ses_proxy: SesFaultProxy,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy,
     templates: dict[str, EmailTemplate],
 ) -> None:
     ses_proxy.refuse_address("person5@example.org", "Illegal address")
@@ -221,11 +283,15 @@ def test_a_batch_refused_for_one_bad_address_is_split_and_only_that_recipient_fa
         f"person{i}@example.org" for i in range(12) if i != 5
     )
     refused = [call for call in ses_proxy.calls() if call.fault == "BadRequestException"]
-    assert [len(call.request["BulkEmailEntries"]) for call in refused] == [12, 6, 3, 2, 1], "halved down to the bad entry"
+    assert [len(call.request["BulkEmailEntries"]) for call in refused] == [12, 6, 3, 2, 1], (
+        "halved down to the bad entry"
+    )
 
 
 def test_a_batch_refused_even_entry_by_entry_is_paused_not_failed(
-    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, ses_proxy: SesFaultProxy,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy,
     templates: dict[str, EmailTemplate],
 ) -> None:
     for i in range(3):
@@ -237,20 +303,33 @@ def test_a_batch_refused_even_entry_by_entry_is_paused_not_failed(
 
 
 def test_the_configuration_set_must_publish_send_events(
-    make_gateway: Callable[..., SesGateway], ses_proxy: SesFaultProxy,
+    make_gateway: Callable[..., SesGateway],
+    ses_proxy: SesFaultProxy,
 ) -> None:
     make_gateway().check_send_events_published()  # the local set publishes SEND (and more) to SNS
     sns = {"TopicArn": "arn:aws:sns:eu-west-2:000000000000:panel-ses-events"}
     for destinations in (
         [],
-        [{"Name": "bounces-only", "Enabled": True, "MatchingEventTypes": ["BOUNCE", "COMPLAINT"], "SnsDestination": sns}],
+        [
+            {
+                "Name": "bounces-only",
+                "Enabled": True,
+                "MatchingEventTypes": ["BOUNCE", "COMPLAINT"],
+                "SnsDestination": sns,
+            }
+        ],
         [{"Name": "off", "Enabled": False, "MatchingEventTypes": ["SEND"], "SnsDestination": sns}],
     ):
         ses_proxy.set_event_destinations(CONFIGURATION_SET, destinations)
-        with pytest.raises(SendEventsNotPublished, match=f"configuration set '{CONFIGURATION_SET}' has no enabled SNS event destination matching SEND"):
+        with pytest.raises(
+            SendEventsNotPublished,
+            match=f"configuration set '{CONFIGURATION_SET}' has no enabled SNS event destination matching SEND",
+        ):
             make_gateway().check_send_events_published()
 
 
 def test_a_local_endpoint_without_configuration_sets_is_not_checked(ses_server: LocalSesServer) -> None:
-    gateway = SesGateway(local_session(), from_address="p@example.org", configuration_set=CONFIGURATION_SET, endpoint_url=ses_server.url)
+    gateway = SesGateway(
+        local_session(), from_address="p@example.org", configuration_set=CONFIGURATION_SET, endpoint_url=ses_server.url
+    )
     gateway.check_send_events_published()

@@ -7,6 +7,7 @@ import threading
 
 from bson import ObjectId
 
+from panel_pipeline.mailer.ses import EntryResult, SendStatus
 from panel_pipeline.mailer.store import (
     CLAIMED,
     FAILED,
@@ -20,7 +21,6 @@ from panel_pipeline.mailer.store import (
     recipient_key_for,
     send_event_from_ses,
 )
-from panel_pipeline.mailer.ses import EntryResult, SendStatus
 from panel_pipeline_tests.clock import ManualClock
 
 
@@ -29,7 +29,7 @@ def _people(count: int) -> list[NewRecipient]:
 
 
 def _clocked(ledger: MailLedger) -> tuple[MailLedger, ManualClock]:
-    clock = ManualClock(dt.datetime(2025, 1, 6, 9, 0, tzinfo=dt.timezone.utc))
+    clock = ManualClock(dt.datetime(2025, 1, 6, 9, 0, tzinfo=dt.UTC))
     return MailLedger(ledger.collection, ledger.events, clock=clock), clock
 
 
@@ -51,10 +51,13 @@ def test_recipient_key_never_contains_the_address() -> None:
 
 def test_failed_and_suppressed_rows_count_as_final(ledger: MailLedger) -> None:
     mailing = ObjectId()
-    ledger.add_recipients(mailing, [
-        NewRecipient("a@example.org", {}, status=FAILED, error="missing template data: first_name"),
-        NewRecipient("b@example.org", {}, status=SUPPRESSED, error="unsubscribed"),
-    ])
+    ledger.add_recipients(
+        mailing,
+        [
+            NewRecipient("a@example.org", {}, status=FAILED, error="missing template data: first_name"),
+            NewRecipient("b@example.org", {}, status=SUPPRESSED, error="unsubscribed"),
+        ],
+    )
     assert ledger.claim_batch(mailing, "w1", 10, 60) is None
     assert ledger.mailing_done(mailing)
 
@@ -116,16 +119,26 @@ def test_worker_dying_after_the_attempt_leaves_unknown_rows_that_are_not_resent(
     assert sorted(ledger.claim_batch(mailing, "w3", 10, 30).keys) == sorted(batch.keys[2:])
 
 
-def _stored_event(mailing: ObjectId, batch_id: str, recipient_key: str, event_type: str, occurred_at: dt.datetime) -> dict:
+def _stored_event(
+    mailing: ObjectId, batch_id: str, recipient_key: str, event_type: str, occurred_at: dt.datetime
+) -> dict:
     """A `mail_events` document as the SES event feed stores it."""
     message_id = f"ses-{ObjectId()}"
     return {
-        "_id": f"{message_id}:{event_type}", "event_type": event_type, "mailing_id": mailing, "batch_id": batch_id,
-        "recipient_key": recipient_key, "message_id": message_id, "error": None, "occurred_at": occurred_at,
+        "_id": f"{message_id}:{event_type}",
+        "event_type": event_type,
+        "mailing_id": mailing,
+        "batch_id": batch_id,
+        "recipient_key": recipient_key,
+        "message_id": message_id,
+        "error": None,
+        "occurred_at": occurred_at,
     }
 
 
-def test_unknown_rows_are_settled_from_stored_events_and_silence_counts_only_when_the_feed_moved_on(ledger: MailLedger) -> None:
+def test_unknown_rows_are_settled_from_stored_events_and_silence_counts_only_when_the_feed_moved_on(
+    ledger: MailLedger,
+) -> None:
     ledger, clock = _clocked(ledger)
     mailing = ObjectId()
     ledger.add_recipients(mailing, _people(3))
@@ -174,7 +187,10 @@ def test_results_are_recorded_per_entry_and_retries_wait(ledger: MailLedger) -> 
 def test_ses_events_are_parsed_from_tags() -> None:
     event = {
         "eventType": "Send",
-        "mail": {"messageId": "ses-9", "tags": {"mailing": ["m"], "batch": ["b"], "recipient": ["r"], "ses:source-ip": ["1.2.3.4"]}},
+        "mail": {
+            "messageId": "ses-9",
+            "tags": {"mailing": ["m"], "batch": ["b"], "recipient": ["r"], "ses:source-ip": ["1.2.3.4"]},
+        },
     }
     assert send_event_from_ses(event) == SendEvent("Send", "m", "b", "r", "ses-9")
     assert send_event_from_ses({"notificationType": "Bounce", "mail": {"tags": {}}}) is None
@@ -204,24 +220,33 @@ def test_a_rows_data_is_removed_once_it_is_settled(ledger: MailLedger) -> None:
     mailing = ObjectId()
     token = {"first_name": "T", "reset_url": "https://panel.example/reset?token=SECRET"}
     people = [NewRecipient(f"t{i}@example.org", token, user_id=ObjectId()) for i in range(6)]
-    ledger.add_recipients(mailing, [
-        *people,
-        NewRecipient("failed@example.org", token, status=FAILED, error="missing template data: x"),
-        NewRecipient("gone@example.org", token, status=SUPPRESSED, error="member status is unsubscribed"),
-    ])
+    ledger.add_recipients(
+        mailing,
+        [
+            *people,
+            NewRecipient("failed@example.org", token, status=FAILED, error="missing template data: x"),
+            NewRecipient("gone@example.org", token, status=SUPPRESSED, error="member status is unsubscribed"),
+        ],
+    )
     batch = ledger.start_attempt(ledger.claim_batch(mailing, "w1", 5, 30))
     keys = batch.keys
-    ledger.record_results(batch, [
-        EntryResult(keys[0], SendStatus.SENT, "SUCCESS", "ses-a"),
-        EntryResult(keys[1], SendStatus.FAILED, "MESSAGE_REJECTED", error="rejected"),
-        EntryResult(keys[2], SendStatus.RETRY, "ACCOUNT_THROTTLED", error="throttled"),
-        EntryResult(keys[3], SendStatus.UNKNOWN, error="no answer"),
-        EntryResult(keys[4], SendStatus.UNKNOWN, error="no answer"),
-    ], retry_at=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+    ledger.record_results(
+        batch,
+        [
+            EntryResult(keys[0], SendStatus.SENT, "SUCCESS", "ses-a"),
+            EntryResult(keys[1], SendStatus.FAILED, "MESSAGE_REJECTED", error="rejected"),
+            EntryResult(keys[2], SendStatus.RETRY, "ACCOUNT_THROTTLED", error="throttled"),
+            EntryResult(keys[3], SendStatus.UNKNOWN, error="no answer"),
+            EntryResult(keys[4], SendStatus.UNKNOWN, error="no answer"),
+        ],
+        retry_at=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
+    )
     ledger.reconcile([SendEvent("Send", str(mailing), batch.batch_id, keys[3], "ses-d")])
     claimed = ledger.claim_batch(mailing, "w2", 10, 30)
     (last,) = claimed.keys
-    assert ledger.suppress(claimed, {last: "member status is bounced (changed after the mailing was planned)"}).rows == []
+    assert (
+        ledger.suppress(claimed, {last: "member status is bounced (changed after the mailing was planned)"}).rows == []
+    )
     rows = {row["recipient_key"]: row for row in ledger.collection.find({"mailing_id": mailing})}
     with_data = {row["status"] for row in rows.values() if "data" in row}
     without_data = {row["status"] for row in rows.values() if "data" not in row}

@@ -25,7 +25,7 @@ from panel_pipeline.queue.store import RequestRejected
 from panel_pipeline.resources import EnvironmentNotSet, current_environment
 
 TEMPLATES = ("new_survey", "password_recovery", "welcome", "points_registered", "paid")
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def rejected(mailing) -> str:
@@ -38,31 +38,37 @@ def good(**fields):
     return {"template": "welcome", "kind": "transactional", "recipients": [{"email": "a@panel.example"}], **fields}
 
 
-@pytest.mark.parametrize("template, expected", [
-    (None, "template: required"),
-    (["new_survey"], "template: must be a string, not list"),  # unhashable: was a TypeError, retried 3x
-    ({"name": "x"}, "template: must be a string, not dict"),
-    (7, "template: must be a string, not int"),
-    ("nope", "template: no template 'nope'; known: new_survey, paid"),
-])
+@pytest.mark.parametrize(
+    "template, expected",
+    [
+        (None, "template: required"),
+        (["new_survey"], "template: must be a string, not list"),  # unhashable: was a TypeError, retried 3x
+        ({"name": "x"}, "template: must be a string, not dict"),
+        (7, "template: must be a string, not int"),
+        ("nope", "template: no template 'nope'; known: new_survey, paid"),
+    ],
+)
 def test_a_wrong_template_is_refused_naming_it(template, expected):
     assert rejected(good(template=template)).startswith(expected)
 
 
-@pytest.mark.parametrize("fields, expected", [
-    ({"kind": "newsletter"}, "kind: must be"),
-    ({"default_data": "x"}, "default_data: must be an object, not str"),
-    ({"default_data": {"html": {"x": 1}}}, "default_data.html: reserved"),
-    ({"default_data": {"when": {"raw": b"\x00"}}}, "default_data.when.raw: a bytes is not JSON"),
-    ({"default_data": {"n": float("nan")}}, "default_data.n: nan is not a number"),
-    ({"recipients": {"email": "a@panel.example"}}, "recipients: must be a list, not dict"),
-    ({"recipients": ["a@panel.example"]}, "recipients.0: must be an object with a user_id or an email, not str"),
-    ({"recipients": [{"email": "a@panel.example"}, {"data": {}}]}, "recipients.1: give a user_id or an email"),
-    ({"recipients": [{"user_id": "ann@panel.example"}]}, "recipients.0.user_id: '<email>' is not an id"),
-    ({"recipients": [{"email": ["a@panel.example"]}]}, "recipients.0.email: must be a string, not list"),
-    ({"recipients": [], "sample_id": "x"}, "sample_id: 'x' is not an id"),
-    ({"recipients": []}, "recipients: the mailing lists no recipients and no sample_id"),
-])
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        ({"kind": "newsletter"}, "kind: must be"),
+        ({"default_data": "x"}, "default_data: must be an object, not str"),
+        ({"default_data": {"html": {"x": 1}}}, "default_data.html: reserved"),
+        ({"default_data": {"when": {"raw": b"\x00"}}}, "default_data.when.raw: a bytes is not JSON"),
+        ({"default_data": {"n": float("nan")}}, "default_data.n: nan is not a number"),
+        ({"recipients": {"email": "a@panel.example"}}, "recipients: must be a list, not dict"),
+        ({"recipients": ["a@panel.example"]}, "recipients.0: must be an object with a user_id or an email, not str"),
+        ({"recipients": [{"email": "a@panel.example"}, {"data": {}}]}, "recipients.1: give a user_id or an email"),
+        ({"recipients": [{"user_id": "ann@panel.example"}]}, "recipients.0.user_id: '<email>' is not an id"),
+        ({"recipients": [{"email": ["a@panel.example"]}]}, "recipients.0.email: must be a string, not list"),
+        ({"recipients": [], "sample_id": "x"}, "sample_id: 'x' is not an id"),
+        ({"recipients": []}, "recipients: the mailing lists no recipients and no sample_id"),
+    ],
+)
 def test_a_wrong_field_is_refused_naming_it_and_never_repeats_an_address(fields, expected):
     message = rejected(good(**fields))
     assert message.startswith(expected), message
@@ -70,15 +76,22 @@ def test_a_wrong_field_is_refused_naming_it_and_never_repeats_an_address(fields,
 
 
 def test_a_well_formed_document_and_an_invitation_pass():
-    check_mailing(good(default_data={"profile_survey_url": "https://survey.example/p", "at": dt.datetime(2026, 1, 1)}), TEMPLATES)
-    check_mailing({"template": "new_survey", "kind": "bulk", "invitation_for_sample": ObjectId(), "recipient_count": 3}, TEMPLATES)
+    check_mailing(
+        good(default_data={"profile_survey_url": "https://survey.example/p", "at": dt.datetime(2026, 1, 1)}), TEMPLATES
+    )
+    check_mailing(
+        {"template": "new_survey", "kind": "bulk", "invitation_for_sample": ObjectId(), "recipient_count": 3}, TEMPLATES
+    )
 
 
 def test_bson_values_become_json_and_others_are_named_by_their_path():
     when = dt.datetime(2026, 11, 23, 9, 30)  # pymongo gives naive UTC
     member = ObjectId()
     assert json_data({"when": when, "day": dt.date(2026, 11, 23), "id": member, "list": [when]}, "data") == {
-        "when": "2026-11-23T09:30:00+00:00", "day": "2026-11-23", "id": str(member), "list": ["2026-11-23T09:30:00+00:00"],
+        "when": "2026-11-23T09:30:00+00:00",
+        "day": "2026-11-23",
+        "id": str(member),
+        "list": ["2026-11-23T09:30:00+00:00"],
     }
     with pytest.raises(DataProblem, match=r"^recipients\.3\.data\.items\.1\.blob: a Binary is not JSON"):
         mailing_data({"items": [{}, {"blob": Binary(b"x")}]}, "recipients.3.data")
@@ -86,16 +99,35 @@ def test_bson_values_become_json_and_others_are_named_by_their_path():
         json_data({1: "x"}, "data")
 
 
-@pytest.mark.parametrize("address", ["ann@panel.example", "a.b+tag@sub.panel.example", "bounce@simulator.amazonses.com"])
+@pytest.mark.parametrize(
+    "address", ["ann@panel.example", "a.b+tag@sub.panel.example", "bounce@simulator.amazonses.com"]
+)
 def test_ordinary_addresses_pass(address):
     assert address_problem(address) is None
 
 
-@pytest.mark.parametrize("address", [
-    "", "ann", "@panel.example", "ann@", "ann@panel", "ann@@panel.example", "an n@panel.example", "ann@panel..example",
-    "ann@-panel.example", ".ann@panel.example", "ann.@panel.example", "ann@panel.example\n", "ann@1.2.3.4",
-    "a" * 65 + "@panel.example", "ann@" + "a" * 250 + ".example", "<ann@panel.example>", "ann@pänel.example",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "",
+        "ann",
+        "@panel.example",
+        "ann@",
+        "ann@panel",
+        "ann@@panel.example",
+        "an n@panel.example",
+        "ann@panel..example",
+        "ann@-panel.example",
+        ".ann@panel.example",
+        "ann.@panel.example",
+        "ann@panel.example\n",
+        "ann@1.2.3.4",
+        "a" * 65 + "@panel.example",
+        "ann@" + "a" * 250 + ".example",
+        "<ann@panel.example>",
+        "ann@pänel.example",
+    ],
+)
 def test_invalid_addresses_are_refused_without_repeating_them(address):
     problem = address_problem(address)
     assert problem and (not address or address not in problem)
@@ -104,27 +136,36 @@ def test_invalid_addresses_are_refused_without_repeating_them(address):
 POLICY = LinkPolicy.of(["survey.example", "*.panel.example"])
 
 
-@pytest.mark.parametrize("url", ["https://survey.example/s/1?panelist=a&sig=b", "https://www.panel.example/reset?token=x",
-                                 "https://SURVEY.example:8443/s"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://survey.example/s/1?panelist=a&sig=b",
+        "https://www.panel.example/reset?token=x",
+        "https://SURVEY.example:8443/s",
+    ],
+)
 def test_links_to_allowed_hosts_pass(url):
     assert POLICY.problem(url) is None
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("http://survey.example/s", "link must be https"),
-    ("javascript:alert(1)", "link must be https"),
-    ("//survey.example/s", "link must be https"),
-    ("https://evil.example/s", "not in the allowed link hosts"),
-    ("https://survey.example.evil.example/s", "not in the allowed link hosts"),
-    ("https://panel.example/s", "not in the allowed link hosts"),  # *.panel.example is its subdomains only
-    ("https://survey.example@evil.example/", "user name or password"),
-    ("https://user:pw@survey.example/", "user name or password"),
-    ("https://survey.example/s\"><script>", "quote, < or >"),
-    ("https://survey.example/a b", "whitespace"),
-    ("https://survey.example/\x07", "control character"),
-    ("https://survey.example:99999/", "not a valid link"),
-    (["https://survey.example/"], "must be a string"),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("http://survey.example/s", "link must be https"),
+        ("javascript:alert(1)", "link must be https"),
+        ("//survey.example/s", "link must be https"),
+        ("https://evil.example/s", "not in the allowed link hosts"),
+        ("https://survey.example.evil.example/s", "not in the allowed link hosts"),
+        ("https://panel.example/s", "not in the allowed link hosts"),  # *.panel.example is its subdomains only
+        ("https://survey.example@evil.example/", "user name or password"),
+        ("https://user:pw@survey.example/", "user name or password"),
+        ('https://survey.example/s"><script>', "quote, < or >"),
+        ("https://survey.example/a b", "whitespace"),
+        ("https://survey.example/\x07", "control character"),
+        ("https://survey.example:99999/", "not a valid link"),
+        (["https://survey.example/"], "must be a string"),
+    ],
+)
 def test_other_links_are_refused_without_repeating_them(url, expected):
     problem = POLICY.problem(url)
     assert problem and expected in problem
@@ -150,7 +191,9 @@ def test_the_token_follows_the_documented_scheme_and_verifies():
     assert verify_unsubscribe_token(token, member, {"v1": "k1"})
 
 
-@pytest.mark.parametrize("change", ["other member", "other secret", "other version", "tampered", "truncated", "not ascii", "no version"])
+@pytest.mark.parametrize(
+    "change", ["other member", "other secret", "other version", "tampered", "truncated", "not ascii", "no version"]
+)
 def test_a_wrong_token_does_not_verify(change):
     member = str(ObjectId())
     token = unsubscribe_token(member, "k1", "v1")
@@ -175,19 +218,28 @@ def test_an_empty_secret_makes_no_token():
 # --- resource settings ----------------------------------------------------------------------------
 
 SES = {
-    "region_name": "eu-west-2", "from_address": "Panel <panel@panel.example>", "link_hosts": "survey.example",
-    "unsubscribe_url": "https://panel.example/unsubscribe?user={user}&token={token}", "unsubscribe_secret": "a-real-secret-value",
+    "region_name": "eu-west-2",
+    "from_address": "Panel <panel@panel.example>",
+    "link_hosts": "survey.example",
+    "unsubscribe_url": "https://panel.example/unsubscribe?user={user}&token={token}",
+    "unsubscribe_secret": "a-real-secret-value",
 }
 
 
-@pytest.mark.parametrize("change, expected", [
-    ({"unsubscribe_secret": ""}, "unsubscribe_secret is empty"),
-    ({"unsubscribe_secret": "   "}, "unsubscribe_secret is empty"),
-    ({"link_hosts": " , "}, "link_hosts names no host"),
-    ({"unsubscribe_url": "https://panel.example/unsubscribe?user={user}"}, "needs the placeholders"),
-    ({"unsubscribe_url": "http://panel.example/u?user={user}&token={token}"}, "unsubscribe_url: link must be https"),
-    ({"unsubscribe_key_version": "first"}, "unsubscribe_key_version"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"unsubscribe_secret": ""}, "unsubscribe_secret is empty"),
+        ({"unsubscribe_secret": "   "}, "unsubscribe_secret is empty"),
+        ({"link_hosts": " , "}, "link_hosts names no host"),
+        ({"unsubscribe_url": "https://panel.example/unsubscribe?user={user}"}, "needs the placeholders"),
+        (
+            {"unsubscribe_url": "http://panel.example/u?user={user}&token={token}"},
+            "unsubscribe_url: link must be https",
+        ),
+        ({"unsubscribe_key_version": "first"}, "unsubscribe_key_version"),
+    ],
+)
 def test_unusable_ses_settings_are_refused_when_the_resource_is_built(change, expected):
     with pytest.raises(ValidationError) as refusal:
         SesResource(**{**SES, **change})
@@ -220,7 +272,9 @@ def test_the_signed_link_fills_the_url_and_the_policy_allows_its_host():
     assert ses.link_policy().problem("https://survey.example/s") is None
 
 
-@pytest.mark.parametrize("topic", ["", "panel-ses-events", "arn:aws:sqs:eu-west-2:123456789012:q", "arn:aws:sns:eu-west-2:12:t"])
+@pytest.mark.parametrize(
+    "topic", ["", "panel-ses-events", "arn:aws:sqs:eu-west-2:123456789012:q", "arn:aws:sns:eu-west-2:12:t"]
+)
 def test_the_event_topic_must_be_an_sns_topic_arn(topic):
     with pytest.raises(ValidationError, match="topic_arn"):
         SqsResource(queue_url="https://sqs.eu-west-2.amazonaws.com/1/q", region_name="eu-west-2", topic_arn=topic)

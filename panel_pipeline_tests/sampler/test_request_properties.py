@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 from pymongo.database import Database
 
 from panel_pipeline.local.synthetic_panel import generate_profiles
-from panel_pipeline.shared.templates import check_recipient_data, escape_for_html
 from panel_pipeline.sampler.quotas import select
 from panel_pipeline.sampler.requests import (
     NUMERIC_BOUNDS,
@@ -36,6 +35,7 @@ from panel_pipeline.sampler.requests import (
 )
 from panel_pipeline.sampler.store import excluded_user_ids
 from panel_pipeline.shared.contract import PROFILE_CATEGORIES
+from panel_pipeline.shared.templates import check_recipient_data, escape_for_html
 
 FIELDS = (
     "name",

@@ -12,9 +12,23 @@ from panel_pipeline.shared import contract
 
 PAGE = (Path(__file__).resolve().parents[2] / "docs" / "contract.md").read_text()
 COLLECTIONS = [
-    value for name, value in vars(contract).items() if name.isupper() and isinstance(value, str) and name not in {
-        "PROCESSING", "RETRY", "POSTPONED", "DONE", "FAILED", "ACTIVE", "UNSUBSCRIBED", "BOUNCED", "DELETED",
-        "BULK", "TRANSACTIONAL",
+    value
+    for name, value in vars(contract).items()
+    if name.isupper()
+    and isinstance(value, str)
+    and name
+    not in {
+        "PROCESSING",
+        "RETRY",
+        "POSTPONED",
+        "DONE",
+        "FAILED",
+        "ACTIVE",
+        "UNSUBSCRIBED",
+        "BOUNCED",
+        "DELETED",
+        "BULK",
+        "TRANSACTIONAL",
     }
 ]
 
@@ -36,9 +50,7 @@ def test_every_collection_is_documented(collection):
     assert f"`{collection}`" in PAGE
 
 
-@pytest.mark.parametrize(
-    "value", [*contract.QUEUE_STATUSES, *contract.MEMBER_STATUSES, *contract.MAIL_KINDS]
-)
+@pytest.mark.parametrize("value", [*contract.QUEUE_STATUSES, *contract.MEMBER_STATUSES, *contract.MAIL_KINDS])
 def test_every_status_and_kind_is_documented(value):
     assert f"`{value}`" in PAGE
 

@@ -31,7 +31,13 @@ def templates() -> dict[str, EmailTemplate]:
 def node_variables(source: str) -> dict[str, Any]:
     """What templates/variables.mjs (the build's Handlebars walk) finds in `source`."""
     found = subprocess.run(
-        ["node", "variables.mjs"], cwd=TEMPLATES_DIR, input=source, capture_output=True, text=True, check=True, timeout=60
+        ["node", "variables.mjs"],
+        cwd=TEMPLATES_DIR,
+        input=source,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     return json.loads(found.stdout)
 
@@ -70,7 +76,9 @@ def test_html_uses_only_escaped_values_and_text_only_raw(templates: dict[str, Em
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_dist_variables_are_what_handlebars_finds_in_the_built_parts(templates: dict[str, EmailTemplate], name: str) -> None:
+def test_dist_variables_are_what_handlebars_finds_in_the_built_parts(
+    templates: dict[str, EmailTemplate], name: str
+) -> None:
     """Catches a dist whose variable lists were not rebuilt with its parts."""
     template = templates[name]
     parts = {"subject": template.subject, "html": template.html, "text": template.text}
@@ -82,8 +90,18 @@ def test_dist_variables_are_what_handlebars_finds_in_the_built_parts(templates: 
 def test_new_survey_needs_the_invitation_fields(templates: dict[str, EmailTemplate]) -> None:
     """What the Python Handlebars parser (replaced by the build's) found in this template."""
     assert templates["new_survey"].variables == {
-        "duration_minutes", "first_name", "points", "survey_name", "survey_url", "unsubscribe_url",
-        "html.duration_minutes", "html.first_name", "html.points", "html.survey_name", "html.survey_url", "html.unsubscribe_url",
+        "duration_minutes",
+        "first_name",
+        "points",
+        "survey_name",
+        "survey_url",
+        "unsubscribe_url",
+        "html.duration_minutes",
+        "html.first_name",
+        "html.points",
+        "html.survey_name",
+        "html.survey_url",
+        "html.unsubscribe_url",
     }
     assert templates["new_survey"].link_variables == {"survey_url", "unsubscribe_url"}
 
@@ -91,8 +109,11 @@ def test_new_survey_needs_the_invitation_fields(templates: dict[str, EmailTempla
 def test_the_link_variables_are_read_from_the_built_html(templates: dict[str, EmailTemplate]) -> None:
     found = {name: template.link_variables for name, template in templates.items()}
     assert found == {
-        "new_survey": {"survey_url", "unsubscribe_url"}, "password_recovery": {"reset_url"}, "welcome": {"profile_survey_url"},
-        "points_registered": {"dashboard_url"}, "paid": {"dashboard_url"},
+        "new_survey": {"survey_url", "unsubscribe_url"},
+        "password_recovery": {"reset_url"},
+        "welcome": {"profile_survey_url"},
+        "points_registered": {"dashboard_url"},
+        "paid": {"dashboard_url"},
     }
     html = '<img src="{{html.logo}}"><a title="{{html.name}}" href=\'{{{html.next}}}\'>'
     assert node_variables(html)["link_variables"] == ["logo", "next"]
@@ -123,13 +144,28 @@ def test_extractor_follows_sections_each_this_and_parent_paths() -> None:
         '{{#* inline "sig"}}{{signature}}{{/inline}}{{> sig}}'
     )
     assert set(node_variables(source)["variables"]) == {
-        "title", "raw", "contact.city", "bonus", "fallback", "hidden",
-        "items", "items[].name", "items[].id", "items[].active", "title2",
-        "items[].tags", "items[].tags[]", "profile", "profile.region", "signature",
+        "title",
+        "raw",
+        "contact.city",
+        "bonus",
+        "fallback",
+        "hidden",
+        "items",
+        "items[].name",
+        "items[].id",
+        "items[].active",
+        "title2",
+        "items[].tags",
+        "items[].tags[]",
+        "profile",
+        "profile.region",
+        "signature",
     }
 
 
-@pytest.mark.parametrize("source", ["{{#if a}}", "{{#if a}}{{/each}}", "{{/if}}", "{{> nowhere}}", "{{#lookup a b}}{{/lookup}}"])
+@pytest.mark.parametrize(
+    "source", ["{{#if a}}", "{{#if a}}{{/each}}", "{{/if}}", "{{> nowhere}}", "{{#lookup a b}}{{/lookup}}"]
+)
 def test_extractor_rejects_what_it_cannot_check(source: str) -> None:
     with pytest.raises(subprocess.CalledProcessError):
         node_variables(source)
@@ -140,14 +176,21 @@ def _template(*variables: str) -> EmailTemplate:
 
 
 def test_missing_and_null_values_are_reported_by_their_raw_name() -> None:
-    template = _template("html.first_name", "html.survey.name", "points")  # <p>{{html.first_name}} {{html.survey.name}}</p>, {{points}}
-    assert check_recipient_data(template, {"first_name": None, "survey": {}, "points": 5}) == ["first_name", "survey.name"]
+    template = _template(
+        "html.first_name", "html.survey.name", "points"
+    )  # <p>{{html.first_name}} {{html.survey.name}}</p>, {{points}}
+    assert check_recipient_data(template, {"first_name": None, "survey": {}, "points": 5}) == [
+        "first_name",
+        "survey.name",
+    ]
     assert check_recipient_data(template, {"first_name": "", "survey": {"name": "S"}, "points": 0}) == []
 
 
 def test_each_item_must_carry_the_item_fields() -> None:
     # {{#each html.rows}}{{date}}{{/each}} and {{#each rows}}{{date}} {{points}}{{/each}}
-    template = _template(*node_variables("{{#each html.rows}}{{date}}{{/each}}{{#each rows}}{{date}} {{points}}{{/each}}")["variables"])
+    template = _template(
+        *node_variables("{{#each html.rows}}{{date}}{{/each}}{{#each rows}}{{date}} {{points}}{{/each}}")["variables"]
+    )
     assert check_recipient_data(template, {"rows": [{"date": "d", "points": 1}]}) == []
     assert check_recipient_data(template, {"rows": [{"date": "d"}, {"date": "e", "points": 2}]}) == ["rows[].points"]
     assert check_recipient_data(template, {"rows": "not a list"}) == ["rows[].date", "rows[].points"]

@@ -1,4 +1,5 @@
-"""`python -m panel_pipeline.local.surveygizmo`: the local SurveyGizmo server in the foreground (the local stack runs it)."""
+"""`python -m panel_pipeline.local.surveygizmo`: the local SurveyGizmo server in the foreground
+(the local stack runs it)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from panel_pipeline.local.surveygizmo.demo import load_demo_data
 from panel_pipeline.local.surveygizmo.faults import RandomFaults
 from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN, DEMO_TOKEN_SECRET, LocalSurveyGizmo
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m panel_pipeline.local.surveygizmo", description="The local SurveyGizmo v5 server.")
+    parser = argparse.ArgumentParser(
+        prog="python -m panel_pipeline.local.surveygizmo", description="The local SurveyGizmo v5 server."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8089)
     parser.add_argument("--token", default=DEMO_TOKEN)
@@ -24,9 +27,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--demo", action="store_true", help="load the profile survey and synthetic responses")
     parser.add_argument("--members", type=int, default=1000)
     parser.add_argument("--days", type=int, default=14, help="spread demo responses over the last N days")
-    parser.add_argument("--end", type=dt.datetime.fromisoformat, help="demo responses end at this UTC time (default now)")
+    parser.add_argument(
+        "--end", type=dt.datetime.fromisoformat, help="demo responses end at this UTC time (default now)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of requests answered 429/500/502/503 at random")
+    parser.add_argument(
+        "--fault-rate", type=float, default=0.0, help="share of requests answered 429/500/502/503 at random"
+    )
     args = parser.parse_args(argv)
     server = LocalSurveyGizmo(args.token, args.secret, time_zone=args.time_zone, host=args.host, port=args.port)
     if args.demo:
@@ -37,7 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.fault_rate:
         server.random_faults = RandomFaults(args.fault_rate, seed=args.seed)
     server.start()
-    print(f"SurveyGizmo v5 local API at {server.base_url}/v5 (api_token={args.token}, demo survey {PROFILE_SURVEY_ID})", flush=True)
+    print(
+        f"SurveyGizmo v5 local API at {server.base_url}/v5 (api_token={args.token}, demo survey {PROFILE_SURVEY_ID})",
+        flush=True,
+    )
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -22,12 +22,19 @@ def load_demo_data(
     step = (end - start) / max(1, len(profiles))
     for index, row in enumerate(_profile_dicts(profiles)):
         record = response_record(
-            row, response_id=first_id + index, submitted_at=start + step * index,
-            account_zone=server.zone, panel_id=str(demo_user_id(index + 1)),
+            row,
+            response_id=first_id + index,
+            submitted_at=start + step * index,
+            account_zone=server.zone,
+            panel_id=str(demo_user_id(index + 1)),
         )
         server.add_response(PROFILE_SURVEY_ID, record)
 
 
 def _profile_dicts(profiles: pd.DataFrame) -> Iterable[dict[str, Any]]:
     for row in profiles.astype(object).to_dict(orient="records"):
-        yield {key: (int(value) if key == "birth_year" else str(value)) for key, value in row.items() if value is not None}
+        yield {
+            str(key): (int(value) if key == "birth_year" else str(value))
+            for key, value in row.items()
+            if value is not None
+        }

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 RATE_LIMITED = "You have exceeded your requests per minute, see /help/api-request-limits for more details"
 PLEASE_WAIT = "Please wait for other requests to complete."
-CDN_PAGE = "<!DOCTYPE html><html><head><title>{status} | alchemer.com</title></head><body><h1>Error {status}</h1><p>Origin is unreachable.</p></body></html>"
+CDN_PAGE = (
+    "<!DOCTYPE html><html><head><title>{status} | alchemer.com</title></head>"
+    "<body><h1>Error {status}</h1><p>Origin is unreachable.</p></body></html>"
+)
 
 
 @dataclass
@@ -55,7 +58,9 @@ def maintenance_page(times: int = 1) -> Fault:
     return Fault(200, "<html><body>Down for scheduled maintenance</body></html>", "text/html", times=times)
 
 
-def result_not_ok(code: int | None = 500, message: str = "Unexpected error", http_status: int = 200, times: int = 1) -> Fault:
+def result_not_ok(
+    code: int | None = 500, message: str = "Unexpected error", http_status: int = 200, times: int = 1
+) -> Fault:
     body: dict[str, Any] = {"result_ok": False, "message": message}
     if code is not None:
         body["code"] = code

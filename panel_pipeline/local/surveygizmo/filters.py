@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from zoneinfo import ZoneInfo
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 FILTER_KEY = re.compile(r"^filter\[(field|operator|value)\]\[(\d+)\]$")
 FILTER_FIELDS = frozenset({"date_submitted", "status", "is_test_data", "contact_id"})
 FILTER_OPERATORS = frozenset({"=", "<>", "!=", ">", "<", ">=", "<=", "IS NULL", "IS NOT NULL", "in"})

@@ -34,11 +34,13 @@ from panel_pipeline.local.surveygizmo.store import ResponseStore
 
 logger = logging.getLogger(__name__)
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 CREDENTIAL_PARAMS = ("api_token", "api_token_secret")
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
-ROUTE = re.compile(r"^/v5/(?P<object>account|survey)(?:/(?P<sid>[^/]+)(?:/(?P<sub>surveyresponse)(?:/(?P<rid>[^/]+))?)?)?$")
+ROUTE = re.compile(
+    r"^/v5/(?P<object>account|survey)(?:/(?P<sid>[^/]+)(?:/(?P<sub>surveyresponse)(?:/(?P<rid>[^/]+))?)?)?$"
+)
 AUTH_FAILED = "Login failed / Invalid auth token"
 
 # Credentials of the local server and the local run; not secrets.
@@ -172,7 +174,9 @@ class LocalSurveyGizmo(ResponseStore):
         params = {key: values[-1] for key, values in parse_qs(url.query, keep_blank_values=True).items()}
         with self._lock:
             self._run_due_hooks()
-            self.requests.append(LoggedRequest(method, url.path, _without_credentials(params), _redacted_query(url.query), self.clock()))
+            self.requests.append(
+                LoggedRequest(method, url.path, _without_credentials(params), _redacted_query(url.query), self.clock())
+            )
             fault = self._take_fault(url.path)
         if fault is not None and fault.status is not None:
             return _fault_answer(fault), None
@@ -219,19 +223,24 @@ class LocalSurveyGizmo(ResponseStore):
 
     def _list_responses(self, survey_id: str, params: Mapping[str, str]) -> _Answer:
         page = _positive_int(params.get("page", "1"), "page")
-        page_size = min(MAX_PAGE_SIZE, _positive_int(params.get("resultsperpage", str(DEFAULT_PAGE_SIZE)), "resultsperpage"))
+        page_size = min(
+            MAX_PAGE_SIZE, _positive_int(params.get("resultsperpage", str(DEFAULT_PAGE_SIZE)), "resultsperpage")
+        )
         conditions = [resolved(condition, self.zone) for condition in parse_filters(params, strict=True)]
         matching = self.listing(survey_id, conditions)
         rows = matching[(page - 1) * page_size : page * page_size]
         total, per_page = len(matching), page_size
-        return _Answer(200, {
-            "result_ok": True,
-            "total_count": str(total) if self.string_totals else total,
-            "page": page,
-            "total_pages": math.ceil(total / page_size),
-            "results_per_page": str(per_page) if self.string_totals else per_page,
-            "data": {str(row["id"]): row for row in rows} if self.data_as_object else rows,
-        })
+        return _Answer(
+            200,
+            {
+                "result_ok": True,
+                "total_count": str(total) if self.string_totals else total,
+                "page": page,
+                "total_pages": math.ceil(total / page_size),
+                "results_per_page": str(per_page) if self.string_totals else per_page,
+                "data": {str(row["id"]): row for row in rows} if self.data_as_object else rows,
+            },
+        )
 
     def _in_outage(self, params: Mapping[str, str]) -> bool:
         assert self.outage is not None
@@ -302,9 +311,19 @@ def _error(status: int, message: str) -> _Answer:
 
 
 def _without_last_rows(answer: _Answer, fault: Fault | None) -> _Answer:
-    if fault is None or not fault.drop_rows or not isinstance(answer.body, dict) or not isinstance(answer.body.get("data"), list):
+    if (
+        fault is None
+        or not fault.drop_rows
+        or not isinstance(answer.body, dict)
+        or not isinstance(answer.body.get("data"), list)
+    ):
         return answer
-    return _Answer(answer.status, {**answer.body, "data": answer.body["data"][: -fault.drop_rows]}, answer.content_type, answer.headers)
+    return _Answer(
+        answer.status,
+        {**answer.body, "data": answer.body["data"][: -fault.drop_rows]},
+        answer.content_type,
+        answer.headers,
+    )
 
 
 def _fault_answer(fault: Fault) -> _Answer:

@@ -44,7 +44,9 @@ class ResponseStore:
             self._responses.setdefault(str(definition["id"]), {})
             self._version += 1
 
-    def add_response(self, survey_id: str | int, record: Mapping[str, Any], submitted_at: dt.datetime | None = None) -> None:
+    def add_response(
+        self, survey_id: str | int, record: Mapping[str, Any], submitted_at: dt.datetime | None = None
+    ) -> None:
         """Store (or replace) a record as given, malformed or not. `submitted_at` overrides the
         instant the date filter uses; by default it is parsed from the record's `date_submitted`."""
         with self._lock:
@@ -94,7 +96,8 @@ class ResponseStore:
             cached = self._listings.get(key)
             if cached is None or cached[0] != self._version:
                 records = [
-                    stored.record for _rid, stored in self._sorted(survey_id)
+                    stored.record
+                    for _rid, stored in self._sorted(survey_id)
                     if not stored.deleted and all(matches(stored.record, stored.submitted_at, c) for c in conditions)
                 ]
                 cached = self._listings[key] = (self._version, records)
