@@ -135,3 +135,52 @@ def test_the_wheel_ships_no_local_stack(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "panel_pipeline/definitions.py" in names and "panel_pipeline/resources.py" in names
     assert [name for name in names if name.startswith(("panel_pipeline/local/", "panel_pipeline_tests/"))] == []
+
+
+# The files that hold Dagster definitions; every other production module is pure logic.
+DAGSTER_ROLES = {
+    "definitions",
+    "jobs",
+    "assets",
+    "sensors",
+    "checks",
+    "schedules",
+    "resources",
+    "metadata",
+    "partitions",
+}
+
+
+def pure_modules() -> list[str]:
+    return [
+        module_name(path)
+        for path in python_files(PACKAGE)
+        if LOCAL not in path.parents and path.parent != PACKAGE and path.stem not in DAGSTER_ROLES
+    ]
+
+
+def test_package_init_files_import_nothing():
+    offending = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in PACKAGE.rglob("__init__.py")
+        for line, module in imported_modules(path)
+    ]
+    assert offending == []
+
+
+def test_pure_modules_import_without_dagster():
+    """Importing every pure module (in a fresh interpreter) loads no Dagster: a run that needs only
+    the sampler's quotas, or a tool that reads the templates, does not pay for the code location."""
+    modules = pure_modules()
+    assert "panel_pipeline.sampler.quotas" in modules and "panel_pipeline.shared.clock" in modules
+    script = "\n".join(
+        [
+            "import importlib, sys",
+            f"for name in {modules!r}:",
+            "    importlib.import_module(name)",
+            "    loaded = sorted(m for m in sys.modules if m == 'dagster' or m.startswith('dagster.'))",
+            "    assert not loaded, f'{name} imports dagster'",
+        ]
+    )
+    completed = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
