@@ -11,11 +11,16 @@ import pytest
 import yaml
 
 from panel_pipeline.definitions import defs
+from panel_pipeline.extractor import jobs as extractor_jobs
 from panel_pipeline.extractor.resources import SurveyGizmoResource
 from panel_pipeline.local.stack import local_environment
+from panel_pipeline.mailer import jobs as mailer_jobs
 from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.resources import ENVIRONMENTS, resources_for
+from panel_pipeline.sampler import jobs as sampler_jobs
+from panel_pipeline.shared.metadata import OWNERS
 from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.updater import jobs as updater_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCATION = "panel_pipeline"
@@ -72,6 +77,23 @@ def test_every_definition_resolves_with_its_job_and_resources():
         assert assets.required_resource_keys - {"io_manager"} <= provided, assets.keys  # io_manager: Dagster's default
     for sensor in repository.sensor_defs:
         assert sensor.required_resource_keys <= provided, sensor.name
+
+
+def test_every_asset_follows_the_metadata_conventions():
+    """Owners, kinds, a description and a link to its code: what the UI shows of every asset."""
+    repository = defs.get_repository_def()
+    for key, assets in repository.assets_defs_by_key.items():
+        spec = assets.specs_by_key[key]
+        assert spec.owners == OWNERS, key
+        assert "python" in spec.kinds and len(spec.kinds) <= 3, key
+        assert spec.description, key
+        assert "dagster/code_references" in spec.metadata, key
+
+
+@pytest.mark.parametrize("module", [extractor_jobs, mailer_jobs, sampler_jobs, updater_jobs])
+def test_a_job_has_its_dagster_name_in_python(module):
+    jobs = {name: job for name, job in vars(module).items() if name.endswith("_job")}
+    assert jobs and all(name == job.name for name, job in jobs.items())
 
 
 @pytest.mark.parametrize("environment", ["local", "production"])

@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from panel_pipeline.extractor.responses import format_timestamp
+from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
 PROFILE_SURVEY_ID = "7000001"
 
@@ -26,23 +27,7 @@ GENDER_OPTIONS = (
     ("other", "In another way"),
     ("prefer_not_to_say", "Prefer not to say"),
 )
-REGION_OPTIONS = tuple(
-    (region, region.replace("The Humber", "the Humber"))
-    for region in (
-        "North East",
-        "North West",
-        "Yorkshire and The Humber",
-        "East Midlands",
-        "West Midlands",
-        "East of England",
-        "London",
-        "South East",
-        "South West",
-        "Wales",
-        "Scotland",
-        "Northern Ireland",
-    )
-)
+REGION_OPTIONS = tuple((region, region.replace("The Humber", "the Humber")) for region in PROFILE_CATEGORIES["region"])
 # Grades are asked at the six-way level and collapsed by the mapping; AB is written as B, DE as D.
 SOCIAL_GRADE_OPTIONS = (("AB", "B"), ("C1", "C1"), ("C2", "C2"), ("DE", "D"))
 SOCIAL_GRADE_CHOICES = (

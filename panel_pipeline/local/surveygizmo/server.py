@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo
 from panel_pipeline.local.surveygizmo.faults import CDN_PAGE, Fault, Outage, RandomFaults
 from panel_pipeline.local.surveygizmo.filters import FilterError, date_window, parse_filters, resolved
 from panel_pipeline.local.surveygizmo.store import ResponseStore
+from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +73,6 @@ class _BadRequest(Exception):
         self.status = status
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(UTC)
-
-
 class LocalSurveyGizmo(ResponseStore):
     """The server and its in-memory account. Use as a context manager or start()/stop()."""
 
@@ -87,7 +84,7 @@ class LocalSurveyGizmo(ResponseStore):
         time_zone: str = "America/New_York",
         host: str = "127.0.0.1",
         port: int = 0,
-        clock: Callable[[], dt.datetime] = _now,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__(ZoneInfo(time_zone), clock)
         self._credentials = (api_token, api_token_secret)
@@ -175,7 +172,9 @@ class LocalSurveyGizmo(ResponseStore):
         with self._lock:
             self._run_due_hooks()
             self.requests.append(
-                LoggedRequest(method, url.path, _without_credentials(params), _redacted_query(url.query), self.clock())
+                LoggedRequest(
+                    method, url.path, _without_credentials(params), _redacted_query(url.query), self.clock.now()
+                )
             )
             fault = self._take_fault(url.path)
         if fault is not None and fault.status is not None:
@@ -244,7 +243,7 @@ class LocalSurveyGizmo(ResponseStore):
 
     def _in_outage(self, params: Mapping[str, str]) -> bool:
         assert self.outage is not None
-        return self.outage.covers(self.clock(), date_window(params, self.zone), self.zone)
+        return self.outage.covers(self.clock.now(), date_window(params, self.zone), self.zone)
 
 
 class _HTTPServer(ThreadingHTTPServer):

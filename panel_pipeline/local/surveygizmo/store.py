@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from panel_pipeline.extractor.responses import parse_timestamp
 from panel_pipeline.local.surveygizmo.filters import Condition, matches
+from panel_pipeline.shared.clock import Clock
 
 
 @dataclass
@@ -29,7 +30,7 @@ class StoredResponse:
 class ResponseStore:
     """Surveys and their responses, records kept as given (malformed or not)."""
 
-    def __init__(self, zone: ZoneInfo, clock: Callable[[], dt.datetime]) -> None:
+    def __init__(self, zone: ZoneInfo, clock: Clock) -> None:
         self.zone = zone
         self.clock = clock
         self._lock = threading.RLock()
@@ -59,7 +60,7 @@ class ResponseStore:
         with self._lock:
             stored = self._responses[str(survey_id)][str(response_id)]
             stored.record.update(changes)
-            stored.record["date_updated"] = self.clock().strftime("%Y-%m-%d %H:%M:%S")
+            stored.record["date_updated"] = self.clock.now().strftime("%Y-%m-%d %H:%M:%S")
             stored.submitted_at = self._parse_submitted(stored.record)
             self._version += 1
 
