@@ -112,7 +112,7 @@ class ResolvedRecipients:
 
     def _member_chunks(self) -> Iterator[list[MailingRecipient]]:
         if self.mailing.get("invitation_for_sample") is not None:
-            # An invitation names its members by their mailing_id (sampler/invitations.py).
+            # An invitation names its members by their mailing_id (shared/invitations.py).
             scope: dict[str, Any] = {"mailing_id": self.mailing["_id"]}
         else:
             scope = {
