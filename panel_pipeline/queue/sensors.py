@@ -172,7 +172,7 @@ def build_queue_sensor(
         if partitions_def is not None:
             result = per_document_requests(collection, docs, partitions_def, tags_for)
         else:
-            result = batch_request(collection, docs, batch_op_name)  # type: ignore[arg-type]
+            result = batch_request(collection, docs, batch_op_name)  # type: ignore[arg-type]  # the factory requires one of partitions_def, batch_op_name
         return dg.SensorResult(
             run_requests=result.run_requests,
             dynamic_partitions_requests=result.dynamic_partitions_requests,

@@ -447,8 +447,8 @@ def _parse_condition(field: str, operator: str, value: Any) -> Condition:
         if not isinstance(value, list | tuple) or not value:
             raise RequestFieldError((field, operator), "must be a non-empty list")
         values = dict.fromkeys(_parse_value(field, operator, item) for item in value)  # each once, in order
-        return Condition(field, operator, tuple(values))  # type: ignore[arg-type]
-    return Condition(field, operator, _parse_value(field, operator, value))  # type: ignore[arg-type]
+        return Condition(field, operator, tuple(values))  # type: ignore[arg-type]  # the operator fixes the value's type: a tuple for sets, a number for order
+    return Condition(field, operator, _parse_value(field, operator, value))  # type: ignore[arg-type]  # the operator fixes the value's type: a tuple for sets, a number for order
 
 
 def _parse_value(field: str, operator: str, value: Any) -> str | int:
@@ -524,13 +524,13 @@ def _condition_mask(column: pd.Series, condition: Condition) -> np.ndarray:
         case "$ne":
             return ~(present & (column == value).to_numpy())
         case "$in":
-            return present & column.isin(list(value)).to_numpy()  # type: ignore[arg-type]
+            return present & column.isin(list(value)).to_numpy()  # type: ignore[arg-type]  # the operator fixes the value's type: a tuple for sets, a number for order
         case "$nin":
-            return ~(present & column.isin(list(value)).to_numpy())  # type: ignore[arg-type]
+            return ~(present & column.isin(list(value)).to_numpy())  # type: ignore[arg-type]  # the operator fixes the value's type: a tuple for sets, a number for order
     numbers = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
     compare = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}
     with np.errstate(invalid="ignore"):
-        return present & compare[condition.operator](numbers, float(value))  # type: ignore[arg-type]
+        return present & compare[condition.operator](numbers, float(value))  # type: ignore[arg-type]  # the operator fixes the value's type: a tuple for sets, a number for order
 
 
 # --- quotas and response rates -----------------------------------------------------------------

@@ -130,15 +130,15 @@ def _passes(value: str | int, condition: Condition) -> bool:
         case "$ne":
             return value != wanted
         case "$in":
-            return value in wanted  # type: ignore[operator]
+            return value in wanted  # type: ignore[operator]  # the operator fixes the value's type: a tuple for sets, a number for order
         case "$nin":
-            return value not in wanted  # type: ignore[operator]
+            return value not in wanted  # type: ignore[operator]  # the operator fixes the value's type: a tuple for sets, a number for order
         case "$gt":
-            return value > wanted  # type: ignore[operator]
+            return value > wanted  # type: ignore[operator]  # the operator fixes the value's type: a tuple for sets, a number for order
         case "$gte":
-            return value >= wanted  # type: ignore[operator]
+            return value >= wanted  # type: ignore[operator]  # the operator fixes the value's type: a tuple for sets, a number for order
         case "$lt":
-            return value < wanted  # type: ignore[operator]
+            return value < wanted  # type: ignore[operator]  # the operator fixes the value's type: a tuple for sets, a number for order
         case "$lte":
-            return value <= wanted  # type: ignore[operator]
+            return value <= wanted  # type: ignore[operator]  # the operator fixes the value's type: a tuple for sets, a number for order
     raise AssertionError(condition.operator)

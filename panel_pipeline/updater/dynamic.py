@@ -89,7 +89,7 @@ def place_changed_members(changed: pd.DataFrame, sample: DynamicSample) -> Place
             continue
         joining.append(str(user_id))
         for key, cell in cells.items():
-            filled[key][cell] += 1  # type: ignore[index]
+            filled[key][cell] += 1  # type: ignore[index]  # `fits` above proved every cell is not None
     full = len(joining) >= sample.room_left
     stopped = tuple(str(user_id) for user_id in changed.index[members & ~matches])
     again = tuple(str(user_id) for user_id in changed.index[members & matches])
