@@ -8,8 +8,8 @@ profile fields as columns, index = member id) and a list of `Target`s:
    members who have the value, and the missing category is held at its share of the placeable
    members, so the member still counts towards every other target. `missing: "exclude"` leaves
    such members out. A target no eligible member can be classified on is dropped for the draw, and
-   the result says why (`DroppedTarget`). A value outside the contract (a derived age under 18, a
-   gender outside the target's cells) is not missing: that member cannot be placed on the target.
+   the result says why (`DroppedTarget`). A value in none of the target's cells (gender `other`
+   against age x gender, a derived age band "under 18") is not missing: that member cannot be placed.
 1. Cells: members (eligible, and placeable on every target) are grouped by the cross of
    their target categories (and of the response-rate fields, if rates are per cell).
    Capacity of a cell = members x expected response rate (expected completes it can give).
