@@ -312,14 +312,18 @@ def plan_targets(
     the targets dropped because no eligible member can be classified on them."""
     dropped: list[DroppedTarget] = []
     kept: list[Target] = []
+    all_codes: dict[str, np.ndarray] = {}
     for target in targets:
-        reason = _unclassifiable_reason(field_codes, target, eligible)
-        if reason is None:
+        code = _target_codes(field_codes, target)
+        in_cells = (code >= 0) & (code < len(target.cells))
+        # With nobody eligible there is nothing to classify: the reason is the filters or exclusions.
+        if in_cells[eligible].any() or not eligible.any():
             kept.append(target)
+            all_codes[target.key] = code if missing == "include" else np.where(in_cells, code, NOT_PLACEABLE)
         else:
-            dropped.append(DroppedTarget(target.key, reason))
+            dropped.append(DroppedTarget(target.key, _unclassifiable_reason(field_codes, target, eligible)))
     while True:
-        codes = [_target_codes(field_codes, target, keep_missing=missing == "include") for target in kept]
+        codes = [all_codes[target.key] for target in kept]
         placeable = eligible & np.all([code >= 0 for code in codes], axis=0) if codes else eligible.copy()
         missing_members = [
             int(np.count_nonzero(code[placeable] == len(target.cells)))
@@ -350,12 +354,8 @@ def plan_targets(
     )
 
 
-def _unclassifiable_reason(field_codes: dict[str, np.ndarray], target: Target, eligible: np.ndarray) -> str | None:
-    """Why no eligible member can be classified on `target`, in words a project manager can act on;
-    None when some can."""
-    codes = _target_codes(field_codes, target, keep_missing=False)
-    if (codes[eligible] >= 0).any():
-        return None
+def _unclassifiable_reason(field_codes: dict[str, np.ndarray], target: Target, eligible: np.ndarray) -> str:
+    """Why no eligible member can be classified on `target`, in words a project manager can act on."""
     left_out = f"the {target.key} target was left out of this draw"
     unanswered = [field for field in target.fields if not (field_codes[field][eligible] != NO_VALUE).any()]
     if unanswered:
@@ -454,10 +454,10 @@ def _combined_codes(field_codes: dict[str, np.ndarray], fields: Sequence[str]) -
     return combined, valid
 
 
-def _target_codes(field_codes: dict[str, np.ndarray], target: Target, *, keep_missing: bool) -> np.ndarray:
-    """Each member's index in target.cells; NOT_PLACEABLE if their values are in none of them. With
-    `keep_missing`, a member lacking a value whose other values could be in a cell gets
-    len(target.cells), the target's missing category."""
+def _target_codes(field_codes: dict[str, np.ndarray], target: Target) -> np.ndarray:
+    """Each member's index in target.cells; NOT_PLACEABLE if their values are in none of them; a
+    member lacking a value whose other values could be in a cell gets len(target.cells), the
+    target's missing category."""
     sizes = [len(PROFILE_CATEGORIES[field]) for field in target.fields]
     lookup = np.full(math.prod(sizes), NOT_PLACEABLE, dtype=np.int64)
     for index, cell in enumerate(target.cells):
@@ -465,17 +465,15 @@ def _target_codes(field_codes: dict[str, np.ndarray], target: Target, *, keep_mi
         lookup[np.ravel_multi_index(position, sizes)] = index
     combined, valid = _combined_codes(field_codes, target.fields)
     codes = np.where(valid, lookup[combined], NOT_PLACEABLE)
-    if not keep_missing:
-        return codes
-    lacking = np.any([field_codes[field] == NO_VALUE for field in target.fields], axis=0)
-    could_fit = np.all(
-        [
-            (field_codes[field] == NO_VALUE)
-            | np.isin(field_codes[field], [PROFILE_CATEGORIES[field].index(cell[position]) for cell in target.cells])
-            for position, field in enumerate(target.fields)
-        ],
-        axis=0,
-    )
+    lacking = np.zeros(len(codes), dtype=bool)
+    could_fit = np.ones(len(codes), dtype=bool)
+    for slot, field in enumerate(target.fields):
+        # Indexed by field code + 2: OUTSIDE_CONTRACT, NO_VALUE, then the field's values.
+        fits = np.zeros(len(PROFILE_CATEGORIES[field]) + 2, dtype=bool)
+        fits[NO_VALUE + 2] = True
+        fits[[PROFILE_CATEGORIES[field].index(cell[slot]) + 2 for cell in target.cells]] = True
+        could_fit &= fits[field_codes[field] + 2]
+        lacking |= field_codes[field] == NO_VALUE
     return np.where(lacking & could_fit, len(target.cells), codes)
 
 

@@ -230,6 +230,12 @@ def test_a_target_nobody_answered_is_dropped_and_the_result_says_so() -> None:
     assert excluding.completes_planned == 20 and excluding.dropped_targets == result.dropped_targets
 
 
+def test_with_nobody_eligible_no_target_is_dropped() -> None:
+    panel = gaps_panel().assign(vote_2024=None)
+    result = select_members(panel, [GENDER_50_50, VOTE], 20, seed=2, eligible=np.zeros(len(panel), dtype=bool))
+    assert result.invited == 0 and result.dropped_targets == ()
+
+
 def test_an_interlocked_target_names_the_question_nobody_answered() -> None:
     panel = tiny_panel(gender=["female", "male"] * 10, age_band=[None] * 20)
     target = Target.from_shares("age_band|gender", {"18-24|female": 0.5, "18-24|male": 0.5})
