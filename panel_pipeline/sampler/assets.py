@@ -211,6 +211,10 @@ def materialization(report: Mapping[str, Any], member_count: int) -> dg.Material
             "composition_chart": dg.MetadataValue.md(composition),
             "target_vs_achieved": composition_table(categories),
             "summary": dg.MetadataValue.text(report["message"]),
+            "missing_values": missing_table(report.get("missing", [])),
+            "dropped_targets": dg.MetadataValue.text(
+                "; ".join(dropped["reason"] for dropped in report.get("dropped_targets", [])) or "none"
+            ),
             **row_count(member_count),
         },
         check_results=[
@@ -241,5 +245,16 @@ def composition_table(categories: list[CategoryReport]) -> dg.TableMetadataValue
                 round(r.shortfall),
             )
             for r in categories
+        ],
+    )
+
+
+def missing_table(missing: list[Mapping[str, Any]]) -> dg.TableMetadataValue:
+    """Per target: eligible members without its value, and their share of the sample."""
+    return table(
+        ["target", "members missing", "completes missing", "% of sample"],
+        [
+            (entry["target"], int(entry["members"]), int(entry["completes"]), round(float(entry["pct"]), 2))
+            for entry in missing
         ],
     )

@@ -3,7 +3,14 @@
 Pure numpy/scipy; no Mongo, no Dagster. The steps, for a panel DataFrame (one row per member,
 profile fields as columns, index = member id) and a list of `Target`s:
 
-1. Cells: members (eligible, and classifiable on every target) are grouped by the cross of
+0. Missing values: a member with no value for a target's attribute (`missing: "include"`, the
+   default) stays eligible in the target's "missing" category: the target's shares apply among the
+   members who have the value, and the missing category is held at its share of the placeable
+   members, so the member still counts towards every other target. `missing: "exclude"` leaves
+   such members out. A target no eligible member can be classified on is dropped for the draw, and
+   the result says why (`DroppedTarget`). A value in none of the target's cells (gender `other`
+   against age x gender, a derived age band "under 18") is not missing: that member cannot be placed.
+1. Cells: members (eligible, and placeable on every target) are grouped by the cross of
    their target categories (and of the response-rate fields, if rates are per cell).
    Capacity of a cell = members x expected response rate (expected completes it can give).
 2. Fractional plan: the cell table is raked to the target margins (so the plan keeps the
@@ -35,7 +42,7 @@ import pandas as pd
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from panel_pipeline.sampler.requests import CELL_SEPARATOR, ResponseRates, SampleRequest, filter_mask
+from panel_pipeline.sampler.requests import CELL_SEPARATOR, MissingPolicy, ResponseRates, SampleRequest, filter_mask
 from panel_pipeline.sampler.targets import Target, request_targets
 from panel_pipeline.sampler.weighting import (
     design_effect,
@@ -52,6 +59,10 @@ EXACT_ROUNDING_MAX_CELLS = 300  # above this, controlled rounding uses local sea
 MAX_SWAPS = 20_000
 # A category is short when it misses at least half a complete: a shortfall that rounds to one or more.
 SHORT_FROM_COMPLETES = 0.5
+# Field codes below a value's index in PROFILE_CATEGORIES[field]:
+NO_VALUE = -1  # the attribute is absent (or unreadable)
+OUTSIDE_CONTRACT = -2  # a value, but none of the contract's (a derived age under 18)
+NOT_PLACEABLE = -1  # target code: the member has values but they are in none of the target's cells
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,25 @@ class CategoryReport:
     @property
     def is_short(self) -> bool:
         return self.shortfall >= SHORT_FROM_COMPLETES
+
+
+@dataclass(frozen=True)
+class MissingReport:
+    """How much of one target's attribute is missing: among the eligible placeable members, and
+    in the planned sample (the target's shares apply to the rest)."""
+
+    target: str
+    members: int
+    completes: int
+    pct: float  # of the planned completes
+
+
+@dataclass(frozen=True)
+class DroppedTarget:
+    """A target left out of the draw because no eligible member can be classified on it."""
+
+    target: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -101,7 +131,9 @@ class SelectionResult:
     categories: tuple[CategoryReport, ...]
     cells: pd.DataFrame  # per cell: field values, available, response_rate, capacity, completes, invites
     weighting_cost: WeightingCost
-    unclassified_members: int  # eligible members outside the targets' categories (missing values, gender other, ...)
+    unclassified_members: int  # eligible members who cannot be placed (a value outside a target's cells, ...)
+    missing: tuple[MissingReport, ...] = ()  # per target drawn to
+    dropped_targets: tuple[DroppedTarget, ...] = ()
 
     @property
     def invited(self) -> int:
@@ -118,6 +150,11 @@ class SelectionResult:
             f"({self.invited} invitations); largest deviation from target {self.max_deviation_pp:.2f} pp "
             f"(tolerance {self.tolerance_pp:g} pp)."
         )
+        head = " ".join([head, *(f"{dropped.reason}." for dropped in self.dropped_targets)])
+        gaps = [report for report in self.missing if report.completes]
+        if gaps:
+            shown = ", ".join(f"{report.target} {report.pct:.1f}%" for report in gaps)
+            head += f" Missing values in the sample: {shown} (each target's shares apply among the rest)."
         if self.status == "ok":
             return head
         cost = self.weighting_cost
@@ -147,6 +184,8 @@ class SelectionResult:
             "max_deviation_pp": round(self.max_deviation_pp, 3),
             "unclassified_members": self.unclassified_members,
             "composition": [_rounded(report.__dict__) for report in self.categories],
+            "missing": [_rounded(report.__dict__) for report in self.missing],
+            "dropped_targets": [dict(dropped.__dict__) for dropped in self.dropped_targets],
             "weighting_cost": _rounded(self.weighting_cost.__dict__),
             "message": self.summary(),
         }
@@ -183,6 +222,7 @@ def select(panel: pd.DataFrame, request: SampleRequest, eligible: np.ndarray | N
         seed=request.seed,
         tolerance_pp=request.tolerance,
         response_rates=request.expected_response_rate,
+        missing=request.missing,
     )
 
 
@@ -195,16 +235,20 @@ def select_members(
     seed: int | None = None,
     tolerance_pp: float = 1.0,
     response_rates: ResponseRates | None = None,
+    missing: MissingPolicy = "include",
 ) -> SelectionResult:
     """Plan `size` completes matching `targets` and draw the invitations from `panel`."""
     rates = response_rates or ResponseRates(default=1.0)
     used_seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else seed
     rng = np.random.default_rng(used_seed)
-    table = build_cells(panel, targets, rates, eligible)
-    completes = plan_completes(table, targets, size, rng)
+    mask = np.ones(len(panel), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+    field_codes = _field_codes(panel, {field for target in targets for field in target.fields} | set(rates.fields))
+    plan = plan_targets(field_codes, targets, mask, missing)
+    table = build_cells(field_codes, plan, rates, mask)
+    completes = plan_completes(table, plan.targets, size, rng)
     invites = np.minimum(table.counts, np.ceil(completes / table.response_rates - 1e-9)).astype(np.int64)
     chosen = table.member_rows[draw_within_cells(rng, table.member_cell, table.counts, invites)]
-    categories = _category_reports(table, targets, completes, size)
+    categories = _category_reports(table, plan.targets, completes, size)
     max_deviation = max((abs(report.deviation_pp) for report in categories), default=0.0)
     status: Literal["ok", "infeasible"] = (
         "ok" if completes.sum() == size and max_deviation <= tolerance_pp else "infeasible"
@@ -220,10 +264,128 @@ def select_members(
         row_positions=chosen,
         member_ids=panel.index.to_numpy()[chosen],
         categories=categories,
-        cells=_cell_frame(table, targets, completes, invites),
-        weighting_cost=weighting_cost(table.categories, [target.share_array() for target in targets], completes),
+        cells=_cell_frame(table, plan.targets, completes, invites),
+        weighting_cost=weighting_cost(table.categories, [target.share_array() for target in plan.targets], completes),
         unclassified_members=table.unclassified,
+        missing=_missing_reports(table, plan, completes),
+        dropped_targets=plan.dropped,
     )
+
+
+# --- 0. missing values -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanTarget:
+    """A target as the plan sees it: its cells, plus a "missing" category (index len(cells)) held at
+    `missing_share` of the completes when some placeable members lack the attribute."""
+
+    target: Target
+    missing_share: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return self.target.key
+
+    @property
+    def categories(self) -> int:
+        return len(self.target.cells) + (1 if self.missing_share > 0 else 0)
+
+    def share_array(self) -> np.ndarray:
+        shares = self.target.share_array() * (1.0 - self.missing_share)
+        return np.append(shares, self.missing_share) if self.missing_share > 0 else shares
+
+
+@dataclass(frozen=True)
+class Plan:
+    targets: tuple[PlanTarget, ...]
+    codes: tuple[np.ndarray, ...]  # per target, each member's category (NOT_PLACEABLE: none)
+    placeable: np.ndarray  # eligible members with a category in every target
+    missing_members: tuple[int, ...]  # per target, placeable members in its missing category
+    dropped: tuple[DroppedTarget, ...]
+
+
+def plan_targets(
+    field_codes: dict[str, np.ndarray], targets: Sequence[Target], eligible: np.ndarray, missing: MissingPolicy
+) -> Plan:
+    """The targets the draw can use on these eligible members, each member's category in each, and
+    the targets dropped because no eligible member can be classified on them."""
+    dropped: list[DroppedTarget] = []
+    kept: list[Target] = []
+    all_codes: dict[str, np.ndarray] = {}
+    for target in targets:
+        code = _target_codes(field_codes, target)
+        in_cells = (code >= 0) & (code < len(target.cells))
+        # With nobody eligible there is nothing to classify: the reason is the filters or exclusions.
+        if in_cells[eligible].any() or not eligible.any():
+            kept.append(target)
+            all_codes[target.key] = code if missing == "include" else np.where(in_cells, code, NOT_PLACEABLE)
+        else:
+            dropped.append(DroppedTarget(target.key, _unclassifiable_reason(field_codes, target, eligible)))
+    while True:
+        codes = [all_codes[target.key] for target in kept]
+        placeable = eligible & np.all([code >= 0 for code in codes], axis=0) if codes else eligible.copy()
+        missing_members = [
+            int(np.count_nonzero(code[placeable] == len(target.cells)))
+            for code, target in zip(codes, kept, strict=True)
+        ]
+        placed = int(np.count_nonzero(placeable))
+        # Everyone placeable lacks it (the members who have it cannot be placed on another target).
+        unanswered = [index for index, count in enumerate(missing_members) if placed and count == placed]
+        if not unanswered:
+            break
+        for index in unanswered:
+            key = kept[index].key
+            dropped.append(
+                DroppedTarget(
+                    key,
+                    f"none of the members who can be placed on the other targets has answered {_answers(kept[index])}: "
+                    f"the {key} target was left out of this draw",
+                )
+            )
+        kept = [target for index, target in enumerate(kept) if index not in unanswered]
+    shares = [count / placed if placed else 0.0 for count in missing_members]
+    return Plan(
+        targets=tuple(PlanTarget(target, share) for target, share in zip(kept, shares, strict=True)),
+        codes=tuple(codes),
+        placeable=placeable,
+        missing_members=tuple(missing_members),
+        dropped=tuple(dropped),
+    )
+
+
+def _unclassifiable_reason(field_codes: dict[str, np.ndarray], target: Target, eligible: np.ndarray) -> str:
+    """Why no eligible member can be classified on `target`, in words a project manager can act on."""
+    left_out = f"the {target.key} target was left out of this draw"
+    unanswered = [field for field in target.fields if not (field_codes[field][eligible] != NO_VALUE).any()]
+    if unanswered:
+        return f"no member has answered {' or '.join(_answer_name(field) for field in unanswered)}: {left_out}"
+    answered = eligible & np.all([field_codes[field] != NO_VALUE for field in target.fields], axis=0)
+    if not answered.any():
+        return f"no member has answered {_answers(target)} together: {left_out}"
+    cells = ", ".join(CELL_SEPARATOR.join(cell) for cell in target.cells)
+    return (
+        f"none of the {int(answered.sum())} members who answered {_answers(target)} is in the target's "
+        f"categories ({cells}): {left_out}"
+    )
+
+
+def _answers(target: Target) -> str:
+    return " and ".join(_answer_name(field) for field in target.fields)
+
+
+def _answer_name(field: str) -> str:
+    """The question a member answers for `field` (age_band is derived from birth_year)."""
+    return "birth_year (age_band)" if field == "age_band" else field
+
+
+def _missing_reports(table: CellTable, plan: Plan, completes: np.ndarray) -> tuple[MissingReport, ...]:
+    planned = max(int(completes.sum()), 1)
+    reports = []
+    for target, codes, members in zip(plan.targets, table.categories, plan.missing_members, strict=True):
+        missing_completes = int(completes[codes == len(target.target.cells)].sum())
+        reports.append(MissingReport(target.key, members, missing_completes, 100.0 * missing_completes / planned))
+    return tuple(reports)
 
 
 # --- 1. cells --------------------------------------------------------------------------------
@@ -231,7 +393,7 @@ def select_members(
 
 @dataclass(frozen=True)
 class CellTable:
-    member_rows: np.ndarray  # panel positions of the classified eligible members
+    member_rows: np.ndarray  # panel positions of the placeable eligible members
     member_cell: np.ndarray  # their cell index
     counts: np.ndarray  # members per cell
     categories: list[np.ndarray]  # per target: each cell's category index in target.cells
@@ -244,17 +406,12 @@ class CellTable:
 
 
 def build_cells(
-    panel: pd.DataFrame, targets: Sequence[Target], rates: ResponseRates, eligible: np.ndarray | None
+    field_codes: dict[str, np.ndarray], plan: Plan, rates: ResponseRates, eligible: np.ndarray
 ) -> CellTable:
-    field_codes = _field_codes(panel, {field for target in targets for field in target.fields} | set(rates.fields))
-    dimensions = [_target_codes(field_codes, target) for target in targets]
-    sizes = [len(target.cells) for target in targets]
-    rate_codes, rate_cells = _rate_codes(field_codes, rates, len(panel))
-    mask = np.ones(len(panel), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool).copy()
-    eligible_count = int(mask.sum())
-    for codes in dimensions:
-        mask &= codes >= 0
-    rows = np.flatnonzero(mask)
+    dimensions = plan.codes
+    sizes = [target.categories for target in plan.targets]
+    rate_codes, rate_cells = _rate_codes(field_codes, rates, len(eligible))
+    rows = np.flatnonzero(plan.placeable)
     keys = np.ravel_multi_index([codes[rows] for codes in dimensions] + [rate_codes[rows]], sizes + [len(rate_cells)])
     unique_keys, member_cell = np.unique(keys, return_inverse=True)
     decoded = np.unravel_index(unique_keys, sizes + [len(rate_cells)])
@@ -264,23 +421,28 @@ def build_cells(
         counts=np.bincount(member_cell, minlength=len(unique_keys)).astype(float),
         categories=[np.asarray(codes, dtype=np.int64) for codes in decoded[:-1]],
         response_rates=np.array([rates.rate_for(rate_cells[code]) for code in decoded[-1]], dtype=float),
-        unclassified=eligible_count - len(rows),
+        unclassified=int(np.count_nonzero(eligible)) - len(rows),
     )
 
 
 def _field_codes(panel: pd.DataFrame, fields: set[str]) -> dict[str, np.ndarray]:
-    """Index of each member's value in PROFILE_CATEGORIES[field]; -1 when missing or unknown."""
-    missing = sorted(fields - set(panel.columns))
-    if missing:
-        raise KeyError(f"panel has no column(s) {', '.join(missing)}")
+    """Index of each member's value in PROFILE_CATEGORIES[field]; NO_VALUE when absent,
+    OUTSIDE_CONTRACT for a value that is none of the field's."""
+    absent = sorted(fields - set(panel.columns))
+    if absent:
+        raise KeyError(f"panel has no column(s) {', '.join(absent)}")
     codes: dict[str, np.ndarray] = {}
     for field in fields:
         column = panel[field]
-        values = list(PROFILE_CATEGORIES[field])
-        if isinstance(column.dtype, pd.CategoricalDtype) and list(column.cat.categories) == values:
-            codes[field] = column.cat.codes.to_numpy().astype(np.int64)
+        values = pd.Index(PROFILE_CATEGORIES[field])
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            # Map the few categories, then every member through its category code.
+            known = values.get_indexer(pd.Index(column.cat.categories.astype(object)))
+            by_category = np.append(np.where(known >= 0, known, OUTSIDE_CONTRACT), NO_VALUE)
+            codes[field] = by_category[column.cat.codes.to_numpy()].astype(np.int64)
         else:
-            codes[field] = pd.Index(values).get_indexer(pd.Index(column.astype(object))).astype(np.int64)
+            known = values.get_indexer(pd.Index(column.astype(object))).astype(np.int64)
+            codes[field] = np.where(column.isna().to_numpy(), NO_VALUE, np.where(known >= 0, known, OUTSIDE_CONTRACT))
     return codes
 
 
@@ -293,14 +455,26 @@ def _combined_codes(field_codes: dict[str, np.ndarray], fields: Sequence[str]) -
 
 
 def _target_codes(field_codes: dict[str, np.ndarray], target: Target) -> np.ndarray:
-    """Each member's index in target.cells, -1 if their values are not among the target's cells."""
+    """Each member's index in target.cells; NOT_PLACEABLE if their values are in none of them; a
+    member lacking a value whose other values could be in a cell gets len(target.cells), the
+    target's missing category."""
     sizes = [len(PROFILE_CATEGORIES[field]) for field in target.fields]
-    lookup = np.full(math.prod(sizes), -1, dtype=np.int64)
+    lookup = np.full(math.prod(sizes), NOT_PLACEABLE, dtype=np.int64)
     for index, cell in enumerate(target.cells):
         position = [PROFILE_CATEGORIES[field].index(value) for field, value in zip(target.fields, cell, strict=True)]
         lookup[np.ravel_multi_index(position, sizes)] = index
     combined, valid = _combined_codes(field_codes, target.fields)
-    return np.where(valid, lookup[combined], -1)
+    codes = np.where(valid, lookup[combined], NOT_PLACEABLE)
+    lacking = np.zeros(len(codes), dtype=bool)
+    could_fit = np.ones(len(codes), dtype=bool)
+    for slot, field in enumerate(target.fields):
+        # Indexed by field code + 2: OUTSIDE_CONTRACT, NO_VALUE, then the field's values.
+        fits = np.zeros(len(PROFILE_CATEGORIES[field]) + 2, dtype=bool)
+        fits[NO_VALUE + 2] = True
+        fits[[PROFILE_CATEGORIES[field].index(cell[slot]) + 2 for cell in target.cells]] = True
+        could_fit &= fits[field_codes[field] + 2]
+        lacking |= field_codes[field] == NO_VALUE
+    return np.where(lacking & could_fit, len(target.cells), codes)
 
 
 def _rate_codes(
@@ -317,7 +491,7 @@ def _rate_codes(
 # --- 2. fractional plan ------------------------------------------------------------------------
 
 
-def plan_completes(table: CellTable, targets: Sequence[Target], size: int, rng: np.random.Generator) -> np.ndarray:
+def plan_completes(table: CellTable, targets: Sequence[PlanTarget], size: int, rng: np.random.Generator) -> np.ndarray:
     """Integer completes per cell: as close to the targets as capacities allow, summing to
     min(size, total capacity)."""
     # A cell expected to give fewer than one complete cannot be planned a whole one.
@@ -325,11 +499,10 @@ def plan_completes(table: CellTable, targets: Sequence[Target], size: int, rng: 
     total = min(size, int(capacity.sum()))
     if total == 0:
         return np.zeros(len(capacity), dtype=np.int64)
-    membership = _membership(table.categories, [len(target.cells) for target in targets], len(capacity))
+    sizes = [target.categories for target in targets]
+    membership = _membership(table.categories, sizes, len(capacity))
     wanted = total * np.concatenate([target.share_array() for target in targets]) if targets else np.zeros(0)
-    fractional = fractional_plan(
-        table.counts, capacity, table.categories, [len(target.cells) for target in targets], membership, wanted, total
-    )
+    fractional = fractional_plan(table.counts, capacity, table.categories, sizes, membership, wanted, total)
     return round_plan(fractional, capacity, membership, membership @ fractional, rng)
 
 
@@ -527,17 +700,19 @@ def draw_within_cells(
 
 
 def _category_reports(
-    table: CellTable, targets: Sequence[Target], completes: np.ndarray, size: int
+    table: CellTable, targets: Sequence[PlanTarget], completes: np.ndarray, size: int
 ) -> tuple[CategoryReport, ...]:
-    planned = max(int(completes.sum()), 1)
+    """Per target category: shares among the planned completes who have the target's values."""
     reports: list[CategoryReport] = []
     for target, codes in zip(targets, table.categories, strict=True):
-        bins = len(target.cells)
+        bins = target.categories
         available = np.bincount(codes, weights=table.counts, minlength=bins)
         capacity = np.bincount(codes, weights=table.capacity, minlength=bins)
         allocated = np.bincount(codes, weights=completes, minlength=bins)
-        for index, (cell, share) in enumerate(target.shares.items()):
-            achieved_pct = 100.0 * allocated[index] / planned
+        answered = max(float(allocated[: len(target.target.cells)].sum()), 1.0)
+        for index, (cell, share) in enumerate(target.target.shares.items()):
+            achieved_pct = 100.0 * allocated[index] / answered
+            requested = size * (1.0 - target.missing_share) * share
             reports.append(
                 CategoryReport(
                     target=target.key,
@@ -545,11 +720,11 @@ def _category_reports(
                     target_pct=100.0 * share,
                     achieved_pct=achieved_pct,
                     deviation_pp=achieved_pct - 100.0 * share,
-                    requested=size * share,
+                    requested=requested,
                     available=int(available[index]),
                     capacity=float(capacity[index]),
                     allocated=int(allocated[index]),
-                    shortfall=max(0.0, size * share - allocated[index]),
+                    shortfall=max(0.0, requested - allocated[index]),
                 )
             )
     return tuple(reports)
@@ -577,12 +752,14 @@ def weighting_cost(categories: list[np.ndarray], shares: list[np.ndarray], compl
 
 
 def _cell_frame(
-    table: CellTable, targets: Sequence[Target], completes: np.ndarray, invites: np.ndarray
+    table: CellTable, targets: Sequence[PlanTarget], completes: np.ndarray, invites: np.ndarray
 ) -> pd.DataFrame:
+    """One row per cell; a target's fields are None in its missing category."""
     columns: dict[str, Any] = {}
     for target, codes in zip(targets, table.categories, strict=True):
-        values = np.array(target.cells, dtype=object)[codes]
-        for position, field in enumerate(target.fields):
+        fields = target.target.fields
+        values = np.array([*target.target.cells, (None,) * len(fields)], dtype=object)[codes]
+        for position, field in enumerate(fields):
             columns[field] = values[:, position]
     columns |= {
         "available": table.counts.astype(np.int64),
@@ -617,29 +794,15 @@ def nobody_placed_reason(
             "exclude (invited_within_days, completed_surveys): nobody can be placed; relax the exclusions"
         )
     who = "active member matching the filters" if filters else "active member"
-    targets = request_targets(request)
-    codes = _field_codes(panel, {field for target in targets for field in target.fields})
-    empty: list[str] = []
-    for target in targets:
-        answered = mask & np.all([codes[field] >= 0 for field in target.fields], axis=0)
-        if not answered.any():
-            empty.append(
-                f"no {who} has {' and '.join(target.fields)}: nobody can be placed in the {target.key} target; "
-                f"drop that target or wait until members have answered {' and '.join(target.fields)}"
-            )
-        elif not (mask & (_target_codes(codes, target) >= 0)).any():
-            empty.append(
-                f"none of the {int(answered.sum())} {who}s with {target.key} is in the target's categories "
-                f"({', '.join(CELL_SEPARATOR.join(cell) for cell in target.cells)}): "
-                "change that target's quotas or drop it"
-            )
-    if empty:
-        return "; ".join(empty)
+    dropped = {target.target for target in result.dropped_targets}
+    kept = [target.key for target in request_targets(request) if target.key not in dropped]
     if result.unclassified_members >= int(mask.sum()):
-        return (
-            f"no {who} has a value in every target at once ({', '.join(target.key for target in targets)}): "
-            "nobody can be placed; drop one of these targets"
+        remedy = (
+            'drop one of these targets, or remove "missing": "exclude" so members missing a value are kept'
+            if request.missing == "exclude"
+            else "drop one of these targets"
         )
+        return f"no {who} has a value in every target at once ({', '.join(kept)}): nobody can be placed; {remedy}"
     return (
         f"the {int(mask.sum()) - result.unclassified_members} placeable members are expected to give less than one "
         "complete per cell at the expected_response_rate: raise expected_response_rate, or widen the filters"

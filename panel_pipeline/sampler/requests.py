@@ -68,9 +68,34 @@ SURVEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 MAILER_OWNED_KEYS: frozenset[str] = frozenset({UNSUBSCRIBE_URL, HTML_COPY_KEY})
 
 
+MissingPolicy = Literal["include", "exclude"]
+MISSING_POLICIES: tuple[str, ...] = ("include", "exclude")
+# The derived age band of a member younger than the youngest band: a value, but in no target's cells.
+BELOW_AGE_BANDS = "under 18"
+AGE_BAND_VALUES: tuple[str, ...] = (*PROFILE_CATEGORIES["age_band"], BELOW_AGE_BANDS)
+
+
 def age_band_codes(age: np.ndarray) -> np.ndarray:
     """Index into PROFILE_CATEGORIES["age_band"] for each age; -1 below 18."""
     return np.searchsorted(np.asarray(AGE_BAND_LOWER_BOUNDS), age, side="right") - 1
+
+
+def age_bands(age: np.ndarray) -> pd.Categorical[str]:
+    """Each age's band (categories AGE_BAND_VALUES: under 18 is BELOW_AGE_BANDS); NaN where the age is.
+
+    The pipeline's one derivation of `age_band`: a stored band is never read (it goes stale on a
+    birthday, and the contract lets the backend store `birth_year` alone)."""
+    ages = np.asarray(age, dtype=float)
+    codes = np.where(np.isnan(ages), -1, age_band_codes(np.nan_to_num(ages, nan=0.0)))
+    codes = np.where(np.isnan(ages) | (codes >= 0), codes, len(AGE_BAND_VALUES) - 1)
+    return pd.Categorical.from_codes(codes.astype(np.int64), categories=pd.Index(AGE_BAND_VALUES))
+
+
+def age_range(band: str) -> tuple[int, int | None]:
+    """The ages of a band, lowest and highest (None: no upper bound)."""
+    index = PROFILE_CATEGORIES["age_band"].index(band)
+    upper = AGE_BAND_LOWER_BOUNDS[index + 1] - 1 if index + 1 < len(AGE_BAND_LOWER_BOUNDS) else None
+    return AGE_BAND_LOWER_BOUNDS[index], upper
 
 
 class RequestFieldError(ValueError):
@@ -216,6 +241,7 @@ class SampleRequest(BaseModel):
     dynamic: bool = False
     closes_at: dt.datetime | None = None
     mailing: InvitationRequest | None = None
+    missing: MissingPolicy = "include"
 
     @field_validator("name", mode="before")
     @classmethod
@@ -257,6 +283,15 @@ class SampleRequest(BaseModel):
             return False
         if not isinstance(value, bool):
             raise RequestFieldError((), f"must be true or false, got {_shown(value)}")
+        return value
+
+    @field_validator("missing", mode="before")
+    @classmethod
+    def _missing(cls, value: Any) -> str:
+        if value is None:
+            return "include"
+        if not isinstance(value, str) or value not in MISSING_POLICIES:
+            raise RequestFieldError((), f'must be "include" or "exclude", got {_shown(value)}')
         return value
 
     @field_validator("closes_at", mode="before")
@@ -470,15 +505,37 @@ def _parse_value(field: str, operator: str, value: Any) -> str | int:
 def mongo_filter(request: SampleRequest, as_of_year: int | None = None) -> dict[str, Any]:
     """The `users` query for the request: active panelists matching every filter.
 
-    `age` is translated to `profile.birth_year` (age = as_of_year - birth_year, the pipeline's
-    derivation) so a stored age can never go stale; every other field maps to `profile.<field>`.
+    `age` and `age_band` are translated to `profile.birth_year` (age = as_of_year - birth_year, the
+    pipeline's derivation) so a stored age or band is never read and can never go stale; every other
+    field maps to `profile.<field>`.
     """
     year = as_of_year or dt.date.today().year
     clauses: list[dict[str, Any]] = [{"status": ACTIVE}]
     for condition in request.filters:
+        if condition.field == "age_band":
+            clauses.append(_age_band_clause(condition, year))
+            continue
         path, operator, value = _mongo_condition(condition, year)
         clauses.append({path: {operator: list(value) if isinstance(value, tuple) else value}})
     return _merge_clauses(clauses)
+
+
+def _age_band_clause(condition: Condition, year: int) -> dict[str, Any]:
+    """An age_band test as birth_year ranges; like a stored value, a missing birth_year fails
+    $eq/$in and passes $ne/$nin."""
+    bands = condition.value if isinstance(condition.value, tuple) else (condition.value,)
+    ranges = [_birth_years_of(str(band), year) for band in bands]
+    if condition.operator in ("$eq", "$in"):
+        return ranges[0] if len(ranges) == 1 else {"$or": ranges}
+    return {"$nor": ranges}
+
+
+def _birth_years_of(band: str, year: int) -> dict[str, Any]:
+    youngest, oldest = age_range(band)
+    years: dict[str, int] = {"$lte": year - youngest}
+    if oldest is not None:
+        years["$gte"] = year - oldest
+    return {"profile.birth_year": years}
 
 
 _MIRRORED_OPERATOR = {"$gt": "$lt", "$gte": "$lte", "$lt": "$gt", "$lte": "$gte"}

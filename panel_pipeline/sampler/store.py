@@ -17,10 +17,13 @@ from pymongo import ASCENDING, UpdateOne
 from pymongo.database import Database
 
 from panel_pipeline.sampler.quotas import panel_fields
-from panel_pipeline.sampler.requests import SampleRequest, mongo_filter
+from panel_pipeline.sampler.requests import SampleRequest, age_bands, mongo_filter
 from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
-STORED_FIELDS = (*PROFILE_CATEGORIES, "birth_year")  # `age` is derived, never read
+# `age` and `age_band` are derived from `birth_year` at draw time, never read: a stored band goes
+# stale on a birthday, and the backend may store `birth_year` alone.
+DERIVED_FROM_BIRTH_YEAR = ("age", "age_band")
+STORED_FIELDS = (*(field for field in PROFILE_CATEGORIES if field not in DERIVED_FROM_BIRTH_YEAR), "birth_year")
 FIELD_SEPARATOR = "\x1f"  # ASCII unit separator: never part of a profile value
 
 
@@ -33,18 +36,30 @@ def ensure_indexes(db: Database) -> None:
 
 
 def profiles_frame(docs: Sequence[Mapping[str, Any]], as_of_year: int) -> pd.DataFrame:
-    """One row per user (index = user id as str), the profile fields as columns; `age` derived
-    from `birth_year` as the Mongo filter derives it, so it never goes stale."""
-    rows = [{name: (doc.get("profile") or {}).get(name) for name in STORED_FIELDS} for doc in docs]
+    """One row per user (index = user id as str), the profile fields as columns (a value outside
+    the contract's is read as missing, as `load_panel` reads it); `age` and `age_band` derived from
+    `birth_year` as the Mongo filter derives them, so they never go stale."""
+    rows = [
+        {name: _contract_value(name, (doc.get("profile") or {}).get(name)) for name in STORED_FIELDS} for doc in docs
+    ]
     frame = pd.DataFrame(rows, index=[str(doc["_id"]) for doc in docs], columns=list(STORED_FIELDS))
     frame["age"] = as_of_year - pd.to_numeric(frame["birth_year"], errors="coerce")
+    frame["age_band"] = pd.Series(age_bands(frame["age"].to_numpy(dtype=float)), index=frame.index).astype(object)
+    frame["age_band"] = frame["age_band"].where(frame["age_band"].notna(), None)
     return frame
+
+
+def _contract_value(field: str, value: Any) -> Any:
+    if field not in PROFILE_CATEGORIES:
+        return value
+    return value if isinstance(value, str) and value in PROFILE_CATEGORIES[field] else None
 
 
 def load_panel(db: Database, request: SampleRequest, as_of_year: int) -> pd.DataFrame:
     """Active members matching the request's filters, in `_id` order (so a seed replays the draw),
-    with the profile fields the selection reads: categories as pandas categoricals, `age` derived
-    from `birth_year` as the Mongo filter derives it.
+    with the profile fields the selection reads: categories as pandas categoricals (a value outside
+    the contract's is read as missing), `age` and `age_band` derived from `birth_year` as the Mongo
+    filter derives them.
 
     mongod joins each member's fields into one string: decoding a million small documents is about
     2.5x faster than decoding a million nested profiles, and each distinct combination (tens of
@@ -52,7 +67,7 @@ def load_panel(db: Database, request: SampleRequest, as_of_year: int) -> pd.Data
     fields = panel_fields(request)
     joined: list[Any] = []
     for field in fields:
-        source = "birth_year" if field == "age" else field
+        source = "birth_year" if field in DERIVED_FROM_BIRTH_YEAR else field
         joined += [
             {"$convert": {"input": f"$profile.{source}", "to": "string", "onError": "", "onNull": ""}},
             FIELD_SEPARATOR,
@@ -76,13 +91,16 @@ def _panel_column(
     field: str, values: list[str], codes: np.ndarray, as_of_year: int
 ) -> pd.Categorical[str] | np.ndarray:
     """One column from the values of each distinct combination and each member's combination code."""
+    if field in DERIVED_FROM_BIRTH_YEAR:
+        years = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype=float)
+        ages = as_of_year - years
+        return ages[codes] if field == "age" else age_bands(ages)[codes]
     if field in PROFILE_CATEGORIES:
         categories = PROFILE_CATEGORIES[field]
         return pd.Categorical.from_codes(
             pd.Index(categories).get_indexer(pd.Index(values)), categories=pd.Index(categories)
         )[codes]
-    numbers = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype=float)[codes]
-    return as_of_year - numbers if field == "age" else numbers
+    return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype=float)[codes]
 
 
 def excluded_user_ids(

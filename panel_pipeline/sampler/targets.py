@@ -19,8 +19,8 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from panel_pipeline.sampler.requests import CELL_SEPARATOR, Condition, SampleRequest, split_key
-from panel_pipeline.shared.contract import AGE_BAND_LOWER_BOUNDS, PROFILE_CATEGORIES
+from panel_pipeline.sampler.requests import CELL_SEPARATOR, Condition, SampleRequest, age_range, split_key
+from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
 UK_NAT_REP_TARGETS: tuple[str, ...] = ("age_band|gender", "region", "social_grade", "education", "vote_2024")
 OLDEST_AGE = 120
@@ -117,9 +117,8 @@ def _value_can_pass(field: str, value: str, filters: Sequence[Condition]) -> boo
 
 
 def _ages_in_band(band: str) -> range:
-    index = PROFILE_CATEGORIES["age_band"].index(band)
-    upper = AGE_BAND_LOWER_BOUNDS[index + 1] if index + 1 < len(AGE_BAND_LOWER_BOUNDS) else OLDEST_AGE + 1
-    return range(AGE_BAND_LOWER_BOUNDS[index], upper)
+    youngest, oldest = age_range(band)
+    return range(youngest, (OLDEST_AGE if oldest is None else oldest) + 1)
 
 
 def _passes(value: str | int, condition: Condition) -> bool:

@@ -1,14 +1,17 @@
 """The samples asset on a real mongod: from the queue, rejected requests, re-draws, invitations."""
 
 import datetime as dt
+from collections import Counter
 
 import dagster as dg
+import numpy as np
 import pytest
 from bson import ObjectId
 
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline.queue.store import LeaseLost
 from panel_pipeline.sampler.assets import draw_once, samples
+from panel_pipeline.sampler.requests import AGE_BAND_VALUES, age_band_codes
 from panel_pipeline.sampler.sensors import samples_queue_sensor
 from panel_pipeline.shared.resources import MongoResource
 
@@ -221,15 +224,98 @@ def test_a_crash_after_the_draw_is_finished_by_the_next_claim_with_its_invitatio
     assert mailing["recipient_count"] == len(members_before)
 
 
-def test_a_request_nobody_can_fill_is_failed_saying_which_target_leaves_nobody(instance, mongo, mongo_db, panel):
-    mongo_db.users.update_many({}, {"$unset": {"profile.vote_2024": ""}})  # nobody answered the 2024 vote question
-    sample_id = request(mongo_db, preset="uk_nat_rep", size=100)
+def test_a_panel_nobody_answered_the_2024_vote_on_gives_a_full_nat_rep_sample(instance, mongo, mongo_db, panel):
+    """A new user's first panel: nobody has answered the 2024 vote question yet."""
+    mongo_db.users.update_many({}, {"$unset": {"profile.vote_2024": ""}})
+    sample_id = request(mongo_db, preset="uk_nat_rep", size=200, seed=5, tolerance=2)
+    result = run(instance, mongo, sample_id)
+    assert result.success
+    doc = mongo_db.samples.find_one({"_id": sample_id})
+    assert doc["status"] == "done" and doc["members"] == 200 and doc["result"]["status"] == "ok"
+    assert doc["result"]["unclassified_members"] < len(panel) // 10  # gender other / prefer not to say
+    assert doc["result"]["dropped_targets"] == [
+        {
+            "target": "vote_2024",
+            "reason": "no member has answered vote_2024: the vote_2024 target was left out of this draw",
+        }
+    ]
+    assert "the vote_2024 target was left out of this draw." in doc["result"]["message"]
+    assert doc["result"]["max_deviation_pp"] <= 2
+    assert {entry["target"] for entry in doc["result"]["composition"]} == {
+        "age_band|gender",
+        "region",
+        "social_grade",
+        "education",
+    }
+    metadata = result.asset_materializations_for_node("samples")[0].metadata
+    assert "vote_2024" in metadata["dropped_targets"].text
+
+
+def derived_bands(profiles):
+    """Each member's age band from birth_year, as of this year: what the draw must have used."""
+    ages = dt.date.today().year - np.array([profile["birth_year"] for profile in profiles])
+    return np.asarray(AGE_BAND_VALUES)[age_band_codes(ages)]
+
+
+def test_members_with_birth_year_and_no_stored_age_band_are_sampled_on_the_derived_band(
+    instance, mongo, mongo_db, panel
+):
+    # The backend stores birth_year alone; a third of the members keep a stored band that is stale.
+    mongo_db.users.update_many({}, {"$unset": {"profile.age_band": "", "profile.age": ""}})
+    stale = panel[::3]
+    mongo_db.users.update_many({"_id": {"$in": stale}}, {"$set": {"profile.age_band": "18-24"}})
+    sample_id = request(mongo_db, preset="uk_nat_rep", size=200, seed=6, tolerance=2)
+    assert run(instance, mongo, sample_id).success
+    doc = mongo_db.samples.find_one({"_id": sample_id})
+    assert doc["members"] == 200 and doc["result"]["status"] == "ok" and doc["result"]["dropped_targets"] == []
+    age_gaps = next(entry for entry in doc["result"]["missing"] if entry["target"] == "age_band|gender")
+    assert age_gaps["completes"] == 0  # everyone has a birth_year, so nobody lacks a band
+    chosen = [m["user_id"] for m in mongo_db.sample_members.find({"sample_id": sample_id})]
+    profiles = list(mongo_db.users.find({"_id": {"$in": chosen}}, {"profile": 1}))
+    bands = derived_bands([doc_["profile"] for doc_ in profiles])
+    genders = [doc_["profile"].get("gender") for doc_ in profiles]
+    drawn = Counter(f"{band}|{gender}" for band, gender in zip(bands, genders, strict=True))
+    for entry in doc["result"]["composition"]:
+        if entry["target"] == "age_band|gender":
+            assert drawn.get(entry["category"], 0) == entry["allocated"], entry
+
+
+def test_missing_answers_are_kept_by_default_and_reported_per_target(instance, mongo, mongo_db, panel):
+    mongo_db.users.update_many({"_id": {"$in": panel[::4]}}, {"$unset": {"profile.social_grade": ""}})
+    sample_id = request(mongo_db, preset="uk_nat_rep", size=400, seed=7, tolerance=2)
+    assert run(instance, mongo, sample_id).success
+    doc = mongo_db.samples.find_one({"_id": sample_id})
+    gaps = {entry["target"]: entry for entry in doc["result"]["missing"]}
+    assert gaps["social_grade"]["members"] == pytest.approx(len(panel) / 4, rel=0.05)
+    assert gaps["social_grade"]["pct"] == pytest.approx(25, abs=1.5)
+    assert gaps["region"]["completes"] == 0
+    chosen = [m["user_id"] for m in mongo_db.sample_members.find({"sample_id": sample_id})]
+    unanswered = mongo_db.users.count_documents({"_id": {"$in": chosen}, "profile.social_grade": {"$exists": False}})
+    assert unanswered == gaps["social_grade"]["completes"]
+    grades = [entry for entry in doc["result"]["composition"] if entry["target"] == "social_grade"]
+    assert max(abs(entry["deviation_pp"]) for entry in grades) <= 2  # the shares hold among those who answered
+    assert "Missing values in the sample: social_grade" in doc["result"]["message"]
+
+
+def test_missing_exclude_leaves_out_members_missing_a_target_attribute(instance, mongo, mongo_db, panel):
+    mongo_db.users.update_many({"_id": {"$in": panel[::4]}}, {"$unset": {"profile.social_grade": ""}})
+    sample_id = request(mongo_db, preset="uk_nat_rep", size=200, seed=7, tolerance=2, missing="exclude")
+    assert run(instance, mongo, sample_id).success
+    chosen = [m["user_id"] for m in mongo_db.sample_members.find({"sample_id": sample_id})]
+    assert len(chosen) == 200
+    assert mongo_db.users.count_documents({"_id": {"$in": chosen}, "profile.social_grade": {"$exists": False}}) == 0
+
+
+def test_a_request_nobody_can_fill_with_missing_exclude_is_failed_saying_how_to_fix_it(
+    instance, mongo, mongo_db, panel
+):
+    mongo_db.users.update_many({"_id": {"$in": panel[::2]}}, {"$unset": {"profile.region": ""}})
+    mongo_db.users.update_many({"_id": {"$in": panel[1::2]}}, {"$unset": {"profile.education": ""}})
+    sample_id = request(mongo_db, preset="uk_nat_rep", size=100, missing="exclude")
     assert not run(instance, mongo, sample_id).success
     doc = mongo_db.samples.find_one({"_id": sample_id})
-    assert doc["processed"] and doc["status"] == "failed"
-    assert doc["error"].startswith(
-        "no active member has vote_2024: nobody can be placed in the vote_2024 target; drop that target"
-    )
+    assert doc["status"] == "failed" and doc["error"].startswith("no active member has a value in every target at once")
+    assert 'remove "missing": "exclude"' in doc["error"]
     assert mongo_db.sample_members.count_documents({}) == 0
 
 

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline.sampler.quotas import SelectionResult, select, select_members
@@ -115,7 +117,10 @@ def test_eligibility_mask_and_unclassifiable_members() -> None:
     eligible[-2:] = True
     result = select_members(panel, [GENDER_50_50], 10, seed=7, eligible=eligible)
     assert eligible[result.row_positions].all()
-    assert result.unclassified_members == 2
+    assert result.unclassified_members == 1  # gender other: a value in none of the target's cells
+    assert result.missing[0].members == 1  # no gender: placeable, in the missing category
+    excluding = select_members(panel, [GENDER_50_50], 10, seed=7, eligible=eligible, missing="exclude")
+    assert excluding.unclassified_members == 2
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +177,112 @@ def test_result_document_is_json_ready(synthetic_panel: pd.DataFrame) -> None:
     result = select(synthetic_panel, nat_rep(1000, seed=13))  # type: ignore[arg-type]
     document = json.loads(json.dumps(result.to_document()))
     assert document["status"] == "ok" and len(document["composition"]) == 46
+
+
+# --- missing values ----------------------------------------------------------------------------
+
+REGION_50_50 = Target.from_shares("region", {"Scotland": 0.5, "Wales": 0.5})
+VOTE = Target.from_shares("vote_2024", {"labour": 0.6, "conservative": 0.4})
+
+
+def gaps_panel() -> pd.DataFrame:
+    """100 members, gender 50/50; 40 of them (20 women, 20 men) never gave a region."""
+    region = (["Scotland"] * 15 + ["Wales"] * 15 + [None] * 20) * 2
+    return tiny_panel(gender=["female"] * 50 + ["male"] * 50, region=region)
+
+
+def test_a_member_missing_a_target_attribute_stays_eligible_and_its_share_is_reported() -> None:
+    panel = gaps_panel()
+    result = select_members(panel, [GENDER_50_50, REGION_50_50], 20, seed=1)
+    assert result.status == "ok" and result.completes_planned == 20
+    assert completes_by(result, "gender") == {"female": 10, "male": 10}
+    assert completes_by(result, "region") == {"Scotland": 6, "Wales": 6}  # 50/50 among those with a region
+    gender_gaps, region_gaps = result.missing
+    assert (gender_gaps.target, gender_gaps.completes, gender_gaps.pct) == ("gender", 0, 0)
+    assert (region_gaps.target, region_gaps.members, region_gaps.completes) == ("region", 40, 8)
+    assert region_gaps.pct == pytest.approx(40)  # the panel's own share of members without a region
+    assert panel.iloc[result.row_positions]["region"].isna().sum() == 8
+    scotland = next(report for report in result.categories if report.category == "Scotland")
+    assert (scotland.target_pct, scotland.achieved_pct, scotland.requested) == (50, 50, pytest.approx(6))
+    assert "Missing values in the sample: region 40.0%" in result.summary()
+    document = json.loads(json.dumps(result.to_document()))
+    assert document["missing"][1] == {"target": "region", "members": 40, "completes": 8, "pct": 40.0}
+    assert document["dropped_targets"] == []
+
+
+def test_missing_exclude_leaves_out_members_missing_any_target_attribute() -> None:
+    panel = gaps_panel()
+    result = select_members(panel, [GENDER_50_50, REGION_50_50], 20, seed=1, missing="exclude")
+    assert result.completes_planned == 20 and result.unclassified_members == 40
+    assert panel.iloc[result.row_positions]["region"].notna().all()
+    assert [report.completes for report in result.missing] == [0, 0]
+
+
+def test_a_target_nobody_answered_is_dropped_and_the_result_says_so() -> None:
+    panel = gaps_panel().assign(vote_2024=None)
+    result = select_members(panel, [GENDER_50_50, VOTE], 20, seed=2)
+    assert result.status == "ok" and result.completes_planned == 20
+    assert [report.target for report in result.categories] == ["gender", "gender"]
+    (dropped,) = result.dropped_targets
+    assert dropped.reason == "no member has answered vote_2024: the vote_2024 target was left out of this draw"
+    assert dropped.reason + "." in result.summary()
+    excluding = select_members(panel, [GENDER_50_50, VOTE], 20, seed=2, missing="exclude")
+    assert excluding.completes_planned == 20 and excluding.dropped_targets == result.dropped_targets
+
+
+def test_with_nobody_eligible_no_target_is_dropped() -> None:
+    panel = gaps_panel().assign(vote_2024=None)
+    result = select_members(panel, [GENDER_50_50, VOTE], 20, seed=2, eligible=np.zeros(len(panel), dtype=bool))
+    assert result.invited == 0 and result.dropped_targets == ()
+
+
+def test_an_interlocked_target_names_the_question_nobody_answered() -> None:
+    panel = tiny_panel(gender=["female", "male"] * 10, age_band=[None] * 20)
+    target = Target.from_shares("age_band|gender", {"18-24|female": 0.5, "18-24|male": 0.5})
+    (dropped,) = select_members(panel, [target], 4, seed=3).dropped_targets
+    assert dropped.reason == (
+        "no member has answered birth_year (age_band): the age_band|gender target was left out of this draw"
+    )
+
+
+def test_a_target_whose_answers_are_all_outside_its_cells_is_dropped_naming_them() -> None:
+    panel = tiny_panel(gender=["other"] * 10, region=["Wales"] * 10)
+    (dropped,) = select_members(panel, [GENDER_50_50, REGION_50_50], 4, seed=3).dropped_targets
+    assert dropped.reason == (
+        "none of the 10 members who answered gender is in the target's categories (female, male): "
+        "the gender target was left out of this draw"
+    )
+
+
+def test_a_member_under_18_is_not_missing_an_age_band_and_is_never_placed() -> None:
+    panel = tiny_panel(age_band=["under 18"] * 10 + ["18-24"] * 10 + [None] * 10)
+    target = Target.from_shares("age_band", {"18-24": 1.0})
+    result = select_members(panel, [target], 20, seed=4)
+    assert result.unclassified_members == 10 and result.completes_planned == 20
+    assert not (panel.iloc[result.row_positions]["age_band"] == "under 18").any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(min_value=100, max_value=400),
+    st.floats(min_value=0.0, max_value=0.6),
+    st.floats(min_value=0.0, max_value=0.6),
+    st.integers(min_value=1, max_value=40),
+    st.integers(min_value=0, max_value=2**32),
+)
+def test_missing_values_keep_every_target_among_those_who_have_it(
+    members: int, gender_gaps: float, region_gaps: float, size: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    gender = np.where(rng.random(members) < gender_gaps, None, rng.choice(["female", "male"], members))
+    region = np.where(rng.random(members) < region_gaps, None, rng.choice(["Scotland", "Wales"], members))
+    panel = tiny_panel(gender=list(gender), region=list(region))
+    result = select_members(panel, [GENDER_50_50, REGION_50_50], size, seed=seed, tolerance_pp=100)
+    chosen = panel.iloc[result.row_positions]
+    assume(not result.dropped_targets and result.completes_planned == size)
+    for report, field in zip(result.missing, ["gender", "region"], strict=True):
+        # The missing share is the panel's, within a complete, and it is what was drawn.
+        assert abs(report.completes - size * report.members / members) <= 1 + 1e-9
+        assert report.completes == chosen[field].isna().sum()
+    for report in result.categories:
+        assert abs(report.allocated - report.requested) <= 1 + 1e-9, report

@@ -51,6 +51,7 @@ FIELDS = (
     "dynamic",
     "closes_at",
     "mailing",
+    "missing",
 )
 MESSAGE = re.compile(r"^(?P<field>[a-z_]+)(?:\.\S.*)?: \S")  # a top-level field, maybe a path below it, then the reason
 PANEL = generate_profiles(400, seed=11, as_of_year=2026)
@@ -146,6 +147,7 @@ def valid_request(draw: Callable) -> dict[str, Any]:
             {"region": st.fixed_dictionaries({"Wales": st.floats(0.05, 1)}), "default": st.floats(0.05, 1)}
         ),
         "mailing": st.just({"template": "new_survey", "default_data": INVITATION_DATA}),
+        "missing": st.sampled_from(["include", "exclude"]),
     }
     for key, strategy in optional.items():
         if draw(st.booleans()):

@@ -6,10 +6,10 @@ import datetime as dt
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 from pymongo.database import Database
 
+from panel_pipeline.sampler import store
 from panel_pipeline.sampler.requests import (
     SampleRequestError,
     filter_mask,
@@ -109,6 +109,8 @@ def test_rejected_filter_names_the_field(filters: Any, message: str) -> None:
         pytest.param({"size": 0}, "size: must be a whole number from 1 to 1000000, got 0", id="size"),
         pytest.param({"tolerance": -1}, "tolerance:", id="tolerance"),
         pytest.param({"preset": "world"}, "preset:", id="preset"),
+        pytest.param({"missing": "drop"}, 'missing: must be "include" or "exclude", got \'drop\'', id="missing"),
+        pytest.param({"missing": True}, 'missing: must be "include" or "exclude", got True', id="missing-bool"),
         pytest.param(
             {"quotas": {"gender": {"female": 0.6, "male": 0.6}}}, "quotas.gender: shares must sum to 1", id="quota-sum"
         ),
@@ -347,6 +349,9 @@ MEMBERS = [
     {"region": "London", "gender": "female", "birth_year": 2001},
     {"region": None, "gender": "other", "birth_year": 1980},
     {"gender": "female"},
+    {"gender": "male", "birth_year": 1990, "age_band": "18-24"},  # a stale stored band: 35 in 2025
+    {"birth_year": 2012},  # under 18
+    {"birth_year": 1950, "age_band": "65-74"},  # 75 in 2025
 ]
 FILTER_CASES = [
     {"region": {"$in": ["Scotland", "Wales"]}},
@@ -355,6 +360,11 @@ FILTER_CASES = [
     {"gender": "female", "age": {"$lt": 40}},
     {"age": {"$gte": 30, "$lte": 70}},
     {"birth_year": {"$gt": 1990}},
+    {"age_band": "35-44"},
+    {"age_band": {"$in": ["18-24", "75+"]}},
+    {"age_band": {"$nin": ["25-34", "35-44"]}},
+    {"age_band": {"$ne": "75+"}, "age": {"$gte": 20}},
+    {"age_band": {"$eq": "65-74"}},
 ]
 
 
@@ -366,9 +376,16 @@ def test_filter_mask_agrees_with_mongo(mongo_db: Database, filters: dict[str, An
     mongo_db.users.insert_one({"n": 99, "status": "deleted", "profile": MEMBERS[0]})
     request = parse_sample_request(request_with(filters=filters))
     from_mongo = sorted(document["n"] for document in mongo_db.users.find(mongo_filter(request, as_of_year=2025)))
-    panel = pd.DataFrame(MEMBERS)
-    panel["age"] = 2025 - panel["birth_year"]
+    panel = store.profiles_frame([{"_id": index, "profile": profile} for index, profile in enumerate(MEMBERS)], 2025)
     assert from_mongo == list(np.flatnonzero(filter_mask(panel, request.filters)))
+
+
+def test_an_age_band_filter_reads_birth_year_never_a_stored_band() -> None:
+    request = parse_sample_request(request_with(filters={"age_band": {"$in": ["18-24", "75+"]}}))
+    assert mongo_filter(request, as_of_year=2025) == {
+        "status": "active",
+        "$or": [{"profile.birth_year": {"$lte": 2007, "$gte": 2001}}, {"profile.birth_year": {"$lte": 1950}}],
+    }
 
 
 def test_a_refusal_quotes_no_address_or_link() -> None:
@@ -393,3 +410,9 @@ def test_the_largest_numeric_survey_id_accepted_can_be_queried(mongo_db: Databas
     mongo_db.transactions.insert_one({"user_id": "u1", "survey_id": int(largest)})
     request = parse_sample_request(request_with(exclude={"completed_surveys": [largest]}))
     assert excluded_user_ids(mongo_db, request, dt.datetime.now(dt.UTC)) == {"u1"}
+
+
+def test_missing_values_are_included_unless_the_request_excludes_them() -> None:
+    assert parse_sample_request(request_with()).missing == "include"
+    assert parse_sample_request(request_with(missing=None)).missing == "include"
+    assert parse_sample_request(request_with(missing="exclude")).missing == "exclude"

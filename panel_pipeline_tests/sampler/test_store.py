@@ -72,7 +72,31 @@ def test_a_value_of_the_wrong_type_is_read_as_missing_not_a_crash(mongo_db):
     request = parse_sample_request({"name": "t", "survey_id": "1", "size": 50, "preset": "uk_nat_rep", "seed": 3})
     loaded = store.load_panel(mongo_db, request, YEAR)
     assert loaded.loc[[str(odd)], ["region", "education"]].isna().all(axis=None)
-    assert str(odd) not in select(loaded, request).member_ids
+    gaps = {report.target: report.members for report in select(loaded, request).missing}
+    assert gaps["region"] == gaps["education"] == 1
+    excluding = request.model_copy(update={"missing": "exclude"})
+    assert str(odd) not in select(loaded, excluding).member_ids
+
+
+def test_age_band_is_derived_from_birth_year_never_read(mongo_db):
+    mongo_db.users.insert_many(
+        [
+            {"status": "active", "profile": {"gender": "female", "birth_year": YEAR - 30, "age_band": "75+"}},
+            {"status": "active", "profile": {"gender": "male", "birth_year": YEAR - 80}},
+            {"status": "active", "profile": {"gender": "male", "birth_year": YEAR - 16}},
+            {"status": "active", "profile": {"gender": "female", "age_band": "25-34"}},
+        ]
+    )
+    request = parse_sample_request({"name": "t", "survey_id": "1", "size": 2, "quotas": {"age_band": {"25-34": 1}}})
+    loaded = store.load_panel(mongo_db, request, YEAR)
+    whole = whole_profiles(mongo_db, request)
+    assert list(loaded["age_band"].astype(object).where(loaded["age_band"].notna(), None)) == [
+        "25-34",
+        "75+",
+        "under 18",
+        None,
+    ]
+    assert list(whole["age_band"]) == list(loaded["age_band"].astype(object).where(loaded["age_band"].notna(), None))
 
 
 def test_an_empty_panel_loads_as_an_empty_frame(mongo_db):
