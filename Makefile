@@ -24,7 +24,7 @@ $(UV):
 	$(UV_VENV)/bin/pip install --quiet uv==$(UV_VERSION)
 
 $(STAMP): uv.lock pyproject.toml | $(UV)
-	UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --extra dev --python $(PYTHON)
+	UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --compile-bytecode --extra dev --python $(PYTHON)
 	rm -f $(VENV)/.installed-* && touch $@
 
 # Re-resolves uv.lock after pyproject.toml's dependencies changed; LOCK_ARGS="--upgrade-package NAME"

@@ -51,12 +51,7 @@ class ScanReport:
 
 
 def scan_dagster_home(home: Path, instance: dg.DagsterInstance, needles: Needles) -> ScanReport:
-    report = ScanReport(needles=len(needles))
-    for path in sorted(p for p in home.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        report.files_read += 1
-        report.bytes_read += len(data)
-        _find(needles, data, f"file {path.relative_to(home)}", report)
+    report = _scan_files(home, needles)
     for run in instance.get_runs():
         report.runs_read += 1
         text = json.dumps({"tags": dict(run.tags), "config": run.run_config}, default=str).encode()
@@ -65,6 +60,24 @@ def scan_dagster_home(home: Path, instance: dg.DagsterInstance, needles: Needles
             report.events_read += 1
             _find(needles, _event_text(entry).encode(), f"run {run.run_id[:8]} event", report)
     return report
+
+
+def _scan_files(home: Path, needles: Needles, attempts: int = 5) -> ScanReport:
+    """Every file under `home`, read whole. The daemon is still running: SQLite may checkpoint a
+    `-wal` (and drop its `-shm`) while the scan walks, moving what it held into the database file,
+    so a file that vanishes mid-scan starts the scan again rather than being skipped."""
+    for _ in range(attempts):
+        report = ScanReport(needles=len(needles))
+        try:
+            for path in sorted(p for p in home.rglob("*") if p.is_file()):
+                data = path.read_bytes()
+                report.files_read += 1
+                report.bytes_read += len(data)
+                _find(needles, data, f"file {path.relative_to(home)}", report)
+        except FileNotFoundError:
+            continue
+        return report
+    raise RuntimeError(f"files under {home} kept vanishing during {attempts} scans")
 
 
 def scan_texts(texts: Iterable[tuple[str, str]], needles: Needles) -> list[str]:
