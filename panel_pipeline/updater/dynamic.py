@@ -1,11 +1,23 @@
 """Which changed members join which open dynamic samples: pure pandas, no Mongo, no Dagster.
 
-A dynamic sample keeps its request's filters and quota targets. A changed member joins when they
-match the filters and, for every target, their cell still has room: room = the cell's share of
-the sample size (rounded up) minus the members it already has. A member in no cell of a target
-(e.g. gender `other` against an age x gender target) cannot be placed and is left out, as the
-sampler does. Members are taken in the order they changed, so the earliest joiners fill a cell; a
-backlog comes in pages, and each page finds the sample as the pages before left it (`with_joiners`).
+A dynamic sample keeps its request's filters and the quota targets its first draw kept. Newcomers
+are placed as that draw placed members (`sampler.quotas`):
+
+- A target the draw dropped (`result.dropped_targets`: nobody could be classified on it) does not
+  apply to newcomers either.
+- With `missing: "include"` (the default), a member lacking a kept target's attribute (no value, or
+  one outside the contract's) whose other values could be in one of its cells is in the target's
+  missing category (`MISSING`), and counts towards every other target as usual. The category's
+  share is the draw's (`result.missing`: completes / size, or pct / 100); the target's own shares
+  apply to the rest. With `"exclude"` such a member cannot join.
+- A member with a value in none of a target's cells (gender `other` against age x gender, a derived
+  band "under 18") cannot be placed and is left out, as in the draw.
+
+A changed member joins when they match the filters and, for every target, their category still has
+room: room = the category's share of the sample size (rounded up) minus the members it already has
+(current members are counted the same way, missing category included). Members are taken in the
+order they changed, so the earliest joiners fill a cell; a backlog comes in pages, and each page
+finds the sample as the pages before left it (`with_joiners`).
 """
 
 from __future__ import annotations
@@ -19,10 +31,33 @@ from typing import Any
 
 import pandas as pd
 
-from panel_pipeline.sampler.requests import SampleRequest, filter_mask
+from panel_pipeline.sampler.requests import MissingPolicy, SampleRequest, filter_mask
 from panel_pipeline.sampler.targets import Target, request_targets
 
 Cell = tuple[str, ...]
+MISSING: Cell = ()  # a target's missing category: no real cell is empty
+
+
+@dataclass(frozen=True)
+class FirstDraw:
+    """What the Sampler's draw decided that newcomers must follow: the targets it dropped, and per
+    kept target the share of the sample in its missing category."""
+
+    dropped_targets: frozenset[str] = frozenset()
+    missing_shares: Mapping[str, float] = field(default_factory=dict)
+
+
+def first_draw_of(result: Mapping[str, Any], size: int) -> FirstDraw:
+    """From the result the Sampler wrote back on the sample (`SelectionResult.to_document()`)."""
+    dropped = frozenset(str(entry["target"]) for entry in result.get("dropped_targets") or [])
+    shares = {str(entry["target"]): _missing_share(entry, size) for entry in result.get("missing") or []}
+    return FirstDraw(dropped, shares)
+
+
+def _missing_share(entry: Mapping[str, Any], size: int) -> float:
+    if entry.get("completes") is not None and size > 0:
+        return float(entry["completes"]) / size
+    return float(entry.get("pct") or 0.0) / 100.0
 
 
 @dataclass(frozen=True)
@@ -34,10 +69,20 @@ class DynamicSample:
     member_ids: frozenset[str]
     filled: Mapping[str, Counter[Cell]] = field(default_factory=dict)
     drawn_at: dt.datetime | None = None  # when the Sampler read the panel: it considered everyone before
+    first_draw: FirstDraw = field(default_factory=FirstDraw)
 
     @property
     def targets(self) -> tuple[Target, ...]:
-        return request_targets(self.request)
+        """The request's targets less those the first draw dropped."""
+        return tuple(
+            target for target in request_targets(self.request) if target.key not in self.first_draw.dropped_targets
+        )
+
+    def missing_share(self, target: Target) -> float:
+        """The share of the sample in `target`'s missing category (0 with `missing: "exclude"`)."""
+        if self.request.missing != "include":
+            return 0.0
+        return min(max(self.first_draw.missing_shares.get(target.key, 0.0), 0.0), 1.0)
 
     @property
     def room_left(self) -> int:
@@ -57,16 +102,32 @@ class Placement:
     filled: Mapping[str, Counter[Cell]] = field(default_factory=dict)  # members per cell, joiners included
 
 
-def cell_of(profile: Mapping[Any, Any] | pd.Series, target: Target) -> Cell | None:
-    cell = tuple(str(profile.get(name)) if profile.get(name) is not None else "" for name in target.fields)
-    return cell if cell in target.shares else None
+def cell_of(profile: Mapping[Any, Any] | pd.Series, target: Target, missing: MissingPolicy) -> Cell | None:
+    """The member's cell of `target`; MISSING if they lack a value (with `missing: "include"`) and
+    their other values could be in a cell; None if they cannot be placed on it."""
+    values = tuple(_value(profile, name) for name in target.fields)
+    if None not in values:
+        cell = tuple(str(value) for value in values)
+        return cell if cell in target.shares else None
+    could_fit = all(
+        value is None or any(cell[slot] == str(value) for cell in target.cells) for slot, value in enumerate(values)
+    )
+    return MISSING if missing == "include" and could_fit else None
 
 
-def filled_cells(profiles: pd.DataFrame, targets: Sequence[Target]) -> dict[str, Counter[Cell]]:
-    """Members per cell of each target, from the profiles of a sample's current members."""
+def _value(profile: Mapping[Any, Any] | pd.Series, name: str) -> Any:
+    value = profile.get(name)
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def filled_cells(
+    profiles: pd.DataFrame, targets: Sequence[Target], missing: MissingPolicy
+) -> dict[str, Counter[Cell]]:
+    """Members per cell of each target (MISSING included), from the profiles of a sample's current members."""
     rows = profiles.to_dict("records")
     return {
-        target.key: Counter(cell for row in rows if (cell := cell_of(row, target)) is not None) for target in targets
+        target.key: Counter(cell for row in rows if (cell := cell_of(row, target, missing)) is not None)
+        for target in targets
     }
 
 
@@ -75,14 +136,16 @@ def place_changed_members(changed: pd.DataFrame, sample: DynamicSample) -> Place
     matches = filter_mask(changed, sample.request.filters)
     members = changed.index.isin(list(sample.member_ids))
     candidates = changed[matches & ~members]
-    caps = {target.key: _cell_caps(target, sample.request.size) for target in sample.targets}
+    caps = {
+        target.key: _cell_caps(target, sample.request.size, sample.missing_share(target)) for target in sample.targets
+    }
     filled = {key: Counter(sample.filled.get(key, Counter())) for key in caps}
     joining: list[str] = []
     no_room: list[str] = []
     for user_id, row in candidates.iterrows():
-        cells = {target.key: cell_of(row, target) for target in sample.targets}
+        cells = {target.key: cell_of(row, target, sample.request.missing) for target in sample.targets}
         fits = len(joining) < sample.room_left and all(
-            cell is not None and filled[key][cell] < caps[key][cell] for key, cell in cells.items()
+            cell is not None and filled[key][cell] < caps[key].get(cell, 0) for key, cell in cells.items()
         )
         if not fits:
             no_room.append(str(user_id))
@@ -101,5 +164,8 @@ def with_joiners(sample: DynamicSample, placement: Placement) -> DynamicSample:
     return replace(sample, member_ids=sample.member_ids | frozenset(placement.joining), filled=placement.filled)
 
 
-def _cell_caps(target: Target, size: int) -> dict[Cell, int]:
-    return {cell: math.ceil(share * size - 1e-9) for cell, share in target.shares.items()}
+def _cell_caps(target: Target, size: int, missing_share: float) -> dict[Cell, int]:
+    """Members each category may hold: the draw's missing share of `size`, and the target's shares
+    of the rest, each rounded up."""
+    caps = {cell: math.ceil(share * (1.0 - missing_share) * size - 1e-9) for cell, share in target.shares.items()}
+    return {**caps, MISSING: math.ceil(missing_share * size - 1e-9)}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -19,7 +19,7 @@ from panel_pipeline.sampler import store as sampler_store
 from panel_pipeline.sampler.requests import SampleRequestError, parse_sample_request
 from panel_pipeline.shared.contract import ACTIVE, DONE
 from panel_pipeline.shared.mongo import insert_missing
-from panel_pipeline.updater.dynamic import DynamicSample, filled_cells
+from panel_pipeline.updater.dynamic import DynamicSample, filled_cells, first_draw_of
 
 CURSOR_ID = "updater"
 # Writers' clocks and commit order differ by a little: each run looks again this far back (the
@@ -160,8 +160,12 @@ def open_dynamic_samples(db: Database, now: dt.datetime) -> tuple[list[DynamicSa
             list(db.users.find({"_id": {"$in": [m["user_id"] for m in members]}}, {"profile": 1})), now.year
         )
         member_ids = frozenset(str(m["user_id"]) for m in members)
-        filled = filled_cells(member_profiles, DynamicSample(str(doc["_id"]), request, member_ids).targets)
-        samples.append(DynamicSample(str(doc["_id"]), request, member_ids, filled, doc.get("drawn_at")))
+        first_draw = first_draw_of(doc.get("result") or {}, request.size)
+        sample = DynamicSample(
+            str(doc["_id"]), request, member_ids, drawn_at=doc.get("drawn_at"), first_draw=first_draw
+        )
+        filled = filled_cells(member_profiles, sample.targets, request.missing)
+        samples.append(replace(sample, filled=filled))
     return samples, closed
 
 

@@ -195,3 +195,35 @@ def test_an_age_filter_reads_the_birth_year_not_a_stale_stored_age(mongo, mongo_
     ).inserted_id
     update(mongo)
     assert mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id}) == [thirty_something]
+
+
+def test_a_scottish_newcomer_without_vote_2024_joins_a_sample_drawn_where_nobody_answered_it(mongo, mongo_db):
+    """The first draw dropped the vote target (nobody had answered it) and found a fifth of the
+    sample without a social grade: newcomers are placed by the same rules."""
+    sample_id = open_scotland_sample(mongo_db, size=10, mailing=False)
+    quotas = {"vote_2024": {"labour": 0.5, "snp": 0.5}, "social_grade": {"AB": 0.5, "C1": 0.5}}
+    result = {
+        "dropped_targets": [
+            {"target": "vote_2024", "reason": "no member has answered vote_2024: the vote_2024 target was left out"}
+        ],
+        "missing": [{"target": "social_grade", "members": 30, "completes": 2, "pct": 20.0}],
+    }
+    mongo_db.samples.update_one({"_id": sample_id}, {"$set": {"quotas": quotas, "result": result}})
+    drawn = mongo_db.users.insert_one(
+        {"status": "active", "created_at": dt.datetime(2025, 1, 1, tzinfo=UTC), "profile": {"region": "Scotland"}}
+    ).inserted_id
+    mongo_db.sample_members.insert_one({"sample_id": sample_id, "user_id": drawn, "invited_at": None})
+    now = dt.datetime.now(UTC)
+    newcomer, second_without_grade = (
+        mongo_db.users.insert_one(
+            {"status": "active", "created_at": now, "profile": {"region": "Scotland", "birth_year": 1980}}
+        ).inserted_id
+        for _ in range(2)
+    )
+    metadata = update(mongo)
+    members = set(mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id}))
+    # The drawn member already holds one of the two places without a grade; the first newcomer takes the other.
+    assert members == {drawn, newcomer}
+    assert second_without_grade not in members
+    (row,) = metadata["per_sample"].records
+    assert row.data["added"] == 1 and row.data["no room"] == 1

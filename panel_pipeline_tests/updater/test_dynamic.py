@@ -3,7 +3,7 @@ from collections import Counter
 import pandas as pd
 
 from panel_pipeline.sampler.requests import parse_sample_request
-from panel_pipeline.updater.dynamic import DynamicSample, place_changed_members
+from panel_pipeline.updater.dynamic import MISSING, DynamicSample, filled_cells, first_draw_of, place_changed_members
 
 
 def request(**fields):
@@ -50,3 +50,92 @@ def test_members_who_stop_matching_are_reported_not_removed():
     assert placement.stopped_qualifying == ("m1",)
     assert placement.qualifying_again == ("m2",)
     assert placement.joining == ()
+
+
+VOTE = {"labour": 0.5, "conservative": 0.5}
+
+
+def test_a_newcomer_missing_vote_2024_joins_the_missing_category_until_its_room_is_used():
+    # The first draw put 2 of 10 in the vote target's missing category: room for 2, one already taken.
+    sample = DynamicSample(
+        "s",
+        request(size=10, quotas={"vote_2024": VOTE, "gender": {"female": 0.5, "male": 0.5}}),
+        frozenset({"m1"}),
+        {"vote_2024": Counter({MISSING: 1}), "gender": Counter({("female",): 1})},
+        first_draw=first_draw_of(
+            {"missing": [{"target": "vote_2024", "members": 40, "completes": 2, "pct": 20.0}]}, 10
+        ),
+    )
+    changed = people(
+        ("a", {"gender": "female", "vote_2024": None}),
+        ("b", {"gender": "male", "vote_2024": None}),
+        ("c", {"gender": "male", "vote_2024": "labour"}),
+        ("d", {"gender": None, "vote_2024": "labour"}),  # the draw had nobody missing gender: no room
+    )
+    placement = place_changed_members(changed, sample)
+    assert placement.joining == ("a", "c")
+    assert placement.no_room == ("b", "d")
+    assert placement.filled["vote_2024"] == Counter({MISSING: 2, ("labour",): 1})
+    assert placement.filled["gender"] == Counter({("female",): 2, ("male",): 1})
+
+
+def test_the_kept_cells_share_the_rest_of_the_sample():
+    # Half the draw had no vote: each party's cell holds half of the other half.
+    sample = DynamicSample(
+        "s",
+        request(size=8, quotas={"vote_2024": VOTE}),
+        frozenset(),
+        first_draw=first_draw_of({"missing": [{"target": "vote_2024", "pct": 50.0}]}, 8),
+    )
+    changed = people(*((f"l{i}", {"vote_2024": "labour"}) for i in range(4)))
+    assert place_changed_members(changed, sample).joining == ("l0", "l1")
+
+
+def test_a_value_in_no_cell_is_not_missing():
+    sample = DynamicSample(
+        "s",
+        request(size=10, quotas={"age_band|gender": {"18-24|female": 0.5, "18-24|male": 0.5}}),
+        frozenset(),
+        first_draw=first_draw_of({"missing": [{"target": "age_band|gender", "completes": 5}]}, 10),
+    )
+    changed = people(
+        ("no_band", {"age_band": None, "gender": "female"}),
+        ("other", {"age_band": None, "gender": "other"}),
+        ("under_18", {"age_band": "under 18", "gender": None}),
+    )
+    placement = place_changed_members(changed, sample)
+    assert placement.joining == ("no_band",)
+    assert placement.no_room == ("other", "under_18")
+
+
+def test_a_target_the_first_draw_dropped_does_not_stop_a_newcomer():
+    sample = DynamicSample(
+        "s",
+        request(size=4, quotas={"vote_2024": VOTE, "gender": {"female": 0.5, "male": 0.5}}),
+        frozenset(),
+        first_draw=first_draw_of({"dropped_targets": [{"target": "vote_2024", "reason": "nobody answered"}]}, 4),
+    )
+    changed = people(("a", {"gender": "female", "vote_2024": None}), ("b", {"gender": "male", "vote_2024": "green"}))
+    placement = place_changed_members(changed, sample)
+    assert placement.joining == ("a", "b")
+    assert set(placement.filled) == {"gender"}
+
+
+def test_exclude_keeps_members_missing_a_target_attribute_out():
+    sample = DynamicSample(
+        "s",
+        request(size=10, missing="exclude", quotas={"vote_2024": VOTE}),
+        frozenset(),
+        first_draw=first_draw_of({"missing": [{"target": "vote_2024", "completes": 2}]}, 10),
+    )
+    changed = people(("a", {"vote_2024": None}), ("b", {"vote_2024": "labour"}))
+    placement = place_changed_members(changed, sample)
+    assert placement.joining == ("b",)
+    assert placement.no_room == ("a",)
+
+
+def test_current_members_are_counted_into_the_missing_category():
+    targets = DynamicSample("s", request(quotas={"vote_2024": VOTE}), frozenset()).targets
+    members = people(("m1", {"vote_2024": None}), ("m2", {"vote_2024": "labour"}), ("m3", {"vote_2024": "snp"}))
+    assert filled_cells(members, targets, "include") == {"vote_2024": Counter({MISSING: 1, ("labour",): 1})}
+    assert filled_cells(members, targets, "exclude") == {"vote_2024": Counter({("labour",): 1})}
