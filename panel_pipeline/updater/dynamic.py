@@ -120,9 +120,7 @@ def _value(profile: Mapping[Any, Any] | pd.Series, name: str) -> Any:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def filled_cells(
-    profiles: pd.DataFrame, targets: Sequence[Target], missing: MissingPolicy
-) -> dict[str, Counter[Cell]]:
+def filled_cells(profiles: pd.DataFrame, targets: Sequence[Target], missing: MissingPolicy) -> dict[str, Counter[Cell]]:
     """Members per cell of each target (MISSING included), from the profiles of a sample's current members."""
     rows = profiles.to_dict("records")
     return {
