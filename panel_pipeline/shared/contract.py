@@ -15,6 +15,7 @@ SAMPLE_MEMBERS = "sample_members"
 MAILINGS = "mailings"
 MAIL_LOG = "mail_log"
 TRANSACTIONS = "transactions"
+SHARED_COLLECTIONS: tuple[str, ...] = (USERS, SAMPLES, SAMPLE_MEMBERS, MAILINGS, MAIL_LOG, TRANSACTIONS)
 # Collections only the pipeline uses.
 PIPELINE_STATE = "pipeline_state"
 PENDING_INVITATIONS = "pending_invitations"
@@ -22,6 +23,14 @@ MAIL_EVENTS = "mail_events"
 RAW_RESPONSES = "sg_responses"
 QUARANTINED_RESPONSES = "sg_quarantine"
 SURVEYS = "sg_surveys"
+PIPELINE_COLLECTIONS: tuple[str, ...] = (
+    PIPELINE_STATE,
+    PENDING_INVITATIONS,
+    MAIL_EVENTS,
+    RAW_RESPONSES,
+    QUARANTINED_RESPONSES,
+    SURVEYS,
+)
 
 # The queue: the backend inserts `processed: false`; the pipeline moves `status` and finishes with
 # `processed: true` and DONE or FAILED (queue/store.py has the state table).
