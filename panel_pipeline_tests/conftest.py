@@ -28,6 +28,23 @@ os.environ.setdefault("PANEL_ENV", "local")
 
 
 @pytest.fixture(scope="session")
+def profile_columns() -> list[str]:
+    """The columns of a synthetic panel (generate_profiles), in order: what a member's `profile` holds."""
+    return [
+        "gender",
+        "birth_year",
+        "age",
+        "age_band",
+        "region",
+        "social_grade",
+        "education",
+        "vote_2019",
+        "vote_2024",
+        "eu_ref_vote",
+    ]
+
+
+@pytest.fixture(scope="session")
 def mongod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMongod]:
     server = LocalMongod(data_dir=Path(tmp_path_factory.mktemp("mongod")), port=free_port())
     server.start()

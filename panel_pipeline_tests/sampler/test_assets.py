@@ -25,18 +25,6 @@ INVITATION = {
         "survey_url": "https://survey.example/s/12",
     },
 }
-PROFILE_COLUMNS = [
-    "gender",
-    "birth_year",
-    "age",
-    "age_band",
-    "region",
-    "social_grade",
-    "education",
-    "vote_2019",
-    "vote_2024",
-    "eu_ref_vote",
-]
 
 
 @pytest.fixture
@@ -45,8 +33,8 @@ def mongo(mongo_uri, mongo_db):
 
 
 @pytest.fixture
-def panel(mongo_db):
-    profiles = generate_profiles(6000, seed=3)[PROFILE_COLUMNS]
+def panel(mongo_db, profile_columns):
+    profiles = generate_profiles(6000, seed=3)[profile_columns]
     created = dt.datetime(2025, 1, 1, tzinfo=UTC)
     docs = [
         {
