@@ -9,34 +9,9 @@ from panel_pipeline.local.ses_proxy import daily_quota_exceeded
 from panel_pipeline.mailer.assets import email_templates, mailings, transactional_mail
 from panel_pipeline.mailer.resources import SesResource
 from panel_pipeline.mailer.sensors import mailings_queue_sensor, transactional_mail_queue_sensor
-from panel_pipeline.shared.resources import MongoResource
-from panel_pipeline_tests.mailer.conftest import CONFIGURATION_SET
+from panel_pipeline_tests.mailer.conftest import CONFIGURATION_SET, SURVEY
 
 UTC = dt.UTC
-SURVEY = {
-    "survey_name": "Bus services",
-    "duration_minutes": 12,
-    "points": 150,
-    "survey_url": "https://survey.example/s/1",
-}
-
-
-@pytest.fixture
-def resources(mongo_uri, mongo_db, local_ses):
-    local_ses.clear()
-    return {
-        "mongo": MongoResource(uri=mongo_uri, database=mongo_db.name),
-        "ses": SesResource(
-            region_name="eu-west-2",
-            from_address="Panel <panel@example.org>",
-            endpoint_url=local_ses.url,
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
-            unsubscribe_url="https://panel.example/unsubscribe?user={user}&token={token}",
-            unsubscribe_secret="s",
-            link_hosts="survey.example,panel.example,x",
-        ),
-    }
 
 
 @pytest.fixture(scope="module")

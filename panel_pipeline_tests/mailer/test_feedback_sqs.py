@@ -15,19 +15,12 @@ from bson import ObjectId
 from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.sns_sqs import aws_client, ensure_feedback_path
 from panel_pipeline.mailer.assets import mailings, ses_feedback
-from panel_pipeline.mailer.resources import SesResource, SqsResource
+from panel_pipeline.mailer.resources import SqsResource
 from panel_pipeline.mailer.sensors import ses_feedback_sensor
 from panel_pipeline.mailer.store import recipient_key_for
-from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline_tests.mailer.conftest import SURVEY
 from panel_pipeline_tests.mailer.ses_events import bounce, complaint, event, sns_envelope, tags
 from panel_pipeline_tests.waiting import finished_runs, wait_for
-
-SURVEY = {
-    "survey_name": "Bus services",
-    "duration_minutes": 12,
-    "points": 150,
-    "survey_url": "https://survey.example/s/1",
-}
 
 
 @pytest.fixture
@@ -54,21 +47,9 @@ def sqs(local_sns_sqs, feedback_path):
 
 
 @pytest.fixture
-def resources(mongo_uri, mongo_db, local_ses, sqs):
-    return {
-        "mongo": MongoResource(uri=mongo_uri, database=mongo_db.name),
-        "sqs": sqs,
-        "ses": SesResource(
-            region_name="eu-west-2",
-            from_address="Panel <panel@example.org>",
-            endpoint_url=local_ses.url,
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
-            unsubscribe_url="https://panel.example/unsubscribe?user={user}&token={token}",
-            unsubscribe_secret="s",
-            link_hosts="survey.example",
-        ),
-    }
+def resources(resources, sqs):
+    """The mailer's resources (conftest.py) and the SQS queue of this test's own."""
+    return {**resources, "sqs": sqs}
 
 
 @pytest.fixture
