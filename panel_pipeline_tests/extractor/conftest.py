@@ -1,4 +1,5 @@
-"""Fixtures for the Extractor tests: a local SurveyGizmo server over real HTTP and a clock the tests drive."""
+"""Fixtures for the Extractor tests: a local SurveyGizmo server over real HTTP, a clock the tests drive, and
+the extract job's assets run on a real mongod."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import dagster as dg
 import pytest
 
+from panel_pipeline.extractor.jobs import extract_job_assets
+from panel_pipeline.extractor.resources import SurveyGizmoResource
 from panel_pipeline.extractor.retries import RetryPolicy
 from panel_pipeline.extractor.surveygizmo import SurveyGizmoClient
 from panel_pipeline.local.profile_survey import (
@@ -16,7 +20,8 @@ from panel_pipeline.local.profile_survey import (
     PROFILE_SURVEY_ID,
     response_record,
 )
-from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
+from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN, DEMO_TOKEN_SECRET, LocalSurveyGizmo
+from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline_tests.clock import ManualClock
 
 API_TOKEN = "tok-4f1c2d9e7a"
@@ -100,3 +105,28 @@ def add_responses(
         server.add_response(PROFILE_SURVEY_ID, record)
         ids.append(record["id"])
     return ids
+
+
+def extract_resources(mongo_uri: str, database: str, server: LocalSurveyGizmo) -> dict[str, Any]:
+    """The extract's resources: Mongo on `database`, SurveyGizmo on a local server with the demo credentials
+    (two attempts, quick retries)."""
+    return {
+        "mongo": MongoResource(uri=mongo_uri, database=database),
+        "surveygizmo": SurveyGizmoResource(
+            api_token=DEMO_TOKEN,
+            api_token_secret=DEMO_TOKEN_SECRET,
+            base_url=server.base_url,
+            account_time_zone="America/New_York",
+            profile_survey_ids=PROFILE_SURVEY_ID,
+            max_attempts=2,
+            retry_base_delay_seconds=0.01,
+        ),
+    }
+
+
+def extract_day(instance: dg.DagsterInstance, resources: dict[str, Any], day: dt.date) -> dg.ExecuteInProcessResult:
+    """One day's partition of the extract job's assets, as the hourly schedule runs it; a failed run is
+    returned, not raised."""
+    return dg.materialize(
+        extract_job_assets, partition_key=day.isoformat(), instance=instance, resources=resources, raise_on_error=False
+    )

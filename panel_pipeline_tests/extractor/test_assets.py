@@ -8,8 +8,6 @@ import pytest
 from bson import ObjectId
 
 from panel_pipeline.extractor.assets import survey_completions
-from panel_pipeline.extractor.jobs import extract_job_assets
-from panel_pipeline.extractor.resources import SurveyGizmoResource
 from panel_pipeline.extractor.schedules import hourly_extract_schedule
 from panel_pipeline.extractor.sensors import transactions_queue_sensor
 from panel_pipeline.local.demo import demo_user_id, seed_users
@@ -21,7 +19,7 @@ from panel_pipeline.local.profile_survey import (
 from panel_pipeline.local.surveygizmo.faults import Outage
 from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN, DEMO_TOKEN_SECRET, LocalSurveyGizmo
 from panel_pipeline.local.synthetic_panel import generate_profiles
-from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline_tests.extractor.conftest import extract_day, extract_resources
 
 UTC = dt.UTC
 DAYS = [dt.date(2026, 3, 2), dt.date(2026, 3, 4), dt.date(2026, 3, 6)]  # apart: one day's outage touches one window
@@ -57,27 +55,6 @@ def server():
     server.stop()
 
 
-def resources(mongo_uri, db_name, server):
-    return {
-        "mongo": MongoResource(uri=mongo_uri, database=db_name),
-        "surveygizmo": SurveyGizmoResource(
-            api_token=DEMO_TOKEN,
-            api_token_secret=DEMO_TOKEN_SECRET,
-            base_url=server.base_url,
-            account_time_zone="America/New_York",
-            profile_survey_ids=PROFILE_SURVEY_ID,
-            max_attempts=2,
-            retry_base_delay_seconds=0.01,
-        ),
-    }
-
-
-def extract(instance, res, day: dt.date):
-    return dg.materialize(
-        extract_job_assets, partition_key=day.isoformat(), instance=instance, resources=res, raise_on_error=False
-    )
-
-
 def snapshot(db):
     raw = sorted((d["_id"], d["status"], d["submitted_at"], d["day"]) for d in db.sg_responses.find())
     users = sorted((str(d["_id"]), sorted((d.get("profile") or {}).items())) for d in db.users.find())
@@ -86,10 +63,10 @@ def snapshot(db):
 
 def test_days_extract_into_raw_and_profiles(mongo_uri, mongo_client, mongo_db, server):
     seed_users(mongo_db, PER_DAY * len(DAYS))
-    res = resources(mongo_uri, mongo_db.name, server)
+    res = extract_resources(mongo_uri, mongo_db.name, server)
     with dg.instance_for_test() as instance:
         for day in DAYS:
-            result = extract(instance, res, day)
+            result = extract_day(instance, res, day)
             assert result.success
         logs = "\n".join(str(e.user_message) for e in instance.all_logs(result.run_id))
     assert DEMO_TOKEN_SECRET not in logs and DEMO_TOKEN not in logs
@@ -106,14 +83,15 @@ def test_backfill_after_an_outage_converges_to_the_no_outage_data(mongo_uri, mon
     reference_db = mongo_client[mongo_db.name + "_ref"]
     for db in (mongo_db, reference_db):
         seed_users(db, PER_DAY * len(DAYS))
+    reference, res = (extract_resources(mongo_uri, db.name, server) for db in (reference_db, mongo_db))
     with dg.instance_for_test() as instance:
         for day in DAYS:
-            assert extract(instance, resources(mongo_uri, reference_db.name, server), day).success
+            assert extract_day(instance, reference, day).success
         server.outage = Outage(days=frozenset({DAYS[1]}))
-        outcomes = {day: extract(instance, resources(mongo_uri, mongo_db.name, server), day).success for day in DAYS}
+        outcomes = {day: extract_day(instance, res, day).success for day in DAYS}
         assert outcomes == {DAYS[0]: True, DAYS[1]: False, DAYS[2]: True}  # exactly the outage's partition failed
         server.outage = None
-        assert extract(instance, resources(mongo_uri, mongo_db.name, server), DAYS[1]).success  # the backfill
+        assert extract_day(instance, res, DAYS[1]).success  # the backfill
     assert snapshot(mongo_db) == snapshot(reference_db)
     mongo_client.drop_database(reference_db.name)
 
@@ -129,7 +107,7 @@ def test_malformed_records_are_quarantined_and_the_run_goes_on(mongo_uri, mongo_
     bad["date_submitted"] = "not a date"
     server.add_response(PROFILE_SURVEY_ID, bad, submitted_at=dt.datetime.combine(DAYS[0], dt.time(10), UTC))
     with dg.instance_for_test() as instance:
-        result = extract(instance, resources(mongo_uri, mongo_db.name, server), DAYS[0])
+        result = extract_day(instance, extract_resources(mongo_uri, mongo_db.name, server), DAYS[0])
     assert result.success
     quarantined = mongo_db.sg_quarantine.find_one({"response_id": "9999"})
     assert quarantined and "date_submitted" in quarantined["reason"]
@@ -166,7 +144,7 @@ def transaction(db, **fields):
 def test_transactions_fetch_their_response_and_update_the_profile(mongo_uri, mongo_db, server):
     seed_users(mongo_db, 3)
     user_id = demo_user_id(1)
-    res = resources(mongo_uri, mongo_db.name, server)
+    res = extract_resources(mongo_uri, mongo_db.name, server)
     good = transaction(mongo_db)
     long_ago = dt.datetime.now(UTC) - dt.timedelta(minutes=31)
     missing = transaction(mongo_db, response_id="404404", created_at=long_ago)
@@ -186,7 +164,7 @@ def test_a_response_not_listed_yet_is_looked_for_again_until_it_appears(mongo_ur
     """Alchemer: a new response can take minutes to reach the API. Within the wait it is postponed
     (no attempt used), then found; without the wait it would have failed at the first 404."""
     seed_users(mongo_db, 3)
-    res = resources(mongo_uri, mongo_db.name, server)
+    res = extract_resources(mongo_uri, mongo_db.name, server)
     late = transaction(mongo_db, user_id=demo_user_id(2), response_id="7001")
     queue = res["mongo"].work_queue("transactions")
     with dg.instance_for_test() as instance:
@@ -243,7 +221,7 @@ BAD_TRANSACTIONS = {
 
 def test_bad_transactions_fail_at_once_naming_the_field(mongo_uri, mongo_db, server):
     seed_users(mongo_db, 3)
-    res = resources(mongo_uri, mongo_db.name, server)
+    res = extract_resources(mongo_uri, mongo_db.name, server)
     ids = {label: transaction(mongo_db, **fields) for label, (fields, _) in BAD_TRANSACTIONS.items()}
     good = transaction(mongo_db, survey_id=int(PROFILE_SURVEY_ID), response_id=5001)  # ids as numbers are fine
     with dg.instance_for_test() as instance:
@@ -275,7 +253,7 @@ def test_metadata_counts_unmapped_answers_by_code_never_by_text(mongo_uri, mongo
     bad["survey_data"] = {"1": {"id": 1, "type": "RADIO", "answer": {"text": "I vote Workers Party"}, "shown": True}}
     server.add_response(PROFILE_SURVEY_ID, bad, submitted_at=day)
     with dg.instance_for_test() as instance:
-        result = extract(instance, resources(mongo_uri, mongo_db.name, server), DAYS[0])
+        result = extract_day(instance, extract_resources(mongo_uri, mongo_db.name, server), DAYS[0])
     assert result.success
     shown = str(result.asset_materializations_for_node("users")[0].metadata) + str(
         result.asset_materializations_for_node("surveygizmo_responses")[0].metadata
@@ -302,7 +280,7 @@ def test_hourly_schedule_requests_today_and_yesterday():
 
 def test_a_transaction_hit_by_an_outage_is_retried_with_a_redacted_error(mongo_uri, mongo_db, server):
     seed_users(mongo_db, 3)
-    res = resources(mongo_uri, mongo_db.name, server)
+    res = extract_resources(mongo_uri, mongo_db.name, server)
     doc_id = transaction(mongo_db)
     server.stop()  # SurveyGizmo unreachable: a transient error, not the document's fault
     with dg.instance_for_test() as instance:

@@ -6,8 +6,7 @@ import dagster as dg
 import pytest
 
 from panel_pipeline.extractor.assets import surveygizmo_deletions
-from panel_pipeline.extractor.jobs import deletion_sweep_job, extract_job_assets
-from panel_pipeline.extractor.resources import SurveyGizmoResource
+from panel_pipeline.extractor.jobs import deletion_sweep_job
 from panel_pipeline.extractor.schedules import weekly_deletion_sweep_schedule
 from panel_pipeline.extractor.store import raw_records
 from panel_pipeline.local.demo import demo_user_id, seed_users
@@ -17,8 +16,8 @@ from panel_pipeline.local.profile_survey import (
     response_record,
 )
 from panel_pipeline.local.surveygizmo.faults import dropped_rows
-from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN, DEMO_TOKEN_SECRET, LocalSurveyGizmo
-from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
+from panel_pipeline_tests.extractor.conftest import extract_day, extract_resources
 
 UTC = dt.UTC
 DAY = dt.date(2026, 3, 2)
@@ -46,18 +45,7 @@ def server():
 
 @pytest.fixture
 def res(mongo_uri, mongo_db, server):
-    return {
-        "mongo": MongoResource(uri=mongo_uri, database=mongo_db.name),
-        "surveygizmo": SurveyGizmoResource(
-            api_token=DEMO_TOKEN,
-            api_token_secret=DEMO_TOKEN_SECRET,
-            base_url=server.base_url,
-            account_time_zone="America/New_York",
-            profile_survey_ids=PROFILE_SURVEY_ID,
-            max_attempts=2,
-            retry_base_delay_seconds=0.01,
-        ),
-    }
+    return extract_resources(mongo_uri, mongo_db.name, server)
 
 
 @pytest.fixture
@@ -65,12 +53,8 @@ def extracted(mongo_db, res):
     """The day extracted into raw responses and profiles, as the hourly schedule leaves it."""
     seed_users(mongo_db, RESPONSES)
     with dg.instance_for_test() as instance:
-        assert materialize_day(instance, res).success
+        assert extract_day(instance, res, DAY).success
         yield instance
-
-
-def materialize_day(instance, res):
-    return dg.materialize(extract_job_assets, partition_key=DAY.isoformat(), instance=instance, resources=res)
 
 
 def sweep(instance, res, max_deleted_share: float | None = None):
@@ -120,7 +104,7 @@ def test_deleted_responses_are_marked_left_out_of_profiles_and_restored(mongo_db
     assert deleted_ids(mongo_db) == set(gone)
     assert len(raw_records(mongo_db, DAY.isoformat())) == RESPONSES - 3
     applied = (
-        materialize_day(extracted, res).asset_materializations_for_node("users")[0].metadata["responses_applied"].value
+        extract_day(extracted, res, DAY).asset_materializations_for_node("users")[0].metadata["responses_applied"].value
     )
     assert applied == RESPONSES - 3
 
@@ -158,7 +142,7 @@ def test_a_response_listed_again_by_the_extract_is_no_longer_deleted(mongo_db, s
     server.delete_response(PROFILE_SURVEY_ID, FIRST_ID)
     assert sweep(extracted, res).success and deleted_ids(mongo_db) == {str(FIRST_ID)}
     server.restore_response(PROFILE_SURVEY_ID, FIRST_ID)
-    materialize_day(extracted, res)
+    assert extract_day(extracted, res, DAY).success
     assert deleted_ids(mongo_db) == set()
 
 
