@@ -6,6 +6,7 @@ Reports achieved recipients/s as a ratio of the configured rate (target >= 0.95)
 made against the floor ceil(N/50), and insert -> accepted-by-SES latency of the password e-mails
 (p50, p95). SES is aws-ses-v2-local behind the project's recording proxy, so every call is counted."""
 
+import argparse
 import datetime as dt
 import math
 import statistics
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from bson import ObjectId
 
+from benchmarks import updater_latency
 from benchmarks._mongo import throwaway_mongod
 from panel_pipeline.local.dagster_dev import DagsterDev
 from panel_pipeline.local.mongod import free_port
@@ -51,13 +53,13 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
-def seed_bulk_mailing(db) -> ObjectId:
-    """10,000 active members in a sample, and the mailing that invites them all."""
+def seed_bulk_mailing(db, recipients: int) -> ObjectId:
+    """`recipients` active members in a sample, and the mailing that invites them all."""
     now = dt.datetime.now(UTC)
     user_ids = db.users.insert_many(
         [
             {"email": f"member{i}@panel.example", "first_name": f"Member{i}", "status": "active", "created_at": now}
-            for i in range(RECIPIENTS)
+            for i in range(recipients)
         ]
     ).inserted_ids
     sample_id = db.samples.insert_one({"name": "bench", "processed": True, "status": "done"}).inserted_id
@@ -76,7 +78,8 @@ def seed_bulk_mailing(db) -> ObjectId:
     ).inserted_id
 
 
-def insert_password_email(db, number: int) -> ObjectId:
+def insert_password_email(db, number: int, pause: float = 0.0) -> ObjectId:
+    time.sleep(pause)
     return db.mailings.insert_one(
         {
             "processed": False,
@@ -103,7 +106,27 @@ def accepted_after(db, mailing_id: ObjectId) -> float:
     return (row["sent_at"] - db.mailings.find_one({"_id": mailing_id})["created_at"]).total_seconds()
 
 
+DESIGNS = {"polling (today's design)": "off", "standing workers": "on"}
+IDLE_PASSWORDS = 20
+SCOTTISH_TRIALS = 20
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=1, help="repeat the whole comparison this many times")
+    parser.add_argument("--recipients", type=int, default=RECIPIENTS)
+    args = parser.parse_args()
+    figures: dict[str, list[dict[str, float]]] = {design: [] for design in DESIGNS}
+    for run in range(1, args.runs + 1):
+        for design, switch in DESIGNS.items():
+            print(f"\n--- run {run}, {design} ---", flush=True)
+            figures[design].append(measure(switch, args.recipients))
+    summarize(figures)
+
+
+def measure(workers: str, recipients: int) -> dict[str, float]:
+    """One design on a fresh stack: passwords with no bulk running, the bulk with passwords during it,
+    then new Scottish members of an open dynamic sample; returns the headline figures."""
     with (
         throwaway_mongod() as (client, uri),
         LocalSesServer(port=free_port(), max_send_rate=SEND_RATE) as ses,
@@ -115,11 +138,16 @@ def main() -> None:
         proxy = SesFaultProxy(ses.url)
         proxy.start()
         db = client.panel
-        server = DagsterDev(Path(home), pipeline_environment(uri, proxy.url, sg.base_url, sns_sqs.url))
+        environment = pipeline_environment(uri, proxy.url, sg.base_url, sns_sqs.url) | {
+            "PANEL_STANDING_WORKERS": workers
+        }
+        server = DagsterDev(Path(home), environment)
         server.start()
         try:
             accepted_after(db, insert_password_email(db, 0))  # warm-up: template sync, first imports
-            bulk_id = seed_bulk_mailing(db)
+            idle = [insert_password_email(db, 1000 + n, pause=PASSWORD_EVERY_SECONDS) for n in range(IDLE_PASSWORDS)]
+            idle_latencies = [accepted_after(db, mailing_id) for mailing_id in idle]
+            bulk_id = seed_bulk_mailing(db, recipients)
             inserted = time.monotonic()
             passwords = []
             while not db.mailings.find_one({"_id": bulk_id, "processed": True}, {"_id": 1}):
@@ -127,13 +155,75 @@ def main() -> None:
                 time.sleep(PASSWORD_EVERY_SECONDS)
             done = time.monotonic()
             latencies = [accepted_after(db, mailing_id) for mailing_id in passwords]
+            scottish = scottish_newcomers(db)
+            with server.instance() as instance:
+                stages = [stage_times(instance, db, mailing_id) for mailing_id in passwords]
         finally:
             server.stop()
             proxy.stop()
-        report(db, bulk_id, proxy, latencies, done - inserted)
+        achieved = report(db, bulk_id, proxy, latencies, done - inserted, recipients)
+        print(
+            f"password-recovery e-mails with no bulk running, one every {PASSWORD_EVERY_SECONDS:.0f} s: "
+            f"p50 {percentile(idle_latencies, 0.5):.2f} s, p95 {percentile(idle_latencies, 0.95):.2f} s"
+        )
+        report_stages(stages)
+        report_batches(db, bulk_id)
+        print(
+            f"new Scottish member -> invitation accepted by SES ({len(scottish)} trials): "
+            f"p50 {percentile(scottish, 0.5):.2f} s, p95 {percentile(scottish, 0.95):.2f} s"
+        )
+    return {
+        "bulk ratio": achieved / SEND_RATE,
+        "password p50 during bulk (s)": percentile(latencies, 0.5),
+        "password p95 during bulk (s)": percentile(latencies, 0.95),
+        "password p50 idle (s)": percentile(idle_latencies, 0.5),
+        "password p95 idle (s)": percentile(idle_latencies, 0.95),
+        "newcomer p50 (s)": percentile(scottish, 0.5),
+        "newcomer p95 (s)": percentile(scottish, 0.95),
+    }
 
 
-def report(db, bulk_id: ObjectId, proxy: SesFaultProxy, latencies: list[float], insert_to_done: float) -> None:
+def scottish_newcomers(db) -> list[float]:
+    """Insert -> invitation accepted by SES for new members of an open `region = Scotland` dynamic sample."""
+    db.samples.insert_one(
+        {
+            "name": "Scotland tracker",
+            "survey_id": "1",
+            "size": 10_000,
+            "dynamic": True,
+            "open": True,
+            "filters": {"region": {"$in": ["Scotland"]}},
+            "processed": True,
+            "status": "done",
+            "processed_at": dt.datetime.now(UTC),
+            "drawn_at": dt.datetime.now(UTC),
+            "mailing": {"template": "new_survey", "default_data": SURVEY},
+        }
+    )
+    updater_latency.trial(db, 0)  # warm-up
+    return [updater_latency.trial(db, number)["total"] for number in range(1, SCOTTISH_TRIALS + 1)]
+
+
+def summarize(figures: dict[str, list[dict[str, float]]]) -> None:
+    """Each figure per design: every run's value, and the spread (min-max) across runs."""
+    print("\n=== summary (each run's figure; spread = max - min) ===")
+    names = list(next(iter(figures.values()))[0])
+    for name in names:
+        cells = []
+        for design, runs in figures.items():
+            values = [run[name] for run in runs]
+            cells.append(f"{design}: {' / '.join(f'{v:.3g}' for v in values)} (spread {max(values) - min(values):.3g})")
+        print(f"{name:<32} " + "; ".join(cells))
+    ratios = {name: [w[name] / p[name] for p, w in zip(*figures.values(), strict=True)] for name in names}
+    print(
+        "standing workers / polling, per run: "
+        + "; ".join(f"{n} {' / '.join(f'{r:.2f}' for r in v)}" for n, v in ratios.items())
+    )
+
+
+def report(
+    db, bulk_id: ObjectId, proxy: SesFaultProxy, latencies: list[float], insert_to_done: float, recipients: int
+) -> float:
     rows = list(db.mail_log.find({"mailing_id": bulk_id}, {"status": 1, "attempt_started_at": 1, "sent_at": 1}))
     sent = [row for row in rows if row["status"] == "sent"]
     first_attempt = min(row["attempt_started_at"] for row in sent)
@@ -145,9 +235,9 @@ def report(db, bulk_id: ObjectId, proxy: SesFaultProxy, latencies: list[float], 
     bulk_calls = sum(
         1 for call in proxy.calls() if call.request.get("DefaultEmailTags") and _tag(call, "mailing") == str(bulk_id)
     )
-    floor = math.ceil(RECIPIENTS / SES_BATCH)
+    floor = math.ceil(recipients / SES_BATCH)
     print(
-        f"bulk mailing: {len(sent):,} of {RECIPIENTS:,} sent; insert -> done {insert_to_done:.1f} s "
+        f"bulk mailing: {len(sent):,} of {recipients:,} sent; insert -> done {insert_to_done:.1f} s "
         f"(insert -> first SES call {(first_attempt - bulk['created_at']).total_seconds():.1f} s, "
         f"sending {sending_seconds:.1f} s)"
     )
@@ -161,6 +251,83 @@ def report(db, bulk_id: ObjectId, proxy: SesFaultProxy, latencies: list[float], 
         f"{len(latencies)}; insert -> accepted by SES "
         f"p50 {percentile(latencies, 0.5):.1f} s, p95 {percentile(latencies, 0.95):.1f} s, max {max(latencies):.1f} s, "
         f"mean {statistics.mean(latencies):.1f} s"
+    )
+    return achieved
+
+
+STAGES = (
+    "sensor saw it, run created",
+    "run dequeued",
+    "run process up, code loaded",
+    "step started",
+    "mailing claimed",
+    "SES call made",
+    "SES accepted",
+)
+
+
+def stage_times(instance, db, mailing_id: ObjectId) -> dict[str, float]:
+    """Seconds from the insert to each stage of the run that sent the e-mail (Dagster's own event times)."""
+    import dagster as dg
+
+    mailing = db.mailings.find_one({"_id": mailing_id})
+    row = db.mail_log.find_one({"mailing_id": mailing_id, "status": "sent"})
+    inserted = mailing["created_at"].timestamp()
+    run = instance.get_run_record_by_id(mailing["run_id"])
+    events = {
+        record.event_log_entry.dagster_event_type: record.event_log_entry.timestamp
+        for record in instance.get_records_for_run(mailing["run_id"], limit=200).records
+        if record.event_log_entry.dagster_event_type
+        in (dg.DagsterEventType.RUN_STARTING, dg.DagsterEventType.RUN_START, dg.DagsterEventType.STEP_START)
+    }
+    moments = [
+        run.create_timestamp.timestamp(),
+        events.get(dg.DagsterEventType.RUN_STARTING),
+        events.get(dg.DagsterEventType.RUN_START),
+        events.get(dg.DagsterEventType.STEP_START),
+        mailing["claimed_at"].timestamp(),
+        row["attempt_started_at"].timestamp(),
+        row["sent_at"].timestamp(),
+    ]
+    # A standing worker's run started before the insert: only the stages after it count.
+    return {
+        stage: moment - inserted
+        for stage, moment in zip(STAGES, moments, strict=True)
+        if moment is not None and moment >= inserted
+    }
+
+
+def report_stages(stages: list[dict[str, float]]) -> None:
+    print("where a password e-mail's time goes (seconds after its insert; p50 / p95):")
+    for stage in STAGES:
+        values = [s[stage] for s in stages if stage in s]
+        if values:
+            print(f"  {stage:<30} {percentile(values, 0.5):6.2f} / {percentile(values, 0.95):6.2f}")
+
+
+def report_batches(db, bulk_id: ObjectId) -> None:
+    """Where the bulk's time goes, batch by batch: the SES call, and the gap until the next batch's call."""
+    batches = list(
+        db.mail_log.aggregate(
+            [
+                {"$match": {"mailing_id": bulk_id, "status": "sent"}},
+                {"$group": {"_id": "$batch_id", "start": {"$min": "$attempt_started_at"}, "end": {"$max": "$sent_at"}}},
+                {"$sort": {"start": 1}},
+            ]
+        )
+    )
+    calls = [(b["end"] - b["start"]).total_seconds() for b in batches]
+    pairs = list(zip(batches, batches[1:], strict=False))
+    gaps = [(later["start"] - earlier["end"]).total_seconds() for earlier, later in pairs]
+    periods = [(later["start"] - earlier["start"]).total_seconds() for earlier, later in pairs]
+    ideal = SES_BATCH / SEND_RATE
+    late = [p - ideal for p in periods if p > ideal * 1.02]
+    print(
+        f"bulk batches: {len(batches)}; period p50 {percentile(periods, 0.5):.3f} s "
+        f"p95 {percentile(periods, 0.95):.3f} s "
+        f"max {max(periods):.3f} s (ideal {ideal:.3f}); SES call p50 {percentile(calls, 0.5):.3f} s "
+        f"p95 {percentile(calls, 0.95):.3f} s; call end -> next call p50 {percentile(gaps, 0.5):.3f} s "
+        f"p95 {percentile(gaps, 0.95):.3f} s; {len(late)} batches late, {sum(late):.1f} s lost in all"
     )
 
 

@@ -18,7 +18,7 @@ import dagster as dg
 
 from panel_pipeline.extractor.resources import SurveyGizmoResource
 from panel_pipeline.mailer.resources import SesResource, SqsResource
-from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.shared.resources import MongoResource, StandingWorkers
 
 ENVIRONMENTS = ("local", "production")
 # The local run's links: its own machine and the reserved example domains its demo data uses.
@@ -32,6 +32,11 @@ LOCAL_MAIL_TIMINGS = {
     "quota_pause_seconds": "PANEL_MAIL_PAUSE_SECONDS",
     "event_silence_seconds": "PANEL_MAIL_EVENT_SILENCE_SECONDS",
 }
+
+
+def standing_workers() -> StandingWorkers:
+    """On unless PANEL_STANDING_WORKERS=off (the benchmarks switch them off to measure the polling path)."""
+    return StandingWorkers(enabled=os.environ.get("PANEL_STANDING_WORKERS", "on").strip().lower() != "off")
 
 
 def local_mail_timings() -> dict[str, Any]:
@@ -66,6 +71,7 @@ def local_resources() -> dict[str, Any]:
             endpoint_url=dg.EnvVar("SQS_ENDPOINT_URL"),
             wait_seconds=1,
         ),
+        "workers": standing_workers(),
     }
 
 
@@ -91,6 +97,7 @@ def production_resources() -> dict[str, Any]:
             topic_arn=dg.EnvVar("SES_EVENTS_TOPIC_ARN"),
             region_name=dg.EnvVar("SES_REGION"),
         ),
+        "workers": standing_workers(),
     }
 
 

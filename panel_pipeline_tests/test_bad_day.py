@@ -43,7 +43,7 @@ from panel_pipeline.local.stack import LOCAL_UNSUBSCRIBE_SECRET, pipeline_enviro
 from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN_SECRET, LocalSurveyGizmo
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline_tests.pii_scan import Needles, scan_dagster_home, scan_texts
-from panel_pipeline_tests.waiting import wait_for
+from panel_pipeline_tests.waiting import run_worker_pid, wait_for
 
 pytestmark = pytest.mark.slow
 UTC = dt.UTC
@@ -226,15 +226,6 @@ def accepted_entries(proxy: SesFaultProxy) -> list[tuple[str, str, str]]:
             if result.get("Status") == "SUCCESS":
                 accepted.append((mailing, entry["Destination"]["ToAddresses"][0].lower(), call.timestamp))
     return accepted
-
-
-def run_worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
-    """The pid of the process executing the run's step (queue jobs run in-process)."""
-    for entry in instance.all_logs(run_id):
-        event = entry.dagster_event
-        if event is not None and event.event_type_value == "STEP_START" and event.pid:
-            return int(event.pid)
-    return None
 
 
 def launch_partition_run(dagster: DagsterDev, job_name: str, partition: str) -> str:

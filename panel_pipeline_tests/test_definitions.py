@@ -19,7 +19,7 @@ from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.resources import ENVIRONMENTS, resources_for
 from panel_pipeline.sampler import jobs as sampler_jobs
 from panel_pipeline.shared.metadata import OWNERS
-from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.shared.resources import MongoResource, StandingWorkers
 from panel_pipeline.updater import jobs as updater_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,9 +45,17 @@ SENSOR_JOBS = {
     "transactions_queue_sensor": "survey_completions_job",
     "member_changes_sensor": "dynamic_sample_updates_job",
     "ses_feedback_sensor": "ses_feedback_job",
+    "prompt_mail_worker_sensor": "prompt_mail_worker_job",
+    "dynamic_samples_worker_sensor": "dynamic_samples_worker_job",
 }
 SCHEDULE_JOBS = {"hourly_extract_schedule": "extract_job", "weekly_deletion_sweep_schedule": "deletion_sweep_job"}
-RESOURCE_TYPES = {"mongo": MongoResource, "surveygizmo": SurveyGizmoResource, "ses": SesResource, "sqs": SqsResource}
+RESOURCE_TYPES = {
+    "mongo": MongoResource,
+    "surveygizmo": SurveyGizmoResource,
+    "ses": SesResource,
+    "sqs": SqsResource,
+    "workers": StandingWorkers,
+}
 SECRETS = {("surveygizmo", "api_token"), ("surveygizmo", "api_token_secret"), ("ses", "unsubscribe_secret")}
 AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 

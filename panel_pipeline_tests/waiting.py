@@ -46,3 +46,12 @@ def finished_runs(dagster_dev, what: str, timeout: float = 180.0, **filters) -> 
 
 def statuses(runs: list[dg.DagsterRun]) -> dict[str, dg.DagsterRunStatus]:
     return {run.run_id: run.status for run in runs}
+
+
+def run_worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """The pid of the process executing the run's step (queue jobs run in-process)."""
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is not None and event.event_type_value == "STEP_START" and event.pid:
+            return int(event.pid)
+    return None

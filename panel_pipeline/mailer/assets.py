@@ -6,10 +6,11 @@ to sending. Its queue lease is renewed after each expansion chunk and each SES b
 finds it gone stops sending at once and fails, saying so. One SES gateway per run.
 """
 
+import dataclasses
 import datetime as dt
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
@@ -25,7 +26,7 @@ from panel_pipeline.mailer.store import CLAIMED, UNKNOWN, MailLedger
 from panel_pipeline.mailer.validation import check_mailing
 from panel_pipeline.queue.store import LeaseLost, RequestRejected, WorkQueue
 from panel_pipeline.shared.clock import utc_now
-from panel_pipeline.shared.contract import BOUNCED, BULK, MAILINGS, TRANSACTIONAL, UNSUBSCRIBED
+from panel_pipeline.shared.contract import BOUNCED, BULK, MAILINGS, PROMPT, TRANSACTIONAL, UNSUBSCRIBED
 from panel_pipeline.shared.metadata import OWNERS, row_count, table
 from panel_pipeline.shared.partitions import mailing_partitions
 from panel_pipeline.shared.privacy import describe_error
@@ -89,6 +90,11 @@ class TransactionalBatch(dg.Config):
     document_ids: list[str]
 
 
+# What the standing mail worker serves (and, while none serves, transactional_mail_queue_sensor):
+# transactional mail, and the invitations of a dynamic sample's newcomers.
+PROMPT_MAIL: dict[str, Any] = {"$or": [{"kind": TRANSACTIONAL}, {"delivery": PROMPT}]}
+
+
 @dg.asset(
     deps=[email_templates],
     group_name="mailer",
@@ -99,44 +105,93 @@ class TransactionalBatch(dg.Config):
 def transactional_mail(
     context: dg.AssetExecutionContext, config: TransactionalBatch, mongo: MongoResource, ses: SesResource
 ) -> dg.MaterializeResult:
-    """Transactional e-mail (password recovery, welcome, points registered, paid): every
-    `mailings` document of kind `transactional` that the last sensor tick found, in one run, so
-    a burst of them costs one process start rather than one each and the e-mail goes out in seconds.
-    Each goes through the same ledger as bulk mail (exactly once per recipient, no unsubscribe
-    headers); a rejected one fails alone, naming the field; a transient error retries it later."""
+    """Prompt mail: transactional e-mail (password recovery, welcome, points registered, paid) and
+    the invitations of a dynamic sample's newcomers. The standing mail worker (prompt_mail_worker_job)
+    sends it within about a second of its insert and records a materialization here per batch; while
+    no worker serves, transactional_mail_queue_sensor starts a run of this asset per tick for what it
+    found. Each goes through the same ledger as bulk mail (exactly once per recipient; unsubscribe
+    headers only on invitations); a rejected one fails alone, naming the field; a transient error
+    retries it later."""
     db = mongo.db()
-    queue = mongo.work_queue(MAILINGS)
+    sent = send_prompt_mailings(
+        db, mongo.work_queue(MAILINGS), ses, [ObjectId(i) for i in config.document_ids], context.run.run_id, context
+    )
+    if sent.transient or sent.outcomes["lease_lost"]:
+        raise dg.Failure(
+            description=f"{sent.transient} mailing(s) hit transient errors and will be retried, "
+            f"{sent.outcomes['lease_lost']} lost their lease to another run; {dict(sent.outcomes)}"
+        )
+    return dg.MaterializeResult(metadata=sent.metadata())
+
+
+@dataclass
+class PromptMailSent:
+    """What one batch of prompt mail came to: mailings per outcome, and the rows they hold."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    transient: int = 0
+    rows: int = 0
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "mailings": sum(self.outcomes.values()) + self.transient,
+            **{f"mailings_{k}": n for k, n in self.outcomes.items()},
+            **row_count(self.rows),
+        }
+
+
+def send_prompt_mailings(
+    db: Database,
+    queue: WorkQueue,
+    ses: SesResource,
+    mailing_ids: list[ObjectId],
+    owner: str,
+    context: dg.AssetExecutionContext | dg.OpExecutionContext,
+) -> PromptMailSent:
+    """Send each mailing (claimed by `owner`) and record each invitation among them as a
+    materialization of its `mailings` partition; one mailing's problem never stops the others."""
     ledger = MailLedger(db.mail_log, db.mail_events)
     ledger.ensure_indexes()
     gateway = ses.gateway()  # shared by the batch: one client, one template check per template
-    outcomes: Counter[str] = Counter()
-    transient = 0
-    for document_id in config.document_ids:
+    sent = PromptMailSent()
+    for mailing_id in mailing_ids:
         try:
-            outcomes[
-                process_mailing(db, queue, ledger, ses, gateway, ObjectId(document_id), context.run.run_id).status
-            ] += 1
+            outcome = process_mailing(db, queue, ledger, ses, gateway, mailing_id, owner)
         except RequestRejected as rejected:
-            context.log.warning(f"mailing {document_id} rejected: {rejected}")
-            outcomes["rejected"] += 1
+            context.log.warning(f"mailing {mailing_id} rejected: {rejected}")
+            sent.outcomes["rejected"] += 1
+            continue
         except (SendingStopped, LeaseLost) as lost:
             context.log.error(describe_error(lost))
-            outcomes["lease_lost"] += 1
+            sent.outcomes["lease_lost"] += 1
+            continue
         except Exception as exc:  # released for a retry by process_mailing
-            context.log.warning(f"mailing {document_id}: {describe_error(exc)}; retried later")
-            transient += 1
-    if transient or outcomes["lease_lost"]:
-        raise dg.Failure(
-            description=f"{transient} mailing(s) hit transient errors and will be retried, "
-            f"{outcomes['lease_lost']} lost their lease to another run; {dict(outcomes)}"
+            context.log.warning(f"mailing {mailing_id}: {describe_error(exc)}; retried later")
+            sent.transient += 1
+            continue
+        sent.outcomes[outcome.status] += 1
+        counts = ledger.counts(mailing_id)
+        sent.rows += sum(counts.values())
+        if outcome.status != "not_claimed" and queue.collection.count_documents(
+            {"_id": mailing_id, "delivery": PROMPT}
+        ):
+            record_mailing_partition(context, mailing_id, ledger, outcome)
+    return sent
+
+
+def record_mailing_partition(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext,
+    mailing_id: ObjectId,
+    ledger: MailLedger,
+    outcome: "MailingOutcome",
+) -> None:
+    """A prompt invitation is still a `mailings` partition: the run that sent it materializes it."""
+    key = str(mailing_id)
+    context.instance.add_dynamic_partitions(mailing_partitions.name or "mailings", [key])
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key="mailings", partition=key, metadata=mailing_result(ledger, mailing_id, outcome).metadata
         )
-    rows = sum(sum(ledger.counts(ObjectId(document_id)).values()) for document_id in config.document_ids)
-    return dg.MaterializeResult(
-        metadata={
-            "mailings": len(config.document_ids),
-            **{f"mailings_{k}": n for k, n in outcomes.items()},
-            **row_count(rows),
-        }
     )
 
 
@@ -144,6 +199,7 @@ def transactional_mail(
 class MailingOutcome:
     status: str  # done, paused, waiting or not_claimed
     detail: str
+    prompt_invitation: bool = False  # a dynamic sample's newcomers' invitation: a `mailings` partition
 
 
 def process_mailing(
@@ -162,7 +218,8 @@ def process_mailing(
     if mailing is None:
         return MailingOutcome("not_claimed", "already finished or held by another run")
     try:
-        return send(db, queue, ledger, ses, gateway, mailing, owner)
+        outcome = send(db, queue, ledger, ses, gateway, mailing, owner)
+        return dataclasses.replace(outcome, prompt_invitation=mailing.get("delivery") == PROMPT)
     except RequestRejected as rejected:
         if not queue.fail(mailing_id, owner, str(rejected)):
             raise LeaseLost(queue.name, mailing_id, owner, "record the rejection") from rejected

@@ -8,17 +8,24 @@ from panel_pipeline.mailer.assets import (
     ses_feedback,
     transactional_mail,
 )
-from panel_pipeline.mailer.jobs import email_templates_job, mailing_job, ses_feedback_job, transactional_mail_job
+from panel_pipeline.mailer.jobs import (
+    email_templates_job,
+    mailing_job,
+    prompt_mail_worker_job,
+    ses_feedback_job,
+    transactional_mail_job,
+)
 from panel_pipeline.mailer.schedules import template_sync_schedule
 from panel_pipeline.mailer.sensors import (
     mailings_queue_sensor,
+    prompt_mail_worker_sensor,
     ses_feedback_sensor,
     transactional_mail_queue_sensor,
 )
 
 defs = dg.Definitions(
     assets=[email_templates, mailings, transactional_mail, ses_feedback],
-    jobs=[mailing_job, transactional_mail_job, email_templates_job, ses_feedback_job],
-    sensors=[mailings_queue_sensor, transactional_mail_queue_sensor, ses_feedback_sensor],
+    jobs=[mailing_job, transactional_mail_job, prompt_mail_worker_job, email_templates_job, ses_feedback_job],
+    sensors=[mailings_queue_sensor, transactional_mail_queue_sensor, prompt_mail_worker_sensor, ses_feedback_sensor],
     schedules=[template_sync_schedule],
 )

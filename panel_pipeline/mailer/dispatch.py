@@ -17,8 +17,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +87,7 @@ class DispatchPolicy:
     backoff_cap_seconds: float = 60.0
     pause_seconds: float = 3600.0  # daily quota / sending paused: try again this much later
     max_wait_seconds: float = 120.0  # wait in-process for a backoff this long at most, else return
+    senders: int = 2  # batches in flight at once (see _BatchSender)
     event_silence: dt.timedelta = EVENT_SILENCE  # see MailLedger.settle_unknown
 
 
@@ -185,35 +188,94 @@ def send_mailing(
     settled = ledger.settle_unknown(mailing_id, policy.event_silence)
     if any(settled.values()):
         log.info("mailing %s: unknown recipients settled from SES events: %s", mailing_id, settled)
+    sender = _BatchSender(
+        ledger, gateway, mailing_id, template_name, owner, bulk, policy, clock, members, keep_alive, unsubscribe_link
+    )
     while True:
-        batch = ledger.claim_batch(mailing_id, owner, gateway.batch_size, policy.lease_seconds)
-        if batch is None:
-            wait = _seconds_until_retry(ledger, mailing_id, clock.now())
-            if wait is None or wait > policy.max_wait_seconds:
-                return report
-            clock.sleep(wait)
-            _keep_alive(keep_alive, mailing_id, report)
-            continue
-        if members is not None:
-            left = left_members(members, batch.rows)
-            batch = ledger.suppress(batch, left)
-            report.outcomes.update({"suppressed": len(left)} if left else {})
-            if not batch.rows:
-                continue
-        gateway.wait_for_send_capacity(len(batch.rows))
-        attempt = ledger.start_attempt(batch)
-        if not attempt.rows:
-            continue
-        result = gateway.send_batch(_bulk_send(attempt, template_name, bulk, unsubscribe_link))
-        ledger.record_results(attempt, result.entries, _retry_at(result, attempt, policy, clock.now()))
-        report.batches += 1
-        report.outcomes.update(entry.outcome.value for entry in result.entries)
-        if result.keys(SendStatus.PAUSE):
-            report.paused_until = clock.now() + dt.timedelta(seconds=policy.pause_seconds)
-            report.pause_reason = next(e.error for e in result.entries if e.outcome is SendStatus.PAUSE)
-            log.warning("mailing %s paused until %s: %s", mailing_id, report.paused_until, report.pause_reason)
+        sender.send_while_claimable(report)
+        if report.paused_until is not None:
             return report
+        wait = _seconds_until_retry(ledger, mailing_id, clock.now())
+        if wait is None or wait > policy.max_wait_seconds:
+            return report
+        clock.sleep(wait)
         _keep_alive(keep_alive, mailing_id, report)
+
+
+@dataclass
+class _BatchSender:
+    """Claims, sends and records batches with `policy.senders` threads, so one batch's Mongo writes
+    overlap another's SES call: on shared cores the work between two calls can take longer than the
+    rate's interval, and one sender alone then falls behind the rate. The one token bucket in the
+    gateway keeps their sum at the rate; the ledger's claims keep their batches apart."""
+
+    ledger: MailLedger
+    gateway: SesGateway
+    mailing_id: ObjectId
+    template_name: str
+    owner: str
+    bulk: bool
+    policy: DispatchPolicy
+    clock: Clock
+    members: Collection | None
+    keep_alive: Callable[[], bool] | None
+    unsubscribe_link: UnsubscribeLink | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send_while_claimable(self, report: DispatchReport) -> None:
+        """Send batches until none is claimable now, SES pauses sending, or the hold is lost (raises)."""
+        stop = threading.Event()
+        if self.policy.senders == 1:
+            self._send_batches(report, stop)
+            return
+        with ThreadPoolExecutor(self.policy.senders, thread_name_prefix="ses-sender") as pool:
+            futures = [pool.submit(self._send_batches, report, stop) for _ in range(self.policy.senders)]
+            for future in futures:
+                try:
+                    future.result()
+                except BaseException:
+                    stop.set()
+                    raise
+
+    def _send_batches(self, report: DispatchReport, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                if not self._send_one(report):
+                    return
+                if report.paused_until is not None:
+                    stop.set()
+                    return
+                _keep_alive(self.keep_alive, self.mailing_id, report)
+        except BaseException:
+            stop.set()
+            raise
+
+    def _send_one(self, report: DispatchReport) -> bool:
+        """One batch through SES; False when nothing is claimable now."""
+        batch = self.ledger.claim_batch(self.mailing_id, self.owner, self.gateway.batch_size, self.policy.lease_seconds)
+        if batch is None:
+            return False
+        if self.members is not None:
+            left = left_members(self.members, batch.rows)
+            batch = self.ledger.suppress(batch, left)
+            with self._lock:
+                report.outcomes.update({"suppressed": len(left)} if left else {})
+            if not batch.rows:
+                return True
+        self.gateway.wait_for_send_capacity(len(batch.rows))
+        attempt = self.ledger.start_attempt(batch)
+        if not attempt.rows:
+            return True
+        result = self.gateway.send_batch(_bulk_send(attempt, self.template_name, self.bulk, self.unsubscribe_link))
+        self.ledger.record_results(attempt, result.entries, _retry_at(result, attempt, self.policy, self.clock.now()))
+        with self._lock:
+            report.batches += 1
+            report.outcomes.update(entry.outcome.value for entry in result.entries)
+            if result.keys(SendStatus.PAUSE) and report.paused_until is None:
+                report.paused_until = self.clock.now() + dt.timedelta(seconds=self.policy.pause_seconds)
+                report.pause_reason = next(e.error for e in result.entries if e.outcome is SendStatus.PAUSE)
+                log.warning("mailing %s paused until %s: %s", self.mailing_id, report.paused_until, report.pause_reason)
+        return True
 
 
 def _keep_alive(keep_alive: Callable[[], bool] | None, mailing_id: ObjectId, report: DispatchReport) -> None:

@@ -1,23 +1,32 @@
-"""Mailings from the queue: a run (and a `mailings` partition) per bulk mailing; transactional ones
-batched per tick; SES's feedback drained whenever its SQS queue holds messages."""
+"""Mailings from the queue: a run (and a `mailings` partition) per bulk mailing; prompt mail
+(transactional, a dynamic sample's newcomers) sent by the standing worker this part keeps running,
+or batched per tick while none serves; SES's feedback drained whenever its SQS queue holds messages."""
 
 import dagster as dg
 from botocore.exceptions import BotoCoreError, ClientError
 
-from panel_pipeline.mailer.jobs import mailing_job, ses_feedback_job, transactional_mail_job
+from panel_pipeline.mailer.assets import PROMPT_MAIL
+from panel_pipeline.mailer.jobs import (
+    PROMPT_MAIL_DUTY,
+    mailing_job,
+    prompt_mail_worker_job,
+    ses_feedback_job,
+    transactional_mail_job,
+)
 from panel_pipeline.mailer.resources import SqsResource
 from panel_pipeline.mailer.ses import aws_error_code
-from panel_pipeline.queue.sensors import build_queue_sensor, run_in_flight
-from panel_pipeline.shared.contract import BULK, MAILINGS, TRANSACTIONAL
+from panel_pipeline.queue.sensors import build_queue_sensor, build_worker_sensor, run_in_flight
+from panel_pipeline.shared.contract import BULK, MAILINGS, PROMPT, TRANSACTIONAL
 from panel_pipeline.shared.partitions import mailing_partitions
 
 mailings_queue_sensor = build_queue_sensor(
     collection=MAILINGS,
     job=mailing_job,
     partitions_def=mailing_partitions,
-    match={"kind": {"$ne": TRANSACTIONAL}},
+    match={"kind": {"$ne": TRANSACTIONAL}, "delivery": {"$ne": PROMPT}},
     description="Turns each bulk `mailings` document with processed: false into a run of its own "
-    "partition; bulk mailings run one at a time.",
+    "partition; bulk mailings run one at a time. Prompt ones (a dynamic sample's newcomers) are the "
+    "standing mail worker's.",
     tags_for=lambda doc: {"panel/mail_kind": BULK},
 )
 
@@ -26,9 +35,18 @@ transactional_mail_queue_sensor = build_queue_sensor(
     name="transactional_mail_queue_sensor",
     job=transactional_mail_job,
     batch_op_name="transactional_mail",
-    match={"kind": TRANSACTIONAL},
-    description="Turns the transactional `mailings` documents with processed: false into one run per "
-    "tick, beside any bulk mailing, so a password e-mail never waits for a process per e-mail.",
+    match=PROMPT_MAIL,
+    served_by=PROMPT_MAIL_DUTY,
+    description="The backstop of the standing mail worker: while none serves, turns the transactional "
+    "and prompt `mailings` documents with processed: false into one run per tick, beside any bulk mailing.",
+)
+
+prompt_mail_worker_sensor = build_worker_sensor(
+    duty=PROMPT_MAIL_DUTY,
+    job=prompt_mail_worker_job,
+    op_name="serve_prompt_mail",
+    description="Keeps one standing mail worker (prompt_mail_worker_job) serving transactional mail and "
+    "newcomers' invitations, and starts its successor before its window ends.",
 )
 
 FEEDBACK_CHECK_SECONDS = 30

@@ -182,28 +182,31 @@ class MailLedger:
     # --- claim, attempt, record -----------------------------------------------------------------
 
     def claim_batch(self, mailing_id: ObjectId, owner: str, size: int, lease_seconds: float) -> Batch | None:
-        """Lease up to `size` claimable rows to `owner`; None when nothing is claimable now."""
-        now = self._clock.now()
-        claimable = self._claimable(mailing_id, now)
-        ids = [row["_id"] for row in self.collection.find(claimable, {"_id": 1}).sort("_id", ASCENDING).limit(size)]
-        if not ids:
-            return None
-        batch_id = str(ObjectId())
-        self.collection.update_many(
-            {"_id": {"$in": ids}, **claimable},
-            {
-                "$set": {
-                    "status": CLAIMED,
-                    "batch_id": batch_id,
-                    "lease_owner": owner,
-                    "lease_until": now + dt.timedelta(seconds=lease_seconds),
-                    "attempt_started_at": None,
-                    "updated_at": now,
-                }
-            },
-        )
-        rows = list(self.collection.find({"batch_id": batch_id, "status": CLAIMED}).sort("_id", ASCENDING))
-        return Batch(batch_id, mailing_id, owner, rows) if rows else None
+        """Lease up to `size` claimable rows to `owner`; None when nothing is claimable now. Rows
+        another sender claimed between the look and the claim are skipped, and the look repeated."""
+        while True:
+            now = self._clock.now()
+            claimable = self._claimable(mailing_id, now)
+            ids = [row["_id"] for row in self.collection.find(claimable, {"_id": 1}).sort("_id", ASCENDING).limit(size)]
+            if not ids:
+                return None
+            batch_id = str(ObjectId())
+            self.collection.update_many(
+                {"_id": {"$in": ids}, **claimable},
+                {
+                    "$set": {
+                        "status": CLAIMED,
+                        "batch_id": batch_id,
+                        "lease_owner": owner,
+                        "lease_until": now + dt.timedelta(seconds=lease_seconds),
+                        "attempt_started_at": None,
+                        "updated_at": now,
+                    }
+                },
+            )
+            rows = list(self.collection.find({"batch_id": batch_id, "status": CLAIMED}).sort("_id", ASCENDING))
+            if rows:
+                return Batch(batch_id, mailing_id, owner, rows)
 
     @staticmethod
     def _claimable(mailing_id: ObjectId, now: dt.datetime) -> dict[str, Any]:

@@ -13,53 +13,22 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-from bson import ObjectId
 from pymongo.errors import PyMongoError
 
-from panel_pipeline.queue.store import Document, WorkQueue, claims_of
+from panel_pipeline.queue.store import Document, QueueCursor, claims_of, pending_work
+from panel_pipeline.queue.worker import serving_worker
 from panel_pipeline.shared.clock import utc_now
-from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.shared.resources import MongoResource, StandingWorkers
 
 QUEUE_TAG = "panel/queue"
 DOCUMENT_TAG = "panel/document_id"
-DOCUMENTS_PER_TICK = 200
-FULL_SCAN_EVERY = dt.timedelta(minutes=5)
 SENSOR_INTERVAL_SECONDS = 1  # the daemon loops every 5 s; anything <= 4 s ticks every loop
 
 TagsFor = Callable[[Document], Mapping[str, str]]
-
-
-@dataclass(frozen=True)
-class QueueCursor:
-    """Where the last tick stopped. `_id`s are only roughly time-ordered across writers, so a
-    periodic full scan of unprocessed documents picks up any late insert with a smaller `_id`."""
-
-    last_id: ObjectId | None = None
-    full_scan_at: dt.datetime | None = None
-
-    @classmethod
-    def parse(cls, raw: str | None) -> QueueCursor:
-        if not raw:
-            return cls()
-        data = json.loads(raw)
-        return cls(
-            ObjectId(data["last_id"]) if data.get("last_id") else None,
-            dt.datetime.fromisoformat(data["full_scan_at"]) if data.get("full_scan_at") else None,
-        )
-
-    def serialize(self) -> str:
-        return json.dumps(
-            {
-                "last_id": str(self.last_id) if self.last_id else None,
-                "full_scan_at": self.full_scan_at.isoformat() if self.full_scan_at else None,
-            }
-        )
 
 
 RUN_IN_FLIGHT = [
@@ -74,25 +43,6 @@ def run_in_flight(instance: dg.DagsterInstance, job_name: str) -> str | None:
     """The id of a run of this job that is queued or running, if any (sensors of one-at-a-time jobs)."""
     runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=RUN_IN_FLIGHT), limit=1)
     return runs[0].run_id if runs else None
-
-
-def pending_work(
-    queue: WorkQueue,
-    cursor: QueueCursor,
-    now: dt.datetime,
-    fields: Sequence[str] = (),
-    match: Mapping[str, Any] | None = None,
-) -> tuple[list[Document], QueueCursor]:
-    """New and due documents (matching `match`) for one tick, with `fields` besides `_id`, and the cursor after it."""
-    full_scan = cursor.full_scan_at is None or now - cursor.full_scan_at >= FULL_SCAN_EVERY
-    new = queue.new_documents(None if full_scan else cursor.last_id, DOCUMENTS_PER_TICK, fields, match)
-    due = queue.due_documents(DOCUMENTS_PER_TICK, fields, match)
-    seen_ids = [doc["_id"] for doc in new] + ([cursor.last_id] if cursor.last_id else [])
-    next_cursor = QueueCursor(
-        last_id=max(seen_ids) if seen_ids else None,
-        full_scan_at=now if full_scan else cursor.full_scan_at,
-    )
-    return new + due, next_cursor
 
 
 def run_key(collection: str, doc: Document) -> str:
@@ -143,11 +93,13 @@ def build_queue_sensor(
     match: Mapping[str, Any] | None = None,
     tag_fields: Sequence[str] = (),
     tags_for: TagsFor = lambda doc: {},
+    served_by: str | None = None,
 ) -> dg.SensorDefinition:
     """A sensor for one queued collection (or the part of it matching `match`, e.g. one kind of
     mailing): one run per document (a dynamic partition each) when `partitions_def` is given, else
     one run per tick for a batch configured through `batch_op_name`. `tags_for` adds run tags from
-    the document's `tag_fields` (e.g. a mailing's kind, for concurrency limits)."""
+    the document's `tag_fields` (e.g. a mailing's kind, for concurrency limits). With `served_by`
+    (a standing worker's duty) the sensor is the backstop: it stands back while that worker serves."""
     if (partitions_def is None) == (batch_op_name is None):
         raise ValueError("give exactly one of partitions_def (a run per document) or batch_op_name (a batch)")
 
@@ -160,6 +112,11 @@ def build_queue_sensor(
     )
     def queue_sensor(context: dg.SensorEvaluationContext, mongo: MongoResource) -> dg.SensorResult:
         try:
+            worker = serving_worker(mongo.db(), served_by, utc_now()) if served_by else None
+            if worker is not None:
+                return dg.SensorResult(
+                    skip_reason=f"the standing {served_by} worker (run {worker['owner']}) serves {collection} now"
+                )
             docs, cursor = pending_work(
                 mongo.work_queue(collection), QueueCursor.parse(context.cursor), utc_now(), tag_fields, match
             )
@@ -180,6 +137,81 @@ def build_queue_sensor(
         )
 
     return queue_sensor
+
+
+WORKER_TAG = "panel/worker"
+HANDOVER = dt.timedelta(seconds=60)  # start a worker's successor this long before its window ends
+START_GRACE = dt.timedelta(seconds=30)  # started this long ago, yet nobody holds the slot: it is not serving
+
+
+def build_worker_sensor(*, duty: str, job: dg.JobDefinition, op_name: str, description: str) -> dg.SensorDefinition:
+    """Keeps one standing worker serving `duty`: asks for a run when none is queued or running, and
+    for its successor shortly before its window ends (the successor waits for the slot, so the
+    hand-over has no gap) or when the running one is not serving. At most two runs at a time."""
+
+    @dg.sensor(
+        name=f"{duty}_worker_sensor",
+        job=job,
+        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=description,
+    )
+    def keep_worker(
+        context: dg.SensorEvaluationContext, mongo: MongoResource, workers: StandingWorkers
+    ) -> dg.SensorResult:
+        if not workers.enabled:
+            return dg.SensorResult(
+                skip_reason="standing workers are off (PANEL_STANDING_WORKERS=off): the polling sensors serve"
+            )
+        now = utc_now()
+        in_flight = context.instance.get_runs(filters=dg.RunsFilter(job_name=job.name, statuses=RUN_IN_FLIGHT), limit=2)
+        try:
+            slot = serving_worker(mongo.db(), duty, now)
+        except PyMongoError as exc:
+            return dg.SensorResult(skip_reason=f"MongoDB is unreachable ({type(exc).__name__})")
+        reason = successor_reason(in_flight, slot, now, context.instance)
+        if reason is None:
+            serving = f"run {slot['owner']} serves until {slot['serve_until'].isoformat()}" if slot else "starting"
+            return dg.SensorResult(skip_reason=f"the {duty} worker is {serving}")
+        after = in_flight[0].run_id if in_flight else _last_run_id(context.instance, job.name)
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(
+                    run_key=f"{duty}:after:{after}",
+                    run_config={"ops": {op_name: {"config": {"serve_seconds": workers.serve_seconds}}}},
+                    tags={WORKER_TAG: duty, "panel/why": reason},
+                )
+            ]
+        )
+
+    return keep_worker
+
+
+def successor_reason(
+    in_flight: Sequence[dg.DagsterRun], slot: Mapping[str, Any] | None, now: dt.datetime, instance: dg.DagsterInstance
+) -> str | None:
+    """Why a new worker run is needed now, or None: a successor is asked for once per running worker."""
+    if not in_flight:
+        return "no worker running"
+    if len(in_flight) > 1:
+        return None
+    run = in_flight[0]
+    if slot is not None and slot["owner"] == run.run_id:
+        return "hand-over: its window ends soon" if slot["serve_until"] - now <= HANDOVER else None
+    if slot is not None:  # its predecessor still serves: it waits for the slot
+        return None
+    record = instance.get_run_record_by_id(run.run_id)
+    started = record.start_time if record else None
+    if started is not None and now.timestamp() - started > START_GRACE.total_seconds():
+        return (
+            f"run {run.run_id} started {START_GRACE.total_seconds():.0f}+ s ago but does not serve (stopped or killed)"
+        )
+    return None
+
+
+def _last_run_id(instance: dg.DagsterInstance, job_name: str) -> str:
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name), limit=1)
+    return runs[0].run_id if runs else "none"
 
 
 def release_documents_of_run(mongo: MongoResource, collections: Sequence[str], run_id: str, why: str) -> dict[str, str]:

@@ -26,6 +26,7 @@ come from the queue's `Clock`.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -317,3 +318,55 @@ def process_document(
     if not queue.complete(doc_id, owner, result):
         raise LeaseLost(queue.name, doc_id, owner, "complete it")
     return Outcome(doc_id, DONE, result)
+
+
+# -- what is waiting: for a sensor tick or a standing worker's step ------------------------------
+
+DOCUMENTS_PER_TICK = 200
+FULL_SCAN_EVERY = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class QueueCursor:
+    """Where the last tick stopped. `_id`s are only roughly time-ordered across writers, so a
+    periodic full scan of unprocessed documents picks up any late insert with a smaller `_id`."""
+
+    last_id: ObjectId | None = None
+    full_scan_at: dt.datetime | None = None
+
+    @classmethod
+    def parse(cls, raw: str | None) -> QueueCursor:
+        if not raw:
+            return cls()
+        data = json.loads(raw)
+        return cls(
+            ObjectId(data["last_id"]) if data.get("last_id") else None,
+            dt.datetime.fromisoformat(data["full_scan_at"]) if data.get("full_scan_at") else None,
+        )
+
+    def serialize(self) -> str:
+        return json.dumps(
+            {
+                "last_id": str(self.last_id) if self.last_id else None,
+                "full_scan_at": self.full_scan_at.isoformat() if self.full_scan_at else None,
+            }
+        )
+
+
+def pending_work(
+    queue: WorkQueue,
+    cursor: QueueCursor,
+    now: dt.datetime,
+    fields: Sequence[str] = (),
+    match: Mapping[str, Any] | None = None,
+) -> tuple[list[Document], QueueCursor]:
+    """New and due documents (matching `match`) for one tick, with `fields` besides `_id`, and the cursor after it."""
+    full_scan = cursor.full_scan_at is None or now - cursor.full_scan_at >= FULL_SCAN_EVERY
+    new = queue.new_documents(None if full_scan else cursor.last_id, DOCUMENTS_PER_TICK, fields, match)
+    due = queue.due_documents(DOCUMENTS_PER_TICK, fields, match)
+    seen_ids = [doc["_id"] for doc in new] + ([cursor.last_id] if cursor.last_id else [])
+    next_cursor = QueueCursor(
+        last_id=max(seen_ids) if seen_ids else None,
+        full_scan_at=now if full_scan else cursor.full_scan_at,
+    )
+    return new + due, next_cursor

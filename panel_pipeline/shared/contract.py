@@ -53,6 +53,9 @@ MEMBER_STATUSES: tuple[str, ...] = (ACTIVE, UNSUBSCRIBED, BOUNCED, DELETED)
 BULK = "bulk"
 TRANSACTIONAL = "transactional"
 MAIL_KINDS: tuple[str, ...] = (BULK, TRANSACTIONAL)
+# `mailings.delivery` (pipeline-written): PROMPT mail (a dynamic sample's newcomers) goes out at once,
+# through the standing mail worker like transactional mail, not in the bulk mailings' one-at-a-time line.
+PROMPT = "prompt"
 
 # Template data (`mailings.default_data`, a recipient's `data`, `samples.mailing.default_data`): the
 # Mailer fills these per member, and puts the HTML-escaped copy of the data under HTML_COPY_KEY.

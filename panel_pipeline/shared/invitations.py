@@ -9,8 +9,9 @@ is named by two invitations, and the Mailer sends each recipient of a mailing on
 
 An invitation references its recipients instead of listing them, so no sample size can pass
 Mongo's 16 MB document limit: `{_id, processed: false, created_at, kind: "bulk", template,
-default_data, invitation_for_sample, recipient_count}`, and its recipients are the `sample_members`
-whose `mailing_id` is its `_id`.
+default_data, invitation_for_sample, recipient_count}` (and `delivery: "prompt"` when the Updater
+invites a dynamic sample's newcomers, who should hear at once), and its recipients are the
+`sample_members` whose `mailing_id` is its `_id`.
 
 Each sample's invitation fails alone: a reason (a `mailing.default_data` that is not an object,
 ...) is written on that sample as `invitation_error` and its id stays pending until the sample is
@@ -32,7 +33,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from panel_pipeline.shared.clock import utc_now
-from panel_pipeline.shared.contract import BULK, MAILINGS, PENDING_INVITATIONS, SAMPLE_MEMBERS, SAMPLES
+from panel_pipeline.shared.contract import BULK, MAILINGS, PENDING_INVITATIONS, PROMPT, SAMPLE_MEMBERS, SAMPLES
 from panel_pipeline.shared.privacy import describe_error
 
 LOG = logging.getLogger(__name__)
@@ -43,8 +44,11 @@ class InvitationError(ValueError):
     """The sample's invitation cannot be made as it stands (names the field to fix)."""
 
 
-def stamp_pending_invitations(db: Database, sample_id: ObjectId, now: dt.datetime | None = None) -> ObjectId | None:
-    """Tie the sample's members still waiting for an invitation to one new mailing id."""
+def stamp_pending_invitations(
+    db: Database, sample_id: ObjectId, now: dt.datetime | None = None, *, prompt: bool = False
+) -> ObjectId | None:
+    """Tie the sample's members still waiting for an invitation to one new mailing id; `prompt`
+    marks the invitation for prompt delivery (newcomers of a dynamic sample)."""
     sample = db[SAMPLES].find_one({"_id": sample_id}, {"mailing": 1})
     mailing = (sample or {}).get("mailing")
     if not (isinstance(mailing, Mapping) and mailing.get("template")):
@@ -54,7 +58,8 @@ def stamp_pending_invitations(db: Database, sample_id: ObjectId, now: dt.datetim
         return None
     mailing_id = ObjectId()
     # Pending first: a crash after it and before the stamp leaves an id naming nobody, dropped later.
-    db[PENDING_INVITATIONS].insert_one({"_id": mailing_id, "sample_id": sample_id, "stamped_at": now or utc_now()})
+    pending = {"_id": mailing_id, "sample_id": sample_id, "stamped_at": now or utc_now()}
+    db[PENDING_INVITATIONS].insert_one(pending | ({"prompt": True} if prompt else {}))
     if db[SAMPLE_MEMBERS].update_many(waiting, {"$set": {"mailing_id": mailing_id}}).modified_count:
         return mailing_id
     db[PENDING_INVITATIONS].delete_one({"_id": mailing_id})
@@ -108,6 +113,8 @@ def _create_invitation(db: Database, pending: Mapping[str, Any], now: dt.datetim
         db[PENDING_INVITATIONS].delete_one({"_id": mailing_id})
         return False
     document = invitation_document(mailing_id, sample_id, sample["mailing"], recipient_count, now)
+    if pending.get("prompt"):
+        document["delivery"] = PROMPT
     with contextlib.suppress(DuplicateKeyError):  # made by a run that stopped before the pending id went
         db[MAILINGS].insert_one(document)
     db[SAMPLES].update_one(

@@ -40,3 +40,14 @@ class MongoResource(dg.ConfigurableResource):
         _ensure_indexes(self.uri, self.database, collection)
         policy = QueuePolicy(self.lease_seconds, self.max_attempts, self.retry_backoff_seconds)
         return WorkQueue(self.db()[collection], policy)
+
+
+class StandingWorkers(dg.ConfigurableResource):
+    """Standing workers (`queue/worker.py`): one run per duty kept serving by a sensor, woken by a
+    change stream, so transactional mail and a dynamic sample's newcomers go out in about a second;
+    off, the polling sensors start a run per tick as before."""
+
+    enabled: bool = Field(default=True, description="Keep a standing worker per duty running (PANEL_STANDING_WORKERS).")
+    serve_seconds: float = Field(
+        default=600.0, description="How long one worker run serves before its successor takes over."
+    )

@@ -1,19 +1,25 @@
 """The Updater's asset: dynamic samples kept current as members join or change their profile."""
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 from bson import ObjectId
 from pymongo.database import Database
 
+from panel_pipeline.queue.worker import WorkerSlot, serving_worker
 from panel_pipeline.sampler import store as sampler_store
 from panel_pipeline.shared import invitations
 from panel_pipeline.shared.clock import utc_now
+from panel_pipeline.shared.contract import PIPELINE_STATE
 from panel_pipeline.shared.metadata import OWNERS, row_count, table
 from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.updater import store
 from panel_pipeline.updater.dynamic import DynamicSample, Placement, place_changed_members, with_joiners
+
+DYNAMIC_SAMPLES_DUTY = "dynamic_samples"
 
 
 @dg.asset(
@@ -29,11 +35,64 @@ from panel_pipeline.updater.dynamic import DynamicSample, Placement, place_chang
 def dynamic_sample_updates(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.MaterializeResult:
     """Adds members who joined or changed since the last run to every open dynamic sample whose
     filters they match and whose quota cells have room, and queues their invitation (one `mailings`
-    document per batch, made exactly once). Cost follows the members that changed, not the panel:
-    changes are read through indexes on `profile_updated_at` and `created_at` from a cursor kept in
-    `pipeline_state`, in pages of (change time, `_id`) order until caught up; the cursor moves after
-    each page's writes, so a backlog of any size is read once, none skipped."""
+    document per batch, made exactly once, for prompt delivery). The standing updater worker
+    (dynamic_samples_worker_job) does this within about a second of a member's change and records a
+    materialization here per update; while none serves, member_changes_sensor runs this asset. Cost
+    follows the members that changed, not the panel: changes are read through indexes on
+    `profile_updated_at` and `created_at` from a cursor kept in `pipeline_state`, in pages of
+    (change time, `_id`) order until caught up; the cursor moves after each page's writes, so a
+    backlog of any size is read once, none skipped. One update at a time: it holds the worker slot."""
     db = mongo.db()
+    slot = WorkerSlot(db[PIPELINE_STATE], DYNAMIC_SAMPLES_DUTY, context.run.run_id)
+    if not slot.take(utc_now()):
+        serving = serving_worker(db, DYNAMIC_SAMPLES_DUTY, utc_now())
+        owner = serving["owner"] if serving else "another run"
+        context.log.info(f"the dynamic samples are kept current by {owner}: nothing for this run to do")
+        return dg.MaterializeResult(metadata={"served_by": dg.MetadataValue.text(str(owner))})
+    try:
+        report = update_dynamic_samples(db, keep_alive=slot.renew)
+    finally:
+        slot.release()
+    context.log.info(report.summary())
+    return dg.MaterializeResult(metadata=report.metadata())
+
+
+@dataclass
+class UpdateReport:
+    changed: int
+    pages: int
+    totals: dict[str, "SampleTotals"]
+    mailings: list[ObjectId]
+    closed: list[str]
+    cursor: dt.datetime
+
+    @property
+    def members_added(self) -> int:
+        return sum(t.added for t in self.totals.values())
+
+    def summary(self) -> str:
+        return (
+            f"{self.changed} changed member(s) in {self.pages} page(s), {len(self.totals)} open dynamic "
+            f"sample(s), {self.members_added} added"
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "changed_members": self.changed,
+            "pages": self.pages,
+            "open_dynamic_samples": len(self.totals),
+            "members_added": self.members_added,
+            "invitation_mailings": dg.MetadataValue.json([str(m) for m in self.mailings]),
+            "closed_samples": dg.MetadataValue.json(self.closed),
+            "per_sample": per_sample_table(self.totals),
+            "cursor": dg.MetadataValue.text(self.cursor.isoformat()),
+            **row_count(self.members_added),
+        }
+
+
+def update_dynamic_samples(db: Database, keep_alive: Callable[[], bool] = lambda: True) -> UpdateReport:
+    """One update of every open dynamic sample from the cursor until caught up (`keep_alive` is
+    called after each page: the caller's hold on the updater's slot)."""
     store.ensure_indexes(db)
     now = utc_now()
     newest_at_start = store.latest_change(db)
@@ -57,24 +116,17 @@ def dynamic_sample_updates(context: dg.AssetExecutionContext, mongo: MongoResour
         mailings += invitations.create_missing_mailings(db, now)
         cursor = max(cursor, page.newest_change)
         store.write_cursor(db, cursor)  # after the page's writes: a crash re-reads this page, never skips it
+        keep_alive()
     # Caught up: changes of members left out (not active) need no second look either.
     cursor = max(cursor, min(newest_at_start, now)) if newest_at_start else cursor
     store.write_cursor(db, cursor)
-    context.log.info(f"{changed_count} changed member(s) in {pages} page(s), {len(totals)} open dynamic sample(s)")
-    members_added = sum(t.added for t in totals.values())
-    return dg.MaterializeResult(
-        metadata={
-            "changed_members": changed_count,
-            "pages": pages,
-            "open_dynamic_samples": len(totals),
-            "members_added": members_added,
-            "invitation_mailings": dg.MetadataValue.json([str(m) for m in mailings]),
-            "closed_samples": dg.MetadataValue.json(closed),
-            "per_sample": per_sample_table(totals),
-            "cursor": dg.MetadataValue.text(cursor.isoformat()),
-            **row_count(members_added),
-        }
-    )
+    return UpdateReport(changed_count, pages, totals, mailings, closed, cursor)
+
+
+def members_changed(db: Database) -> bool:
+    """A member joined or changed since the last update (two index look-ups)."""
+    newest, cursor = store.latest_change(db), store.read_cursor(db)
+    return newest is not None and (cursor is None or newest > cursor)
 
 
 @dataclass
@@ -96,7 +148,7 @@ def update_sample(
     totals.added += store.add_members(db, sample.sample_id, placement.joining, now)
     store.mark_qualification(db, sample.sample_id, placement.stopped_qualifying, False, now)
     store.mark_qualification(db, sample.sample_id, placement.qualifying_again, True, now)
-    invitations.stamp_pending_invitations(db, ObjectId(sample.sample_id))
+    invitations.stamp_pending_invitations(db, ObjectId(sample.sample_id), prompt=True)
     totals.no_room += len(placement.no_room)
     totals.excluded += len(excluded)
     totals.stopped += len(placement.stopped_qualifying)

@@ -158,11 +158,12 @@ def test_daily_quota_pauses_the_mailing_until_later(
     mailing, name = _setup(ledger, gateway, templates["new_survey"], _invitees(80))
     ses_proxy.inject(no_fault(), daily_quota_exceeded())
     report = send_mailing(ledger, gateway, mailing, name, owner="w1", policy=FAST, unsubscribe_link=LINK)
-    assert report.outcomes == Counter(sent=50, pause=30)
+    # Both batches (50 and 30) are in flight at once: either may be the call that meets the quota.
+    assert report.outcomes in (Counter(sent=50, pause=30), Counter(sent=30, pause=50))
     assert report.paused_until is not None and report.pause_reason == "Daily message quota exceeded."
-    assert ledger.counts(mailing)[PENDING] == 30 and not ledger.mailing_done(mailing)
+    assert ledger.counts(mailing)[PENDING] == report.outcomes["pause"] and not ledger.mailing_done(mailing)
     assert send_mailing(ledger, gateway, mailing, name, owner="w1", policy=FAST, unsubscribe_link=LINK).batches == 0
-    assert len(ses_server.emails()) == 50
+    assert len(ses_server.emails()) == report.outcomes["sent"]
 
 
 def test_recipients_missing_a_variable_fail_alone(

@@ -5,11 +5,8 @@ import dagster as dg
 import pytest
 from bson import ObjectId
 
-from panel_pipeline.queue.sensors import (
-    QueueCursor,
-    build_queue_sensor,
-    release_documents_of_run,
-)
+from panel_pipeline.queue.sensors import build_queue_sensor, release_documents_of_run
+from panel_pipeline.queue.store import QueueCursor
 from panel_pipeline.shared.resources import MongoResource
 
 requests_partitions = dg.DynamicPartitionsDefinition(name="test_requests")
