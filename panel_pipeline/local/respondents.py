@@ -52,6 +52,7 @@ from panel_pipeline.shared.contract import (
     MAILINGS,
     PROFILE_CATEGORIES,
     SAMPLES,
+    SURVEY_REMINDER_TEMPLATE,
     TRANSACTIONS,
     USERS,
 )
@@ -60,7 +61,6 @@ from panel_pipeline.shared.privacy import describe_error
 
 LOG = logging.getLogger(__name__)
 
-REMINDER_TEMPLATE = "survey_reminder"
 SENT = "sent"  # mail_log status of a row SES accepted
 PANEL_ID_SHORTNAME = "panel_id"
 CHOICE_TYPES = frozenset({"RADIO", "MENU"})
@@ -344,7 +344,7 @@ class RespondentSimulator:
                     self._skipped.add(sample_id)
                     LOG.warning(f"sample {sample_id}: no survey_id that is a SurveyGizmo id; nobody completes it")
                 continue
-            invitations = [m for m in its_mailings if m.get("template") != REMINDER_TEMPLATE]
+            invitations = [m for m in its_mailings if m.get("template") != SURVEY_REMINDER_TEMPLATE]
             points = next((m["default_data"]["points"] for m in invitations if _points(m) is not None), 0)
             yield InvitedSample(
                 sample_id=sample_id,
@@ -352,7 +352,7 @@ class RespondentSimulator:
                 survey_id=survey_id,
                 points=points,
                 invitations=tuple(m["_id"] for m in invitations),
-                reminders=tuple(m["_id"] for m in its_mailings if m.get("template") == REMINDER_TEMPLATE),
+                reminders=tuple(m["_id"] for m in its_mailings if m.get("template") == SURVEY_REMINDER_TEMPLATE),
             )
 
     def _complete_sample(self, sample: InvitedSample, now: dt.datetime, summary: PassSummary) -> int:
