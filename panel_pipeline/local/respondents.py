@@ -190,6 +190,10 @@ class SurveyGizmoRespondent:
     def close(self) -> None:
         self._session.close()
 
+    def forget_surveys(self) -> None:
+        """Read every survey afresh (after a failed pass: the in-memory server may have restarted empty)."""
+        self._surveys.clear()
+
     def survey(self, survey_id: str, title: str) -> dict[str, Any]:
         if survey_id not in self._surveys:
             found = self._call("GET", f"/v5/survey/{survey_id}", {}, allow_404=True)
@@ -315,6 +319,7 @@ class RespondentSimulator:
             except Exception as exc:  # the service outlives a server restart
                 self.last_error = describe_error(exc)
                 LOG.warning(f"respondent pass failed, trying again: {self.last_error}")
+                self.surveygizmo.forget_surveys()
             stop.wait(poll_seconds)
 
     def status(self) -> dict[str, Any]:
