@@ -1,12 +1,15 @@
-"""`python -m panel_pipeline.local`: start, check and stop the local stack, and run the whole pipeline on it.
+"""`python -m panel_pipeline.local`: start, check and stop the local stack, run the whole pipeline on it,
+and run the respondent simulator (which the stack starts as one of its services).
 
 `make run` runs `dev`, `make stop` runs `stack down`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,16 @@ import pymongo
 
 from panel_pipeline.local import stack
 from panel_pipeline.local.demo import seed_users
+from panel_pipeline.local.respondents import (
+    DEFAULT_RATE,
+    RespondentSettings,
+    RespondentSimulator,
+    SurveyGizmoRespondent,
+    default_cell_rates,
+    load_rates,
+    serve_status,
+)
+from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN, DEMO_TOKEN_SECRET
 
 
 @click.group()
@@ -53,6 +66,60 @@ def down() -> None:
     """Stop the local services this project started."""
     stopped = stack.down()
     click.echo(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@main.command()
+@click.option("--time-scale", default=3600.0, show_default=True, help="Simulated seconds per real second.")
+@click.option("--seed", default=0, show_default=True, help="Decides every member's outcome and delay.")
+@click.option("--reminder-lift", default=0.3, show_default=True, help="Each reminder multiplies p by 1 + this.")
+@click.option(
+    "--rates",
+    "rates_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help='Per-cell probabilities, JSON: {"18-24|male": 0.04, ..., "default": 0.15}.',
+)
+@click.option("--poll-seconds", default=1.0, show_default=True, help="Real seconds between passes.")
+@click.option("--port", default=stack.RESPONDENTS_PORT, show_default=True, help="Port of the status page (JSON).")
+@click.option("--mongo-uri", default=None, help="Default: the local stack's mongod.")
+@click.option("--database", default="panel", show_default=True)
+@click.option("--surveygizmo-url", default=f"http://127.0.0.1:{stack.SURVEYGIZMO_PORT}", show_default=True)
+def respondents(
+    time_scale: float,
+    seed: int,
+    reminder_lift: float,
+    rates_file: str | None,
+    poll_seconds: float,
+    port: int,
+    mongo_uri: str | None,
+    database: str,
+    surveygizmo_url: str,
+) -> None:
+    """Invited members complete their survey: a SurveyGizmo response, then a `transactions` document."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    rates = {**default_cell_rates(), **(load_rates(rates_file) if rates_file else {})}
+    try:
+        settings = RespondentSettings(
+            seed=seed,
+            time_scale=time_scale,
+            rates={cell: rate for cell, rate in rates.items() if cell != "default"},
+            default_rate=rates.get("default", DEFAULT_RATE),
+            reminder_lift=reminder_lift,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    client: pymongo.MongoClient[dict[str, Any]]
+    with pymongo.MongoClient(mongo_uri or stack.local_mongod().uri, tz_aware=True) as client:
+        surveygizmo = SurveyGizmoRespondent(surveygizmo_url, DEMO_TOKEN, DEMO_TOKEN_SECRET)
+        simulator = RespondentSimulator(client[database], surveygizmo, settings)
+        status_page = serve_status(simulator, "127.0.0.1", port)
+        click.echo(f"respondents: time scale {time_scale:g}, seed {seed}; status on http://127.0.0.1:{port}/")
+        try:
+            simulator.run_forever(threading.Event(), poll_seconds)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            status_page.shutdown()
+            surveygizmo.close()
 
 
 @main.command()

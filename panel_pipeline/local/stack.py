@@ -1,4 +1,5 @@
-"""The local stack the embedded defaults point at: mongod, and the local SES, SurveyGizmo and SNS/SQS servers.
+"""The local stack the embedded defaults point at: mongod, the local SES, SurveyGizmo and SNS/SQS servers,
+and the respondent simulator (invited members complete their surveys, `respondents.py`).
 
 SES events take production's path: the local SES endpoint publishes them to an SNS topic on the moto
 server, whose SQS queue subscription the `ses_feedback` asset drains.
@@ -37,6 +38,9 @@ MONGO_PORT = 27017
 SES_PORT = 8005
 SURVEYGIZMO_PORT = 8006
 SNS_SQS_PORT = 8007
+RESPONDENTS_PORT = 8008  # the respondent simulator's status page
+# Simulated seconds per real second for the stack's simulator: a simulated hour passes in a second.
+RESPONDENTS_TIME_SCALE = os.environ.get("PANEL_RESPONDENTS_TIME_SCALE", "3600")
 SNS_SQS_URL = f"http://127.0.0.1:{SNS_SQS_PORT}"
 START_TIMEOUT_SECONDS = 30.0
 LOCAL_UNSUBSCRIBE_SECRET = "local-unsubscribe-secret"
@@ -157,6 +161,24 @@ def background_services() -> list[BackgroundService]:
                 local_topic_arn(),
                 "--sns-endpoint-url",
                 SNS_SQS_URL,
+            ],
+        ),
+        BackgroundService(
+            name="respondents",
+            port=RESPONDENTS_PORT,
+            command=[
+                sys.executable,
+                "-m",
+                "panel_pipeline.local",
+                "respondents",
+                "--time-scale",
+                RESPONDENTS_TIME_SCALE,
+                "--port",
+                str(RESPONDENTS_PORT),
+                "--mongo-uri",
+                local_mongod().uri,
+                "--surveygizmo-url",
+                f"http://127.0.0.1:{SURVEYGIZMO_PORT}",
             ],
         ),
     ]

@@ -63,6 +63,8 @@ FIRST_NAME = "first_name"
 UNSUBSCRIBE_URL = "unsubscribe_url"
 HTML_COPY_KEY = "html"
 PER_MEMBER_VARIABLES: frozenset[str] = frozenset({FIRST_NAME, UNSUBSCRIBE_URL})
+# The template of a sample's fieldwork reminder (an invitation's data plus `closes_on`).
+SURVEY_REMINDER_TEMPLATE = "survey_reminder"
 
 # `users.profile`: each categorical attribute and its values, exactly as stored.
 PROFILE_CATEGORIES: dict[str, tuple[str, ...]] = {

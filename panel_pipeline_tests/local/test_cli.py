@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("mongo", "surveygizmo", "sns_sqs", "ses")
+SERVICES = ("mongo", "surveygizmo", "sns_sqs", "ses", "respondents")
 
 
 def run_local(state_dir: Path, *arguments: str) -> subprocess.CompletedProcess[str]:

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import requests
 
+from panel_pipeline.extractor.normalize import question_shortnames
+from panel_pipeline.extractor.responses import parse_response
 from panel_pipeline.local.demo import demo_user_id
 from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.profile_survey import (
@@ -144,6 +146,60 @@ def test_filter_engine(
 def test_bad_filters_are_400_errors(server: LocalSurveyGizmo, query: dict[str, str]) -> None:
     answer = get(server, f"/v5/survey/{PROFILE_SURVEY_ID}/surveyresponse", **query)
     assert answer.status_code == 400 and answer.json()["result_ok"] is False
+
+
+def test_a_created_survey_and_response_are_served_as_the_extractor_reads_them(server: LocalSurveyGizmo) -> None:
+    """`PUT /v5/survey` (locally with the id a sample names) and `PUT .../surveyresponse` (or `_method=PUT`)."""
+    created = requests.put(server.base_url + "/v5/survey", params={**AUTH, "title": "Omnibus", "id": "12"}, timeout=5)
+    assert created.status_code == 200 and created.json()["data"]["id"] == "12"
+    again = requests.put(server.base_url + "/v5/survey", params={**AUTH, "title": "Other", "id": "12"}, timeout=5)
+    assert again.json()["data"]["title"] == "Omnibus", "an existing survey is left as it is"
+    shortnames = question_shortnames(get(server, "/v5/survey/12").json()["data"])
+    assert set(shortnames.values()) == {"overall", "panel_id"}
+    path = "/v5/survey/12/surveyresponse"
+    member = str(demo_user_id(7))
+    answer = get(server, path, _method="PUT", **{"data[overall][value]": "Neither", "data[panel_id][value]": member})
+    assert answer.status_code == 200, answer.text
+    record = answer.json()["data"]
+    assert (record["id"], record["status"]) == ("1", "Complete")
+    assert get(server, f"{path}/1").json()["data"] == record
+    response = parse_response(record, "12", server.zone)
+    assert response.answers["3"].value == member and response.answers["2"].option_id == "10003"
+    second = requests.put(
+        server.base_url + path, params={**AUTH, "status": "Partial", "data[2][value]": "Very satisfied"}, timeout=5
+    )
+    assert second.json()["data"]["id"] == "2" and second.json()["data"]["survey_data"]["3"]["shown"] is False
+    assert listed_in(server, "12", ("[question(3)]", "=", member)) == ["1"]
+    assert listed_in(server, "12", ("[question(3)]", "IS NULL", None)) == ["2"]
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status"),
+    [
+        ("/v5/survey", {}, 400),  # no title
+        ("/v5/survey/404/surveyresponse", {"data[2][value]": "x"}, 404),
+        (f"/v5/survey/{PROFILE_SURVEY_ID}/surveyresponse", {}, 400),  # no data
+        (f"/v5/survey/{PROFILE_SURVEY_ID}/surveyresponse", {"data[nope][value]": "x"}, 404),
+        (f"/v5/survey/{PROFILE_SURVEY_ID}/surveyresponse", {"data[gender][value]": "x", "status": "Deleted"}, 400),
+        (f"/v5/survey/{PROFILE_SURVEY_ID}/surveyresponse/3", {"data[gender][value]": "x"}, 405),
+    ],
+)
+def test_a_create_the_api_refuses_is_an_error(
+    server: LocalSurveyGizmo, path: str, params: dict[str, str], status: int
+) -> None:
+    answer = requests.put(server.base_url + path, params={**AUTH, **params}, timeout=5)
+    assert (answer.status_code, answer.json()["result_ok"]) == (status, False)
+    unauthorised = requests.put(server.base_url + path, params={"title": "x", **params}, timeout=5)
+    assert unauthorised.status_code == 401
+
+
+def listed_in(server: LocalSurveyGizmo, survey_id: str, *filters: tuple[str, str, str | None]) -> list[str]:
+    query: dict[str, str] = {}
+    for index, (field, operator, value) in enumerate(filters):
+        query |= {f"filter[field][{index}]": field, f"filter[operator][{index}]": operator}
+        if value is not None:
+            query[f"filter[value][{index}]"] = value
+    return [row["id"] for row in get(server, f"/v5/survey/{survey_id}/surveyresponse", **query).json()["data"]]
 
 
 def test_routes_auth_and_methods(server: LocalSurveyGizmo) -> None:

@@ -194,6 +194,7 @@ def test_templates_are_synced_under_versioned_names(instance, resources, local_s
         "paid",
         "password_recovery",
         "points_registered",
+        "survey_reminder",
         "welcome",
     ]
 

@@ -97,6 +97,17 @@ def test_bulk_send_delivers_each_recipient_with_tags_and_unsubscribe_headers(
     ]
 
 
+def test_the_survey_reminder_renders_in_ses_with_its_closing_date(
+    make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, templates: dict[str, EmailTemplate]
+) -> None:
+    """The local SES renders strictly (a missing variable fails the send), as SES drops such mail."""
+    result = _send(make_gateway(), templates["survey_reminder"], 1, closes_on="Friday 14 June")
+    assert [entry.outcome for entry in result.entries] == [SendStatus.SENT]
+    (email,) = ses_server.emails()
+    assert email["subject"] == "Reminder: Your views on local bus services closes on Friday 14 June (150 points)"
+    assert "Friday 14 June" in email["body"]["html"] and "https://panel.example.org/u/0" in email["body"]["text"]
+
+
 def test_transactional_send_has_no_unsubscribe_headers(
     make_gateway: Callable[..., SesGateway], ses_server: LocalSesServer, templates: dict[str, EmailTemplate]
 ) -> None:

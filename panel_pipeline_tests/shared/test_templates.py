@@ -20,7 +20,7 @@ from panel_pipeline.shared.templates import (
 )
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
-EXPECTED = {"new_survey", "password_recovery", "welcome", "points_registered", "paid"}
+EXPECTED = {"new_survey", "survey_reminder", "password_recovery", "welcome", "points_registered", "paid"}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def _dist(name: str) -> dict[str, Any]:
     return json.loads((TEMPLATES_DIR / "dist" / f"{name}.json").read_text())
 
 
-def test_all_five_templates_are_built(templates: dict[str, EmailTemplate]) -> None:
+def test_all_six_templates_are_built(templates: dict[str, EmailTemplate]) -> None:
     assert set(templates) == EXPECTED
 
 
@@ -106,10 +106,18 @@ def test_new_survey_needs_the_invitation_fields(templates: dict[str, EmailTempla
     assert templates["new_survey"].link_variables == {"survey_url", "unsubscribe_url"}
 
 
+def test_survey_reminder_needs_the_invitation_fields_and_the_closing_date(templates: dict[str, EmailTemplate]) -> None:
+    """A reminder carries what the invitation did, so the same `default_data` plus `closes_on` fills it."""
+    reminder, invitation = templates["survey_reminder"], templates["new_survey"]
+    assert reminder.variables == invitation.variables | {"closes_on", "html.closes_on"}
+    assert "{{closes_on}}" in reminder.subject and "{{html.closes_on}}" in reminder.html
+
+
 def test_the_link_variables_are_read_from_the_built_html(templates: dict[str, EmailTemplate]) -> None:
     found = {name: template.link_variables for name, template in templates.items()}
     assert found == {
         "new_survey": {"survey_url", "unsubscribe_url"},
+        "survey_reminder": {"survey_url", "unsubscribe_url"},
         "password_recovery": {"reset_url"},
         "welcome": {"profile_survey_url"},
         "points_registered": {"dashboard_url"},

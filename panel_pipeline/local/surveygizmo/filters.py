@@ -1,6 +1,7 @@
 """The v5 filter engine: `filter[field|operator|value][i]` query parameters, parsed and matched.
 
-Fields `date_submitted`, `status`, `is_test_data`, `contact_id`; operators `= <> != > < >= <= IS NULL
+Fields `date_submitted`, `status`, `is_test_data`, `contact_id`, and a question's answer
+`[question(<id>)]` (the answer text of `survey_data[<id>]`, grid rows included); operators `= <> != > < >= <= IS NULL
 IS NOT NULL in`; dates read in the account's zone. A filter the real API refuses raises FilterError,
 which the server answers with a 400.
 """
@@ -16,6 +17,7 @@ from zoneinfo import ZoneInfo
 UTC = dt.UTC
 FILTER_KEY = re.compile(r"^filter\[(field|operator|value)\]\[(\d+)\]$")
 FILTER_FIELDS = frozenset({"date_submitted", "status", "is_test_data", "contact_id"})
+QUESTION_FIELD = re.compile(r"^\[question\((\d+)\)\]$")
 FILTER_OPERATORS = frozenset({"=", "<>", "!=", ">", "<", ">=", "<=", "IS NULL", "IS NOT NULL", "in"})
 
 # (field, operator, value): the value as given, or for `date_submitted` the instant it names.
@@ -39,7 +41,7 @@ def parse_filters(params: Mapping[str, str], strict: bool) -> list[tuple[str, st
     for index in sorted(parts):
         triple = parts[index]
         field_name, operator = triple.get("field", ""), triple.get("operator", "")
-        if strict and field_name not in FILTER_FIELDS:
+        if strict and field_name not in FILTER_FIELDS and not QUESTION_FIELD.match(field_name):
             raise FilterError(f"Unsupported filter field {field_name!r}")
         if operator not in FILTER_OPERATORS:
             raise FilterError(f"Unsupported filter operator {operator!r}")
@@ -70,6 +72,9 @@ def matches(record: Mapping[str, Any], submitted_at: dt.datetime | None, conditi
     field_name, operator, expected = condition
     if field_name == "date_submitted":
         return _compare(submitted_at, operator, expected)
+    question = QUESTION_FIELD.match(field_name)
+    if question:
+        return _compare(_field_text(_answer(record, question[1]), field_name), operator, expected)
     return _compare(_field_text(record.get(field_name), field_name), operator, expected)
 
 
@@ -84,6 +89,22 @@ def date_window(params: Mapping[str, str], zone: ZoneInfo) -> tuple[dt.datetime 
         elif operator in ("<", "<="):
             high = min(filter(None, (high, filter_instant(value, zone))))
     return low, high
+
+
+def _answer(record: Mapping[str, Any], question_id: str) -> Any:
+    """The answer text of a question (a grid row is found under its parent's `subquestions`)."""
+    survey_data = record.get("survey_data")
+    if not isinstance(survey_data, Mapping):
+        return None
+    for entry in survey_data.values():
+        if not isinstance(entry, Mapping):
+            continue
+        if str(entry.get("id")) == question_id:
+            return entry.get("answer")
+        rows = entry.get("subquestions")
+        if isinstance(rows, Mapping) and isinstance(rows.get(question_id), Mapping):
+            return rows[question_id].get("answer")
+    return None
 
 
 def _field_text(value: Any, field_name: str) -> str | None:

@@ -2,12 +2,16 @@
 
 It answers the GETs the Extractor makes with the real envelopes and record shapes (research note
 §6–8): `/v5/account`, `/v5/survey/{id}`, `/v5/survey/{id}/surveyresponse[/{rid}]`, with or without
-a trailing slash or `.json`. It checks `api_token`/`api_token_secret`, filters as the real API does
-(filters.py), pages 1-based with `resultsperpage` clamped to 1..500, and gives totals as integers
-or (toggle) strings. Responses live in an in-memory store (store.py) tests can add to, edit and
-delete from while a scan is running (`after_requests` runs a mutation between two requests), and
-faults are injected at runtime (faults.py). The request log keeps paths and parameters without the
-credentials, and the HTTP log line never includes the query string.
+a trailing slash or `.json`; and two creates (PUT, or `_method=PUT`, as v5 spells create): a response
+(`PUT /v5/survey/{id}/surveyresponse` with `status` and `data[<question id or shortname>][value]`,
+answered with the new record), which the local respondent simulator uses as a respondent's browser
+would, and a survey (`PUT /v5/survey` with `title`; locally also `id`, so the local run can make the
+survey a sample names, with a stand-in questionnaire). It checks `api_token`/`api_token_secret`,
+filters as the real API does (filters.py), pages 1-based with `resultsperpage` clamped to 1..500,
+and gives totals as integers or (toggle) strings. Responses live in an in-memory store (store.py)
+tests can add to, edit and delete from while a scan is running (`after_requests` runs a mutation
+between two requests), and faults are injected at runtime (faults.py). The request log keeps paths
+and parameters without the credentials, and the HTTP log line never includes the query string.
 
 Run it with demo data: `python -m panel_pipeline.local.surveygizmo --port 8089 --demo`.
 """
@@ -43,6 +47,9 @@ ROUTE = re.compile(
     r"^/v5/(?P<object>account|survey)(?:/(?P<sid>[^/]+)(?:/(?P<sub>surveyresponse)(?:/(?P<rid>[^/]+))?)?)?$"
 )
 AUTH_FAILED = "Login failed / Invalid auth token"
+# A create's answers: `data[<question id or shortname>][value]=<answer text>`.
+DATA_VALUE = re.compile(r"^data\[([^\]]+)\]\[value\]$")
+RESPONSE_STATUSES = ("Complete", "Partial", "Disqualified")
 
 # Credentials of the local server and the local run; not secrets.
 DEMO_TOKEN = "demo-token"
@@ -187,11 +194,14 @@ class LocalSurveyGizmo(ResponseStore):
             return _error(error.status, error.message), fault
 
     def _route(self, method: str, path: str, params: Mapping[str, str]) -> _Answer:
-        if method != "GET" or params.get("_method", "GET").upper() != "GET":
-            raise _BadRequest("Only GET is supported here", 405)
+        verb = params.get("_method", method).upper()
+        if verb not in ("GET", "PUT"):
+            raise _BadRequest("Only GET, and PUT to create a survey or a response, are supported here", 405)
         match = ROUTE.match(path)
         if match is None:
             raise _BadRequest(f"Unknown resource {path}", 404)
+        if verb == "PUT":
+            return self._create(match, params)
         with self._lock:
             if self.outage is not None and match["sub"] and match["rid"] is None and self._in_outage(params):
                 return _Answer(self.outage.status, CDN_PAGE.format(status=self.outage.status), "text/html")
@@ -211,6 +221,33 @@ class LocalSurveyGizmo(ResponseStore):
         if match["rid"] is not None:
             return self._single_response(survey_id, match["rid"])
         return self._list_responses(survey_id, params)
+
+    def _create(self, match: re.Match[str], params: Mapping[str, str]) -> _Answer:
+        if tuple(params.get(name) for name in CREDENTIAL_PARAMS) != self._credentials:
+            return _Answer(self.auth_failure_status, {"result_ok": False, "code": 401, "message": AUTH_FAILED})
+        survey_id = match["sid"]
+        if match["object"] == "survey" and survey_id is None:
+            title = params.get("title", "").strip()
+            if not title:
+                raise _BadRequest("title is required to create a survey")
+            chosen = params.get("id")
+            if chosen is not None and not chosen.isdigit():
+                raise _BadRequest("id must be a positive integer")
+            return _ok(self.create_survey(title, chosen))
+        if match["sub"] != "surveyresponse" or match["rid"] is not None or survey_id is None:
+            raise _BadRequest("Only surveys and survey responses can be created here", 405)
+        if self.survey(survey_id) is None:
+            raise _BadRequest(f"Survey {survey_id} not found", 404)
+        status = params.get("status", "Complete")
+        if status not in RESPONSE_STATUSES:
+            raise _BadRequest(f"status must be one of {', '.join(RESPONSE_STATUSES)}")
+        answers = {found[1]: value for key, value in params.items() if (found := DATA_VALUE.match(key))}
+        if not answers:
+            raise _BadRequest("At least one data parameter is required")
+        try:
+            return _ok(self.create_response(survey_id, answers, status))
+        except KeyError as unknown:
+            raise _BadRequest(str(unknown.args[0]), 404) from None
 
     def _single_response(self, survey_id: str, response_id: str) -> _Answer:
         record = self.response(survey_id, response_id)

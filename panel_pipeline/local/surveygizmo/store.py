@@ -3,7 +3,8 @@
 Tests add, edit and delete responses while a scan is running, so every method takes the store's
 lock, and a listing is computed once per state of the store (`_version` moves on every change),
 not once per page. Deletes are soft, as SurveyGizmo's are: a deleted response is neither listed
-nor served, and can be restored.
+nor served, and can be restored. `create_response` is the API's create (PUT): it numbers the new
+response after the survey's highest id and writes the record in the v5 shape the GETs serve.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from panel_pipeline.extractor.responses import parse_timestamp
+from panel_pipeline.extractor.responses import format_timestamp, parse_timestamp
 from panel_pipeline.local.surveygizmo.filters import Condition, matches
 from panel_pipeline.shared.clock import Clock
 
@@ -55,6 +56,61 @@ class ResponseStore:
                 dict(record), submitted_at or self._parse_submitted(record)
             )
             self._version += 1
+
+    def create_survey(self, title: str, survey_id: str | None = None) -> dict[str, Any]:
+        """The API's survey create (PUT): a launched survey with the stand-in questionnaire. The local
+        server lets the caller choose the id (`survey_id`), so a local run can make the survey a
+        sample names; the real API numbers it. An existing survey is returned unchanged."""
+        with self._lock:
+            numbers = [int(sid) for sid in self._surveys if sid.isdigit()]
+            chosen = survey_id or str(max(numbers, default=0) + 1)
+            if chosen not in self._surveys:
+                self.add_survey(stand_in_survey(chosen, title, self.clock.now()))
+            return self._surveys[chosen]
+
+    def create_response(self, survey_id: str, answers: Mapping[str, str], status: str = "Complete") -> dict[str, Any]:
+        """A new response answering `answers` (question id or shortname -> answer text), submitted now.
+        KeyError names an unknown survey or question."""
+        with self._lock:
+            survey = self._surveys[survey_id]
+            questions = _questions(survey)
+            by_key = {str(q["id"]): q for _page, q in questions}
+            by_key.update({str(q["shortname"]): q for _page, q in questions if q.get("shortname")})
+            unknown = sorted(set(answers) - set(by_key))
+            if unknown:
+                raise KeyError(f"Question {unknown[0]} not found in survey {survey_id}")
+            answered = {str(by_key[key]["id"]): text for key, text in answers.items()}
+            numbers = [int(rid) for rid in self._responses.get(survey_id, {}) if rid.isdigit()]
+            response_id = str(max(numbers, default=0) + 1)
+            now = self.clock.now()
+            record = {
+                "id": response_id,
+                "contact_id": "",
+                "status": status,
+                "is_test_data": "0",
+                "date_submitted": format_timestamp(now, self.zone),
+                "date_started": format_timestamp(now, self.zone),
+                "date_updated": now.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                "session_id": f"{int(now.timestamp())}_{response_id}",
+                "language": "English",
+                "link_id": "",
+                "url_variables": [],
+                "ip_address": "",
+                "referer": "",
+                "user_agent": "",
+                "response_time": 0,
+                "data_quality": [],
+                "longitude": "",
+                "latitude": "",
+                "country": "",
+                "city": "",
+                "region": "",
+                "postal": "",
+                "dma": "0",
+                "survey_data": {str(q["id"]): _entry(page, q, answered.get(str(q["id"]))) for page, q in questions},
+            }
+            self.add_response(survey_id, record, now)
+            return record
 
     def edit_response(self, survey_id: str | int, response_id: str | int, **changes: Any) -> None:
         with self._lock:
@@ -126,3 +182,82 @@ class ResponseStore:
 
 def _id_sort_key(response_id: str) -> tuple[int, int, str]:
     return (0, int(response_id), "") if response_id.isdigit() else (1, 0, response_id)
+
+
+PANEL_ID_SHORTNAME = "panel_id"
+SATISFACTION_QUESTION, PANEL_ID_QUESTION = 2, 3
+SATISFACTION_OPTIONS = ("Very satisfied", "Fairly satisfied", "Neither", "Fairly dissatisfied", "Very dissatisfied")
+
+
+def stand_in_survey(survey_id: str, title: str, created: dt.datetime) -> dict[str, Any]:
+    """A survey definition in the v5 shape: one page, one single-choice question (`overall`) and the
+    hidden `panel_id` the survey link fills with the member's panel id (as the profile survey does)."""
+    options = [
+        {"id": 10000 + index, "title": {"English": text}, "value": text, "properties": {"disabled": False}}
+        for index, text in enumerate(SATISFACTION_OPTIONS, start=1)
+    ]
+    question = {"varname": [], "description": [], "has_showhide_deps": False, "comment": False}
+    return {
+        "id": survey_id,
+        "team": "433737",
+        "type": "Standard Survey",
+        "status": "Launched",
+        "created_on": created.strftime("%Y-%m-%d %H:%M:%S"),
+        "modified_on": created.strftime("%Y-%m-%d %H:%M:%S"),
+        "title": title,
+        "statistics": None,
+        "pages": [
+            {
+                "id": 1,
+                "title": {"English": "Your views"},
+                "questions": [
+                    {
+                        **question,
+                        "id": SATISFACTION_QUESTION,
+                        "base_type": "Question",
+                        "type": "RADIO",
+                        "title": {"English": "Overall, how satisfied are you with the way things are going?"},
+                        "shortname": "overall",
+                        "properties": {"required": True, "hidden": False},
+                        "options": options,
+                    },
+                    {
+                        **question,
+                        "id": PANEL_ID_QUESTION,
+                        "base_type": "Action",
+                        "type": "HIDDEN",
+                        "title": {"English": "panel_id"},
+                        "shortname": PANEL_ID_SHORTNAME,
+                        "properties": {"required": False, "hidden": True},
+                        "options": [],
+                    },
+                ],
+            }
+        ],
+    }
+
+
+def _questions(survey: Mapping[str, Any]) -> list[tuple[int, Mapping[str, Any]]]:
+    """(page id, question) in page order; grid rows are not answered one by one here."""
+    return [
+        (int(page.get("id", 1)), question)
+        for page in survey.get("pages") or []
+        for question in page.get("questions") or []
+    ]
+
+
+def _entry(page_id: int, question: Mapping[str, Any], answer: str | None) -> dict[str, Any]:
+    """One `survey_data` entry as v5 reports it: not shown when unanswered; a choice carries its option id."""
+    title = question.get("title")
+    entry: dict[str, Any] = {
+        "id": int(question["id"]),
+        "type": str(question.get("type", "TEXTBOX")),
+        "question": title.get("English", "") if isinstance(title, Mapping) else str(title or ""),
+        "section_id": page_id,
+    }
+    if answer is None:
+        return {**entry, "shown": False}
+    option_ids = {str(option.get("value")): option.get("id") for option in question.get("options") or []}
+    if answer in option_ids:
+        entry["answer_id"] = option_ids[answer]
+    return {**entry, "answer": answer, "shown": True}
