@@ -140,7 +140,6 @@ def build_queue_sensor(
 
 
 WORKER_TAG = "panel/worker"
-HANDOVER = dt.timedelta(seconds=60)  # start a worker's successor this long before its window ends
 START_GRACE = dt.timedelta(seconds=30)  # started this long ago, yet nobody holds the slot: it is not serving
 
 
@@ -169,7 +168,8 @@ def build_worker_sensor(*, duty: str, job: dg.JobDefinition, op_name: str, descr
             slot = serving_worker(mongo.db(), duty, now)
         except PyMongoError as exc:
             return dg.SensorResult(skip_reason=f"MongoDB is unreachable ({type(exc).__name__})")
-        reason = successor_reason(in_flight, slot, now, context.instance)
+        handover = dt.timedelta(seconds=workers.handover_seconds)
+        reason = successor_reason(in_flight, slot, now, handover, context.instance)
         if reason is None:
             serving = f"run {slot['owner']} serves until {slot['serve_until'].isoformat()}" if slot else "starting"
             return dg.SensorResult(skip_reason=f"the {duty} worker is {serving}")
@@ -188,7 +188,11 @@ def build_worker_sensor(*, duty: str, job: dg.JobDefinition, op_name: str, descr
 
 
 def successor_reason(
-    in_flight: Sequence[dg.DagsterRun], slot: Mapping[str, Any] | None, now: dt.datetime, instance: dg.DagsterInstance
+    in_flight: Sequence[dg.DagsterRun],
+    slot: Mapping[str, Any] | None,
+    now: dt.datetime,
+    handover: dt.timedelta,
+    instance: dg.DagsterInstance,
 ) -> str | None:
     """Why a new worker run is needed now, or None: a successor is asked for once per running worker."""
     if not in_flight:
@@ -197,7 +201,7 @@ def successor_reason(
         return None
     run = in_flight[0]
     if slot is not None and slot["owner"] == run.run_id:
-        return "hand-over: its window ends soon" if slot["serve_until"] - now <= HANDOVER else None
+        return "hand-over: its window ends soon" if slot["serve_until"] - now <= handover else None
     if slot is not None:  # its predecessor still serves: it waits for the slot
         return None
     record = instance.get_run_record_by_id(run.run_id)

@@ -51,3 +51,7 @@ class StandingWorkers(dg.ConfigurableResource):
     serve_seconds: float = Field(
         default=600.0, description="How long one worker run serves before its successor takes over."
     )
+    handover_seconds: float = Field(
+        default=120.0,
+        description="Start the successor this long before the window ends (a run start on ECS takes a minute or more).",
+    )

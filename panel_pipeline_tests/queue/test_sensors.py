@@ -5,8 +5,10 @@ import dagster as dg
 import pytest
 from bson import ObjectId
 
-from panel_pipeline.queue.sensors import build_queue_sensor, release_documents_of_run
+from panel_pipeline.queue.sensors import build_queue_sensor, release_documents_of_run, successor_reason
 from panel_pipeline.queue.store import QueueCursor
+from panel_pipeline.queue.worker import WorkerSlot
+from panel_pipeline.shared.contract import PIPELINE_STATE
 from panel_pipeline.shared.resources import MongoResource
 
 requests_partitions = dg.DynamicPartitionsDefinition(name="test_requests")
@@ -177,3 +179,40 @@ def test_a_document_claimed_before_the_claim_counter_gets_keys_no_old_run_used(i
     assert request.run_key == f"samples:{doc_id}:1000"
     postpone_until_due(mongo.work_queue("samples"), doc_id, "run-1")
     assert [r.run_key for r in tick(request_sensor, instance, mongo).run_requests] == [f"samples:{doc_id}:1001"]
+
+
+served_sensor = build_queue_sensor(
+    collection="transactions",
+    name="served_transactions_sensor",
+    job=batch_job,
+    batch_op_name="batch_asset",
+    description="test",
+    served_by="transactions",
+)
+
+
+def test_a_backstop_sensor_stands_back_while_its_worker_serves_and_acts_when_it_does_not(instance, mongo, mongo_db):
+    mongo_db.transactions.insert_one({"processed": False})
+    slot = WorkerSlot(mongo_db[PIPELINE_STATE], "transactions", "worker-run")
+    assert slot.take(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10))
+    served = tick(served_sensor, instance, mongo)
+    assert not served.run_requests
+    assert (
+        served.skip_reason.skip_message == "the standing transactions worker (run worker-run) serves transactions now"
+    )
+    slot.release()  # the worker's window ended (or its lease lapsed): the backstop picks the work up
+    assert len(tick(served_sensor, instance, mongo).run_requests) == 1
+
+
+def test_a_successor_is_asked_for_when_none_runs_or_the_window_ends_soon(instance):
+    now = dt.datetime.now(dt.UTC)
+    handover = dt.timedelta(minutes=2)
+    run = dg.DagsterRun(job_name="worker_job", run_id="run-1")
+    serving_for = {"owner": "run-1", "serve_until": now + dt.timedelta(minutes=8)}
+    ending_soon = {"owner": "run-1", "serve_until": now + dt.timedelta(seconds=90)}
+    predecessor = {"owner": "run-0", "serve_until": now + dt.timedelta(seconds=30)}
+    assert successor_reason([], None, now, handover, instance) == "no worker running"
+    assert successor_reason([run], serving_for, now, handover, instance) is None
+    assert successor_reason([run], ending_soon, now, handover, instance) == "hand-over: its window ends soon"
+    assert successor_reason([run], predecessor, now, handover, instance) is None  # it waits for the slot
+    assert successor_reason([run, run], ending_soon, now, handover, instance) is None  # its successor exists
