@@ -43,7 +43,7 @@ from panel_pipeline.local.stack import LOCAL_UNSUBSCRIBE_SECRET, pipeline_enviro
 from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN_SECRET, LocalSurveyGizmo
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline_tests.pii_scan import Needles, scan_dagster_home, scan_texts
-from panel_pipeline_tests.waiting import run_worker_pid, wait_for
+from panel_pipeline_tests.waiting import run_worker_pid, serving, wait_for
 
 pytestmark = pytest.mark.slow
 UTC = dt.UTC
@@ -254,7 +254,7 @@ TERMINAL = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.Dagster
 
 def runs_settled(dagster: DagsterDev) -> bool:
     with dagster.instance() as instance:
-        return all(run.status in TERMINAL for run in instance.get_runs())
+        return all(run.status in TERMINAL or serving(run) for run in instance.get_runs())
 
 
 def drained(db: Database) -> bool:

@@ -9,6 +9,8 @@ from typing import TypeVar
 
 import dagster as dg
 
+from panel_pipeline.queue.sensors import WORKER_TAG
+
 T = TypeVar("T")
 
 
@@ -29,23 +31,42 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f"\n{explain()}" if explain else ""))
 
 
+def serving(run: dg.DagsterRun) -> bool:
+    """A standing worker's run still in its window (it ends by itself, minutes later)."""
+    return WORKER_TAG in run.tags and run.status == dg.DagsterRunStatus.STARTED
+
+
 def finished_runs(dagster_dev, what: str, timeout: float = 180.0, **filters) -> list[dg.DagsterRun]:
     """Wait until at least one run matches `filters` (`dg.RunsFilter` fields: run_ids, job_name,
-    created_after, tags...) and every run that does has finished (success, failure or cancelled);
-    return them, newest first."""
+    created_after, tags...) and every run that does has finished (success, failure or cancelled),
+    or is a standing worker still serving; return them, newest first."""
     wanted = dg.RunsFilter(**filters)
     expected = len(set(filters.get("run_ids") or ())) or 1
 
     def all_finished() -> list[dg.DagsterRun] | None:
         runs = instance.get_runs(filters=wanted)
-        return runs if len(runs) >= expected and all(run.is_finished for run in runs) else None
+        return runs if len(runs) >= expected and all(run.is_finished or serving(run) for run in runs) else None
 
     with dagster_dev.instance() as instance:
         return wait_for(all_finished, timeout=timeout, what=f"{what}: runs finished", explain=dagster_dev.activity)
 
 
 def statuses(runs: list[dg.DagsterRun]) -> dict[str, dg.DagsterRunStatus]:
-    return {run.run_id: run.status for run in runs}
+    """Each run's status, a serving standing worker's counted as SUCCESS (nothing has failed in it)."""
+    return {run.run_id: dg.DagsterRunStatus.SUCCESS if serving(run) else run.status for run in runs}
+
+
+def materialized_since(dagster_dev, asset: str, since: float, what: str) -> list[dg.DagsterRun]:
+    """Wait for a materialization of `asset` recorded after `since` (epoch seconds) and for the runs
+    that recorded them to finish (or to be standing workers still serving); return those runs."""
+    with dagster_dev.instance() as instance:
+
+        def recorded() -> list[str]:
+            records = instance.fetch_materializations(dg.AssetKey(asset), limit=20).records
+            return sorted({record.run_id for record in records if record.timestamp >= since})
+
+        run_ids = wait_for(recorded, what=f"{what}: {asset} materialized", explain=dagster_dev.activity)
+    return finished_runs(dagster_dev, what, run_ids=run_ids)
 
 
 def run_worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:

@@ -113,9 +113,8 @@ def transactional_mail(
     headers only on invitations); a rejected one fails alone, naming the field; a transient error
     retries it later."""
     db = mongo.db()
-    sent = send_prompt_mailings(
-        db, mongo.work_queue(MAILINGS), ses, [ObjectId(i) for i in config.document_ids], context.run.run_id, context
-    )
+    sender = PromptMailSender(db, mongo.work_queue(MAILINGS), ses, context.run.run_id, context)
+    sent = sender.send([ObjectId(i) for i in config.document_ids])
     if sent.transient or sent.outcomes["lease_lost"]:
         raise dg.Failure(
             description=f"{sent.transient} mailing(s) hit transient errors and will be retried, "
@@ -140,43 +139,49 @@ class PromptMailSent:
         }
 
 
-def send_prompt_mailings(
-    db: Database,
-    queue: WorkQueue,
-    ses: SesResource,
-    mailing_ids: list[ObjectId],
-    owner: str,
-    context: dg.AssetExecutionContext | dg.OpExecutionContext,
-) -> PromptMailSent:
-    """Send each mailing (claimed by `owner`) and record each invitation among them as a
-    materialization of its `mailings` partition; one mailing's problem never stops the others."""
-    ledger = MailLedger(db.mail_log, db.mail_events)
-    ledger.ensure_indexes()
-    gateway = ses.gateway()  # shared by the batch: one client, one template check per template
-    sent = PromptMailSent()
-    for mailing_id in mailing_ids:
-        try:
-            outcome = process_mailing(db, queue, ledger, ses, gateway, mailing_id, owner)
-        except RequestRejected as rejected:
-            context.log.warning(f"mailing {mailing_id} rejected: {rejected}")
-            sent.outcomes["rejected"] += 1
-            continue
-        except (SendingStopped, LeaseLost) as lost:
-            context.log.error(describe_error(lost))
-            sent.outcomes["lease_lost"] += 1
-            continue
-        except Exception as exc:  # released for a retry by process_mailing
-            context.log.warning(f"mailing {mailing_id}: {describe_error(exc)}; retried later")
-            sent.transient += 1
-            continue
-        sent.outcomes[outcome.status] += 1
-        counts = ledger.counts(mailing_id)
-        sent.rows += sum(counts.values())
-        if outcome.status != "not_claimed" and queue.collection.count_documents(
-            {"_id": mailing_id, "delivery": PROMPT}
-        ):
-            record_mailing_partition(context, mailing_id, ledger, outcome)
-    return sent
+class PromptMailSender:
+    """Sends prompt mailings claimed by `owner` through one ledger and one SES gateway (one account
+    and template check for the run, however many batches), and records each invitation among them
+    as a materialization of its `mailings` partition; one mailing's problem never stops the others."""
+
+    def __init__(
+        self,
+        db: Database,
+        queue: WorkQueue,
+        ses: SesResource,
+        owner: str,
+        context: dg.AssetExecutionContext | dg.OpExecutionContext,
+    ) -> None:
+        self.db, self.queue, self.ses, self.owner, self.context = db, queue, ses, owner, context
+        self.ledger = MailLedger(db.mail_log, db.mail_events)
+        self.ledger.ensure_indexes()
+        self.gateway = ses.gateway()
+
+    def send(self, mailing_ids: list[ObjectId]) -> PromptMailSent:
+        sent = PromptMailSent()
+        log = self.context.log
+        for mailing_id in mailing_ids:
+            try:
+                outcome = process_mailing(
+                    self.db, self.queue, self.ledger, self.ses, self.gateway, mailing_id, self.owner
+                )
+            except RequestRejected as rejected:
+                log.warning(f"mailing {mailing_id} rejected: {rejected}")
+                sent.outcomes["rejected"] += 1
+                continue
+            except (SendingStopped, LeaseLost) as lost:
+                log.error(describe_error(lost))
+                sent.outcomes["lease_lost"] += 1
+                continue
+            except Exception as exc:  # released for a retry by process_mailing
+                log.warning(f"mailing {mailing_id}: {describe_error(exc)}; retried later")
+                sent.transient += 1
+                continue
+            sent.outcomes[outcome.status] += 1
+            sent.rows += sum(self.ledger.counts(mailing_id).values())
+            if outcome.prompt_invitation:
+                record_mailing_partition(self.context, mailing_id, self.ledger, outcome)
+        return sent
 
 
 def record_mailing_partition(

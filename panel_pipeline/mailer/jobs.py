@@ -4,7 +4,7 @@ serves; the SES template sync; and the SES feedback drain."""
 
 import dagster as dg
 
-from panel_pipeline.mailer.assets import PROMPT_MAIL, send_prompt_mailings
+from panel_pipeline.mailer.assets import PROMPT_MAIL, PromptMailSender
 from panel_pipeline.mailer.resources import SesResource
 from panel_pipeline.queue.store import QueueCursor, pending_work
 from panel_pipeline.queue.worker import Doorbell, WorkerSlot, inserts_matching, serve
@@ -56,13 +56,14 @@ def serve_prompt_mail(
     queue = mongo.work_queue(MAILINGS)
     owner = context.run.run_id
     cursor = QueueCursor()
+    sender = PromptMailSender(db, queue, ses, owner, context)
 
     def step() -> int:
         nonlocal cursor
         docs, cursor = pending_work(queue, cursor, utc_now(), match=PROMPT_MAIL)
         if not docs:
             return 0
-        sent = send_prompt_mailings(db, queue, ses, [doc["_id"] for doc in docs], owner, context)
+        sent = sender.send([doc["_id"] for doc in docs])
         context.log_event(dg.AssetMaterialization(asset_key="transactional_mail", metadata=sent.metadata()))
         return len(docs)
 
