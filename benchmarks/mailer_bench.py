@@ -106,7 +106,11 @@ def accepted_after(db, mailing_id: ObjectId) -> float:
     return (row["sent_at"] - db.mailings.find_one({"_id": mailing_id})["created_at"]).total_seconds()
 
 
-DESIGNS = {"polling (today's design)": "off", "standing workers": "on"}
+# Today's design: polling sensors, one SES batch in flight; the new one: standing workers, two batches.
+DESIGNS = {
+    "polling (today's design)": {"PANEL_STANDING_WORKERS": "off", "PANEL_MAIL_CONCURRENT_BATCHES": "1"},
+    "standing workers": {"PANEL_STANDING_WORKERS": "on", "PANEL_MAIL_CONCURRENT_BATCHES": "2"},
+}
 IDLE_PASSWORDS = 20
 SCOTTISH_TRIALS = 20
 
@@ -118,13 +122,13 @@ def main() -> None:
     args = parser.parse_args()
     figures: dict[str, list[dict[str, float]]] = {design: [] for design in DESIGNS}
     for run in range(1, args.runs + 1):
-        for design, switch in DESIGNS.items():
+        for design, settings in DESIGNS.items():
             print(f"\n--- run {run}, {design} ---", flush=True)
-            figures[design].append(measure(switch, args.recipients))
+            figures[design].append(measure(settings, args.recipients))
     summarize(figures)
 
 
-def measure(workers: str, recipients: int) -> dict[str, float]:
+def measure(design: dict[str, str], recipients: int) -> dict[str, float]:
     """One design on a fresh stack: passwords with no bulk running, the bulk with passwords during it,
     then new Scottish members of an open dynamic sample; returns the headline figures."""
     with (
@@ -138,9 +142,7 @@ def measure(workers: str, recipients: int) -> dict[str, float]:
         proxy = SesFaultProxy(ses.url)
         proxy.start()
         db = client.panel
-        environment = pipeline_environment(uri, proxy.url, sg.base_url, sns_sqs.url) | {
-            "PANEL_STANDING_WORKERS": workers
-        }
+        environment = pipeline_environment(uri, proxy.url, sg.base_url, sns_sqs.url) | design
         server = DagsterDev(Path(home), environment)
         server.start()
         try:

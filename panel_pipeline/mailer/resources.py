@@ -54,6 +54,9 @@ class SesResource(AwsServiceResource):
     from_address: str = Field(description="Verified sender, e.g. 'Panel <hello@panel.example>'.")
     configuration_set: str | None = Field(default=None, description="Configuration set that publishes send events.")
     max_send_rate: float | None = Field(default=None, description="Recipients per second; default: the account's.")
+    concurrent_batches: int = Field(
+        default=2, description="SES batches in flight at once (their sum stays at the send rate): see dispatch.py."
+    )
     unsubscribe_url: str = Field(
         description="One-click unsubscribe link for bulk mail; `{user}` and `{token}` are filled per recipient."
     )
@@ -124,6 +127,7 @@ class SesResource(AwsServiceResource):
             lease_seconds=self.recipient_lease_seconds,
             pause_seconds=self.quota_pause_seconds,
             event_silence=dt.timedelta(seconds=self.event_silence_seconds),
+            senders=self.concurrent_batches,
         )
 
     def gateway(self) -> SesGateway:
