@@ -45,7 +45,6 @@ DEFAULT_PRIOR_STRENGTH = 100.0  # pseudo-invitations at the overall rate
 MIN_PREDICTED_RATE = 0.005
 MAX_PREDICTED_RATE = 0.95
 BACKFIT_ROUNDS = 25
-HOUR = np.timedelta64(3600, "s")
 
 
 @dataclass(frozen=True)
@@ -157,8 +156,8 @@ def learn_response_rates(
     invited_at = _utc_times(invitations["invited_at"])
     completed_at = _utc_times(invitations["completed_at"])
     now64 = np.datetime64(pd.Timestamp(now).tz_convert("UTC").tz_localize(None), "ns")
-    age_hours = np.maximum((now64 - invited_at) / HOUR, 0.0)
-    delay_hours = (completed_at - invited_at) / HOUR  # NaN where no complete
+    age_hours = np.maximum(_hours(now64 - invited_at), 0.0)
+    delay_hours = _hours(completed_at - invited_at)  # NaN where no complete
     with np.errstate(invalid="ignore"):
         completed = ~np.isnan(delay_hours) & (delay_hours <= RESPONSE_WINDOW_HOURS) & (delay_hours >= 0)
     curve = completion_curve(age_hours, np.where(completed, delay_hours, np.nan))
@@ -209,6 +208,11 @@ def _utc_times(column: pd.Series) -> np.ndarray:
     """datetime64[ns] in UTC, naive (NaT kept); naive inputs are taken as UTC."""
     times = pd.to_datetime(column, utc=True)
     return times.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+
+
+def _hours(durations: np.ndarray) -> np.ndarray:
+    """timedelta64 values as float hours (NaT: NaN)."""
+    return pd.to_timedelta(durations).total_seconds().to_numpy(dtype=float) / 3600.0
 
 
 def _cell_keys(frame: pd.DataFrame, fields: Sequence[str]) -> pd.Series:
