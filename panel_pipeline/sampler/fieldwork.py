@@ -1,7 +1,7 @@
 """Fieldwork: from the first invitation to closing, cell by cell (pure; no Mongo, no Dagster).
 
-A sample's cells are its marginal target categories (`target`, `category`, `target_completes`: the
-plan's completes, `plan_cell_targets`). Its members are one row each: their category per target
+A sample's cells are its marginal target categories (`target`, `category`, `target_completes`:
+`cell_targets`). Its members are one row each: their category per target
 (a column named by the target key, e.g. "age_band|gender" = "18-24|male"; None = missing, counted
 in none of that target's categories), and MEMBER_COLUMNS (`invited_at`, `completed_at`, ...).
 Invariants:
@@ -15,7 +15,7 @@ Invariants:
   with OBSERVED_PRIOR_COMPLETES), so a cell responding worse than predicted asks for more.
 - Invitations (first wave and top-ups) are chosen member by member, in a random order that puts
   members of the tightest cells first; a member is taken when what they add to cells that need
-  completes outweighs OVERFILL_COST times what they add to cells that do not (so behind cells fill
+  completes outweighs OVERFILL_COSTS times what they add to cells that do not (so behind cells fill
   without overfilling the others). quotas.py's allocation needs margins that agree on one total;
   top-up needs do not (cells ahead of target are capped by closing), hence this greedy.
 - Reminders go only to invited members who have not completed, are not in the survey, are active,
@@ -29,17 +29,18 @@ Invariants:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from panel_pipeline.sampler.quotas import SelectionResult
+from panel_pipeline.sampler.quotas import draw_within_cells
 from panel_pipeline.sampler.requests import CELL_SEPARATOR, FieldworkSettings
 from panel_pipeline.sampler.response_rates import CompletionCurve
 from panel_pipeline.sampler.targets import Target
+from panel_pipeline.sampler.weighting import rake
 
 # Member columns (sample_members fields); the optional ones default as listed.
 INVITED_AT = "invited_at"  # NaT: not invited
@@ -55,7 +56,9 @@ MEMBER_COLUMNS: tuple[str, ...] = (INVITED_AT, COMPLETED_AT, REMINDED_AT, REMIND
 DEFAULT_CONTACT_BUDGET = 3  # invitations plus reminders per member in 7 days, across samples
 CONTACT_WINDOW_DAYS = 7
 OBSERVED_PRIOR_COMPLETES = 10.0  # pseudo-completes at the predicted rate when blending in the observed one
-OVERFILL_COST = 2.0
+# Per target, pass by pass: at 1 a member adding to a cell that needs nothing is taken only if it
+# adds as much to every other cell; later passes accept more overfill for the cells still short.
+OVERFILL_COSTS: tuple[float, ...] = (1.0, 0.5, 0.25)
 MIN_NEED = 0.5  # a cell is short when it needs at least half a complete more
 MAX_RATE = 0.99
 HOUR = pd.Timedelta(hours=1)
@@ -64,15 +67,25 @@ HOUR = pd.Timedelta(hours=1)
 # --- cells ---------------------------------------------------------------------------------------
 
 
-def plan_cell_targets(selection: SelectionResult) -> pd.DataFrame:
-    """The sample's cells from its draw: target, category, target_completes (the planned completes)."""
-    return pd.DataFrame(
-        {
-            "target": [report.target for report in selection.categories],
-            "category": [report.category for report in selection.categories],
-            "target_completes": [int(report.allocated) for report in selection.categories],
-        }
-    )
+def cell_targets(
+    targets: Sequence[Target], completes: int, missing_shares: Mapping[str, float] | None = None
+) -> pd.DataFrame:
+    """The sample's cells: target, category, target_completes = completes x (1 - the target's missing
+    share, from the draw's `result.missing`) x share, rounded by largest remainder within each target.
+
+    From the shares, not from the draw's per-cell plan: with rates below 1 the plan's capacities can
+    leave low-responding cells short, and fieldwork is there to fill them."""
+    rows = []
+    for target in targets:
+        answered = completes * (1.0 - (missing_shares or {}).get(target.key, 0.0))
+        exact = target.share_array() * answered
+        whole = np.floor(exact)
+        extra = int(round(answered - whole.sum()))
+        whole[np.argsort(-(exact - whole), kind="stable")[:extra]] += 1
+        rows.extend(
+            (target.key, CELL_SEPARATOR.join(cell), int(count)) for cell, count in zip(target.cells, whole, strict=True)
+        )
+    return pd.DataFrame(rows, columns=["target", "category", "target_completes"])
 
 
 def member_categories(profiles: pd.DataFrame, targets: Sequence[Target]) -> pd.DataFrame:
@@ -324,7 +337,51 @@ def first_wave(
     when the request asks for no waves). `pool`: the eligible panel's categories (member_categories)."""
     share = settings.first_wave_share if settings.waves else 1.0
     need = share * cells["target_completes"].to_numpy(dtype=float)
-    return choose_invitations(cells, need, np.zeros(len(cells), dtype=bool), pool, rates, rng, eligible)
+    codes = category_codes(cells, pool)
+    rates = np.asarray(rates, dtype=float)
+    allowed = np.ones(len(pool), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+    allowed &= (codes >= 0).any(axis=1) & (rates > 0)
+    members = np.flatnonzero(allowed)
+    fractions = invitation_fractions(codes[members], rates[members], need, cells)
+    positions = members[_draw_by_joint_cell(codes[members], fractions, rng)]
+    return _invitations(cells, need, codes, rates, positions)
+
+
+def invitation_fractions(codes: np.ndarray, rates: np.ndarray, need: np.ndarray, cells: pd.DataFrame) -> np.ndarray:
+    """Each member's chance of an invitation such that the expected completes per cell are `need`:
+    the members' expected completes raked to the needs (bounded so no chance exceeds 1). Margins
+    that agree on one total (a first wave's) are met exactly when the panel allows; raking keeps the
+    panel's own joint structure (quotas.py plans the same way)."""
+    targets = list(dict.fromkeys(cells["target"]))
+    first_rows = np.flatnonzero((cells["target"] == targets[0]).to_numpy())
+    total = float(need[first_rows].sum())
+    if total <= 0 or len(rates) == 0:
+        return np.zeros(len(rates))
+    variable_codes, shares = [], []
+    for slot, target in enumerate(targets):
+        rows = np.flatnonzero((cells["target"] == target).to_numpy())
+        local = np.full(len(cells) + 1, len(rows))  # members with no category in this target: one more
+        local[rows] = np.arange(len(rows))
+        code = local[codes[:, slot]]
+        lacking_share = float(np.sum(rates[code == len(rows)]) / rates.sum())
+        wanted = need[rows] / max(need[rows].sum(), 1e-12) * (1.0 - lacking_share)
+        variable_codes.append(code)
+        shares.append(np.append(wanted, lacking_share))
+    scale = total / rates.sum()  # expected completes if everyone were invited at one common chance
+    result = rake(variable_codes, shares, rates * scale, upper=1.0 / scale, tolerance=1e-6, max_iterations=200)
+    return np.clip(result.weights / rates, 0.0, 1.0)
+
+
+def _draw_by_joint_cell(codes: np.ndarray, fractions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Positions drawn so each joint cell (members with the same categories) gets its summed chances
+    as a count, rounded at random, drawn uniformly within the cell."""
+    _, member_cell = np.unique(codes, axis=0, return_inverse=True)
+    member_cell = member_cell.ravel()
+    counts = np.bincount(member_cell)
+    expected = np.bincount(member_cell, weights=fractions, minlength=len(counts))
+    whole = np.floor(expected)
+    invites = np.minimum(counts, whole + (rng.random(len(expected)) < expected - whole)).astype(np.int64)
+    return draw_within_cells(rng, member_cell, counts.astype(np.int64), invites)
 
 
 def top_up(
@@ -359,7 +416,7 @@ def choose_invitations(
 ) -> Invitations:
     """Members of `pool` whose expected completes (their `rates`) fill `need` per cell: taken one at
     a time, tightest cells first, while what they add where completes are needed outweighs
-    OVERFILL_COST times what they add where none are; never a member of a closed cell."""
+    OVERFILL_COSTS times what they add where none are; never a member of a closed cell."""
     codes = category_codes(cells, pool) if codes is None else codes
     rates = np.asarray(rates, dtype=float)
     allowed = np.ones(len(pool), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool).copy()
@@ -369,12 +426,23 @@ def choose_invitations(
     capacity = _per_cell(codes[candidates], rates[candidates], len(cells))
     tightness = np.divide(need, capacity, out=np.where(need > 0, np.inf, 0.0), where=capacity > 0)
     member_tightness = np.max(np.where(codes[candidates] >= 0, np.append(tightness, 0.0)[codes[candidates]], 0), axis=1)
-    # Efraimidis-Spirakis keys: a random order in which tighter members tend to come first.
-    keys = np.log(rng.random(len(candidates))) / np.maximum(np.minimum(member_tightness, 1e6), 1e-9)
-    order = candidates[np.argsort(-keys)]
-    chosen = _greedy_take(codes[order].tolist(), rates[order].tolist(), need.tolist())
+    # Members of the tightest cell first, in random order among equals.
+    order = candidates[np.lexsort((rng.random(len(candidates)), -member_tightness))]
+    member_cells, member_rates, remaining = codes[order].tolist(), rates[order].tolist(), need.tolist()
+    taken: set[int] = set()
+    # Strict first (a member must not add to any cell that needs nothing), then looser passes over
+    # the members not yet taken, for the cells the strict pass could not reach.
+    for overfill_cost in OVERFILL_COSTS:
+        taken |= _greedy_take(member_cells, member_rates, remaining, overfill_cost * codes.shape[1], taken)
+    chosen = sorted(taken)
     positions = np.sort(order[np.asarray(chosen, dtype=np.int64)]) if chosen else np.zeros(0, dtype=np.int64)
-    invited = np.zeros(len(pool), dtype=bool)
+    return _invitations(cells, need, codes, rates, positions)
+
+
+def _invitations(
+    cells: pd.DataFrame, need: np.ndarray, codes: np.ndarray, rates: np.ndarray, positions: np.ndarray
+) -> Invitations:
+    invited = np.zeros(len(codes), dtype=bool)
     invited[positions] = True
     return Invitations(
         positions=positions,
@@ -389,23 +457,27 @@ def choose_invitations(
     )
 
 
-def _greedy_take(member_cells: list[list[int]], rates: list[float], need: list[float]) -> list[int]:
-    """Indices of the members taken, in the given order (plain Python lists: this is the hot loop)."""
-    remaining = list(need)
+def _greedy_take(
+    member_cells: list[list[int]], rates: list[float], remaining: list[float], overfill_cost: float, skip: set[int]
+) -> set[int]:
+    """Indices of the members taken, in the given order, `remaining` updated in place (plain Python
+    lists: this is the hot loop)."""
     left = sum(value for value in remaining if value > 0)
-    taken: list[int] = []
+    taken: set[int] = set()
     for index, (member, rate) in enumerate(zip(member_cells, rates, strict=True)):
         if left < MIN_NEED:
             break
+        if index in skip:
+            continue
         gain = 0.0
         for cell in member:
             if cell >= 0:
                 room = remaining[cell]
                 gain += min(room, rate) if room > 0 else 0.0
-                gain -= OVERFILL_COST * (rate - room if rate > room > 0 else rate if room <= 0 else 0.0)
+                gain -= overfill_cost * (rate - room if rate > room > 0 else rate if room <= 0 else 0.0)
         if gain <= 0:
             continue
-        taken.append(index)
+        taken.add(index)
         for cell in member:
             if cell >= 0:
                 before = max(remaining[cell], 0.0)
