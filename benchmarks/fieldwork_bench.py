@@ -102,6 +102,7 @@ class Population:
     reminder_luck: np.ndarray
     reminder_delay: np.ndarray
     contacts_last_7_days: np.ndarray
+    placeable: np.ndarray
 
 
 def delays(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -123,6 +124,7 @@ def make_population(seed: int, targets: tuple[Target, ...]) -> tuple[Population,
         reminder_luck=rng.random(MEMBERS),
         reminder_delay=delays(rng, MEMBERS),
         contacts_last_7_days=contacts,
+        placeable=fieldwork.placeable(profiles, targets),
     )
     return population, learned
 
@@ -250,7 +252,8 @@ class FieldworkRun:
         self.reminders = 0
 
     def budget_allowed(self) -> np.ndarray:
-        return self.contacts < fieldwork.DEFAULT_CONTACT_BUDGET
+        check = fieldwork.contact_budget(self.contacts, self.cells, self.population.categories)
+        return check.allowed & self.population.placeable
 
     def invite(self, members: np.ndarray, hour: float) -> None:
         self.invited_at[members] = hour
@@ -342,7 +345,10 @@ def as_times(hours: np.ndarray) -> np.ndarray:
 def run_seed(seed: int) -> dict[str, tuple[Outcome, float]]:
     targets = preset_targets("uk_nat_rep")
     population, learned = make_population(seed, targets)
-    eligible = population.contacts_last_7_days < fieldwork.DEFAULT_CONTACT_BUDGET
+    budget = fieldwork.contact_budget(
+        population.contacts_last_7_days, fieldwork.cell_targets(targets, SIZE), population.categories
+    )
+    eligible = budget.allowed & population.placeable
     oracle = oracle_invitations(population, targets, eligible) / SIZE
     overall = np.full(MEMBERS, learned.overall_rate)
     results = {

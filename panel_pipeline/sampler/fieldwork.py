@@ -75,7 +75,7 @@ def cell_targets(
 
     From the shares, not from the draw's per-cell plan: with rates below 1 the plan's capacities can
     leave low-responding cells short, and fieldwork is there to fill them."""
-    rows = []
+    rows: list[tuple[str, str, int]] = []
     for target in targets:
         answered = completes * (1.0 - (missing_shares or {}).get(target.key, 0.0))
         exact = target.share_array() * answered
@@ -99,8 +99,20 @@ def member_categories(profiles: pd.DataFrame, targets: Sequence[Target]) -> pd.D
             joined = joined + CELL_SEPARATOR + part.astype(str)
         cells = {CELL_SEPARATOR.join(cell) for cell in target.cells}
         present = np.all([part.notna().to_numpy() for part in parts], axis=0)
-        columns[target.key] = joined.where(present & joined.isin(cells).to_numpy(), None)
+        columns[target.key] = joined.astype(object).where(present & joined.isin(cells).to_numpy(), None)
     return pd.DataFrame(columns, index=profiles.index)
+
+
+def placeable(profiles: pd.DataFrame, targets: Sequence[Target]) -> np.ndarray:
+    """Members a sample can place: for every target, values that are in one of its cells or missing
+    (a value in none of them, such as gender `other` against age x gender, cannot be placed, as in
+    quotas.py). Pools for waves and top-ups hold only placeable members."""
+    categories = member_categories(profiles, targets)
+    mask = np.ones(len(profiles), dtype=bool)
+    for target in targets:
+        answered = np.all([profiles[field].notna().to_numpy() for field in target.fields], axis=0)
+        mask &= ~answered | categories[target.key].notna().to_numpy()
+    return mask
 
 
 def category_codes(cells: pd.DataFrame, members: pd.DataFrame) -> np.ndarray:
