@@ -178,13 +178,15 @@ def weight_completes(
         labels.append(label)
     result = rake(codes, shares, lower=low, upper=high, tolerance=tolerance_pp / 100.0, max_iterations=max_iterations)
     weights = result.weights
-    misses = [
-        np.abs(np.bincount(code, weights=weights, minlength=len(share)) / weights.sum() - share)
+    achieved = [
+        np.bincount(code, weights=weights, minlength=len(share)) / weights.sum()
         for code, share in zip(codes, shares, strict=True)
     ]
+    misses = [np.abs(got - share) for got, share in zip(achieved, shares, strict=True)]
     worst_target = int(np.argmax([miss.max() for miss in misses]))
-    worst_category = int(np.argmax(misses[worst_target]))
-    max_miss_pp = 100.0 * float(misses[worst_target][worst_category])
+    # Within that target, name the category furthest below its share: the cell to fill.
+    worst_category = int(np.argmax(shares[worst_target] - achieved[worst_target]))
+    max_miss_pp = 100.0 * float(misses[worst_target].max())
     within_bounds = bool(weights.min() >= low - 1e-9 and weights.max() <= high + 1e-9)
     ess = kish_effective_sample_size(weights)
     if max_miss_pp <= tolerance_pp and within_bounds:
@@ -204,6 +206,7 @@ def weight_completes(
         )
     target, category = keys[worst_target], labels[worst_target][worst_category]
     wanted = 100.0 * float(shares[worst_target][worst_category])
+    short_pp = wanted - 100.0 * float(achieved[worst_target][worst_category])
     return WeightingResult(
         status="not_converged",
         weights=None,
@@ -218,7 +221,7 @@ def weight_completes(
         min_weight=float(weights.min()),
         message=(
             f"raking did not reach the targets within weights {low:g} to {high:g}: {target}={category} is "
-            f"{max_miss_pp:.2f} pp off its {wanted:.1f}% target after {result.iterations} iterations; "
+            f"{short_pp:.2f} pp short of its {wanted:.1f}% target after {result.iterations} iterations; "
             "no weights written (widen fieldwork.weight_bounds, or fill that cell)"
         ),
     )
