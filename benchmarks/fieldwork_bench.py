@@ -334,7 +334,7 @@ class FieldworkRun:
             if hour >= next_top_up:
                 next_top_up += TOP_UP_EVERY_HOURS
                 eligible = self.budget_allowed() & np.isnan(self.invited_at)
-                extra = fieldwork.top_up(accounting, pool, self.predicted, self.rng, eligible)
+                extra = fieldwork.top_up(accounting, pool, self.predicted, self.settings, self.rng, eligible)
                 self.invite(extra.positions, hour)
         completed = np.flatnonzero(~np.isnan(self.completed_at))
         categories = self.population.categories.iloc[completed]

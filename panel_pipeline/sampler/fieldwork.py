@@ -13,11 +13,13 @@ Invariants:
   (sum of rate x curve share at the invitation's age) and to come (for an invited member not yet in:
   P(later | not yet) = r(1-F)/(1-rF)); rates are scaled per cell by observed/expected by now (shrunk
   with OBSERVED_PRIOR_COMPLETES), so a cell responding worse than predicted asks for more.
-- Invitations (first wave and top-ups) are chosen member by member, in a random order that puts
-  members of the tightest cells first; a member is taken when what they add to cells that need
-  completes outweighs OVERFILL_COSTS times what they add to cells that do not (so behind cells fill
-  without overfilling the others). quotas.py's allocation needs margins that agree on one total;
-  top-up needs do not (cells ahead of target are capped by closing), hence this greedy.
+- The first wave gives each member a chance of invitation such that the expected completes per cell
+  are `first_wave_share` of its target: the members' expected completes raked to those needs (the
+  panel's joint structure kept, as quotas.py plans), rounded at random per joint cell. Top-ups ask
+  for `first_wave_share` of what each cell still needs and choose member by member, tightest cells
+  first, taking a member when what they add to cells that need completes outweighs OVERFILL_COSTS
+  times what they add to cells that do not (strict, then looser passes). Raking does not fit top-ups:
+  their needs do not agree on one total across targets once some cells are ahead.
 - Reminders go only to invited members who have not completed, are not in the survey, are active,
   were invited (or last reminded) at least `reminder_after_hours` ago, have had fewer than
   `max_reminders`, and whose cells are all open and at least one still short.
@@ -400,13 +402,18 @@ def top_up(
     accounting: CellAccounting,
     pool: pd.DataFrame,
     rates: np.ndarray,
+    settings: FieldworkSettings,
     rng: np.random.Generator,
     eligible: np.ndarray | None = None,
 ) -> Invitations:
     """Invitations for the cells still short (`accounting` made with rates and curve), never into a
-    closed cell; the pool's rates are scaled by each cell's observed/expected ratio."""
+    closed cell; the pool's rates are scaled by each cell's observed/expected ratio. With waves, each
+    top-up asks for `first_wave_share` of what a cell still needs (at least one complete's worth), so
+    the waves close in on the target instead of overshooting it into screen-outs."""
     cells = accounting.cells
-    need = np.where(cells["need"].to_numpy() >= MIN_NEED, cells["need"].to_numpy(dtype=float), 0.0)
+    short = cells["need"].to_numpy(dtype=float)
+    share = settings.first_wave_share if settings.waves else 1.0
+    need = np.where(short >= MIN_NEED, np.maximum(share * short, np.minimum(short, 1.0)), 0.0)
     pool_codes = category_codes(cells, pool)
     adjusted = np.minimum(np.asarray(rates) * member_rate_adjustment(pool_codes, cell_rate_adjustment(accounting)), 1)
     if not need.any():

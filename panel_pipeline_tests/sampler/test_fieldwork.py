@@ -129,7 +129,7 @@ def test_a_top_up_fills_the_short_cells_and_never_invites_into_a_closed_cell() -
     sample = members(done)
     accounting = fieldwork.account_cells(cells, sample, now=NOW, rates=np.full(80, 0.2), curve=LINEAR_CURVE)
     assert ("gender", "female") in accounting.closed_cells
-    extra = fieldwork.top_up(accounting, pool, rates, np.random.default_rng(2))
+    extra = fieldwork.top_up(accounting, pool, rates, FieldworkSettings(waves=False), np.random.default_rng(2))
     invited = pool.iloc[extra.positions]
     assert len(invited) and (invited["gender"] == "male").all()  # female is closed
     expected = extra.cells.set_index("category")["expected_completes"]
@@ -148,7 +148,7 @@ def test_no_top_up_when_nothing_is_short() -> None:
     )
     accounting = fieldwork.account_cells(cells, sample, now=NOW, rates=np.full(10, 0.2), curve=LINEAR_CURVE)
     assert accounting.every_cell_full
-    assert fieldwork.top_up(accounting, pool, rates, np.random.default_rng(3)).count == 0
+    assert fieldwork.top_up(accounting, pool, rates, FieldworkSettings(), np.random.default_rng(3)).count == 0
     assert fieldwork.closing_reason(accounting, NOW, NOW + dt.timedelta(days=3)) == "every cell is full"
 
 
