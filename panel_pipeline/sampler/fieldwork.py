@@ -133,7 +133,7 @@ def category_codes(cells: pd.DataFrame, members: pd.DataFrame) -> np.ndarray:
 @dataclass(frozen=True)
 class CellAccounting:
     """The sample's cells now: one row per cell with target_completes, completes, in_progress,
-    invited, observed_rate, expected_by_now, behind_curve, projected, need, closed."""
+    invited, observed_rate, expected_by_now, behind_curve, projected, need, closed, over_target_pp."""
 
     cells: pd.DataFrame
     completes: int
@@ -149,6 +149,15 @@ class CellAccounting:
     @property
     def every_cell_full(self) -> bool:
         return bool(self.cells["closed"].all())
+
+    @property
+    def invitations_per_complete(self) -> float:
+        return self.invited / self.completes if self.completes else float("inf")
+
+    def over_tolerance(self, tolerance_pp: float) -> pd.DataFrame:
+        """Cells whose completes exceed their target by more than `tolerance_pp` points of their target's
+        total (the "no cell over target by more than its tolerance" check)."""
+        return self.cells[self.cells["over_target_pp"] > tolerance_pp]
 
     @property
     def short_cells(self) -> pd.DataFrame:
@@ -170,8 +179,9 @@ class CellAccounting:
                 "expected_by_now": None if np.isnan(by_now) else round(float(by_now), 1),
                 "need": round(float(need), 1),
                 "closed": bool(closed),
+                "over_target_pp": round(float(over), 3),
             }
-            for target, category, wanted, done, invited, in_survey, rate, by_now, need, closed in zip(
+            for target, category, wanted, done, invited, in_survey, rate, by_now, need, closed, over in zip(
                 cells["target"],
                 cells["category"],
                 cells["target_completes"].to_numpy(dtype=np.int64),
@@ -182,12 +192,14 @@ class CellAccounting:
                 expected,
                 cells["need"].to_numpy(dtype=float),
                 cells["closed"].to_numpy(dtype=bool),
+                cells["over_target_pp"].to_numpy(dtype=float),
                 strict=True,
             )
         ]
         return {
             "completes": self.completes,
             "invited": self.invited,
+            "invitations_per_complete": round(self.invitations_per_complete, 3) if self.completes else None,
             "in_progress": self.in_progress,
             "reminders": self.reminders,
             "by_cell": by_cell,
@@ -232,6 +244,7 @@ def account_cells(
             projected=projected,
             need=np.where(closed, 0.0, target_completes - projected),
             closed=closed,
+            over_target_pp=100.0 * (completes - target_completes) / _target_totals(cells),
         )
     )
     return CellAccounting(
@@ -241,6 +254,12 @@ def account_cells(
         in_progress=int(state.in_progress.sum()),
         reminders=int(state.reminders.sum()),
     )
+
+
+def _target_totals(cells: pd.DataFrame) -> np.ndarray:
+    """Per cell, its target's total target completes (at least 1)."""
+    totals = cells.groupby("target", sort=False)["target_completes"].transform("sum").to_numpy(dtype=float)
+    return np.maximum(totals, 1.0)
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,18 @@ def test_accounting_counts_completes_and_closes_a_cell_with_respondents_still_in
     assert document["closed_cells"] == [{"target": "gender", "category": "female"}]
     assert {cell["category"] for cell in document["by_cell"]} == {"female", "male", "London", "Wales"}
     assert not accounting.every_cell_full
+    assert accounting.invitations_per_complete == 2.0
+
+
+def test_a_cell_over_target_by_more_than_the_tolerance_is_reported() -> None:
+    cells = fieldwork.cell_targets((TARGETS[0],), 100)
+    sample = members(
+        [{"gender": "female", "region": "Wales", "invited_at": 30, "completed_at": 2}] * 52
+        + [{"gender": "male", "region": "Wales", "invited_at": 30, "completed_at": 2}] * 48
+    )
+    accounting = fieldwork.account_cells(cells, sample)
+    assert accounting.over_tolerance(2.5).empty
+    assert accounting.over_tolerance(1.0)["category"].tolist() == ["female"]  # 2 points over its 50
 
 
 def test_expected_completes_by_now_and_to_come_follow_the_rates_and_the_curve() -> None:
