@@ -165,12 +165,14 @@ def learn_response_rates(
     exposure = np.where(completed, np.maximum(exposure, 1e-9), exposure)  # a complete was exposed
     completes = completed.astype(float)
     overall = float(completes.sum() / exposure.sum()) if exposure.sum() > 0 else 0.0
-    keys = {dimension: _cell_keys(invitations, split_key(dimension)) for dimension in RATE_DIMENSIONS}
-    factors = _backfit(keys, completes, exposure, overall, prior_strength)
+    codes = {dimension: _cell_codes(invitations, split_key(dimension)) for dimension in RATE_DIMENSIONS}
+    factors = _backfit(codes, completes, exposure, overall, prior_strength)
     cells = [
-        _cell_rate(dimension, cell, keys[dimension], completes, exposure, overall, prior_strength, factor)
-        for dimension in RATE_DIMENSIONS
-        for cell, factor in factors[dimension].items()
+        cell
+        for dimension, (code, names) in codes.items()
+        for cell in _cell_rates(
+            dimension, code, names, completes, exposure, overall, prior_strength, factors[dimension]
+        )
     ]
     return LearnedResponseRates(
         overall_rate=overall,
@@ -230,17 +232,23 @@ def _cell_keys(frame: pd.DataFrame, fields: Sequence[str]) -> pd.Series:
     return joined.where(valid, np.nan)
 
 
+def _cell_codes(frame: pd.DataFrame, fields: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Each row's index into the cells present (-1 where a value is missing), and those cells."""
+    categorical = pd.Categorical(_cell_keys(frame, fields))
+    return categorical.codes.astype(np.int64), [str(cell) for cell in categorical.categories]
+
+
 def _backfit(
-    keys: Mapping[str, pd.Series], completes: np.ndarray, exposure: np.ndarray, overall: float, prior: float
-) -> dict[str, dict[str, float]]:
+    codes: Mapping[str, tuple[np.ndarray, list[str]]],
+    completes: np.ndarray,
+    exposure: np.ndarray,
+    overall: float,
+    prior: float,
+) -> dict[str, np.ndarray]:
     """Factors of rate = overall x prod f_d[cell], each refitted in turn to its cells' completes."""
-    codes = {}
-    for dimension, series in keys.items():
-        categorical = pd.Categorical(series)
-        codes[dimension] = (categorical.codes.astype(np.int64), list(categorical.categories))
     factors = {dimension: np.ones(len(cells)) for dimension, (_, cells) in codes.items()}
     if overall <= 0:
-        return {dimension: dict(zip(cells, factors[dimension], strict=True)) for dimension, (_, cells) in codes.items()}
+        return factors
     for _ in range(BACKFIT_ROUNDS):
         for dimension, (code, cells) in codes.items():
             others = overall * exposure
@@ -252,36 +260,37 @@ def _backfit(
             expected = np.bincount(code[has], weights=others[has], minlength=len(cells))
             pseudo = prior * overall
             factors[dimension] = (observed + pseudo) / (expected + pseudo)
-    return {
-        dimension: {cell: float(value) for cell, value in zip(cells, factors[dimension], strict=True)}
-        for dimension, (_, cells) in codes.items()
-    }
+    return factors
 
 
 def _factor_of(code: np.ndarray, factors: np.ndarray) -> np.ndarray:
     return np.where(code >= 0, np.append(factors, 1.0)[code], 1.0)
 
 
-def _cell_rate(
+def _cell_rates(
     dimension: str,
-    cell: str,
-    keys: pd.Series,
+    code: np.ndarray,
+    names: list[str],
     completes: np.ndarray,
     exposure: np.ndarray,
     overall: float,
     prior: float,
-    factor: float,
-) -> CellRate:
-    inside = (keys == cell).to_numpy()
-    cell_exposure = float(exposure[inside].sum())
-    cell_completes = float(completes[inside].sum())
-    return CellRate(
-        dimension=dimension,
-        cell=cell,
-        invitations=int(inside.sum()),
-        exposure=cell_exposure,
-        completes=int(cell_completes),
-        raw_rate=cell_completes / cell_exposure if cell_exposure > 0 else 0.0,
-        rate=(cell_completes + prior * overall) / (cell_exposure + prior),
-        factor=factor,
-    )
+    factors: np.ndarray,
+) -> list[CellRate]:
+    has = code >= 0
+    invitations = np.bincount(code[has], minlength=len(names))
+    cell_exposure = np.bincount(code[has], weights=exposure[has], minlength=len(names))
+    cell_completes = np.bincount(code[has], weights=completes[has], minlength=len(names))
+    return [
+        CellRate(
+            dimension=dimension,
+            cell=name,
+            invitations=int(invitations[index]),
+            exposure=float(cell_exposure[index]),
+            completes=int(round(cell_completes[index])),
+            raw_rate=float(cell_completes[index] / cell_exposure[index]) if cell_exposure[index] > 0 else 0.0,
+            rate=float((cell_completes[index] + prior * overall) / (cell_exposure[index] + prior)),
+            factor=float(factors[index]),
+        )
+        for index, name in enumerate(names)
+    ]
