@@ -245,10 +245,21 @@ def _backfit(
     overall: float,
     prior: float,
 ) -> dict[str, np.ndarray]:
-    """Factors of rate = overall x prod f_d[cell], each refitted in turn to its cells' completes."""
+    """Factors of rate = overall x prod f_d[cell], each refitted in turn to its cells' completes
+    (on the joint cells of the dimensions, a few hundred rows however long the history)."""
     factors = {dimension: np.ones(len(cells)) for dimension, (_, cells) in codes.items()}
     if overall <= 0:
         return factors
+    shifted = [code + 1 for code, _ in codes.values()]  # 0: missing
+    joint = np.ravel_multi_index(shifted, [len(cells) + 1 for _, cells in codes.values()])
+    groups, group_of = np.unique(joint, return_inverse=True)
+    completes = np.bincount(group_of.ravel(), weights=completes, minlength=len(groups))
+    exposure = np.bincount(group_of.ravel(), weights=exposure, minlength=len(groups))
+    decoded = np.unravel_index(groups, [len(cells) + 1 for _, cells in codes.values()])
+    codes = {
+        dimension: (group_code - 1, cells)
+        for (dimension, (_, cells)), group_code in zip(codes.items(), decoded, strict=True)
+    }
     for _ in range(BACKFIT_ROUNDS):
         for dimension, (code, cells) in codes.items():
             others = overall * exposure
