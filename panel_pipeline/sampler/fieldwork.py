@@ -53,7 +53,16 @@ WAVE = "wave"  # optional
 IN_PROGRESS = "in_progress"  # optional, False: started the survey, not yet finished
 SCREENED_OUT = "screened_out"  # optional, False: turned away at entry (a closed cell); never completes
 ACTIVE = "active"  # optional, True: users.status is active
-MEMBER_COLUMNS: tuple[str, ...] = (INVITED_AT, COMPLETED_AT, REMINDED_AT, REMINDERS, WAVE, IN_PROGRESS, SCREENED_OUT)
+MEMBER_COLUMNS: tuple[str, ...] = (
+    INVITED_AT,
+    COMPLETED_AT,
+    REMINDED_AT,
+    REMINDERS,
+    WAVE,
+    IN_PROGRESS,
+    SCREENED_OUT,
+    ACTIVE,
+)
 
 DEFAULT_CONTACT_BUDGET = 3  # invitations plus reminders per member in 7 days, across samples
 CONTACT_WINDOW_DAYS = 7
@@ -376,7 +385,7 @@ def first_wave(
     allowed &= (codes >= 0).any(axis=1) & (rates > 0)
     members = np.flatnonzero(allowed)
     fractions = invitation_fractions(codes[members], rates[members], need, cells)
-    positions = members[_draw_by_joint_cell(codes[members], fractions, rng)]
+    positions = members[_draw_by_joint_cell(codes[members], rates[members], fractions, rng)]
     return _invitations(cells, need, codes, rates, positions)
 
 
@@ -405,10 +414,13 @@ def invitation_fractions(codes: np.ndarray, rates: np.ndarray, need: np.ndarray,
     return np.clip(result.weights / rates, 0.0, 1.0)
 
 
-def _draw_by_joint_cell(codes: np.ndarray, fractions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Positions drawn so each joint cell (members with the same categories) gets its summed chances
-    as a count, rounded at random, drawn uniformly within the cell."""
-    _, member_cell = np.unique(codes, axis=0, return_inverse=True)
+def _draw_by_joint_cell(
+    codes: np.ndarray, rates: np.ndarray, fractions: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Positions drawn so each joint cell (members with the same categories and rate, hence the same
+    chance) gets its summed chances as a count, rounded at random, drawn uniformly within the cell."""
+    _, rate_code = np.unique(rates, return_inverse=True)
+    _, member_cell = np.unique(np.column_stack([codes, rate_code.ravel()]), axis=0, return_inverse=True)
     member_cell = member_cell.ravel()
     counts = np.bincount(member_cell)
     expected = np.bincount(member_cell, weights=fractions, minlength=len(counts))
