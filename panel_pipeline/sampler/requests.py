@@ -146,6 +146,109 @@ class ResponseRates:
         return rate
 
 
+DEFAULT_FIELDWORK_DAYS = 14  # close_at when the request gives none: this long after the draw
+MAX_REMINDER_AFTER_HOURS = 24 * 60
+MAX_REMINDERS = 5
+MAX_WEIGHT_BOUND = 100.0
+FIELDWORK_KEYS: tuple[str, ...] = (
+    "close_at",
+    "waves",
+    "reminder_after_hours",
+    "max_reminders",
+    "first_wave_share",
+    "weight_bounds",
+)
+
+
+@dataclass(frozen=True)
+class FieldworkSettings:
+    """`fieldwork`: how a sample is fielded (sampler/fieldwork.py). `close_at` None: DEFAULT_FIELDWORK_DAYS
+    after the draw (`closes_at`). Weight bounds are on weights relative to a mean of 1."""
+
+    close_at: dt.datetime | None = None
+    waves: bool = True
+    reminder_after_hours: float = 48.0
+    max_reminders: int = 1
+    first_wave_share: float = 0.7
+    weight_bounds: tuple[float, float] = (0.2, 5.0)
+
+    def closes_at(self, drawn_at: dt.datetime) -> dt.datetime:
+        return self.close_at or drawn_at + dt.timedelta(days=DEFAULT_FIELDWORK_DAYS)
+
+
+def parse_fieldwork(raw: Any) -> FieldworkSettings | None:
+    """An object of FIELDWORK_KEYS (each optional), true (every default) or false/null (no fieldwork)."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return FieldworkSettings()
+    if not isinstance(raw, Mapping):
+        raise RequestFieldError((), f"must be an object of fieldwork settings or true/false, got {_type_shown(raw)}")
+    unknown = [str(key) for key in raw if key not in FIELDWORK_KEYS]
+    if unknown:
+        raise RequestFieldError((unknown[0],), f"unknown setting; allowed: {', '.join(FIELDWORK_KEYS)}")
+    defaults = FieldworkSettings()
+    return FieldworkSettings(
+        close_at=_optional(raw, "close_at", _close_at, None),
+        waves=_optional(raw, "waves", _true_or_false, defaults.waves),
+        reminder_after_hours=_optional(raw, "reminder_after_hours", _reminder_hours, defaults.reminder_after_hours),
+        max_reminders=_optional(
+            raw, "max_reminders", lambda value: whole_number(value, 0, MAX_REMINDERS), defaults.max_reminders
+        ),
+        first_wave_share=_optional(raw, "first_wave_share", _first_wave_share, defaults.first_wave_share),
+        weight_bounds=_optional(raw, "weight_bounds", _weight_bounds, defaults.weight_bounds),
+    )
+
+
+def _optional(raw: Mapping[str, Any], key: str, parse: Any, default: Any) -> Any:
+    value = raw.get(key)
+    if value is None:
+        return default
+    try:
+        return parse(value)
+    except RequestFieldError as bad:
+        raise RequestFieldError((key, *bad.path), bad.reason) from None
+
+
+def _close_at(value: Any) -> dt.datetime:
+    if not isinstance(value, dt.datetime):
+        raise RequestFieldError((), f"must be a date (BSON date, UTC), got {_type_shown(value)}")
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def _true_or_false(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise RequestFieldError((), f"must be true or false, got {_shown(value)}")
+    return value
+
+
+def _reminder_hours(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= MAX_REMINDER_AFTER_HOURS:
+        raise RequestFieldError(
+            (), f"must be a number of hours from 1 to {MAX_REMINDER_AFTER_HOURS}, got {_shown(value)}"
+        )
+    return float(value)
+
+
+def _first_wave_share(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise RequestFieldError((), f"must be a share in (0, 1], got {_shown(value)}")
+    return float(value)
+
+
+def _weight_bounds(value: Any) -> tuple[float, float]:
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise RequestFieldError((), f"must be [lowest, highest], got {_type_shown(value)}")
+    if any(isinstance(bound, bool) or not isinstance(bound, int | float) for bound in value):
+        raise RequestFieldError((), "must be two numbers [lowest, highest]")
+    low, high = float(value[0]), float(value[1])
+    if not (0 <= low <= 1 <= high <= MAX_WEIGHT_BOUND):
+        raise RequestFieldError(
+            (), f"must satisfy 0 <= lowest <= 1 <= highest <= {MAX_WEIGHT_BOUND:g}, got [{low:g}, {high:g}]"
+        )
+    return low, high
+
+
 class Exclusions(BaseModel):
     """Who to leave out; the caller applies these and passes an eligibility mask."""
 
@@ -242,6 +345,26 @@ class SampleRequest(BaseModel):
     closes_at: dt.datetime | None = None
     mailing: InvitationRequest | None = None
     missing: MissingPolicy = "include"
+    fieldwork: FieldworkSettings | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fieldwork_by_default_and_no_null_rate(cls, data: Any) -> Any:
+        """A sample with an invitation gets fieldwork unless it says `fieldwork: false`; a null
+        `expected_response_rate` is no rate (learned rates size the invitations)."""
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        if "fieldwork" not in data and data.get("mailing") is not None:
+            data["fieldwork"] = True
+        if "expected_response_rate" in data and data["expected_response_rate"] is None:
+            del data["expected_response_rate"]
+        return data
+
+    @property
+    def gives_response_rate(self) -> bool:
+        """Whether the request sets its own expected_response_rate (it then wins over learned rates)."""
+        return "expected_response_rate" in self.model_fields_set
 
     @field_validator("name", mode="before")
     @classmethod
@@ -318,6 +441,11 @@ class SampleRequest(BaseModel):
         if value is not None and not isinstance(value, Mapping):
             raise RequestFieldError((), f"must be an object with template and default_data, got {_type_shown(value)}")
         return value
+
+    @field_validator("fieldwork", mode="before")
+    @classmethod
+    def _fieldwork(cls, value: Any) -> FieldworkSettings | None:
+        return parse_fieldwork(value)
 
     @field_validator("filters", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from pymongo.database import Database
 
 from panel_pipeline.sampler import store
 from panel_pipeline.sampler.requests import (
+    FieldworkSettings,
     SampleRequestError,
     filter_mask,
     mongo_filter,
@@ -416,3 +417,45 @@ def test_missing_values_are_included_unless_the_request_excludes_them() -> None:
     assert parse_sample_request(request_with()).missing == "include"
     assert parse_sample_request(request_with(missing=None)).missing == "include"
     assert parse_sample_request(request_with(missing="exclude")).missing == "exclude"
+
+
+def test_fieldwork_settings_default_with_an_invitation_and_parse_when_given() -> None:
+    assert parse_sample_request(BASE).fieldwork is None
+    invited = request_with(mailing={"template": "new_survey", "default_data": INVITATION_DATA})
+    defaults = parse_sample_request(invited).fieldwork
+    assert defaults == FieldworkSettings()
+    assert (defaults.waves, defaults.reminder_after_hours, defaults.max_reminders) == (True, 48.0, 1)
+    assert (defaults.first_wave_share, defaults.weight_bounds) == (0.7, (0.2, 5.0))
+    assert parse_sample_request(invited | {"fieldwork": False}).fieldwork is None
+    close_at = dt.datetime(2025, 7, 1)
+    given = parse_sample_request(
+        request_with(fieldwork={"close_at": close_at, "waves": False, "max_reminders": 2, "weight_bounds": [0.3, 4]})
+    ).fieldwork
+    assert given is not None
+    assert given.close_at == close_at.replace(tzinfo=dt.UTC) and given.waves is False
+    assert (given.max_reminders, given.weight_bounds) == (2, (0.3, 4.0))
+
+
+@pytest.mark.parametrize(
+    ("fieldwork", "message"),
+    [
+        ({"reminder_after_hours": 0}, "fieldwork.reminder_after_hours: must be a number of hours from 1 to 1440"),
+        ({"reminder_after_hours": "48"}, "fieldwork.reminder_after_hours: must be a number of hours"),
+        ({"max_reminders": 1.5}, "fieldwork.max_reminders: must be a whole number from 0 to 5"),
+        ({"waves": "yes"}, "fieldwork.waves: must be true or false"),
+        ({"close_at": "2025-07-01"}, "fieldwork.close_at: must be a date"),
+        ({"first_wave_share": 0}, "fieldwork.first_wave_share: must be a share in (0, 1]"),
+        ({"weight_bounds": [2, 5]}, "fieldwork.weight_bounds: must satisfy 0 <= lowest <= 1 <= highest"),
+        ({"weight_bounds": 5}, "fieldwork.weight_bounds: must be [lowest, highest]"),
+        ({"reminders": 1}, "fieldwork.reminders: unknown setting"),
+        ("soon", "fieldwork: must be an object of fieldwork settings or true/false"),
+    ],
+)
+def test_a_wrong_fieldwork_setting_is_named(fieldwork: Any, message: str) -> None:
+    assert message in rejection(request_with(fieldwork=fieldwork))
+
+
+def test_a_request_gives_its_own_response_rate_only_when_it_sets_one() -> None:
+    assert not parse_sample_request(BASE).gives_response_rate
+    assert not parse_sample_request(request_with(expected_response_rate=None)).gives_response_rate
+    assert parse_sample_request(request_with(expected_response_rate=0.2)).gives_response_rate
