@@ -1,4 +1,5 @@
-"""The Sampler's asset: one partition per sample request, drawn from the users table.
+"""The Sampler's assets: one partition per sample request, drawn from the users table; the
+response rates learned from the panel's past invitations; and each sample's fieldwork.
 
 Inside the claim, in this order: draw and write the members (the lease renewed first), save the
 write-back fields on the request (under the lease), stamp the members and create the invitation,
@@ -6,8 +7,13 @@ then complete. So a crash at any point leaves nothing lost: a later claim that f
 (`drawn_by_run` on an unprocessed request) does not draw again, it finishes the invitation and
 completes. A request that places nobody is failed with what leaves nobody; a partly filled one is
 done with its `shortfall`.
+
+A request with fieldwork is drawn with `fieldwork_state: {status: open}` (the open-fieldwork sensor
+reads that, through a partial index); `sample_fieldwork` rewrites the state from the members'
+completions (the pure work is sampler/fieldwork_state.py) until it closes, and then never reopens.
 """
 
+import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,8 +24,10 @@ from pymongo.database import Database
 from panel_pipeline.queue.store import SKIPPED, RequestRejected, WorkQueue, process_document
 from panel_pipeline.sampler import store
 from panel_pipeline.sampler.composition_chart import composition_svg, markdown_image
+from panel_pipeline.sampler.fieldwork_state import FIELDWORK_OPEN, FieldworkUpdate, update_fieldwork
 from panel_pipeline.sampler.quotas import CategoryReport, SelectionResult, nobody_placed_reason, select
-from panel_pipeline.sampler.requests import SampleRequestError, parse_sample_request
+from panel_pipeline.sampler.requests import SampleRequest, SampleRequestError, parse_sample_request
+from panel_pipeline.sampler.response_rates import RATE_DIMENSIONS, LearnedResponseRates, learn_response_rates
 from panel_pipeline.shared import invitations
 from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.contract import DONE, FAILED, SAMPLES
@@ -28,7 +36,8 @@ from panel_pipeline.shared.partitions import sample_request_partitions
 from panel_pipeline.shared.resources import MongoResource
 
 TOLERANCE_CHECK = "composition_within_tolerance"
-DRAW_FIELDS = ("result", "members", "shortfall", "seed_used", "drawn_at", "drawn_by_run", "open")
+DRAW_FIELDS = ("result", "members", "shortfall", "seed_used", "drawn_at", "drawn_by_run", "open", "fieldwork_state")
+RATE_WINDOW_DAYS = 180  # the invitations the response rates are learned from
 
 
 class RedrawConfig(dg.Config):
@@ -145,6 +154,8 @@ def draw(
     }
     if request.dynamic:
         write_back["open"] = True
+    if request.fieldwork is not None and "fieldwork_state" not in document:
+        write_back["fieldwork_state"] = {"status": FIELDWORK_OPEN, "close_at": request.fieldwork.closes_at(now)}
     return result, write_back
 
 
@@ -258,3 +269,139 @@ def missing_table(missing: list[Mapping[str, Any]]) -> dg.TableMetadataValue:
             for entry in missing
         ],
     )
+
+
+# --- response rates and fieldwork -------------------------------------------------------------------
+
+
+@dg.asset(
+    deps=["survey_completions", dg.AssetDep("samples", partition_mapping=dg.AllPartitionMapping())],
+    group_name="sampler",
+    owners=OWNERS,
+    kinds={"python", "mongodb"},
+    tags={"panel/part": "sampler"},
+)
+def response_rates(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.MaterializeResult:
+    """Response rates learned from the panel's own invitations of the last RATE_WINDOW_DAYS days
+    (sample members with `invited_at`, completed when the member has a transaction of the sample's
+    survey): per cell of age band x gender, region and social grade, shrunk toward the overall rate,
+    with the time-to-complete curve. Stored in `response_rates`; fieldwork sizes invitations with
+    them when a request gives no `expected_response_rate`."""
+    db = mongo.db()
+    store.ensure_indexes(db)
+    now = utc_now()
+    history = store.invitation_history(db, now - dt.timedelta(days=RATE_WINDOW_DAYS), now.year)
+    learned = learn_response_rates(history, now)
+    store.save_response_rates(db, learned.to_document(), now)
+    context.log.info(f"learned from {learned.invitations} invitations and {learned.completes} completes")
+    return dg.MaterializeResult(metadata=rates_metadata(learned))
+
+
+def rates_metadata(learned: LearnedResponseRates) -> dict[str, Any]:
+    tables = {
+        f"rates_{dimension.replace('|', '_x_')}": table(
+            ["cell", "invitations", "completes", "raw rate %", "shrunk rate %"],
+            [
+                (cell.cell, cell.invitations, cell.completes, round(100 * cell.raw_rate, 2), round(100 * cell.rate, 2))
+                for cell in learned.cells
+                if cell.dimension == dimension
+            ],
+        )
+        for dimension in RATE_DIMENSIONS
+    }
+    return {
+        "overall_rate_pct": dg.MetadataValue.float(round(100 * learned.overall_rate, 2)),
+        "invitations": learned.invitations,
+        "completes": learned.completes,
+        "window_days": RATE_WINDOW_DAYS,
+        **tables,
+        "completion_curve": table(
+            ["hours since invitation", "share of completes in %"],
+            [
+                (hour, round(100 * share, 1))
+                for hour, share in zip(learned.curve.hours, learned.curve.shares, strict=True)
+            ],
+        ),
+        "curve_from_invitations": learned.curve.fully_observed_invitations,
+    }
+
+
+@dg.asset(
+    partitions_def=sample_request_partitions,
+    deps=["samples", "response_rates"],
+    group_name="sampler",
+    owners=OWNERS,
+    kinds={"python", "mongodb"},
+    tags={"panel/part": "sampler"},
+)
+def sample_fieldwork(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.MaterializeResult:
+    """One sample's fieldwork (partition = the sample's `_id`): its members' completions (their first
+    transaction of the sample's survey) counted per target cell against the cells' target completes,
+    with the learned rates (or the request's own) and the completion curve; writes
+    `fieldwork_state` on the sample (full cells in `closed_cells`) and `completed_at` on its
+    completers, and closes fieldwork when every cell is full or at `close_at`, with the weights."""
+    db = mongo.db()
+    store.ensure_fieldwork_indexes(db)
+    sample_id = ObjectId(context.partition_key)
+    document = db.samples.find_one({"_id": sample_id})
+    if document is None:
+        raise dg.Failure(description=f"no samples document with _id {sample_id}")
+    if document.get("status") != DONE or not document.get("drawn_at"):
+        raise dg.Failure(description=f"sample {sample_id} is not drawn yet (status {document.get('status')})")
+    try:
+        request = parse_sample_request(document)
+    except SampleRequestError as invalid:
+        raise dg.Failure(description=f"sample {sample_id}: {invalid}") from invalid
+    if request.fieldwork is None:
+        raise dg.Failure(description=f"sample {sample_id} has no fieldwork (`fieldwork: false`, or no mailing)")
+    now = utc_now()
+    members = store.fieldwork_members(db, sample_id, request.survey_id, now.year)
+    update = update_fieldwork(request, document, members, learned_rates(db), now)
+    stamped = store.write_fieldwork(db, sample_id, update.state, update.completed_at, update.weights)
+    context.log.info(f"{update.state['completes']} completes ({stamped} new); fieldwork {update.state['status']}")
+    return dg.MaterializeResult(metadata=fieldwork_metadata(request, update))
+
+
+def learned_rates(db: Database) -> LearnedResponseRates | None:
+    """The stored learned rates, or None before any invitation was learned from."""
+    document = store.load_response_rates(db)
+    if document is None or not document.get("invitations"):
+        return None
+    return LearnedResponseRates.from_document(document)
+
+
+def fieldwork_metadata(request: SampleRequest, update: FieldworkUpdate) -> dict[str, Any]:
+    state, cells = update.state, update.accounting.cells
+    per_complete = state.get("invitations_per_complete")
+    weights = state.get("weights") or {}
+    return {
+        "sample_name": request.name,
+        "survey_id": request.survey_id,
+        "status": state["status"],
+        "completes": state["completes"],
+        "target_completes": state["target_completes"],
+        "invited": state["invited"],
+        "invitations_per_complete": dg.MetadataValue.float(float(per_complete)) if per_complete else "no completes yet",
+        "closed_cells": dg.MetadataValue.text(
+            ", ".join(f"{cell['target']}={cell['category']}" for cell in state["closed_cells"]) or "none"
+        ),
+        "closing": state.get("closed_reason") or f"open until {state['close_at'].isoformat()}",
+        "rates_from": state["rates"],
+        "completes_vs_target": table(
+            ["target", "category", "target completes", "completes", "invited", "still needed", "closed"],
+            [
+                (
+                    row.target,
+                    row.category,
+                    int(row.target_completes),
+                    int(row.completes),
+                    int(row.invited),
+                    round(float(row.need), 1),
+                    bool(row.closed),
+                )
+                for row in cells.itertuples()
+            ],
+        ),
+        "weights": dg.MetadataValue.text(weights.get("message", "computed when fieldwork closes")),
+        **row_count(state["completes"]),
+    }

@@ -1,7 +1,11 @@
-"""The Sampler's reads and writes in Mongo: the eligible panel, exclusions, and sample members.
+"""The Sampler's reads and writes in Mongo: the eligible panel, exclusions, sample members, and
+fieldwork (past invitations with their completions, a sample's members with theirs, the state).
 
 The Updater reads the panel and the exclusions through this module too, so a dynamic sample's
-newcomers are loaded and left out exactly as its first draw's members were. No Dagster.
+newcomers are loaded and left out exactly as its first draw's members were. A completion is a
+member's first `transactions` document for the sample's survey (its `created_at`). Every query is
+bounded by an index (invited_at, sample_id, (survey_id, user_id), the open-fieldwork partial index)
+and reads only the fields it needs; member ids go to Mongo in chunks of ID_CHUNK. No Dagster.
 """
 
 from __future__ import annotations
@@ -16,9 +20,18 @@ from bson import ObjectId
 from pymongo import ASCENDING, UpdateOne
 from pymongo.database import Database
 
+from panel_pipeline.sampler.fieldwork_state import FIELDWORK_OPEN, PANEL_RATES_ID
 from panel_pipeline.sampler.quotas import panel_fields
 from panel_pipeline.sampler.requests import SampleRequest, age_bands, mongo_filter
-from panel_pipeline.shared.contract import PROFILE_CATEGORIES
+from panel_pipeline.shared.contract import (
+    ACTIVE,
+    PROFILE_CATEGORIES,
+    RESPONSE_RATES,
+    SAMPLE_MEMBERS,
+    SAMPLES,
+    TRANSACTIONS,
+    USERS,
+)
 
 # `age` and `age_band` are derived from `birth_year` at draw time, never read: a stored band goes
 # stale on a birthday, and the backend may store `birth_year` alone.
@@ -33,6 +46,7 @@ def ensure_indexes(db: Database) -> None:
     db.sample_members.create_index([("invited_at", ASCENDING)], sparse=True)
     db.sample_members.create_index([("user_id", ASCENDING), ("invited_at", ASCENDING)])
     db.transactions.create_index([("survey_id", ASCENDING), ("user_id", ASCENDING)])
+    db.sample_members.create_index([("sample_id", ASCENDING), ("invited_at", ASCENDING)])
 
 
 def profiles_frame(docs: Sequence[Mapping[str, Any]], as_of_year: int) -> pd.DataFrame:
@@ -157,3 +171,174 @@ def replace_members(db: Database, sample_id: ObjectId, user_ids: Sequence[str], 
     ]
     added = db.sample_members.bulk_write(upserts, ordered=False).upserted_count if upserts else 0
     return {"added": added, "removed": removed, "members": db.sample_members.count_documents({"sample_id": sample_id})}
+
+
+# --- fieldwork ---------------------------------------------------------------------------------------
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+ID_CHUNK = 20_000  # ids per `$in` (well inside the 16 MB command limit)
+
+
+def ensure_fieldwork_indexes(db: Database) -> None:
+    """The open-fieldwork samples the sensor reads (a few among every sample ever drawn)."""
+    db[SAMPLES].create_index(
+        [("fieldwork_state.status", ASCENDING)],
+        name="fieldwork_open",
+        partialFilterExpression={"fieldwork_state.status": FIELDWORK_OPEN},
+    )
+
+
+def survey_id_values(survey_id: str) -> list[str | int]:
+    """A survey id as the backend may have stored it on a transaction: its text, and its number."""
+    return [survey_id, int(survey_id)] if survey_id.isdigit() else [survey_id]
+
+
+def first_completions(db: Database, survey_id: str, user_ids: Sequence[ObjectId]) -> dict[str, dt.datetime]:
+    """Each member's first transaction for the survey: its `created_at` (the member's completion)."""
+    found: dict[str, dt.datetime] = {}
+    for chunk in _chunks(list(user_ids)):
+        pipeline = [
+            {"$match": {"survey_id": {"$in": survey_id_values(survey_id)}, "user_id": {"$in": chunk}}},
+            {
+                "$group": {
+                    "_id": "$user_id",
+                    "completed_at": {"$min": {"$ifNull": ["$created_at", {"$toDate": "$_id"}]}},
+                }
+            },
+        ]
+        found.update({str(doc["_id"]): doc["completed_at"] for doc in db[TRANSACTIONS].aggregate(pipeline)})
+    return found
+
+
+def member_profiles(db: Database, user_ids: Sequence[ObjectId], as_of_year: int) -> pd.DataFrame:
+    """profiles_frame of these members (index: user id as str) plus `active` (users.status is active);
+    a member whose users document is gone is inactive with no profile."""
+    docs: list[Mapping[str, Any]] = []
+    for chunk in _chunks(list(user_ids)):
+        docs += list(db[USERS].find({"_id": {"$in": chunk}}, {"profile": 1, "status": 1}))
+    by_id = {str(doc["_id"]): doc for doc in docs}
+    ordered = [by_id.get(str(user_id), {"_id": user_id}) for user_id in user_ids]
+    frame = profiles_frame(ordered, as_of_year)
+    frame["active"] = [doc.get("status") == ACTIVE for doc in ordered]
+    return frame
+
+
+def invitation_history(db: Database, since: dt.datetime, as_of_year: int) -> pd.DataFrame:
+    """One row per sample member invited since `since`: the rate fields of their profile (age_band
+    derived from birth_year), `invited_at`, and `completed_at` (their first transaction for the
+    sample's survey, NaT if none). Reads only the fields needed, through the invited_at index."""
+    members = list(
+        db[SAMPLE_MEMBERS].find(
+            {"invited_at": {"$gte": since}}, {"_id": 0, "sample_id": 1, "user_id": 1, "invited_at": 1}
+        )
+    )
+    columns = ["age_band", "gender", "region", "social_grade", "invited_at", "completed_at"]
+    if not members:
+        return pd.DataFrame(columns=columns)
+    surveys = {
+        doc["_id"]: str(doc["survey_id"])
+        for doc in db[SAMPLES].find(
+            {"_id": {"$in": list({m["sample_id"] for m in members})}, "survey_id": {"$ne": None}}, {"survey_id": 1}
+        )
+    }
+    completed: dict[tuple[Any, str], dt.datetime] = {}
+    for sample_id, survey_id in surveys.items():
+        user_ids = [m["user_id"] for m in members if m["sample_id"] == sample_id]
+        completed.update({(sample_id, uid): at for uid, at in first_completions(db, survey_id, user_ids).items()})
+    profiles = member_profiles(db, list(dict.fromkeys(m["user_id"] for m in members)), as_of_year)
+    rows = profiles.loc[[str(m["user_id"]) for m in members], ["age_band", "gender", "region", "social_grade"]]
+    return rows.reset_index(drop=True).assign(
+        invited_at=pd.to_datetime([m["invited_at"] for m in members], utc=True),
+        completed_at=pd.to_datetime([completed.get((m["sample_id"], str(m["user_id"]))) for m in members], utc=True),
+    )[columns]
+
+
+def fieldwork_members(db: Database, sample_id: ObjectId, survey_id: str, as_of_year: int) -> pd.DataFrame:
+    """The sample's members (index: user id as str): their profile (profiles_frame), `active`, and
+    the fieldwork columns `invited_at`, `completed_at` (first transaction of the survey), `reminded_at`,
+    `reminders`, `wave` (NaT / 0 / NaN where absent)."""
+    docs = list(
+        db[SAMPLE_MEMBERS]
+        .find(
+            {"sample_id": sample_id},
+            {"_id": 0, "user_id": 1, "invited_at": 1, "reminded_at": 1, "reminders": 1, "wave": 1},
+        )
+        .sort("user_id", ASCENDING)
+    )
+    user_ids = [doc["user_id"] for doc in docs]
+    frame = member_profiles(db, user_ids, as_of_year)
+    completions = first_completions(db, survey_id, user_ids)
+    frame["invited_at"] = pd.to_datetime([doc.get("invited_at") for doc in docs], utc=True)
+    frame["completed_at"] = pd.to_datetime([completions.get(str(uid)) for uid in user_ids], utc=True)
+    frame["reminded_at"] = pd.to_datetime([doc.get("reminded_at") for doc in docs], utc=True)
+    frame["reminders"] = [int(doc.get("reminders") or 0) for doc in docs]
+    frame["wave"] = [doc.get("wave") for doc in docs]
+    # A member who completed was invited, whatever the invitation's own record says (sent before the
+    # Mailer stamped it, or by hand): count them as invited when they completed.
+    frame["invited_at"] = frame["invited_at"].where(frame["invited_at"].notna(), frame["completed_at"])
+    return frame
+
+
+def write_fieldwork(
+    db: Database,
+    sample_id: ObjectId,
+    state: Mapping[str, Any],
+    completed_at: Mapping[str, dt.datetime],
+    weights: Mapping[str, float] | None,
+) -> int:
+    """Save `fieldwork_state` on the sample and `completed_at` on the completers not stamped yet
+    (and, with `weights`, each completer's `weight`); the count of members newly stamped."""
+    db[SAMPLES].update_one({"_id": sample_id}, {"$set": {"fieldwork_state": dict(state)}})
+    stamps = [
+        UpdateOne(
+            {"sample_id": sample_id, "user_id": ObjectId(user_id), "completed_at": None},
+            {"$set": {"completed_at": at}},
+        )
+        for user_id, at in completed_at.items()
+    ]
+    stamped = db[SAMPLE_MEMBERS].bulk_write(stamps, ordered=False).modified_count if stamps else 0
+    if weights:
+        db[SAMPLE_MEMBERS].bulk_write(
+            [
+                UpdateOne({"sample_id": sample_id, "user_id": ObjectId(user_id)}, {"$set": {"weight": weight}})
+                for user_id, weight in weights.items()
+            ],
+            ordered=False,
+        )
+    return stamped
+
+
+def open_fieldwork_samples(db: Database) -> list[dict[str, Any]]:
+    """Samples whose fieldwork is open (the `fieldwork_open` index): `_id`, `survey_id`, `fieldwork_state.close_at`."""
+    return list(
+        db[SAMPLES].find({"fieldwork_state.status": FIELDWORK_OPEN}, {"survey_id": 1, "fieldwork_state.close_at": 1})
+    )
+
+
+def fieldwork_fingerprint(db: Database, sample_id: ObjectId, survey_id: Any) -> str:
+    """What changes when a sample's fieldwork may have: its survey's transactions and its invited
+    members, both counted on an index (no document read)."""
+    completes = db[TRANSACTIONS].count_documents({"survey_id": {"$in": survey_id_values(str(survey_id))}})
+    invited = db[SAMPLE_MEMBERS].count_documents({"sample_id": sample_id, "invited_at": {"$gt": EPOCH}})
+    return f"{completes}:{invited}"
+
+
+def save_response_rates(db: Database, document: Mapping[str, Any], learned_at: dt.datetime) -> None:
+    db[RESPONSE_RATES].replace_one({"_id": PANEL_RATES_ID}, {**document, "learned_at": learned_at}, upsert=True)
+
+
+def load_response_rates(db: Database) -> dict[str, Any] | None:
+    """The learned rates' document (LearnedResponseRates.to_document()), or None before the first learning."""
+    document = db[RESPONSE_RATES].find_one({"_id": PANEL_RATES_ID}, {"_id": 0, "learned_at": 0})
+    return dict(document) if document else None
+
+
+def _chunks(values: list[Any]) -> Iterable[list[Any]]:
+    for start in range(0, len(values), ID_CHUNK):
+        yield values[start : start + ID_CHUNK]
+
+
+def fieldwork_state_of(db: Database, sample_id: ObjectId) -> dict[str, Any]:
+    """The sample's `fieldwork_state` ({} when it has none)."""
+    document = db[SAMPLES].find_one({"_id": sample_id}, {"fieldwork_state": 1})
+    return dict((document or {}).get("fieldwork_state") or {})

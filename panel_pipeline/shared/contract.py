@@ -23,6 +23,7 @@ MAIL_EVENTS = "mail_events"
 RAW_RESPONSES = "sg_responses"
 QUARANTINED_RESPONSES = "sg_quarantine"
 SURVEYS = "sg_surveys"
+RESPONSE_RATES = "response_rates"
 PIPELINE_COLLECTIONS: tuple[str, ...] = (
     PIPELINE_STATE,
     PENDING_INVITATIONS,
@@ -30,6 +31,7 @@ PIPELINE_COLLECTIONS: tuple[str, ...] = (
     RAW_RESPONSES,
     QUARANTINED_RESPONSES,
     SURVEYS,
+    RESPONSE_RATES,
 )
 
 # The queue: the backend inserts `processed: false`; the pipeline moves `status` and finishes with

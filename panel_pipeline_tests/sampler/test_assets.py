@@ -10,7 +10,8 @@ from bson import ObjectId
 
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline.queue.store import LeaseLost
-from panel_pipeline.sampler.assets import draw_once, samples
+from panel_pipeline.sampler.assets import draw_once, response_rates, sample_fieldwork, samples
+from panel_pipeline.sampler.checks import cells_within_tolerance, weights_converged
 from panel_pipeline.sampler.requests import AGE_BAND_VALUES, age_band_codes
 from panel_pipeline.sampler.sensors import samples_queue_sensor
 from panel_pipeline.shared.resources import MongoResource
@@ -349,3 +350,178 @@ def test_a_draw_whose_lease_was_taken_stops_before_writing_members(mongo, mongo_
         draw_once(mongo_db, queue, claimed, "slow-run")
     assert mongo_db.sample_members.count_documents({}) == 0
     assert "drawn_by_run" not in mongo_db.samples.find_one({"_id": sample_id})
+
+
+# --- response rates and fieldwork -----------------------------------------------------------------
+
+
+def invite_all(mongo_db, sample_id, at):
+    """What the Mailer does once the invitation went out: every member gets `invited_at`."""
+    mongo_db.sample_members.update_many({"sample_id": sample_id}, {"$set": {"invited_at": at}})
+
+
+def complete(mongo_db, user_ids, survey_id, at):
+    """The backend's transactions: one per member who completed the survey."""
+    if user_ids:
+        mongo_db.transactions.insert_many(
+            [
+                {"user_id": uid, "survey_id": survey_id, "response_id": i + 1, "points": 100, "created_at": at}
+                for i, uid in enumerate(user_ids)
+            ]
+        )
+
+
+def fieldwork_run(instance, mongo, sample_id):
+    key = str(sample_id)
+    instance.add_dynamic_partitions("sample_requests", [key])
+    return dg.materialize(
+        [sample_fieldwork, cells_within_tolerance, weights_converged],
+        partition_key=key,
+        instance=instance,
+        resources={"mongo": mongo},
+        raise_on_error=False,
+    )
+
+
+def drawn_sample(instance, mongo, mongo_db, **fields):
+    sample_id = request(mongo_db, mailing=INVITATION, **fields)
+    assert run(instance, mongo, sample_id).success
+    return sample_id
+
+
+def members_of(mongo_db, sample_id):
+    return [m["user_id"] for m in mongo_db.sample_members.find({"sample_id": sample_id})]
+
+
+def test_response_rates_are_learned_per_cell_from_past_invitations(instance, mongo, mongo_db, panel):
+    """Women completed four times as often as men in a past survey: the learned rates say so."""
+    invited_at = dt.datetime.now(UTC) - dt.timedelta(days=20)
+    past = mongo_db.samples.insert_one({"name": "past", "survey_id": "900", "processed": True}).inserted_id
+    users = list(mongo_db.users.find({}, {"profile.gender": 1}).limit(4000))
+    mongo_db.sample_members.insert_many(
+        [{"sample_id": past, "user_id": u["_id"], "invited_at": invited_at} for u in users]
+    )
+    rng = np.random.default_rng(1)
+    chance = {"female": 0.4, "male": 0.1}
+    completers = [u["_id"] for u in users if rng.random() < chance.get(u["profile"].get("gender"), 0.2)]
+    complete(
+        mongo_db, completers, 900, invited_at + dt.timedelta(hours=6)
+    )  # a numeric survey id, as some backends store it
+    result = dg.materialize([response_rates], instance=instance, resources={"mongo": mongo})
+    assert result.success
+    stored = mongo_db.response_rates.find_one({"_id": "panel"})
+    assert stored["invitations"] == 4000 and stored["completes"] == len(completers)
+    rates = {(c["dimension"], c["cell"]): c["rate"] for c in stored["cells"]}
+    assert rates[("age_band|gender", "35-44|female")] > 2.5 * rates[("age_band|gender", "35-44|male")]
+    metadata = result.asset_materializations_for_node("response_rates")[0].metadata
+    assert metadata["invitations"].value == 4000
+    assert 15 < metadata["overall_rate_pct"].value < 35
+    assert {"rates_age_band_x_gender", "rates_region", "rates_social_grade", "completion_curve"} <= set(metadata)
+
+
+def test_fieldwork_state_after_some_completes_closes_full_cells(instance, mongo, mongo_db, panel):
+    sample_id = drawn_sample(
+        instance, mongo, mongo_db, name="Omnibus wave 12", preset="uk_nat_rep", seed=3, tolerance=2
+    )
+    drawn = mongo_db.samples.find_one({"_id": sample_id})
+    assert drawn["fieldwork_state"]["status"] == "open"  # the sensor's index finds it from the draw on
+    invited_at = dt.datetime.now(UTC) - dt.timedelta(hours=30)
+    invite_all(mongo_db, sample_id, invited_at)
+    women = [
+        m for m in mongo_db.users.find({"_id": {"$in": members_of(mongo_db, sample_id)}, "profile.gender": "female"})
+    ]
+    complete(mongo_db, [m["_id"] for m in women], "123", invited_at + dt.timedelta(hours=5))
+
+    result = fieldwork_run(instance, mongo, sample_id)
+    assert result.success
+    state = mongo_db.samples.find_one({"_id": sample_id})["fieldwork_state"]
+    assert state["status"] == "open" and state["completes"] == len(women) and state["invited"] == drawn["members"]
+    assert state["target_completes"] == 200 and state["rates"] == "request"
+    by_cell = {(c["target"], c["category"]): c for c in state["by_cell"]}
+    full = {key for key, c in by_cell.items() if c["completes"] >= c["target_completes"]}
+    assert full and {(c["target"], c["category"]) for c in state["closed_cells"]} == full
+    assert all(key[1].endswith("|female") for key in full if key[0] == "age_band|gender")
+    assert mongo_db.sample_members.count_documents({"sample_id": sample_id, "completed_at": {"$ne": None}}) == len(
+        women
+    )
+    metadata = result.asset_materializations_for_node("sample_fieldwork")[0].metadata
+    assert metadata["sample_name"].value == "Omnibus wave 12" and metadata["survey_id"].value == "123"
+    assert metadata["completes"].value == len(women)
+    assert len(metadata["completes_vs_target"].records) == len(state["by_cell"])
+    checks = {check.check_name: check for check in result.get_asset_check_evaluations()}
+    assert checks["weights_converged"].passed  # open: nothing to weigh yet
+
+    # Closed cells keep the time they first closed.
+    first = {(c["target"], c["category"]): c["closed_at"] for c in state["closed_cells"]}
+    assert fieldwork_run(instance, mongo, sample_id).success
+    again = mongo_db.samples.find_one({"_id": sample_id})["fieldwork_state"]
+    assert {(c["target"], c["category"]): c["closed_at"] for c in again["closed_cells"]} == first
+
+
+def test_a_cell_over_target_by_more_than_the_tolerance_fails_the_check(instance, mongo, mongo_db, panel):
+    sample_id = drawn_sample(instance, mongo, mongo_db, preset="uk_nat_rep", seed=4, tolerance=2)
+    invited_at = dt.datetime.now(UTC) - dt.timedelta(hours=10)
+    members = set(members_of(mongo_db, sample_id))
+    # Thirty more Londoners were invited (by hand, say) and they and every London member completed:
+    # London is some 15 pp over its target.
+    londoners = [u["_id"] for u in mongo_db.users.find({"profile.region": "London"}, {"_id": 1})]
+    extra = [uid for uid in londoners if uid not in members][:30]
+    mongo_db.sample_members.insert_many([{"sample_id": sample_id, "user_id": uid} for uid in extra])
+    invite_all(mongo_db, sample_id, invited_at)
+    complete(mongo_db, [uid for uid in londoners if uid in members] + extra, "123", invited_at + dt.timedelta(hours=1))
+    result = fieldwork_run(instance, mongo, sample_id)
+    assert result.success
+    checks = {check.check_name: check for check in result.get_asset_check_evaluations()}
+    assert not checks["cells_within_tolerance"].passed
+    over = checks["cells_within_tolerance"].metadata["cells_over"].records
+    assert [(r.data["target"], r.data["category"]) for r in over] == [("region", "London")]
+
+
+def test_fieldwork_closes_when_every_cell_is_full_with_converged_weights(instance, mongo, mongo_db, panel):
+    quotas = {"gender": {"female": 0.5, "male": 0.5}}
+    sample_id = drawn_sample(instance, mongo, mongo_db, size=100, quotas=quotas, seed=2)
+    invited_at = dt.datetime.now(UTC) - dt.timedelta(hours=20)
+    invite_all(mongo_db, sample_id, invited_at)
+    complete(mongo_db, members_of(mongo_db, sample_id), "123", invited_at + dt.timedelta(hours=2))
+    result = fieldwork_run(instance, mongo, sample_id)
+    assert result.success
+    state = mongo_db.samples.find_one({"_id": sample_id})["fieldwork_state"]
+    assert state["status"] == "closed" and state["closed_reason"] == "every cell is full" and state["closed_at"]
+    assert state["weights"]["status"] == "converged"
+    weights = [
+        m["weight"] for m in mongo_db.sample_members.find({"sample_id": sample_id, "completed_at": {"$ne": None}})
+    ]
+    assert len(weights) == 100 and abs(np.mean(weights) - 1) < 1e-6
+    checks = {check.check_name: check for check in result.get_asset_check_evaluations()}
+    assert checks["weights_converged"].passed and checks["cells_within_tolerance"].passed
+
+
+def test_fieldwork_closes_at_close_at_and_stays_closed(instance, mongo, mongo_db, panel):
+    sample_id = drawn_sample(instance, mongo, mongo_db, preset="uk_nat_rep", seed=6, tolerance=2)
+    invited_at = dt.datetime.now(UTC) - dt.timedelta(days=3)
+    invite_all(mongo_db, sample_id, invited_at)
+    complete(mongo_db, members_of(mongo_db, sample_id)[:40], "123", invited_at + dt.timedelta(hours=3))
+    assert fieldwork_run(instance, mongo, sample_id).success
+    assert mongo_db.samples.find_one({"_id": sample_id})["fieldwork_state"]["status"] == "open"
+    mongo_db.samples.update_one(
+        {"_id": sample_id}, {"$set": {"fieldwork": {"close_at": dt.datetime.now(UTC) - dt.timedelta(minutes=1)}}}
+    )
+    result = fieldwork_run(instance, mongo, sample_id)
+    assert result.success
+    state = mongo_db.samples.find_one({"_id": sample_id})["fieldwork_state"]
+    assert state["status"] == "closed" and state["closed_reason"] == "close_at reached"
+    assert state["weights"]["status"] in {"converged", "not_converged"}
+    if state["weights"]["status"] != "converged":
+        assert "no weights written" in state["weights"]["message"]
+        assert mongo_db.sample_members.count_documents({"sample_id": sample_id, "weight": {"$exists": True}}) == 0
+    closed_at = state["closed_at"]
+    mongo_db.samples.update_one({"_id": sample_id}, {"$unset": {"fieldwork.close_at": ""}})
+    assert fieldwork_run(instance, mongo, sample_id).success
+    after = mongo_db.samples.find_one({"_id": sample_id})["fieldwork_state"]
+    assert after["status"] == "closed" and after["closed_at"] == closed_at
+
+
+def test_a_sample_without_fieldwork_has_no_fieldwork_state(instance, mongo, mongo_db, panel):
+    sample_id = drawn_sample(instance, mongo, mongo_db, size=50, tolerance=100, fieldwork=False)
+    assert "fieldwork_state" not in mongo_db.samples.find_one({"_id": sample_id})
+    assert not fieldwork_run(instance, mongo, sample_id).success
