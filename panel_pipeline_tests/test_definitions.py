@@ -32,6 +32,8 @@ ASSETS = {
     "survey_completions",
     "surveygizmo_deletions",
     "samples",
+    "response_rates",
+    "sample_fieldwork",
     "dynamic_sample_updates",
     "mailings",
     "transactional_mail",
@@ -40,6 +42,7 @@ ASSETS = {
 }
 SENSOR_JOBS = {
     "samples_queue_sensor": "sample_job",
+    "fieldwork_sensor": "sample_fieldwork_job",
     "mailings_queue_sensor": "mailing_job",
     "transactional_mail_queue_sensor": "transactional_mail_job",
     "transactions_queue_sensor": "survey_completions_job",
@@ -48,7 +51,11 @@ SENSOR_JOBS = {
     "prompt_mail_worker_sensor": "prompt_mail_worker_job",
     "dynamic_samples_worker_sensor": "dynamic_samples_worker_job",
 }
-SCHEDULE_JOBS = {"hourly_extract_schedule": "extract_job", "weekly_deletion_sweep_schedule": "deletion_sweep_job"}
+SCHEDULE_JOBS = {
+    "hourly_extract_schedule": "extract_job",
+    "weekly_deletion_sweep_schedule": "deletion_sweep_job",
+    "daily_response_rates_schedule": "response_rates_job",
+}
 RESOURCE_TYPES = {
     "mongo": MongoResource,
     "surveygizmo": SurveyGizmoResource,

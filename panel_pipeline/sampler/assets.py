@@ -389,18 +389,16 @@ def fieldwork_metadata(request: SampleRequest, update: FieldworkUpdate) -> dict[
         "rates_from": state["rates"],
         "completes_vs_target": table(
             ["target", "category", "target completes", "completes", "invited", "still needed", "closed"],
-            [
-                (
-                    row.target,
-                    row.category,
-                    int(row.target_completes),
-                    int(row.completes),
-                    int(row.invited),
-                    round(float(row.need), 1),
-                    bool(row.closed),
-                )
-                for row in cells.itertuples()
-            ],
+            zip(
+                cells["target"],
+                cells["category"],
+                cells["target_completes"].astype(int),
+                cells["completes"].astype(int),
+                cells["invited"].astype(int),
+                cells["need"].astype(float).round(1),
+                cells["closed"].astype(bool),
+                strict=True,
+            ),
         ),
         "weights": dg.MetadataValue.text(weights.get("message", "computed when fieldwork closes")),
         **row_count(state["completes"]),

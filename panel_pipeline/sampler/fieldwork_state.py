@@ -102,7 +102,10 @@ def update_fieldwork(
     was_closed = before.get("status") == FIELDWORK_CLOSED
     reason = before.get("closed_reason") if was_closed else fieldwork.closing_reason(accounting, now, close_at)
     completers = members.index[members["completed_at"].notna()]
-    completed_at = {str(uid): members.at[uid, "completed_at"].to_pydatetime() for uid in completers}
+    completed_at = {
+        str(uid): pd.Timestamp(at).to_pydatetime()
+        for uid, at in zip(completers, members.loc[completers, "completed_at"], strict=True)
+    }
     state = {
         **accounting.to_document(),
         "status": FIELDWORK_CLOSED if reason else FIELDWORK_OPEN,
@@ -111,12 +114,7 @@ def update_fieldwork(
         if members["wave"].notna().any()
         else int(accounting.invited > 0),
         "closed_cells": closed_cells(accounting, before, now),
-        "over_tolerance": [
-            {"target": str(row.target), "category": str(row.category), "over_target_pp": round(float(row.over), 3)}
-            for row in accounting.over_tolerance(request.tolerance)
-            .rename(columns={"over_target_pp": "over"})
-            .itertuples()
-        ],
+        "over_tolerance": over_tolerance(accounting, request.tolerance),
         "tolerance_pp": request.tolerance,
         "close_at": close_at,
         "rates": source,
@@ -131,6 +129,17 @@ def update_fieldwork(
         else:
             state["weights"], weights = closing_weights(request, targets, categories.loc[completers])
     return FieldworkUpdate(state, accounting, completed_at, weights)
+
+
+def over_tolerance(accounting: fieldwork.CellAccounting, tolerance_pp: float) -> list[dict[str, Any]]:
+    """`[{target, category, over_target_pp}]`: the cells over target by more than the tolerance."""
+    over = accounting.over_tolerance(tolerance_pp)
+    return [
+        {"target": str(target), "category": str(category), "over_target_pp": round(float(pp), 3)}
+        for target, category, pp in zip(
+            over["target"], over["category"], over["over_target_pp"].to_numpy(dtype=float), strict=True
+        )
+    ]
 
 
 def closed_cells(

@@ -61,12 +61,12 @@ def fieldwork_sensor(context: dg.SensorEvaluationContext, mongo: MongoResource) 
     for doc in open_samples:
         key = str(doc["_id"])
         last_fingerprint, last_bucket = seen.get(key, [None, None])
-        close_at = as_utc((doc.get("fieldwork_state") or {}).get("close_at"))
+        close_at = (doc.get("fieldwork_state") or {}).get("close_at")
         due = (
             fingerprints[key] != last_fingerprint
             or last_bucket is None
             or bucket - last_bucket >= REFRESH_BUCKETS
-            or (close_at is not None and now >= close_at)
+            or (close_at is not None and now >= as_utc(close_at))
         )
         if key in busy or not due:
             cursor[key] = [last_fingerprint, last_bucket]
@@ -78,7 +78,9 @@ def fieldwork_sensor(context: dg.SensorEvaluationContext, mongo: MongoResource) 
         return dg.SensorResult(skip_reason=skip, cursor=json.dumps(cursor))
     return dg.SensorResult(
         run_requests=requests,
-        dynamic_partitions_requests=[sample_request_partitions.build_add_request([r.partition_key for r in requests])],
+        dynamic_partitions_requests=[
+            sample_request_partitions.build_add_request([str(r.partition_key) for r in requests])
+        ],
         cursor=json.dumps(cursor),
     )
 

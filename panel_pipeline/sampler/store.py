@@ -197,7 +197,7 @@ def first_completions(db: Database, survey_id: str, user_ids: Sequence[ObjectId]
     """Each member's first transaction for the survey: its `created_at` (the member's completion)."""
     found: dict[str, dt.datetime] = {}
     for chunk in _chunks(list(user_ids)):
-        pipeline = [
+        pipeline: list[dict[str, Any]] = [
             {"$match": {"survey_id": {"$in": survey_id_values(survey_id)}, "user_id": {"$in": chunk}}},
             {
                 "$group": {
@@ -248,8 +248,8 @@ def invitation_history(db: Database, since: dt.datetime, as_of_year: int) -> pd.
     profiles = member_profiles(db, list(dict.fromkeys(m["user_id"] for m in members)), as_of_year)
     rows = profiles.loc[[str(m["user_id"]) for m in members], ["age_band", "gender", "region", "social_grade"]]
     return rows.reset_index(drop=True).assign(
-        invited_at=pd.to_datetime([m["invited_at"] for m in members], utc=True),
-        completed_at=pd.to_datetime([completed.get((m["sample_id"], str(m["user_id"]))) for m in members], utc=True),
+        invited_at=_times([m["invited_at"] for m in members]),
+        completed_at=_times([completed.get((m["sample_id"], str(m["user_id"]))) for m in members]),
     )[columns]
 
 
@@ -268,9 +268,9 @@ def fieldwork_members(db: Database, sample_id: ObjectId, survey_id: str, as_of_y
     user_ids = [doc["user_id"] for doc in docs]
     frame = member_profiles(db, user_ids, as_of_year)
     completions = first_completions(db, survey_id, user_ids)
-    frame["invited_at"] = pd.to_datetime([doc.get("invited_at") for doc in docs], utc=True)
-    frame["completed_at"] = pd.to_datetime([completions.get(str(uid)) for uid in user_ids], utc=True)
-    frame["reminded_at"] = pd.to_datetime([doc.get("reminded_at") for doc in docs], utc=True)
+    frame["invited_at"] = _times([doc.get("invited_at") for doc in docs])
+    frame["completed_at"] = _times([completions.get(str(uid)) for uid in user_ids])
+    frame["reminded_at"] = _times([doc.get("reminded_at") for doc in docs])
     frame["reminders"] = [int(doc.get("reminders") or 0) for doc in docs]
     frame["wave"] = [doc.get("wave") for doc in docs]
     # A member who completed was invited, whatever the invitation's own record says (sent before the
@@ -342,3 +342,9 @@ def fieldwork_state_of(db: Database, sample_id: ObjectId) -> dict[str, Any]:
     """The sample's `fieldwork_state` ({} when it has none)."""
     document = db[SAMPLES].find_one({"_id": sample_id}, {"fieldwork_state": 1})
     return dict((document or {}).get("fieldwork_state") or {})
+
+
+def _times(values: Sequence[dt.datetime | None]) -> pd.DatetimeIndex:
+    """Mongo dates as UTC times, NaT where absent."""
+    times = pd.DatetimeIndex([pd.NaT if value is None else pd.Timestamp(value) for value in values])
+    return times.tz_localize("UTC") if times.tz is None else times.tz_convert("UTC")
