@@ -35,6 +35,7 @@ from panel_pipeline.shared.contract import PIPELINE_STATE
 log = logging.getLogger(__name__)
 
 SLOT_SECONDS = 15.0  # a worker that stops renewing (killed) frees its duty this much later
+SLOT_WAIT_SECONDS = 0.25  # a successor looks for its predecessor's slot this often (the hand-over gap)
 POLL_SECONDS = 2.0  # look at the queries this often even when nothing woke the worker
 WAKE_WAIT_MS = 500  # one change-stream getMore waits this long on the server
 
@@ -180,7 +181,7 @@ def serve(
     while not slot.take(serve_until):
         if clock.monotonic() >= end:
             return report
-        clock.sleep(0.1)
+        clock.sleep(SLOT_WAIT_SECONDS)
     report.waited_for_slot_seconds = clock.monotonic() - started
     try:
         while clock.monotonic() < end:

@@ -10,8 +10,8 @@ is named by two invitations, and the Mailer sends each recipient of a mailing on
 An invitation references its recipients instead of listing them, so no sample size can pass
 Mongo's 16 MB document limit: `{_id, processed: false, created_at, kind: "bulk", template,
 default_data, invitation_for_sample, recipient_count}` (and `delivery: "prompt"` when the Updater
-invites a dynamic sample's newcomers, who should hear at once), and its recipients are the
-`sample_members` whose `mailing_id` is its `_id`.
+invites a dynamic sample's newcomers, who should hear at once: up to PROMPT_MAX_RECIPIENTS of them),
+and its recipients are the `sample_members` whose `mailing_id` is its `_id`.
 
 Each sample's invitation fails alone: a reason (a `mailing.default_data` that is not an object,
 ...) is written on that sample as `invitation_error` and its id stays pending until the sample is
@@ -37,6 +37,9 @@ from panel_pipeline.shared.contract import BULK, MAILINGS, PENDING_INVITATIONS, 
 from panel_pipeline.shared.privacy import describe_error
 
 LOG = logging.getLogger(__name__)
+# A prompt invitation goes out at once through the mail worker, ahead of nothing else; a backfill's
+# thousands of newcomers are a bulk mailing like any other, so password e-mails never wait behind them.
+PROMPT_MAX_RECIPIENTS = 200
 Logger = logging.Logger | logging.LoggerAdapter
 
 
@@ -113,7 +116,7 @@ def _create_invitation(db: Database, pending: Mapping[str, Any], now: dt.datetim
         db[PENDING_INVITATIONS].delete_one({"_id": mailing_id})
         return False
     document = invitation_document(mailing_id, sample_id, sample["mailing"], recipient_count, now)
-    if pending.get("prompt"):
+    if pending.get("prompt") and recipient_count <= PROMPT_MAX_RECIPIENTS:
         document["delivery"] = PROMPT
     with contextlib.suppress(DuplicateKeyError):  # made by a run that stopped before the pending id went
         db[MAILINGS].insert_one(document)

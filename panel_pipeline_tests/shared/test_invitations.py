@@ -117,3 +117,14 @@ def test_a_600k_member_sample_gets_one_small_mailing_document(mongo_db, capsys):
         print(
             f"\n600k-member invitation: stamping {stamped - started:.2f} s, mailing document {created - stamped:.3f} s"
         )
+
+
+def test_a_few_newcomers_are_invited_promptly_a_backfill_in_the_bulk_line(mongo_db):
+    few, many = sample_with_members(mongo_db, 3), sample_with_members(mongo_db, invitations.PROMPT_MAX_RECIPIENTS + 1)
+    drawn = sample_with_members(mongo_db, 3)
+    for sample_id in (few, many):
+        invitations.stamp_pending_invitations(mongo_db, sample_id, NOW, prompt=True)
+    invitations.stamp_pending_invitations(mongo_db, drawn, NOW)  # the Sampler's first draw
+    invitations.create_missing_mailings(mongo_db, NOW)
+    delivery = {doc["invitation_for_sample"]: doc.get("delivery") for doc in mongo_db.mailings.find()}
+    assert delivery == {few: "prompt", many: None, drawn: None}
