@@ -221,6 +221,7 @@ class _BatchSender:
     keep_alive: Callable[[], bool] | None
     unsubscribe_link: UnsubscribeLink | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _claiming: threading.Lock = field(default_factory=threading.Lock)  # the senders never split one look's rows
 
     def send_while_claimable(self, report: DispatchReport) -> None:
         """Send batches until none is claimable now, SES pauses sending, or the hold is lost (raises)."""
@@ -240,7 +241,7 @@ class _BatchSender:
     def _send_batches(self, report: DispatchReport, stop: threading.Event) -> None:
         try:
             while not stop.is_set():
-                if not self._send_one(report):
+                if not self._send_one(report, stop):
                     return
                 if report.paused_until is not None:
                     stop.set()
@@ -250,9 +251,12 @@ class _BatchSender:
             stop.set()
             raise
 
-    def _send_one(self, report: DispatchReport) -> bool:
-        """One batch through SES; False when nothing is claimable now."""
-        batch = self.ledger.claim_batch(self.mailing_id, self.owner, self.gateway.batch_size, self.policy.lease_seconds)
+    def _send_one(self, report: DispatchReport, stop: threading.Event) -> bool:
+        """One batch through SES; False when nothing is claimable now, or another sender stopped."""
+        with self._claiming:
+            batch = self.ledger.claim_batch(
+                self.mailing_id, self.owner, self.gateway.batch_size, self.policy.lease_seconds
+            )
         if batch is None:
             return False
         if self.members is not None:
@@ -263,6 +267,9 @@ class _BatchSender:
             if not batch.rows:
                 return True
         self.gateway.wait_for_send_capacity(len(batch.rows))
+        if stop.is_set():  # the other sender lost the hold or met a pause while this one waited
+            self.ledger.release_batch(batch)
+            return False
         attempt = self.ledger.start_attempt(batch)
         if not attempt.rows:
             return True

@@ -218,6 +218,13 @@ class MailLedger:
             ],
         }
 
+    def release_batch(self, batch: Batch) -> None:
+        """Give back a claimed batch never attempted (its sender stopped first): pending again at once."""
+        self.collection.update_many(
+            {"batch_id": batch.batch_id, "status": CLAIMED, "lease_owner": batch.owner, "attempt_started_at": None},
+            {"$set": {"status": PENDING, "lease_owner": None, "lease_until": None, "updated_at": self._clock.now()}},
+        )
+
     def start_attempt(self, batch: Batch) -> Batch:
         """Write-ahead: mark the attempt on the rows this owner still holds; returns just those rows.
 
