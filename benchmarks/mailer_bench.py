@@ -108,8 +108,8 @@ def accepted_after(db, mailing_id: ObjectId) -> float:
 
 # Today's design: polling sensors, one SES batch in flight; the new one: standing workers, two batches.
 DESIGNS = {
-    "polling (today's design)": {"PANEL_STANDING_WORKERS": "off", "PANEL_MAIL_CONCURRENT_BATCHES": "1"},
-    "standing workers": {"PANEL_STANDING_WORKERS": "on", "PANEL_MAIL_CONCURRENT_BATCHES": "2"},
+    "polling": {"PANEL_STANDING_WORKERS": "off", "PANEL_MAIL_CONCURRENT_BATCHES": "1"},
+    "workers": {"PANEL_STANDING_WORKERS": "on", "PANEL_MAIL_CONCURRENT_BATCHES": "2"},
 }
 IDLE_PASSWORDS = 20
 SCOTTISH_TRIALS = 20
@@ -119,10 +119,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=1, help="repeat the whole comparison this many times")
     parser.add_argument("--recipients", type=int, default=RECIPIENTS)
+    parser.add_argument("--design", choices=sorted(DESIGNS), action="append", help="only these (default: both)")
     args = parser.parse_args()
-    figures: dict[str, list[dict[str, float]]] = {design: [] for design in DESIGNS}
+    designs = {name: DESIGNS[name] for name in args.design or DESIGNS}
+    figures: dict[str, list[dict[str, float]]] = {design: [] for design in designs}
     for run in range(1, args.runs + 1):
-        for design, settings in DESIGNS.items():
+        for design, settings in designs.items():
             print(f"\n--- run {run}, {design} ---", flush=True)
             figures[design].append(measure(settings, args.recipients))
     summarize(figures)
