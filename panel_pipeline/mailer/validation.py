@@ -147,7 +147,10 @@ def _where(where: str, path: Path) -> str:
 
 
 def field_path(where: str, key: str) -> str:
-    """`where.key`, or `where["odd key"]` for a key that is empty or holds spaces, dots or the like."""
+    """`where.key`, or `where["odd key"]` for a key that is empty or holds spaces, dots or the like;
+    a key holding an @ may be an address and is not repeated."""
+    if "@" in key:
+        return f"{where}[<a key like an address>]"
     if _PLAIN_KEY.fullmatch(key):
         return f"{where}.{key}"
     return f"{where}[{_short_repr(key).replace(chr(10), ' ')}]"

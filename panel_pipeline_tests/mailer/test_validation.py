@@ -60,6 +60,7 @@ def test_a_wrong_template_is_refused_naming_it(template, expected):
         ({"default_data": {"html": {"x": 1}}}, "default_data.html: reserved"),
         ({"default_data": {"when": {"raw": b"\x00"}}}, "default_data.when.raw: a bytes is not JSON"),
         ({"default_data": {"n": float("nan")}}, "default_data.n: nan is not a number"),
+        ({"default_data": {"ann@panel.example": b""}}, "default_data[<a key like an address>]: a bytes is not JSON"),
         ({"recipients": {"email": "a@panel.example"}}, "recipients: must be a list, not dict"),
         ({"recipients": ["a@panel.example"]}, "recipients.0: must be an object with a user_id or an email, not str"),
         ({"recipients": [{"email": "a@panel.example"}, {"data": {}}]}, "recipients.1: give a user_id or an email"),
