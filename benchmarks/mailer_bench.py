@@ -189,21 +189,7 @@ def measure(design: dict[str, str], recipients: int) -> dict[str, float]:
 
 def scottish_newcomers(db) -> list[float]:
     """Insert -> invitation accepted by SES for new members of an open `region = Scotland` dynamic sample."""
-    db.samples.insert_one(
-        {
-            "name": "Scotland tracker",
-            "survey_id": "1",
-            "size": 10_000,
-            "dynamic": True,
-            "open": True,
-            "filters": {"region": {"$in": ["Scotland"]}},
-            "processed": True,
-            "status": "done",
-            "processed_at": dt.datetime.now(UTC),
-            "drawn_at": dt.datetime.now(UTC),
-            "mailing": {"template": "new_survey", "default_data": SURVEY},
-        }
-    )
+    updater_latency.open_scotland_sample(db)
     updater_latency.trial(db, 0)  # warm-up
     return [updater_latency.trial(db, number)["total"] for number in range(1, SCOTTISH_TRIALS + 1)]
 

@@ -44,6 +44,25 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
+def open_scotland_sample(db) -> None:
+    """The open dynamic `region = Scotland` sample new members join, with its invitation."""
+    db.samples.insert_one(
+        {
+            "name": "Scotland tracker",
+            "survey_id": "1",
+            "size": 10_000,
+            "dynamic": True,
+            "open": True,
+            "filters": {"region": {"$in": ["Scotland"]}},
+            "processed": True,
+            "status": "done",
+            "processed_at": dt.datetime.now(UTC),
+            "drawn_at": dt.datetime.now(UTC),
+            "mailing": {"template": "new_survey", "default_data": SURVEY},
+        }
+    )
+
+
 def trial(db, number: int) -> dict[str, float]:
     inserted = dt.datetime.now(UTC)
     user_id = db.users.insert_one(
@@ -83,21 +102,7 @@ def main() -> None:
     ):
         ensure_feedback_path(sns_sqs.url)
         db = client.panel
-        db.samples.insert_one(
-            {
-                "name": "Scotland tracker",
-                "survey_id": "1",
-                "size": 10_000,
-                "dynamic": True,
-                "open": True,
-                "filters": {"region": {"$in": ["Scotland"]}},
-                "processed": True,
-                "status": "done",
-                "processed_at": dt.datetime.now(UTC),
-                "drawn_at": dt.datetime.now(UTC),
-                "mailing": {"template": "new_survey", "default_data": SURVEY},
-            }
-        )
+        open_scotland_sample(db)
         with tempfile.TemporaryDirectory(prefix="panel-dagster-") as home:
             server = DagsterDev(Path(home), pipeline_environment(uri, ses.url, sg.base_url, sns_sqs.url))
             server.start()
