@@ -348,8 +348,9 @@ def mailing_result(ledger: MailLedger, mailing_id: ObjectId, outcome: MailingOut
 )
 def ses_feedback(context: dg.AssetExecutionContext, mongo: MongoResource, sqs: SqsResource) -> dg.MaterializeResult:
     """What SES reported about the mail we sent (SES configuration set -> SNS topic -> SQS queue):
-    drains the queue in long-polled batches of 10, applies each event and deletes its message only
-    once applied. Tagged events are stored once per message and event type in `mail_events` (which
+    drains the queue in long-polled batches of 10 (for at most a minute: while mail flows the queue
+    never empties, and the sensor asks for the next run), applies each event and deletes its message
+    only once applied. Tagged events are stored once per message and event type in `mail_events` (which
     settles unknown `mail_log` rows); a permanent bounce makes the member `bounced`, a complaint
     `unsubscribed`, so no bulk mail reaches them again. Redelivered messages change nothing twice."""
     db = mongo.db()

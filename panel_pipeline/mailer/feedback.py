@@ -30,8 +30,9 @@ import dataclasses
 import datetime as dt
 import json
 import re
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,6 +52,7 @@ from panel_pipeline.shared.contract import ACTIVE, BOUNCED, UNSUBSCRIBED
 PERMANENT_BOUNCE = "Permanent"
 SQS_BATCH_SIZE = 10
 MAX_MESSAGES_PER_DRAIN = 10_000
+MAX_SECONDS_PER_DRAIN = 60.0  # then the run ends and the sensor asks for another: no run drains forever
 OBJECT_ID_TAG = re.compile(r"^[0-9a-f]{24}$")
 RECIPIENT_TAG = re.compile(r"^(?:[0-9a-f]{24}|e-[0-9a-f]{32})$")  # store.recipient_key_for
 
@@ -295,12 +297,20 @@ def apply_message(store: FeedbackStore, body: str, topic_arn: str) -> Applied | 
     return store.apply(event) if event is not None else None
 
 
-def drain(queue: MessageQueue, store: FeedbackStore, max_messages: int = MAX_MESSAGES_PER_DRAIN) -> DrainReport:
-    """Receive batches of 10 until the queue is empty (or `max_messages` were read), applying each
-    message and deleting it only once applied. If applying fails, the messages already applied
-    are deleted and the error raised: the rest stay in the queue and come back later."""
+def drain(
+    queue: MessageQueue,
+    store: FeedbackStore,
+    max_messages: int = MAX_MESSAGES_PER_DRAIN,
+    max_seconds: float = MAX_SECONDS_PER_DRAIN,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> DrainReport:
+    """Receive batches of 10 until the queue is empty, or `max_messages` were read, or `max_seconds`
+    passed (while mail is flowing the queue may never be empty), applying each message and deleting
+    it only once applied. If applying fails, the messages already applied are deleted and the error
+    raised: the rest stay in the queue and come back later."""
     report = DrainReport()
-    while report.messages_read < max_messages:
+    deadline = monotonic() + max_seconds
+    while report.messages_read < max_messages and monotonic() < deadline:
         messages = queue.receive(SQS_BATCH_SIZE)
         if not messages:
             break

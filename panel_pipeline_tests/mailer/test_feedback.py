@@ -253,25 +253,25 @@ def test_an_event_without_our_tags_is_untrusted_even_from_the_topic(store, mongo
     assert mongo_db.mail_events.count_documents({}) == 0
 
 
+class ListQueue:
+    topic_arn = TOPIC
+
+    def __init__(self, bodies):
+        self.bodies, self.deleted = list(bodies), []
+
+    def receive(self, max_messages):
+        taken, self.bodies = self.bodies[:max_messages], self.bodies[max_messages:]
+        return [QueueMessage(f"r{len(self.deleted) + i}", body) for i, body in enumerate(taken)]
+
+    def delete(self, handles):
+        self.deleted.extend(handles)
+        return len(handles)
+
+
 def test_the_drain_counts_and_deletes_untrusted_messages(store, mongo_db):
     ann = member(mongo_db, "ann@panel.example")
-
-    class Queue:
-        topic_arn = TOPIC
-
-        def __init__(self, bodies):
-            self.bodies, self.deleted = list(bodies), []
-
-        def receive(self, max_messages):
-            taken, self.bodies = self.bodies[:max_messages], self.bodies[max_messages:]
-            return [QueueMessage(f"r{len(self.deleted) + i}", body) for i, body in enumerate(taken)]
-
-        def delete(self, handles):
-            self.deleted.extend(handles)
-            return len(handles)
-
     genuine = sns_envelope(event("Send", "ann@panel.example", tags(ObjectId(), ann)))
-    queue = Queue(
+    queue = ListQueue(
         [
             genuine,
             json.dumps(bounce("ann@panel.example", tags(ObjectId(), ann))),
@@ -283,3 +283,13 @@ def test_the_drain_counts_and_deletes_untrusted_messages(store, mongo_db):
     assert (report.messages_read, report.messages_deleted) == (4, 4)
     assert (report.events_stored, report.messages_untrusted, report.messages_ignored) == (1, 2, 1)
     assert mongo_db.users.find_one({"_id": ann})["status"] == "active"
+
+
+def test_a_drain_ends_after_its_time_even_while_messages_keep_coming(store, mongo_db):
+    """While mail flows the queue is never empty: the run must still end (the sensor asks again)."""
+    ann = member(mongo_db, "ann@panel.example")
+    queue = ListQueue(sns_envelope(event("Delivery", "ann@panel.example", tags(ObjectId(), ann))) for _ in range(100))
+    ticks = iter(range(100))  # one second per look at the clock: the deadline at 0 + 3, two batches before it
+    report = drain(queue, store, max_seconds=3, monotonic=lambda: next(ticks))
+    assert (report.messages_read, report.messages_deleted) == (20, 20)
+    assert len(queue.bodies) == 80
