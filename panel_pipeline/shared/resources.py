@@ -10,6 +10,7 @@ from pydantic import Field
 from pymongo.database import Database
 
 from panel_pipeline.queue.store import QueuePolicy, WorkQueue
+from panel_pipeline.shared.contacts import DEFAULT_CONTACTS_PER_WEEK
 
 
 @functools.cache
@@ -54,4 +55,13 @@ class StandingWorkers(dg.ConfigurableResource):
     handover_seconds: float = Field(
         default=120.0,
         description="Start the successor this long before the window ends (a run start on ECS takes a minute or more).",
+    )
+
+
+class ContactBudget(dg.ConfigurableResource):
+    """How often a member may be asked to take part: survey invitations plus reminders, across all
+    samples, in 7 days (`shared/contacts.py`). Enforced at draw, top-up, reminder and dynamic add."""
+
+    contacts_per_week: int = Field(
+        default=DEFAULT_CONTACTS_PER_WEEK, ge=1, description="Survey contacts a member may get in any 7 days."
     )
