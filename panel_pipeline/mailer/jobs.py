@@ -69,7 +69,7 @@ def serve_prompt_mail(
 
     doorbell = Doorbell(db[MAILINGS], inserts_matching(PROMPT_MAIL))
     report = serve(WorkerSlot(db[PIPELINE_STATE], PROMPT_MAIL_DUTY, owner), step, doorbell, config.serve_seconds)
-    context.log.info(f"served {report.items} mailing(s) in {report.steps} step(s), woken {report.wakeups} time(s)")
+    (context.log.warning if report.lost_slot else context.log.info)(f"served: {report.summary()} (mailings)")
 
 
 @dg.job(executor_def=dg.in_process_executor, tags={"panel/part": "prompt_mail_worker"})
