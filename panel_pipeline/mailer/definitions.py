@@ -17,7 +17,7 @@ from panel_pipeline.mailer.jobs import (
     ses_suppression_job,
     transactional_mail_job,
 )
-from panel_pipeline.mailer.schedules import suppression_sync_schedule, template_sync_schedule
+from panel_pipeline.mailer.schedules import hourly_suppression_sync_schedule, template_sync_schedule
 from panel_pipeline.mailer.sensors import (
     mailings_queue_sensor,
     prompt_mail_worker_sensor,
@@ -36,5 +36,5 @@ defs = dg.Definitions(
         ses_suppression_job,
     ],
     sensors=[mailings_queue_sensor, transactional_mail_queue_sensor, prompt_mail_worker_sensor, ses_feedback_sensor],
-    schedules=[template_sync_schedule, suppression_sync_schedule],
+    schedules=[template_sync_schedule, hourly_suppression_sync_schedule],
 )

@@ -12,7 +12,8 @@ template_sync_schedule = dg.ScheduleDefinition(
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 
-suppression_sync_schedule = dg.ScheduleDefinition(
+hourly_suppression_sync_schedule = dg.ScheduleDefinition(
+    name="hourly_suppression_sync_schedule",
     job=ses_suppression_job,
     cron_schedule="17 * * * *",
     execution_timezone="Europe/London",

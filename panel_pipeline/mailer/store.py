@@ -21,7 +21,13 @@ Send events are missing, so without Send events no unknown row is ever released.
 
 A row's `data` (reset links, unsubscribe tokens, first name) lives only while the row may still be
 sent: it is removed when the row is settled (sent, failed, suppressed), and never stored for a row
-that is failed or suppressed from the start. pymongo only, no Dagster.
+that is failed or suppressed from the start.
+
+`SuppressionStore` (the SES suppression-list sync, mailer/suppression.py): `users.ses_suppressed_at`
+is set exactly while the pipeline knows the member's address to be on SES's account suppression
+list, set after the address was put there (or found there) and removed after it was taken off;
+an active member's status is changed from SES's list only if it did not change at or after the
+list's entry. pymongo only, no Dagster.
 """
 
 from __future__ import annotations

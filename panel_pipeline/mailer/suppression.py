@@ -130,7 +130,8 @@ class SyncReport:
     pushed: Counter[str] = field(default_factory=Counter)  # reason -> addresses put on SES's list
     push_refused: int = 0  # SES refused the address as a bad request (marked: not tried again)
     pulled: int = 0  # entries read from SES's list
-    pulled_outcomes: Counter[str] = field(default_factory=Counter)  # marked, already, changed_later, not_member
+    # marked, already, changed_later, not_member (and unknown_reason, should SES add a reason)
+    pulled_outcomes: Counter[str] = field(default_factory=Counter)
     marked: Counter[str] = field(default_factory=Counter)  # new status -> members
     deleted: int = 0  # reactivated members' addresses taken off SES's list
     pull_window: tuple[dt.datetime | None, dt.datetime] | None = None
@@ -170,7 +171,7 @@ def pull(ses_list: SesSuppressionList, store: SuppressionStore, now: dt.datetime
         for entry in page:
             status = STATUS_FOR_REASON.get(entry.reason)
             if entry.email not in members or status is None:
-                report.pulled_outcomes["not_member"] += 1
+                report.pulled_outcomes["not_member" if status else "unknown_reason"] += 1
                 continue
             reason = f"SES suppression list: {entry.reason}"
             outcome = store.apply_ses_suppression(entry.email, status, reason, entry.last_update_time)
