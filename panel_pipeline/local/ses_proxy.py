@@ -404,8 +404,10 @@ class SesFaultProxy:
                 body = self.rfile.read(length) if length else b""
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
                 path = self.path.split("?")[0]
+                # Counted by operation, never by address: a suppression-list path names one.
+                kind = SUPPRESSED_ADDRESS_PATH.sub(SUPPRESSION_PATH + "/{EmailAddress}", path)
                 with proxy._lock:
-                    proxy._requests[f"{self.command} {path}"] += 1
+                    proxy._requests[f"{self.command} {kind}"] += 1
                 destinations = EVENT_DESTINATIONS_PATH.match(path) if self.command == "GET" else None
                 if self.command == "POST" and path == BULK_PATH:
                     answer = proxy._bulk(headers, body)

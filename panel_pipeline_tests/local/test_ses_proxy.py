@@ -71,7 +71,7 @@ def test_put_get_and_delete_one_address(sesv2, proxy):
     assert error_code(sesv2.get_suppressed_destination, EmailAddress="ann+x@panel.example") == "NotFoundException"
     assert error_code(sesv2.delete_suppressed_destination, EmailAddress="ann+x@panel.example") == "NotFoundException"
     assert proxy.requests()["PUT /v2/email/suppression/addresses"] == 2
-    assert proxy.requests()["DELETE /v2/email/suppression/addresses/ann%2Bx%40panel.example"] == 2
+    assert proxy.requests()["DELETE /v2/email/suppression/addresses/{EmailAddress}"] == 2  # counted without it
 
 
 def test_a_reason_ses_does_not_know_is_a_bad_request(sesv2):

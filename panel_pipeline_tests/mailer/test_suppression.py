@@ -15,7 +15,7 @@ from panel_pipeline.local.ses_proxy import SesFaultProxy
 from panel_pipeline.mailer.assets import ses_suppression_sync
 from panel_pipeline.mailer.resources import SesResource
 from panel_pipeline.mailer.store import SuppressionStore
-from panel_pipeline.mailer.suppression import PULL_OVERLAP, SesSuppressionList, sync_suppression
+from panel_pipeline.mailer.suppression import PULL_OVERLAP, SesSuppressionList, SyncReport, sync_suppression
 from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline_tests.clock import ManualClock
 
@@ -77,6 +77,18 @@ def sync(mongo_uri, mongo_db, proxy, instance):
     return run
 
 
+@pytest.fixture
+def sync_now(mongo_db, proxy):
+    """One sync as the asset runs it, without a Dagster run (faster): returns its report."""
+
+    def run() -> SyncReport:
+        store = SuppressionStore(mongo_db.users, mongo_db.pipeline_state)
+        store.ensure_indexes()
+        return sync_suppression(ses_resource(proxy).suppression_list(), store)
+
+    return run
+
+
 def member(db, email: str, status: str = "active", changed_at: dt.datetime | None = None) -> ObjectId:
     doc: dict[str, Any] = {"email": email, "first_name": "Ann", "status": status}
     if changed_at is not None:
@@ -106,7 +118,7 @@ def test_bounced_and_unsubscribed_members_are_pushed_with_their_reason_once(sync
     assert second["skipped"] == 2  # our own two entries came back in the pull and changed nobody
 
 
-def test_addresses_ses_suppressed_mark_active_members_with_the_reason(sync, proxy, mongo_db):
+def test_addresses_ses_suppressed_mark_active_members_with_the_reason_and_others_are_ignored(sync, proxy, mongo_db):
     ann = member(mongo_db, "ann@panel.example", changed_at=dt.datetime.now(dt.UTC) - 2 * HOUR_AGO)
     bob = member(mongo_db, "bob@panel.example")
     proxy.suppress("Ann@Panel.example", "BOUNCE")
@@ -127,53 +139,51 @@ def test_addresses_ses_suppressed_mark_active_members_with_the_reason(sync, prox
     assert "@" not in logged
 
 
-def test_a_member_whose_status_changed_after_ses_listed_them_is_not_touched_and_taken_off(sync, proxy, mongo_db):
+def test_a_member_whose_status_changed_after_ses_listed_them_is_not_touched_and_taken_off(sync_now, proxy, mongo_db):
     listed_at = dt.datetime.now(dt.UTC) - HOUR_AGO
     reactivated = member(mongo_db, "ann@panel.example", changed_at=listed_at + dt.timedelta(minutes=1))
     proxy.suppress("ann@panel.example", "BOUNCE", at=listed_at)
 
-    metadata, _ = sync()
+    report = sync_now()
 
     doc = mongo_db.users.find_one({"_id": reactivated})
     assert doc["status"] == "active"
     assert abs(doc["status_changed_at"] - (listed_at + dt.timedelta(minutes=1))) < dt.timedelta(milliseconds=1)
-    assert metadata["pulled_outcomes"] == {"changed_later": 1}
-    assert (metadata["taken_off_list"], on_list(proxy)) == (1, {})
+    assert report.pulled_outcomes == {"changed_later": 1}
+    assert (report.deleted, on_list(proxy)) == (1, {})
     assert "ses_suppressed_at" not in doc
 
 
 def test_a_member_the_backend_reactivates_is_taken_off_the_list_and_pushed_again_if_bounced_again(
-    sync, proxy, mongo_db
+    sync_now, proxy, mongo_db
 ):
     ann = member(mongo_db, "ann@panel.example", "bounced")
-    sync()
+    sync_now()
     assert on_list(proxy) == {"ann@panel.example": "BOUNCE"}
 
-    mongo_db.users.update_one(
-        {"_id": ann}, {"$set": {"status": "active", "status_changed_at": dt.datetime.now(dt.UTC)}}
-    )
-    metadata, _ = sync()
-    assert (metadata["taken_off_list"], on_list(proxy)) == (1, {})
+    now = dt.datetime.now(dt.UTC)
+    mongo_db.users.update_one({"_id": ann}, {"$set": {"status": "active", "status_changed_at": now}})
+    assert (sync_now().deleted, on_list(proxy)) == (1, {})
     assert mongo_db.users.find_one({"_id": ann})["status"] == "active"
 
-    mongo_db.users.update_one(
-        {"_id": ann}, {"$set": {"status": "bounced", "status_changed_at": dt.datetime.now(dt.UTC)}}
-    )
-    sync()
+    now = dt.datetime.now(dt.UTC)
+    mongo_db.users.update_one({"_id": ann}, {"$set": {"status": "bounced", "status_changed_at": now}})
+    sync_now()
     assert on_list(proxy) == {"ann@panel.example": "BOUNCE"}
 
 
-def test_the_pull_reads_only_what_is_new_since_the_last_pull(sync, proxy, mongo_db):
+def test_the_pull_reads_only_what_is_new_since_the_last_pull(sync_now, proxy, mongo_db):
     member(mongo_db, "ann@panel.example")
     proxy.suppress("old@elsewhere.example", "BOUNCE", at=dt.datetime.now(dt.UTC) - 2 * PULL_OVERLAP)
-    first, _ = sync()
-    assert (first["pulled"], first["pull_from"]) == (1, "the beginning")
+    first = sync_now()
+    assert first.pull_window is not None and first.pull_window[0] is None  # the first pull reads it all
+    assert first.pulled == 1
 
     proxy.suppress("ann@panel.example", "COMPLAINT")
-    second, _ = sync()
+    second = sync_now()
 
-    assert dt.datetime.fromisoformat(second["pull_from"]) == dt.datetime.fromisoformat(first["pull_to"]) - PULL_OVERLAP
-    assert (second["pulled"], second["marked_unsubscribed"]) == (1, 1)  # the old entry was not read again
+    assert second.pull_window is not None and second.pull_window[0] == first.pull_window[1] - PULL_OVERLAP
+    assert (second.pulled, second.marked["unsubscribed"]) == (1, 1)  # the old entry was not read again
     assert mongo_db.users.find_one({"email": "ann@panel.example"})["status"] == "unsubscribed"
 
 
