@@ -507,10 +507,10 @@ class SuppressionStore:
     in `users`, and the pull's cursor in `pipeline_state` (`_id: "ses_suppression"`, `pulled_through`).
 
     `ses_suppressed_at` says the member's address is on SES's account suppression list as far as the
-    pipeline knows (it put it there, or found it there); set only on members who are not active
-    when it is set, and removed once a reactivated member's address is taken off the list again.
-    So a member `bounced`/`unsubscribed` without it still has to be pushed, and an `active` member
-    with it was reactivated and has to be taken off: both are index ranges of `status_ses_suppressed`.
+    pipeline knows (it put it there, or found it there), and is removed once the address is taken
+    off again. So a member `bounced`/`unsubscribed` without it still has to be pushed, and an
+    `active` member with it was reactivated (before or after the address went on the list) and has
+    to be taken off: both are index ranges of `status_ses_suppressed`.
     """
 
     def __init__(self, users: Collection, state: Collection, clock: Clock = SYSTEM_CLOCK) -> None:
