@@ -4,9 +4,10 @@ Invariants:
 * **Push.** Every member `bounced` here is on SES's list with reason BOUNCE, every member
   `unsubscribed` with COMPLAINT (SES knows no other reasons), put there once per change of status:
   `users.ses_suppressed_at` (store.SuppressionStore) marks a member whose address is on the list,
-  written after PutSuppressedDestination, so a crash in between puts that one address again, which
-  SES takes as a no-op. Which members are due is a query, not a time cursor: a member the backend
-  bounced or unsubscribed without `status_changed_at` is pushed too.
+  written after PutSuppressedDestination: after a crash in between, the next pull reads the address
+  back from SES's list and marks the member, or (the list lagging) it is put again, a no-op for SES.
+  Which members are due is a query, not a time cursor: a member the backend bounced or unsubscribed
+  without `status_changed_at` is pushed too.
 * **Pull.** SES's list is read from where the last complete pull ended (StartDate, less
   `PULL_OVERLAP`: SES's list is eventually consistent) to the pull's start (EndDate), page by page;
   the cursor moves only after the last page, so a pull cut short is read again. An active member

@@ -9,11 +9,13 @@ from typing import Any
 
 import dagster as dg
 import pytest
+from botocore.awsrequest import AWSResponse
 from bson import ObjectId
 
 from panel_pipeline.local.ses_proxy import SesFaultProxy
 from panel_pipeline.mailer.assets import ses_suppression_sync
 from panel_pipeline.mailer.resources import SesResource
+from panel_pipeline.mailer.ses import SesAdminError
 from panel_pipeline.mailer.store import SuppressionStore
 from panel_pipeline.mailer.suppression import PULL_OVERLAP, SesSuppressionList, SyncReport, sync_suppression
 from panel_pipeline.shared.resources import MongoResource
@@ -195,7 +197,7 @@ def test_calls_are_paced_and_a_run_stops_at_its_call_limit(proxy, mongo_db):
     store = SuppressionStore(mongo_db.users, mongo_db.pipeline_state, clock)
 
     def paced_list(max_calls: int) -> SesSuppressionList:
-        client = ses_resource(proxy).session().client("sesv2", endpoint_url=proxy.url)
+        client = sesv2_client(proxy)
         client.meta.events.register("before-send.sesv2", lambda **_: client_calls.append(clock.monotonic()))
         return SesSuppressionList(client, calls_per_second=1.0, max_calls=max_calls, clock=clock)
 
@@ -210,3 +212,60 @@ def test_calls_are_paced_and_a_run_stops_at_its_call_limit(proxy, mongo_db):
     gaps = [later - earlier for earlier, later in zip(client_calls, client_calls[1:], strict=False)]
     assert min(gaps) >= 1.0  # SES's one call a second, on the clock the bucket sleeps on: no real waiting
     assert len(on_list(proxy)) == 5
+
+
+def sesv2_client(proxy: SesFaultProxy) -> Any:
+    return ses_resource(proxy).session().client("sesv2", endpoint_url=proxy.url)
+
+
+def test_a_crash_between_a_put_and_its_mark_loses_nobody_and_puts_nobody_twice(proxy, mongo_db):
+    for index in range(4):
+        member(mongo_db, f"m{index}@panel.example", "bounced")
+    store = SuppressionStore(mongo_db.users, mongo_db.pipeline_state)
+    crashing = sesv2_client(proxy)
+    answered: list[str] = []
+
+    def crash_after_the_second_put(**_: Any) -> None:
+        answered.append("put")
+        if len(answered) == 2:  # SES took the address; the worker dies before the mark is written
+            raise RuntimeError("worker killed")
+
+    crashing.meta.events.register("after-call.sesv2.PutSuppressedDestination", crash_after_the_second_put)
+    with pytest.raises(RuntimeError):
+        sync_suppression(SesSuppressionList(crashing, 1000.0, 100), store)
+    assert mongo_db.users.count_documents({"ses_suppressed_at": {"$type": "date"}}) == 1
+
+    resumed = sync_suppression(SesSuppressionList(sesv2_client(proxy), 1000.0, 100), store)
+
+    # The pull found the unmarked address on SES's list and marked it: only the two never tried are put.
+    assert (resumed.pulled_outcomes["already"], sum(resumed.pushed.values())) == (2, 2)
+    assert proxy.requests()[PUT] == 4 and len(on_list(proxy)) == 4
+    assert mongo_db.users.count_documents({"ses_suppressed_at": {"$type": "date"}}) == 4
+
+
+class _Body:
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.payload
+
+
+def test_an_ses_error_stops_the_sync_with_a_redacted_message(proxy, mongo_db):
+    member(mongo_db, "ann@panel.example", "unsubscribed")
+    refusing = sesv2_client(proxy)
+    refusal = b'{"message": "User is not authorized to suppress ann@panel.example"}'
+    refusing.meta.events.register(
+        "before-send.sesv2.PutSuppressedDestination",
+        lambda request, **_: AWSResponse(
+            request.url, 403, {"x-amzn-ErrorType": "AccessDeniedException"}, _Body(refusal)
+        ),
+    )
+    store = SuppressionStore(mongo_db.users, mongo_db.pipeline_state)
+
+    with pytest.raises(SesAdminError) as stopped:
+        sync_suppression(SesSuppressionList(refusing, 1000.0, 100), store)
+
+    assert "AccessDeniedException" in str(stopped.value) and "@" not in str(stopped.value)
+    assert stopped.value.__cause__ is None and stopped.value.__suppress_context__
+    assert mongo_db.users.count_documents({"ses_suppressed_at": {"$type": "date"}}) == 0  # pushed next time
