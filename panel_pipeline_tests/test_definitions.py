@@ -39,6 +39,7 @@ ASSETS = {
     "mailings",
     "transactional_mail",
     "ses_feedback",
+    "ses_suppression_sync",
     "email_templates",
 }
 SENSOR_JOBS = {
@@ -56,6 +57,7 @@ SCHEDULE_JOBS = {
     "hourly_extract_schedule": "extract_job",
     "weekly_deletion_sweep_schedule": "deletion_sweep_job",
     "daily_response_rates_schedule": "response_rates_job",
+    "hourly_suppression_sync_schedule": "ses_suppression_job",
 }
 RESOURCE_TYPES = {
     "mongo": MongoResource,
