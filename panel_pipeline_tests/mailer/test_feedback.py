@@ -26,6 +26,7 @@ from panel_pipeline.mailer.store import (
     PENDING,
     SENT,
     UNKNOWN,
+    MailingReports,
     MailLedger,
     recipient_key_for,
 )
@@ -51,7 +52,8 @@ def apply_message(store, body):
 
 @pytest.fixture
 def store(mongo_db: Database) -> FeedbackStore:
-    feedback = FeedbackStore(mongo_db.mail_events, mongo_db.users, clock=ManualClock(NOW))
+    reports = MailingReports(mongo_db.mailings, mongo_db.mail_log, mongo_db.mail_events)
+    feedback = FeedbackStore(mongo_db.mail_events, mongo_db.users, reports, clock=ManualClock(NOW))
     feedback.ensure_indexes()
     return feedback
 
@@ -128,9 +130,12 @@ def test_each_tagged_event_is_stored_once_with_the_schema_and_no_address(store, 
         "message_id": message_id,
         "error": None,
         "occurred_at": dt.datetime(2026, 11, 23, 9, 0, 0, 123000, tzinfo=UTC),
+        "event_at": dt.datetime(2026, 11, 23, 9, 0, 0, 123000, tzinfo=UTC),
         "received_at": NOW,
     }
     assert documents[f"{message_id}:Bounce"]["error"] == "SES bounce Permanent/General"
+    assert documents[f"{message_id}:Bounce"]["bounce_type"] == "Permanent"
+    assert documents[f"{message_id}:Bounce"]["event_at"] == dt.datetime(2026, 11, 23, 9, 5, tzinfo=UTC)
     failure = next(doc for doc in documents.values() if doc["event_type"] == "Rendering Failure")
     assert failure["error"] == "Attribute 'points' is not present in the rendering data."
     assert "@" not in str(list(mongo_db.mail_events.find()))
