@@ -72,7 +72,9 @@ def mailings(context: dg.AssetExecutionContext, mongo: MongoResource, ses: SesRe
     are not active are suppressed and those missing a template variable failed, each with the reason.
     The mailing is completed with its counts only when no recipient is pending, claimed or unknown;
     a daily-quota pause or unreconciled recipients postpone it without using up an attempt.
-    Re-materialising a finished mailing sends nothing: it reports the ledger."""
+    Re-materialising a finished mailing sends nothing: it reports the ledger and the mailing's report
+    (what SES said since: counts, rates over sent, a chart per hour; `ses_feedback` records the same
+    as an observation of the partition whenever new events arrive), and the who-got-what query."""
     db = mongo.db()
     mailing_id = ObjectId(context.partition_key)
     ledger = MailLedger(db.mail_log, db.mail_events)
@@ -377,8 +379,10 @@ def ses_feedback(context: dg.AssetExecutionContext, mongo: MongoResource, sqs: S
     drains the queue in long-polled batches of 10 (for at most a minute: while mail flows the queue
     never empties, and the sensor asks for the next run), applies each event and deletes its message
     only once applied. Tagged events are stored once per message and event type in `mail_events` (which
-    settles unknown `mail_log` rows); a permanent bounce makes the member `bounced`, a complaint
-    `unsubscribed`, so no bulk mail reaches them again. Redelivered messages change nothing twice."""
+    settles unknown `mail_log` rows) and counted in their mailing's `report`, observed on its `mailings`
+    partition; a permanent bounce, or the third transient one within the window, makes the member
+    `bounced`, a complaint `unsubscribed`, so no bulk mail reaches them again. Redelivered messages
+    change nothing twice."""
     db = mongo.db()
     reports = mailing_reports(db)
     store = FeedbackStore(db.mail_events, db.users, reports, sqs.soft_bounce_policy())
