@@ -262,7 +262,7 @@ class FeedbackStore:
             document["bounce_type"] = event.bounce_type
         category = category_for(event.event_type, event.bounce_type)
 
-        def store_and_count(session: ClientSession) -> bool:
+        def store_and_count(session: ClientSession | None) -> bool:
             result = self.events.update_one(
                 {"_id": f"{event.message_id}:{event.event_type}"},
                 {"$setOnInsert": document},
@@ -276,6 +276,8 @@ class FeedbackStore:
             return True
 
         try:
+            if category is None:  # nothing to count (a Send event): no transaction needed
+                return store_and_count(None)
             with self.events.database.client.start_session() as session:
                 return bool(session.with_transaction(store_and_count))
         except DuplicateKeyError:  # another consumer stored it at the same moment
