@@ -399,7 +399,7 @@ def ses_feedback(context: dg.AssetExecutionContext, mongo: MongoResource, sqs: S
 
 
 def observe_reports(context: dg.AssetExecutionContext, reports: MailingReports, mailing_ids: set[str]) -> None:
-    """Refresh the reports of the mailings that counted new events, and record each one that is a
+    """Refresh the reports of the mailings with newly stored events, and record each one that is a
     `mailings` partition as an observation of it, so the mailing's page shows its report as it grows."""
     for key in sorted(mailing_ids):
         report = reports.refresh(ObjectId(key))

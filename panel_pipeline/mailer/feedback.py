@@ -361,7 +361,7 @@ class DrainReport:
     events_by_type: Counter[str] = field(default_factory=Counter)
     events_stored: int = 0
     members: Counter[str] = field(default_factory=Counter)  # new status -> members changed
-    mailings: set[str] = field(default_factory=set)  # the mailings whose reports counted new events
+    mailings: set[str] = field(default_factory=set)  # the mailings with newly stored events: reports to refresh
 
     def add(self, applied: Applied | Untrusted | None) -> None:
         if applied is None:
