@@ -91,7 +91,7 @@ class MailingReport:
 def report_chart_svg(report: MailingReport, width: int = 520, height: int = 200) -> str:
     """Cumulative counts per hour of the categories seen, one line each, with a legend."""
     seen = [c for c in CATEGORIES if report.count(c)]
-    hours = list(report.hours)
+    hours = _every_hour(list(report.hours))
     margin, legend_width = 30, 150
     plot_width, plot_height = width - legend_width - 2 * margin, height - 2 * margin
     highest = max([report.count(c) for c in seen] + [1])
@@ -101,7 +101,7 @@ def report_chart_svg(report: MailingReport, width: int = 520, height: int = 200)
         colour = _PALETTE[index % len(_PALETTE)]
         total, points = 0, []
         for position, hour in enumerate(hours):
-            total += int(report.hours[hour].get(category, 0))
+            total += int(report.hours.get(hour, {}).get(category, 0))
             x = margin + position * step
             y = margin + plot_height - total / highest * plot_height
             points.append(f"{x:.1f},{y:.1f}")
@@ -139,6 +139,15 @@ _PALETTE = (
     "#319795",
     "#718096",
 )
+
+
+def _every_hour(hours: list[str]) -> list[str]:
+    """From the first hour to the last, those without events too, so the x axis is time."""
+    if not hours:
+        return []
+    first, last = (dt.datetime.strptime(hour, HOUR_FORMAT) for hour in (min(hours), max(hours)))
+    count = int((last - first) / dt.timedelta(hours=1)) + 1
+    return [(first + dt.timedelta(hours=step)).strftime(HOUR_FORMAT) for step in range(count)]
 
 
 def who_got_what_query(mailing_id: str) -> str:

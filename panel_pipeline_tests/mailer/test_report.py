@@ -58,13 +58,14 @@ def test_rates_are_over_sent_and_zero_before_anything_is_sent():
 
 
 def test_the_chart_draws_one_cumulative_line_per_category_seen():
-    hours = {"2026-11-23T09": {"delivered": 150, "bounced_permanent": 2}, "2026-11-23T10": {"delivered": 40}}
+    hours = {"2026-11-23T09": {"delivered": 150, "bounced_permanent": 2}, "2026-11-23T12": {"delivered": 40}}
     report = MailingReport.of(200, {"counts": {"delivered": 190, "bounced_permanent": 2}, "hours": hours})
     root = ElementTree.fromstring(report_chart_svg(report))
     lines = list(root.iter(f"{SVG}polyline"))
     assert len(lines) == 2
     delivered_points = [tuple(map(float, point.split(","))) for point in lines[0].get("points", "").split()]
-    assert len(delivered_points) == 2 and delivered_points[1][1] < delivered_points[0][1], "cumulative: rises"
+    assert len(delivered_points) == 4, "09:00 to 12:00, the hours without events too"
+    assert delivered_points[0][1] == delivered_points[2][1] > delivered_points[3][1], "cumulative: flat, then rises"
     texts = " ".join(element.text or "" for element in root.iter(f"{SVG}text"))
     assert "delivered 190" in texts and "bounced_permanent 2" in texts and "sent 200" in texts
     assert list(ElementTree.fromstring(report_chart_svg(MailingReport.of(0, None))).iter(f"{SVG}polyline")) == []
