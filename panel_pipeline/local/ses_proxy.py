@@ -11,7 +11,8 @@ boto3 talks real SES v2 REST JSON to this proxy over HTTP; the proxy forwards to
   with HTTP 400 `BadRequestException`, nothing sent, as SES refuses an illegal address;
 * a record of every SendBulkEmail request as received, tags included (the emulator drops tags),
   and the SES events each produced (ses_events.py: `Send` for each accepted entry, with its
-  tags; a `Bounce` or a `Complaint` for SES's mailbox simulator addresses);
+  tags, then its `Delivery`, or a `Bounce`, a `Complaint` for SES's mailbox simulator addresses, and
+  the bounces, complaints, opens and clicks of `feedback`'s shares);
 * optionally, those events published as they happen (`publish`, e.g. `SnsEventPublisher` to the
   SNS topic of the local SES event path), as a configuration set's SNS event destination does.
 The account-level suppression list is answered here, in memory (the emulator has none), as SES v2
@@ -43,7 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from panel_pipeline.local.ses_events import RecordedCall, ses_events
+from panel_pipeline.local.ses_events import NO_FEEDBACK, FeedbackShares, RecordedCall, ses_events
 
 BULK_PATH = "/v2/email/outbound-bulk-emails"
 EVENT_DESTINATIONS_PATH = re.compile(r"^/v2/email/configuration-sets/([^/]+)/event-destinations$")
@@ -227,13 +228,20 @@ EventSink = Callable[[list[dict[str, Any]]], None]
 
 class SesFaultProxy:
     """Start/stop a proxy on `host:port` (0 picks a free port) forwarding to `upstream_url`;
-    `publish` receives the SES events of every call SES accepted, as it is answered."""
+    `publish` receives the SES events of every call SES accepted, as it is answered; `feedback` says
+    what share of the messages bounce, complain, are opened and clicked."""
 
     def __init__(
-        self, upstream_url: str, host: str = "127.0.0.1", port: int = 0, publish: EventSink | None = None
+        self,
+        upstream_url: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        publish: EventSink | None = None,
+        feedback: FeedbackShares = NO_FEEDBACK,
     ) -> None:
         self.upstream = urlsplit(upstream_url)
         self._publish = publish
+        self._feedback = feedback
         self._faults: deque[Fault] = deque()
         self._refused: dict[str, str] = {}
         self._requests: Counter[str] = Counter()
@@ -304,8 +312,8 @@ class SesFaultProxy:
             return list(self._calls)
 
     def events(self) -> list[dict[str, Any]]:
-        """Every SES event of the calls so far: Send events, then simulated bounces and complaints."""
-        return [event for call in self.calls() for event in ses_events(call)]
+        """Every SES event of the calls so far: each call's Send events, then its messages' outcomes."""
+        return [event for call in self.calls() for event in ses_events(call, self._feedback)]
 
     def send_events(self) -> list[dict[str, Any]]:
         """SES `Send` events for every entry SES accepted, including calls whose answer was lost."""
@@ -321,7 +329,7 @@ class SesFaultProxy:
         with self._lock:
             self._calls.append(call)
         if self._publish is not None and call.results:
-            self._publish(ses_events(call))
+            self._publish(ses_events(call, self._feedback))
 
     def _forward(
         self, method: str, path: str, headers: dict[str, str], body: bytes

@@ -21,12 +21,14 @@ from pymongo.database import Database
 from panel_pipeline.mailer.dispatch import SendingStopped, plan_recipients, send_mailing
 from panel_pipeline.mailer.feedback import DrainReport, FeedbackStore, drain
 from panel_pipeline.mailer.recipients import mark_invited, resolve_recipients
+from panel_pipeline.mailer.report import CATEGORIES, MailingReport, report_chart_svg, who_got_what_query
 from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.mailer.ses import SendEventsNotPublished, SesGateway
-from panel_pipeline.mailer.store import CLAIMED, UNKNOWN, MailLedger, SuppressionStore
+from panel_pipeline.mailer.store import CLAIMED, UNKNOWN, MailingReports, MailLedger, SuppressionStore
 from panel_pipeline.mailer.suppression import BOUNCE, COMPLAINT, SyncReport, sync_suppression
 from panel_pipeline.mailer.validation import check_mailing
 from panel_pipeline.queue.store import LeaseLost, RequestRejected, WorkQueue
+from panel_pipeline.sampler.composition_chart import markdown_image
 from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.contract import (
     BOUNCED,
@@ -44,6 +46,7 @@ from panel_pipeline.shared.privacy import describe_error
 from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.shared.templates import EmailTemplate, load_templates
 
+MAILING_PARTITIONS = mailing_partitions.name or "mailings"
 # Unknown recipients wait for SES events; claimed ones for another worker's lease: look again then.
 OPEN_RECIPIENTS_RECHECK = dt.timedelta(seconds=60)
 
@@ -80,11 +83,14 @@ def mailings(context: dg.AssetExecutionContext, mongo: MongoResource, ses: SesRe
     are not active are suppressed and those missing a template variable failed, each with the reason.
     The mailing is completed with its counts only when no recipient is pending, claimed or unknown;
     a daily-quota pause or unreconciled recipients postpone it without using up an attempt.
-    Re-materialising a finished mailing sends nothing: it reports the ledger."""
+    Re-materialising a finished mailing sends nothing: it reports the ledger and the mailing's report
+    (what SES said since: counts, rates over sent, a chart per hour; `ses_feedback` records the same
+    as an observation of the partition whenever new events arrive), and the who-got-what query."""
     db = mongo.db()
     mailing_id = ObjectId(context.partition_key)
     ledger = MailLedger(db.mail_log, db.mail_events)
     ledger.ensure_indexes()
+    reports = mailing_reports(db)
     try:
         outcome = process_mailing(
             db, mongo.work_queue(MAILINGS), ledger, ses, ses.gateway(), mailing_id, context.run.run_id
@@ -94,7 +100,7 @@ def mailings(context: dg.AssetExecutionContext, mongo: MongoResource, ses: SesRe
     except (SendingStopped, LeaseLost) as lost:
         context.log.error(describe_error(lost))
         raise dg.Failure(description=f"stopped: {describe_error(lost)}") from lost
-    return mailing_result(ledger, mailing_id, outcome)
+    return mailing_result(ledger, reports, mailing_id, outcome)
 
 
 class TransactionalBatch(dg.Config):
@@ -166,6 +172,7 @@ class PromptMailSender:
         self.db, self.queue, self.ses, self.owner, self.context = db, queue, ses, owner, context
         self.ledger = MailLedger(db.mail_log, db.mail_events)
         self.ledger.ensure_indexes()
+        self.reports = mailing_reports(db)
         self.gateway = ses.gateway()
 
     def send(self, mailing_ids: list[ObjectId]) -> PromptMailSent:
@@ -191,7 +198,7 @@ class PromptMailSender:
             sent.outcomes[outcome.status] += 1
             sent.rows += sum(self.ledger.counts(mailing_id).values())
             if outcome.prompt_invitation:
-                record_mailing_partition(self.context, mailing_id, self.ledger, outcome)
+                record_mailing_partition(self.context, mailing_id, self.ledger, self.reports, outcome)
         return sent
 
 
@@ -199,16 +206,14 @@ def record_mailing_partition(
     context: dg.AssetExecutionContext | dg.OpExecutionContext,
     mailing_id: ObjectId,
     ledger: MailLedger,
+    reports: MailingReports,
     outcome: "MailingOutcome",
 ) -> None:
     """A prompt invitation is still a `mailings` partition: the run that sent it materializes it."""
     key = str(mailing_id)
-    context.instance.add_dynamic_partitions(mailing_partitions.name or "mailings", [key])
-    context.log_event(
-        dg.AssetMaterialization(
-            asset_key="mailings", partition=key, metadata=mailing_result(ledger, mailing_id, outcome).metadata
-        )
-    )
+    context.instance.add_dynamic_partitions(MAILING_PARTITIONS, [key])
+    metadata = mailing_result(ledger, reports, mailing_id, outcome).metadata
+    context.log_event(dg.AssetMaterialization(asset_key="mailings", partition=key, metadata=metadata))
 
 
 @dataclass(frozen=True)
@@ -339,15 +344,38 @@ def find_template(mailing: Mapping[str, Any]) -> EmailTemplate:
     return templates[mailing["template"]]
 
 
-def mailing_result(ledger: MailLedger, mailing_id: ObjectId, outcome: MailingOutcome) -> dg.MaterializeResult:
+def mailing_result(
+    ledger: MailLedger, reports: MailingReports, mailing_id: ObjectId, outcome: MailingOutcome
+) -> dg.MaterializeResult:
     counts = ledger.counts(mailing_id)
+    report = reports.refresh(mailing_id)
     return dg.MaterializeResult(
         metadata={
             "outcome": outcome.detail,
             **{f"recipients_{status}": int(n) for status, n in counts.items()},
+            **(report_metadata(mailing_id, report) if report else {}),
             **row_count(sum(counts.values())),
         }
     )
+
+
+def mailing_reports(db: Database) -> MailingReports:
+    return MailingReports(db[MAILINGS], db.mail_log, db.mail_events)
+
+
+def report_metadata(mailing_id: ObjectId, report: MailingReport) -> dict[str, Any]:
+    """A mailing's report as the UI shows it: the counts, the rates over sent, the chart over time,
+    and the query that says what became of one member's mail (by member id: no address here)."""
+    return {
+        "report_sent": report.sent,
+        **{f"report_{category}": report.count(category) for category in CATEGORIES},
+        **{f"report_{name}": dg.MetadataValue.float(rate) for name, rate in report.rates().items()},
+        "report_chart": dg.MetadataValue.md(markdown_image(report_chart_svg(report), alt="SES events per hour")),
+        "who_got_what": dg.MetadataValue.md(
+            'Did member X get this mailing, and what happened to it (mongosh; docs/mailer.md, "Who got what"):\n\n'
+            f"```js\n{who_got_what_query(str(mailing_id))}\n```"
+        ),
+    }
 
 
 @dg.asset(
@@ -362,18 +390,33 @@ def ses_feedback(context: dg.AssetExecutionContext, mongo: MongoResource, sqs: S
     drains the queue in long-polled batches of 10 (for at most a minute: while mail flows the queue
     never empties, and the sensor asks for the next run), applies each event and deletes its message
     only once applied. Tagged events are stored once per message and event type in `mail_events` (which
-    settles unknown `mail_log` rows); a permanent bounce makes the member `bounced`, a complaint
-    `unsubscribed`, so no bulk mail reaches them again. Redelivered messages change nothing twice."""
+    settles unknown `mail_log` rows) and counted in their mailing's `report`, observed on its `mailings`
+    partition; a permanent bounce, or the third transient one within the window, makes the member
+    `bounced`, a complaint `unsubscribed`, so no bulk mail reaches them again. Redelivered messages
+    change nothing twice."""
     db = mongo.db()
-    store = FeedbackStore(db.mail_events, db.users)
+    reports = mailing_reports(db)
+    store = FeedbackStore(db.mail_events, db.users, reports, sqs.soft_bounce_policy())
     store.ensure_indexes()
     report = drain(sqs.queue(), store)
     context.log.info(
         f"{report.messages_read} messages read, {report.messages_deleted} deleted; "
         f"{report.events_stored} events stored; "
-        f"{report.members[BOUNCED]} members bounced, {report.members[UNSUBSCRIBED]} unsubscribed"
+        f"{report.members[BOUNCED]} members bounced, {report.members[UNSUBSCRIBED]} unsubscribed; "
+        f"{len(report.mailings)} mailings' reports updated"
     )
+    observe_reports(context, reports, report.mailings)
     return dg.MaterializeResult(metadata=feedback_metadata(report))
+
+
+def observe_reports(context: dg.AssetExecutionContext, reports: MailingReports, mailing_ids: set[str]) -> None:
+    """Refresh the reports of the mailings with newly stored events, and record each one that is a
+    `mailings` partition as an observation of it, so the mailing's page shows its report as it grows."""
+    for key in sorted(mailing_ids):
+        report = reports.refresh(ObjectId(key))
+        if report is not None and context.instance.has_dynamic_partition(MAILING_PARTITIONS, key):
+            metadata = report_metadata(ObjectId(key), report)
+            context.log_event(dg.AssetObservation(asset_key="mailings", partition=key, metadata=metadata))
 
 
 def feedback_metadata(report: DrainReport) -> dict[str, Any]:
@@ -386,6 +429,7 @@ def feedback_metadata(report: DrainReport) -> dict[str, Any]:
         "events_by_type": dg.MetadataValue.json(dict(sorted(report.events_by_type.items()))),
         "members_bounced": report.members[BOUNCED],
         "members_unsubscribed": report.members[UNSUBSCRIBED],
+        "mailings_reported": len(report.mailings),
         **row_count(report.events_stored),
     }
 

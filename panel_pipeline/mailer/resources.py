@@ -19,6 +19,7 @@ from botocore.config import Config
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from panel_pipeline.mailer.dispatch import DispatchPolicy
+from panel_pipeline.mailer.feedback import SoftBouncePolicy
 from panel_pipeline.mailer.ses import TEMPLATE_CALLS_PER_SECOND, SesGateway, sesv2_client
 from panel_pipeline.mailer.sqs import SqsQueue
 from panel_pipeline.mailer.suppression import SesSuppressionList
@@ -176,6 +177,17 @@ class SqsResource(AwsServiceResource):
     wait_seconds: int = Field(
         default=5, ge=1, le=20, description="Long-poll wait of each receive; a drain ends after one empty wait."
     )
+    soft_bounce_limit: int = Field(
+        default=3,
+        ge=1,
+        description="This many transient bounces (within the window, none delivered since) bounce a member.",
+    )
+    soft_bounce_window_days: float = Field(
+        default=30.0, gt=0, description="The window, in days of send time, that transient bounces are counted in."
+    )
+
+    def soft_bounce_policy(self) -> SoftBouncePolicy:
+        return SoftBouncePolicy(self.soft_bounce_limit, dt.timedelta(days=self.soft_bounce_window_days))
 
     def queue(self) -> SqsQueue:
         # Short connect timeout so an unreachable queue costs a sensor tick seconds, not minutes;

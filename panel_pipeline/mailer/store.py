@@ -27,7 +27,10 @@ that is failed or suppressed from the start.
 is set exactly while the pipeline knows the member's address to be on SES's account suppression
 list, set after the address was put there (or found there) and removed after it was taken off;
 an active member's status is changed from SES's list only if it did not change at or after the
-list's entry. pymongo only, no Dagster.
+list's entry.
+
+`MailingReports` keeps each mailing's `report` on its `mailings` document (see the class).
+pymongo only, no Dagster.
 """
 
 from __future__ import annotations
@@ -35,14 +38,17 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
+from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 
+from panel_pipeline.mailer.report import MailingReport, hour_of
 from panel_pipeline.mailer.ses import EntryResult, SendStatus
 from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
 from panel_pipeline.shared.contract import ACTIVE, BOUNCED, UNSUBSCRIBED
@@ -61,6 +67,7 @@ ERROR_MAX_CHARS = 500
 # means "not accepted": SES events arrive within seconds, SNS and SQS do not keep their order.
 EVENT_SILENCE = dt.timedelta(minutes=10)
 SEND_EVENT = "Send"
+PERMANENT_BOUNCE = "Permanent"
 ROWS_PER_INSERT = 1000
 
 
@@ -468,6 +475,81 @@ class MailLedger:
         if row is None:
             return None
         return row.get("retry_at") or self._clock.now()
+
+
+@dataclass(frozen=True)
+class RecentFeedback:
+    """What became of a mailing's last sends: of `sends` messages, how many bounced permanently or
+    drew a complaint (the rates SES reviews an account by)."""
+
+    sends: int
+    permanent_bounces: int
+    complaints: int
+
+    @property
+    def bounce_rate(self) -> float:
+        return self.permanent_bounces / self.sends if self.sends else 0.0
+
+    @property
+    def complaint_rate(self) -> float:
+        return self.complaints / self.sends if self.sends else 0.0
+
+
+class MailingReports:
+    """The `report` of each `mailings` document: `counts` and `hours` (category -> count, and per UTC hour)
+    that the SES feed increments once per newly stored event, in the transaction that stores the event
+    (`count`, with its session), so a crash neither loses nor doubles a count; `sent` (the ledger's
+    sent rows) and `rates` (report.py), which `refresh` rewrites from those. pymongo only, no Dagster."""
+
+    def __init__(self, mailings: Collection, mail_log: Collection, events: Collection, clock: Clock = SYSTEM_CLOCK):
+        self.mailings = mailings
+        self.mail_log = mail_log
+        self.events = events
+        self._clock = clock
+
+    def ensure_indexes(self) -> None:
+        self.events.create_index(
+            [("mailing_id", ASCENDING), ("event_type", ASCENDING), ("occurred_at", DESCENDING)],
+            name="mailing_type_time",
+        )
+
+    def count(self, mailing_id: ObjectId, category: str, at: dt.datetime, session: ClientSession | None) -> None:
+        """One more event of `category` at `at` (a mailing that is not in `mailings` counts nothing)."""
+        self.mailings.update_one(
+            {"_id": mailing_id},
+            {"$inc": {f"report.counts.{category}": 1, f"report.hours.{hour_of(at)}.{category}": 1}},
+            session=session,
+        )
+
+    def refresh(self, mailing_id: ObjectId) -> MailingReport | None:
+        """Write the report's `sent`, `rates` and `updated_at` from the ledger and the counts; None if
+        there is no such mailing."""
+        document = self.mailings.find_one({"_id": mailing_id}, {"report": 1})
+        if document is None:
+            return None
+        sent = self.mail_log.count_documents({"mailing_id": mailing_id, "status": SENT})
+        report = MailingReport.of(sent, document.get("report"))
+        refreshed = {"report.sent": sent, "report.rates": report.rates(), "report.updated_at": self._clock.now()}
+        self.mailings.update_one({"_id": mailing_id}, {"$set": refreshed})
+        return report
+
+    def recent_feedback(self, mailing_id: ObjectId, last_sends: int) -> RecentFeedback:
+        """Over the mailing's last `last_sends` messages SES accepted (its newest Send events): how many
+        bounced permanently, how many drew a complaint. Two indexed reads: the Send events by
+        `mailing_type_time`, then those messages' Bounce and Complaint events by `_id`."""
+        sends = (
+            self.events.find({"mailing_id": mailing_id, "event_type": SEND_EVENT}, {"message_id": 1, "_id": 0})
+            .sort("occurred_at", DESCENDING)
+            .limit(last_sends)
+        )
+        message_ids = [send["message_id"] for send in sends]
+        feedback_ids = [f"{message_id}:{kind}" for message_id in message_ids for kind in ("Bounce", "Complaint")]
+        found = Counter(
+            (event["event_type"], event.get("bounce_type"))
+            for event in self.events.find({"_id": {"$in": feedback_ids}}, {"event_type": 1, "bounce_type": 1})
+        )
+        complaints = sum(n for (kind, _), n in found.items() if kind == "Complaint")
+        return RecentFeedback(len(message_ids), found[("Bounce", PERMANENT_BOUNCE)], complaints)
 
 
 def _keys_by_reason(reasons: Mapping[str, str]) -> dict[str, list[str]]:
