@@ -182,8 +182,9 @@ def update_sample(
     )
     totals.added += store.add_members(db, sample.sample_id, placement.joining, now)
     store.hold_back(db, sample.sample_id, placement.held_back, now)
-    released = store.release_held_back(db, sample.sample_id, placement.joining)
-    if placement.held_back or released:
+    if sample.holds_back:
+        store.release_held_back(db, sample.sample_id, placement.joining)
+    if sample.holds_back or placement.held_back:
         store.write_held_back_summary(db, sample.sample_id, now)
     store.mark_qualification(db, sample.sample_id, placement.stopped_qualifying, False, now)
     store.mark_qualification(db, sample.sample_id, placement.qualifying_again, True, now)

@@ -98,6 +98,7 @@ class DynamicSample:
     drawn_at: dt.datetime | None = None  # when the Sampler read the panel: it considered everyone before
     first_draw: FirstDraw = field(default_factory=FirstDraw)
     fieldwork: FieldworkRoom | None = None  # None: placed by member counts against `size`
+    holds_back: bool = False  # newcomers are held back at the contact budget now (their count is kept)
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -273,7 +274,11 @@ def with_joiners(sample: DynamicSample, placement: Placement) -> DynamicSample:
     """The sample as the next page of changes finds it: the joiners are members and fill their cells."""
     room = replace(sample.fieldwork, need=placement.need) if sample.fieldwork else None
     return replace(
-        sample, member_ids=sample.member_ids | frozenset(placement.joining), filled=placement.filled, fieldwork=room
+        sample,
+        member_ids=sample.member_ids | frozenset(placement.joining),
+        filled=placement.filled,
+        fieldwork=room,
+        holds_back=sample.holds_back or bool(placement.held_back),
     )
 
 

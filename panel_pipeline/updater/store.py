@@ -9,7 +9,8 @@ Invariants:
   the last `sample_fieldwork` look is never counted as room twice. It closes once its fieldwork has.
 - `dynamic_held_back` holds one document per (sample, newcomer) the contact budget kept out, upserted
   (a page read again writes nothing new) and removed when the member later joins; the sample's
-  `dynamic_held_back` summary is recounted from it, never incremented.
+  `dynamic_held_back` summary is recounted from it, never incremented, after every page while the
+  sample holds anyone back (so a crash between a removal and the recount is mended by the next page).
 """
 
 from __future__ import annotations
@@ -192,7 +193,8 @@ def open_dynamic_samples(db: Database, now: dt.datetime) -> tuple[list[DynamicSa
             closed.append(str(doc["_id"]))
             continue
         filled = filled_cells(member_profiles, sample.targets, request.missing)
-        samples.append(replace(sample, filled=filled, fieldwork=room))
+        holds_back = bool((doc.get(DYNAMIC_HELD_BACK) or {}).get("members"))
+        samples.append(replace(sample, filled=filled, fieldwork=room, holds_back=holds_back))
     return samples, closed
 
 
@@ -259,12 +261,11 @@ def hold_back(db: Database, sample_id: str, held: Mapping[str, tuple[CellKey, ..
     )
 
 
-def release_held_back(db: Database, sample_id: str, user_ids: Iterable[str]) -> int:
-    """Members who joined after all are no longer held back; how many were."""
+def release_held_back(db: Database, sample_id: str, user_ids: Iterable[str]) -> None:
+    """Members who joined after all are no longer held back."""
     ids = [ObjectId(uid) for uid in user_ids]
-    if not ids:
-        return 0
-    return db[DYNAMIC_HELD_BACK].delete_many({"sample_id": ObjectId(sample_id), "user_id": {"$in": ids}}).deleted_count
+    if ids:
+        db[DYNAMIC_HELD_BACK].delete_many({"sample_id": ObjectId(sample_id), "user_id": {"$in": ids}})
 
 
 def write_held_back_summary(db: Database, sample_id: str, now: dt.datetime) -> dict[str, Any]:
