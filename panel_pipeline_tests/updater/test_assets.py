@@ -12,6 +12,7 @@ from panel_pipeline.shared import invitations
 from panel_pipeline.shared.resources import ContactBudget, MongoResource
 from panel_pipeline.updater import store
 from panel_pipeline.updater.assets import dynamic_sample_updates
+from panel_pipeline.updater.jobs import dynamic_samples_worker_job
 from panel_pipeline.updater.sensors import member_changes_sensor
 
 UTC = dt.UTC
@@ -58,8 +59,8 @@ def open_scotland_sample(db, size=10, mailing=True):
     return db.samples.insert_one(doc).inserted_id
 
 
-def update(mongo, budget=None):
-    resources = {"mongo": mongo, "contact_budget": budget or ContactBudget()}
+def update(mongo):
+    resources = {"mongo": mongo, "contact_budget": ContactBudget()}
     with dg.instance_for_test() as instance:
         result = dg.materialize([dynamic_sample_updates], instance=instance, resources=resources)
     assert result.success
@@ -352,9 +353,18 @@ def test_a_newcomer_at_the_contact_budget_is_held_back_and_counted(mongo, mongo_
     assert mongo_db.samples.find_one({"_id": sample_id})["dynamic_held_back"]["members"] == 0
 
 
-def test_the_budget_is_the_resources_setting(mongo, mongo_db):
+def test_the_standing_worker_holds_the_budget_from_its_resource(mongo, mongo_db):
     sample_id = open_scotland_sample(mongo_db, mailing=False)
-    member = add_user(mongo_db, "Scotland", dt.datetime.now(UTC))
-    contacted(mongo_db, member, 3)
-    update(mongo, ContactBudget(contacts_per_week=4))
-    assert mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id}) == [member]
+    busy, free = (
+        add_user(mongo_db, "Scotland", dt.datetime.now(UTC)),
+        add_user(mongo_db, "Scotland", dt.datetime.now(UTC)),
+    )
+    contacted(mongo_db, busy, 2)
+    result = dynamic_samples_worker_job.execute_in_process(
+        run_config={"ops": {"serve_dynamic_samples": {"config": {"serve_seconds": 1.0}}}},
+        resources={"mongo": mongo, "contact_budget": ContactBudget(contacts_per_week=2)},
+    )
+    assert result.success
+    assert mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id}) == [free]
+    (materialization,) = result.asset_materializations_for_node("serve_dynamic_samples")
+    assert materialization.metadata["members_held_back"].value == 1
