@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from panel_pipeline.sampler.fieldwork import MIN_NEED
+from panel_pipeline.sampler.fieldwork import MIN_NEED, member_categories
 from panel_pipeline.sampler.fieldwork_state import member_rates, sample_cells
 from panel_pipeline.sampler.requests import CELL_SEPARATOR, MissingPolicy, SampleRequest, filter_mask
 from panel_pipeline.sampler.response_rates import LearnedResponseRates
@@ -197,9 +197,11 @@ def fieldwork_room(
         (str(target), str(category)): stated.get((str(target), str(category)), float(wanted))
         for target, category, wanted in zip(cells["target"], cells["category"], cells["target_completes"], strict=True)
     }
-    for (_, profile), rate in zip(uncounted.iterrows(), expected_rates(request, learned, uncounted), strict=True):
-        for key in cell_keys(cells_of(profile, sample.targets, request.missing)):
-            need[key] -= rate
+    rates = pd.Series(expected_rates(request, learned, uncounted), index=uncounted.index)
+    categories = member_categories(uncounted, sample.targets)
+    for target in sample.targets:
+        for category, expected in rates.groupby(categories[target.key]).sum().items():
+            need[(target.key, str(category))] -= float(expected)
     closed = frozenset((str(cell["target"]), str(cell["category"])) for cell in state.get("closed_cells") or [])
     return FieldworkRoom(need, closed, learned)
 
