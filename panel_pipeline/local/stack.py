@@ -207,6 +207,8 @@ def pipeline_environment(mongo_uri: str, ses_url: str, surveygizmo_url: str, sns
         "SES_EVENTS_QUEUE_URL": local_queue_url(sns_sqs_url),
         # The feed applies only messages from this topic (`ensure_feedback_path` makes it).
         "SES_EVENTS_TOPIC_ARN": local_topic_arn(),
+        # Fieldwork time runs at the respondent simulator's pace, so reminders and closing keep up with it.
+        "PANEL_FIELDWORK_TIME_SCALE": RESPONDENTS_TIME_SCALE,
         **LOCAL_CREDENTIALS,
     }
 

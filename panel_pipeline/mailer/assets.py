@@ -1,4 +1,5 @@
-"""The Mailer's assets: the SES templates, one partition per mailing sent through SES, and SES's feedback.
+"""The Mailer's assets: the SES templates, one partition per mailing sent through SES, SES's feedback,
+and SES's account suppression list kept in step with members' statuses.
 
 A mailing is expanded (recipients resolved, planned and written to the ledger, a chunk at a time)
 once: `expanded_at` on the mailing document says it was, so a re-claim after a pause goes straight
@@ -22,11 +23,21 @@ from panel_pipeline.mailer.feedback import DrainReport, FeedbackStore, drain
 from panel_pipeline.mailer.recipients import mark_invited, resolve_recipients
 from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.mailer.ses import SendEventsNotPublished, SesGateway
-from panel_pipeline.mailer.store import CLAIMED, UNKNOWN, MailLedger
+from panel_pipeline.mailer.store import CLAIMED, UNKNOWN, MailLedger, SuppressionStore
+from panel_pipeline.mailer.suppression import BOUNCE, COMPLAINT, SyncReport, sync_suppression
 from panel_pipeline.mailer.validation import check_mailing
 from panel_pipeline.queue.store import LeaseLost, RequestRejected, WorkQueue
 from panel_pipeline.shared.clock import utc_now
-from panel_pipeline.shared.contract import BOUNCED, BULK, MAILINGS, PROMPT, TRANSACTIONAL, UNSUBSCRIBED
+from panel_pipeline.shared.contract import (
+    BOUNCED,
+    BULK,
+    MAILINGS,
+    PIPELINE_STATE,
+    PROMPT,
+    TRANSACTIONAL,
+    UNSUBSCRIBED,
+    USERS,
+)
 from panel_pipeline.shared.metadata import OWNERS, row_count, table
 from panel_pipeline.shared.partitions import mailing_partitions
 from panel_pipeline.shared.privacy import describe_error
@@ -376,4 +387,54 @@ def feedback_metadata(report: DrainReport) -> dict[str, Any]:
         "members_bounced": report.members[BOUNCED],
         "members_unsubscribed": report.members[UNSUBSCRIBED],
         **row_count(report.events_stored),
+    }
+
+
+@dg.asset(
+    deps=[ses_feedback],
+    group_name="mailer",
+    owners=OWNERS,
+    kinds={"python", "mongodb", "aws"},
+    tags={"panel/part": "ses_suppression"},
+)
+def ses_suppression_sync(
+    context: dg.AssetExecutionContext, mongo: MongoResource, ses: SesResource
+) -> dg.MaterializeResult:
+    """SES's account-level suppression list in step with members' statuses, both ways (hourly, and on
+    demand): addresses SES suppressed since the last pull mark their active members `bounced` or
+    `unsubscribed` ("SES suppression list: BOUNCE"), unless the member's status changed after SES's
+    entry; members bounced or unsubscribed here are put on SES's list (BOUNCE / COMPLAINT) once; a
+    member the backend reactivated is taken off it. Paced to SES's limit for these calls (about one
+    a second, `SesResource.suppression_calls_per_second`), at most `suppression_calls_per_run` calls
+    a run; what is left waits for the next. Counts only: no address is logged or shown."""
+    db = mongo.db()
+    store = SuppressionStore(db[USERS], db[PIPELINE_STATE])
+    store.ensure_indexes()
+    report = sync_suppression(ses.suppression_list(), store)
+    context.log.info(
+        f"SES suppression list: {report.pulled} entries pulled, {sum(report.marked.values())} members marked, "
+        f"{sum(report.pushed.values())} pushed, {report.deleted} taken off; {report.calls} SES calls"
+        + (" (this run's limit: the rest is left for the next run)" if report.calls_used_up else "")
+    )
+    return dg.MaterializeResult(metadata=suppression_metadata(report))
+
+
+def suppression_metadata(report: SyncReport) -> dict[str, Any]:
+    start, end = report.pull_window or (None, None)
+    return {
+        "pushed_bounce": report.pushed[BOUNCE],
+        "pushed_complaint": report.pushed[COMPLAINT],
+        "push_refused": report.push_refused,
+        "pulled": report.pulled,
+        "marked_bounced": report.marked[BOUNCED],
+        "marked_unsubscribed": report.marked[UNSUBSCRIBED],
+        "skipped": report.skipped,
+        "pulled_outcomes": dg.MetadataValue.json(dict(sorted(report.pulled_outcomes.items()))),
+        "taken_off_list": report.deleted,
+        "ses_calls": report.calls,
+        "calls_used_up": report.calls_used_up,
+        "pull_complete": report.pull_complete,
+        "pull_from": start.isoformat() if start else "the beginning",
+        "pull_to": end.isoformat() if end else "-",
+        **row_count(report.pulled + sum(report.pushed.values()) + report.deleted),
     }

@@ -19,8 +19,9 @@ from botocore.config import Config
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from panel_pipeline.mailer.dispatch import DispatchPolicy
-from panel_pipeline.mailer.ses import TEMPLATE_CALLS_PER_SECOND, SesGateway
+from panel_pipeline.mailer.ses import TEMPLATE_CALLS_PER_SECOND, SesGateway, sesv2_client
 from panel_pipeline.mailer.sqs import SqsQueue
+from panel_pipeline.mailer.suppression import SesSuppressionList
 from panel_pipeline.mailer.unsubscribe import DEFAULT_KEY_VERSION, KEY_VERSION, unsubscribe_token
 from panel_pipeline.mailer.validation import LinkPolicy
 
@@ -89,6 +90,19 @@ class SesResource(AwsServiceResource):
         "(SNS and SQS do not keep their order).",
     )
 
+    suppression_calls_per_second: float = Field(
+        default=1.0,
+        gt=0,
+        description="Pace of the account suppression-list calls (Put/List/DeleteSuppressedDestination); "
+        "SES allows about 1 per second by default.",
+    )
+    suppression_calls_per_run: int = Field(
+        default=3000,
+        ge=1,
+        description="Suppression-list calls one ses_suppression_sync run makes at most (50 minutes at 1/s, "
+        "inside the hourly schedule); the rest is left for the next run.",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _settings_are_usable(cls, data: Any) -> Any:
@@ -142,6 +156,12 @@ class SesResource(AwsServiceResource):
             if self.endpoint_url
             else TEMPLATE_CALLS_PER_SECOND,
         )
+
+    def suppression_list(self) -> SesSuppressionList:
+        """The account's suppression list, paced to `suppression_calls_per_second`; calls retried by
+        botocore (putting or deleting twice is harmless)."""
+        client = sesv2_client(self.session(), self.endpoint_url, total_max_attempts=3)
+        return SesSuppressionList(client, self.suppression_calls_per_second, self.suppression_calls_per_run)
 
 
 class SqsResource(AwsServiceResource):

@@ -21,7 +21,13 @@ Send events are missing, so without Send events no unknown row is ever released.
 
 A row's `data` (reset links, unsubscribe tokens, first name) lives only while the row may still be
 sent: it is removed when the row is settled (sent, failed, suppressed), and never stored for a row
-that is failed or suppressed from the start. pymongo only, no Dagster.
+that is failed or suppressed from the start.
+
+`SuppressionStore` (the SES suppression-list sync, mailer/suppression.py): `users.ses_suppressed_at`
+is set exactly while the pipeline knows the member's address to be on SES's account suppression
+list, set after the address was put there (or found there) and removed after it was taken off;
+an active member's status is changed from SES's list only if it did not change at or after the
+list's entry. pymongo only, no Dagster.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from pymongo.collection import Collection
 
 from panel_pipeline.mailer.ses import EntryResult, SendStatus
 from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
+from panel_pipeline.shared.contract import ACTIVE, BOUNCED, UNSUBSCRIBED
 from panel_pipeline.shared.mongo import as_utc, insert_missing
 
 PENDING = "pending"
@@ -477,3 +484,103 @@ def _status_for_event(event_type: str) -> str | None:
     if normalized in {"reject", "renderingfailure"}:
         return FAILED
     return None
+
+
+# --- SES's account suppression list, in step with members' statuses (mailer/suppression.py) ----------
+
+SES_SUPPRESSED_AT = "ses_suppressed_at"
+SUPPRESSION_STATE_ID = "ses_suppression"
+SUPPRESSED_HERE = (BOUNCED, UNSUBSCRIBED)
+
+
+@dataclass(frozen=True)
+class MemberAddress:
+    """A member the suppression sync acts on; `email` goes to SES only, never into a log or metadata."""
+
+    user_id: ObjectId
+    status: str
+    email: str = field(repr=False)
+
+
+class SuppressionStore:
+    """What the suppression sync reads and writes in Mongo: members' statuses and `ses_suppressed_at`
+    in `users`, and the pull's cursor in `pipeline_state` (`_id: "ses_suppression"`, `pulled_through`).
+
+    `ses_suppressed_at` says the member's address is on SES's account suppression list as far as the
+    pipeline knows (it put it there, or found it there), and is removed once the address is taken
+    off again. So a member `bounced`/`unsubscribed` without it still has to be pushed, and an
+    `active` member with it was reactivated (before or after the address went on the list) and has
+    to be taken off: both are index ranges of `status_ses_suppressed`.
+    """
+
+    def __init__(self, users: Collection, state: Collection, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.users = users
+        self.state = state
+        self._clock = clock
+
+    def ensure_indexes(self) -> None:
+        self.users.create_index([("status", ASCENDING), (SES_SUPPRESSED_AT, ASCENDING)], name="status_ses_suppressed")
+
+    def to_push(self, limit: int) -> list[MemberAddress]:
+        """Members bounced or unsubscribed here whose address is not on SES's list yet, oldest first."""
+        found = self.users.find(
+            {"status": {"$in": list(SUPPRESSED_HERE)}, SES_SUPPRESSED_AT: None}, {"email": 1, "status": 1}
+        )
+        return [_member_address(doc) for doc in found.sort("_id", ASCENDING).limit(limit)]
+
+    def reactivated(self, limit: int) -> list[MemberAddress]:
+        """Active members whose address the pipeline knows to be on SES's list: the backend reactivated them."""
+        found = self.users.find({"status": ACTIVE, SES_SUPPRESSED_AT: {"$type": "date"}}, {"email": 1, "status": 1})
+        return [_member_address(doc) for doc in found.sort("_id", ASCENDING).limit(limit)]
+
+    def mark_on_list(self, user_id: ObjectId) -> None:
+        """The member's address is on SES's list now (whatever their status: reactivated meanwhile,
+        they are taken off again)."""
+        now = self._clock.now()
+        self.users.update_one({"_id": user_id, SES_SUPPRESSED_AT: None}, {"$set": {SES_SUPPRESSED_AT: now}})
+
+    def mark_off_list(self, user_id: ObjectId) -> None:
+        """The member's address is off SES's list (whatever their status: bounced again meanwhile,
+        they are pushed again)."""
+        self.users.update_one({"_id": user_id}, {"$unset": {SES_SUPPRESSED_AT: ""}})
+
+    def members_with(self, addresses: Iterable[str]) -> set[str]:
+        """Which of these (normalized) addresses belong to a member: one query per page of SES's list."""
+        wanted = sorted(set(addresses))
+        return {normalize_email(str(doc["email"])) for doc in self.users.find({"email": {"$in": wanted}}, {"email": 1})}
+
+    def apply_ses_suppression(self, email: str, status: str, reason: str, last_update_time: dt.datetime) -> str:
+        """Bring the members with this address in line with SES's list entry; returns what happened:
+        `marked` (an active member became `status`), `already` (not active here: now known to be on
+        SES's list too), `changed_later` (active, their status changed at or after SES's entry, or
+        reactivated since the pipeline knew them suppressed: untouched, and marked so the address
+        is taken off SES's list), `not_member`."""
+        now = self._clock.now()
+        marked = self.users.update_many(
+            {
+                "email": email,
+                "status": ACTIVE,
+                SES_SUPPRESSED_AT: None,
+                "status_changed_at": {"$not": {"$gte": last_update_time}},
+            },
+            {"$set": {"status": status, "status_reason": reason, "status_changed_at": now, SES_SUPPRESSED_AT: now}},
+        ).modified_count
+        if marked:
+            return "marked"
+        others = list(self.users.find({"email": email}, {"status": 1, SES_SUPPRESSED_AT: 1}))
+        if not others:
+            return "not_member"
+        self.users.update_many({"email": email, SES_SUPPRESSED_AT: None}, {"$set": {SES_SUPPRESSED_AT: now}})
+        return "already" if any(doc.get("status") != ACTIVE for doc in others) else "changed_later"
+
+    def pulled_through(self) -> dt.datetime | None:
+        """Where the last complete pull of SES's list ended (None: never pulled, so read it all)."""
+        state = self.state.find_one({"_id": SUPPRESSION_STATE_ID})
+        return as_utc(state["pulled_through"]) if state and state.get("pulled_through") else None
+
+    def save_pulled_through(self, end: dt.datetime) -> None:
+        self.state.update_one({"_id": SUPPRESSION_STATE_ID}, {"$set": {"pulled_through": end}}, upsert=True)
+
+
+def _member_address(doc: Mapping[str, Any]) -> MemberAddress:
+    return MemberAddress(doc["_id"], str(doc.get("status")), normalize_email(str(doc.get("email") or "")))
