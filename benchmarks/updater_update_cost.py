@@ -10,7 +10,7 @@ import dagster as dg
 
 from benchmarks._mongo import throwaway_mongod
 from panel_pipeline.local.synthetic_panel import generate_profiles
-from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.shared.resources import ContactBudget, MongoResource
 from panel_pipeline.updater import store
 from panel_pipeline.updater.assets import dynamic_sample_updates
 
@@ -70,7 +70,9 @@ def timed_update(client, uri: str, members: int) -> float:
     mongo = MongoResource(uri=uri, database=db_name)
     with dg.instance_for_test() as instance:
         start = time.perf_counter()
-        result = dg.materialize([dynamic_sample_updates], instance=instance, resources={"mongo": mongo})
+        result = dg.materialize(
+            [dynamic_sample_updates], instance=instance, resources={"mongo": mongo, "contact_budget": ContactBudget()}
+        )
         elapsed = time.perf_counter() - start
     metadata = result.asset_materializations_for_node("dynamic_sample_updates")[0].metadata
     print(

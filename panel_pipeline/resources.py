@@ -19,7 +19,7 @@ import dagster as dg
 from panel_pipeline.extractor.resources import SurveyGizmoResource
 from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.sampler.resources import FieldworkTiming
-from panel_pipeline.shared.resources import MongoResource, StandingWorkers
+from panel_pipeline.shared.resources import ContactBudget, MongoResource, StandingWorkers
 
 ENVIRONMENTS = ("local", "production")
 # The local run's links: its own machine and the reserved example domains its demo data uses.
@@ -84,6 +84,7 @@ def local_resources() -> dict[str, Any]:
         ),
         "workers": standing_workers(),
         "fieldwork_timing": local_fieldwork_timing(),
+        "contact_budget": ContactBudget(),
     }
 
 
@@ -111,6 +112,7 @@ def production_resources() -> dict[str, Any]:
         ),
         "workers": standing_workers(),
         "fieldwork_timing": FieldworkTiming(),
+        "contact_budget": ContactBudget(),
     }
 
 

@@ -23,6 +23,7 @@ from pymongo.database import Database
 from panel_pipeline.sampler.fieldwork_state import FIELDWORK_OPEN, PANEL_RATES_ID
 from panel_pipeline.sampler.quotas import panel_fields
 from panel_pipeline.sampler.requests import SampleRequest, age_bands, mongo_filter
+from panel_pipeline.sampler.response_rates import LearnedResponseRates
 from panel_pipeline.shared.contract import (
     ACTIVE,
     PROFILE_CATEGORIES,
@@ -331,6 +332,14 @@ def load_response_rates(db: Database) -> dict[str, Any] | None:
     """The learned rates' document (LearnedResponseRates.to_document()), or None before the first learning."""
     document = db[RESPONSE_RATES].find_one({"_id": PANEL_RATES_ID}, {"_id": 0, "learned_at": 0})
     return dict(document) if document else None
+
+
+def learned_response_rates(db: Database) -> LearnedResponseRates | None:
+    """The stored learned rates, or None before any invitation was learned from."""
+    document = load_response_rates(db)
+    if document is None or not document.get("invitations"):
+        return None
+    return LearnedResponseRates.from_document(document)
 
 
 def _chunks(values: list[Any]) -> Iterable[list[Any]]:

@@ -24,6 +24,7 @@ RAW_RESPONSES = "sg_responses"
 QUARANTINED_RESPONSES = "sg_quarantine"
 SURVEYS = "sg_surveys"
 RESPONSE_RATES = "response_rates"
+DYNAMIC_HELD_BACK = "dynamic_held_back"
 PIPELINE_COLLECTIONS: tuple[str, ...] = (
     PIPELINE_STATE,
     PENDING_INVITATIONS,
@@ -32,6 +33,7 @@ PIPELINE_COLLECTIONS: tuple[str, ...] = (
     QUARANTINED_RESPONSES,
     SURVEYS,
     RESPONSE_RATES,
+    DYNAMIC_HELD_BACK,
 )
 
 # The queue: the backend inserts `processed: false`; the pipeline moves `status` and finishes with

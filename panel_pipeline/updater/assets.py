@@ -1,11 +1,13 @@
 """The Updater's asset: dynamic samples kept current as members join or change their profile."""
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 from bson import ObjectId
 from pymongo.database import Database
 
@@ -13,11 +15,19 @@ from panel_pipeline.queue.worker import WorkerSlot, serving_worker
 from panel_pipeline.sampler import store as sampler_store
 from panel_pipeline.shared import invitations
 from panel_pipeline.shared.clock import utc_now
+from panel_pipeline.shared.contacts import DEFAULT_CONTACTS_PER_WEEK, recent_contacts
 from panel_pipeline.shared.contract import PIPELINE_STATE
 from panel_pipeline.shared.metadata import OWNERS, row_count, table
-from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.shared.resources import ContactBudget, MongoResource
 from panel_pipeline.updater import store
-from panel_pipeline.updater.dynamic import DynamicSample, Placement, place_changed_members, with_joiners
+from panel_pipeline.updater.dynamic import (
+    CellKey,
+    DynamicSample,
+    Placement,
+    candidates,
+    place_changed_members,
+    with_joiners,
+)
 
 DYNAMIC_SAMPLES_DUTY = "dynamic_samples"
 
@@ -32,10 +42,15 @@ DYNAMIC_SAMPLES_DUTY = "dynamic_samples"
         dg.AssetDep("samples", partition_mapping=dg.AllPartitionMapping()),
     ],
 )
-def dynamic_sample_updates(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.MaterializeResult:
+def dynamic_sample_updates(
+    context: dg.AssetExecutionContext, mongo: MongoResource, contact_budget: ContactBudget
+) -> dg.MaterializeResult:
     """Adds members who joined or changed since the last run to every open dynamic sample whose
-    filters they match and whose quota cells have room, and queues their invitation (one `mailings`
-    document per batch, made exactly once, for prompt delivery). The standing updater worker
+    filters they match and whose quota cells have room (with fieldwork: whose cells still need
+    completes and none is closed), and queues their invitation (one `mailings` document per batch,
+    made exactly once, for prompt delivery). A newcomer at the contact budget (survey contacts in 7
+    days, across samples) is held back, counted per sample and cell here and on the sample
+    (`dynamic_held_back`). The standing updater worker
     (dynamic_samples_worker_job) does this within about a second of a member's change and records a
     materialization here per update; while none serves, member_changes_sensor runs this asset. Cost
     follows the members that changed, not the panel: changes are read through indexes on
@@ -50,7 +65,7 @@ def dynamic_sample_updates(context: dg.AssetExecutionContext, mongo: MongoResour
         context.log.info(f"the dynamic samples are kept current by {owner}: nothing for this run to do")
         return dg.MaterializeResult(metadata={"served_by": dg.MetadataValue.text(str(owner))})
     try:
-        report = update_dynamic_samples(db, keep_alive=slot.renew)
+        report = update_dynamic_samples(db, contact_budget.contacts_per_week, keep_alive=slot.renew)
     finally:
         slot.release()
     context.log.info(report.summary())
@@ -70,10 +85,14 @@ class UpdateReport:
     def members_added(self) -> int:
         return sum(t.added for t in self.totals.values())
 
+    @property
+    def members_held_back(self) -> int:
+        return sum(t.held_back for t in self.totals.values())
+
     def summary(self) -> str:
         return (
             f"{self.changed} changed member(s) in {self.pages} page(s), {len(self.totals)} open dynamic "
-            f"sample(s), {self.members_added} added"
+            f"sample(s), {self.members_added} added, {self.members_held_back} held back by the contact budget"
         )
 
     def metadata(self) -> dict[str, Any]:
@@ -82,17 +101,22 @@ class UpdateReport:
             "pages": self.pages,
             "open_dynamic_samples": len(self.totals),
             "members_added": self.members_added,
+            "members_held_back": self.members_held_back,
             "invitation_mailings": dg.MetadataValue.json([str(m) for m in self.mailings]),
             "closed_samples": dg.MetadataValue.json(self.closed),
             "per_sample": per_sample_table(self.totals),
+            "held_back_by_cell": held_back_table(self.totals),
             "cursor": dg.MetadataValue.text(self.cursor.isoformat()),
             **row_count(self.members_added),
         }
 
 
-def update_dynamic_samples(db: Database, keep_alive: Callable[[], bool] = lambda: True) -> UpdateReport:
+def update_dynamic_samples(
+    db: Database, contacts_per_week: int = DEFAULT_CONTACTS_PER_WEEK, keep_alive: Callable[[], bool] = lambda: True
+) -> UpdateReport:
     """One update of every open dynamic sample from the cursor until caught up (`keep_alive` is
-    called after each page: the caller's hold on the updater's slot)."""
+    called after each page: the caller's hold on the updater's slot); a newcomer with
+    `contacts_per_week` survey contacts or more in the last 7 days is held back."""
     store.ensure_indexes(db)
     now = utc_now()
     newest_at_start = store.latest_change(db)
@@ -106,7 +130,7 @@ def update_dynamic_samples(db: Database, keep_alive: Callable[[], bool] = lambda
         changed_count += len(page.profiles)
         still_open = []
         for sample in samples:
-            placement = update_sample(db, sample, page, now, totals[sample.sample_id])
+            placement = update_sample(db, sample, page, now, totals[sample.sample_id], contacts_per_week)
             if placement.full:
                 store.close_sample(db, ObjectId(sample.sample_id), "its size was reached", now)
                 closed.append(sample.sample_id)
@@ -135,28 +159,64 @@ class SampleTotals:
     no_room: int = 0
     excluded: int = 0
     stopped: int = 0
+    held_back: int = 0
+    held_back_by_cell: Counter[CellKey] = field(default_factory=Counter)
 
 
 def update_sample(
-    db: Database, sample: DynamicSample, page: store.ChangedMembers, now: dt.datetime, totals: SampleTotals
+    db: Database,
+    sample: DynamicSample,
+    page: store.ChangedMembers,
+    now: dt.datetime,
+    totals: SampleTotals,
+    contacts_per_week: int,
 ) -> Placement:
-    """One page of changed members placed into one sample, written, and its newcomers stamped for an invitation."""
+    """One page of changed members placed into one sample, written, and its newcomers stamped for an
+    invitation; those at the contact budget are held back and recorded."""
     newly_changed = page.since(sample.drawn_at) if sample.drawn_at else page.profiles
     # The request's exclusions hold for newcomers as for the draw; members stay members.
     excluded = sampler_store.excluded_user_ids(db, sample.request, now, among=newly_changed.index) - sample.member_ids
-    placement = place_changed_members(newly_changed.drop(index=list(excluded)), sample)
+    considered = newly_changed.drop(index=list(excluded))
+    placement = place_changed_members(
+        considered, sample, over_budget(db, candidates(considered, sample), now, contacts_per_week)
+    )
     totals.added += store.add_members(db, sample.sample_id, placement.joining, now)
+    store.hold_back(db, sample.sample_id, placement.held_back, now)
+    if sample.holds_back:
+        store.release_held_back(db, sample.sample_id, placement.joining)
+    if sample.holds_back or placement.held_back:
+        store.write_held_back_summary(db, sample.sample_id, now)
     store.mark_qualification(db, sample.sample_id, placement.stopped_qualifying, False, now)
     store.mark_qualification(db, sample.sample_id, placement.qualifying_again, True, now)
     invitations.stamp_pending_invitations(db, ObjectId(sample.sample_id), prompt=True)
     totals.no_room += len(placement.no_room)
     totals.excluded += len(excluded)
     totals.stopped += len(placement.stopped_qualifying)
+    totals.held_back += len(placement.held_back)
+    totals.held_back_by_cell.update(placement.held_back_by_cell)
     return placement
+
+
+def over_budget(db: Database, newcomers: pd.DataFrame, now: dt.datetime, contacts_per_week: int) -> frozenset[str]:
+    """The newcomers with `contacts_per_week` survey contacts or more in the last 7 days, any sample."""
+    contacts = recent_contacts(db, [ObjectId(user_id) for user_id in newcomers.index], now)
+    return frozenset(str(user_id) for user_id in newcomers.index[contacts >= contacts_per_week])
 
 
 def per_sample_table(totals: dict[str, SampleTotals]) -> dg.TableMetadataValue:
     return table(
-        ["sample", "added", "no room", "excluded", "stopped qualifying"],
-        [(sample_id, t.added, t.no_room, t.excluded, t.stopped) for sample_id, t in totals.items()],
+        ["sample", "added", "no room", "excluded", "stopped qualifying", "held back (contact budget)"],
+        [(sample_id, t.added, t.no_room, t.excluded, t.stopped, t.held_back) for sample_id, t in totals.items()],
+    )
+
+
+def held_back_table(totals: dict[str, SampleTotals]) -> dg.TableMetadataValue:
+    """The newcomers this update held back at the contact budget, per sample and cell."""
+    return table(
+        ["sample", "target", "category", "held back"],
+        [
+            (sample_id, target, category, count)
+            for sample_id, t in totals.items()
+            for (target, category), count in sorted(t.held_back_by_cell.items())
+        ],
     )

@@ -18,6 +18,18 @@ room: room = the category's share of the sample size (rounded up) minus the memb
 (current members are counted the same way, missing category included). Members are taken in the
 order they changed, so the earliest joiners fill a cell; a backlog comes in pages, and each page
 finds the sample as the pages before left it (`with_joiners`).
+
+A dynamic sample with fieldwork and at least one cell is placed by its fieldwork accounting instead
+(its `size` is the completes wanted, not the members): a newcomer joins when none of their cells is
+closed (`fieldwork_state.closed_cells`) and at least one still needs completes (`need` >= MIN_NEED)
+after what its members are expected to bring. The needs are the state's `by_cell.need` (the cells'
+target completes before its first look) less the expected rate of every member the state did not
+count yet (not invited by its `updated_at`: joined since, or stamped and not yet sent); each joiner
+lowers the need of each of their cells by their own expected rate (`fieldwork_state.member_rates`).
+Such a sample is never "full" here: it closes when its fieldwork closes.
+
+The contact budget holds at every dynamic add: a newcomer who would join but is at or over the
+budget (`over_budget`) is held back instead, and counted per cell.
 """
 
 from __future__ import annotations
@@ -29,13 +41,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from panel_pipeline.sampler.requests import MissingPolicy, SampleRequest, filter_mask
+from panel_pipeline.sampler.fieldwork import MIN_NEED, member_categories
+from panel_pipeline.sampler.fieldwork_state import member_rates, sample_cells
+from panel_pipeline.sampler.requests import CELL_SEPARATOR, MissingPolicy, SampleRequest, filter_mask
+from panel_pipeline.sampler.response_rates import LearnedResponseRates
 from panel_pipeline.sampler.targets import Target, request_targets
 
 Cell = tuple[str, ...]
 MISSING: Cell = ()  # a target's missing category: no real cell is empty
+CellKey = tuple[str, str]  # (target key, category) as fieldwork_state.by_cell names a cell
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,16 @@ def _missing_share(entry: Mapping[str, Any], size: int) -> float:
 
 
 @dataclass(frozen=True)
+class FieldworkRoom:
+    """What a dynamic sample with fieldwork still needs: completes per cell after what its members are
+    expected to bring, its closed cells, and the learned rates (None: the request's own rate, or 1)."""
+
+    need: Mapping[CellKey, float]
+    closed: frozenset[CellKey] = frozenset()
+    learned: LearnedResponseRates | None = None
+
+
+@dataclass(frozen=True)
 class DynamicSample:
     """An open dynamic sample: its request, and how many members each target cell already has."""
 
@@ -70,6 +97,8 @@ class DynamicSample:
     filled: Mapping[str, Counter[Cell]] = field(default_factory=dict)
     drawn_at: dt.datetime | None = None  # when the Sampler read the panel: it considered everyone before
     first_draw: FirstDraw = field(default_factory=FirstDraw)
+    fieldwork: FieldworkRoom | None = None  # None: placed by member counts against `size`
+    holds_back: bool = False  # newcomers are held back at the contact budget now (their count is kept)
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -100,6 +129,12 @@ class Placement:
     qualifying_again: tuple[str, ...]
     full: bool
     filled: Mapping[str, Counter[Cell]] = field(default_factory=dict)  # members per cell, joiners included
+    held_back: Mapping[str, tuple[CellKey, ...]] = field(default_factory=dict)  # over the budget: their cells
+    need: Mapping[CellKey, float] = field(default_factory=dict)  # with fieldwork: the needs after the joiners
+
+    @property
+    def held_back_by_cell(self) -> Counter[CellKey]:
+        return Counter(key for keys in self.held_back.values() for key in keys)
 
 
 def cell_of(profile: Mapping[Any, Any] | pd.Series, target: Target, missing: MissingPolicy) -> Cell | None:
@@ -120,6 +155,18 @@ def _value(profile: Mapping[Any, Any] | pd.Series, name: str) -> Any:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
+def cells_of(
+    profile: Mapping[Any, Any] | pd.Series, targets: Sequence[Target], missing: MissingPolicy
+) -> dict[str, Cell | None]:
+    """The member's cell of each target, by target key."""
+    return {target.key: cell_of(profile, target, missing) for target in targets}
+
+
+def cell_keys(cells: Mapping[str, Cell | None]) -> tuple[CellKey, ...]:
+    """The fieldwork cells (target key, category) a member counts towards: none for a missing category."""
+    return tuple((key, CELL_SEPARATOR.join(cell)) for key, cell in cells.items() if cell)
+
+
 def filled_cells(profiles: pd.DataFrame, targets: Sequence[Target], missing: MissingPolicy) -> dict[str, Counter[Cell]]:
     """Members per cell of each target (MISSING included), from the profiles of a sample's current members."""
     rows = profiles.to_dict("records")
@@ -129,37 +176,112 @@ def filled_cells(profiles: pd.DataFrame, targets: Sequence[Target], missing: Mis
     }
 
 
-def place_changed_members(changed: pd.DataFrame, sample: DynamicSample) -> Placement:
-    """Who of `changed` (index = user id, profile fields as columns, in change order) joins `sample`."""
+def fieldwork_room(
+    sample: DynamicSample,
+    state: Mapping[str, Any],
+    result: Mapping[str, Any],
+    uncounted: pd.DataFrame,
+    learned: LearnedResponseRates | None,
+) -> FieldworkRoom | None:
+    """The room of a dynamic sample with fieldwork from its `fieldwork_state` and the draw's
+    `result`; None without fieldwork or without cells (then placed by member counts). `uncounted`:
+    the profiles of the members the state did not count yet (not invited by its `updated_at`)."""
+    request = sample.request
+    if request.fieldwork is None:
+        return None
+    cells = sample_cells(request, result, sample.targets)
+    if cells.empty:
+        return None
+    stated = {(str(row["target"]), str(row["category"])): float(row["need"]) for row in state.get("by_cell") or []}
+    need = {
+        (str(target), str(category)): stated.get((str(target), str(category)), float(wanted))
+        for target, category, wanted in zip(cells["target"], cells["category"], cells["target_completes"], strict=True)
+    }
+    rates = pd.Series(expected_rates(request, learned, uncounted), index=uncounted.index)
+    categories = member_categories(uncounted, sample.targets)
+    for target in sample.targets:
+        for category, expected in rates.groupby(categories[target.key]).sum().items():
+            need[(target.key, str(category))] -= float(expected)
+    closed = frozenset((str(cell["target"]), str(cell["category"])) for cell in state.get("closed_cells") or [])
+    return FieldworkRoom(need, closed, learned)
+
+
+def expected_rates(request: SampleRequest, learned: LearnedResponseRates | None, profiles: pd.DataFrame) -> np.ndarray:
+    """Each member's expected response rate, as fieldwork predicts it."""
+    return member_rates(request, learned, profiles)[0] if len(profiles) else np.zeros(0)
+
+
+def candidates(changed: pd.DataFrame, sample: DynamicSample) -> pd.DataFrame:
+    """Who of `changed` could join `sample`: matching its filters, not yet members."""
+    matches = filter_mask(changed, sample.request.filters)
+    return changed[matches & ~changed.index.isin(list(sample.member_ids))]
+
+
+def place_changed_members(
+    changed: pd.DataFrame, sample: DynamicSample, over_budget: frozenset[str] = frozenset()
+) -> Placement:
+    """Who of `changed` (index = user id, profile fields as columns, in change order) joins `sample`;
+    those in `over_budget` who would join are held back instead."""
     matches = filter_mask(changed, sample.request.filters)
     members = changed.index.isin(list(sample.member_ids))
-    candidates = changed[matches & ~members]
+    newcomers = candidates(changed, sample)
+    room = sample.fieldwork
     caps = {
         target.key: _cell_caps(target, sample.request.size, sample.missing_share(target)) for target in sample.targets
     }
     filled = {key: Counter(sample.filled.get(key, Counter())) for key in caps}
+    need = dict(room.need) if room else {}
+    rates = expected_rates(sample.request, room.learned, newcomers) if room else np.zeros(len(newcomers))
     joining: list[str] = []
     no_room: list[str] = []
-    for user_id, row in candidates.iterrows():
-        cells = {target.key: cell_of(row, target, sample.request.missing) for target in sample.targets}
-        fits = len(joining) < sample.room_left and all(
-            cell is not None and filled[key][cell] < caps[key].get(cell, 0) for key, cell in cells.items()
-        )
+    held_back: dict[str, tuple[CellKey, ...]] = {}
+    for (user_id, row), rate in zip(newcomers.iterrows(), rates, strict=True):
+        cells = cells_of(row, sample.targets, sample.request.missing)
+        if room is None:
+            fits = len(joining) < sample.room_left and all(
+                cell is not None and filled[key][cell] < caps[key].get(cell, 0) for key, cell in cells.items()
+            )
+        else:
+            fits = _fieldwork_fits(cells, float(rate), room.closed, need)
         if not fits:
             no_room.append(str(user_id))
-            continue
-        joining.append(str(user_id))
-        for key, cell in cells.items():
-            filled[key][cell] += 1  # type: ignore[index]  # `fits` above proved every cell is not None
-    full = len(joining) >= sample.room_left
+        elif str(user_id) in over_budget:
+            held_back[str(user_id)] = cell_keys(cells)
+        else:
+            joining.append(str(user_id))
+            for key, cell in cells.items():
+                filled[key][cell] += 1  # type: ignore[index]  # `fits` above proved every cell is not None
+            for cell_key in cell_keys(cells) if room else ():
+                need[cell_key] -= float(rate)
+    full = room is None and len(joining) >= sample.room_left
     stopped = tuple(str(user_id) for user_id in changed.index[members & ~matches])
     again = tuple(str(user_id) for user_id in changed.index[members & matches])
-    return Placement(sample.sample_id, tuple(joining), tuple(no_room), stopped, again, full, filled)
+    return Placement(sample.sample_id, tuple(joining), tuple(no_room), stopped, again, full, filled, held_back, need)
+
+
+def _fieldwork_fits(
+    cells: Mapping[str, Cell | None], rate: float, closed: frozenset[CellKey], need: Mapping[CellKey, float]
+) -> bool:
+    """Placeable on every target, none of their cells closed, and one of them still short."""
+    keys = cell_keys(cells)
+    return (
+        rate > 0
+        and all(cell is not None for cell in cells.values())
+        and not any(key in closed for key in keys)
+        and any(need.get(key, 0.0) >= MIN_NEED for key in keys)
+    )
 
 
 def with_joiners(sample: DynamicSample, placement: Placement) -> DynamicSample:
     """The sample as the next page of changes finds it: the joiners are members and fill their cells."""
-    return replace(sample, member_ids=sample.member_ids | frozenset(placement.joining), filled=placement.filled)
+    room = replace(sample.fieldwork, need=placement.need) if sample.fieldwork else None
+    return replace(
+        sample,
+        member_ids=sample.member_ids | frozenset(placement.joining),
+        filled=placement.filled,
+        fieldwork=room,
+        holds_back=sample.holds_back or bool(placement.held_back),
+    )
 
 
 def _cell_caps(target: Target, size: int, missing_share: float) -> dict[Cell, int]:

@@ -5,7 +5,7 @@ import dagster as dg
 
 from panel_pipeline.queue.worker import Doorbell, WorkerSlot, serve
 from panel_pipeline.shared.contract import PIPELINE_STATE, USERS
-from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.shared.resources import ContactBudget, MongoResource
 from panel_pipeline.updater.assets import (
     DYNAMIC_SAMPLES_DUTY,
     dynamic_sample_updates,
@@ -28,7 +28,9 @@ class WorkerWindow(dg.Config):
 
 
 @dg.op(tags={"panel/part": "dynamic_samples_worker"})
-def serve_dynamic_samples(context: dg.OpExecutionContext, config: WorkerWindow, mongo: MongoResource) -> None:
+def serve_dynamic_samples(
+    context: dg.OpExecutionContext, config: WorkerWindow, mongo: MongoResource, contact_budget: ContactBudget
+) -> None:
     """The standing updater worker: for `serve_seconds`, brings the open dynamic samples up to date
     whenever a member joins or changes (woken by a change stream on `users`), so a newcomer's
     invitation is queued within about a second. Each update is a materialization of
@@ -39,7 +41,7 @@ def serve_dynamic_samples(context: dg.OpExecutionContext, config: WorkerWindow, 
     def step() -> int:
         if not members_changed(db):
             return 0
-        report = update_dynamic_samples(db, keep_alive=slot.renew)
+        report = update_dynamic_samples(db, contact_budget.contacts_per_week, keep_alive=slot.renew)
         context.log_event(dg.AssetMaterialization(asset_key="dynamic_sample_updates", metadata=report.metadata()))
         return report.changed
 

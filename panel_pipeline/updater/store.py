@@ -1,6 +1,16 @@
-"""The Updater's reads and writes in Mongo: changed members, open dynamic samples, their members.
+"""The Updater's reads and writes in Mongo: changed members, open dynamic samples, their members,
+and the newcomers the contact budget held back.
 
-Invitations go through `panel_pipeline.shared.invitations`, exactly as for a first draw.
+Invariants:
+
+- Invitations go through `panel_pipeline.shared.invitations`, exactly as for a first draw.
+- A dynamic sample with fieldwork (and cells) is read with its `fieldwork_state`: its room counts
+  every member the state did not (not invited by the state's `updated_at`), so a member added since
+  the last `sample_fieldwork` look is never counted as room twice. It closes once its fieldwork has.
+- `dynamic_held_back` holds one document per (sample, newcomer) the contact budget kept out, upserted
+  (a page read again writes nothing new) and removed when the member later joins; the sample's
+  `dynamic_held_back` summary is recounted from it, never incremented, after every page while the
+  sample holds anyone back (so a crash between a removal and the recount is mended by the next page).
 """
 
 from __future__ import annotations
@@ -12,14 +22,15 @@ from typing import Any
 
 import pandas as pd
 from bson import ObjectId
-from pymongo import ASCENDING
+from pymongo import ASCENDING, UpdateOne
 from pymongo.database import Database
 
 from panel_pipeline.sampler import store as sampler_store
+from panel_pipeline.sampler.fieldwork_state import FIELDWORK_CLOSED
 from panel_pipeline.sampler.requests import SampleRequestError, parse_sample_request
-from panel_pipeline.shared.contract import ACTIVE, DONE
-from panel_pipeline.shared.mongo import insert_missing
-from panel_pipeline.updater.dynamic import DynamicSample, filled_cells, first_draw_of
+from panel_pipeline.shared.contract import ACTIVE, DONE, DYNAMIC_HELD_BACK, SAMPLES
+from panel_pipeline.shared.mongo import as_utc, insert_missing
+from panel_pipeline.updater.dynamic import CellKey, DynamicSample, fieldwork_room, filled_cells, first_draw_of
 
 CURSOR_ID = "updater"
 # Writers' clocks and commit order differ by a little: each run looks again this far back (the
@@ -35,6 +46,7 @@ def ensure_indexes(db: Database) -> None:
         db.users.create_index([(name, ASCENDING)])  # the sensor's newest-change look-up
         db.users.create_index([(name, ASCENDING), ("_id", ASCENDING)])  # the pages, in a stable order
     db.samples.create_index([("dynamic", ASCENDING), ("open", ASCENDING)])
+    db[DYNAMIC_HELD_BACK].create_index([("sample_id", ASCENDING), ("user_id", ASCENDING)], unique=True)
 
 
 def read_cursor(db: Database) -> dt.datetime | None:
@@ -142,9 +154,11 @@ def first_cursor(db: Database, now: dt.datetime) -> dt.datetime:
 
 
 def open_dynamic_samples(db: Database, now: dt.datetime) -> tuple[list[DynamicSample], list[str]]:
-    """Open dynamic samples (after closing those past `closes_at`), and the ids just closed."""
+    """Open dynamic samples (after closing those past `closes_at`, or whose fieldwork closed), and
+    the ids just closed."""
     closed = []
     samples = []
+    learned = sampler_store.learned_response_rates(db)
     for doc in db.samples.find({"dynamic": True, "open": True, "processed": True, "status": DONE}).sort("_id", 1):
         closes_at = doc.get("closes_at")
         if closes_at is not None and closes_at <= now:
@@ -155,18 +169,42 @@ def open_dynamic_samples(db: Database, now: dt.datetime) -> tuple[list[DynamicSa
             request = parse_sample_request(doc)
         except SampleRequestError:
             continue  # the sampler already failed it; nothing to keep current
-        members = list(db.sample_members.find({"sample_id": doc["_id"]}, {"user_id": 1}))
+        members = list(db.sample_members.find({"sample_id": doc["_id"]}, {"user_id": 1, "invited_at": 1}))
         member_profiles = sampler_store.profiles_frame(
             list(db.users.find({"_id": {"$in": [m["user_id"] for m in members]}}, {"profile": 1})), now.year
         )
         member_ids = frozenset(str(m["user_id"]) for m in members)
-        first_draw = first_draw_of(doc.get("result") or {}, request.size)
+        result = doc.get("result") or {}
         sample = DynamicSample(
-            str(doc["_id"]), request, member_ids, drawn_at=doc.get("drawn_at"), first_draw=first_draw
+            str(doc["_id"]),
+            request,
+            member_ids,
+            drawn_at=doc.get("drawn_at"),
+            first_draw=first_draw_of(result, request.size),
         )
+        state = doc.get("fieldwork_state") or {}
+        counted_until = state.get("updated_at")
+        uncounted = uncounted_members(
+            members, as_utc(counted_until) if isinstance(counted_until, dt.datetime) else None
+        )
+        room = fieldwork_room(sample, state, result, member_profiles[member_profiles.index.isin(uncounted)], learned)
+        if room is not None and state.get("status") == FIELDWORK_CLOSED:
+            close_sample(db, doc["_id"], "its fieldwork closed", now)
+            closed.append(str(doc["_id"]))
+            continue
         filled = filled_cells(member_profiles, sample.targets, request.missing)
-        samples.append(replace(sample, filled=filled))
+        holds_back = bool((doc.get(DYNAMIC_HELD_BACK) or {}).get("members"))
+        samples.append(replace(sample, filled=filled, fieldwork=room, holds_back=holds_back))
     return samples, closed
+
+
+def uncounted_members(members: Iterable[Mapping[str, Any]], counted_until: dt.datetime | None) -> list[str]:
+    """Members a fieldwork state written at `counted_until` did not count: not invited by then."""
+    return [
+        str(member["user_id"])
+        for member in members
+        if counted_until is None or member.get("invited_at") is None or as_utc(member["invited_at"]) > counted_until
+    ]
 
 
 def close_sample(db: Database, sample_id: ObjectId, reason: str, now: dt.datetime) -> None:
@@ -201,3 +239,50 @@ def mark_qualification(
         else {"$set": {"qualifies": False, "stopped_qualifying_at": now}}
     )
     db.sample_members.update_many({"sample_id": ObjectId(sample_id), "user_id": {"$in": ids}}, update)
+
+
+def hold_back(db: Database, sample_id: str, held: Mapping[str, tuple[CellKey, ...]], now: dt.datetime) -> None:
+    """Record the newcomers the contact budget kept out of the sample, with their cells (once each)."""
+    if not held:
+        return
+    db[DYNAMIC_HELD_BACK].bulk_write(
+        [
+            UpdateOne(
+                {"sample_id": ObjectId(sample_id), "user_id": ObjectId(user_id)},
+                {
+                    "$set": {"cells": [{"target": target, "category": category} for target, category in cells]},
+                    "$setOnInsert": {"held_at": now},
+                },
+                upsert=True,
+            )
+            for user_id, cells in held.items()
+        ],
+        ordered=False,
+    )
+
+
+def release_held_back(db: Database, sample_id: str, user_ids: Iterable[str]) -> None:
+    """Members who joined after all are no longer held back."""
+    ids = [ObjectId(uid) for uid in user_ids]
+    if ids:
+        db[DYNAMIC_HELD_BACK].delete_many({"sample_id": ObjectId(sample_id), "user_id": {"$in": ids}})
+
+
+def write_held_back_summary(db: Database, sample_id: str, now: dt.datetime) -> dict[str, Any]:
+    """Recount the sample's held-back newcomers, in all and per cell, into `samples.dynamic_held_back`."""
+    match = {"sample_id": ObjectId(sample_id)}
+    per_cell = db[DYNAMIC_HELD_BACK].aggregate(
+        [
+            {"$match": match},
+            {"$unwind": "$cells"},
+            {"$group": {"_id": {"target": "$cells.target", "category": "$cells.category"}, "held_back": {"$sum": 1}}},
+            {"$sort": {"_id.target": 1, "_id.category": 1}},
+        ]
+    )
+    summary = {
+        "members": db[DYNAMIC_HELD_BACK].count_documents(match),
+        "by_cell": [{**row["_id"], "held_back": int(row["held_back"])} for row in per_cell],
+        "updated_at": now,
+    }
+    db[SAMPLES].update_one({"_id": ObjectId(sample_id)}, {"$set": {DYNAMIC_HELD_BACK: summary}})
+    return summary

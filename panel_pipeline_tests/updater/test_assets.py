@@ -1,13 +1,18 @@
 import datetime as dt
+import math
 
 import dagster as dg
 import pytest
 from bson import ObjectId
 
+from panel_pipeline.sampler import store as sampler_store
+from panel_pipeline.sampler.assets import sample_fieldwork, samples
+from panel_pipeline.sampler.fieldwork import MIN_NEED
 from panel_pipeline.shared import invitations
-from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.shared.resources import ContactBudget, MongoResource
 from panel_pipeline.updater import store
 from panel_pipeline.updater.assets import dynamic_sample_updates
+from panel_pipeline.updater.jobs import dynamic_samples_worker_job
 from panel_pipeline.updater.sensors import member_changes_sensor
 
 UTC = dt.UTC
@@ -24,6 +29,18 @@ def add_user(db, region, when, status="active"):
     ).inserted_id
 
 
+def open_invitation():
+    return {
+        "template": "new_survey",
+        "default_data": {
+            "survey_name": "Tracker",
+            "duration_minutes": 5,
+            "points": 50,
+            "survey_url": "https://survey.example/s/9",
+        },
+    }
+
+
 def open_scotland_sample(db, size=10, mailing=True):
     doc = {
         "name": "Scotland tracker",
@@ -38,21 +55,14 @@ def open_scotland_sample(db, size=10, mailing=True):
         "drawn_at": dt.datetime.now(UTC) - dt.timedelta(minutes=1),
     }
     if mailing:
-        doc["mailing"] = {
-            "template": "new_survey",
-            "default_data": {
-                "survey_name": "Tracker",
-                "duration_minutes": 5,
-                "points": 50,
-                "survey_url": "https://survey.example/s/9",
-            },
-        }
+        doc["mailing"] = open_invitation()
     return db.samples.insert_one(doc).inserted_id
 
 
 def update(mongo):
+    resources = {"mongo": mongo, "contact_budget": ContactBudget()}
     with dg.instance_for_test() as instance:
-        result = dg.materialize([dynamic_sample_updates], instance=instance, resources={"mongo": mongo})
+        result = dg.materialize([dynamic_sample_updates], instance=instance, resources=resources)
     assert result.success
     return result.asset_materializations_for_node("dynamic_sample_updates")[0].metadata
 
@@ -177,7 +187,14 @@ def test_the_requests_exclusions_hold_for_newcomers(mongo, mongo_db):
     metadata = update(mongo)
     assert mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id}) == [newcomer]
     (row,) = metadata["per_sample"].records
-    assert row.data == {"sample": str(sample_id), "added": 1, "no room": 0, "excluded": 2, "stopped qualifying": 0}
+    assert row.data == {
+        "sample": str(sample_id),
+        "added": 1,
+        "no room": 0,
+        "excluded": 2,
+        "stopped qualifying": 0,
+        "held back (contact budget)": 0,
+    }
 
 
 def test_an_age_filter_reads_the_birth_year_not_a_stale_stored_age(mongo, mongo_db):
@@ -227,3 +244,127 @@ def test_a_scottish_newcomer_without_vote_2024_joins_a_sample_drawn_where_nobody
     assert second_without_grade not in members
     (row,) = metadata["per_sample"].records
     assert row.data["added"] == 1 and row.data["no room"] == 1
+
+
+def add_member(db, region, gender, when):
+    return db.users.insert_one(
+        {"status": "active", "created_at": when, "profile": {"region": region, "gender": gender}}
+    ).inserted_id
+
+
+def test_a_dynamic_fieldwork_sample_takes_newcomers_into_short_cells_only(mongo, mongo_db):
+    """Drawn and looked at by the Sampler's own assets: the women's cell is full (closed), the men's
+    still needs completes; newcomers join only the men's, each using half a complete of its need."""
+    past = dt.datetime.now(UTC) - dt.timedelta(days=30)
+    women = [add_member(mongo_db, "Scotland", "female", past) for _ in range(4)]
+    [add_member(mongo_db, "Scotland", "male", past) for _ in range(2)]
+    sample_id = mongo_db.samples.insert_one(
+        {
+            "name": "Scotland fieldwork tracker",
+            "survey_id": "55",
+            "size": 8,
+            "dynamic": True,
+            "filters": {"region": {"$in": ["Scotland"]}},
+            "quotas": {"gender": {"female": 0.5, "male": 0.5}},
+            "expected_response_rate": 0.5,
+            "mailing": open_invitation(),
+            "processed": False,
+            "created_at": dt.datetime.now(UTC),
+        }
+    ).inserted_id
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("sample_requests", [str(sample_id)])
+        drawn = dg.materialize([samples], partition_key=str(sample_id), instance=instance, resources={"mongo": mongo})
+        assert drawn.success
+        assert str(sample_id) in {str(doc["_id"]) for doc in sampler_store.open_fieldwork_samples(mongo_db)}
+        invited_at = dt.datetime.now(UTC) - dt.timedelta(hours=1)  # as the Mailer stamps a sent invitation
+        mongo_db.sample_members.update_many({"sample_id": sample_id}, {"$set": {"invited_at": invited_at}})
+        mongo_db.transactions.insert_many(
+            [
+                {"user_id": uid, "survey_id": "55", "response_id": i + 1, "created_at": invited_at}
+                for i, uid in enumerate(women)
+            ]
+        )
+        looked = dg.materialize(
+            [sample_fieldwork], partition_key=str(sample_id), instance=instance, resources={"mongo": mongo}
+        )
+        assert looked.success
+    state = mongo_db.samples.find_one({"_id": sample_id})["fieldwork_state"]
+    assert state["target_completes"] == 8 and state["status"] == "open"  # its size is the completes wanted
+    assert state["closed_cells"][0]["category"] == "female"
+    men_need = next(cell["need"] for cell in state["by_cell"] if cell["category"] == "male")
+    assert men_need >= 1.0, state["by_cell"]
+
+    now = dt.datetime.now(UTC)
+    [add_member(mongo_db, "Scotland", "female", now) for _ in range(3)]
+    men = [add_member(mongo_db, "Scotland", "male", now) for _ in range(12)]
+    metadata = update(mongo)
+    joined = set(mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id, "source": "updater"}))
+    assert 0 < len(joined) < len(men)
+    assert joined == set(men[: math.floor((men_need - MIN_NEED) / 0.5) + 1])  # until the need is met
+    assert metadata["members_added"].value == len(joined)
+    assert mongo_db.samples.find_one({"_id": sample_id})["open"] is True  # more members than `size`: still open
+
+    later = dt.datetime.now(UTC)  # before fieldwork looks again, the joiners count: no room twice
+    add_member(mongo_db, "Scotland", "male", later)
+    assert update(mongo)["members_added"].value == 0
+
+    mongo_db.samples.update_one({"_id": sample_id}, {"$set": {"fieldwork_state.status": "closed"}})
+    update(mongo)
+    closed = mongo_db.samples.find_one({"_id": sample_id})
+    assert closed["open"] is False and closed["closed_reason"] == "its fieldwork closed"
+
+
+def contacted(db, user_id, times):
+    """`times` survey invitations to other samples in the last days."""
+    db.sample_members.insert_many(
+        [
+            {"sample_id": ObjectId(), "user_id": user_id, "invited_at": dt.datetime.now(UTC) - dt.timedelta(days=1)}
+            for _ in range(times)
+        ]
+    )
+
+
+def test_a_newcomer_at_the_contact_budget_is_held_back_and_counted(mongo, mongo_db):
+    sample_id = open_scotland_sample(mongo_db, mailing=False)
+    mongo_db.samples.update_one({"_id": sample_id}, {"$set": {"quotas": {"gender": {"female": 0.5, "male": 0.5}}}})
+    now = dt.datetime.now(UTC)
+    busy, free = add_user(mongo_db, "Scotland", now), add_user(mongo_db, "Scotland", now)
+    contacted(mongo_db, busy, 3)
+    contacted(mongo_db, free, 2)
+    metadata = update(mongo)
+    assert mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id}) == [free]
+    assert metadata["members_held_back"].value == 1
+    (row,) = metadata["per_sample"].records
+    assert row.data["held back (contact budget)"] == 1
+    (cell,) = metadata["held_back_by_cell"].records
+    assert cell.data == {"sample": str(sample_id), "target": "gender", "category": "female", "held back": 1}
+    summary = {"members": 1, "by_cell": [{"target": "gender", "category": "female", "held_back": 1}]}
+    assert mongo_db.samples.find_one({"_id": sample_id})["dynamic_held_back"].items() >= summary.items()
+
+    update(mongo)  # the same change seen again: still one member held back, once
+    assert mongo_db.dynamic_held_back.count_documents({"sample_id": sample_id}) == 1
+
+    # Simplest honest rule: a held-back member is looked at again when they next change.
+    mongo_db.sample_members.delete_many({"user_id": busy})
+    mongo_db.users.update_one({"_id": busy}, {"$set": {"profile_updated_at": dt.datetime.now(UTC)}})
+    update(mongo)
+    assert busy in mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id})
+    assert mongo_db.samples.find_one({"_id": sample_id})["dynamic_held_back"]["members"] == 0
+
+
+def test_the_standing_worker_holds_the_budget_from_its_resource(mongo, mongo_db):
+    sample_id = open_scotland_sample(mongo_db, mailing=False)
+    busy, free = (
+        add_user(mongo_db, "Scotland", dt.datetime.now(UTC)),
+        add_user(mongo_db, "Scotland", dt.datetime.now(UTC)),
+    )
+    contacted(mongo_db, busy, 2)
+    result = dynamic_samples_worker_job.execute_in_process(
+        run_config={"ops": {"serve_dynamic_samples": {"config": {"serve_seconds": 1.0}}}},
+        resources={"mongo": mongo, "contact_budget": ContactBudget(contacts_per_week=2)},
+    )
+    assert result.success
+    assert mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id}) == [free]
+    (materialization,) = result.asset_materializations_for_node("serve_dynamic_samples")
+    assert materialization.metadata["members_held_back"].value == 1

@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 from bson import ObjectId
 
-from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.shared.resources import ContactBudget, MongoResource
 from panel_pipeline.updater import store
 from panel_pipeline.updater.assets import dynamic_sample_updates
 from panel_pipeline.updater.sensors import member_changes_sensor
@@ -23,7 +23,9 @@ def mongo(mongo_uri, mongo_db):
 
 
 def update(mongo, instance):
-    result = dg.materialize([dynamic_sample_updates], instance=instance, resources={"mongo": mongo})
+    result = dg.materialize(
+        [dynamic_sample_updates], instance=instance, resources={"mongo": mongo, "contact_budget": ContactBudget()}
+    )
     assert result.success
     return {
         key: value.value

@@ -1,9 +1,17 @@
 from collections import Counter
+from dataclasses import replace
 
 import pandas as pd
 
 from panel_pipeline.sampler.requests import parse_sample_request
-from panel_pipeline.updater.dynamic import MISSING, DynamicSample, filled_cells, first_draw_of, place_changed_members
+from panel_pipeline.updater.dynamic import (
+    MISSING,
+    DynamicSample,
+    fieldwork_room,
+    filled_cells,
+    first_draw_of,
+    place_changed_members,
+)
 
 
 def request(**fields):
@@ -139,3 +147,58 @@ def test_current_members_are_counted_into_the_missing_category():
     members = people(("m1", {"vote_2024": None}), ("m2", {"vote_2024": "labour"}), ("m3", {"vote_2024": "snp"}))
     assert filled_cells(members, targets, "include") == {"vote_2024": Counter({MISSING: 1, ("labour",): 1})}
     assert filled_cells(members, targets, "exclude") == {"vote_2024": Counter({("labour",): 1})}
+
+
+GENDER = {"gender": {"female": 0.5, "male": 0.5}}
+NOBODY = pd.DataFrame(columns=["gender"])  # no uncounted members (their profiles, as the store reads them)
+
+
+def fieldwork_request(**fields):
+    return request(size=10, quotas=GENDER, expected_response_rate=0.5, fieldwork=True, **fields)
+
+
+def test_with_fieldwork_newcomers_fill_cells_still_short_and_none_joins_a_closed_one():
+    sample = DynamicSample("s", fieldwork_request(), frozenset({"m1"}))
+    state = {
+        "by_cell": [
+            {"target": "gender", "category": "female", "need": 1.0},
+            {"target": "gender", "category": "male", "need": 0.0},
+        ],
+        "closed_cells": [{"target": "gender", "category": "male"}],
+    }
+    room = fieldwork_room(sample, state, {}, NOBODY, None)
+    changed = people(*((f"f{i}", {"gender": "female"}) for i in range(3)), ("m", {"gender": "male"}))
+    placement = place_changed_members(changed, replace(sample, fieldwork=room))
+    assert placement.joining == ("f0", "f1")  # each brings half a complete: 1.0 -> 0.5 -> 0.0
+    assert placement.no_room == ("f2", "m")
+    assert placement.need[("gender", "female")] == 0.0
+    assert not placement.full  # size is the completes wanted: fieldwork closes such a sample, not a count
+
+
+def test_with_fieldwork_the_members_the_state_did_not_count_use_up_need():
+    sample = DynamicSample("s", fieldwork_request(), frozenset({"n1", "n2"}))
+    state = {"by_cell": [{"target": "gender", "category": "female", "need": 2.0}]}
+    uncounted = people(("n1", {"gender": "female"}), ("n2", {"gender": "female"}))
+    room = fieldwork_room(sample, state, {}, uncounted, None)
+    assert room is not None and room.need == {("gender", "female"): 1.0, ("gender", "male"): 5.0}
+
+
+def test_before_the_first_fieldwork_look_the_need_is_the_cells_target():
+    room = fieldwork_room(DynamicSample("s", fieldwork_request(), frozenset()), {"status": "open"}, {}, NOBODY, None)
+    assert room is not None and room.need == {("gender", "female"): 5.0, ("gender", "male"): 5.0}
+
+
+def test_without_cells_or_without_fieldwork_members_are_counted_against_the_size():
+    no_cells = DynamicSample("s", request(fieldwork=True), frozenset())
+    no_fieldwork = DynamicSample("s", request(quotas=GENDER), frozenset())
+    assert fieldwork_room(no_cells, {}, {}, NOBODY, None) is None
+    assert fieldwork_room(no_fieldwork, {}, {}, NOBODY, None) is None
+
+
+def test_a_newcomer_over_the_contact_budget_is_held_back_and_takes_no_room():
+    sample = DynamicSample("s", request(size=2, quotas=GENDER), frozenset())
+    changed = people(("a", {"gender": "female"}), ("b", {"gender": "female"}), ("c", {"gender": "male"}))
+    placement = place_changed_members(changed, sample, over_budget=frozenset({"a"}))
+    assert placement.joining == ("b", "c")
+    assert placement.held_back == {"a": (("gender", "female"),)}
+    assert placement.held_back_by_cell == Counter({("gender", "female"): 1})
