@@ -11,6 +11,10 @@ done with its `shortfall`.
 A request with fieldwork is drawn with `fieldwork_state: {status: open}` (the open-fieldwork sensor
 reads that, through a partial index); `sample_fieldwork` rewrites the state from the members'
 completions (the pure work is sampler/fieldwork_state.py) until it closes, and then never reopens.
+A sample fielded in waves is drawn as its first wave, and while open each pass may add a top-up wave
+(sampler/waves.py), in this order: the state computed, the wave's members upserted, the sample's
+waiting members invited, the state written. Members added and not mailed yet count as invited, so a
+pass that crashed anywhere in between is finished by the next one without a second wave.
 """
 
 import datetime as dt
@@ -392,7 +396,7 @@ def sample_fieldwork(
     learned = learned_rates(db)
     update = update_fieldwork(request, document, members, learned, now)
     top_up, top_up_note = top_up_wave(db, request, document, update, members, learned, contact_budget, now)
-    if mailed:  # this pass's wave, or one a crashed pass added and did not invite
+    if mailed and waves.uses_waves(request):  # this pass's wave, or one a crashed pass added and did not invite
         invitations.invite_sample(db, sample_id, now, context.log)
     before = document.get("fieldwork_state") or {}
     update = replace(update, state=waves.state_with_waves(update.state, before, members, top_up, now))

@@ -1,5 +1,6 @@
 """The Sampler's reads and writes in Mongo: the eligible panel, exclusions, sample members, and
-fieldwork (past invitations with their completions, a sample's members with theirs, the state).
+fieldwork (past invitations with their completions, a sample's members with theirs, the state,
+top-up waves' members, the panel's recent survey contacts).
 
 The Updater reads the panel and the exclusions through this module too, so a dynamic sample's
 newcomers are loaded and left out exactly as its first draw's members were. A completion is a
