@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from panel_pipeline.local.synthetic_panel import generate_profiles
-from panel_pipeline.sampler import store
+from panel_pipeline.sampler import fieldwork, store, waves
 from panel_pipeline.sampler.assets import learned_rates, top_up_wave
-from panel_pipeline.sampler.fieldwork_state import update_fieldwork
+from panel_pipeline.sampler.fieldwork_state import FieldworkUpdate, update_fieldwork
 from panel_pipeline.sampler.requests import parse_sample_request
 from panel_pipeline.sampler.response_rates import learn_response_rates
 from panel_pipeline.shared.resources import ContactBudget, MongoResource
@@ -195,3 +195,63 @@ def test_a_pass_that_crashed_between_adding_a_wave_and_inviting_it_invites_it_on
     (mailing_id,) = {doc.get("mailing_id") for doc in members(mongo_db, sample_id, wave=2)}
     assert mailing_id and mongo_db.mailings.count_documents({}) == 2
     assert mongo_db.mailings.find_one({"_id": mailing_id})["recipient_count"] == len(waiting)
+
+
+# --- when a top-up is due (pure) ---------------------------------------------------------------------
+
+NOW = dt.datetime(2025, 6, 10, 12, tzinfo=UTC)
+
+
+def fieldwork_now(needs, closed=(False, False), status="open"):
+    cells = pd.DataFrame(
+        {"target": ["gender", "gender"], "category": ["female", "male"], "need": needs, "closed": list(closed)}
+    )
+    accounting = fieldwork.CellAccounting(cells=cells, completes=0, invited=0, in_progress=0, reminders=0)
+    return FieldworkUpdate(state={"status": status}, accounting=accounting, completed_at={}, weights=None)
+
+
+def wave_members(*waves_added_hours_ago):
+    """One member per (wave, hours ago it was added)."""
+    return pd.DataFrame(
+        {
+            "wave": [wave for wave, _ in waves_added_hours_ago],
+            "added_at": [NOW - dt.timedelta(hours=hours) for _, hours in waves_added_hours_ago],
+        }
+    )
+
+
+def waves_request(**fieldwork_settings):
+    return parse_sample_request(
+        {"name": "t", "survey_id": "1", "size": 100, "quotas": HALVES, "mailing": INVITATION}
+        | ({"fieldwork": fieldwork_settings} if fieldwork_settings else {})
+    )
+
+
+@pytest.mark.parametrize(
+    ("request_", "update", "members_", "before", "due"),
+    [
+        (waves_request(), fieldwork_now([0.0, 5.0]), wave_members((1, 13)), {}, True),
+        # Wave 1's time is the draw's (13 h ago), whatever its members' added_at says.
+        (waves_request(), fieldwork_now([0.0, 5.0]), wave_members((1, 1)), {}, True),
+        (waves_request(), fieldwork_now([0.0, 5.0]), wave_members((1, 20), (2, 11)), {}, False),
+        (waves_request(), fieldwork_now([0.0, 5.0]), wave_members((1, 20), (2, 13)), {}, True),
+        (waves_request(top_up_every_hours=0.01), fieldwork_now([0.0, 5.0]), wave_members((1, 20), (2, 1)), {}, True),
+        # The last look found nobody to add two hours ago: wait the interval from it too.
+        (
+            waves_request(),
+            fieldwork_now([0.0, 5.0]),
+            wave_members((1, 20)),
+            {"last_top_up": {"at": NOW - dt.timedelta(hours=2)}},
+            False,
+        ),
+        (waves_request(), fieldwork_now([0.0, 0.9]), wave_members((1, 13)), {}, False),  # under a whole complete short
+        (waves_request(), fieldwork_now([0.0, 5.0], closed=(False, True)), wave_members((1, 13)), {}, False),
+        (waves_request(), fieldwork_now([0.0, 5.0], status="closed"), wave_members((1, 13)), {}, False),
+        (waves_request(waves=False), fieldwork_now([0.0, 5.0]), wave_members((1, 13)), {}, False),
+    ],
+)
+def test_a_top_up_is_due_only_when_a_cell_is_short_and_the_latest_wave_is_old_enough(
+    request_, update, members_, before, due
+):
+    reason = waves.top_up_not_due(request_, update, members_, NOW - dt.timedelta(hours=13), before, NOW)
+    assert (reason is None) == due, reason
