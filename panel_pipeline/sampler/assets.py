@@ -11,18 +11,24 @@ done with its `shortfall`.
 A request with fieldwork is drawn with `fieldwork_state: {status: open}` (the open-fieldwork sensor
 reads that, through a partial index); `sample_fieldwork` rewrites the state from the members'
 completions (the pure work is sampler/fieldwork_state.py) until it closes, and then never reopens.
+A sample fielded in waves is drawn as its first wave, and while open each pass may add a top-up wave
+(sampler/waves.py), in this order: the state computed, the wave's members upserted, the sample's
+waiting members invited, the state written. Members added and not mailed yet count as invited, so a
+pass that crashed anywhere in between is finished by the next one without a second wave.
 """
 
 import datetime as dt
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 from bson import ObjectId
 from pymongo.database import Database
 
 from panel_pipeline.queue.store import SKIPPED, RequestRejected, WorkQueue, process_document
-from panel_pipeline.sampler import store
+from panel_pipeline.sampler import store, waves
 from panel_pipeline.sampler.composition_chart import composition_svg, markdown_image
 from panel_pipeline.sampler.fieldwork_state import FIELDWORK_OPEN, FieldworkUpdate, update_fieldwork
 from panel_pipeline.sampler.quotas import CategoryReport, SelectionResult, nobody_placed_reason, select
@@ -32,8 +38,9 @@ from panel_pipeline.shared import invitations
 from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.contract import DONE, FAILED, SAMPLES
 from panel_pipeline.shared.metadata import OWNERS, row_count, table
+from panel_pipeline.shared.mongo import as_utc
 from panel_pipeline.shared.partitions import sample_request_partitions
-from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.shared.resources import ContactBudget, MongoResource
 
 TOLERANCE_CHECK = "composition_within_tolerance"
 DRAW_FIELDS = ("result", "members", "shortfall", "seed_used", "drawn_at", "drawn_by_run", "open", "fieldwork_state")
@@ -62,10 +69,13 @@ class RedrawConfig(dg.Config):
     ],
     tags={"panel/part": "sampler"},
 )
-def samples(context: dg.AssetExecutionContext, config: RedrawConfig, mongo: MongoResource) -> dg.MaterializeResult:
+def samples(
+    context: dg.AssetExecutionContext, config: RedrawConfig, mongo: MongoResource, contact_budget: ContactBudget
+) -> dg.MaterializeResult:
     """A sample for one request (partition = the `samples` document's `_id`): active members who match
-    its filters and exclusions, drawn to its quotas (or the `uk_nat_rep` preset) with a seeded draw,
-    written to `sample_members`. The first run takes the request from the queue; re-materialising a
+    its filters and exclusions and have room in the contact budget, drawn to its quotas (or the
+    `uk_nat_rep` preset) with a seeded draw (a sample fielded in waves: its first wave), written to
+    `sample_members`. The first run takes the request from the queue; re-materialising a
     processed request re-draws it (optionally with another seed, size or quotas, recorded on the
     request), replacing members not yet invited and keeping those invited or queued for an invitation."""
     db = mongo.db()
@@ -78,13 +88,13 @@ def samples(context: dg.AssetExecutionContext, config: RedrawConfig, mongo: Mong
         raise dg.Failure(description=f"no samples document with _id {sample_id}")
 
     if document.get("processed"):
-        report, write_back = redraw(db, document, config, run_id)
+        report, write_back = redraw(db, document, config, run_id, contact_budget.contacts_per_week)
         invitations.invite_sample(db, sample_id, utc_now(), context.log)
     else:
         drawn: dict[str, Any] = {}
 
         def work(doc: Mapping[str, Any]) -> Mapping[str, Any]:
-            drawn["report"], drawn["write_back"] = draw_once(db, queue, doc, run_id)
+            drawn["report"], drawn["write_back"] = draw_once(db, queue, doc, run_id, contact_budget.contacts_per_week)
             invitations.invite_sample(db, sample_id, utc_now(), context.log)
             return drawn["write_back"]
 
@@ -101,33 +111,38 @@ def samples(context: dg.AssetExecutionContext, config: RedrawConfig, mongo: Mong
 
 
 def draw_once(
-    db: Database, queue: WorkQueue, document: Mapping[str, Any], run_id: str
+    db: Database, queue: WorkQueue, document: Mapping[str, Any], run_id: str, budget: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The draw of a claimed request and its write-back fields, saved on the request before any
     invitation is made; a request an earlier claim already drew is not drawn again."""
     if document.get("drawn_by_run"):
         return dict(document["result"]), {field: document[field] for field in DRAW_FIELDS if field in document}
-    result, write_back = draw(db, document, run_id, before_writing=lambda: queue.renew(document["_id"], run_id))
+    _, write_back = draw(db, document, run_id, budget, before_writing=lambda: queue.renew(document["_id"], run_id))
     queue.save_progress(document["_id"], run_id, write_back)
-    return result.to_document(), write_back
+    return dict(write_back["result"]), write_back
 
 
 def draw(
     db: Database,
     document: Mapping[str, Any],
     run_id: str,
+    budget: int,
     changes: Mapping[str, Any] | None = None,
     before_writing: Callable[[], None] = lambda: None,
 ) -> tuple[SelectionResult, dict[str, Any]]:
     """Validate, select and write members; the returned fields are written back on the request.
-    `before_writing` runs between the selection and the first write (the queue renews its lease)."""
+    A sample with a mailing draws only members with room in the contact budget (`budget` contacts
+    in 7 days; the held back in `result.held_back`); one fielded in waves draws its first wave
+    (sampler/waves.py). `before_writing` runs between the selection and the first write (the queue
+    renews its lease)."""
     try:
         request = parse_sample_request({**document, **(changes or {})})
     except SampleRequestError as invalid:
         raise RequestRejected(str(invalid)) from invalid
     now = utc_now()
     sample_id = document["_id"]
-    panel = store.load_panel(db, request, now.year)
+    learned = learned_rates(db) if waves.uses_waves(request) else None
+    panel = store.load_panel(db, waves.sizing_request(request, learned), now.year)
     kept = store.kept_members(db, sample_id)
     excluded = store.excluded_user_ids(db, request, now) | kept
     if len(kept) >= request.size:
@@ -139,13 +154,24 @@ def draw(
         # Invited members stay; the rest of the size is drawn around them (to the same targets).
         request = request.model_copy(update={"size": request.size - len(kept)})
     eligible = store.eligibility(panel, excluded)
-    result = select(panel, request, eligible)
+    held_back = None
+    if request.mailing is not None:
+        held_back = waves.draw_budget(panel, request, store.panel_contacts(db, panel, eligible, now), eligible, budget)
+        eligible &= held_back.allowed
+    if waves.uses_waves(request):
+        result = waves.first_wave_selection(panel, request, eligible, learned)
+    else:
+        result = select(panel, request, eligible)
     if result.invited == 0 and not request.dynamic:  # a dynamic sample waits for newcomers, its shortfall says how many
         raise RequestRejected(nobody_placed_reason(panel, request, eligible, result))
     before_writing()
-    written = store.replace_members(db, sample_id, [str(uid) for uid in result.member_ids], now)
+    wave = 1 if request.fieldwork is not None else None
+    written = store.replace_members(db, sample_id, [str(uid) for uid in result.member_ids], now, wave)
+    report = result.to_document()
+    if held_back is not None:
+        report["held_back"] = held_back.to_document()
     write_back = {
-        "result": result.to_document(),
+        "result": report,
         "members": written["members"],
         "shortfall": shortfall(result),
         "seed_used": result.seed,
@@ -155,12 +181,17 @@ def draw(
     if request.dynamic:
         write_back["open"] = True
     if request.fieldwork is not None and "fieldwork_state" not in document:
-        write_back["fieldwork_state"] = {"status": FIELDWORK_OPEN, "close_at": request.fieldwork.closes_at(now)}
+        budget_state = {} if held_back is None else {"held_back": held_back.to_document()}
+        write_back["fieldwork_state"] = {
+            "status": FIELDWORK_OPEN,
+            "close_at": request.fieldwork.closes_at(now),
+            **budget_state,
+        }
     return result, write_back
 
 
 def redraw(
-    db: Database, document: Mapping[str, Any], config: RedrawConfig, run_id: str
+    db: Database, document: Mapping[str, Any], config: RedrawConfig, run_id: str, budget: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Re-draw a processed request: its report and the fields written back on it. A failed request
     stays failed (its error says what to fix)."""
@@ -170,7 +201,7 @@ def redraw(
         )
     changes = {key: value for key, value in config.model_dump().items() if value is not None}
     try:
-        result, write_back = draw(db, document, run_id, changes)
+        result, write_back = draw(db, document, run_id, budget, changes)
     except RequestRejected as invalid:
         raise dg.Failure(description=f"re-draw rejected: {invalid}") from invalid
     db.samples.update_one(
@@ -182,7 +213,7 @@ def redraw(
             },
         },
     )
-    return result.to_document(), write_back
+    return dict(write_back["result"]), write_back
 
 
 def shortfall(result: SelectionResult) -> dict[str, Any]:
@@ -226,6 +257,7 @@ def materialization(report: Mapping[str, Any], member_count: int) -> dg.Material
             "dropped_targets": dg.MetadataValue.text(
                 "; ".join(dropped["reason"] for dropped in report.get("dropped_targets", [])) or "none"
             ),
+            "held_back_by_contact_budget": int((report.get("held_back") or {}).get("held_back", 0)),
             **row_count(member_count),
         },
         check_results=[
@@ -334,12 +366,16 @@ def rates_metadata(learned: LearnedResponseRates) -> dict[str, Any]:
     kinds={"python", "mongodb"},
     tags={"panel/part": "sampler"},
 )
-def sample_fieldwork(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.MaterializeResult:
+def sample_fieldwork(
+    context: dg.AssetExecutionContext, mongo: MongoResource, contact_budget: ContactBudget
+) -> dg.MaterializeResult:
     """One sample's fieldwork (partition = the sample's `_id`): its members' completions (their first
     transaction of the sample's survey) counted per target cell against the cells' target completes,
     with the learned rates (or the request's own) and the completion curve; writes
     `fieldwork_state` on the sample (full cells in `closed_cells`) and `completed_at` on its
-    completers, and closes fieldwork when every cell is full or at `close_at`, with the weights."""
+    completers, and closes fieldwork when every cell is full or at `close_at`, with the weights.
+    While open, a sample fielded in waves gets a top-up wave when one is due (sampler/waves.py):
+    members for the cells still short, within the contact budget, added and invited."""
     db = mongo.db()
     store.ensure_fieldwork_indexes(db)
     sample_id = ObjectId(context.partition_key)
@@ -355,11 +391,76 @@ def sample_fieldwork(context: dg.AssetExecutionContext, mongo: MongoResource) ->
     if request.fieldwork is None:
         raise dg.Failure(description=f"sample {sample_id} has no fieldwork (`fieldwork: false`, or no mailing)")
     now = utc_now()
-    members = store.fieldwork_members(db, sample_id, request.survey_id, now.year)
-    update = update_fieldwork(request, document, members, learned_rates(db), now)
+    mailed = request.mailing is not None
+    members = store.fieldwork_members(db, sample_id, request.survey_id, now.year, mailed=mailed)
+    learned = learned_rates(db)
+    update = update_fieldwork(request, document, members, learned, now)
+    top_up, top_up_note = top_up_wave(db, request, document, update, members, learned, contact_budget, now)
+    if mailed and waves.uses_waves(request):  # this pass's wave, or one a crashed pass added and did not invite
+        invitations.invite_sample(db, sample_id, now, context.log)
+    before = document.get("fieldwork_state") or {}
+    update = replace(update, state=waves.state_with_waves(update.state, before, members, top_up, now))
     stamped = store.write_fieldwork(db, sample_id, update.state, update.completed_at, update.weights)
-    context.log.info(f"{update.state['completes']} completes ({stamped} new); fieldwork {update.state['status']}")
-    return dg.MaterializeResult(metadata=fieldwork_metadata(request, update))
+    context.log.info(
+        f"{update.state['completes']} completes ({stamped} new); fieldwork {update.state['status']}; {top_up_note}"
+    )
+    return dg.MaterializeResult(metadata={**fieldwork_metadata(request, update), **waves_metadata(update, top_up_note)})
+
+
+def top_up_wave(
+    db: Database,
+    request: SampleRequest,
+    document: Mapping[str, Any],
+    update: FieldworkUpdate,
+    members: pd.DataFrame,
+    learned: LearnedResponseRates | None,
+    budget: ContactBudget,
+    now: dt.datetime,
+) -> tuple[waves.TopUp | None, str]:
+    """A top-up wave when one is due: eligible non-members (the draw's filters and exclusions) for
+    the cells still short, added as the next wave (idempotent upserts); and what this pass did."""
+    drawn_at = as_utc(document["drawn_at"])
+    not_due = waves.top_up_not_due(request, update, members, drawn_at, document.get("fieldwork_state") or {}, now)
+    if not_due:
+        return None, f"no top-up: {not_due}"
+    panel = store.load_panel(db, waves.sizing_request(request, learned), now.year)
+    eligible = store.eligibility(panel, store.excluded_user_ids(db, request, now) | set(members.index))
+    contacts = store.panel_contacts(db, panel, eligible, now)
+    seed = int(document.get("seed_used") or 0)
+    top_up = waves.plan_top_up(
+        request,
+        document.get("result") or {},
+        update,
+        members,
+        panel,
+        eligible,
+        contacts,
+        budget.contacts_per_week,
+        learned,
+        seed,
+    )
+    added = store.add_members(db, document["_id"], [str(uid) for uid in top_up.member_ids], now, top_up.wave)
+    held = top_up.budget.held_back
+    return top_up, f"top-up wave {top_up.wave}: {added} members added ({held} held back by the contact budget)"
+
+
+def waves_metadata(update: FieldworkUpdate, top_up_note: str) -> dict[str, Any]:
+    """The waves as the UI shows them: members per wave, this pass's top-up, the budget's held back."""
+    state = update.state
+    held = state.get("held_back") or {}
+    return {
+        "waves": int(state.get("waves") or 0),
+        "top_up": dg.MetadataValue.text(top_up_note),
+        "members_by_wave": table(
+            ["wave", "added at", "members"],
+            [(w["wave"], w["added_at"].isoformat() if w["added_at"] else "", w["members"]) for w in state["by_wave"]],
+        ),
+        "held_back_by_contact_budget": int(held.get("held_back", 0)),
+        "held_back_by_cell": table(
+            ["target", "category", "held back"],
+            [(c["target"], c["category"], c["held_back"]) for c in held.get("by_cell", [])],
+        ),
+    }
 
 
 def learned_rates(db: Database) -> LearnedResponseRates | None:

@@ -157,6 +157,7 @@ FIELDWORK_KEYS: tuple[str, ...] = (
     "max_reminders",
     "first_wave_share",
     "weight_bounds",
+    "top_up_every_hours",
 )
 
 
@@ -171,6 +172,7 @@ class FieldworkSettings:
     max_reminders: int = 1
     first_wave_share: float = 0.7
     weight_bounds: tuple[float, float] = (0.2, 5.0)
+    top_up_every_hours: float = 12.0  # the least time between two waves (sampler/waves.py)
 
     def closes_at(self, drawn_at: dt.datetime) -> dt.datetime:
         return self.close_at or drawn_at + dt.timedelta(days=DEFAULT_FIELDWORK_DAYS)
@@ -197,6 +199,7 @@ def parse_fieldwork(raw: Any) -> FieldworkSettings | None:
         ),
         first_wave_share=_optional(raw, "first_wave_share", _first_wave_share, defaults.first_wave_share),
         weight_bounds=_optional(raw, "weight_bounds", _weight_bounds, defaults.weight_bounds),
+        top_up_every_hours=_optional(raw, "top_up_every_hours", _top_up_hours, defaults.top_up_every_hours),
     )
 
 
@@ -226,6 +229,15 @@ def _reminder_hours(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= MAX_REMINDER_AFTER_HOURS:
         raise RequestFieldError(
             (), f"must be a number of hours from 1 to {MAX_REMINDER_AFTER_HOURS}, got {_shown(value)}"
+        )
+    return float(value)
+
+
+def _top_up_hours(value: Any) -> float:
+    # Fractions of an hour are allowed: tests on the local stack run hours of fieldwork in seconds.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_REMINDER_AFTER_HOURS:
+        raise RequestFieldError(
+            (), f"must be a number of hours above 0, at most {MAX_REMINDER_AFTER_HOURS}, got {_shown(value)}"
         )
     return float(value)
 

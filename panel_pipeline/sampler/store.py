@@ -1,5 +1,6 @@
 """The Sampler's reads and writes in Mongo: the eligible panel, exclusions, sample members, and
-fieldwork (past invitations with their completions, a sample's members with theirs, the state).
+fieldwork (past invitations with their completions, a sample's members with theirs, the state,
+top-up waves' members, the panel's recent survey contacts).
 
 The Updater reads the panel and the exclusions through this module too, so a dynamic sample's
 newcomers are loaded and left out exactly as its first draw's members were. A completion is a
@@ -24,6 +25,7 @@ from panel_pipeline.sampler.fieldwork_state import FIELDWORK_OPEN, PANEL_RATES_I
 from panel_pipeline.sampler.quotas import panel_fields
 from panel_pipeline.sampler.requests import SampleRequest, age_bands, mongo_filter
 from panel_pipeline.sampler.response_rates import LearnedResponseRates
+from panel_pipeline.shared.contacts import recent_contacts
 from panel_pipeline.shared.contract import (
     ACTIVE,
     PROFILE_CATEGORIES,
@@ -150,9 +152,11 @@ def kept_members(db: Database, sample_id: ObjectId) -> set[str]:
     return {str(doc["user_id"]) for doc in db.sample_members.find(query, {"user_id": 1})}
 
 
-def replace_members(db: Database, sample_id: ObjectId, user_ids: Sequence[str], now: dt.datetime) -> dict[str, int]:
+def replace_members(
+    db: Database, sample_id: ObjectId, user_ids: Sequence[str], now: dt.datetime, wave: int | None = None
+) -> dict[str, int]:
     """Make the sample's members `user_ids` plus the kept ones: idempotent, and never touching
-    members already invited or queued for an invitation."""
+    members already invited or queued for an invitation. New members get `wave` when given."""
     wanted = [ObjectId(uid) for uid in user_ids]
     removed = db.sample_members.delete_many(
         {
@@ -162,16 +166,32 @@ def replace_members(db: Database, sample_id: ObjectId, user_ids: Sequence[str], 
             "mailing_id": {"$exists": False},
         }
     ).deleted_count
-    upserts = [
-        UpdateOne(
-            {"sample_id": sample_id, "user_id": user_id},
-            {"$setOnInsert": {"added_at": now, "invited_at": None, "source": "sampler"}},
-            upsert=True,
-        )
-        for user_id in wanted
-    ]
-    added = db.sample_members.bulk_write(upserts, ordered=False).upserted_count if upserts else 0
+    added = add_members(db, sample_id, user_ids, now, wave)
     return {"added": added, "removed": removed, "members": db.sample_members.count_documents({"sample_id": sample_id})}
+
+
+def add_members(
+    db: Database, sample_id: ObjectId, user_ids: Sequence[str], now: dt.datetime, wave: int | None = None
+) -> int:
+    """Upsert these members (a draw's, or a top-up wave's): a member already in the sample is left
+    as it is, so a repeated call adds nobody twice. Returns how many were new."""
+    fields: dict[str, Any] = {"added_at": now, "invited_at": None, "source": "sampler"}
+    if wave is not None:
+        fields["wave"] = wave
+    upserts = [
+        UpdateOne({"sample_id": sample_id, "user_id": ObjectId(uid)}, {"$setOnInsert": fields}, upsert=True)
+        for uid in user_ids
+    ]
+    return db.sample_members.bulk_write(upserts, ordered=False).upserted_count if upserts else 0
+
+
+def panel_contacts(db: Database, panel: pd.DataFrame, among: np.ndarray, now: dt.datetime) -> np.ndarray:
+    """Each panel member's survey contacts in the last 7 days (shared/contacts.py), looked up for
+    the members `among` marks only (0 for the others), aligned with the panel's rows."""
+    contacts = np.zeros(len(panel), dtype=np.int64)
+    rows = np.flatnonzero(among)
+    contacts[rows] = recent_contacts(db, [ObjectId(uid) for uid in panel.index[rows]], now)
+    return contacts
 
 
 # --- fieldwork ---------------------------------------------------------------------------------------
@@ -254,15 +274,20 @@ def invitation_history(db: Database, since: dt.datetime, as_of_year: int) -> pd.
     )[columns]
 
 
-def fieldwork_members(db: Database, sample_id: ObjectId, survey_id: str, as_of_year: int) -> pd.DataFrame:
+def fieldwork_members(
+    db: Database, sample_id: ObjectId, survey_id: str, as_of_year: int, *, mailed: bool = False
+) -> pd.DataFrame:
     """The sample's members (index: user id as str): their profile (profiles_frame), `active`, and
     the fieldwork columns `invited_at`, `completed_at` (first transaction of the survey), `reminded_at`,
-    `reminders`, `wave` (NaT / 0 / NaN where absent)."""
+    `reminders`, `wave`, `added_at` (NaT / 0 / NaN where absent). With `mailed` (the sample has an
+    invitation), a member not sent theirs yet counts as invited from their `added_at`: stamped or
+    waiting to be, their invitation is on its way, and a pass that counted them as not invited would
+    invite for the same need again (a crash between adding a wave and its invitation)."""
     docs = list(
         db[SAMPLE_MEMBERS]
         .find(
             {"sample_id": sample_id},
-            {"_id": 0, "user_id": 1, "invited_at": 1, "reminded_at": 1, "reminders": 1, "wave": 1},
+            {"_id": 0, "user_id": 1, "invited_at": 1, "reminded_at": 1, "reminders": 1, "wave": 1, "added_at": 1},
         )
         .sort("user_id", ASCENDING)
     )
@@ -274,9 +299,12 @@ def fieldwork_members(db: Database, sample_id: ObjectId, survey_id: str, as_of_y
     frame["reminded_at"] = _times([doc.get("reminded_at") for doc in docs])
     frame["reminders"] = [int(doc.get("reminders") or 0) for doc in docs]
     frame["wave"] = [doc.get("wave") for doc in docs]
+    frame["added_at"] = _times([doc.get("added_at") for doc in docs])
     # A member who completed was invited, whatever the invitation's own record says (sent before the
     # Mailer stamped it, or by hand): count them as invited when they completed.
     frame["invited_at"] = frame["invited_at"].where(frame["invited_at"].notna(), frame["completed_at"])
+    if mailed:
+        frame["invited_at"] = frame["invited_at"].where(frame["invited_at"].notna(), frame["added_at"])
     return frame
 
 

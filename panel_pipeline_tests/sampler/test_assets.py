@@ -14,7 +14,7 @@ from panel_pipeline.sampler.assets import draw_once, response_rates, sample_fiel
 from panel_pipeline.sampler.checks import cells_within_tolerance, weights_converged
 from panel_pipeline.sampler.requests import AGE_BAND_VALUES, age_band_codes
 from panel_pipeline.sampler.sensors import samples_queue_sensor
-from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.shared.resources import ContactBudget, MongoResource
 
 UTC = dt.UTC
 INVITATION = {
@@ -26,6 +26,8 @@ INVITATION = {
         "survey_url": "https://survey.example/s/12",
     },
 }
+
+ONE_WAVE = {"waves": False}  # the whole size invited at the draw, no top-ups
 
 
 @pytest.fixture
@@ -65,7 +67,7 @@ def run(instance, mongo, sample_id, run_config=None):
         [samples],
         partition_key=key,
         instance=instance,
-        resources={"mongo": mongo},
+        resources={"mongo": mongo, "contact_budget": ContactBudget()},
         run_config=run_config,
         raise_on_error=False,
     )
@@ -84,7 +86,7 @@ def request(mongo_db, **fields):
 
 
 def test_nat_rep_request_from_the_queue_end_to_end(instance, mongo, mongo_db, panel):
-    sample_id = request(mongo_db, preset="uk_nat_rep", seed=7, tolerance=2, mailing=INVITATION)
+    sample_id = request(mongo_db, preset="uk_nat_rep", seed=7, tolerance=2, mailing=INVITATION, fieldwork=ONE_WAVE)
     tick = samples_queue_sensor(dg.build_sensor_context(instance=instance, resources={"mongo": mongo}))
     (run_request,) = tick.run_requests
     assert run_request.partition_key == str(sample_id)
@@ -347,7 +349,7 @@ def test_a_draw_whose_lease_was_taken_stops_before_writing_members(mongo, mongo_
     with pytest.raises(
         LeaseLost, match=f"samples document {sample_id}: run slow-run lost its lease before it could renew"
     ):
-        draw_once(mongo_db, queue, claimed, "slow-run")
+        draw_once(mongo_db, queue, claimed, "slow-run", budget=3)
     assert mongo_db.sample_members.count_documents({}) == 0
     assert "drawn_by_run" not in mongo_db.samples.find_one({"_id": sample_id})
 
@@ -378,7 +380,7 @@ def fieldwork_run(instance, mongo, sample_id):
         [sample_fieldwork, cells_within_tolerance, weights_converged],
         partition_key=key,
         instance=instance,
-        resources={"mongo": mongo},
+        resources={"mongo": mongo, "contact_budget": ContactBudget()},
         raise_on_error=False,
     )
 
@@ -479,7 +481,7 @@ def test_a_cell_over_target_by_more_than_the_tolerance_fails_the_check(instance,
 
 def test_fieldwork_closes_when_every_cell_is_full_with_converged_weights(instance, mongo, mongo_db, panel):
     quotas = {"gender": {"female": 0.5, "male": 0.5}}
-    sample_id = drawn_sample(instance, mongo, mongo_db, size=100, quotas=quotas, seed=2)
+    sample_id = drawn_sample(instance, mongo, mongo_db, size=100, quotas=quotas, seed=2, fieldwork=ONE_WAVE)
     invited_at = dt.datetime.now(UTC) - dt.timedelta(hours=20)
     invite_all(mongo_db, sample_id, invited_at)
     complete(mongo_db, members_of(mongo_db, sample_id), "123", invited_at + dt.timedelta(hours=2))

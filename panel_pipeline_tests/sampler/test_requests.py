@@ -425,7 +425,7 @@ def test_fieldwork_settings_default_with_an_invitation_and_parse_when_given() ->
     defaults = parse_sample_request(invited).fieldwork
     assert defaults == FieldworkSettings()
     assert (defaults.waves, defaults.reminder_after_hours, defaults.max_reminders) == (True, 48.0, 1)
-    assert (defaults.first_wave_share, defaults.weight_bounds) == (0.7, (0.2, 5.0))
+    assert (defaults.first_wave_share, defaults.weight_bounds, defaults.top_up_every_hours) == (0.7, (0.2, 5.0), 12.0)
     assert parse_sample_request(invited | {"fieldwork": False}).fieldwork is None
     close_at = dt.datetime(2025, 7, 1)
     given = parse_sample_request(
@@ -447,6 +447,7 @@ def test_fieldwork_settings_default_with_an_invitation_and_parse_when_given() ->
         ({"first_wave_share": 0}, "fieldwork.first_wave_share: must be a share in (0, 1]"),
         ({"weight_bounds": [2, 5]}, "fieldwork.weight_bounds: must satisfy 0 <= lowest <= 1 <= highest"),
         ({"weight_bounds": 5}, "fieldwork.weight_bounds: must be [lowest, highest]"),
+        ({"top_up_every_hours": 0}, "fieldwork.top_up_every_hours: must be a number of hours above 0"),
         ({"reminders": 1}, "fieldwork.reminders: unknown setting"),
         ("soon", "fieldwork: must be an object of fieldwork settings or true/false"),
     ],

@@ -274,7 +274,12 @@ def test_a_dynamic_fieldwork_sample_takes_newcomers_into_short_cells_only(mongo,
     ).inserted_id
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("sample_requests", [str(sample_id)])
-        drawn = dg.materialize([samples], partition_key=str(sample_id), instance=instance, resources={"mongo": mongo})
+        drawn = dg.materialize(
+            [samples],
+            partition_key=str(sample_id),
+            instance=instance,
+            resources={"mongo": mongo, "contact_budget": ContactBudget()},
+        )
         assert drawn.success
         assert str(sample_id) in {str(doc["_id"]) for doc in sampler_store.open_fieldwork_samples(mongo_db)}
         invited_at = dt.datetime.now(UTC) - dt.timedelta(hours=1)  # as the Mailer stamps a sent invitation
@@ -286,7 +291,10 @@ def test_a_dynamic_fieldwork_sample_takes_newcomers_into_short_cells_only(mongo,
             ]
         )
         looked = dg.materialize(
-            [sample_fieldwork], partition_key=str(sample_id), instance=instance, resources={"mongo": mongo}
+            [sample_fieldwork],
+            partition_key=str(sample_id),
+            instance=instance,
+            resources={"mongo": mongo, "contact_budget": ContactBudget()},
         )
         assert looked.success
     state = mongo_db.samples.find_one({"_id": sample_id})["fieldwork_state"]
