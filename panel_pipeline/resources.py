@@ -18,7 +18,7 @@ import dagster as dg
 
 from panel_pipeline.extractor.resources import SurveyGizmoResource
 from panel_pipeline.mailer.resources import SesResource, SqsResource
-from panel_pipeline.shared.resources import MongoResource, StandingWorkers
+from panel_pipeline.shared.resources import ContactBudget, MongoResource, StandingWorkers
 
 ENVIRONMENTS = ("local", "production")
 # The local run's links: its own machine and the reserved example domains its demo data uses.
@@ -72,6 +72,7 @@ def local_resources() -> dict[str, Any]:
             wait_seconds=1,
         ),
         "workers": standing_workers(),
+        "contact_budget": ContactBudget(),
     }
 
 
@@ -98,6 +99,7 @@ def production_resources() -> dict[str, Any]:
             region_name=dg.EnvVar("SES_REGION"),
         ),
         "workers": standing_workers(),
+        "contact_budget": ContactBudget(),
     }
 
 

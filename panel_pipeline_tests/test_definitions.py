@@ -19,7 +19,7 @@ from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.resources import ENVIRONMENTS, resources_for
 from panel_pipeline.sampler import jobs as sampler_jobs
 from panel_pipeline.shared.metadata import OWNERS
-from panel_pipeline.shared.resources import MongoResource, StandingWorkers
+from panel_pipeline.shared.resources import ContactBudget, MongoResource, StandingWorkers
 from panel_pipeline.updater import jobs as updater_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +62,7 @@ RESOURCE_TYPES = {
     "ses": SesResource,
     "sqs": SqsResource,
     "workers": StandingWorkers,
+    "contact_budget": ContactBudget,
 }
 SECRETS = {("surveygizmo", "api_token"), ("surveygizmo", "api_token_secret"), ("ses", "unsubscribe_secret")}
 AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")

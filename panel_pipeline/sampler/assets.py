@@ -22,7 +22,7 @@ from bson import ObjectId
 from pymongo.database import Database
 
 from panel_pipeline.queue.store import SKIPPED, RequestRejected, WorkQueue, process_document
-from panel_pipeline.sampler import store
+from panel_pipeline.sampler import reminders, store
 from panel_pipeline.sampler.composition_chart import composition_svg, markdown_image
 from panel_pipeline.sampler.fieldwork_state import FIELDWORK_OPEN, FieldworkUpdate, update_fieldwork
 from panel_pipeline.sampler.quotas import CategoryReport, SelectionResult, nobody_placed_reason, select
@@ -33,7 +33,7 @@ from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.contract import DONE, FAILED, SAMPLES
 from panel_pipeline.shared.metadata import OWNERS, row_count, table
 from panel_pipeline.shared.partitions import sample_request_partitions
-from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.shared.resources import ContactBudget, MongoResource
 
 TOLERANCE_CHECK = "composition_within_tolerance"
 DRAW_FIELDS = ("result", "members", "shortfall", "seed_used", "drawn_at", "drawn_by_run", "open", "fieldwork_state")
@@ -334,12 +334,16 @@ def rates_metadata(learned: LearnedResponseRates) -> dict[str, Any]:
     kinds={"python", "mongodb"},
     tags={"panel/part": "sampler"},
 )
-def sample_fieldwork(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.MaterializeResult:
+def sample_fieldwork(
+    context: dg.AssetExecutionContext, mongo: MongoResource, contact_budget: ContactBudget
+) -> dg.MaterializeResult:
     """One sample's fieldwork (partition = the sample's `_id`): its members' completions (their first
     transaction of the sample's survey) counted per target cell against the cells' target completes,
     with the learned rates (or the request's own) and the completion curve; writes
     `fieldwork_state` on the sample (full cells in `closed_cells`) and `completed_at` on its
-    completers, and closes fieldwork when every cell is full or at `close_at`, with the weights."""
+    completers, and closes fieldwork when every cell is full or at `close_at`, with the weights.
+    While open, reminds the due non-completers of cells still short, within the contact budget
+    (sampler/reminders.py)."""
     db = mongo.db()
     store.ensure_fieldwork_indexes(db)
     sample_id = ObjectId(context.partition_key)
@@ -359,7 +363,25 @@ def sample_fieldwork(context: dg.AssetExecutionContext, mongo: MongoResource) ->
     update = update_fieldwork(request, document, members, learned_rates(db), now)
     stamped = store.write_fieldwork(db, sample_id, update.state, update.completed_at, update.weights)
     context.log.info(f"{update.state['completes']} completes ({stamped} new); fieldwork {update.state['status']}")
-    return dg.MaterializeResult(metadata=fieldwork_metadata(request, update))
+    reminder_round = reminders.remind(
+        db, sample_id, request, members, update, now, contact_budget.contacts_per_week, context.log
+    )
+    return dg.MaterializeResult(metadata=fieldwork_metadata(request, update) | reminder_metadata(reminder_round))
+
+
+def reminder_metadata(reminder_round: reminders.ReminderRound | None) -> dict[str, Any]:
+    """This pass's reminders: members reminded now, and those the contact budget held back (per cell)."""
+    if reminder_round is None:
+        return {"reminded_now": 0, "reminders_held_back": 0}
+    held_back = reminder_round.budget.to_document()
+    return {
+        "reminded_now": reminder_round.reminded,
+        "reminders_held_back": held_back["held_back"],
+        "reminders_held_back_by_cell": table(
+            ["target", "category", "held back"],
+            [(cell["target"], cell["category"], cell["held_back"]) for cell in held_back["by_cell"]],
+        ),
+    }
 
 
 def learned_rates(db: Database) -> LearnedResponseRates | None:
@@ -381,6 +403,7 @@ def fieldwork_metadata(request: SampleRequest, update: FieldworkUpdate) -> dict[
         "completes": state["completes"],
         "target_completes": state["target_completes"],
         "invited": state["invited"],
+        "reminders_sent": state["reminders"],
         "invitations_per_complete": dg.MetadataValue.float(float(per_complete)) if per_complete else "no completes yet",
         "closed_cells": dg.MetadataValue.text(
             ", ".join(f"{cell['target']}={cell['category']}" for cell in state["closed_cells"]) or "none"

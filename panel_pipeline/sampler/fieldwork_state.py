@@ -41,10 +41,12 @@ REQUEST = "request"
 @dataclass(frozen=True)
 class FieldworkUpdate:
     """What one look at a sample's fieldwork writes: the state, its completers' completion times,
-    and their weights (only when fieldwork closed now with converged weights)."""
+    and their weights (only when fieldwork closed now with converged weights); `cell_members` is
+    what the accounting counted (each member's category per target and fieldwork columns)."""
 
     state: dict[str, Any]
     accounting: fieldwork.CellAccounting
+    cell_members: pd.DataFrame
     completed_at: dict[str, dt.datetime]
     weights: dict[str, float] | None
 
@@ -128,7 +130,7 @@ def update_fieldwork(
             state["weights"] = before["weights"]
         else:
             state["weights"], weights = closing_weights(request, targets, categories.loc[completers])
-    return FieldworkUpdate(state, accounting, completed_at, weights)
+    return FieldworkUpdate(state, accounting, frame, completed_at, weights)
 
 
 def over_tolerance(accounting: fieldwork.CellAccounting, tolerance_pp: float) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from panel_pipeline.sampler.assets import draw_once, response_rates, sample_fiel
 from panel_pipeline.sampler.checks import cells_within_tolerance, weights_converged
 from panel_pipeline.sampler.requests import AGE_BAND_VALUES, age_band_codes
 from panel_pipeline.sampler.sensors import samples_queue_sensor
-from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.shared.resources import ContactBudget, MongoResource
 
 UTC = dt.UTC
 INVITATION = {
@@ -378,7 +378,7 @@ def fieldwork_run(instance, mongo, sample_id):
         [sample_fieldwork, cells_within_tolerance, weights_converged],
         partition_key=key,
         instance=instance,
-        resources={"mongo": mongo},
+        resources={"mongo": mongo, "contact_budget": ContactBudget()},
         raise_on_error=False,
     )
 

@@ -10,7 +10,7 @@ from bson import ObjectId
 from panel_pipeline.sampler.assets import sample_fieldwork
 from panel_pipeline.sampler.jobs import sample_fieldwork_job
 from panel_pipeline.sampler.sensors import fieldwork_sensor
-from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.shared.resources import ContactBudget, MongoResource
 
 UTC = dt.UTC
 
@@ -62,7 +62,9 @@ def test_no_second_run_while_one_of_the_sample_is_in_flight(mongo, mongo_db):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("sample_requests", [str(busy)])
         job = dg.Definitions(
-            assets=[sample_fieldwork], jobs=[sample_fieldwork_job], resources={"mongo": mongo}
+            assets=[sample_fieldwork],
+            jobs=[sample_fieldwork_job],
+            resources={"mongo": mongo, "contact_budget": ContactBudget()},
         ).resolve_job_def("sample_fieldwork_job")
         instance.create_run_for_job(
             job_def=job, status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": str(busy)}
