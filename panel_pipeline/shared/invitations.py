@@ -128,9 +128,9 @@ def open_reminder_ids(db: Database, sample_id: ObjectId) -> set[ObjectId]:
 def create_missing_mailings(
     db: Database, now: dt.datetime, *, sample_id: ObjectId | None = None, log: Logger | None = None
 ) -> list[ObjectId]:
-    """A `mailings` document for every pending invitation (of `sample_id` only, when given), made
-    exactly once (`_id` = the stamped id). Returns the ids created by this call. One sample's
-    problem is recorded on it (`invitation_error`) and never stops the others."""
+    """A `mailings` document for every pending invitation or reminder (of `sample_id` only, when
+    given), made exactly once (`_id` = the stamped id). Returns the ids created by this call. One
+    sample's problem is recorded on it (`invitation_error`, `reminder_error`) and never stops the others."""
     log = log or LOG
     query = {} if sample_id is None else {"sample_id": sample_id}
     created = []
