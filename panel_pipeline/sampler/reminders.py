@@ -7,7 +7,9 @@ Invariants:
   for a sample with an invitation (`mailing`): the reminder carries the invitation's data.
 - The members reminded are `fieldwork.reminder_candidates` (invited, not completed, active, due,
   under `max_reminders`, every cell open and one short) less those whose earlier reminder is still
-  open (pending or not yet sent), so nobody is in two rounds at once.
+  open (pending or not yet sent), so nobody is in two rounds at once, and less those put in a round
+  within `reminder_after_hours` (the round's id carries its time): a reminder that reached nobody
+  (an address the Mailer refused, a mailing that failed) is tried again only after that long.
 - The contact budget: a candidate whose survey contacts in the last 7 days (any sample:
   shared/contacts.py) already reach `contacts_per_week` is held back, counted in all and per cell in
   `fieldwork_state.reminder_round`. Held back is this pass's count, not a running total.
@@ -29,7 +31,7 @@ from pymongo.database import Database
 
 from panel_pipeline.sampler import fieldwork, store
 from panel_pipeline.sampler.fieldwork_state import FIELDWORK_OPEN, FieldworkUpdate
-from panel_pipeline.sampler.requests import SampleRequest
+from panel_pipeline.sampler.requests import FieldworkSettings, SampleRequest
 from panel_pipeline.shared import invitations
 from panel_pipeline.shared.contacts import recent_contacts
 
@@ -59,9 +61,16 @@ def within_budget(
     return ReminderRound(chosen=due & check.allowed, budget=check)
 
 
-def awaiting_reminder(members: pd.DataFrame, open_ids: Set[ObjectId]) -> np.ndarray:
-    """Mask of the members named by one of the sample's open reminder rounds."""
-    return members["reminder_mailing_id"].isin(list(open_ids)).to_numpy(dtype=bool)
+def not_remindable_yet(
+    members: pd.DataFrame, open_ids: Set[ObjectId], now: dt.datetime, settings: FieldworkSettings
+) -> np.ndarray:
+    """Mask of the members in one of the sample's open rounds, or put in a round less than
+    `reminder_after_hours` ago (`members.reminder_mailing_id`: their latest round)."""
+    rounds = members["reminder_mailing_id"]
+    in_open_round = rounds.isin(list(open_ids)).to_numpy(dtype=bool)
+    since = pd.Timedelta(hours=settings.reminder_after_hours)
+    tried_lately = [isinstance(r, ObjectId) and now - r.generation_time < since for r in rounds]
+    return in_open_round | np.asarray(tried_lately, dtype=bool)
 
 
 def remind(
@@ -80,8 +89,8 @@ def remind(
         return None
     invitations.create_missing_mailings(db, now, sample_id=sample_id, log=log)  # a crashed pass's round first
     cell_members = update.cell_members
-    awaiting = awaiting_reminder(members, invitations.open_reminder_ids(db, sample_id))
-    due = fieldwork.reminder_candidates(cell_members, update.accounting, now, request.fieldwork) & ~awaiting
+    held = not_remindable_yet(members, invitations.open_reminder_ids(db, sample_id), now, request.fieldwork)
+    due = fieldwork.reminder_candidates(cell_members, update.accounting, now, request.fieldwork) & ~held
     contacts = np.zeros(len(cell_members), dtype=np.int64)
     contacts[due] = recent_contacts(db, object_ids(cell_members.index[due]), now)
     reminder_round = within_budget(due, contacts, update.accounting, cell_members, contacts_per_week)

@@ -108,9 +108,9 @@ def named_by(db, mailing_id):
     return {m["user_id"] for m in db.sample_members.find({"reminder_mailing_id": mailing_id})}
 
 
-def mailer_sends(db, mailing):
-    """What the Mailer does once a reminder went out: its members reminded, the mailing done."""
-    mark_reminded(db, mailing, named_by(db, mailing["_id"]), dt.datetime.now(UTC))
+def mailer_sends(db, mailing, reached):
+    """What the Mailer does once a reminder went out: the members it reached reminded, the mailing done."""
+    mark_reminded(db, mailing, reached, dt.datetime.now(UTC))
     db.mailings.update_one({"_id": mailing["_id"]}, {"$set": {"processed": True, "status": "done"}})
 
 
@@ -135,12 +135,17 @@ def test_reminders_reach_only_active_invited_non_completers_in_short_cells_once(
 
     # The next pass before the Mailer sent it: nobody is in two rounds.
     assert fieldwork_pass(instance, mongo, sample_id)["reminded_now"].value == 0
-    mailer_sends(mongo_db, reminder)
-    # And after: max_reminders is 1.
+    refused = men[3]  # an address the Mailer would not send to: that row failed, they were not reached
+    mailer_sends(mongo_db, reminder, expected - {refused})
+    # And after: max_reminders is 1, and who was not reached is tried again only after reminder_after_hours.
     metadata = fieldwork_pass(instance, mongo, sample_id)
-    assert metadata["reminded_now"].value == 0 and metadata["reminders_sent"].value == len(expected)
+    assert metadata["reminded_now"].value == 0 and metadata["reminders_sent"].value == len(expected) - 1
     assert len(reminder_mailings(mongo_db, sample_id)) == 1
-    assert mongo_db.samples.find_one({"_id": sample_id})["fieldwork_state"]["reminders"] == len(expected)
+    assert mongo_db.samples.find_one({"_id": sample_id})["fieldwork_state"]["reminders"] == len(expected) - 1
+    a_day_ago = ObjectId.from_datetime(NOW - dt.timedelta(hours=25))  # as if their round were made then
+    mongo_db.sample_members.update_one({"user_id": refused}, {"$set": {"reminder_mailing_id": a_day_ago}})
+    assert fieldwork_pass(instance, mongo, sample_id)["reminded_now"].value == 1
+    assert named_by(mongo_db, reminder_mailings(mongo_db, sample_id)[-1]["_id"]) == {refused}
 
 
 def test_a_member_over_the_contact_budget_is_held_back_and_counted_per_cell(instance, mongo, mongo_db, fielded):
