@@ -89,8 +89,8 @@ def remind(
         return None
     invitations.create_missing_mailings(db, now, sample_id=sample_id, log=log)  # a crashed pass's round first
     cell_members = update.cell_members
-    held = not_remindable_yet(members, invitations.open_reminder_ids(db, sample_id), now, request.fieldwork)
-    due = fieldwork.reminder_candidates(cell_members, update.accounting, now, request.fieldwork) & ~held
+    not_yet = not_remindable_yet(members, invitations.open_reminder_ids(db, sample_id), now, request.fieldwork)
+    due = fieldwork.reminder_candidates(cell_members, update.accounting, now, request.fieldwork) & ~not_yet
     contacts = np.zeros(len(cell_members), dtype=np.int64)
     contacts[due] = recent_contacts(db, object_ids(cell_members.index[due]), now)
     reminder_round = within_budget(due, contacts, update.accounting, cell_members, contacts_per_week)
