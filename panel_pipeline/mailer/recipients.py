@@ -12,7 +12,8 @@ Invariants:
   checked before the first is yielded. A recipient whose own address or data cannot be mailed is
   yielded with `problem` (the field and the reason), and the ledger fails it alone.
 * A reminder's recipients are the members it was made for (`reminder_mailing_id`) who have not
-  completed since (`completed_at`); `mark_reminded` counts each sent reminder once per member.
+  completed since (`completed_at`), and nobody once its sample's fieldwork closed (a full sample
+  would only screen them out); `mark_reminded` counts each sent reminder once per member.
 * The data never holds the unsubscribe link: bulk mail gets the pipeline's signed link when its
   batch is built (`dispatch._bulk_send`), and an `unsubscribe_url` the backend put in bulk data is
   dropped, so it can neither replace the link nor be stored.
@@ -20,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -38,7 +40,7 @@ from panel_pipeline.mailer.validation import (
     object_id,
 )
 from panel_pipeline.queue.store import RequestRejected
-from panel_pipeline.shared.contract import ACTIVE, FIRST_NAME, UNSUBSCRIBE_URL
+from panel_pipeline.shared.contract import ACTIVE, FIELDWORK_CLOSED, FIRST_NAME, UNSUBSCRIBE_URL
 from panel_pipeline.shared.mongo import as_utc
 
 USER_FIELDS = {"email": 1, FIRST_NAME: 1, "status": 1}
@@ -119,6 +121,8 @@ class ResolvedRecipients:
             # An invitation names its members by their mailing_id (shared/invitations.py).
             scope: dict[str, Any] = {"mailing_id": self.mailing["_id"]}
         elif self.mailing.get("reminder_for_sample") is not None:
+            if self._fieldwork_closed(object_id(self.mailing["reminder_for_sample"], "reminder_for_sample")):
+                return
             scope = {"reminder_mailing_id": self.mailing["_id"], "completed_at": None}
         else:
             scope = {
@@ -135,6 +139,10 @@ class ResolvedRecipients:
                 user_ids = []
         if user_ids:
             yield self._members(user_ids)
+
+    def _fieldwork_closed(self, sample_id: ObjectId) -> bool:
+        sample = self.db.samples.find_one({"_id": sample_id}, {"fieldwork_state.status": 1}) or {}
+        return (sample.get("fieldwork_state") or {}).get("status") == FIELDWORK_CLOSED
 
     def _members(self, user_ids: list[Any]) -> list[MailingRecipient]:
         users = self._users("_id", user_ids)
@@ -225,11 +233,14 @@ def mark_members_reached(db: Database, mailing: Mapping[str, Any], sent_user_ids
     return mark_invited(db, mailing, sent_user_ids, sent_at)
 
 
-def mark_reminded(db: Database, mailing: Mapping[str, Any], sent_user_ids: Iterable[Any], sent_at: Any) -> int:
+def mark_reminded(db: Database, mailing: Mapping[str, Any], sent_user_ids: Iterable[Any], sent_at: dt.datetime) -> int:
     """The members a reminder reached get `reminded_at` and one more `reminders`, once: a member is
     stamped for a reminder only after their previous one was recorded and `reminder_after_hours`
     (at least an hour) passed, so one not reminded since this mailing was made is not counted yet."""
     made_at = as_utc(mailing.get("created_at") or mailing["_id"].generation_time)
+    # Recorded no earlier than the mailing was made, whatever this machine's clock says: a reminded_at
+    # from then on is what tells a second call that the member's reminder is counted.
+    recorded_at = max(as_utc(sent_at), made_at)
     ids = (uid for uid in sent_user_ids if uid is not None)
     marked = 0
     while chunk := list(itertools.islice(ids, USERS_PER_QUERY)):
@@ -239,6 +250,6 @@ def mark_reminded(db: Database, mailing: Mapping[str, Any], sent_user_ids: Itera
                 "user_id": {"$in": chunk},
                 "reminded_at": {"$not": {"$gte": made_at}},
             },
-            {"$set": {"reminded_at": sent_at}, "$inc": {"reminders": 1}},
+            {"$set": {"reminded_at": recorded_at}, "$inc": {"reminders": 1}},
         ).modified_count
     return marked

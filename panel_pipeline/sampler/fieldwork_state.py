@@ -30,9 +30,8 @@ from panel_pipeline.sampler.requests import CELL_SEPARATOR, SampleRequest
 from panel_pipeline.sampler.response_rates import CompletionCurve, LearnedResponseRates, completion_curve
 from panel_pipeline.sampler.targets import Target, request_targets
 from panel_pipeline.sampler.weighting import weight_completes
+from panel_pipeline.shared.contract import FIELDWORK_CLOSED, FIELDWORK_OPEN
 
-FIELDWORK_OPEN = "open"
-FIELDWORK_CLOSED = "closed"
 PANEL_RATES_ID = "panel"  # the response_rates document learned from the whole panel
 LEARNED = "learned"
 REQUEST = "request"

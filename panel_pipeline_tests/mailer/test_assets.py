@@ -134,6 +134,25 @@ def test_a_reminder_reaches_its_members_who_have_not_completed_and_records_it_on
     assert mongo_db.sample_members.find_one({"user_id": ann})["reminders"] == 1
 
 
+def test_a_reminder_of_a_sample_whose_fieldwork_closed_before_it_went_reaches_nobody(
+    instance, resources, mongo_db, local_ses
+):
+    (ann,) = users(mongo_db, ("Ann", "active"))
+    state = {"status": "open", "close_at": dt.datetime.now(UTC) + dt.timedelta(days=3)}
+    sample_id = mongo_db.samples.insert_one(
+        {"name": "s", "mailing": {"template": "new_survey", "default_data": SURVEY}, "fieldwork_state": state}
+    ).inserted_id
+    mongo_db.sample_members.insert_one({"sample_id": sample_id, "user_id": ann, "invited_at": dt.datetime.now(UTC)})
+    now = dt.datetime.now(UTC)
+    reminder_id = invitations.stamp_pending_reminder(mongo_db, sample_id, [ann], now)
+    invitations.create_missing_mailings(mongo_db, now)
+    mongo_db.samples.update_one({"_id": sample_id}, {"$set": {"fieldwork_state.status": "closed"}})  # every cell full
+
+    assert send(instance, resources, reminder_id).success
+    assert mongo_db.mailings.find_one({"_id": reminder_id})["status"] == "done" and local_ses.emails() == []
+    assert "reminded_at" not in mongo_db.sample_members.find_one({"user_id": ann})
+
+
 def test_transactional_mail_has_no_unsubscribe_header_and_keeps_its_token_out_of_logs(
     instance, resources, mongo_db, local_ses
 ):
