@@ -170,7 +170,7 @@ def test_a_member_over_the_contact_budget_is_held_back_and_counted_per_cell(inst
     ]
 
 
-def test_the_budget_setting_is_the_resource_s(instance, mongo, mongo_db, fielded):
+def test_the_budget_is_the_contact_budget_resource_s_setting(instance, mongo, mongo_db, fielded):
     sample_id, _, men = fielded
     metadata = fieldwork_pass(instance, mongo, sample_id, contacts_per_week=1)  # their invitation used it up
     assert reminder_mailings(mongo_db, sample_id) == []
