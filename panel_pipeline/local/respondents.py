@@ -4,9 +4,9 @@ A member who was mailed an invitation to a sample (a `mail_log` row `sent` of a 
 `invitation_for_sample`) completes the sample's survey with the probability of their cell (age band x
 gender, the band derived from `birth_year` as the Sampler derives it), after a delay drawn from a
 lognormal curve (median 12 h: three in four within 24 h, nine in ten within 48 h, a tail of days).
-Each reminder that reached them (a `sent` row of a `survey_reminder` mailing of the same sample) lifts
-the probability by `reminder_lift` (p x (1 + lift) per reminder) with a delay of its own from the
-reminder. A completion is what the backend sees: a Complete response created in SurveyGizmo over its
+Each reminder that reached them (a `sent` row of a mailing whose `reminder_for_sample` is the same
+sample) lifts the probability by `reminder_lift` (p x (1 + lift) per reminder) with a delay of its
+own from the reminder. A completion is what the backend sees: a Complete response created in SurveyGizmo over its
 HTTP API (the member's id in the hidden `panel_id`), then a `transactions` document
 `{user_id, survey_id, response_id, points, created_at, processed: false}`. Delays run `time_scale`
 times faster than real time (3600: a simulated hour per real second).
@@ -52,7 +52,6 @@ from panel_pipeline.shared.contract import (
     MAILINGS,
     PROFILE_CATEGORIES,
     SAMPLES,
-    SURVEY_REMINDER_TEMPLATE,
     TRANSACTIONS,
     USERS,
 )
@@ -335,12 +334,17 @@ class RespondentSimulator:
 
     def _invited_samples(self, now: dt.datetime) -> Iterator[InvitedSample]:
         mailings = self.db[MAILINGS].find(
-            {"invitation_for_sample": {"$ne": None}, "created_at": {"$gte": now - self.settings.lookback}},
-            {"invitation_for_sample": 1, "template": 1, "default_data.points": 1},
+            {
+                "$or": [{"invitation_for_sample": {"$ne": None}}, {"reminder_for_sample": {"$ne": None}}],
+                "created_at": {"$gte": now - self.settings.lookback},
+            },
+            {"invitation_for_sample": 1, "reminder_for_sample": 1, "default_data.points": 1},
         )
         by_sample: dict[ObjectId, list[Mapping[str, Any]]] = {}
         for mailing in mailings:
-            by_sample.setdefault(mailing["invitation_for_sample"], []).append(mailing)
+            by_sample.setdefault(mailing.get("invitation_for_sample") or mailing["reminder_for_sample"], []).append(
+                mailing
+            )
         for sample_id, its_mailings in by_sample.items():
             sample = self.db[SAMPLES].find_one({"_id": sample_id}, {"survey_id": 1, "name": 1})
             survey_id = (sample or {}).get("survey_id")
@@ -349,7 +353,7 @@ class RespondentSimulator:
                     self._skipped.add(sample_id)
                     LOG.warning(f"sample {sample_id}: no survey_id that is a SurveyGizmo id; nobody completes it")
                 continue
-            invitations = [m for m in its_mailings if m.get("template") != SURVEY_REMINDER_TEMPLATE]
+            invitations = [m for m in its_mailings if m.get("invitation_for_sample") is not None]
             points = next((m["default_data"]["points"] for m in invitations if _points(m) is not None), 0)
             yield InvitedSample(
                 sample_id=sample_id,
@@ -357,7 +361,7 @@ class RespondentSimulator:
                 survey_id=survey_id,
                 points=points,
                 invitations=tuple(m["_id"] for m in invitations),
-                reminders=tuple(m["_id"] for m in its_mailings if m.get("template") == SURVEY_REMINDER_TEMPLATE),
+                reminders=tuple(m["_id"] for m in its_mailings if m.get("reminder_for_sample") is not None),
             )
 
     def _complete_sample(self, sample: InvitedSample, now: dt.datetime, summary: PassSummary) -> int:

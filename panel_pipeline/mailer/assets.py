@@ -20,7 +20,7 @@ from pymongo.database import Database
 
 from panel_pipeline.mailer.dispatch import SendingStopped, plan_recipients, send_mailing
 from panel_pipeline.mailer.feedback import DrainReport, FeedbackStore, drain
-from panel_pipeline.mailer.recipients import mark_invited, resolve_recipients
+from panel_pipeline.mailer.recipients import mark_members_reached, resolve_recipients
 from panel_pipeline.mailer.report import CATEGORIES, MailingReport, report_chart_svg, who_got_what_query
 from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.mailer.ses import SendEventsNotPublished, SesGateway
@@ -296,7 +296,7 @@ def send(
         waiting = f"{counts[UNKNOWN]} unknown (awaiting SES events), {counts[CLAIMED]} held by another worker"
         _postpone(queue, mailing_id, owner, max(retry, utc_now()), waiting)
         return MailingOutcome("waiting", f"postponed: {waiting}")
-    mark_invited(db, mailing, ledger.sent_user_ids(mailing_id), utc_now())
+    mark_members_reached(db, mailing, ledger.sent_user_ids(mailing_id), utc_now())
     if not queue.complete(mailing_id, owner, {"counts": counts}):
         raise LeaseLost(queue.name, mailing_id, owner, "complete it")
     return MailingOutcome("done", "done")

@@ -1,5 +1,5 @@
-"""Who a mailing goes to, read from Mongo: its listed recipients, its invitation's sample members, or
-its sample's members.
+"""Who a mailing goes to, read from Mongo: its listed recipients, its invitation's or reminder's
+sample members, or its sample's members.
 
 Invariants:
 * Streamed: recipients come in chunks of `USERS_PER_QUERY`, each chunk's members read with one
@@ -11,6 +11,9 @@ Invariants:
   member who does not exist) raises `RequestRejected` naming the field; listed entries are all
   checked before the first is yielded. A recipient whose own address or data cannot be mailed is
   yielded with `problem` (the field and the reason), and the ledger fails it alone.
+* A reminder's recipients are the members it was made for (`reminder_mailing_id`) who have not
+  completed since (`completed_at`), and nobody once its sample's fieldwork closed (a full sample
+  would only screen them out); `mark_reminded` counts each sent reminder once per member.
 * The data never holds the unsubscribe link: bulk mail gets the pipeline's signed link when its
   batch is built (`dispatch._bulk_send`), and an `unsubscribe_url` the backend put in bulk data is
   dropped, so it can neither replace the link nor be stored.
@@ -18,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -28,6 +32,7 @@ from pymongo.database import Database
 from panel_pipeline.mailer.dispatch import MailingRecipient, UnsubscribeLink
 from panel_pipeline.mailer.store import normalize_email
 from panel_pipeline.mailer.validation import (
+    SAMPLE_FIELDS,
     DataProblem,
     address_problem,
     check_recipient_entry,
@@ -35,7 +40,8 @@ from panel_pipeline.mailer.validation import (
     object_id,
 )
 from panel_pipeline.queue.store import RequestRejected
-from panel_pipeline.shared.contract import ACTIVE, FIRST_NAME, UNSUBSCRIBE_URL
+from panel_pipeline.shared.contract import ACTIVE, FIELDWORK_CLOSED, FIRST_NAME, UNSUBSCRIBE_URL
+from panel_pipeline.shared.mongo import as_utc
 
 USER_FIELDS = {"email": 1, FIRST_NAME: 1, "status": 1}
 USERS_PER_QUERY = 1000
@@ -55,7 +61,7 @@ class ResolvedRecipients:
         self.duplicates = 0
         self.missing_members = 0
         self._listed = _listed_entries(mailing)
-        if not self._listed and mailing.get("invitation_for_sample") is None and mailing.get("sample_id") is None:
+        if not self._listed and all(mailing.get(field_name) is None for field_name in SAMPLE_FIELDS):
             raise RequestRejected("recipients: the mailing lists no recipients and no sample_id")
 
     def __iter__(self) -> Iterator[MailingRecipient]:
@@ -114,6 +120,10 @@ class ResolvedRecipients:
         if self.mailing.get("invitation_for_sample") is not None:
             # An invitation names its members by their mailing_id (shared/invitations.py).
             scope: dict[str, Any] = {"mailing_id": self.mailing["_id"]}
+        elif self.mailing.get("reminder_for_sample") is not None:
+            if self._fieldwork_closed(object_id(self.mailing["reminder_for_sample"], "reminder_for_sample")):
+                return
+            scope = {"reminder_mailing_id": self.mailing["_id"], "completed_at": None}
         else:
             scope = {
                 "sample_id": object_id(self.mailing["sample_id"], "sample_id"),
@@ -129,6 +139,10 @@ class ResolvedRecipients:
                 user_ids = []
         if user_ids:
             yield self._members(user_ids)
+
+    def _fieldwork_closed(self, sample_id: ObjectId) -> bool:
+        sample = self.db.samples.find_one({"_id": sample_id}, {"fieldwork_state.status": 1}) or {}
+        return (sample.get("fieldwork_state") or {}).get("status") == FIELDWORK_CLOSED
 
     def _members(self, user_ids: list[Any]) -> list[MailingRecipient]:
         users = self._users("_id", user_ids)
@@ -207,5 +221,35 @@ def mark_invited(db: Database, mailing: Mapping[str, Any], sent_user_ids: Iterab
         marked += db.sample_members.update_many(
             {**scope, "user_id": {"$in": chunk}, "invited_at": None},
             {"$set": {"invited_at": sent_at, "mailing_id": mailing["_id"]}},
+        ).modified_count
+    return marked
+
+
+def mark_members_reached(db: Database, mailing: Mapping[str, Any], sent_user_ids: Iterable[Any], sent_at: Any) -> int:
+    """What a finished mailing records on the sample members it reached: a reminder's reminder, else
+    an invitation."""
+    if mailing.get("reminder_for_sample") is not None:
+        return mark_reminded(db, mailing, sent_user_ids, sent_at)
+    return mark_invited(db, mailing, sent_user_ids, sent_at)
+
+
+def mark_reminded(db: Database, mailing: Mapping[str, Any], sent_user_ids: Iterable[Any], sent_at: dt.datetime) -> int:
+    """The members a reminder reached get `reminded_at` and one more `reminders`, once: a member is
+    stamped for a reminder only after their previous one was recorded and `reminder_after_hours`
+    (at least an hour) passed, so one not reminded since this mailing was made is not counted yet."""
+    made_at = as_utc(mailing.get("created_at") or mailing["_id"].generation_time)
+    # Recorded no earlier than the mailing was made, whatever this machine's clock says: a reminded_at
+    # from then on is what tells a second call that the member's reminder is counted.
+    recorded_at = max(as_utc(sent_at), made_at)
+    ids = (uid for uid in sent_user_ids if uid is not None)
+    marked = 0
+    while chunk := list(itertools.islice(ids, USERS_PER_QUERY)):
+        marked += db.sample_members.update_many(
+            {
+                "reminder_mailing_id": mailing["_id"],
+                "user_id": {"$in": chunk},
+                "reminded_at": {"$not": {"$gte": made_at}},
+            },
+            {"$set": {"reminded_at": recorded_at}, "$inc": {"reminders": 1}},
         ).modified_count
     return marked

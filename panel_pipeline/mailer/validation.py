@@ -35,6 +35,8 @@ MAX_ADDRESS_CHARS = 254
 MAX_LOCAL_PART_CHARS = 64
 MAX_LINK_CHARS = 2000
 REPR_MAX_CHARS = 40
+# The fields that name a mailing's recipients by sample: an invitation's, a reminder's, the backend's.
+SAMPLE_FIELDS = ("invitation_for_sample", "reminder_for_sample", "sample_id")
 
 _LOCAL_PART = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _DOMAIN_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -69,10 +71,10 @@ def check_mailing(mailing: Mapping[str, Any], template_names: Iterable[str]) -> 
         raise RequestRejected(f"recipients: must be a list, not {_type_name(recipients)}")
     for index, entry in enumerate(recipients or []):
         check_recipient_entry(entry, f"recipients.{index}")
-    for field_name in ("invitation_for_sample", "sample_id"):
+    for field_name in SAMPLE_FIELDS:
         if mailing.get(field_name) is not None:
             object_id(mailing[field_name], field_name)
-    if not recipients and mailing.get("invitation_for_sample") is None and mailing.get("sample_id") is None:
+    if not recipients and all(mailing.get(field_name) is None for field_name in SAMPLE_FIELDS):
         raise RequestRejected("recipients: the mailing lists no recipients and no sample_id")
 
 

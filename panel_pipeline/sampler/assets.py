@@ -28,7 +28,7 @@ from bson import ObjectId
 from pymongo.database import Database
 
 from panel_pipeline.queue.store import SKIPPED, RequestRejected, WorkQueue, process_document
-from panel_pipeline.sampler import store, waves
+from panel_pipeline.sampler import reminders, store, waves
 from panel_pipeline.sampler.composition_chart import composition_svg, markdown_image
 from panel_pipeline.sampler.fieldwork_state import FIELDWORK_OPEN, FieldworkUpdate, update_fieldwork
 from panel_pipeline.sampler.quotas import CategoryReport, SelectionResult, nobody_placed_reason, select
@@ -375,7 +375,8 @@ def sample_fieldwork(
     `fieldwork_state` on the sample (full cells in `closed_cells`) and `completed_at` on its
     completers, and closes fieldwork when every cell is full or at `close_at`, with the weights.
     While open, a sample fielded in waves gets a top-up wave when one is due (sampler/waves.py):
-    members for the cells still short, within the contact budget, added and invited."""
+    members for the cells still short, within the contact budget, added and invited; and the due
+    non-completers of cells still short are reminded, within the contact budget (sampler/reminders.py)."""
     db = mongo.db()
     store.ensure_fieldwork_indexes(db)
     sample_id = ObjectId(context.partition_key)
@@ -404,7 +405,14 @@ def sample_fieldwork(
     context.log.info(
         f"{update.state['completes']} completes ({stamped} new); fieldwork {update.state['status']}; {top_up_note}"
     )
-    return dg.MaterializeResult(metadata={**fieldwork_metadata(request, update), **waves_metadata(update, top_up_note)})
+    reminder_round = reminders.remind(
+        db, sample_id, request, members, update, now, contact_budget.contacts_per_week, context.log
+    )
+    return dg.MaterializeResult(
+        metadata=fieldwork_metadata(request, update)
+        | waves_metadata(update, top_up_note)
+        | reminder_metadata(reminder_round)
+    )
 
 
 def top_up_wave(
@@ -463,6 +471,21 @@ def waves_metadata(update: FieldworkUpdate, top_up_note: str) -> dict[str, Any]:
     }
 
 
+def reminder_metadata(reminder_round: reminders.ReminderRound | None) -> dict[str, Any]:
+    """This pass's reminders: members reminded now, and those the contact budget held back (per cell)."""
+    if reminder_round is None:
+        return {"reminded_now": 0, "reminders_held_back": 0}
+    held_back = reminder_round.budget.to_document()
+    return {
+        "reminded_now": reminder_round.reminded,
+        "reminders_held_back": held_back["held_back"],
+        "reminders_held_back_by_cell": table(
+            ["target", "category", "held back"],
+            [(cell["target"], cell["category"], cell["held_back"]) for cell in held_back["by_cell"]],
+        ),
+    }
+
+
 def learned_rates(db: Database) -> LearnedResponseRates | None:
     """The stored learned rates, or None before any invitation was learned from."""
     document = store.load_response_rates(db)
@@ -482,6 +505,7 @@ def fieldwork_metadata(request: SampleRequest, update: FieldworkUpdate) -> dict[
         "completes": state["completes"],
         "target_completes": state["target_completes"],
         "invited": state["invited"],
+        "reminders_sent": state["reminders"],
         "invitations_per_complete": dg.MetadataValue.float(float(per_complete)) if per_complete else "no completes yet",
         "closed_cells": dg.MetadataValue.text(
             ", ".join(f"{cell['target']}={cell['category']}" for cell in state["closed_cells"]) or "none"

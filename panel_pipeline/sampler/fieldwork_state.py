@@ -30,9 +30,8 @@ from panel_pipeline.sampler.requests import CELL_SEPARATOR, SampleRequest
 from panel_pipeline.sampler.response_rates import CompletionCurve, LearnedResponseRates, completion_curve
 from panel_pipeline.sampler.targets import Target, request_targets
 from panel_pipeline.sampler.weighting import weight_completes
+from panel_pipeline.shared.contract import FIELDWORK_CLOSED, FIELDWORK_OPEN
 
-FIELDWORK_OPEN = "open"
-FIELDWORK_CLOSED = "closed"
 PANEL_RATES_ID = "panel"  # the response_rates document learned from the whole panel
 LEARNED = "learned"
 REQUEST = "request"
@@ -41,10 +40,12 @@ REQUEST = "request"
 @dataclass(frozen=True)
 class FieldworkUpdate:
     """What one look at a sample's fieldwork writes: the state, its completers' completion times,
-    and their weights (only when fieldwork closed now with converged weights)."""
+    and their weights (only when fieldwork closed now with converged weights); `cell_members` is
+    what the accounting counted (each member's category per target and fieldwork columns)."""
 
     state: dict[str, Any]
     accounting: fieldwork.CellAccounting
+    cell_members: pd.DataFrame
     completed_at: dict[str, dt.datetime]
     weights: dict[str, float] | None
 
@@ -128,7 +129,7 @@ def update_fieldwork(
             state["weights"] = before["weights"]
         else:
             state["weights"], weights = closing_weights(request, targets, categories.loc[completers])
-    return FieldworkUpdate(state, accounting, completed_at, weights)
+    return FieldworkUpdate(state, accounting, frame, completed_at, weights)
 
 
 def over_tolerance(accounting: fieldwork.CellAccounting, tolerance_pp: float) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from panel_pipeline.sampler.response_rates import LearnedResponseRates
 from panel_pipeline.shared.contacts import recent_contacts
 from panel_pipeline.shared.contract import (
     ACTIVE,
+    MAILINGS,
     PROFILE_CATEGORIES,
     RESPONSE_RATES,
     SAMPLE_MEMBERS,
@@ -201,12 +202,15 @@ ID_CHUNK = 20_000  # ids per `$in` (well inside the 16 MB command limit)
 
 
 def ensure_fieldwork_indexes(db: Database) -> None:
-    """The open-fieldwork samples the sensor reads (a few among every sample ever drawn)."""
+    """The open-fieldwork samples the sensor reads (a few among every sample ever drawn), a sample's
+    reminder mailings, and each reminder's members (the Mailer's recipients)."""
     db[SAMPLES].create_index(
         [("fieldwork_state.status", ASCENDING)],
         name="fieldwork_open",
         partialFilterExpression={"fieldwork_state.status": FIELDWORK_OPEN},
     )
+    db[MAILINGS].create_index([("reminder_for_sample", ASCENDING)], sparse=True)
+    db[SAMPLE_MEMBERS].create_index([("reminder_mailing_id", ASCENDING)], sparse=True)
 
 
 def survey_id_values(survey_id: str) -> list[str | int]:
@@ -279,16 +283,14 @@ def fieldwork_members(
 ) -> pd.DataFrame:
     """The sample's members (index: user id as str): their profile (profiles_frame), `active`, and
     the fieldwork columns `invited_at`, `completed_at` (first transaction of the survey), `reminded_at`,
-    `reminders`, `wave`, `added_at` (NaT / 0 / NaN where absent). With `mailed` (the sample has an
-    invitation), a member not sent theirs yet counts as invited from their `added_at`: stamped or
-    waiting to be, their invitation is on its way, and a pass that counted them as not invited would
-    invite for the same need again (a crash between adding a wave and its invitation)."""
+    `reminders`, `wave`, `added_at`, `reminder_mailing_id` (NaT / 0 / NaN / None where absent). With
+    `mailed` (the sample has an invitation), a member not sent theirs yet counts as invited from their
+    `added_at`: stamped or waiting to be, their invitation is on its way, and a pass that counted them
+    as not invited would invite for the same need again (a crash between adding a wave and its invitation)."""
+    fields = ("user_id", "invited_at", "reminded_at", "reminders", "wave", "added_at", "reminder_mailing_id")
     docs = list(
         db[SAMPLE_MEMBERS]
-        .find(
-            {"sample_id": sample_id},
-            {"_id": 0, "user_id": 1, "invited_at": 1, "reminded_at": 1, "reminders": 1, "wave": 1, "added_at": 1},
-        )
+        .find({"sample_id": sample_id}, {"_id": 0, **dict.fromkeys(fields, 1)})
         .sort("user_id", ASCENDING)
     )
     user_ids = [doc["user_id"] for doc in docs]
@@ -300,6 +302,7 @@ def fieldwork_members(
     frame["reminders"] = [int(doc.get("reminders") or 0) for doc in docs]
     frame["wave"] = [doc.get("wave") for doc in docs]
     frame["added_at"] = _times([doc.get("added_at") for doc in docs])
+    frame["reminder_mailing_id"] = [doc.get("reminder_mailing_id") for doc in docs]
     # A member who completed was invited, whatever the invitation's own record says (sent before the
     # Mailer stamped it, or by hand): count them as invited when they completed.
     frame["invited_at"] = frame["invited_at"].where(frame["invited_at"].notna(), frame["completed_at"])
@@ -335,6 +338,11 @@ def write_fieldwork(
             ordered=False,
         )
     return stamped
+
+
+def save_reminder_round(db: Database, sample_id: ObjectId, reminder_round: Mapping[str, Any]) -> None:
+    """Record the fieldwork pass's reminder round in `fieldwork_state.reminder_round`."""
+    db[SAMPLES].update_one({"_id": sample_id}, {"$set": {"fieldwork_state.reminder_round": dict(reminder_round)}})
 
 
 def open_fieldwork_samples(db: Database) -> list[dict[str, Any]]:

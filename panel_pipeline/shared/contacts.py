@@ -5,7 +5,9 @@ A contact is a survey invitation or a reminder, whichever sample it came from, c
 
 - an invitation sent in the window (`invited_at`), or stamped and not yet sent (`invited_at` None
   with a `mailing_id`: it is on its way, so a second sample drawn meanwhile sees it);
-- a reminder sent in the window (`reminded_at`).
+- a reminder sent in the window (`reminded_at`), or put in a round in the window and not recorded
+  as sent (`reminder_mailing_id`, whose ObjectId carries the round's time, newer than `reminded_at`):
+  on its way, or one that reached nobody, counted until the window passes it.
 
 Members of a sample without a mailing were never stamped, so they are no contact. Two draws that
 read the counts at the same moment may both take the same member: the budget is a ration, not a
@@ -32,6 +34,13 @@ ID_CHUNK = 20_000  # ids per `$in` (well inside the 16 MB command limit)
 def recent_contacts(db: Database, user_ids: Sequence[ObjectId], now: dt.datetime) -> np.ndarray:
     """Each member's survey contacts in the CONTACT_WINDOW before `now`, aligned with `user_ids`."""
     since = now - CONTACT_WINDOW
+    round_since = ObjectId.from_datetime(since)
+    reminder_on_its_way = {
+        "$and": [
+            {"$gte": ["$reminder_mailing_id", round_since]},
+            {"$not": [{"$gte": ["$reminded_at", {"$toDate": "$reminder_mailing_id"}]}]},
+        ]
+    }
     counts: dict[ObjectId, int] = {}
     ids = list(user_ids)
     for start in range(0, len(ids), ID_CHUNK):
@@ -43,6 +52,7 @@ def recent_contacts(db: Database, user_ids: Sequence[ObjectId], now: dt.datetime
                         {"invited_at": {"$gte": since}},
                         {"invited_at": None, "mailing_id": {"$exists": True}},
                         {"reminded_at": {"$gte": since}},
+                        {"reminder_mailing_id": {"$gte": round_since}},
                     ],
                 }
             },
@@ -66,6 +76,7 @@ def recent_contacts(db: Database, user_ids: Sequence[ObjectId], now: dt.datetime
                                     ]
                                 },
                                 {"$cond": [{"$gte": ["$reminded_at", since]}, 1, 0]},
+                                {"$cond": [reminder_on_its_way, 1, 0]},
                             ]
                         }
                     },

@@ -69,6 +69,9 @@ HTML_COPY_KEY = "html"
 PER_MEMBER_VARIABLES: frozenset[str] = frozenset({FIRST_NAME, UNSUBSCRIBE_URL})
 # The template of a sample's fieldwork reminder (an invitation's data plus `closes_on`).
 SURVEY_REMINDER_TEMPLATE = "survey_reminder"
+# `samples.fieldwork_state.status`: fieldwork runs, or is over (never reopened).
+FIELDWORK_OPEN = "open"
+FIELDWORK_CLOSED = "closed"
 
 # `users.profile`: each categorical attribute and its values, exactly as stored.
 PROFILE_CATEGORIES: dict[str, tuple[str, ...]] = {

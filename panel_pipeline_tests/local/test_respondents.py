@@ -74,7 +74,7 @@ def invite(
     members: list[dict[str, Any]],
     *,
     sent_at: dt.datetime | None = None,
-    template: str = "new_survey",
+    reminder: bool = False,
     sample_id: ObjectId | None = None,
 ) -> ObjectId:
     """A sample (survey 12) whose invitation (or reminder) mailing was sent to `members` (users made if new)."""
@@ -83,10 +83,10 @@ def invite(
         sample_id = db.samples.insert_one({"name": "Omnibus wave 12", "survey_id": SURVEY_ID, "size": 1}).inserted_id
     mailing_id = db.mailings.insert_one(
         {
-            "template": template,
+            "template": "survey_reminder" if reminder else "new_survey",
             "kind": "bulk",
             "created_at": now,
-            "invitation_for_sample": sample_id,
+            "reminder_for_sample" if reminder else "invitation_for_sample": sample_id,
             "default_data": {"survey_name": "Omnibus", "points": 100},
         }
     ).inserted_id
@@ -260,7 +260,7 @@ def test_a_reminded_non_completer_can_complete_and_one_not_reminded_does_not(
     others = [m for m in members if m["_id"] not in completers]
     reminded, not_reminded = others[::2], others[1::2]
     assert len(reminded) > 20 and len(not_reminded) > 20
-    invite(mongo_db, reminded, template="survey_reminder", sample_id=sample_id)
+    invite(mongo_db, reminded, reminder=True, sample_id=sample_id)
     wait_for(lambda: mongo_db.transactions.count_documents({}) == len(completers) + len(reminded), simulator)
     simulator.run_pass()
     completed = {t["user_id"] for t in transactions(mongo_db)}

@@ -7,8 +7,11 @@ import pytest
 
 from panel_pipeline.local.ses_proxy import daily_quota_exceeded
 from panel_pipeline.mailer.assets import email_templates, mailings, transactional_mail
+from panel_pipeline.mailer.recipients import mark_reminded
 from panel_pipeline.mailer.resources import SesResource
 from panel_pipeline.mailer.sensors import mailings_queue_sensor, transactional_mail_queue_sensor
+from panel_pipeline.shared import invitations
+from panel_pipeline.shared.mongo import as_utc
 from panel_pipeline_tests.mailer.conftest import CONFIGURATION_SET, SURVEY
 
 UTC = dt.UTC
@@ -91,6 +94,63 @@ def test_invitation_is_sent_once_to_active_members_and_marks_them_invited(instan
     assert metadata["recipients_sent"].value == 2
     for value in metadata.values():
         assert "@" not in str(value.value)
+
+
+def test_a_reminder_reaches_its_members_who_have_not_completed_and_records_it_once(
+    instance, resources, mongo_db, local_ses
+):
+    ann, cat, bob = users(mongo_db, ("Ann", "active"), ("Cat", "active"), ("Bob", "unsubscribed"))
+    close_at = dt.datetime(2026, 6, 14, 16, 0, tzinfo=UTC)
+    sample_id = mongo_db.samples.insert_one(
+        {
+            "name": "s",
+            "mailing": {"template": "new_survey", "default_data": SURVEY},
+            "fieldwork_state": {"close_at": close_at},
+        }
+    ).inserted_id
+    invited_at = dt.datetime.now(UTC) - dt.timedelta(days=2)
+    mongo_db.sample_members.insert_many(
+        [{"sample_id": sample_id, "user_id": uid, "invited_at": invited_at} for uid in (ann, cat, bob)]
+    )
+    mongo_db.sample_members.update_one({"user_id": cat}, {"$set": {"completed_at": invited_at}})  # since the stamp
+    now = dt.datetime.now(UTC)
+    reminder_id = invitations.stamp_pending_reminder(mongo_db, sample_id, [ann, cat, bob], now)
+    assert invitations.create_missing_mailings(mongo_db, now) == [reminder_id]
+
+    result = send(instance, resources, reminder_id)
+
+    assert result.success
+    doc = mongo_db.mailings.find_one({"_id": reminder_id})
+    assert doc["status"] == "done" and {k: v for k, v in doc["counts"].items() if v} == {"sent": 1, "suppressed": 1}
+    (email,) = local_ses.emails()
+    assert email["destination"]["to"] == ["user0@panel.example"]
+    assert "closes on Sunday 14 June" in email["subject"] and "Hi Ann" in email["body"]["text"]
+    members = {m["user_id"]: m for m in mongo_db.sample_members.find()}
+    assert members[ann]["reminders"] == 1 and as_utc(members[ann]["reminded_at"]) >= now.replace(microsecond=0)
+    assert "reminded_at" not in members[cat] and "reminded_at" not in members[bob]  # completed; suppressed
+    # A run that stopped after recording, before completing the mailing, records nobody twice.
+    assert mark_reminded(mongo_db, doc, [ann], dt.datetime.now(UTC)) == 0
+    assert send(instance, resources, reminder_id).success and len(local_ses.emails()) == 1
+    assert mongo_db.sample_members.find_one({"user_id": ann})["reminders"] == 1
+
+
+def test_a_reminder_of_a_sample_whose_fieldwork_closed_before_it_went_reaches_nobody(
+    instance, resources, mongo_db, local_ses
+):
+    (ann,) = users(mongo_db, ("Ann", "active"))
+    state = {"status": "open", "close_at": dt.datetime.now(UTC) + dt.timedelta(days=3)}
+    sample_id = mongo_db.samples.insert_one(
+        {"name": "s", "mailing": {"template": "new_survey", "default_data": SURVEY}, "fieldwork_state": state}
+    ).inserted_id
+    mongo_db.sample_members.insert_one({"sample_id": sample_id, "user_id": ann, "invited_at": dt.datetime.now(UTC)})
+    now = dt.datetime.now(UTC)
+    reminder_id = invitations.stamp_pending_reminder(mongo_db, sample_id, [ann], now)
+    invitations.create_missing_mailings(mongo_db, now)
+    mongo_db.samples.update_one({"_id": sample_id}, {"$set": {"fieldwork_state.status": "closed"}})  # every cell full
+
+    assert send(instance, resources, reminder_id).success
+    assert mongo_db.mailings.find_one({"_id": reminder_id})["status"] == "done" and local_ses.emails() == []
+    assert "reminded_at" not in mongo_db.sample_members.find_one({"user_id": ann})
 
 
 def test_transactional_mail_has_no_unsubscribe_header_and_keeps_its_token_out_of_logs(

@@ -12,7 +12,7 @@ from bson import Binary, ObjectId
 from pymongo import monitoring
 
 from panel_pipeline.mailer.dispatch import plan_recipients
-from panel_pipeline.mailer.recipients import USERS_PER_QUERY, resolve_recipients
+from panel_pipeline.mailer.recipients import USERS_PER_QUERY, mark_members_reached, resolve_recipients
 from panel_pipeline.mailer.store import FAILED, PENDING, SUPPRESSED
 from panel_pipeline.mailer.validation import LinkPolicy
 from panel_pipeline.queue.store import RequestRejected
@@ -220,3 +220,23 @@ def test_sample_members_who_left_are_suppressed_and_deleted_ones_counted(mongo_d
 def test_a_wrong_listing_is_rejected_naming_the_field(mongo_db, mailing, expected):
     with pytest.raises(RequestRejected, match=expected.replace(".", r"\.")):
         list(resolve_recipients(mongo_db, {"_id": ObjectId(), "template": "welcome", **mailing}, None))
+
+
+def test_a_reminder_is_counted_once_per_member_even_if_the_sender_s_clock_is_behind(mongo_db):
+    made_at = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+    reminder = {"_id": ObjectId(), "reminder_for_sample": ObjectId(), "created_at": made_at}
+    ann, bob = ObjectId(), ObjectId()
+    mongo_db.sample_members.insert_many(
+        [
+            {"sample_id": reminder["reminder_for_sample"], "user_id": uid, "reminder_mailing_id": reminder["_id"]}
+            for uid in (ann, bob)
+        ]
+    )
+    earlier = {"reminders": 1, "reminded_at": made_at - dt.timedelta(hours=50)}  # bob's first reminder
+    mongo_db.sample_members.update_one({"user_id": bob}, {"$set": earlier})
+    behind = made_at - dt.timedelta(minutes=5)  # the sending machine's clock, five minutes slow
+    assert mark_members_reached(mongo_db, reminder, [ann, bob], behind) == 2
+    assert mark_members_reached(mongo_db, reminder, [ann, bob], behind) == 0  # a re-run after a crash
+    members = {m["user_id"]: m for m in mongo_db.sample_members.find()}
+    assert (members[ann]["reminders"], members[bob]["reminders"]) == (1, 2)
+    assert members[ann]["reminded_at"].replace(tzinfo=dt.UTC) == made_at and "invited_at" not in members[ann]

@@ -24,7 +24,7 @@ from panel_pipeline.mailer.validation import (
 from panel_pipeline.queue.store import RequestRejected
 from panel_pipeline.resources import EnvironmentNotSet, current_environment
 
-TEMPLATES = ("new_survey", "password_recovery", "welcome", "points_registered", "paid")
+TEMPLATES = ("new_survey", "survey_reminder", "password_recovery", "welcome", "points_registered", "paid")
 UTC = dt.UTC
 
 
@@ -67,6 +67,7 @@ def test_a_wrong_template_is_refused_naming_it(template, expected):
         ({"recipients": [{"user_id": "ann@panel.example"}]}, "recipients.0.user_id: '<email>' is not an id"),
         ({"recipients": [{"email": ["a@panel.example"]}]}, "recipients.0.email: must be a string, not list"),
         ({"recipients": [], "sample_id": "x"}, "sample_id: 'x' is not an id"),
+        ({"recipients": [], "reminder_for_sample": 7}, "reminder_for_sample: "),
         ({"recipients": []}, "recipients: the mailing lists no recipients and no sample_id"),
     ],
 )
@@ -76,12 +77,16 @@ def test_a_wrong_field_is_refused_naming_it_and_never_repeats_an_address(fields,
     assert "@" not in message
 
 
-def test_a_well_formed_document_and_an_invitation_pass():
+def test_a_well_formed_document_an_invitation_and_a_reminder_pass():
     check_mailing(
         good(default_data={"profile_survey_url": "https://survey.example/p", "at": dt.datetime(2026, 1, 1)}), TEMPLATES
     )
     check_mailing(
         {"template": "new_survey", "kind": "bulk", "invitation_for_sample": ObjectId(), "recipient_count": 3}, TEMPLATES
+    )
+    check_mailing(
+        {"template": "survey_reminder", "kind": "bulk", "reminder_for_sample": ObjectId(), "recipient_count": 3},
+        TEMPLATES,
     )
 
 

@@ -207,7 +207,9 @@ def fieldwork_now(needs, closed=(False, False), status="open"):
         {"target": ["gender", "gender"], "category": ["female", "male"], "need": needs, "closed": list(closed)}
     )
     accounting = fieldwork.CellAccounting(cells=cells, completes=0, invited=0, in_progress=0, reminders=0)
-    return FieldworkUpdate(state={"status": status}, accounting=accounting, completed_at={}, weights=None)
+    return FieldworkUpdate(
+        state={"status": status}, accounting=accounting, cell_members=pd.DataFrame(), completed_at={}, weights=None
+    )
 
 
 def wave_members(*waves_added_hours_ago):

@@ -128,3 +128,39 @@ def test_a_few_newcomers_are_invited_promptly_a_backfill_in_the_bulk_line(mongo_
     invitations.create_missing_mailings(mongo_db, NOW)
     delivery = {doc["invitation_for_sample"]: doc.get("delivery") for doc in mongo_db.mailings.find()}
     assert delivery == {few: "prompt", many: None, drawn: None}
+
+
+def test_a_reminder_round_names_nobody_in_an_open_round_and_is_made_once_with_the_closing_day(mongo_db, caplog):
+    sample_id = sample_with_members(mongo_db, 3)
+    a, b, c = (m["user_id"] for m in mongo_db.sample_members.find({"sample_id": sample_id}))
+    first = invitations.stamp_pending_reminder(mongo_db, sample_id, [a, b], NOW)
+    second = invitations.stamp_pending_reminder(mongo_db, sample_id, [a, b, c], NOW)  # a and b: round one is open
+    assert invitations.stamp_pending_reminder(mongo_db, sample_id, [a, b, c], NOW) is None
+    with caplog.at_level(logging.WARNING, logger=invitations.__name__):
+        assert invitations.create_missing_mailings(mongo_db, NOW) == []
+    assert mongo_db.samples.find_one({"_id": sample_id})["reminder_error"] == (
+        "fieldwork_state.close_at: a reminder needs the closing date, and the sample has none"
+    )
+    assert f"reminder {first} of sample {sample_id} not made" in caplog.text
+
+    # Fieldwork closing at midnight: the last day to take part is the day before.
+    close_at = dt.datetime(2026, 12, 15, 0, 0, tzinfo=UTC)
+    mongo_db.samples.update_one({"_id": sample_id}, {"$set": {"fieldwork_state.close_at": close_at}})
+    assert invitations.create_missing_mailings(mongo_db, NOW) == [first, second]
+    assert invitations.create_missing_mailings(mongo_db, NOW) == []
+    reminder = mongo_db.mailings.find_one({"_id": first})
+    assert reminder == {
+        "_id": first,
+        "processed": False,
+        "created_at": NOW,
+        "kind": "bulk",
+        "template": "survey_reminder",
+        "default_data": DEFAULT_DATA | {"closes_on": "Monday 14 December"},
+        "reminder_for_sample": sample_id,
+        "recipient_count": 2,
+    }
+    assert mongo_db.mailings.find_one({"_id": second})["recipient_count"] == 1
+    assert "reminder_error" not in mongo_db.samples.find_one({"_id": sample_id})
+    assert invitations.open_reminder_ids(mongo_db, sample_id) == {first, second}
+    mongo_db.mailings.update_many({}, {"$set": {"processed": True}})  # sent: no round is open
+    assert invitations.open_reminder_ids(mongo_db, sample_id) == set()
