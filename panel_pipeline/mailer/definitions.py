@@ -10,6 +10,7 @@ from panel_pipeline.mailer.assets import (
 )
 from panel_pipeline.mailer.jobs import (
     email_templates_job,
+    mailing_control_job,
     mailing_job,
     prompt_mail_worker_job,
     ses_feedback_job,
@@ -17,6 +18,7 @@ from panel_pipeline.mailer.jobs import (
 )
 from panel_pipeline.mailer.schedules import template_sync_schedule
 from panel_pipeline.mailer.sensors import (
+    mailing_control_sensor,
     mailings_queue_sensor,
     prompt_mail_worker_sensor,
     ses_feedback_sensor,
@@ -25,7 +27,20 @@ from panel_pipeline.mailer.sensors import (
 
 defs = dg.Definitions(
     assets=[email_templates, mailings, transactional_mail, ses_feedback],
-    jobs=[mailing_job, transactional_mail_job, prompt_mail_worker_job, email_templates_job, ses_feedback_job],
-    sensors=[mailings_queue_sensor, transactional_mail_queue_sensor, prompt_mail_worker_sensor, ses_feedback_sensor],
+    jobs=[
+        mailing_job,
+        transactional_mail_job,
+        prompt_mail_worker_job,
+        email_templates_job,
+        ses_feedback_job,
+        mailing_control_job,
+    ],
+    sensors=[
+        mailings_queue_sensor,
+        transactional_mail_queue_sensor,
+        prompt_mail_worker_sensor,
+        ses_feedback_sensor,
+        mailing_control_sensor,
+    ],
     schedules=[template_sync_schedule],
 )

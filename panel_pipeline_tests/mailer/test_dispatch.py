@@ -29,6 +29,7 @@ from panel_pipeline.local.ses_proxy import (
 from panel_pipeline.local.ses_server import LocalSesServer
 from panel_pipeline.mailer.dispatch import (
     DispatchPolicy,
+    Hold,
     MailingRecipient,
     SendingStopped,
     plan_recipients,
@@ -329,7 +330,7 @@ def test_a_long_mailing_keeps_its_queue_lease(
             owner="run-1",
             policy=FAST,
             unsubscribe_link=LINK,
-            keep_alive=lambda: queue.extend_lease(doc_id, "run-1"),
+            keep_alive=lambda: Hold(queue.extend_lease(doc_id, "run-1")),
         )
     finally:
         sending.clear()
@@ -359,13 +360,13 @@ def test_a_stolen_lease_stops_the_sender_within_one_batch(
     gateway = make_gateway(max_send_rate=50)
     mailing, name = _setup(ledger, gateway, templates["new_survey"], _invitees(200))
 
-    def keep_alive() -> bool:
+    def keep_alive() -> Hold:
         if (
             later.claim(doc_id, "run-2") is None
             and mongo_db.mailings.find_one({"_id": doc_id})["lease_owner"] != "run-2"
         ):
             raise AssertionError("the rival run should have claimed the mailing")
-        return queue.extend_lease(doc_id, "run-1")
+        return Hold(queue.extend_lease(doc_id, "run-1"))
 
     policy = dataclasses.replace(FAST, senders=senders)
     with pytest.raises(SendingStopped, match="no longer holds the mailing.*stopped sending after [12] batches"):
