@@ -291,7 +291,7 @@ def send(
     counts = ledger.counts(mailing_id)
     if dispatch.paused_until is not None:
         _postpone(queue, mailing_id, owner, dispatch.paused_until, f"SES paused sending: {dispatch.pause_reason}")
-        return MailingOutcome("postponed", f"paused by SES until {dispatch.paused_until.isoformat()}")
+        return MailingOutcome("postponed", f"paused until {dispatch.paused_until.isoformat()}")
     if not ledger.mailing_done(mailing_id):
         retry = ledger.next_retry_at(mailing_id) or utc_now() + OPEN_RECIPIENTS_RECHECK
         waiting = f"{counts[UNKNOWN]} unknown (awaiting SES events), {counts[CLAIMED]} held by another worker"

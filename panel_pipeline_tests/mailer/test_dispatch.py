@@ -382,6 +382,36 @@ def test_a_stolen_lease_stops_the_sender_within_one_batch(
     assert ledger.counts(mailing)[PENDING] == 150
 
 
+@pytest.mark.parametrize("senders", [1, 2])
+def test_a_control_that_stops_the_mailing_stops_each_sender_within_one_batch(
+    senders: int,
+    ledger: MailLedger,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy,
+    templates: dict[str, EmailTemplate],
+) -> None:
+    gateway = make_gateway(max_send_rate=50)
+    mailing, name = _setup(ledger, gateway, templates["new_survey"], _invitees(200))
+    policy = dataclasses.replace(FAST, senders=senders)
+    report = send_mailing(
+        ledger,
+        gateway,
+        mailing,
+        name,
+        owner="run-1",
+        policy=policy,
+        unsubscribe_link=LINK,
+        keep_alive=lambda: Hold(held=True, stop_for="pause"),  # asked for before the first renewal
+    )
+    assert report.stopped_for == "pause" and report.paused_until is None
+    calls = len(ses_proxy.calls())
+    assert calls == 1 if senders == 1 else calls in (1, 2)
+    rows = ledger.counts(mailing)
+    assert rows[SENT] == 50 * calls and rows[PENDING] == 200 - 50 * calls and rows[CLAIMED] == 0
+    assert len(_deliveries(ses_server)) == 50 * calls
+
+
 KILLS = 20
 LEASE_SECONDS = 1.0
 EVENT_SILENCE_SECONDS = 2.0
