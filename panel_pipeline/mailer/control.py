@@ -101,8 +101,9 @@ def cancel_mailing(
     ledger.recover_expired(mailing_id)
     ledger.settle_unknown(mailing_id)
     ledger.cancel_unsent(mailing_id, NOT_SENT_REASON)
-    mark_invited(db, mailing, ledger.sent_user_ids(mailing_id), utc_now())
     counts = ledger.counts(mailing_id)
+    if counts[SENT]:
+        mark_invited(db, mailing, ledger.sent_user_ids(mailing_id), utc_now())
     if not queue.cancel(mailing_id, owner, {"counts": counts}):
         raise LeaseLost(queue.name, mailing_id, owner, "cancel it")
     return counts

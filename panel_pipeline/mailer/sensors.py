@@ -31,7 +31,7 @@ from panel_pipeline.queue.sensors import (
     build_worker_sensor,
     run_in_flight,
 )
-from panel_pipeline.queue.store import DOCUMENTS_PER_TICK, unheld
+from panel_pipeline.queue.store import DOCUMENTS_PER_TICK, claims_of, unheld
 from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.contract import BULK, MAILINGS, PROMPT, TRANSACTIONAL
 from panel_pipeline.shared.partitions import mailing_partitions
@@ -112,13 +112,14 @@ def mailing_control_sensor(context: dg.SensorEvaluationContext, mongo: MongoReso
 
 
 def control_request(doc: Mapping[str, Any]) -> dg.RunRequest:
-    """One run per control request: `controls_applied` grows with each one applied, so the key is new
-    for the next request and the same while this one waits (a failed run is not relaunched: its
-    failure shows in the UI, and the operator launches the job again)."""
+    """One run per control request and claim: `controls_applied` grows with each request applied and
+    `claims` with each claim or take, so the key is new for the next request, or once the mailing was
+    claimed again, and the same while this one waits. A run that failed is not relaunched for the same
+    claim (its failure shows in the UI; the operator can launch the job again)."""
     mailing_id = str(doc["_id"])
     config = {"mailing_id": mailing_id, "action": redact(str(doc["control"]))[:20], "from_document": True}
     return dg.RunRequest(
-        run_key=f"{MAILINGS}:{mailing_id}:control:{doc.get('controls_applied', 0)}",
+        run_key=f"{MAILINGS}:{mailing_id}:control:{doc.get('controls_applied', 0)}:{claims_of(doc)}",
         run_config={"ops": {apply_mailing_control.name: {"config": config}}},
         tags={QUEUE_TAG: MAILINGS, DOCUMENT_TAG: mailing_id},
     )

@@ -534,7 +534,7 @@ class MailingControls:
         """Mailings with a control to apply that match `unheld` (no live lease holds them: a run
         holding one applies its control itself), oldest first."""
         query = {"control": {"$exists": True}, **unheld}
-        projection = {"_id": 1, "control": 1, "controls_applied": 1}
+        projection = {"_id": 1, "control": 1, "controls_applied": 1, "claims": 1, "attempts": 1}
         return list(self.collection.find(query, projection).sort("_id", ASCENDING).limit(limit))
 
     def settle(self, mailing_id: ObjectId, control: Any, outcome: str, run_id: str) -> bool:

@@ -179,7 +179,7 @@ def test_controls_of_a_mailing_no_run_holds_are_run_by_the_sensor(instance, reso
     mongo.work_queue("mailings").claim(held_id, "a-sending-run")  # its run applies its control itself
 
     (request,) = tick(mailing_control_sensor, instance, mongo).run_requests
-    assert request.run_key == f"mailings:{mailing_id}:control:0"
+    assert request.run_key == f"mailings:{mailing_id}:control:0:0"
     assert request.tags == {"panel/queue": "mailings", "panel/document_id": str(mailing_id)}
     assert request.run_config["ops"][CONTROL_OP]["config"]["from_document"] is True
     paused = mailing_control_job.execute_in_process(
@@ -193,7 +193,7 @@ def test_controls_of_a_mailing_no_run_holds_are_run_by_the_sensor(instance, reso
 
     mongo_db.mailings.update_one({"_id": mailing_id}, {"$set": {"control": "cancel"}})
     (request,) = tick(mailing_control_sensor, instance, mongo).run_requests
-    assert request.run_key == f"mailings:{mailing_id}:control:1"
+    assert request.run_key == f"mailings:{mailing_id}:control:1:1"
     mailing_control_job.execute_in_process(run_config=request.run_config, resources={"mongo": mongo}, instance=instance)
     cancelled = mongo_db.mailings.find_one({"_id": mailing_id})
     assert (cancelled["processed"], cancelled["status"]) == (True, "cancelled")
