@@ -18,6 +18,7 @@ import dagster as dg
 
 from panel_pipeline.extractor.resources import SurveyGizmoResource
 from panel_pipeline.mailer.resources import SesResource, SqsResource
+from panel_pipeline.sampler.resources import FieldworkTiming
 from panel_pipeline.shared.resources import MongoResource, StandingWorkers
 
 ENVIRONMENTS = ("local", "production")
@@ -37,6 +38,16 @@ LOCAL_MAIL_TIMINGS = {
 def standing_workers() -> StandingWorkers:
     """On unless PANEL_STANDING_WORKERS=off (the benchmarks switch them off to measure the polling path)."""
     return StandingWorkers(enabled=os.environ.get("PANEL_STANDING_WORKERS", "on").strip().lower() != "off")
+
+
+def local_fieldwork_timing() -> FieldworkTiming:
+    """The local run's fieldwork: a pass per sample every PANEL_FIELDWORK_PASS_SECONDS (30), in
+    fieldwork time PANEL_FIELDWORK_TIME_SCALE times faster than wall time (the stack sets its
+    respondent simulator's scale, so the pipeline and the simulated respondents agree)."""
+    return FieldworkTiming(
+        pass_seconds=float(os.environ.get("PANEL_FIELDWORK_PASS_SECONDS") or 30),
+        time_scale=float(os.environ.get("PANEL_FIELDWORK_TIME_SCALE") or 1),
+    )
 
 
 def local_mail_timings() -> dict[str, Any]:
@@ -72,6 +83,7 @@ def local_resources() -> dict[str, Any]:
             wait_seconds=1,
         ),
         "workers": standing_workers(),
+        "fieldwork_timing": local_fieldwork_timing(),
     }
 
 
@@ -98,6 +110,7 @@ def production_resources() -> dict[str, Any]:
             region_name=dg.EnvVar("SES_REGION"),
         ),
         "workers": standing_workers(),
+        "fieldwork_timing": FieldworkTiming(),
     }
 
 

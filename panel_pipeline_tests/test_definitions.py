@@ -18,6 +18,7 @@ from panel_pipeline.mailer import jobs as mailer_jobs
 from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.resources import ENVIRONMENTS, resources_for
 from panel_pipeline.sampler import jobs as sampler_jobs
+from panel_pipeline.sampler.resources import FieldworkTiming
 from panel_pipeline.shared.metadata import OWNERS
 from panel_pipeline.shared.resources import MongoResource, StandingWorkers
 from panel_pipeline.updater import jobs as updater_jobs
@@ -38,6 +39,7 @@ ASSETS = {
     "mailings",
     "transactional_mail",
     "ses_feedback",
+    "ses_suppression_sync",
     "email_templates",
 }
 SENSOR_JOBS = {
@@ -55,6 +57,7 @@ SCHEDULE_JOBS = {
     "hourly_extract_schedule": "extract_job",
     "weekly_deletion_sweep_schedule": "deletion_sweep_job",
     "daily_response_rates_schedule": "response_rates_job",
+    "hourly_suppression_sync_schedule": "ses_suppression_job",
 }
 RESOURCE_TYPES = {
     "mongo": MongoResource,
@@ -62,6 +65,7 @@ RESOURCE_TYPES = {
     "ses": SesResource,
     "sqs": SqsResource,
     "workers": StandingWorkers,
+    "fieldwork_timing": FieldworkTiming,
 }
 SECRETS = {("surveygizmo", "api_token"), ("surveygizmo", "api_token_secret"), ("ses", "unsubscribe_secret")}
 AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")

@@ -11,9 +11,14 @@ boto3 talks real SES v2 REST JSON to this proxy over HTTP; the proxy forwards to
   with HTTP 400 `BadRequestException`, nothing sent, as SES refuses an illegal address;
 * a record of every SendBulkEmail request as received, tags included (the emulator drops tags),
   and the SES events each produced (ses_events.py: `Send` for each accepted entry, with its
-  tags; a `Bounce` or a `Complaint` for SES's mailbox simulator addresses);
+  tags, then its `Delivery`, or a `Bounce`, a `Complaint` for SES's mailbox simulator addresses, and
+  the bounces, complaints, opens and clicks of `feedback`'s shares);
 * optionally, those events published as they happen (`publish`, e.g. `SnsEventPublisher` to the
   SNS topic of the local SES event path), as a configuration set's SNS event destination does.
+The account-level suppression list is answered here, in memory (the emulator has none), as SES v2
+does (`SuppressionList`): PutSuppressedDestination, ListSuppressedDestinations (StartDate, EndDate,
+Reason, PageSize up to 1,000, NextToken), GetSuppressedDestination, DeleteSuppressedDestination;
+`suppress` puts an address there as SES does after a hard bounce or a complaint.
 GetConfigurationSetEventDestinations is answered here (the emulator has no configuration sets):
 every set publishes SEND, REJECT, BOUNCE, COMPLAINT, DELIVERY, RENDERING_FAILURE and DELIVERY_DELAY
 to the SNS topic, as the local stack does, unless a test sets other destinations
@@ -23,26 +28,33 @@ through unchanged.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
+import datetime as dt
 import http.client
 import json
 import re
 import socket
 import threading
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from panel_pipeline.local.ses_events import RecordedCall, ses_events
+from panel_pipeline.local.ses_events import NO_FEEDBACK, FeedbackShares, RecordedCall, ses_events
 
 BULK_PATH = "/v2/email/outbound-bulk-emails"
 EVENT_DESTINATIONS_PATH = re.compile(r"^/v2/email/configuration-sets/([^/]+)/event-destinations$")
 LOCAL_TOPIC_ARN = "arn:aws:sns:eu-west-2:000000000000:panel-ses-events"
 LOCAL_EVENT_TYPES = ("SEND", "REJECT", "BOUNCE", "COMPLAINT", "DELIVERY", "RENDERING_FAILURE", "DELIVERY_DELAY")
 SES_MAX_ENTRIES = 50
+SUPPRESSION_PATH = "/v2/email/suppression/addresses"
+SUPPRESSED_ADDRESS_PATH = re.compile(r"^/v2/email/suppression/addresses/([^/]+)$")
+SUPPRESSION_REASONS = ("BOUNCE", "COMPLAINT")
+SUPPRESSION_MAX_PAGE_SIZE = 1000
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
 
@@ -79,23 +91,163 @@ def entry_statuses(statuses: dict[int, str]) -> Fault:
     return Fault("entry_statuses", entry_statuses=dict(statuses))
 
 
+Answer = tuple[int, dict[str, str], bytes]
+
+
+@dataclass(frozen=True)
+class SuppressedDestination:
+    email_address: str
+    reason: str
+    last_update_time: dt.datetime
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "EmailAddress": self.email_address,
+            "Reason": self.reason,
+            "LastUpdateTime": self.last_update_time.timestamp(),  # rest-json timestamps are epoch seconds
+        }
+
+
+class SuppressionList:
+    """SES v2's account-level suppression list, in memory: one entry per address (compared
+    lower-cased), putting an address again replaces its reason and time. A list call returns the
+    entries with StartDate <= LastUpdateTime < EndDate, oldest first, `PageSize` (default and at
+    most 1,000) at a time; its NextToken names the last entry returned, so entries added meanwhile
+    neither shift nor repeat a page."""
+
+    def __init__(self, now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
+        self._now = now
+        self._entries: dict[str, SuppressedDestination] = {}
+        self._lock = threading.Lock()
+
+    def put(self, address: str, reason: str, at: dt.datetime | None = None) -> None:
+        if reason not in SUPPRESSION_REASONS:
+            raise ValueError(f"Reason must be one of {', '.join(SUPPRESSION_REASONS)}")
+        with self._lock:
+            self._entries[address.strip().lower()] = SuppressedDestination(address.strip(), reason, at or self._now())
+
+    def get(self, address: str) -> SuppressedDestination | None:
+        with self._lock:
+            return self._entries.get(address.strip().lower())
+
+    def delete(self, address: str) -> bool:
+        with self._lock:
+            return self._entries.pop(address.strip().lower(), None) is not None
+
+    def entries(self) -> list[SuppressedDestination]:
+        with self._lock:
+            return sorted(self._entries.values(), key=_list_order)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def answer(self, method: str, raw_path: str, body: bytes) -> Answer:
+        """The SES v2 answer to a suppression-list request (`raw_path` with its query string)."""
+        path, _, query = raw_path.partition("?")
+        address = SUPPRESSED_ADDRESS_PATH.match(path)
+        try:
+            if address is not None and method in ("GET", "DELETE"):
+                return self._one(method, unquote(address.group(1)))
+            if path == SUPPRESSION_PATH and method == "PUT":
+                request = json.loads(body or b"{}")
+                self.put(str(request.get("EmailAddress") or ""), str(request.get("Reason")))
+                return _json(200, {})
+            if path == SUPPRESSION_PATH and method == "GET":
+                return _json(200, self._page(parse_qs(query)))
+        except _InvalidToken:
+            return _error(400, "InvalidNextTokenException", "The NextToken is invalid")
+        except (ValueError, TypeError) as wrong:
+            return _error(400, "BadRequestException", str(wrong))
+        return _error(404, "NotFoundException", f"no suppression-list operation {method} {path}")
+
+    def _one(self, method: str, address: str) -> Answer:
+        entry = self.get(address)
+        if entry is None:
+            return _error(404, "NotFoundException", "Email address is not on the suppression list")
+        if method == "DELETE":
+            self.delete(address)
+            return _json(200, {})
+        return _json(200, {"SuppressedDestination": {**entry.summary(), "Attributes": {}}})
+
+    def _page(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        reasons = set(query.get("Reason") or SUPPRESSION_REASONS)
+        start, end = (_query_time(query, name) for name in ("StartDate", "EndDate"))
+        size = int((query.get("PageSize") or [str(SUPPRESSION_MAX_PAGE_SIZE)])[0])
+        if not 1 <= size <= SUPPRESSION_MAX_PAGE_SIZE:
+            raise ValueError(f"PageSize must be from 1 to {SUPPRESSION_MAX_PAGE_SIZE}")
+        after = _token_key(query["NextToken"][0]) if query.get("NextToken") else None
+        matching = [
+            entry
+            for entry in self.entries()
+            if entry.reason in reasons
+            and (start is None or entry.last_update_time >= start)
+            and (end is None or entry.last_update_time < end)
+            and (after is None or _list_order(entry) > after)
+        ]
+        page: dict[str, Any] = {"SuppressedDestinationSummaries": [entry.summary() for entry in matching[:size]]}
+        if len(matching) > size:
+            page["NextToken"] = _next_token(matching[size - 1])
+        return page
+
+
+class _InvalidToken(Exception):
+    pass
+
+
+def _list_order(entry: SuppressedDestination) -> tuple[float, str]:
+    return entry.last_update_time.timestamp(), entry.email_address.lower()
+
+
+def _next_token(entry: SuppressedDestination) -> str:
+    return base64.urlsafe_b64encode(json.dumps(_list_order(entry)).encode()).decode()
+
+
+def _token_key(token: str) -> tuple[float, str]:
+    try:
+        at, address = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return float(at), str(address)
+    except (binascii.Error, ValueError, TypeError) as wrong:
+        raise _InvalidToken from wrong
+
+
+def _query_time(query: dict[str, list[str]], name: str) -> dt.datetime | None:
+    """A querystring timestamp as botocore writes it (ISO 8601, `Z`), or epoch seconds."""
+    if not query.get(name):
+        return None
+    value = query[name][0]
+    try:
+        return dt.datetime.fromtimestamp(float(value), dt.UTC)
+    except ValueError:
+        parsed = dt.datetime.fromisoformat(value)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
 EventSink = Callable[[list[dict[str, Any]]], None]
 
 
 class SesFaultProxy:
     """Start/stop a proxy on `host:port` (0 picks a free port) forwarding to `upstream_url`;
-    `publish` receives the SES events of every call SES accepted, as it is answered."""
+    `publish` receives the SES events of every call SES accepted, as it is answered; `feedback` says
+    what share of the messages bounce, complain, are opened and clicked."""
 
     def __init__(
-        self, upstream_url: str, host: str = "127.0.0.1", port: int = 0, publish: EventSink | None = None
+        self,
+        upstream_url: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        publish: EventSink | None = None,
+        feedback: FeedbackShares = NO_FEEDBACK,
     ) -> None:
         self.upstream = urlsplit(upstream_url)
         self._publish = publish
+        self._feedback = feedback
         self._faults: deque[Fault] = deque()
         self._refused: dict[str, str] = {}
         self._requests: Counter[str] = Counter()
         self._event_destinations: dict[str, list[dict[str, Any]]] = {}
         self._calls: list[RecordedCall] = []
+        self.suppression_list = SuppressionList()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
@@ -143,6 +295,12 @@ class SesFaultProxy:
             self._refused.clear()
             self._requests.clear()
             self._event_destinations.clear()
+        self.suppression_list.clear()
+
+    def suppress(self, address: str, reason: str = "BOUNCE", at: dt.datetime | None = None) -> None:
+        """Put `address` on the account's suppression list as SES does after a hard bounce
+        (`BOUNCE`) or a complaint (`COMPLAINT`), at `at` (default now); until `reset`."""
+        self.suppression_list.put(address, reason, at)
 
     def requests(self) -> Counter[str]:
         """How many requests of each kind came in, e.g. `GET /v2/email/templates/panel-welcome-1a2b`."""
@@ -154,8 +312,8 @@ class SesFaultProxy:
             return list(self._calls)
 
     def events(self) -> list[dict[str, Any]]:
-        """Every SES event of the calls so far: Send events, then simulated bounces and complaints."""
-        return [event for call in self.calls() for event in ses_events(call)]
+        """Every SES event of the calls so far: each call's Send events, then its messages' outcomes."""
+        return [event for call in self.calls() for event in ses_events(call, self._feedback)]
 
     def send_events(self) -> list[dict[str, Any]]:
         """SES `Send` events for every entry SES accepted, including calls whose answer was lost."""
@@ -171,7 +329,7 @@ class SesFaultProxy:
         with self._lock:
             self._calls.append(call)
         if self._publish is not None and call.results:
-            self._publish(ses_events(call))
+            self._publish(ses_events(call, self._feedback))
 
     def _forward(
         self, method: str, path: str, headers: dict[str, str], body: bytes
@@ -254,11 +412,15 @@ class SesFaultProxy:
                 body = self.rfile.read(length) if length else b""
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
                 path = self.path.split("?")[0]
+                # Counted by operation, never by address: a suppression-list path names one.
+                kind = SUPPRESSED_ADDRESS_PATH.sub(SUPPRESSION_PATH + "/{EmailAddress}", path)
                 with proxy._lock:
-                    proxy._requests[f"{self.command} {path}"] += 1
+                    proxy._requests[f"{self.command} {kind}"] += 1
                 destinations = EVENT_DESTINATIONS_PATH.match(path) if self.command == "GET" else None
                 if self.command == "POST" and path == BULK_PATH:
                     answer = proxy._bulk(headers, body)
+                elif path == SUPPRESSION_PATH or path.startswith(SUPPRESSION_PATH + "/"):
+                    answer = proxy.suppression_list.answer(self.command, self.path, body)
                 elif destinations is not None:
                     answer = proxy._event_destinations_answer(unquote(destinations.group(1)))
                 else:
@@ -280,9 +442,13 @@ class SesFaultProxy:
         return Handler
 
 
-def _error(status: int, error_type: str, message: str) -> tuple[int, dict[str, str], bytes]:
+def _error(status: int, error_type: str, message: str) -> Answer:
     headers = {"Content-Type": "application/json", "x-amzn-ErrorType": error_type}
     return status, headers, json.dumps({"message": message}).encode()
+
+
+def _json(status: int, document: Mapping[str, Any]) -> Answer:
+    return status, {"Content-Type": "application/json"}, json.dumps(document).encode()
 
 
 def _merge_statuses(

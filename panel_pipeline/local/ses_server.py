@@ -128,13 +128,14 @@ def main() -> None:
     """Run the local SES endpoint in the foreground until SIGTERM or Ctrl-C (the local stack uses this).
 
     With `--sns-topic-arn` the fault proxy answers on `--port` in front of the emulator and publishes
-    SES's events to that topic on `--sns-endpoint-url`, as a configuration set's event destination does.
+    SES's events to that topic on `--sns-endpoint-url`, as a configuration set's event destination does,
+    with the bounces, complaints, opens and clicks of `--feedback` (ses_events.FeedbackShares).
     """
     import argparse
     import signal
 
     from panel_pipeline.local.mongod import free_port
-    from panel_pipeline.local.ses_events import SnsEventPublisher
+    from panel_pipeline.local.ses_events import FEEDBACK_SHARES_VARIABLE, FeedbackShares, SnsEventPublisher
     from panel_pipeline.local.ses_proxy import SesFaultProxy
     from panel_pipeline.local.sns_sqs import aws_client
 
@@ -143,7 +144,17 @@ def main() -> None:
     parser.add_argument("--max-send-rate", type=float, default=200.0)
     parser.add_argument("--sns-topic-arn", help="Publish SES events to this SNS topic.")
     parser.add_argument("--sns-endpoint-url", default="http://127.0.0.1:8007", help="The local SNS endpoint.")
+    parser.add_argument(
+        "--feedback",
+        default="",
+        help=f"Shares of simulated feedback, e.g. bounce=0.02,transient=0.03,complaint=0.001,open=0.3,click=0.1 "
+        f"(the stack passes {FEEDBACK_SHARES_VARIABLE}).",
+    )
     args = parser.parse_args()
+    try:
+        feedback = FeedbackShares.parse(args.feedback)
+    except ValueError as invalid:
+        parser.error(str(invalid))
     publishing = args.sns_topic_arn is not None
     server = LocalSesServer(port=free_port() if publishing else args.port, max_send_rate=args.max_send_rate)
     stopped = threading.Event()
@@ -153,7 +164,7 @@ def main() -> None:
     if publishing:
         region = args.sns_topic_arn.split(":")[3]
         publisher = SnsEventPublisher(aws_client("sns", args.sns_endpoint_url, region), args.sns_topic_arn)
-        proxy = SesFaultProxy(server.url, port=args.port, publish=publisher)
+        proxy = SesFaultProxy(server.url, port=args.port, publish=publisher, feedback=feedback)
         proxy.start()
     print(f"local SES endpoint and sent-mail viewer on {proxy.url if proxy else server.url}", flush=True)
     try:

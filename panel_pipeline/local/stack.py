@@ -23,6 +23,7 @@ from pathlib import Path
 
 from panel_pipeline.local.mongod import LocalMongod, live_pid, pid_alive, port_in_use
 from panel_pipeline.local.profile_survey import PROFILE_SURVEY_ID
+from panel_pipeline.local.ses_events import FEEDBACK_SHARES_VARIABLE, FeedbackShares
 from panel_pipeline.local.sns_sqs import (
     LOCAL_AWS_KEY,
     ensure_feedback_path,
@@ -41,6 +42,8 @@ SNS_SQS_PORT = 8007
 RESPONDENTS_PORT = 8008  # the respondent simulator's status page
 # Simulated seconds per real second for the stack's simulator: a simulated hour passes in a second.
 RESPONDENTS_TIME_SCALE = os.environ.get("PANEL_RESPONDENTS_TIME_SCALE", "3600")
+# What share of the local SES endpoint's mail bounces, complains, is opened, clicked (ses_events.FeedbackShares).
+SES_FEEDBACK = os.environ.get(FEEDBACK_SHARES_VARIABLE, "")
 SNS_SQS_URL = f"http://127.0.0.1:{SNS_SQS_PORT}"
 START_TIMEOUT_SECONDS = 30.0
 LOCAL_UNSUBSCRIBE_SECRET = "local-unsubscribe-secret"
@@ -161,6 +164,8 @@ def background_services() -> list[BackgroundService]:
                 local_topic_arn(),
                 "--sns-endpoint-url",
                 SNS_SQS_URL,
+                "--feedback",
+                SES_FEEDBACK,
             ],
         ),
         BackgroundService(
@@ -182,6 +187,14 @@ def background_services() -> list[BackgroundService]:
             ],
         ),
     ]
+
+
+def check_ses_feedback() -> None:
+    """A wrong `PANEL_LOCAL_SES_FEEDBACK` stops `stack up` naming it (not `down`: that must always stop)."""
+    try:
+        FeedbackShares.parse(SES_FEEDBACK)
+    except ValueError as invalid:
+        raise StackError(str(invalid)) from None
 
 
 def local_environment() -> dict[str, str]:
@@ -207,12 +220,15 @@ def pipeline_environment(mongo_uri: str, ses_url: str, surveygizmo_url: str, sns
         "SES_EVENTS_QUEUE_URL": local_queue_url(sns_sqs_url),
         # The feed applies only messages from this topic (`ensure_feedback_path` makes it).
         "SES_EVENTS_TOPIC_ARN": local_topic_arn(),
+        # Fieldwork time runs at the respondent simulator's pace, so reminders and closing keep up with it.
+        "PANEL_FIELDWORK_TIME_SCALE": RESPONDENTS_TIME_SCALE,
         **LOCAL_CREDENTIALS,
     }
 
 
 def up() -> dict[str, str]:
     """Start everything that is not running; return where each service listens."""
+    check_ses_feedback()
     endpoints = {"mongo": local_mongod().start()}
     for service in background_services():
         service.start()

@@ -1,4 +1,5 @@
-"""The Mailer's assets: the SES templates, one partition per mailing sent through SES, and SES's feedback.
+"""The Mailer's assets: the SES templates, one partition per mailing sent through SES, SES's feedback,
+and SES's account suppression list kept in step with members' statuses.
 
 A mailing is expanded (recipients resolved, planned and written to the ledger, a chunk at a time)
 once: `expanded_at` on the mailing document says it was, so a re-claim after a pause goes straight
@@ -23,11 +24,14 @@ from panel_pipeline.mailer.control import PAUSE, STOPPING, hold, stop_held_maili
 from panel_pipeline.mailer.dispatch import SendingStopped, plan_recipients, send_mailing
 from panel_pipeline.mailer.feedback import DrainReport, FeedbackStore, drain
 from panel_pipeline.mailer.recipients import mark_invited, resolve_recipients
+from panel_pipeline.mailer.report import CATEGORIES, MailingReport, report_chart_svg, who_got_what_query
 from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.mailer.ses import SendEventsNotPublished, SesGateway
-from panel_pipeline.mailer.store import CLAIMED, UNKNOWN, MailLedger
+from panel_pipeline.mailer.store import CLAIMED, UNKNOWN, MailingReports, MailLedger, SuppressionStore
+from panel_pipeline.mailer.suppression import BOUNCE, COMPLAINT, SyncReport, sync_suppression
 from panel_pipeline.mailer.validation import check_mailing
 from panel_pipeline.queue.store import LeaseLost, RequestRejected, WorkQueue
+from panel_pipeline.sampler.composition_chart import markdown_image
 from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.contract import (
     BOUNCED,
@@ -35,9 +39,11 @@ from panel_pipeline.shared.contract import (
     CANCELLED,
     MAILINGS,
     PAUSED,
+    PIPELINE_STATE,
     PROMPT,
     TRANSACTIONAL,
     UNSUBSCRIBED,
+    USERS,
 )
 from panel_pipeline.shared.metadata import OWNERS, row_count, table
 from panel_pipeline.shared.partitions import mailing_partitions
@@ -45,6 +51,7 @@ from panel_pipeline.shared.privacy import describe_error
 from panel_pipeline.shared.resources import MongoResource
 from panel_pipeline.shared.templates import EmailTemplate, load_templates
 
+MAILING_PARTITIONS = mailing_partitions.name or "mailings"
 # Unknown recipients wait for SES events; claimed ones for another worker's lease: look again then.
 OPEN_RECIPIENTS_RECHECK = dt.timedelta(seconds=60)
 
@@ -82,11 +89,14 @@ def mailings(context: dg.AssetExecutionContext, mongo: MongoResource, ses: SesRe
     The mailing is completed with its counts only when no recipient is pending, claimed or unknown;
     a daily-quota pause or unreconciled recipients postpone it without using up an attempt. A
     `control` (pause, cancel) on the document stops it within one batch (docs/mailer.md, "Control").
-    Re-materialising a finished mailing sends nothing: it reports the ledger."""
+    Re-materialising a finished mailing sends nothing: it reports the ledger and the mailing's report
+    (what SES said since: counts, rates over sent, a chart per hour; `ses_feedback` records the same
+    as an observation of the partition whenever new events arrive), and the who-got-what query."""
     db = mongo.db()
     mailing_id = ObjectId(context.partition_key)
     ledger = MailLedger(db.mail_log, db.mail_events)
     ledger.ensure_indexes()
+    reports = mailing_reports(db)
     try:
         outcome = process_mailing(
             db, mongo.work_queue(MAILINGS), ledger, ses, ses.gateway(), mailing_id, context.run.run_id
@@ -96,7 +106,7 @@ def mailings(context: dg.AssetExecutionContext, mongo: MongoResource, ses: SesRe
     except (SendingStopped, LeaseLost) as lost:
         context.log.error(describe_error(lost))
         raise dg.Failure(description=f"stopped: {describe_error(lost)}") from lost
-    return mailing_result(ledger, mailing_id, outcome)
+    return mailing_result(ledger, reports, mailing_id, outcome)
 
 
 class TransactionalBatch(dg.Config):
@@ -168,6 +178,7 @@ class PromptMailSender:
         self.db, self.queue, self.ses, self.owner, self.context = db, queue, ses, owner, context
         self.ledger = MailLedger(db.mail_log, db.mail_events)
         self.ledger.ensure_indexes()
+        self.reports = mailing_reports(db)
         self.gateway = ses.gateway()
 
     def send(self, mailing_ids: list[ObjectId]) -> PromptMailSent:
@@ -193,7 +204,7 @@ class PromptMailSender:
             sent.outcomes[outcome.status] += 1
             sent.rows += sum(self.ledger.counts(mailing_id).values())
             if outcome.prompt_invitation:
-                record_mailing_partition(self.context, mailing_id, self.ledger, outcome)
+                record_mailing_partition(self.context, mailing_id, self.ledger, self.reports, outcome)
         return sent
 
 
@@ -201,16 +212,14 @@ def record_mailing_partition(
     context: dg.AssetExecutionContext | dg.OpExecutionContext,
     mailing_id: ObjectId,
     ledger: MailLedger,
+    reports: MailingReports,
     outcome: "MailingOutcome",
 ) -> None:
     """A prompt invitation is still a `mailings` partition: the run that sent it materializes it."""
     key = str(mailing_id)
-    context.instance.add_dynamic_partitions(mailing_partitions.name or "mailings", [key])
-    context.log_event(
-        dg.AssetMaterialization(
-            asset_key="mailings", partition=key, metadata=mailing_result(ledger, mailing_id, outcome).metadata
-        )
-    )
+    context.instance.add_dynamic_partitions(MAILING_PARTITIONS, [key])
+    metadata = mailing_result(ledger, reports, mailing_id, outcome).metadata
+    context.log_event(dg.AssetMaterialization(asset_key="mailings", partition=key, metadata=metadata))
 
 
 @dataclass(frozen=True)
@@ -352,15 +361,38 @@ def find_template(mailing: Mapping[str, Any]) -> EmailTemplate:
     return templates[mailing["template"]]
 
 
-def mailing_result(ledger: MailLedger, mailing_id: ObjectId, outcome: MailingOutcome) -> dg.MaterializeResult:
+def mailing_result(
+    ledger: MailLedger, reports: MailingReports, mailing_id: ObjectId, outcome: MailingOutcome
+) -> dg.MaterializeResult:
     counts = ledger.counts(mailing_id)
+    report = reports.refresh(mailing_id)
     return dg.MaterializeResult(
         metadata={
             "outcome": outcome.detail,
             **{f"recipients_{status}": int(n) for status, n in counts.items()},
+            **(report_metadata(mailing_id, report) if report else {}),
             **row_count(sum(counts.values())),
         }
     )
+
+
+def mailing_reports(db: Database) -> MailingReports:
+    return MailingReports(db[MAILINGS], db.mail_log, db.mail_events)
+
+
+def report_metadata(mailing_id: ObjectId, report: MailingReport) -> dict[str, Any]:
+    """A mailing's report as the UI shows it: the counts, the rates over sent, the chart over time,
+    and the query that says what became of one member's mail (by member id: no address here)."""
+    return {
+        "report_sent": report.sent,
+        **{f"report_{category}": report.count(category) for category in CATEGORIES},
+        **{f"report_{name}": dg.MetadataValue.float(rate) for name, rate in report.rates().items()},
+        "report_chart": dg.MetadataValue.md(markdown_image(report_chart_svg(report), alt="SES events per hour")),
+        "who_got_what": dg.MetadataValue.md(
+            'Did member X get this mailing, and what happened to it (mongosh; docs/mailer.md, "Who got what"):\n\n'
+            f"```js\n{who_got_what_query(str(mailing_id))}\n```"
+        ),
+    }
 
 
 @dg.asset(
@@ -375,18 +407,33 @@ def ses_feedback(context: dg.AssetExecutionContext, mongo: MongoResource, sqs: S
     drains the queue in long-polled batches of 10 (for at most a minute: while mail flows the queue
     never empties, and the sensor asks for the next run), applies each event and deletes its message
     only once applied. Tagged events are stored once per message and event type in `mail_events` (which
-    settles unknown `mail_log` rows); a permanent bounce makes the member `bounced`, a complaint
-    `unsubscribed`, so no bulk mail reaches them again. Redelivered messages change nothing twice."""
+    settles unknown `mail_log` rows) and counted in their mailing's `report`, observed on its `mailings`
+    partition; a permanent bounce, or the third transient one within the window, makes the member
+    `bounced`, a complaint `unsubscribed`, so no bulk mail reaches them again. Redelivered messages
+    change nothing twice."""
     db = mongo.db()
-    store = FeedbackStore(db.mail_events, db.users)
+    reports = mailing_reports(db)
+    store = FeedbackStore(db.mail_events, db.users, reports, sqs.soft_bounce_policy())
     store.ensure_indexes()
     report = drain(sqs.queue(), store)
     context.log.info(
         f"{report.messages_read} messages read, {report.messages_deleted} deleted; "
         f"{report.events_stored} events stored; "
-        f"{report.members[BOUNCED]} members bounced, {report.members[UNSUBSCRIBED]} unsubscribed"
+        f"{report.members[BOUNCED]} members bounced, {report.members[UNSUBSCRIBED]} unsubscribed; "
+        f"{len(report.mailings)} mailings' reports updated"
     )
+    observe_reports(context, reports, report.mailings)
     return dg.MaterializeResult(metadata=feedback_metadata(report))
+
+
+def observe_reports(context: dg.AssetExecutionContext, reports: MailingReports, mailing_ids: set[str]) -> None:
+    """Refresh the reports of the mailings with newly stored events, and record each one that is a
+    `mailings` partition as an observation of it, so the mailing's page shows its report as it grows."""
+    for key in sorted(mailing_ids):
+        report = reports.refresh(ObjectId(key))
+        if report is not None and context.instance.has_dynamic_partition(MAILING_PARTITIONS, key):
+            metadata = report_metadata(ObjectId(key), report)
+            context.log_event(dg.AssetObservation(asset_key="mailings", partition=key, metadata=metadata))
 
 
 def feedback_metadata(report: DrainReport) -> dict[str, Any]:
@@ -399,5 +446,56 @@ def feedback_metadata(report: DrainReport) -> dict[str, Any]:
         "events_by_type": dg.MetadataValue.json(dict(sorted(report.events_by_type.items()))),
         "members_bounced": report.members[BOUNCED],
         "members_unsubscribed": report.members[UNSUBSCRIBED],
+        "mailings_reported": len(report.mailings),
         **row_count(report.events_stored),
+    }
+
+
+@dg.asset(
+    deps=[ses_feedback],
+    group_name="mailer",
+    owners=OWNERS,
+    kinds={"python", "mongodb", "aws"},
+    tags={"panel/part": "ses_suppression"},
+)
+def ses_suppression_sync(
+    context: dg.AssetExecutionContext, mongo: MongoResource, ses: SesResource
+) -> dg.MaterializeResult:
+    """SES's account-level suppression list in step with members' statuses, both ways (hourly, and on
+    demand): addresses SES suppressed since the last pull mark their active members `bounced` or
+    `unsubscribed` ("SES suppression list: BOUNCE"), unless the member's status changed after SES's
+    entry; members bounced or unsubscribed here are put on SES's list (BOUNCE / COMPLAINT) once; a
+    member the backend reactivated is taken off it. Paced to SES's limit for these calls (about one
+    a second, `SesResource.suppression_calls_per_second`), at most `suppression_calls_per_run` calls
+    a run; what is left waits for the next. Counts only: no address is logged or shown."""
+    db = mongo.db()
+    store = SuppressionStore(db[USERS], db[PIPELINE_STATE])
+    store.ensure_indexes()
+    report = sync_suppression(ses.suppression_list(), store)
+    context.log.info(
+        f"SES suppression list: {report.pulled} entries pulled, {sum(report.marked.values())} members marked, "
+        f"{sum(report.pushed.values())} pushed, {report.deleted} taken off; {report.calls} SES calls"
+        + (" (this run's limit: the rest is left for the next run)" if report.calls_used_up else "")
+    )
+    return dg.MaterializeResult(metadata=suppression_metadata(report))
+
+
+def suppression_metadata(report: SyncReport) -> dict[str, Any]:
+    start, end = report.pull_window or (None, None)
+    return {
+        "pushed_bounce": report.pushed[BOUNCE],
+        "pushed_complaint": report.pushed[COMPLAINT],
+        "push_refused": report.push_refused,
+        "pulled": report.pulled,
+        "marked_bounced": report.marked[BOUNCED],
+        "marked_unsubscribed": report.marked[UNSUBSCRIBED],
+        "skipped": report.skipped,
+        "pulled_outcomes": dg.MetadataValue.json(dict(sorted(report.pulled_outcomes.items()))),
+        "taken_off_list": report.deleted,
+        "ses_calls": report.calls,
+        "calls_used_up": report.calls_used_up,
+        "pull_complete": report.pull_complete,
+        "pull_from": start.isoformat() if start else "the beginning",
+        "pull_to": end.isoformat() if end else "-",
+        **row_count(report.pulled + sum(report.pushed.values()) + report.deleted),
     }

@@ -6,6 +6,7 @@ from panel_pipeline.mailer.assets import (
     email_templates,
     mailings,
     ses_feedback,
+    ses_suppression_sync,
     transactional_mail,
 )
 from panel_pipeline.mailer.jobs import (
@@ -14,9 +15,10 @@ from panel_pipeline.mailer.jobs import (
     mailing_job,
     prompt_mail_worker_job,
     ses_feedback_job,
+    ses_suppression_job,
     transactional_mail_job,
 )
-from panel_pipeline.mailer.schedules import template_sync_schedule
+from panel_pipeline.mailer.schedules import hourly_suppression_sync_schedule, template_sync_schedule
 from panel_pipeline.mailer.sensors import (
     mailing_control_sensor,
     mailings_queue_sensor,
@@ -26,13 +28,14 @@ from panel_pipeline.mailer.sensors import (
 )
 
 defs = dg.Definitions(
-    assets=[email_templates, mailings, transactional_mail, ses_feedback],
+    assets=[email_templates, mailings, transactional_mail, ses_feedback, ses_suppression_sync],
     jobs=[
         mailing_job,
         transactional_mail_job,
         prompt_mail_worker_job,
         email_templates_job,
         ses_feedback_job,
+        ses_suppression_job,
         mailing_control_job,
     ],
     sensors=[
@@ -42,5 +45,5 @@ defs = dg.Definitions(
         ses_feedback_sensor,
         mailing_control_sensor,
     ],
-    schedules=[template_sync_schedule],
+    schedules=[template_sync_schedule, hourly_suppression_sync_schedule],
 )

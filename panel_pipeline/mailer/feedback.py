@@ -15,13 +15,19 @@ untagged or wrongly tagged events) is untrusted: counted and deleted, never appl
 What an event does:
 * every tagged event (message tags `mailing`, `batch`, `recipient`) is stored once in `mail_events`,
   `_id` "<messageId>:<eventType>", which `MailLedger.settle_unknown` reads to settle unknown rows;
+* a newly stored event of a category the report counts (report.py) increments its mailing's
+  `report`, in the same transaction as the store: counted once, however often it is delivered;
 * a permanent bounce makes the member `bounced`, a complaint `unsubscribed` (from `active` only), so
-  the mailer suppresses them from then on; a transient or undetermined bounce changes nothing; an
-  event about a message sent before the member's last `status_changed_at` is stale (a member the
-  backend reactivated is not bounced again by a late event about their old address).
+  the mailer suppresses them from then on; so do `SoftBouncePolicy.limit` transient bounces of
+  messages sent within its window and after the member's last delivered message (counted from the
+  stored events, so a redelivered bounce is not counted twice); an undetermined bounce changes
+  nothing; an event about a message sent before the member's last `status_changed_at` is stale (a
+  member the backend reactivated is not bounced again by a late event about their old address).
 The member is found by the recipient tag (a user id) or else by the address SES reports; addresses
 are used for that lookup only, never stored in `mail_events` nor logged. Applying an event twice
-changes nothing the second time, so SQS's at-least-once delivery is harmless. pymongo only, no Dagster.
+changes nothing the second time, so SQS's at-least-once delivery is harmless: the event is stored
+first, then the member changed from what is stored, so a crash in between is redone on redelivery.
+pymongo only, no Dagster.
 """
 
 from __future__ import annotations
@@ -37,19 +43,25 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bson import ObjectId
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
+from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
+from panel_pipeline.mailer.report import category_for
 from panel_pipeline.mailer.store import (
+    PERMANENT_BOUNCE,
+    MailingReports,
     SendEvent,
     normalize_email,
     send_event_from_ses,
 )
 from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
 from panel_pipeline.shared.contract import ACTIVE, BOUNCED, UNSUBSCRIBED
+from panel_pipeline.shared.mongo import as_utc
 
-PERMANENT_BOUNCE = "Permanent"
+TRANSIENT_BOUNCE = "Transient"
+DELIVERY = "Delivery"
 SQS_BATCH_SIZE = 10
 MAX_MESSAGES_PER_DRAIN = 10_000
 MAX_SECONDS_PER_DRAIN = 60.0  # then the run ends and the sensor asks for another: no run drains forever
@@ -68,7 +80,18 @@ class FeedbackEvent:
     tags: SendEvent | None
     member_status: str | None = None  # bounced / unsubscribed when this event suppresses the member
     reason: str | None = None
+    bounce_type: str | None = None  # Permanent, Transient or Undetermined, for a Bounce
+    event_at: dt.datetime | None = None  # when the event itself happened (occurred_at: when SES accepted the mail)
     addresses: tuple[str, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class SoftBouncePolicy:
+    """`limit` transient bounces of messages sent within `window` (and after the last one delivered)
+    bounce the member."""
+
+    limit: int = 3
+    window: dt.timedelta = dt.timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -78,6 +101,7 @@ class Applied:
     event_type: str
     stored: bool
     member_status: str | None
+    mailing_id: str | None = None  # the event's mailing, when it was newly stored
 
 
 class Untrusted(ValueError):
@@ -125,17 +149,22 @@ def parse_ses_event(event: Mapping[str, Any]) -> FeedbackEvent | None:
     mail = event.get("mail")
     if not event_type or not isinstance(mail, dict) or not mail.get("messageId"):
         return None
+    sent_at = _parse_time(mail.get("timestamp"))
+    detail = event.get(_DETAIL_KEYS.get(str(event_type), "")) or {}
+    event_at = _parse_time(detail.get("timestamp")) if isinstance(detail, dict) else None
     common = FeedbackEvent(
-        str(event_type), str(mail["messageId"]), _parse_time(mail.get("timestamp")), send_event_from_ses(event)
+        str(event_type), str(mail["messageId"]), sent_at, send_event_from_ses(event), event_at=event_at or sent_at
     )
     if event_type == "Bounce":
         bounce = event.get("bounce") or {}
-        kind = f"{bounce.get('bounceType', 'Undetermined')}/{bounce.get('bounceSubType', 'Undetermined')}"
-        status = BOUNCED if bounce.get("bounceType") == PERMANENT_BOUNCE else None
+        bounce_type = str(bounce.get("bounceType") or "Undetermined")
+        kind = f"{bounce_type}/{bounce.get('bounceSubType', 'Undetermined')}"
+        status = BOUNCED if bounce_type == PERMANENT_BOUNCE else None
         return dataclasses.replace(
             common,
             member_status=status,
             reason=f"SES bounce {kind}",
+            bounce_type=bounce_type,
             addresses=_addresses(bounce.get("bouncedRecipients")),
         )
     if event_type == "Complaint":
@@ -148,6 +177,19 @@ def parse_ses_event(event: Mapping[str, Any]) -> FeedbackEvent | None:
             addresses=_addresses(complaint.get("complainedRecipients")),
         )
     return common
+
+
+# Where each event type keeps its own part, with the event's `timestamp` (SES event publishing docs).
+_DETAIL_KEYS = {
+    "Bounce": "bounce",
+    "Complaint": "complaint",
+    "Delivery": "delivery",
+    "DeliveryDelay": "deliveryDelay",
+    "Open": "open",
+    "Click": "click",
+    "Reject": "reject",
+    "Rendering Failure": "failure",
+}
 
 
 def _addresses(recipients: Any) -> tuple[str, ...]:
@@ -163,11 +205,20 @@ def _parse_time(value: Any) -> dt.datetime | None:
 
 
 class FeedbackStore:
-    """`mail_events` and the members' status in `users`, written idempotently."""
+    """`mail_events`, the mailings' reports and the members' status in `users`, written idempotently."""
 
-    def __init__(self, events: Collection, users: Collection, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        events: Collection,
+        users: Collection,
+        reports: MailingReports,
+        soft_bounces: SoftBouncePolicy = SoftBouncePolicy(),
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.events = events
         self.users = users
+        self.reports = reports
+        self.soft_bounces = soft_bounces
         self._clock = clock
 
     def ensure_indexes(self) -> None:
@@ -175,19 +226,27 @@ class FeedbackStore:
             [("mailing_id", ASCENDING), ("batch_id", ASCENDING), ("recipient_key", ASCENDING)],
             name="mailing_batch_recipient",
         )
+        self.events.create_index(
+            [("recipient_key", ASCENDING), ("event_type", ASCENDING), ("occurred_at", DESCENDING)],
+            name="recipient_type_time",
+        )
+        self.reports.ensure_indexes()
 
     def apply(self, event: FeedbackEvent) -> Applied:
-        """Change the member first, then store the event: a crash in between is redone on redelivery."""
-        changed = self.suppress_member(event)
-        return Applied(event.event_type, self.store(event), changed)
+        """Store the event, then change the member from what is stored: a crash in between is redone
+        on redelivery (the store says "not new", the member change runs again and is idempotent)."""
+        stored = self.store(event)
+        changed = self.suppress_member(event) or self.bounce_after_soft_bounces(event)
+        return Applied(event.event_type, stored, changed, event.tags.mailing_id if stored and event.tags else None)
 
     def store(self, event: FeedbackEvent) -> bool:
-        """Keep a tagged event once per (message, event type); True when it was new."""
+        """Keep a tagged event once per (message, event type) and count it in its mailing's report,
+        both in one transaction; True when it was new."""
         tags = event.tags
         if tags is None or not ObjectId.is_valid(tags.mailing_id):
             return False
         now = self._clock.now()
-        document = {
+        document: dict[str, Any] = {
             "event_type": event.event_type,
             "mailing_id": ObjectId(tags.mailing_id),
             "batch_id": tags.batch_id,
@@ -196,35 +255,77 @@ class FeedbackStore:
             "error": tags.error or event.reason,
             # When SES accepted the message: settle_unknown compares it with attempt times.
             "occurred_at": event.occurred_at or now,
+            "event_at": event.event_at or event.occurred_at or now,
             "received_at": now,
         }
-        try:
+        if event.bounce_type is not None:
+            document["bounce_type"] = event.bounce_type
+        category = category_for(event.event_type, event.bounce_type)
+
+        def store_and_count(session: ClientSession | None) -> bool:
             result = self.events.update_one(
-                {"_id": f"{event.message_id}:{event.event_type}"}, {"$setOnInsert": document}, upsert=True
+                {"_id": f"{event.message_id}:{event.event_type}"},
+                {"$setOnInsert": document},
+                upsert=True,
+                session=session,
             )
+            if result.upserted_id is None:
+                return False
+            if category is not None:
+                self.reports.count(document["mailing_id"], category, document["event_at"], session)
+            return True
+
+        try:
+            if category is None:  # nothing to count (a Send event): no transaction needed
+                return store_and_count(None)
+            with self.events.database.client.start_session() as session:
+                return bool(session.with_transaction(store_and_count))
         except DuplicateKeyError:  # another consumer stored it at the same moment
             return False
-        return result.upserted_id is not None
 
     def suppress_member(self, event: FeedbackEvent) -> str | None:
         """Move an active member to the event's status; returns it when a member changed."""
-        if event.member_status is None:
+        if event.member_status is None or event.reason is None:
             return None
+        return self._change_member(event, event.member_status, event.reason)
+
+    def bounce_after_soft_bounces(self, event: FeedbackEvent) -> str | None:
+        """A transient bounce that makes `soft_bounces.limit` of them (messages sent within the window,
+        after the member's last delivered message and last status change) bounces the member."""
+        if event.bounce_type != TRANSIENT_BOUNCE or event.tags is None or event.occurred_at is None:
+            return None
+        member = self._member_filter(event)
+        found = self.users.find_one({**member, "status": ACTIVE}, {"status_changed_at": 1}) if member else None
+        if found is None:
+            return None
+        key = event.tags.recipient_key
+        since = self._clock.now() - self.soft_bounces.window
+        if found.get("status_changed_at") is not None:
+            since = max(since, as_utc(found["status_changed_at"]))
+        sent_after: dict[str, Any] = {"$gte": since}
+        delivered = self.events.find_one(
+            {"recipient_key": key, "event_type": DELIVERY}, {"occurred_at": 1}, sort=[("occurred_at", DESCENDING)]
+        )
+        if delivered is not None:
+            sent_after["$gt"] = delivered["occurred_at"]
+        bounces = self.events.count_documents(
+            {"recipient_key": key, "event_type": "Bounce", "bounce_type": TRANSIENT_BOUNCE, "occurred_at": sent_after}
+        )
+        if bounces < self.soft_bounces.limit:
+            return None
+        days = self.soft_bounces.window / dt.timedelta(days=1)
+        return self._change_member(event, BOUNCED, f"SES bounce Transient: {bounces} in {days:g} days")
+
+    def _change_member(self, event: FeedbackEvent, status: str, reason: str) -> str | None:
         member = self._member_filter(event)
         if member is None:
             return None
         stale = {"status_changed_at": {"$not": {"$gte": event.occurred_at}}} if event.occurred_at else {}
         changed = self.users.update_many(
             {**member, **stale, "status": ACTIVE},
-            {
-                "$set": {
-                    "status": event.member_status,
-                    "status_reason": event.reason,
-                    "status_changed_at": self._clock.now(),
-                }
-            },
+            {"$set": {"status": status, "status_reason": reason, "status_changed_at": self._clock.now()}},
         ).modified_count
-        return event.member_status if changed else None
+        return status if changed else None
 
     def _member_filter(self, event: FeedbackEvent) -> dict[str, Any] | None:
         if event.tags is not None and ObjectId.is_valid(event.tags.recipient_key):
@@ -260,6 +361,7 @@ class DrainReport:
     events_by_type: Counter[str] = field(default_factory=Counter)
     events_stored: int = 0
     members: Counter[str] = field(default_factory=Counter)  # new status -> members changed
+    mailings: set[str] = field(default_factory=set)  # the mailings with newly stored events: reports to refresh
 
     def add(self, applied: Applied | Untrusted | None) -> None:
         if applied is None:
@@ -270,6 +372,8 @@ class DrainReport:
             return
         self.events_by_type[applied.event_type] += 1
         self.events_stored += int(applied.stored)
+        if applied.mailing_id:
+            self.mailings.add(applied.mailing_id)
         if applied.member_status:
             self.members[applied.member_status] += 1
 

@@ -1,6 +1,7 @@
 """The Mailer's jobs: one run per bulk mailing (a `mailings` partition); prompt mail (transactional,
 a dynamic sample's newcomers) sent by a standing worker run, or batched per sensor tick while none
-serves; the SES template sync; the SES feedback drain; and a mailing's cancel, pause or resume."""
+serves; the SES template sync; the SES feedback drain; the SES suppression-list sync; and a mailing's
+cancel, pause or resume."""
 
 import dagster as dg
 from pydantic import Field
@@ -39,6 +40,13 @@ ses_feedback_job = dg.define_asset_job(
     tags={"panel/part": "ses_feedback"},
 )
 
+ses_suppression_job = dg.define_asset_job(
+    "ses_suppression_job",
+    selection=dg.AssetSelection.assets("ses_suppression_sync"),
+    executor_def=dg.in_process_executor,
+    tags={"panel/part": "ses_suppression"},
+)
+
 
 PROMPT_MAIL_DUTY = "prompt_mail"
 
@@ -73,7 +81,7 @@ def serve_prompt_mail(
 
     doorbell = Doorbell(db[MAILINGS], inserts_matching(PROMPT_MAIL))
     report = serve(WorkerSlot(db[PIPELINE_STATE], PROMPT_MAIL_DUTY, owner), step, doorbell, config.serve_seconds)
-    context.log.info(f"served {report.items} mailing(s) in {report.steps} step(s), woken {report.wakeups} time(s)")
+    (context.log.warning if report.lost_slot else context.log.info)(f"served: {report.summary()} (mailings)")
 
 
 @dg.job(executor_def=dg.in_process_executor, tags={"panel/part": "prompt_mail_worker"})

@@ -19,8 +19,10 @@ from botocore.config import Config
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from panel_pipeline.mailer.dispatch import DispatchPolicy
-from panel_pipeline.mailer.ses import TEMPLATE_CALLS_PER_SECOND, SesGateway
+from panel_pipeline.mailer.feedback import SoftBouncePolicy
+from panel_pipeline.mailer.ses import TEMPLATE_CALLS_PER_SECOND, SesGateway, sesv2_client
 from panel_pipeline.mailer.sqs import SqsQueue
+from panel_pipeline.mailer.suppression import SesSuppressionList
 from panel_pipeline.mailer.unsubscribe import DEFAULT_KEY_VERSION, KEY_VERSION, unsubscribe_token
 from panel_pipeline.mailer.validation import LinkPolicy
 
@@ -89,6 +91,19 @@ class SesResource(AwsServiceResource):
         "(SNS and SQS do not keep their order).",
     )
 
+    suppression_calls_per_second: float = Field(
+        default=1.0,
+        gt=0,
+        description="Pace of the account suppression-list calls (Put/List/DeleteSuppressedDestination); "
+        "SES allows about 1 per second by default.",
+    )
+    suppression_calls_per_run: int = Field(
+        default=3000,
+        ge=1,
+        description="Suppression-list calls one ses_suppression_sync run makes at most (50 minutes at 1/s, "
+        "inside the hourly schedule); the rest is left for the next run.",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _settings_are_usable(cls, data: Any) -> Any:
@@ -143,6 +158,12 @@ class SesResource(AwsServiceResource):
             else TEMPLATE_CALLS_PER_SECOND,
         )
 
+    def suppression_list(self) -> SesSuppressionList:
+        """The account's suppression list, paced to `suppression_calls_per_second`; calls retried by
+        botocore (putting or deleting twice is harmless)."""
+        client = sesv2_client(self.session(), self.endpoint_url, total_max_attempts=3)
+        return SesSuppressionList(client, self.suppression_calls_per_second, self.suppression_calls_per_run)
+
 
 class SqsResource(AwsServiceResource):
     """The SQS queue subscribed to the SNS topic that the SES configuration set publishes events to."""
@@ -156,6 +177,17 @@ class SqsResource(AwsServiceResource):
     wait_seconds: int = Field(
         default=5, ge=1, le=20, description="Long-poll wait of each receive; a drain ends after one empty wait."
     )
+    soft_bounce_limit: int = Field(
+        default=3,
+        ge=1,
+        description="This many transient bounces (within the window, none delivered since) bounce a member.",
+    )
+    soft_bounce_window_days: float = Field(
+        default=30.0, gt=0, description="The window, in days of send time, that transient bounces are counted in."
+    )
+
+    def soft_bounce_policy(self) -> SoftBouncePolicy:
+        return SoftBouncePolicy(self.soft_bounce_limit, dt.timedelta(days=self.soft_bounce_window_days))
 
     def queue(self) -> SqsQueue:
         # Short connect timeout so an unreachable queue costs a sensor tick seconds, not minutes;

@@ -173,6 +173,16 @@ class BatchResult:
         return counts
 
 
+def sesv2_client(session: boto3.session.Session, endpoint_url: str | None, total_max_attempts: int) -> Any:
+    """An SES v2 client; botocore's standard retries (throttling backs off) up to `total_max_attempts`."""
+    config = Config(
+        retries={"total_max_attempts": total_max_attempts, "mode": "standard"},
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        read_timeout=READ_TIMEOUT_SECONDS,
+    )
+    return session.client("sesv2", endpoint_url=endpoint_url, config=config)
+
+
 class SesGateway:
     """SES v2 stored templates and SendBulkEmail; one instance may be shared by threads."""
 
@@ -193,8 +203,8 @@ class SesGateway:
         self.configuration_set = configuration_set
         self.endpoint_url = endpoint_url
         self.max_send_rate = max_send_rate
-        self._send_client = self._client(session, total_max_attempts=1)
-        self._admin_client = self._client(session, total_max_attempts=3)
+        self._send_client = sesv2_client(session, endpoint_url, total_max_attempts=1)
+        self._admin_client = sesv2_client(session, endpoint_url, total_max_attempts=3)
         self._template_pacer = TokenBucket(template_calls_per_second, 1.0, clock)
         self._clock = clock
         self._bucket: TokenBucket | None = None
@@ -206,14 +216,6 @@ class SesGateway:
             .input_shape.members["BulkEmailEntries"]
             .member
         )
-
-    def _client(self, session: boto3.session.Session, total_max_attempts: int) -> Any:
-        config = Config(
-            retries={"total_max_attempts": total_max_attempts, "mode": "standard"},
-            connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            read_timeout=READ_TIMEOUT_SECONDS,
-        )
-        return session.client("sesv2", endpoint_url=self.endpoint_url, config=config)
 
     # --- account and pacing -------------------------------------------------------------------
 

@@ -24,6 +24,14 @@ A row's `data` (reset links, unsubscribe tokens, first name) lives only while th
 sent: it is removed when the row is settled (sent, failed, suppressed), and never stored for a row
 that is failed or suppressed from the start.
 
+`SuppressionStore` (the SES suppression-list sync, mailer/suppression.py): `users.ses_suppressed_at`
+is set exactly while the pipeline knows the member's address to be on SES's account suppression
+list, set after the address was put there (or found there) and removed after it was taken off;
+an active member's status is changed from SES's list only if it did not change at or after the
+list's entry.
+
+`MailingReports` keeps each mailing's `report` on its `mailings` document (see the class).
+
 `MailingControls`: the `control` a mailing's operator or the backend sets on its `mailings` document
 (cancel, pause, resume; mailer/control.py applies it). A control is pending while `control` is set;
 applying it removes `control`, `control_by`, `control_reason` only if `control` still holds the value
@@ -36,16 +44,20 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
+from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 
+from panel_pipeline.mailer.report import MailingReport, hour_of
 from panel_pipeline.mailer.ses import EntryResult, SendStatus
 from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
+from panel_pipeline.shared.contract import ACTIVE, BOUNCED, UNSUBSCRIBED
 from panel_pipeline.shared.mongo import as_utc, insert_missing
 
 PENDING = "pending"
@@ -62,6 +74,7 @@ ERROR_MAX_CHARS = 500
 # means "not accepted": SES events arrive within seconds, SNS and SQS do not keep their order.
 EVENT_SILENCE = dt.timedelta(minutes=10)
 SEND_EVENT = "Send"
+PERMANENT_BOUNCE = "Permanent"
 ROWS_PER_INSERT = 1000
 
 
@@ -493,6 +506,81 @@ class MailLedger:
         return row.get("retry_at") or self._clock.now()
 
 
+@dataclass(frozen=True)
+class RecentFeedback:
+    """What became of a mailing's last sends: of `sends` messages, how many bounced permanently or
+    drew a complaint (the rates SES reviews an account by)."""
+
+    sends: int
+    permanent_bounces: int
+    complaints: int
+
+    @property
+    def bounce_rate(self) -> float:
+        return self.permanent_bounces / self.sends if self.sends else 0.0
+
+    @property
+    def complaint_rate(self) -> float:
+        return self.complaints / self.sends if self.sends else 0.0
+
+
+class MailingReports:
+    """The `report` of each `mailings` document: `counts` and `hours` (category -> count, and per UTC hour)
+    that the SES feed increments once per newly stored event, in the transaction that stores the event
+    (`count`, with its session), so a crash neither loses nor doubles a count; `sent` (the ledger's
+    sent rows) and `rates` (report.py), which `refresh` rewrites from those. pymongo only, no Dagster."""
+
+    def __init__(self, mailings: Collection, mail_log: Collection, events: Collection, clock: Clock = SYSTEM_CLOCK):
+        self.mailings = mailings
+        self.mail_log = mail_log
+        self.events = events
+        self._clock = clock
+
+    def ensure_indexes(self) -> None:
+        self.events.create_index(
+            [("mailing_id", ASCENDING), ("event_type", ASCENDING), ("occurred_at", DESCENDING)],
+            name="mailing_type_time",
+        )
+
+    def count(self, mailing_id: ObjectId, category: str, at: dt.datetime, session: ClientSession | None) -> None:
+        """One more event of `category` at `at` (a mailing that is not in `mailings` counts nothing)."""
+        self.mailings.update_one(
+            {"_id": mailing_id},
+            {"$inc": {f"report.counts.{category}": 1, f"report.hours.{hour_of(at)}.{category}": 1}},
+            session=session,
+        )
+
+    def refresh(self, mailing_id: ObjectId) -> MailingReport | None:
+        """Write the report's `sent`, `rates` and `updated_at` from the ledger and the counts; None if
+        there is no such mailing."""
+        document = self.mailings.find_one({"_id": mailing_id}, {"report": 1})
+        if document is None:
+            return None
+        sent = self.mail_log.count_documents({"mailing_id": mailing_id, "status": SENT})
+        report = MailingReport.of(sent, document.get("report"))
+        refreshed = {"report.sent": sent, "report.rates": report.rates(), "report.updated_at": self._clock.now()}
+        self.mailings.update_one({"_id": mailing_id}, {"$set": refreshed})
+        return report
+
+    def recent_feedback(self, mailing_id: ObjectId, last_sends: int) -> RecentFeedback:
+        """Over the mailing's last `last_sends` messages SES accepted (its newest Send events): how many
+        bounced permanently, how many drew a complaint. Two indexed reads: the Send events by
+        `mailing_type_time`, then those messages' Bounce and Complaint events by `_id`."""
+        sends = (
+            self.events.find({"mailing_id": mailing_id, "event_type": SEND_EVENT}, {"message_id": 1, "_id": 0})
+            .sort("occurred_at", DESCENDING)
+            .limit(last_sends)
+        )
+        message_ids = [send["message_id"] for send in sends]
+        feedback_ids = [f"{message_id}:{kind}" for message_id in message_ids for kind in ("Bounce", "Complaint")]
+        found = Counter(
+            (event["event_type"], event.get("bounce_type"))
+            for event in self.events.find({"_id": {"$in": feedback_ids}}, {"event_type": 1, "bounce_type": 1})
+        )
+        complaints = sum(n for (kind, _), n in found.items() if kind == "Complaint")
+        return RecentFeedback(len(message_ids), found[("Bounce", PERMANENT_BOUNCE)], complaints)
+
+
 def _keys_by_reason(reasons: Mapping[str, str]) -> dict[str, list[str]]:
     grouped: dict[str, list[str]] = {}
     for key, reason in reasons.items():
@@ -559,3 +647,103 @@ class MailingControls:
             {"$unset": list(CONTROL_FIELDS)},
         ]
         return self.collection.update_one({"_id": mailing_id, "control": control}, update).modified_count == 1
+
+
+# --- SES's account suppression list, in step with members' statuses (mailer/suppression.py) ----------
+
+SES_SUPPRESSED_AT = "ses_suppressed_at"
+SUPPRESSION_STATE_ID = "ses_suppression"
+SUPPRESSED_HERE = (BOUNCED, UNSUBSCRIBED)
+
+
+@dataclass(frozen=True)
+class MemberAddress:
+    """A member the suppression sync acts on; `email` goes to SES only, never into a log or metadata."""
+
+    user_id: ObjectId
+    status: str
+    email: str = field(repr=False)
+
+
+class SuppressionStore:
+    """What the suppression sync reads and writes in Mongo: members' statuses and `ses_suppressed_at`
+    in `users`, and the pull's cursor in `pipeline_state` (`_id: "ses_suppression"`, `pulled_through`).
+
+    `ses_suppressed_at` says the member's address is on SES's account suppression list as far as the
+    pipeline knows (it put it there, or found it there), and is removed once the address is taken
+    off again. So a member `bounced`/`unsubscribed` without it still has to be pushed, and an
+    `active` member with it was reactivated (before or after the address went on the list) and has
+    to be taken off: both are index ranges of `status_ses_suppressed`.
+    """
+
+    def __init__(self, users: Collection, state: Collection, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.users = users
+        self.state = state
+        self._clock = clock
+
+    def ensure_indexes(self) -> None:
+        self.users.create_index([("status", ASCENDING), (SES_SUPPRESSED_AT, ASCENDING)], name="status_ses_suppressed")
+
+    def to_push(self, limit: int) -> list[MemberAddress]:
+        """Members bounced or unsubscribed here whose address is not on SES's list yet, oldest first."""
+        found = self.users.find(
+            {"status": {"$in": list(SUPPRESSED_HERE)}, SES_SUPPRESSED_AT: None}, {"email": 1, "status": 1}
+        )
+        return [_member_address(doc) for doc in found.sort("_id", ASCENDING).limit(limit)]
+
+    def reactivated(self, limit: int) -> list[MemberAddress]:
+        """Active members whose address the pipeline knows to be on SES's list: the backend reactivated them."""
+        found = self.users.find({"status": ACTIVE, SES_SUPPRESSED_AT: {"$type": "date"}}, {"email": 1, "status": 1})
+        return [_member_address(doc) for doc in found.sort("_id", ASCENDING).limit(limit)]
+
+    def mark_on_list(self, user_id: ObjectId) -> None:
+        """The member's address is on SES's list now (whatever their status: reactivated meanwhile,
+        they are taken off again)."""
+        now = self._clock.now()
+        self.users.update_one({"_id": user_id, SES_SUPPRESSED_AT: None}, {"$set": {SES_SUPPRESSED_AT: now}})
+
+    def mark_off_list(self, user_id: ObjectId) -> None:
+        """The member's address is off SES's list (whatever their status: bounced again meanwhile,
+        they are pushed again)."""
+        self.users.update_one({"_id": user_id}, {"$unset": {SES_SUPPRESSED_AT: ""}})
+
+    def members_with(self, addresses: Iterable[str]) -> set[str]:
+        """Which of these (normalized) addresses belong to a member: one query per page of SES's list."""
+        wanted = sorted(set(addresses))
+        return {normalize_email(str(doc["email"])) for doc in self.users.find({"email": {"$in": wanted}}, {"email": 1})}
+
+    def apply_ses_suppression(self, email: str, status: str, reason: str, last_update_time: dt.datetime) -> str:
+        """Bring the members with this address in line with SES's list entry; returns what happened:
+        `marked` (an active member became `status`), `already` (not active here: now known to be on
+        SES's list too), `changed_later` (active, their status changed at or after SES's entry, or
+        reactivated since the pipeline knew them suppressed: untouched, and marked so the address
+        is taken off SES's list), `not_member`."""
+        now = self._clock.now()
+        marked = self.users.update_many(
+            {
+                "email": email,
+                "status": ACTIVE,
+                SES_SUPPRESSED_AT: None,
+                "status_changed_at": {"$not": {"$gte": last_update_time}},
+            },
+            {"$set": {"status": status, "status_reason": reason, "status_changed_at": now, SES_SUPPRESSED_AT: now}},
+        ).modified_count
+        if marked:
+            return "marked"
+        others = list(self.users.find({"email": email}, {"status": 1, SES_SUPPRESSED_AT: 1}))
+        if not others:
+            return "not_member"
+        self.users.update_many({"email": email, SES_SUPPRESSED_AT: None}, {"$set": {SES_SUPPRESSED_AT: now}})
+        return "already" if any(doc.get("status") != ACTIVE for doc in others) else "changed_later"
+
+    def pulled_through(self) -> dt.datetime | None:
+        """Where the last complete pull of SES's list ended (None: never pulled, so read it all)."""
+        state = self.state.find_one({"_id": SUPPRESSION_STATE_ID})
+        return as_utc(state["pulled_through"]) if state and state.get("pulled_through") else None
+
+    def save_pulled_through(self, end: dt.datetime) -> None:
+        self.state.update_one({"_id": SUPPRESSION_STATE_ID}, {"$set": {"pulled_through": end}}, upsert=True)
+
+
+def _member_address(doc: Mapping[str, Any]) -> MemberAddress:
+    return MemberAddress(doc["_id"], str(doc.get("status")), normalize_email(str(doc.get("email") or "")))

@@ -22,7 +22,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pymongo.collection import Collection
@@ -158,7 +158,14 @@ class ServeReport:
     items: int = 0
     wakeups: int = 0
     waited_for_slot_seconds: float = 0.0
-    details: list[str] = field(default_factory=list)
+    lost_slot: bool = False  # another worker took the slot (this one's renewal came too late): it stopped early
+
+    def summary(self) -> str:
+        ended = "; lost the slot to another worker and stopped early" if self.lost_slot else ""
+        return (
+            f"{self.items} item(s) in {self.steps} step(s), woken {self.wakeups} time(s), "
+            f"{self.waited_for_slot_seconds:.1f} s waiting for the slot{ended}"
+        )
 
 
 Step = Callable[[], int]  # does whatever is due now; returns how many items it handled
@@ -189,14 +196,14 @@ def serve(
             report.steps += 1
             report.items += handled
             if not slot.renew():
-                report.details.append("lost the slot to another worker; stopped")
+                report.lost_slot = True
                 break
             if handled:
                 continue  # more may have arrived while this step ran
             if doorbell.wait(min(poll_seconds, max(end - clock.monotonic(), 0.0))):
                 report.wakeups += 1
             if not slot.renew():
-                report.details.append("lost the slot to another worker; stopped")
+                report.lost_slot = True
                 break
     finally:
         doorbell.close()

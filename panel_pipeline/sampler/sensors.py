@@ -2,15 +2,17 @@
 a look at each open sample's fieldwork every few minutes.
 
 The fieldwork sensor reads the open samples through the `fieldwork_open` partial index, and asks
-for a `sample_fieldwork` run of a sample (run key = sample id + the tick's time bucket) when its
-fingerprint (its survey's transactions, its invited members: two index counts) changed since the
-last run it asked for, when its close_at has come, or at least every REFRESH_BUCKETS buckets (the
-expected completes move with time). Never while a run of that sample is queued or running.
+for a `sample_fieldwork` run of a sample (run key = sample id + the time bucket, buckets
+`FieldworkTiming.pass_seconds` long: at most one run per sample per bucket) when its fingerprint
+(its survey's transactions, its invited members: two index counts) changed since the last run it
+asked for, when its close_at has come, or at least every REFRESH_SECONDS (the expected completes
+move with time). Never while a run of that sample is queued or running.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 import dagster as dg
 from pymongo.errors import PyMongoError
@@ -18,14 +20,15 @@ from pymongo.errors import PyMongoError
 from panel_pipeline.queue.sensors import RUN_IN_FLIGHT, build_queue_sensor
 from panel_pipeline.sampler import store
 from panel_pipeline.sampler.jobs import sample_fieldwork_job, sample_job
+from panel_pipeline.sampler.resources import FieldworkTiming
 from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.contract import SAMPLES
 from panel_pipeline.shared.mongo import as_utc
 from panel_pipeline.shared.partitions import sample_request_partitions
 from panel_pipeline.shared.resources import MongoResource
 
-FIELDWORK_TICK_SECONDS = 180
-REFRESH_BUCKETS = 20  # an hour
+FIELDWORK_TICK_SECONDS = 15  # how often the sensor looks; a sample's passes are `pass_seconds` apart
+REFRESH_SECONDS = 3600
 SAMPLE_TAG = "panel/sample_id"
 PARTITION_TAG = "dagster/partition"
 
@@ -41,11 +44,15 @@ samples_queue_sensor = build_queue_sensor(
     job=sample_fieldwork_job,
     minimum_interval_seconds=FIELDWORK_TICK_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Every few minutes, a `sample_fieldwork` run per sample whose fieldwork is open and has news.",
+    description="A `sample_fieldwork` run per sample whose fieldwork is open and has news, at most one per "
+    "`fieldwork_timing.pass_seconds` per sample.",
 )
-def fieldwork_sensor(context: dg.SensorEvaluationContext, mongo: MongoResource) -> dg.SensorResult:
+def fieldwork_sensor(
+    context: dg.SensorEvaluationContext, mongo: MongoResource, fieldwork_timing: FieldworkTiming
+) -> dg.SensorResult:
     now = utc_now()
-    bucket = int(now.timestamp() // FIELDWORK_TICK_SECONDS)
+    bucket = int(now.timestamp() // fieldwork_timing.pass_seconds)
+    refresh_buckets = max(1, math.ceil(REFRESH_SECONDS / fieldwork_timing.pass_seconds))
     seen: dict[str, list] = json.loads(context.cursor) if context.cursor else {}
     try:
         db = mongo.db()
@@ -62,11 +69,13 @@ def fieldwork_sensor(context: dg.SensorEvaluationContext, mongo: MongoResource) 
         key = str(doc["_id"])
         last_fingerprint, last_bucket = seen.get(key, [None, None])
         close_at = (doc.get("fieldwork_state") or {}).get("close_at")
-        due = (
-            fingerprints[key] != last_fingerprint
-            or last_bucket is None
-            or bucket - last_bucket >= REFRESH_BUCKETS
-            or (close_at is not None and now >= as_utc(close_at))
+        due = last_bucket is None or (
+            bucket != last_bucket
+            and (
+                fingerprints[key] != last_fingerprint
+                or bucket - last_bucket >= refresh_buckets
+                or (close_at is not None and now >= as_utc(close_at))
+            )
         )
         if key in busy or not due:
             cursor[key] = [last_fingerprint, last_bucket]

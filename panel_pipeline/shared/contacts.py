@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from bson import ObjectId
@@ -34,7 +35,7 @@ def recent_contacts(db: Database, user_ids: Sequence[ObjectId], now: dt.datetime
     counts: dict[ObjectId, int] = {}
     ids = list(user_ids)
     for start in range(0, len(ids), ID_CHUNK):
-        pipeline = [
+        pipeline: list[dict[str, Any]] = [
             {
                 "$match": {
                     "user_id": {"$in": ids[start : start + ID_CHUNK]},

@@ -44,7 +44,7 @@ def serve_dynamic_samples(context: dg.OpExecutionContext, config: WorkerWindow, 
         return report.changed
 
     report = serve(slot, step, Doorbell(db[USERS], MEMBER_WRITES), config.serve_seconds)
-    context.log.info(f"{report.steps} step(s), {report.items} changed member(s), woken {report.wakeups} time(s)")
+    (context.log.warning if report.lost_slot else context.log.info)(f"served: {report.summary()} (changed members)")
 
 
 @dg.job(executor_def=dg.in_process_executor, tags={"panel/part": "dynamic_samples_worker"})

@@ -8,14 +8,16 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import boto3
+import pytest
 from botocore.config import Config
 
 from panel_pipeline.local import stack
 from panel_pipeline.local.mongod import free_port, port_in_use
-from panel_pipeline.local.ses_events import SnsEventPublisher
+from panel_pipeline.local.ses_events import FeedbackShares, RecordedCall, SnsEventPublisher, ses_events
 from panel_pipeline.local.ses_proxy import SesFaultProxy
 from panel_pipeline.local.sns_sqs import (
     aws_client,
@@ -63,6 +65,7 @@ def test_the_local_stack_points_at_the_path_it_sets_up():
     assert service.port == stack.SNS_SQS_PORT and service.set_up is not None
     (ses,) = [s for s in stack.background_services() if s.name == "ses"]
     assert environment["SES_EVENTS_TOPIC_ARN"] in ses.command
+    assert ses.command[ses.command.index("--feedback") + 1] == stack.SES_FEEDBACK == "", "none unless asked for"
 
 
 def _send(url: str, addresses: list[str], template: str) -> None:
@@ -104,7 +107,7 @@ def _receive_events(sqs: Any, queue_url: str, count: int, timeout: float = 10.0)
     return events
 
 
-def test_the_ses_proxy_publishes_send_bounce_and_complaint_events_to_sns(local_ses, local_sns_sqs):
+def test_the_ses_proxy_publishes_send_delivery_bounce_and_complaint_events_to_sns(local_ses, local_sns_sqs):
     path = ensure_feedback_path(local_sns_sqs.url, name=f"events-{uuid.uuid4().hex[:8]}")
     publisher = SnsEventPublisher(aws_client("sns", local_sns_sqs.url), path.topic_arn)
     proxy = SesFaultProxy(local_ses.url, publish=publisher)
@@ -114,8 +117,16 @@ def test_the_ses_proxy_publishes_send_bounce_and_complaint_events_to_sns(local_s
     finally:
         proxy.stop()
         publisher.close()
-    events = _receive_events(aws_client("sqs", local_sns_sqs.url), path.queue_url, 5)
-    assert sorted(e["eventType"] for e in events) == ["Bounce", "Complaint", "Send", "Send", "Send"]
+    events = _receive_events(aws_client("sqs", local_sns_sqs.url), path.queue_url, 7)
+    assert sorted(e["eventType"] for e in events) == [
+        "Bounce",
+        "Complaint",
+        "Delivery",  # ann's
+        "Delivery",  # SES's complaint box accepts the message, then complains
+        "Send",
+        "Send",
+        "Send",
+    ]
     assert sorted(map(json.dumps, events)) == sorted(map(json.dumps, proxy.events()))
     (bounce,) = [e for e in events if e["eventType"] == "Bounce"]
     assert bounce["bounce"]["bounceType"] == "Permanent"
@@ -126,6 +137,48 @@ def test_the_ses_proxy_publishes_send_bounce_and_complaint_events_to_sns(local_s
         "ses:configuration-set": ["panel-events"],
     }
     assert len(proxy.send_events()) == 3
+    (ann_delivered, _) = [e for e in events if e["eventType"] == "Delivery"]
+    assert ann_delivered["delivery"]["smtpResponse"].startswith("250") and ann_delivered["mail"]["tags"]["recipient"]
+
+
+def test_feedback_shares_draw_bounces_complaints_opens_and_clicks_the_same_each_time():
+    shares = FeedbackShares(bounce=0.02, transient=0.03, complaint=0.01, open=0.3, click=0.1)
+    entries = [{"Destination": {"ToAddresses": [f"m{index}@panel.example"]}} for index in range(2000)]
+    results = [{"Status": "SUCCESS", "MessageId": f"0102-{index:06d}"} for index in range(2000)]
+    call = RecordedCall({"BulkEmailEntries": entries}, None, results)
+    events = ses_events(call, shares)
+    assert events == ses_events(call, shares), "drawn from the message ids: the same events each time"
+    assert [e["eventType"] for e in ses_events(call)].count("Delivery") == 2000, "no shares: every message delivered"
+    kinds = Counter(
+        f"{e['eventType']}/{e['bounce']['bounceType']}" if e["eventType"] == "Bounce" else e["eventType"]
+        for e in events
+    )
+    assert kinds["Send"] == 2000
+    assert kinds["Delivery"] + kinds["Bounce/Permanent"] + kinds["Bounce/Transient"] == 2000, "one outcome each"
+    delivered = kinds["Delivery"]
+    assert kinds["Bounce/Permanent"] == pytest.approx(40, abs=15)
+    assert kinds["Bounce/Transient"] == pytest.approx(60, abs=20)
+    assert kinds["Complaint"] == pytest.approx(0.01 * delivered, abs=10)
+    assert kinds["Open"] == pytest.approx(0.3 * delivered, abs=60)
+    assert kinds["Click"] == pytest.approx(0.1 * delivered, abs=40)
+    bounced = {e["mail"]["messageId"] for e in events if e["eventType"] == "Bounce"}
+    engaged = {e["mail"]["messageId"] for e in events if e["eventType"] in ("Open", "Click", "Complaint")}
+    assert not bounced & engaged, "a bounced message is neither opened nor clicked nor complained about"
+
+
+def test_feedback_shares_are_read_from_text_and_a_wrong_one_names_the_variable():
+    assert FeedbackShares.parse("") == FeedbackShares()
+    assert FeedbackShares.parse(" open=0.3, click=0.1 ") == FeedbackShares(open=0.3, click=0.1)
+    assert FeedbackShares.parse(str(FeedbackShares(bounce=0.02, transient=0.5))) == FeedbackShares(0.02, 0.5)
+    for wrong, says in (
+        ("opens=0.3", "'opens' is not one of"),
+        ("open=lots", "open needs a number from 0 to 1"),
+        ("click=2", "click needs a number from 0 to 1"),
+        ("bounce=0.6,transient=0.5", "add up to more than 1"),
+    ):
+        with pytest.raises(ValueError, match=says) as raised:
+            FeedbackShares.parse(wrong)
+        assert "PANEL_LOCAL_SES_FEEDBACK" in str(raised.value)
 
 
 def test_the_local_ses_entry_point_publishes_to_the_topic_it_is_given(local_sns_sqs):
@@ -156,4 +209,4 @@ def test_the_local_ses_entry_point_publishes_to_the_topic_it_is_given(local_sns_
     finally:
         server.terminate()
         server.wait(timeout=10)
-    assert sorted(e["eventType"] for e in events) == ["Bounce", "Send"]
+    assert sorted(e["eventType"] for e in events) == ["Bounce", "Send"]  # SES's bounce box: no Delivery

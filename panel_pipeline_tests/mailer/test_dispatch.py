@@ -44,6 +44,7 @@ from panel_pipeline.mailer.store import (
     SENT,
     SUPPRESSED,
     UNKNOWN,
+    MailingReports,
     MailLedger,
     NewRecipient,
     send_event_from_ses,
@@ -456,7 +457,7 @@ def _wait_for_an_attempt(ledger: MailLedger, mailing: ObjectId, worker: subproce
 
 def _feed_events(ses_proxy: SesFaultProxy, db: Database) -> None:
     """What the SES event feed does: every Send event SES published, stored in `mail_events`."""
-    store = FeedbackStore(db.mail_events, db.users)
+    store = FeedbackStore(db.mail_events, db.users, MailingReports(db.mailings, db.mail_log, db.mail_events))
     for raw in ses_proxy.send_events():
         store.apply(parse_ses_event(raw))
 

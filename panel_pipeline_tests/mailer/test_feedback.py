@@ -8,6 +8,7 @@ import json
 import pytest
 from bson import ObjectId
 from pymongo.database import Database
+from pymongo.errors import WriteError
 
 from panel_pipeline.mailer.feedback import (
     BOUNCED,
@@ -26,6 +27,7 @@ from panel_pipeline.mailer.store import (
     PENDING,
     SENT,
     UNKNOWN,
+    MailingReports,
     MailLedger,
     recipient_key_for,
 )
@@ -51,7 +53,8 @@ def apply_message(store, body):
 
 @pytest.fixture
 def store(mongo_db: Database) -> FeedbackStore:
-    feedback = FeedbackStore(mongo_db.mail_events, mongo_db.users, clock=ManualClock(NOW))
+    reports = MailingReports(mongo_db.mailings, mongo_db.mail_log, mongo_db.mail_events)
+    feedback = FeedbackStore(mongo_db.mail_events, mongo_db.users, reports, clock=ManualClock(NOW))
     feedback.ensure_indexes()
     return feedback
 
@@ -128,9 +131,12 @@ def test_each_tagged_event_is_stored_once_with_the_schema_and_no_address(store, 
         "message_id": message_id,
         "error": None,
         "occurred_at": dt.datetime(2026, 11, 23, 9, 0, 0, 123000, tzinfo=UTC),
+        "event_at": dt.datetime(2026, 11, 23, 9, 0, 0, 123000, tzinfo=UTC),
         "received_at": NOW,
     }
     assert documents[f"{message_id}:Bounce"]["error"] == "SES bounce Permanent/General"
+    assert documents[f"{message_id}:Bounce"]["bounce_type"] == "Permanent"
+    assert documents[f"{message_id}:Bounce"]["event_at"] == dt.datetime(2026, 11, 23, 9, 5, tzinfo=UTC)
     failure = next(doc for doc in documents.values() if doc["event_type"] == "Rendering Failure")
     assert failure["error"] == "Attribute 'points' is not present in the rendering data."
     assert "@" not in str(list(mongo_db.mail_events.find()))
@@ -293,3 +299,131 @@ def test_a_drain_ends_after_its_time_even_while_messages_keep_coming(store, mong
     report = drain(queue, store, max_seconds=3, monotonic=lambda: next(ticks))
     assert (report.messages_read, report.messages_deleted) == (20, 20)
     assert len(queue.bodies) == 80
+
+
+def sent_at(ses_event: dict, timestamp: str) -> dict:
+    """The event about a message SES accepted at `timestamp`."""
+    ses_event["mail"]["timestamp"] = timestamp
+    return ses_event
+
+
+def soft_bounce(member_id: ObjectId, timestamp: str) -> dict:
+    return sent_at(bounce("ann@panel.example", tags(ObjectId(), member_id), bounce_type="Transient"), timestamp)
+
+
+def test_a_newly_stored_event_counts_once_in_its_mailings_report(store, mongo_db):
+    mailing = mongo_db.mailings.insert_one({"processed": False, "template": "new_survey"}).inserted_id
+    ann, bob = ObjectId(), ObjectId()
+    delivered = event("Delivery", "ann@panel.example", tags(mailing, ann))
+    complained = complaint("ann@panel.example", tags(mailing, ann), message_id=delivered["mail"]["messageId"])
+    transient = bounce("bob@panel.example", tags(mailing, bob), bounce_type="Transient")
+    opened = event("Open", "ann@panel.example", tags(mailing, ann), message_id=delivered["mail"]["messageId"])
+    for ses_event in (delivered, delivered, complained, transient, opened, complained, event("Send", "x@y.z", None)):
+        apply_message(store, sns_envelope(ses_event))
+    apply_message(store, sns_envelope(event("Delivery", "cat@panel.example", tags(ObjectId(), ObjectId()))))
+
+    report = mongo_db.mailings.find_one({"_id": mailing})["report"]
+    counted = {"delivered": 1, "complained": 1, "bounced_transient": 1, "opened": 1}
+    assert report["counts"] == counted
+    # Delivery, Complaint and Bounce carry their own time (09:05); the Open here only the send time (09:00).
+    assert report["hours"] == {"2026-11-23T09": counted}
+
+    mongo_db.mail_log.insert_many([{"mailing_id": mailing, "status": status} for status in ("sent",) * 4 + ("failed",)])
+    refreshed = store.reports.refresh(mailing)
+    assert refreshed is not None and refreshed.sent == 4
+    stored = mongo_db.mailings.find_one({"_id": mailing})["report"]
+    assert stored["sent"] == 4 and stored["updated_at"] is not None
+    assert (stored["rates"]["delivered_rate"], stored["rates"]["bounced_transient_rate"]) == (0.25, 0.25)
+    assert stored["rates"]["bounced_permanent_rate"] == 0.0
+
+
+def test_an_event_whose_count_fails_is_not_stored_and_counts_on_redelivery(store, mongo_db):
+    """The event and its count are one transaction: a failure between them leaves neither, so the
+    redelivered event is counted once, not lost."""
+    mailing = mongo_db.mailings.insert_one({"processed": False}).inserted_id
+    body = sns_envelope(event("Delivery", "ann@panel.example", tags(mailing, ObjectId())))
+    mongo_db.command("collMod", "mailings", validator={"$expr": False}, validationAction="error")
+    with pytest.raises(WriteError, match="Document failed validation"):
+        apply_message(store, body)
+    assert mongo_db.mail_events.count_documents({}) == 0
+
+    mongo_db.command("collMod", "mailings", validator={})
+    assert apply_message(store, body).stored and not apply_message(store, body).stored
+    assert mongo_db.mailings.find_one({"_id": mailing})["report"]["counts"] == {"delivered": 1}
+
+
+def test_three_transient_bounces_within_the_window_bounce_the_member(store, mongo_db):
+    ann = member(mongo_db, "ann@panel.example")
+    too_old = soft_bounce(ann, "2026-10-20T09:00:00.000Z")  # 34 days before NOW: outside the 30 days
+    first, second = soft_bounce(ann, "2026-11-20T09:00:00.000Z"), soft_bounce(ann, "2026-11-21T09:00:00.000Z")
+    for ses_event in (too_old, first, second, second, first):  # redelivered ones count once
+        assert apply_message(store, sns_envelope(ses_event)).member_status is None
+    assert mongo_db.users.find_one({"_id": ann})["status"] == "active"
+
+    third = apply_message(store, sns_envelope(soft_bounce(ann, "2026-11-22T09:00:00.000Z")))
+    assert third.member_status == BOUNCED
+    user = mongo_db.users.find_one({"_id": ann})
+    assert (user["status"], user["status_reason"], user["status_changed_at"]) == (
+        "bounced",
+        "SES bounce Transient: 3 in 30 days",
+        NOW,
+    )
+
+
+def test_a_delivery_after_transient_bounces_starts_the_count_again(store, mongo_db):
+    ann = member(mongo_db, "ann@panel.example")
+    for timestamp in ("2026-11-19T09:00:00.000Z", "2026-11-20T09:00:00.000Z"):
+        apply_message(store, sns_envelope(soft_bounce(ann, timestamp)))
+    delivered = sent_at(event("Delivery", "ann@panel.example", tags(ObjectId(), ann)), "2026-11-21T09:00:00.000Z")
+    apply_message(store, sns_envelope(delivered))
+    for timestamp in ("2026-11-21T10:00:00.000Z", "2026-11-22T09:00:00.000Z"):
+        assert apply_message(store, sns_envelope(soft_bounce(ann, timestamp))).member_status is None
+    assert mongo_db.users.find_one({"_id": ann})["status"] == "active", "two since the delivery"
+    late = apply_message(store, sns_envelope(soft_bounce(ann, "2026-11-23T08:00:00.000Z")))
+    assert late.member_status == BOUNCED
+
+
+def test_soft_bounces_keep_the_feeds_rules_only_active_members_and_none_from_before_a_status_change(store, mongo_db):
+    gone = member(mongo_db, "gone@panel.example", status="deleted")
+    for day in (20, 21, 22):
+        apply_message(store, sns_envelope(soft_bounce(gone, f"2026-11-{day}T09:00:00.000Z")))
+    assert mongo_db.users.find_one({"_id": gone})["status"] == "deleted"
+
+    back = member(mongo_db, "back@panel.example")
+    mongo_db.users.update_one({"_id": back}, {"$set": {"status_changed_at": dt.datetime(2026, 11, 21, 12, tzinfo=UTC)}})
+    for day in (20, 21, 22):  # two of them about mail sent before the backend reactivated her
+        assert (
+            apply_message(store, sns_envelope(soft_bounce(back, f"2026-11-{day}T09:00:00.000Z"))).member_status is None
+        )
+    assert mongo_db.users.find_one({"_id": back})["status"] == "active"
+
+
+def test_recent_feedback_counts_permanent_bounces_and_complaints_among_the_last_sends(store, mongo_db):
+    """The count item 2's circuit breaker reads: over the last N messages SES accepted for a mailing."""
+    mailing = ObjectId()
+    sends = [
+        sent_at(event("Send", "a@panel.example", tags(mailing, ObjectId())), f"2026-11-23T09:0{minute}:00.000Z")
+        for minute in range(5)
+    ]
+    for send in sends:
+        apply_message(store, sns_envelope(send))
+    oldest, _, middle, _, newest = (send["mail"]["messageId"] for send in sends)
+    for ses_event in (
+        bounce("a@panel.example", tags(mailing, ObjectId()), message_id=oldest),  # not among the last 3
+        bounce("a@panel.example", tags(mailing, ObjectId()), message_id=middle),
+        bounce("a@panel.example", tags(mailing, ObjectId()), message_id=newest, bounce_type="Transient"),
+        complaint("a@panel.example", tags(mailing, ObjectId()), message_id=newest),
+        bounce("a@panel.example", tags(ObjectId(), ObjectId())),  # another mailing's
+    ):
+        apply_message(store, sns_envelope(ses_event))
+    recent = store.reports.recent_feedback(mailing, last_sends=3)
+    assert (recent.sends, recent.permanent_bounces, recent.complaints) == (3, 1, 1)
+    assert (round(recent.bounce_rate, 3), round(recent.complaint_rate, 3)) == (0.333, 0.333)
+    assert store.reports.recent_feedback(mailing, last_sends=10).permanent_bounces == 2
+    plan = (
+        mongo_db.mail_events.find({"mailing_id": mailing, "event_type": "Send"})
+        .sort("occurred_at", -1)
+        .limit(3)
+        .explain()
+    )
+    assert "mailing_type_time" in str(plan["queryPlanner"]["winningPlan"])

@@ -13,9 +13,11 @@ import pytest
 from bson import ObjectId
 
 from panel_pipeline.local.mongod import free_port
+from panel_pipeline.local.ses_events import SnsEventPublisher
+from panel_pipeline.local.ses_proxy import SesFaultProxy
 from panel_pipeline.local.sns_sqs import aws_client, ensure_feedback_path
 from panel_pipeline.mailer.assets import mailings, ses_feedback
-from panel_pipeline.mailer.resources import SqsResource
+from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.mailer.sensors import ses_feedback_sensor
 from panel_pipeline.mailer.store import recipient_key_for
 from panel_pipeline_tests.mailer.conftest import SURVEY
@@ -109,6 +111,7 @@ def test_bounces_and_complaints_arrive_through_sqs_and_suppress_the_members(
         "events_by_type": {"Bounce": 2, "Complaint": 1, "Send": 1},
         "members_bounced": 1,
         "members_unsubscribed": 1,
+        "mailings_reported": 1,  # one mailing id among the tags, though no such `mailings` document
         "dagster/row_count": 4,
     }
     statuses = {user["_id"]: user["status"] for user in mongo_db.users.find()}
@@ -141,6 +144,93 @@ def test_bounces_and_complaints_arrive_through_sqs_and_suppress_the_members(
     output = capfd.readouterr()
     for text in (logged, output.out, output.err, str(materialization.metadata), str(list(mongo_db.mail_events.find()))):
         assert "@" not in text
+
+
+@pytest.fixture
+def publishing_ses(local_ses, local_sns_sqs, feedback_path):
+    """The local SES endpoint as the stack runs it (the proxy publishing SES's events), to this test's topic."""
+    publisher = SnsEventPublisher(aws_client("sns", local_sns_sqs.url), feedback_path.topic_arn)
+    proxy = SesFaultProxy(local_ses.url, publish=publisher)
+    proxy.start()
+    yield proxy
+    proxy.stop()
+    publisher.close()
+
+
+def waiting_messages(local_sns_sqs, feedback_path):
+    attributes = aws_client("sqs", local_sns_sqs.url).get_queue_attributes(
+        QueueUrl=feedback_path.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"])
+
+
+def test_a_mailings_report_counts_what_ses_said_once_and_shows_on_its_partition(
+    instance, resources, mongo_db, publishing_ses, publish, local_sns_sqs, feedback_path
+):
+    recipients = members(
+        mongo_db,
+        "ann@panel.example",
+        "bob@panel.example",
+        "bounce@simulator.amazonses.com",
+        "complaint@simulator.amazonses.com",
+    )
+    mailing_id = mongo_db.mailings.insert_one(
+        {
+            "processed": False,
+            "kind": "bulk",
+            "template": "new_survey",
+            "default_data": SURVEY,
+            "recipients": [{"user_id": user_id} for user_id in recipients],
+        }
+    ).inserted_id
+    key = str(mailing_id)
+    settings = {
+        **resources["ses"].model_dump(),
+        "endpoint_url": publishing_ses.url,
+        "configuration_set": "panel-events",
+    }
+    run_resources = {**resources, "ses": SesResource(**settings)}
+    instance.add_dynamic_partitions("mailings", [key])
+    sent = dg.materialize([mailings], partition_key=key, instance=instance, resources=run_resources)
+    assert sent.success
+    assert metadata_values(sent.asset_materializations_for_node("mailings")[0])["report_sent"] == 4
+
+    # 4 Send, 3 Delivery (SES's complaint box accepts the mail, then complains), 1 Bounce, 1 Complaint
+    wait_for(lambda: waiting_messages(local_sns_sqs, feedback_path) == 9, timeout=30, what="SES's 9 events in SQS")
+    result, materialization = drain(instance, run_resources)
+    assert (
+        metadata_values(materialization)["events_stored"],
+        metadata_values(materialization)["mailings_reported"],
+    ) == (
+        9,
+        1,
+    )
+    report = mongo_db.mailings.find_one({"_id": mailing_id})["report"]
+    assert report["counts"] == {"delivered": 3, "bounced_permanent": 1, "complained": 1}
+    assert report["sent"] == 4
+    rates = report["rates"]
+    assert (rates["delivered_rate"], rates["bounced_permanent_rate"], rates["complained_rate"]) == (0.75, 0.25, 0.25)
+    (observation,) = result.asset_observations_for_node("ses_feedback")
+    assert (observation.asset_key, observation.partition) == (dg.AssetKey("mailings"), key)
+    observed = metadata_values(observation)
+    assert (observed["report_delivered"], observed["report_bounced_permanent"], observed["report_complained"]) == (
+        3,
+        1,
+        1,
+    )
+    assert observed["report_bounced_permanent_rate"] == 0.25
+    assert observed["report_chart"].startswith("![SES events per hour](data:image/svg+xml;base64,")
+    assert f'ObjectId("{key}")' in observed["who_got_what"]
+    assert "@" not in str(observed)
+
+    publish(*[e for e in publishing_ses.events() if e["eventType"] != "Send"])  # SQS and SNS deliver again
+    _, again = drain(instance, run_resources)
+    assert (metadata_values(again)["events_stored"], metadata_values(again)["mailings_reported"]) == (0, 0)
+    assert mongo_db.mailings.find_one({"_id": mailing_id})["report"]["counts"] == report["counts"]
+
+    finished = dg.materialize([mailings], partition_key=key, instance=instance, resources=run_resources)
+    (rematerialized,) = finished.asset_materializations_for_node("mailings")
+    assert metadata_values(rematerialized)["report_delivered"] == 3, "the mailing's page shows its report"
 
 
 def test_redelivered_and_duplicate_events_change_nothing_twice(instance, resources, mongo_db, publish):

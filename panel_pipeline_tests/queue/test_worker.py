@@ -124,3 +124,21 @@ def test_prompt_and_transactional_inserts_are_matched_on_the_change_event():
             }
         }
     ]
+
+
+def test_a_worker_whose_slot_was_taken_stops_and_says_so(mongo_db):
+    """A worker stalled past its lease (a long GC pause, a frozen VM) finds a successor serving: it
+    must stop at once rather than serve beside it, and its report says why it ended early."""
+    clock = ManualClock(START)
+    slot = WorkerSlot(mongo_db[PIPELINE_STATE], "jobs", "run-1", clock, lease_seconds=15)
+    thief = WorkerSlot(mongo_db[PIPELINE_STATE], "jobs", "run-2", clock, lease_seconds=15)
+
+    def stalled_step() -> int:
+        clock.advance(20)  # past the lease: run-2 takes the slot meanwhile
+        assert thief.take(START + dt.timedelta(minutes=10))
+        return 1
+
+    report = serve(slot, stalled_step, Doorbell(mongo_db.jobs, inserts_matching({})), 600.0, clock=clock)
+    assert report.lost_slot and report.steps == 1
+    assert "lost the slot" in report.summary()
+    assert serving_worker(mongo_db, "jobs", clock.now())["owner"] == "run-2"

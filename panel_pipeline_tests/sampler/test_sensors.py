@@ -9,6 +9,7 @@ from bson import ObjectId
 
 from panel_pipeline.sampler.assets import sample_fieldwork
 from panel_pipeline.sampler.jobs import sample_fieldwork_job
+from panel_pipeline.sampler.resources import FieldworkTiming
 from panel_pipeline.sampler.sensors import fieldwork_sensor
 from panel_pipeline.shared.resources import MongoResource
 
@@ -27,8 +28,12 @@ def sample(mongo_db, status, survey_id, close_at=None):
     ).inserted_id
 
 
-def tick(instance, mongo, cursor=None):
-    context = dg.build_sensor_context(instance=instance, resources={"mongo": mongo}, cursor=cursor)
+def tick(instance, mongo, cursor=None, pass_seconds=0.001):
+    """One sensor tick; the default pass length puts every tick in a bucket of its own."""
+    timing = FieldworkTiming(pass_seconds=pass_seconds)
+    context = dg.build_sensor_context(
+        instance=instance, resources={"mongo": mongo, "fieldwork_timing": timing}, cursor=cursor
+    )
     result = fieldwork_sensor(context)
     return result, context.cursor if result.cursor is None else result.cursor
 
@@ -69,3 +74,12 @@ def test_no_second_run_while_one_of_the_sample_is_in_flight(mongo, mongo_db):
         )
         result, _ = tick(instance, mongo)
         assert not result.run_requests
+
+
+def test_news_within_a_pass_waits_for_the_next_one(mongo, mongo_db):
+    sample(mongo_db, "open", "41")
+    with dg.instance_for_test() as instance:
+        _, cursor = tick(instance, mongo, pass_seconds=3600)
+        mongo_db.transactions.insert_one({"user_id": ObjectId(), "survey_id": "41", "created_at": dt.datetime.now(UTC)})
+        result, _ = tick(instance, mongo, cursor, pass_seconds=3600)
+        assert not result.run_requests  # one pass per sample per hour, news or not
