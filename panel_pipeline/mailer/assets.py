@@ -4,7 +4,9 @@ and SES's account suppression list kept in step with members' statuses.
 A mailing is expanded (recipients resolved, planned and written to the ledger, a chunk at a time)
 once: `expanded_at` on the mailing document says it was, so a re-claim after a pause goes straight
 to sending. Its queue lease is renewed after each expansion chunk and each SES batch; a run that
-finds it gone stops sending at once and fails, saying so. One SES gateway per run.
+finds it gone stops sending at once and fails, saying so. The renewal after a batch also reads the
+document's `control`: a pause or cancel stops sending within one batch, and this run, holding the
+lease, applies it (mailer/control.py). One SES gateway per run.
 """
 
 import dataclasses
@@ -18,6 +20,7 @@ import dagster as dg
 from bson import ObjectId
 from pymongo.database import Database
 
+from panel_pipeline.mailer.control import PAUSE, STOPPING, hold, stop_held_mailing
 from panel_pipeline.mailer.dispatch import SendingStopped, plan_recipients, send_mailing
 from panel_pipeline.mailer.feedback import DrainReport, FeedbackStore, drain
 from panel_pipeline.mailer.recipients import mark_members_reached, resolve_recipients
@@ -33,7 +36,9 @@ from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.contract import (
     BOUNCED,
     BULK,
+    CANCELLED,
     MAILINGS,
+    PAUSED,
     PIPELINE_STATE,
     PROMPT,
     TRANSACTIONAL,
@@ -82,7 +87,8 @@ def mailings(context: dg.AssetExecutionContext, mongo: MongoResource, ses: SesRe
     batch's attempt is recorded before the SES call and each entry's result after it. Recipients who
     are not active are suppressed and those missing a template variable failed, each with the reason.
     The mailing is completed with its counts only when no recipient is pending, claimed or unknown;
-    a daily-quota pause or unreconciled recipients postpone it without using up an attempt.
+    a daily-quota pause or unreconciled recipients postpone it without using up an attempt. A
+    `control` (pause, cancel) on the document stops it within one batch (docs/mailer.md, "Control").
     Re-materialising a finished mailing sends nothing: it reports the ledger and the mailing's report
     (what SES said since: counts, rates over sent, a chart per hour; `ses_feedback` records the same
     as an observation of the partition whenever new events arrive), and the who-got-what query."""
@@ -218,7 +224,7 @@ def record_mailing_partition(
 
 @dataclass(frozen=True)
 class MailingOutcome:
-    status: str  # done, paused, waiting or not_claimed
+    status: str  # done, postponed (SES paused), waiting, paused or cancelled (a control), or not_claimed
     detail: str
     prompt_invitation: bool = False  # a dynamic sample's newcomers' invitation: a `mailings` partition
 
@@ -262,6 +268,8 @@ def send(
     owner: str,
 ) -> MailingOutcome:
     mailing_id = mailing["_id"]
+    if mailing.get("control") in STOPPING:  # asked before this run claimed it
+        return _controlled(db, queue, ledger, mailing_id, owner, mailing["control"])
     template = find_template(mailing)
     bulk = mailing.get("kind", BULK) != TRANSACTIONAL
     if bulk:
@@ -283,14 +291,16 @@ def send(
         owner,
         bulk,
         members=db.users,
-        keep_alive=lambda: queue.extend_lease(mailing_id, owner),
+        keep_alive=lambda: hold(queue, mailing_id, owner),
         unsubscribe_link=ses.unsubscribe_link if bulk else None,
         policy=ses.dispatch_policy(),
     )
+    if dispatch.stopped_for is not None:
+        return _controlled(db, queue, ledger, mailing_id, owner, dispatch.stopped_for)
     counts = ledger.counts(mailing_id)
     if dispatch.paused_until is not None:
         _postpone(queue, mailing_id, owner, dispatch.paused_until, f"SES paused sending: {dispatch.pause_reason}")
-        return MailingOutcome("paused", f"paused until {dispatch.paused_until.isoformat()}")
+        return MailingOutcome("postponed", f"paused until {dispatch.paused_until.isoformat()}")
     if not ledger.mailing_done(mailing_id):
         retry = ledger.next_retry_at(mailing_id) or utc_now() + OPEN_RECIPIENTS_RECHECK
         waiting = f"{counts[UNKNOWN]} unknown (awaiting SES events), {counts[CLAIMED]} held by another worker"
@@ -329,6 +339,13 @@ def expand(
         "missing_members": recipients.missing_members,
     }
     queue.save_progress(mailing["_id"], owner, {"expanded_at": utc_now(), "expansion": expansion})
+
+
+def _controlled(
+    db: Database, queue: WorkQueue, ledger: MailLedger, mailing_id: ObjectId, owner: str, action: str
+) -> MailingOutcome:
+    outcome = stop_held_mailing(db, queue, ledger, mailing_id, owner, action)
+    return MailingOutcome(PAUSED if action == PAUSE else CANCELLED, outcome)
 
 
 def _postpone(queue: WorkQueue, mailing_id: ObjectId, owner: str, until: dt.datetime, reason: str) -> None:

@@ -11,6 +11,7 @@ from panel_pipeline.mailer.assets import (
 )
 from panel_pipeline.mailer.jobs import (
     email_templates_job,
+    mailing_control_job,
     mailing_job,
     prompt_mail_worker_job,
     ses_feedback_job,
@@ -19,6 +20,7 @@ from panel_pipeline.mailer.jobs import (
 )
 from panel_pipeline.mailer.schedules import hourly_suppression_sync_schedule, template_sync_schedule
 from panel_pipeline.mailer.sensors import (
+    mailing_control_sensor,
     mailings_queue_sensor,
     prompt_mail_worker_sensor,
     ses_feedback_sensor,
@@ -34,7 +36,14 @@ defs = dg.Definitions(
         email_templates_job,
         ses_feedback_job,
         ses_suppression_job,
+        mailing_control_job,
     ],
-    sensors=[mailings_queue_sensor, transactional_mail_queue_sensor, prompt_mail_worker_sensor, ses_feedback_sensor],
+    sensors=[
+        mailings_queue_sensor,
+        transactional_mail_queue_sensor,
+        prompt_mail_worker_sensor,
+        ses_feedback_sensor,
+        mailing_control_sensor,
+    ],
     schedules=[template_sync_schedule, hourly_suppression_sync_schedule],
 )

@@ -9,7 +9,10 @@ query per batch: a member may leave between planning and sending, and a pause ca
 writes the attempt ahead, makes one SES call and records every entry's outcome; throttled entries
 come back after a jittered exponential backoff, and a daily-quota or sending-paused answer stops
 the run with the time to resume. After each batch `keep_alive` renews the caller's hold on the
-mailing; when it fails, sending stops at once (`SendingStopped`). No Dagster here.
+mailing; when it fails, sending stops at once (`SendingStopped`); when it reports a control that
+stops the mailing (pause, cancel), sending stops and `send_mailing` returns saying so. Either way
+each sender finishes at most the batch it is in and gives back a batch it claimed but did not send.
+No Dagster here.
 """
 
 from __future__ import annotations
@@ -70,6 +73,18 @@ class SendingStopped(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Hold:
+    """What `keep_alive` found: whether the caller still holds the mailing, and the control asking
+    the sender to stop (pause, cancel), if any."""
+
+    held: bool
+    stop_for: str | None = None
+
+
+KeepAlive = Callable[[], Hold]
+
+
+@dataclass(frozen=True)
 class MailingRecipient:
     """One recipient as the mailing lists it; `suppressed_reason` set means: do not mail (e.g. unsubscribed)."""
 
@@ -97,6 +112,11 @@ class DispatchReport:
     outcomes: Counter[str] = field(default_factory=Counter)
     paused_until: dt.datetime | None = None
     pause_reason: str | None = None
+    stopped_for: str | None = None  # the control (pause, cancel) that stopped the sender
+
+    @property
+    def stopped(self) -> bool:
+        return self.paused_until is not None or self.stopped_for is not None
 
 
 def plan_recipients(
@@ -169,15 +189,16 @@ def send_mailing(
     policy: DispatchPolicy = DispatchPolicy(),
     clock: Clock = SYSTEM_CLOCK,
     members: Collection | None = None,
-    keep_alive: Callable[[], bool] | None = None,
+    keep_alive: KeepAlive | None = None,
     unsubscribe_link: UnsubscribeLink | None = None,
 ) -> DispatchReport:
-    """Send every claimable recipient of the mailing; returns when nothing is claimable soon or on pause.
+    """Send every claimable recipient of the mailing; returns when nothing is claimable soon, on
+    pause, or when `keep_alive` reports a control that stops it (`report.stopped_for`).
 
     `template_name` is the versioned SES name (`SesGateway.ensure_template`) the mailing started with.
     `members` (the `users` collection) is read once per batch: a row whose member is no longer
     active is suppressed instead of sent. `keep_alive` is called after each batch and each wait;
-    False raises `SendingStopped` before anything more is sent. `unsubscribe_link` makes bulk
+    a lost hold raises `SendingStopped` before anything more is sent. `unsubscribe_link` makes bulk
     mail's signed link from the member id when each batch is built (`_bulk_send`).
     Afterwards `ledger.mailing_done(mailing_id)` says whether the mailing is finished.
     """
@@ -191,15 +212,16 @@ def send_mailing(
     sender = _BatchSender(
         ledger, gateway, mailing_id, template_name, owner, bulk, policy, clock, members, keep_alive, unsubscribe_link
     )
-    while True:
+    while not report.stopped:
         sender.send_while_claimable(report)
-        if report.paused_until is not None:
-            return report
+        if report.stopped:
+            break
         wait = _seconds_until_retry(ledger, mailing_id, clock.now())
         if wait is None or wait > policy.max_wait_seconds:
-            return report
+            break
         clock.sleep(wait)
         _keep_alive(keep_alive, mailing_id, report)
+    return report
 
 
 @dataclass
@@ -218,13 +240,14 @@ class _BatchSender:
     policy: DispatchPolicy
     clock: Clock
     members: Collection | None
-    keep_alive: Callable[[], bool] | None
+    keep_alive: KeepAlive | None
     unsubscribe_link: UnsubscribeLink | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _claiming: threading.Lock = field(default_factory=threading.Lock)  # the senders never split one look's rows
 
     def send_while_claimable(self, report: DispatchReport) -> None:
-        """Send batches until none is claimable now, SES pauses sending, or the hold is lost (raises)."""
+        """Send batches until none is claimable now, SES pauses sending, a control stops it, or the
+        hold is lost (raises)."""
         stop = threading.Event()
         if self.policy.senders == 1:
             self._send_batches(report, stop)
@@ -247,6 +270,9 @@ class _BatchSender:
                     stop.set()
                     return
                 _keep_alive(self.keep_alive, self.mailing_id, report)
+                if report.stopped_for is not None:
+                    stop.set()
+                    return
         except BaseException:
             stop.set()
             raise
@@ -267,7 +293,7 @@ class _BatchSender:
             if not batch.rows:
                 return True
         self.gateway.wait_for_send_capacity(len(batch.rows))
-        if stop.is_set():  # the other sender lost the hold or met a pause while this one waited
+        if stop.is_set():  # the other sender lost the hold, met a pause or a control while this one waited
             self.ledger.release_batch(batch)
             return False
         attempt = self.ledger.start_attempt(batch)
@@ -285,8 +311,16 @@ class _BatchSender:
         return True
 
 
-def _keep_alive(keep_alive: Callable[[], bool] | None, mailing_id: ObjectId, report: DispatchReport) -> None:
-    if keep_alive is not None and not keep_alive():
+def _keep_alive(keep_alive: KeepAlive | None, mailing_id: ObjectId, report: DispatchReport) -> None:
+    if keep_alive is None:
+        return
+    hold = keep_alive()
+    if hold.stop_for is not None and report.stopped_for is None:
+        report.stopped_for = hold.stop_for
+        log.warning(
+            "mailing %s: %s asked for; stopped sending after %d batches", mailing_id, hold.stop_for, report.batches
+        )
+    if not hold.held:
         message = (
             f"mailing {mailing_id}: this run no longer holds the mailing (its lease was lost, another run may "
             f"have claimed it); stopped sending after {report.batches} batches"

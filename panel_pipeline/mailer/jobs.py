@@ -1,15 +1,20 @@
 """The Mailer's jobs: one run per bulk mailing (a `mailings` partition); prompt mail (transactional,
 a dynamic sample's newcomers) sent by a standing worker run, or batched per sensor tick while none
-serves; the SES template sync; the SES feedback drain; and the SES suppression-list sync."""
+serves; the SES template sync; the SES feedback drain; the SES suppression-list sync; and a mailing's
+cancel, pause or resume."""
 
 import dagster as dg
+from pydantic import Field
 
 from panel_pipeline.mailer.assets import PROMPT_MAIL, PromptMailSender
+from panel_pipeline.mailer.control import ControlRefused, apply_control, check_action, check_mailing_id
 from panel_pipeline.mailer.resources import SesResource
+from panel_pipeline.mailer.store import MailingControls, MailLedger
 from panel_pipeline.queue.store import QueueCursor, pending_work
 from panel_pipeline.queue.worker import Doorbell, WorkerSlot, inserts_matching, serve
 from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.contract import MAILINGS, PIPELINE_STATE
+from panel_pipeline.shared.privacy import clip, redact
 from panel_pipeline.shared.resources import MongoResource
 
 mailing_job = dg.define_asset_job(
@@ -83,3 +88,59 @@ def serve_prompt_mail(
 def prompt_mail_worker_job() -> None:
     """A standing worker for prompt mail, kept running by prompt_mail_worker_sensor."""
     serve_prompt_mail()
+
+
+CONTROL_TEXT_MAX_CHARS = 200
+
+
+class MailingControl(dg.Config):
+    """What the operator asks, in the Launchpad (mailing_control_sensor fills it for the backend's)."""
+
+    mailing_id: str = Field(description="The mailings document's _id (24 hex digits).")
+    action: str = Field(description="cancel, pause or resume.")
+    reason: str = Field(default="", description="Why, for the record (stored redacted on the document).")
+    requested_by: str = Field(default="operator", description="Who asks (a name, not an address).")
+    from_document: bool = Field(
+        default=False,
+        description="Apply the control the backend set on the document and write nothing (the sensor's runs).",
+    )
+
+
+@dg.op(tags={"panel/part": "mailing_control"}, out=dg.Out(str))
+def apply_mailing_control(context: dg.OpExecutionContext, config: MailingControl, mongo: MongoResource) -> dg.Output:
+    """Cancel, pause or resume one mailing: writes the operator's request as the backend would
+    (`control`, `control_by`, `control_reason`), then applies the control pending on the document;
+    a mailing being sent is left to its run, which stops within one batch. Refusals fail the run,
+    naming the field or saying why (e.g. a cancelled mailing cannot be resumed)."""
+    db = mongo.db()
+    queue = mongo.work_queue(MAILINGS)
+    controls = MailingControls(db[MAILINGS])
+    controls.ensure_indexes()
+    ledger = MailLedger(db.mail_log, db.mail_events)
+    ledger.ensure_indexes()
+    try:
+        mailing_id = check_mailing_id(config.mailing_id)
+        if not config.from_document:
+            action = check_action(config.action)
+            by = clip(redact(config.requested_by), CONTROL_TEXT_MAX_CHARS) or "operator"
+            if not controls.request(mailing_id, action, by, clip(redact(config.reason), CONTROL_TEXT_MAX_CHARS)):
+                raise ControlRefused(f"mailing_id: no mailings document {mailing_id}")
+        outcome = apply_control(db, queue, ledger, mailing_id, context.run.run_id)
+    except ControlRefused as refused:
+        raise dg.Failure(description=str(refused)) from None
+    metadata: dict[str, str | bool] = {
+        "mailing_id": str(mailing_id),
+        "action": outcome.action,
+        "applied": outcome.applied,
+    }
+    if outcome.refused:
+        raise dg.Failure(description=f"{outcome.action or 'control'} refused: {outcome.message}", metadata=metadata)
+    context.log.info(f"mailing {mailing_id}: {outcome.message}")
+    return dg.Output(outcome.message, metadata={**metadata, "outcome": outcome.message})
+
+
+@dg.job(executor_def=dg.in_process_executor, tags={"panel/part": "mailing_control"})
+def mailing_control_job() -> None:
+    """Cancel, pause or resume a mailing (Launchpad: `mailing_id`, `action`, `reason`); also what
+    mailing_control_sensor runs for a control the backend set. docs/mailer.md, "Control"."""
+    apply_mailing_control()

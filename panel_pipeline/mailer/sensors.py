@@ -1,13 +1,20 @@
 """Mailings from the queue: a run (and a `mailings` partition) per bulk mailing; prompt mail
 (transactional, a dynamic sample's newcomers) sent by the standing worker this part keeps running,
-or batched per tick while none serves; SES's feedback drained whenever its SQS queue holds messages."""
+or batched per tick while none serves; SES's feedback drained whenever its SQS queue holds messages;
+a control run for each cancel, pause or resume set on a mailing no run holds."""
+
+from collections.abc import Mapping
+from typing import Any
 
 import dagster as dg
 from botocore.exceptions import BotoCoreError, ClientError
+from pymongo.errors import PyMongoError
 
 from panel_pipeline.mailer.assets import PROMPT_MAIL
 from panel_pipeline.mailer.jobs import (
     PROMPT_MAIL_DUTY,
+    apply_mailing_control,
+    mailing_control_job,
     mailing_job,
     prompt_mail_worker_job,
     ses_feedback_job,
@@ -15,9 +22,21 @@ from panel_pipeline.mailer.jobs import (
 )
 from panel_pipeline.mailer.resources import SqsResource
 from panel_pipeline.mailer.ses import aws_error_code
-from panel_pipeline.queue.sensors import build_queue_sensor, build_worker_sensor, run_in_flight
+from panel_pipeline.mailer.store import MailingControls
+from panel_pipeline.queue.sensors import (
+    DOCUMENT_TAG,
+    QUEUE_TAG,
+    SENSOR_INTERVAL_SECONDS,
+    build_queue_sensor,
+    build_worker_sensor,
+    run_in_flight,
+)
+from panel_pipeline.queue.store import DOCUMENTS_PER_TICK, claims_of, unheld
+from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.contract import BULK, MAILINGS, PROMPT, TRANSACTIONAL
 from panel_pipeline.shared.partitions import mailing_partitions
+from panel_pipeline.shared.privacy import redact
+from panel_pipeline.shared.resources import MongoResource
 
 mailings_queue_sensor = build_queue_sensor(
     collection=MAILINGS,
@@ -71,3 +90,36 @@ def ses_feedback_sensor(context: dg.SensorEvaluationContext, sqs: SqsResource) -
     if run_in_flight(context.instance, ses_feedback_job.name):
         return dg.SensorResult(skip_reason=f"{waiting} SES events waiting for the ses_feedback run already under way")
     return dg.SensorResult(run_requests=[dg.RunRequest(tags={"panel/waiting_messages": str(waiting)})])
+
+
+@dg.sensor(
+    job=mailing_control_job,
+    minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Starts a mailing_control_job run for each `mailings` document with a `control` (cancel, "
+    "pause, resume) that no run holds; a mailing being sent applies its own within one batch.",
+)
+def mailing_control_sensor(context: dg.SensorEvaluationContext, mongo: MongoResource) -> dg.SensorResult:
+    controls = MailingControls(mongo.db()[MAILINGS])
+    try:
+        controls.ensure_indexes()
+        docs = controls.pending(unheld(utc_now()), DOCUMENTS_PER_TICK)
+    except PyMongoError as exc:
+        return dg.SensorResult(skip_reason=f"MongoDB is unreachable ({type(exc).__name__}); controls read next tick")
+    if not docs:
+        return dg.SensorResult(skip_reason="no mailing controls pending")
+    return dg.SensorResult(run_requests=[control_request(doc) for doc in docs])
+
+
+def control_request(doc: Mapping[str, Any]) -> dg.RunRequest:
+    """One run per control request and claim: `controls_applied` grows with each request applied and
+    `claims` with each claim or take, so the key is new for the next request, or once the mailing was
+    claimed again, and the same while this one waits. A run that failed is not relaunched for the same
+    claim (its failure shows in the UI; the operator can launch the job again)."""
+    mailing_id = str(doc["_id"])
+    config = {"mailing_id": mailing_id, "action": redact(str(doc["control"]))[:20], "from_document": True}
+    return dg.RunRequest(
+        run_key=f"{MAILINGS}:{mailing_id}:control:{doc.get('controls_applied', 0)}:{claims_of(doc)}",
+        run_config={"ops": {apply_mailing_control.name: {"config": config}}},
+        tags={QUEUE_TAG: MAILINGS, DOCUMENT_TAG: mailing_id},
+    )

@@ -10,7 +10,8 @@ One document per (mailing, recipient), unique on (mailing_id, recipient_key) and
        +--- no attempt ---+                              v
                                                       unknown --reconcile(SES send events)--> sent | failed
     suppressed (never mailed, e.g. unsubscribed), failed (e.g. missing template data) at expansion;
-    claimed --suppress--> suppressed (the member left after the mailing was planned).
+    claimed --suppress--> suppressed (the member left after the mailing was planned);
+    pending, claimed (no attempt) --cancel_unsent--> cancelled (the mailing was cancelled: never mailed).
 
 The attempt is written BEFORE SES is called. A claimed row whose lease expired without an attempt
 is safely claimable again; one whose attempt had started may or may not have been mailed, so it
@@ -30,6 +31,11 @@ an active member's status is changed from SES's list only if it did not change a
 list's entry.
 
 `MailingReports` keeps each mailing's `report` on its `mailings` document (see the class).
+
+`MailingControls`: the `control` a mailing's operator or the backend sets on its `mailings` document
+(cancel, pause, resume; mailer/control.py applies it). A control is pending while `control` is set;
+applying it removes `control`, `control_by`, `control_reason` only if `control` still holds the value
+applied (a newer request is never lost), records `last_control` and counts `controls_applied`.
 pymongo only, no Dagster.
 """
 
@@ -60,8 +66,9 @@ SENT = "sent"
 FAILED = "failed"
 SUPPRESSED = "suppressed"
 UNKNOWN = "unknown"
+CANCELLED = "cancelled"
 OPEN_STATUSES = (PENDING, CLAIMED, UNKNOWN)
-ALL_STATUSES = (PENDING, CLAIMED, UNKNOWN, SENT, FAILED, SUPPRESSED)
+ALL_STATUSES = (PENDING, CLAIMED, UNKNOWN, SENT, FAILED, SUPPRESSED, CANCELLED)
 ERROR_MAX_CHARS = 500
 # How much later than an attempt the event feed must have reached before the attempt's silence
 # means "not accepted": SES events arrive within seconds, SNS and SQS do not keep their order.
@@ -238,6 +245,28 @@ class MailLedger:
             {"batch_id": batch.batch_id, "status": CLAIMED, "lease_owner": batch.owner, "attempt_started_at": None},
             {"$set": {"status": PENDING, "lease_owner": None, "lease_until": None, "updated_at": self._clock.now()}},
         )
+
+    def cancel_unsent(self, mailing_id: ObjectId, reason: str) -> int:
+        """The mailing was cancelled: rows not yet attempted (pending, or claimed with no attempt
+        started) end `cancelled` with `reason`, never to be sent; returns how many. Rows whose attempt
+        started stay as they are: SES may have them (they end sent, failed or unknown)."""
+        now = self._clock.now()
+        return self.collection.update_many(
+            {
+                "mailing_id": mailing_id,
+                "$or": [{"status": PENDING}, {"status": CLAIMED, "attempt_started_at": None}],
+            },
+            {
+                "$set": {
+                    "status": CANCELLED,
+                    "error": reason[:ERROR_MAX_CHARS],
+                    "updated_at": now,
+                    "lease_owner": None,
+                    "lease_until": None,
+                },
+                "$unset": {"data": ""},
+            },
+        ).modified_count
 
     def start_attempt(self, batch: Batch) -> Batch:
         """Write-ahead: mark the attempt on the rows this owner still holds; returns just those rows.
@@ -566,6 +595,58 @@ def _status_for_event(event_type: str) -> str | None:
     if normalized in {"reject", "renderingfailure"}:
         return FAILED
     return None
+
+
+CONTROL_FIELDS = ("control", "control_by", "control_reason", "control_requested_at")
+
+
+class MailingControls:
+    """The `control` field of `mailings` documents: requested by an operator or the backend, applied once."""
+
+    def __init__(self, mailings: Collection, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.collection = mailings
+        self._clock = clock
+
+    def ensure_indexes(self) -> None:
+        self.collection.create_index(
+            [("control", ASCENDING)], name="control_pending", partialFilterExpression={"control": {"$exists": True}}
+        )
+
+    def request(self, mailing_id: ObjectId, action: str, by: str, reason: str) -> bool:
+        """Write a control as the backend would; False when there is no such mailing."""
+        fields = {"control": action, "control_by": by, "control_reason": reason}
+        update = {"$set": {**fields, "control_requested_at": self._clock.now()}}
+        return self.collection.update_one({"_id": mailing_id}, update).matched_count == 1
+
+    def pending(self, unheld: Mapping[str, Any], limit: int) -> list[dict[str, Any]]:
+        """Mailings with a control to apply that match `unheld` (no live lease holds them: a run
+        holding one applies its control itself), oldest first."""
+        query = {"control": {"$exists": True}, **unheld}
+        projection = {"_id": 1, "control": 1, "controls_applied": 1, "claims": 1, "attempts": 1}
+        return list(self.collection.find(query, projection).sort("_id", ASCENDING).limit(limit))
+
+    def settle(self, mailing_id: ObjectId, control: Any, outcome: str, run_id: str) -> bool:
+        """Record what became of `control` (the value read from the document) and remove the request,
+        only if `control` still holds that value; False when it changed (the newer one stays pending)."""
+        record = {
+            "action": {"$literal": control},
+            "by": "$control_by",
+            "reason": "$control_reason",
+            "requested_at": "$control_requested_at",
+            "outcome": {"$literal": outcome[:ERROR_MAX_CHARS]},
+            "applied_at": self._clock.now(),
+            "run_id": {"$literal": run_id},
+        }
+        update: list[dict[str, Any]] = [
+            {
+                "$set": {
+                    "last_control": record,
+                    "controls_applied": {"$add": [{"$ifNull": ["$controls_applied", 0]}, 1]},
+                }
+            },
+            {"$unset": list(CONTROL_FIELDS)},
+        ]
+        return self.collection.update_one({"_id": mailing_id, "control": control}, update).modified_count == 1
 
 
 # --- SES's account suppression list, in step with members' statuses (mailer/suppression.py) ----------

@@ -6,7 +6,18 @@ A document moves through these states (fields written by the pipeline in bracket
     processing    status=processing, lease_owner, attempts+=1, claims+=1, retry_at=lease expiry
     retry         status=retry, last_error, retry_at=now+backoff   (a transient failure)
     postponed     status=postponed, retry_at=until, attempts-=1    (work that must wait: `Postpone`, e.g. a quota)
+    paused        status=paused, paused_reason, paused_at, retry_at=PAUSED_UNTIL, attempts-=1
+                  (an operator's or a policy's pause: claimable by nobody until `resume`)
     done/failed   processed=true, status, processed_at, run_id, error on failure
+    cancelled     processed=true, status=cancelled, processed_at, run_id   (an operator's cancel)
+
+Transitions out of `processing` are the lease owner's: complete (done), fail, release (retry),
+postpone, pause, cancel. `take` is how a control gets there from any other unfinished state: it
+claims a document no live lease holds, whatever its retry time (queued, retry, postponed, paused,
+or an expired lease), and returns it as it was, so the control knows what it is pausing, resuming
+or cancelling. `resume` hands a taken paused document back as `postponed` until now: claimable at
+once, under a new `claims` (the take counted one), so the next run key is new. A paused document
+is never claimed (its `retry_at` never comes), and a cancelled one is finished like a failed one.
 
 `retry_at` is the one field that says when an unprocessed document may be claimed again: the
 lease expiry while it is processing (pushed on by `extend_lease`/`renew` while the work goes on),
@@ -17,7 +28,7 @@ indexed query, and a worker killed mid-way is recovered without a reaper. A docu
 `attempts` counts toward `max_attempts` (a postponement gives its attempt back); `claims` counts
 every claim and never goes down, so it names each claim once (the sensors' run keys use it). A
 document claimed before `claims` existed counts from LEGACY_CLAIMS_START, above any attempts count.
-Only the lease owner can complete, fail, release, postpone or renew; one that finds its lease gone
+Only the lease owner can complete, fail, release, postpone, pause, cancel or renew; one that finds its lease gone
 raises (or is told by a False) and stops: `LeaseLost`. Stored errors pass through
 `panel_pipeline.shared.privacy` (redacted, clipped). The statuses are `shared.contract`'s; times
 come from the queue's `Clock`.
@@ -36,13 +47,15 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.collection import Collection
 
 from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
-from panel_pipeline.shared.contract import DONE, FAILED, POSTPONED, PROCESSING, RETRY
+from panel_pipeline.shared.contract import CANCELLED, DONE, FAILED, PAUSED, POSTPONED, PROCESSING, RETRY
 from panel_pipeline.shared.privacy import clip, describe_error, redact
 
 Document = dict[str, Any]
 
 SKIPPED = "skipped"  # an Outcome only: the document was not claimable by this run (never stored)
 LEGACY_CLAIMS_START = 1000  # above any attempts count a run key was built from before `claims`
+# A paused document's `retry_at`: a time that never comes, so no claim, due query or give-up touches it.
+PAUSED_UNTIL = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -145,30 +158,55 @@ class WorkQueue:
                     {"attempts": {"$lt": self.policy.max_attempts}},
                 ],
             },
-            [
-                {
-                    "$set": {
-                        "status": PROCESSING,
-                        "lease_owner": {"$literal": owner},
-                        "run_id": {"$literal": owner},
-                        "claimed_at": now,
-                        "retry_at": now + dt.timedelta(seconds=self.policy.lease_seconds),
-                        "attempts": {"$add": [{"$ifNull": ["$attempts", 0]}, 1]},
-                        "claims": {"$add": [{"$ifNull": ["$claims", _LEGACY_CLAIMS]}, 1]},
-                    }
-                }
-            ],
+            self._claim_update(owner, now),
             return_document=ReturnDocument.AFTER,
         )
         if claimed is None:
             self._give_up_if_exhausted(doc_id, owner, now)
         return claimed
 
+    def take(self, doc_id: ObjectId, owner: str) -> Document | None:
+        """For a control (pause, resume, cancel), not for work: claim the document if no live lease
+        holds it, whatever its retry time, and return it as it was before (None when it is finished
+        or a live lease holds it). The taker then holds it like any claim."""
+        now = self.clock.now()
+        return self.collection.find_one_and_update(
+            {"_id": doc_id, "processed": False, **unheld(now)},
+            self._claim_update(owner, now),
+            return_document=ReturnDocument.BEFORE,
+        )
+
+    def _claim_update(self, owner: str, now: dt.datetime) -> list[Document]:
+        return [
+            {
+                "$set": {
+                    "status": PROCESSING,
+                    "lease_owner": {"$literal": owner},
+                    "run_id": {"$literal": owner},
+                    "claimed_at": now,
+                    "retry_at": now + dt.timedelta(seconds=self.policy.lease_seconds),
+                    "attempts": {"$add": [{"$ifNull": ["$attempts", 0]}, 1]},
+                    "claims": {"$add": [{"$ifNull": ["$claims", _LEGACY_CLAIMS]}, 1]},
+                }
+            }
+        ]
+
     def extend_lease(self, doc_id: ObjectId, owner: str) -> bool:
         """Push the lease expiry a full lease from now; False when `owner` no longer holds it."""
         expiry = self.clock.now() + dt.timedelta(seconds=self.policy.lease_seconds)
         result = self.collection.update_one(self._leased(doc_id, owner), {"$set": {"retry_at": expiry}})
         return result.matched_count == 1
+
+    def extend_lease_reading(self, doc_id: ObjectId, owner: str, fields: Sequence[str]) -> Document | None:
+        """`extend_lease` and a read of the document's `fields` in one round trip (e.g. whether an
+        operator asked to stop); None when `owner` no longer holds it."""
+        expiry = self.clock.now() + dt.timedelta(seconds=self.policy.lease_seconds)
+        return self.collection.find_one_and_update(
+            self._leased(doc_id, owner),
+            {"$set": {"retry_at": expiry}},
+            projection=dict.fromkeys(["_id", *fields], 1),
+            return_document=ReturnDocument.AFTER,
+        )
 
     def renew(self, doc_id: ObjectId, owner: str) -> None:
         """`extend_lease`, raising LeaseLost when the lease is gone (call it as the work progresses)."""
@@ -219,13 +257,27 @@ class WorkQueue:
     def postpone(self, doc_id: ObjectId, owner: str, until: dt.datetime, reason: str) -> bool:
         """Hand the document back to be claimed again at `until`, without using up an attempt
         (work that must wait, such as a mailing paused by the daily sending quota)."""
+        return self._hand_back(doc_id, owner, {"status": POSTPONED, "last_error": _stored(reason), "retry_at": until})
+
+    def pause(self, doc_id: ObjectId, owner: str, reason: str) -> bool:
+        """Hand the document back `paused`: claimable by nobody until `resume`, the attempt given
+        back; `paused_reason` says who paused it and why."""
+        fields = {"status": PAUSED, "paused_reason": _stored(reason), "paused_at": self.clock.now()}
+        return self._hand_back(doc_id, owner, {**fields, "retry_at": PAUSED_UNTIL})
+
+    def resume(self, doc_id: ObjectId, owner: str) -> bool:
+        """Hand a paused document (held by a `take`) back claimable now: `postponed` until now."""
+        fields = {"status": POSTPONED, "retry_at": self.clock.now()}
+        return self._hand_back(doc_id, owner, fields, unset=("paused_reason", "paused_at"))
+
+    def cancel(self, doc_id: ObjectId, owner: str, result: Mapping[str, Any] | None = None) -> bool:
+        """Finish the document `cancelled` with the result fields: nothing more is done for it."""
+        return self._finish(doc_id, owner, CANCELLED, dict(result or {}))
+
+    def _hand_back(self, doc_id: ObjectId, owner: str, fields: Document, unset: Sequence[str] = ()) -> bool:
         result = self.collection.update_one(
             self._leased(doc_id, owner),
-            {
-                "$set": {"status": POSTPONED, "last_error": _stored(reason), "retry_at": until},
-                "$unset": {"lease_owner": ""},
-                "$inc": {"attempts": -1},
-            },
+            {"$set": fields, "$unset": dict.fromkeys(["lease_owner", *unset], ""), "$inc": {"attempts": -1}},
         )
         return result.modified_count == 1
 
@@ -267,6 +319,11 @@ class WorkQueue:
     @staticmethod
     def _leased(doc_id: ObjectId, owner: str) -> Document:
         return {"_id": doc_id, "lease_owner": owner, "processed": False}
+
+
+def unheld(now: dt.datetime) -> Document:
+    """No live lease holds the document: none was taken, or it expired."""
+    return {"$or": [{"lease_owner": {"$exists": False}}, {"retry_at": {"$lte": now}}]}
 
 
 def _gave_up(attempts: int, last_error: str) -> str:

@@ -37,14 +37,17 @@ PIPELINE_COLLECTIONS: tuple[str, ...] = (
 )
 
 # The queue: the backend inserts `processed: false`; the pipeline moves `status` and finishes with
-# `processed: true` and DONE or FAILED (queue/store.py has the state table).
+# `processed: true` and DONE, FAILED or CANCELLED (queue/store.py has the state table). PAUSED
+# waits, claimable by nobody, until it is resumed.
 QUEUED_COLLECTIONS: tuple[str, ...] = (SAMPLES, MAILINGS, TRANSACTIONS)
 PROCESSING = "processing"
 RETRY = "retry"
 POSTPONED = "postponed"
+PAUSED = "paused"
 DONE = "done"
 FAILED = "failed"
-QUEUE_STATUSES: tuple[str, ...] = (PROCESSING, RETRY, POSTPONED, DONE, FAILED)
+CANCELLED = "cancelled"
+QUEUE_STATUSES: tuple[str, ...] = (PROCESSING, RETRY, POSTPONED, PAUSED, DONE, FAILED, CANCELLED)
 
 # `users.status`: only ACTIVE members are sampled or mailed in bulk.
 ACTIVE = "active"

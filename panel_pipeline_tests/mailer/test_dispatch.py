@@ -29,6 +29,7 @@ from panel_pipeline.local.ses_proxy import (
 from panel_pipeline.local.ses_server import LocalSesServer
 from panel_pipeline.mailer.dispatch import (
     DispatchPolicy,
+    Hold,
     MailingRecipient,
     SendingStopped,
     plan_recipients,
@@ -330,7 +331,7 @@ def test_a_long_mailing_keeps_its_queue_lease(
             owner="run-1",
             policy=FAST,
             unsubscribe_link=LINK,
-            keep_alive=lambda: queue.extend_lease(doc_id, "run-1"),
+            keep_alive=lambda: Hold(queue.extend_lease(doc_id, "run-1")),
         )
     finally:
         sending.clear()
@@ -360,13 +361,13 @@ def test_a_stolen_lease_stops_the_sender_within_one_batch(
     gateway = make_gateway(max_send_rate=50)
     mailing, name = _setup(ledger, gateway, templates["new_survey"], _invitees(200))
 
-    def keep_alive() -> bool:
+    def keep_alive() -> Hold:
         if (
             later.claim(doc_id, "run-2") is None
             and mongo_db.mailings.find_one({"_id": doc_id})["lease_owner"] != "run-2"
         ):
             raise AssertionError("the rival run should have claimed the mailing")
-        return queue.extend_lease(doc_id, "run-1")
+        return Hold(queue.extend_lease(doc_id, "run-1"))
 
     policy = dataclasses.replace(FAST, senders=senders)
     with pytest.raises(SendingStopped, match="no longer holds the mailing.*stopped sending after [12] batches"):
@@ -380,6 +381,36 @@ def test_a_stolen_lease_stops_the_sender_within_one_batch(
     assert rows[SENT] == 50 * calls and rows[PENDING] == 200 - 50 * calls and rows[CLAIMED] == 0
     assert set(_deliveries(ses_server).values()) == {1} and len(_deliveries(ses_server)) == 50 * calls
     assert ledger.counts(mailing)[PENDING] == 150
+
+
+@pytest.mark.parametrize("senders", [1, 2])
+def test_a_control_that_stops_the_mailing_stops_each_sender_within_one_batch(
+    senders: int,
+    ledger: MailLedger,
+    make_gateway: Callable[..., SesGateway],
+    ses_server: LocalSesServer,
+    ses_proxy: SesFaultProxy,
+    templates: dict[str, EmailTemplate],
+) -> None:
+    gateway = make_gateway(max_send_rate=50)
+    mailing, name = _setup(ledger, gateway, templates["new_survey"], _invitees(200))
+    policy = dataclasses.replace(FAST, senders=senders)
+    report = send_mailing(
+        ledger,
+        gateway,
+        mailing,
+        name,
+        owner="run-1",
+        policy=policy,
+        unsubscribe_link=LINK,
+        keep_alive=lambda: Hold(held=True, stop_for="pause"),  # asked for before the first renewal
+    )
+    assert report.stopped_for == "pause" and report.paused_until is None
+    calls = len(ses_proxy.calls())
+    assert calls == 1 if senders == 1 else calls in (1, 2)
+    rows = ledger.counts(mailing)
+    assert rows[SENT] == 50 * calls and rows[PENDING] == 200 - 50 * calls and rows[CLAIMED] == 0
+    assert len(_deliveries(ses_server)) == 50 * calls
 
 
 KILLS = 20

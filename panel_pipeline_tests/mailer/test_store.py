@@ -9,12 +9,14 @@ from bson import ObjectId
 
 from panel_pipeline.mailer.ses import EntryResult, SendStatus
 from panel_pipeline.mailer.store import (
+    CANCELLED,
     CLAIMED,
     FAILED,
     PENDING,
     SENT,
     SUPPRESSED,
     UNKNOWN,
+    MailingControls,
     MailLedger,
     NewRecipient,
     SendEvent,
@@ -181,7 +183,8 @@ def test_results_are_recorded_per_entry_and_retries_wait(ledger: MailLedger) -> 
     assert ledger.claim_batch(mailing, "w1", 10, 30).keys == [keys[2]]
 
     assert ledger.record_results(batch, [EntryResult(keys[0], SendStatus.FAILED, error="late")]) == {FAILED: 0}
-    assert ledger.counts(mailing) == {PENDING: 0, CLAIMED: 1, UNKNOWN: 1, SENT: 1, FAILED: 1, SUPPRESSED: 0}
+    counts = {PENDING: 0, CLAIMED: 1, UNKNOWN: 1, SENT: 1, FAILED: 1, SUPPRESSED: 0, CANCELLED: 0}
+    assert ledger.counts(mailing) == counts
 
 
 def test_ses_events_are_parsed_from_tags() -> None:
@@ -264,3 +267,37 @@ def test_recipients_are_added_from_an_iterable_in_chunks_and_sent_ids_streamed_b
     sent = ledger.sent_user_ids(mailing)
     assert not isinstance(sent, list | set | tuple), "streamed, not collected"
     assert len(set(sent)) == 2500
+
+
+def test_cancel_unsent_cancels_what_was_never_attempted_and_leaves_what_ses_may_have(ledger: MailLedger) -> None:
+    mailing = ObjectId()
+    ledger.add_recipients(mailing, _people(5))
+    in_flight = ledger.start_attempt(ledger.claim_batch(mailing, "w1", 2, 60))  # SES call under way
+    ledger.claim_batch(mailing, "w2", 1, 60)  # claimed, never attempted
+    assert ledger.cancel_unsent(mailing, "not sent: the mailing was cancelled") == 3
+    assert ledger.counts(mailing)[CANCELLED] == 3 and ledger.counts(mailing)[CLAIMED] == 2
+    cancelled = ledger.collection.find_one({"mailing_id": mailing, "status": CANCELLED})
+    assert cancelled["error"] == "not sent: the mailing was cancelled" and "data" not in cancelled
+    assert ledger.claim_batch(mailing, "w3", 10, 60) is None
+    assert len(ledger.start_attempt(in_flight).rows) == 0  # already attempted: no second attempt
+
+
+def test_a_control_is_settled_only_while_it_still_holds_the_value_applied(mongo_db) -> None:
+    controls = MailingControls(mongo_db.mailings)
+    controls.ensure_indexes()
+    mailing = mongo_db.mailings.insert_one({"processed": False}).inserted_id
+    assert controls.request(mailing, "pause", "Sam", "wrong link")
+    assert not controls.request(ObjectId(), "pause", "Sam", "")
+    mongo_db.mailings.update_one({"_id": mailing}, {"$set": {"control": "cancel"}})  # the backend changed its mind
+    assert not controls.settle(mailing, "pause", "paused", "run-1")
+    assert [doc["control"] for doc in controls.pending({}, 10)] == ["cancel"]
+    assert controls.settle(mailing, "cancel", "cancelled: 0 sent, 0 not mailed, 0 unknown", "run-2")
+    doc = mongo_db.mailings.find_one({"_id": mailing})
+    assert doc["controls_applied"] == 1 and not {"control", "control_by", "control_reason"} & set(doc)
+    assert {k: doc["last_control"][k] for k in ("action", "by", "reason", "run_id")} == {
+        "action": "cancel",
+        "by": "Sam",
+        "reason": "wrong link",
+        "run_id": "run-2",
+    }
+    assert controls.pending({}, 10) == []

@@ -4,6 +4,7 @@ import pytest
 from bson import ObjectId
 
 from panel_pipeline.queue.store import (
+    PAUSED_UNTIL,
     LeaseLost,
     Postpone,
     QueuePolicy,
@@ -210,3 +211,60 @@ def test_work_that_must_wait_is_postponed_without_using_an_attempt(queue, clock)
     assert outcome.status == "postponed" and outcome.error == "response_id: not listed yet"
     assert stored["status"] == "postponed" and stored["attempts"] == 0 and stored["retry_at"] == until
     assert stored["processed"] is False and "lease_owner" not in stored
+
+
+def test_a_paused_document_is_claimed_by_nobody_until_resumed_and_then_gets_a_new_run_key(queue, clock):
+    (doc_id,) = insert(queue)
+    assert queue.take(doc_id, "control-1")["processed"] is False  # as it was: queued, never claimed
+    assert queue.pause(doc_id, "control-1", "paused by Sam: wrong link sent to sam@example.org")
+    paused = queue.collection.find_one({"_id": doc_id})
+    assert (paused["status"], paused["attempts"], paused["claims"]) == ("paused", 0, 1)
+    assert paused["paused_reason"] == "paused by Sam: wrong link sent to <email>"
+    assert "lease_owner" not in paused and paused["retry_at"].year == PAUSED_UNTIL.year
+    clock.advance(365 * 24 * 3600)
+    assert queue.claim(doc_id, "run-1") is None and queue.due_documents(10) == []
+    assert queue.new_documents(None, 10) == [] and queue.collection.find_one({"_id": doc_id})["status"] == "paused"
+
+    assert queue.take(doc_id, "control-2")["status"] == "paused"
+    assert queue.resume(doc_id, "control-2")
+    resumed = queue.collection.find_one({"_id": doc_id})
+    assert (resumed["status"], resumed["attempts"], resumed["claims"]) == ("postponed", 0, 2)
+    assert "paused_reason" not in resumed and [d["_id"] for d in queue.due_documents(10)] == [doc_id]
+    assert queue.claim(doc_id, "run-1")["claims"] == 3
+
+
+def test_take_is_refused_while_a_live_lease_holds_the_document_and_works_once_it_expired(queue, clock):
+    (doc_id,) = insert(queue)
+    queue.claim(doc_id, "run-1")
+    assert queue.take(doc_id, "control-1") is None
+    assert not queue.pause(doc_id, "control-1", "not its lease")
+    clock.advance(61)  # run-1 died
+    assert queue.take(doc_id, "control-1")["lease_owner"] == "run-1"
+    assert not queue.extend_lease(doc_id, "run-1")
+
+
+def test_take_ignores_a_postponement_and_cancel_finishes_the_document(queue, clock):
+    (doc_id,) = insert(queue)
+    queue.claim(doc_id, "run-1")
+    queue.postpone(doc_id, "run-1", clock.now() + dt.timedelta(hours=1), "daily quota reached")
+    assert queue.take(doc_id, "control-1")["status"] == "postponed"
+    assert queue.cancel(doc_id, "control-1", {"counts": {"sent": 3}})
+    done = queue.collection.find_one({"_id": doc_id})
+    assert (done["processed"], done["status"], done["counts"], done["run_id"]) == (
+        True,
+        "cancelled",
+        {"sent": 3},
+        "control-1",
+    )
+    assert "retry_at" not in done and queue.take(doc_id, "control-2") is None
+
+
+def test_extend_lease_reading_renews_and_reads_in_one_call(queue, clock):
+    (doc_id,) = insert(queue)
+    queue.claim(doc_id, "run-1")
+    queue.collection.update_one({"_id": doc_id}, {"$set": {"control": "pause"}})
+    clock.advance(50)
+    assert queue.extend_lease_reading(doc_id, "run-1", ["control"]) == {"_id": doc_id, "control": "pause"}
+    clock.advance(50)
+    assert queue.claim(doc_id, "run-2") is None  # renewed 50 s ago on a 60 s lease
+    assert queue.extend_lease_reading(doc_id, "run-2", ["control"]) is None
