@@ -41,12 +41,14 @@ REQUEST = "request"
 @dataclass(frozen=True)
 class FieldworkUpdate:
     """What one look at a sample's fieldwork writes: the state, its completers' completion times,
-    and their weights (only when fieldwork closed now with converged weights)."""
+    and their weights (only when fieldwork closed now with converged weights); and each member's
+    category per target (fieldwork.member_categories), which the fieldwork chart counts by."""
 
     state: dict[str, Any]
     accounting: fieldwork.CellAccounting
     completed_at: dict[str, dt.datetime]
     weights: dict[str, float] | None
+    categories: pd.DataFrame
 
 
 def sample_targets(request: SampleRequest, result: Mapping[str, Any]) -> tuple[Target, ...]:
@@ -128,7 +130,7 @@ def update_fieldwork(
             state["weights"] = before["weights"]
         else:
             state["weights"], weights = closing_weights(request, targets, categories.loc[completers])
-    return FieldworkUpdate(state, accounting, completed_at, weights)
+    return FieldworkUpdate(state, accounting, completed_at, weights, categories)
 
 
 def over_tolerance(accounting: fieldwork.CellAccounting, tolerance_pp: float) -> list[dict[str, Any]]:
