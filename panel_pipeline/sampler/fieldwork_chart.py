@@ -176,7 +176,7 @@ def completion_curve_svg(curve: CompletionCurve) -> str:
         f'<text x="{left - 4}" y="{top + 4}" text-anchor="end">100%</text>',
         f'<text x="{left - 4}" y="{top + height}" text-anchor="end">0</text>',
         f'<text x="{left + width}" y="{top + height + 14}" text-anchor="end">{int(hours[-1])} h</text>',
-        f'<text x="{left + width / 2}" y="{top + height + 14}" text-anchor="middle">hours since invitation '
+        f'<text x="{left + width / 2}" y="{top + height + 27}" text-anchor="middle">hours since invitation '
         f"(from {curve.fully_observed_invitations} fully observed invitations)</text>",
     ]
     return _svg(CURVE_WIDTH, CURVE_HEIGHT, parts)

@@ -50,3 +50,9 @@ def test_the_table_holds_only_the_allowed_columns_in_user_id_order():
 def test_a_missing_column_is_named():
     with pytest.raises(KeyError, match="social_grade"):
         completes_table(members(), ["social_grade"])
+
+
+def test_no_completers_give_the_header_alone():
+    empty = members().iloc[0:0]
+    table = completes_table(empty, ["gender"])
+    assert table.to_csv(index=False).strip() == "user_id,gender,wave,invited_at,completed_at,weight"
