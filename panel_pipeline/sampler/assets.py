@@ -52,6 +52,7 @@ from panel_pipeline.shared.contract import DONE, FAILED, SAMPLES
 from panel_pipeline.shared.metadata import OWNERS, row_count, table
 from panel_pipeline.shared.mongo import as_utc
 from panel_pipeline.shared.partitions import sample_request_partitions
+from panel_pipeline.shared.privacy import redact
 from panel_pipeline.shared.resources import MongoResource
 
 TOLERANCE_CHECK = "composition_within_tolerance"
@@ -223,9 +224,10 @@ def shortfall(result: SelectionResult) -> dict[str, Any]:
 
 
 def sample_labels(document: Mapping[str, Any]) -> dict[str, str]:
-    """What names a sample in the UI, on every materialization of it: its name and its survey."""
+    """What names a sample in the UI, on every materialization of it: its name (redacted, as any text
+    the pipeline shows) and its survey."""
     return {
-        "sample_name": str(document.get("name") or "unnamed"),
+        "sample_name": redact(str(document.get("name") or "unnamed")),
         "survey_id": str(document.get("survey_id") or "none"),
     }
 

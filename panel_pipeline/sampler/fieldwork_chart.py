@@ -18,7 +18,7 @@ import pandas as pd
 
 from panel_pipeline.sampler.response_rates import CellRate, CompletionCurve
 
-GRID_POINTS = 48  # times each cell's cumulative completes are sampled at
+GRID_POINTS = 32  # times each cell's cumulative completes are sampled at (the chart is stored with every pass)
 PANELS_PER_ROW = 4
 PANEL_WIDTH = 170
 PANEL_HEIGHT = 70
@@ -111,15 +111,14 @@ def _panel(cell: CellSeries, counts: np.ndarray, x: float, y: float) -> str:
         return bottom - (bottom - top) * count / highest
 
     xs = np.linspace(left, right, len(counts))
-    line = " ".join(f"{px:.1f},{y_of(c):.1f}" for px, c in zip(xs, counts, strict=True))
+    line = " ".join(f"{px:.0f},{y_of(c):.0f}" for px, c in zip(xs, counts, strict=True))
     colour = FULL_LINE if done >= cell.target_completes else OPEN_LINE
     target_y = y_of(cell.target_completes)
     return (
         f'<text x="{left}" y="{y + 11}">{escape(cell.category)}</text>'
         f'<text x="{right}" y="{y + 11}" text-anchor="end" fill="{colour}">{done}/{cell.target_completes}</text>'
-        f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" stroke="#e2e8f0"/>'
-        f'<line x1="{left}" y1="{target_y:.1f}" x2="{right}" y2="{target_y:.1f}" stroke="{TARGET_LINE}" '
-        'stroke-dasharray="4 3"/>'
+        f'<path d="M{left} {bottom}H{right}" stroke="#e2e8f0"/>'
+        f'<path d="M{left} {target_y:.0f}H{right}" stroke="{TARGET_LINE}" stroke-dasharray="4 3"/>'
         f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="1.5"/>'
     )
 
