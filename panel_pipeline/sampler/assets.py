@@ -19,7 +19,8 @@ name with their partition keys, because the partition list shows only ObjectIds.
 """
 
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+import hashlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -515,30 +516,42 @@ def sample_completes(
     owners=OWNERS,
     kinds={"python", "mongodb"},
     tags={"panel/part": "sampler"},
+    output_required=False,
 )
-def sample_directory(mongo: MongoResource) -> dg.MaterializeResult:
+def sample_directory(context: dg.AssetExecutionContext, mongo: MongoResource) -> Iterator[dg.MaterializeResult]:
     """The newest DIRECTORY_SAMPLES samples by name, each with its partition key (the `samples`
-    document's `_id`), survey, request status and fieldwork, so an analyst finds "Omnibus wave 12"
-    without knowing its ObjectId. Refreshed by every sample and fieldwork run (their jobs select it)."""
-    docs = store.recent_samples(mongo.db(), DIRECTORY_SAMPLES)
-    return dg.MaterializeResult(metadata={"samples": directory_table(docs), "listed": len(docs)})
+    document's `_id`), survey, request status and fieldwork status, so an analyst finds "Omnibus
+    wave 12" without knowing its ObjectId. Looked at by every sample and fieldwork run (their jobs
+    select it), materialised only when the list changed (a `fingerprint` of its rows), so the
+    event log does not keep a copy per fieldwork pass."""
+    rows = directory_rows(store.recent_samples(mongo.db(), DIRECTORY_SAMPLES))
+    fingerprint = hashlib.sha1(repr(rows).encode()).hexdigest()[:16]
+    last = context.instance.get_latest_materialization_event(context.asset_key)
+    listed = last.asset_materialization.metadata if last and last.asset_materialization else {}
+    if listed.get("fingerprint") == dg.MetadataValue.text(fingerprint):
+        context.log.info("the sample directory is unchanged")
+        return
+    yield dg.MaterializeResult(
+        metadata={
+            "samples": table(["name", "partition key", "survey", "status", "fieldwork", "created"], rows),
+            "listed": len(rows),
+            "fingerprint": dg.MetadataValue.text(fingerprint),
+        }
+    )
 
 
-def directory_table(docs: Sequence[Mapping[str, Any]]) -> dg.TableMetadataValue:
-    rows = []
+def directory_rows(docs: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
     for doc in docs:
-        labels, state = sample_labels(doc), doc.get("fieldwork_state") or {}
-        completes = f"{state['completes']}/{state['target_completes']}" if "target_completes" in state else ""
-        created = doc.get("created_at")
+        labels, created = sample_labels(doc), doc.get("created_at")
         rows.append(
             (
                 labels["sample_name"],
                 str(doc["_id"]),
                 labels["survey_id"],
                 str(doc.get("status") or "pending"),
-                str(state.get("status", "none")),
-                completes,
+                str((doc.get("fieldwork_state") or {}).get("status", "none")),
                 as_utc(created).isoformat() if isinstance(created, dt.datetime) else "",
             )
         )
-    return table(["name", "partition key", "survey", "status", "fieldwork", "completes", "created"], rows)
+    return rows

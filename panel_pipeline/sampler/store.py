@@ -345,8 +345,6 @@ DIRECTORY_FIELDS = (
     "status",
     "created_at",
     "fieldwork_state.status",
-    "fieldwork_state.completes",
-    "fieldwork_state.target_completes",
 )
 
 

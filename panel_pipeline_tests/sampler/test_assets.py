@@ -590,3 +590,7 @@ def test_the_completes_file_follows_fieldwork_and_gets_the_weights_at_closing(
     assert closed_file["completed_at"].str.endswith("Z").all()
     assert "@" not in Path(path).read_text() and [p.name for p in tmp_path.iterdir()] == [f"completes_{sample_id}.csv"]
     assert closed.asset_materializations_for_node("sample_completes")[0].metadata["fieldwork"].value == "closed"
+    (directory,) = closed.asset_materializations_for_node("sample_directory")  # fieldwork closed: a new list
+    assert [r.data["fieldwork"] for r in directory.metadata["samples"].records] == ["closed"]
+    unchanged = dg.materialize([sample_directory], instance=instance, resources={"mongo": mongo})
+    assert unchanged.success and not unchanged.asset_materializations_for_node("sample_directory")
