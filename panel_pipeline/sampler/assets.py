@@ -44,7 +44,7 @@ from panel_pipeline.sampler.fieldwork_state import (
     update_fieldwork,
 )
 from panel_pipeline.sampler.quotas import CategoryReport, SelectionResult, nobody_placed_reason, select
-from panel_pipeline.sampler.requests import SampleRequest, SampleRequestError, parse_sample_request
+from panel_pipeline.sampler.requests import SampleRequestError, parse_sample_request
 from panel_pipeline.sampler.resources import CompletesFiles
 from panel_pipeline.sampler.response_rates import RATE_DIMENSIONS, LearnedResponseRates, learn_response_rates
 from panel_pipeline.shared import invitations
@@ -400,7 +400,7 @@ def sample_fieldwork(context: dg.AssetExecutionContext, mongo: MongoResource) ->
     update = update_fieldwork(request, document, members, learned_rates(db), now)
     stamped = store.write_fieldwork(db, sample_id, update.state, update.completed_at, update.weights)
     context.log.info(f"{update.state['completes']} completes ({stamped} new); fieldwork {update.state['status']}")
-    return dg.MaterializeResult(metadata=fieldwork_metadata(request, update, document))
+    return dg.MaterializeResult(metadata=fieldwork_metadata(update, document))
 
 
 def learned_rates(db: Database) -> LearnedResponseRates | None:
@@ -411,7 +411,7 @@ def learned_rates(db: Database) -> LearnedResponseRates | None:
     return LearnedResponseRates.from_document(document)
 
 
-def fieldwork_metadata(request: SampleRequest, update: FieldworkUpdate, document: Mapping[str, Any]) -> dict[str, Any]:
+def fieldwork_metadata(update: FieldworkUpdate, document: Mapping[str, Any]) -> dict[str, Any]:
     state, cells = update.state, update.accounting.cells
     per_complete = state.get("invitations_per_complete")
     weights = state.get("weights") or {}
