@@ -339,13 +339,7 @@ def open_fieldwork_samples(db: Database) -> list[dict[str, Any]]:
     )
 
 
-DIRECTORY_FIELDS = (
-    "name",
-    "survey_id",
-    "status",
-    "created_at",
-    "fieldwork_state.status",
-)
+DIRECTORY_FIELDS = ("name", "survey_id", "status", "created_at", "fieldwork_state.status")
 
 
 def recent_samples(db: Database, limit: int) -> list[dict[str, Any]]:

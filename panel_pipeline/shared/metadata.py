@@ -2,9 +2,9 @@
 row count under Dagster's own key, and run tag values made from free text (`tag_value`).
 
 Conventions: each asset has a docstring, `owners=OWNERS`, `kinds` naming what it runs on
-({"python", "mongodb"} plus "aws" or "surveygizmo" where it talks to them), and, where it writes
-rows, `row_count(n)` among its metadata. Code references are added once, in
-panel_pipeline/definitions.py. A run tag whose value comes from a document (a sample's name) goes
+({"python", "mongodb"} plus "aws" or "surveygizmo" where it talks to them, "csv" where it writes
+a file), and, where it writes rows, `row_count(n)` among its metadata. Code references are added
+once, in panel_pipeline/definitions.py. A run tag whose value comes from a document (a sample's name) goes
 through `tag_value`: redacted (shared/privacy.py), then only letters, digits, `_`, `-` and `.`, at
 most TAG_VALUE_MAX_CHARS, as Dagster's strict tags allow, so the Runs page can filter on it.
 """
