@@ -18,7 +18,7 @@ import dagster as dg
 
 from panel_pipeline.extractor.resources import SurveyGizmoResource
 from panel_pipeline.mailer.resources import SesResource, SqsResource
-from panel_pipeline.sampler.resources import FieldworkTiming
+from panel_pipeline.sampler.resources import CompletesFiles, FieldworkTiming
 from panel_pipeline.shared.resources import ContactBudget, MongoResource, StandingWorkers
 
 ENVIRONMENTS = ("local", "production")
@@ -85,6 +85,7 @@ def local_resources() -> dict[str, Any]:
         "workers": standing_workers(),
         "fieldwork_timing": local_fieldwork_timing(),
         "contact_budget": ContactBudget(),
+        "completes_files": CompletesFiles(directory=dg.EnvVar("PANEL_COMPLETES_DIR")),
     }
 
 
@@ -113,6 +114,7 @@ def production_resources() -> dict[str, Any]:
         "workers": standing_workers(),
         "fieldwork_timing": FieldworkTiming(),
         "contact_budget": ContactBudget(),
+        "completes_files": CompletesFiles(directory=dg.EnvVar("PANEL_COMPLETES_DIR")),
     }
 
 

@@ -120,7 +120,10 @@ def dagster_dev(
 ) -> Iterator[DagsterDev]:
     """The whole pipeline under a real daemon, as `make run` starts it, on the session's local stack
     (Mongo database `panel`), SES events flowing back through SNS and SQS."""
-    environment = pipeline_environment(mongo_uri, daemon_ses.url, local_surveygizmo.base_url, local_sns_sqs.url)
+    completes = tmp_path_factory.mktemp("completes")
+    environment = pipeline_environment(
+        mongo_uri, daemon_ses.url, local_surveygizmo.base_url, local_sns_sqs.url, completes
+    )
     server = DagsterDev(Path(tmp_path_factory.mktemp("dagster_home")), environment)
     server.start()
     yield server

@@ -87,7 +87,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             publisher = SnsEventPublisher(aws_client("sns", sns_sqs.url), path.topic_arn)
             proxy = SesFaultProxy(ses.url, publish=publisher)
             proxy.start()
-            environment = pipeline_environment(mongod.uri, proxy.url, surveygizmo.base_url, sns_sqs.url) | TIMINGS
+            completes = tmp_path_factory.mktemp("bad_day_completes")
+            environment = (
+                pipeline_environment(mongod.uri, proxy.url, surveygizmo.base_url, sns_sqs.url, completes) | TIMINGS
+            )
             dagster = DagsterDev(tmp_path_factory.mktemp("bad_day_dagster_home"), environment)
             client: MongoClient = MongoClient(mongod.uri, tz_aware=True)
             try:

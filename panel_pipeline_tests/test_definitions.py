@@ -18,7 +18,7 @@ from panel_pipeline.mailer import jobs as mailer_jobs
 from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.resources import ENVIRONMENTS, resources_for
 from panel_pipeline.sampler import jobs as sampler_jobs
-from panel_pipeline.sampler.resources import FieldworkTiming
+from panel_pipeline.sampler.resources import CompletesFiles, FieldworkTiming
 from panel_pipeline.shared.metadata import OWNERS
 from panel_pipeline.shared.resources import ContactBudget, MongoResource, StandingWorkers
 from panel_pipeline.updater import jobs as updater_jobs
@@ -35,6 +35,8 @@ ASSETS = {
     "samples",
     "response_rates",
     "sample_fieldwork",
+    "sample_completes",
+    "sample_directory",
     "dynamic_sample_updates",
     "mailings",
     "transactional_mail",
@@ -67,6 +69,7 @@ RESOURCE_TYPES = {
     "workers": StandingWorkers,
     "fieldwork_timing": FieldworkTiming,
     "contact_budget": ContactBudget,
+    "completes_files": CompletesFiles,
 }
 SECRETS = {("surveygizmo", "api_token"), ("surveygizmo", "api_token_secret"), ("ses", "unsubscribe_secret")}
 AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")

@@ -207,9 +207,16 @@ def local_environment() -> dict[str, str]:
     )
 
 
-def pipeline_environment(mongo_uri: str, ses_url: str, surveygizmo_url: str, sns_sqs_url: str) -> dict[str, str]:
+def pipeline_environment(
+    mongo_uri: str,
+    ses_url: str,
+    surveygizmo_url: str,
+    sns_sqs_url: str,
+    completes_dir: Path = STATE_DIR / "completes",
+) -> dict[str, str]:
     """The variables PANEL_ENV=local resources read, for a stack at these addresses (the tests and
-    benchmarks start stacks of their own on free ports), with the local credentials."""
+    benchmarks start stacks of their own on free ports), with the local credentials; the samples'
+    completes files go to `completes_dir` (a test's stack gives one of its own)."""
     return {
         "PANEL_ENV": "local",
         "MONGO_URI": mongo_uri,
@@ -222,6 +229,7 @@ def pipeline_environment(mongo_uri: str, ses_url: str, surveygizmo_url: str, sns
         "SES_EVENTS_TOPIC_ARN": local_topic_arn(),
         # Fieldwork time runs at the respondent simulator's pace, so reminders and closing keep up with it.
         "PANEL_FIELDWORK_TIME_SCALE": RESPONDENTS_TIME_SCALE,
+        "PANEL_COMPLETES_DIR": str(completes_dir),
         **LOCAL_CREDENTIALS,
     }
 

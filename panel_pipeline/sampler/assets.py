@@ -1,5 +1,6 @@
 """The Sampler's assets: one partition per sample request, drawn from the users table; the
-response rates learned from the panel's past invitations; and each sample's fieldwork.
+response rates learned from the panel's past invitations; each sample's fieldwork and its
+completes file; and the directory of samples by name.
 
 Inside the claim, in this order: draw and write the members (the lease renewed first), save the
 write-back fields on the request (under the lease), stamp the members and create the invitation,
@@ -11,6 +12,11 @@ done with its `shortfall`.
 A request with fieldwork is drawn with `fieldwork_state: {status: open}` (the open-fieldwork sensor
 reads that, through a partial index); `sample_fieldwork` rewrites the state from the members'
 completions (the pure work is sampler/fieldwork_state.py) until it closes, and then never reopens.
+`sample_completes` follows it in the same run (the fieldwork job selects both) and rewrites the
+sample's completes file from what it stamped. Every materialization of a sample names it
+(`sample_labels`: `sample_name`, `survey_id`), and `sample_directory` lists the newest samples by
+name with their partition keys, because the partition list shows only ObjectIds.
+
 A sample fielded in waves is drawn as its first wave, and while open each pass may add a top-up wave
 (sampler/waves.py), in this order: the state computed, the wave's members upserted, the sample's
 waiting members invited, the state written. Members added and not mailed yet count as invited, so a
@@ -18,7 +24,8 @@ pass that crashed anywhere in between is finished by the next one without a seco
 """
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+import hashlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -29,10 +36,23 @@ from pymongo.database import Database
 
 from panel_pipeline.queue.store import SKIPPED, RequestRejected, WorkQueue, process_document
 from panel_pipeline.sampler import reminders, store, waves
+from panel_pipeline.sampler.completes import PREVIEW_ROWS, completes_table, target_fields
 from panel_pipeline.sampler.composition_chart import composition_svg, markdown_image
-from panel_pipeline.sampler.fieldwork_state import FIELDWORK_OPEN, FieldworkUpdate, update_fieldwork
+from panel_pipeline.sampler.fieldwork_chart import (
+    cell_series,
+    completes_over_time_svg,
+    completion_curve_svg,
+    rates_svg,
+)
+from panel_pipeline.sampler.fieldwork_state import (
+    FIELDWORK_OPEN,
+    FieldworkUpdate,
+    sample_targets,
+    update_fieldwork,
+)
 from panel_pipeline.sampler.quotas import CategoryReport, SelectionResult, nobody_placed_reason, select
 from panel_pipeline.sampler.requests import SampleRequest, SampleRequestError, parse_sample_request
+from panel_pipeline.sampler.resources import CompletesFiles
 from panel_pipeline.sampler.response_rates import RATE_DIMENSIONS, LearnedResponseRates, learn_response_rates
 from panel_pipeline.shared import invitations
 from panel_pipeline.shared.clock import utc_now
@@ -40,11 +60,13 @@ from panel_pipeline.shared.contract import DONE, FAILED, SAMPLES
 from panel_pipeline.shared.metadata import OWNERS, row_count, table
 from panel_pipeline.shared.mongo import as_utc
 from panel_pipeline.shared.partitions import sample_request_partitions
+from panel_pipeline.shared.privacy import redact
 from panel_pipeline.shared.resources import ContactBudget, MongoResource
 
 TOLERANCE_CHECK = "composition_within_tolerance"
 DRAW_FIELDS = ("result", "members", "shortfall", "seed_used", "drawn_at", "drawn_by_run", "open", "fieldwork_state")
 RATE_WINDOW_DAYS = 180  # the invitations the response rates are learned from
+DIRECTORY_SAMPLES = 200  # the newest samples sample_directory lists (older ones: the Runs page's name tag)
 
 
 class RedrawConfig(dg.Config):
@@ -103,11 +125,11 @@ def samples(
             raise dg.Failure(description=f"sample request rejected: {outcome.error}")
         if outcome.status == SKIPPED:
             context.log.info("the request is claimed by another run; nothing to do")
-            return dg.MaterializeResult(metadata={"skipped": True})
+            return dg.MaterializeResult(metadata={"skipped": True, **sample_labels(document)})
         report, write_back = drawn["report"], drawn["write_back"]
     # Invitations other runs left pending (a crash, a sample fixed since): each fails alone.
     invitations.create_missing_mailings(db, utc_now(), log=context.log)
-    return materialization(report, int(write_back["members"]))
+    return materialization(report, int(write_back["members"]), document)
 
 
 def draw_once(
@@ -233,7 +255,16 @@ def shortfall(result: SelectionResult) -> dict[str, Any]:
     }
 
 
-def materialization(report: Mapping[str, Any], member_count: int) -> dg.MaterializeResult:
+def sample_labels(document: Mapping[str, Any]) -> dict[str, str]:
+    """What names a sample in the UI, on every materialization of it: its name (redacted, as any text
+    the pipeline shows) and its survey."""
+    return {
+        "sample_name": redact(str(document.get("name") or "unnamed")),
+        "survey_id": str(document.get("survey_id") or "none"),
+    }
+
+
+def materialization(report: Mapping[str, Any], member_count: int, document: Mapping[str, Any]) -> dg.MaterializeResult:
     """From the result as written on the request (`SelectionResult.to_document()`), so a run that
     finishes an earlier claim's draw shows the same; `member_count` is the sample's `sample_members`."""
     categories = [CategoryReport(**entry) for entry in report["composition"]]
@@ -242,6 +273,7 @@ def materialization(report: Mapping[str, Any], member_count: int) -> dg.Material
     composition = markdown_image(composition_svg(categories, tolerance))
     return dg.MaterializeResult(
         metadata={
+            **sample_labels(document),
             "status": report["status"],
             "completes_planned": int(report["completes_planned"]),
             "invitations": int(report["invited"]),
@@ -346,6 +378,15 @@ def rates_metadata(learned: LearnedResponseRates) -> dict[str, Any]:
         "invitations": learned.invitations,
         "completes": learned.completes,
         "window_days": RATE_WINDOW_DAYS,
+        "rates_chart": dg.MetadataValue.md(
+            markdown_image(
+                rates_svg(learned.cells, learned.overall_rate),
+                alt="response rate per cell: shrunk (bar), raw (red), overall (dashed)",
+            )
+        ),
+        "completion_curve_chart": dg.MetadataValue.md(
+            markdown_image(completion_curve_svg(learned.curve), alt="share of completes by hours since invitation")
+        ),
         **tables,
         "completion_curve": table(
             ["hours since invitation", "share of completes in %"],
@@ -409,7 +450,7 @@ def sample_fieldwork(
         db, sample_id, request, members, update, now, contact_budget.contacts_per_week, context.log
     )
     return dg.MaterializeResult(
-        metadata=fieldwork_metadata(request, update)
+        metadata=fieldwork_metadata(update, document)
         | waves_metadata(update, top_up_note)
         | reminder_metadata(reminder_round)
     )
@@ -494,13 +535,13 @@ def learned_rates(db: Database) -> LearnedResponseRates | None:
     return LearnedResponseRates.from_document(document)
 
 
-def fieldwork_metadata(request: SampleRequest, update: FieldworkUpdate) -> dict[str, Any]:
+def fieldwork_metadata(update: FieldworkUpdate, document: Mapping[str, Any]) -> dict[str, Any]:
     state, cells = update.state, update.accounting.cells
     per_complete = state.get("invitations_per_complete")
     weights = state.get("weights") or {}
     return {
-        "sample_name": request.name,
-        "survey_id": request.survey_id,
+        **sample_labels(document),
+        "completes_over_time": dg.MetadataValue.md(fieldwork_chart(update, document)),
         "status": state["status"],
         "completes": state["completes"],
         "target_completes": state["target_completes"],
@@ -528,3 +569,114 @@ def fieldwork_metadata(request: SampleRequest, update: FieldworkUpdate) -> dict[
         "weights": dg.MetadataValue.text(weights.get("message", "computed when fieldwork closes")),
         **row_count(state["completes"]),
     }
+
+
+def fieldwork_chart(update: FieldworkUpdate, document: Mapping[str, Any]) -> str:
+    """Completes per cell against target, from the draw to now (or the closing)."""
+    state = update.state
+    end = state.get("closed_at") or state["updated_at"]
+    drawn_at = document.get("drawn_at")
+    start = as_utc(drawn_at) if isinstance(drawn_at, dt.datetime) else end
+    series = cell_series(update.accounting.cells, update.cell_members, update.completed_at)
+    return markdown_image(
+        completes_over_time_svg(series, start, end), alt="completes per cell over time against target (dashed)"
+    )
+
+
+# --- what an analyst downloads and searches ----------------------------------------------------------
+
+
+@dg.asset(
+    partitions_def=sample_request_partitions,
+    deps=["sample_fieldwork"],
+    group_name="sampler",
+    owners=OWNERS,
+    kinds={"python", "mongodb", "csv"},
+    tags={"panel/part": "sampler"},
+)
+def sample_completes(
+    context: dg.AssetExecutionContext, mongo: MongoResource, completes_files: CompletesFiles
+) -> dg.MaterializeResult:
+    """One sample's completers (partition = the sample's `_id`) as a CSV file an analyst downloads
+    (its path in the metadata): user_id, the profile fields the sample's targets use, wave,
+    invited_at, completed_at and weight (empty until fieldwork closed with converged weights); no
+    address or name. Rewritten whole, atomically, after every fieldwork pass (the fieldwork job
+    selects both), from the completions `sample_fieldwork` stamped on `sample_members`."""
+    db = mongo.db()
+    sample_id = ObjectId(context.partition_key)
+    document = db.samples.find_one({"_id": sample_id})
+    if document is None:
+        raise dg.Failure(description=f"no samples document with _id {sample_id}")
+    try:
+        request = parse_sample_request(document)
+    except SampleRequestError as invalid:
+        raise dg.Failure(description=f"sample {sample_id}: {invalid}") from invalid
+    fields = target_fields(sample_targets(request, document.get("result") or {}))
+    completes = completes_table(store.completed_members(db, sample_id, utc_now().year), fields)
+    path = completes_files.write(sample_id, completes)
+    context.log.info(f"{len(completes)} completes written for sample {sample_id}")
+    state = document.get("fieldwork_state") or {}
+    preview = completes.head(PREVIEW_ROWS).astype(object)
+    return dg.MaterializeResult(
+        metadata={
+            **sample_labels(document),
+            "path": dg.MetadataValue.path(str(path)),
+            "fieldwork": str(state.get("status", "none")),
+            "weights": dg.MetadataValue.text(
+                (state.get("weights") or {}).get("message", "written when fieldwork closes with converged weights")
+            ),
+            "columns": dg.MetadataValue.text(", ".join(completes.columns)),
+            "preview": table(list(completes.columns), preview.where(preview.notna(), None).itertuples(index=False)),
+            **row_count(len(completes)),
+        }
+    )
+
+
+@dg.asset(
+    deps=[
+        dg.AssetDep("samples", partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep("sample_fieldwork", partition_mapping=dg.AllPartitionMapping()),
+    ],
+    group_name="sampler",
+    owners=OWNERS,
+    kinds={"python", "mongodb"},
+    tags={"panel/part": "sampler"},
+    output_required=False,
+)
+def sample_directory(context: dg.AssetExecutionContext, mongo: MongoResource) -> Iterator[dg.MaterializeResult]:
+    """The newest DIRECTORY_SAMPLES samples by name, each with its partition key (the `samples`
+    document's `_id`), survey, request status and fieldwork status, so an analyst finds "Omnibus
+    wave 12" without knowing its ObjectId. Looked at by every sample and fieldwork run (their jobs
+    select it), materialised only when the list changed (a `fingerprint` of its rows), so the
+    event log does not keep a copy per fieldwork pass."""
+    rows = directory_rows(store.recent_samples(mongo.db(), DIRECTORY_SAMPLES))
+    fingerprint = hashlib.sha1(repr(rows).encode()).hexdigest()[:16]
+    last = context.instance.get_latest_materialization_event(context.asset_key)
+    listed = last.asset_materialization.metadata if last and last.asset_materialization else {}
+    if listed.get("fingerprint") == dg.MetadataValue.text(fingerprint):
+        context.log.info("the sample directory is unchanged")
+        return
+    yield dg.MaterializeResult(
+        metadata={
+            "samples": table(["name", "partition key", "survey", "status", "fieldwork", "created"], rows),
+            "listed": len(rows),
+            "fingerprint": dg.MetadataValue.text(fingerprint),
+        }
+    )
+
+
+def directory_rows(docs: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for doc in docs:
+        labels, created = sample_labels(doc), doc.get("created_at")
+        rows.append(
+            (
+                labels["sample_name"],
+                str(doc["_id"]),
+                labels["survey_id"],
+                str(doc.get("status") or "pending"),
+                str((doc.get("fieldwork_state") or {}).get("status", "none")),
+                as_utc(created).isoformat() if isinstance(created, dt.datetime) else "",
+            )
+        )
+    return rows

@@ -41,7 +41,8 @@ REQUEST = "request"
 class FieldworkUpdate:
     """What one look at a sample's fieldwork writes: the state, its completers' completion times,
     and their weights (only when fieldwork closed now with converged weights); `cell_members` is
-    what the accounting counted (each member's category per target and fieldwork columns)."""
+    what the accounting counted (each member's category per target, which the fieldwork chart counts
+    by, and the fieldwork columns)."""
 
     state: dict[str, Any]
     accounting: fieldwork.CellAccounting

@@ -1,8 +1,15 @@
-"""The Sampler's settings that differ between production and the local run."""
+"""The Sampler's settings that differ between production and the local run, and where it writes
+the files an analyst downloads (each sample's completes, as CSV)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import dagster as dg
+import pandas as pd
+from bson import ObjectId
 from pydantic import Field
 
 DEFAULT_PASS_SECONDS = 180.0
@@ -21,3 +28,30 @@ class FieldworkTiming(dg.ConfigurableResource):
         description="At most one fieldwork pass per sample this often (each pass is a run).",
     )
     time_scale: float = Field(default=1.0, gt=0, description="Fieldwork hours per wall-clock hour (1 in production).")
+
+
+class CompletesFiles(dg.ConfigurableResource):
+    """A directory of completes files, one per sample (`completes_<sample id>.csv`). A file is written
+    to a temporary name beside it, flushed to disk, then renamed over the old one, so a reader (or a
+    crash mid-write) never sees half a file."""
+
+    directory: str = Field(description="Directory of the completes files (PANEL_COMPLETES_DIR); made if missing.")
+
+    def path_for(self, sample_id: ObjectId) -> Path:
+        return Path(self.directory) / f"completes_{sample_id}.csv"
+
+    def write(self, sample_id: ObjectId, table: pd.DataFrame) -> Path:
+        """`table` as the sample's completes file, replacing the previous one atomically."""
+        path = self.path_for(sample_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(descriptor, "w", newline="", encoding="utf-8") as handle:
+                table.to_csv(handle, index=False)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return path

@@ -7,6 +7,9 @@ for a `sample_fieldwork` run of a sample (run key = sample id + the time bucket,
 (its survey's transactions, its invited members: two index counts) changed since the last run it
 asked for, when its close_at has come, or at least every REFRESH_SECONDS (the expected completes
 move with time). Never while a run of that sample is queued or running.
+
+Both tag each run with the sample's name (SAMPLE_NAME_TAG, through `tag_value`), so the Runs page
+finds a sample's runs by the name an analyst knows.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from panel_pipeline.sampler.jobs import sample_fieldwork_job, sample_job
 from panel_pipeline.sampler.resources import FieldworkTiming
 from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.contract import SAMPLES
+from panel_pipeline.shared.metadata import tag_value
 from panel_pipeline.shared.mongo import as_utc
 from panel_pipeline.shared.partitions import sample_request_partitions
 from panel_pipeline.shared.resources import MongoResource
@@ -30,6 +34,7 @@ from panel_pipeline.shared.resources import MongoResource
 FIELDWORK_TICK_SECONDS = 15  # how often the sensor looks; a sample's passes are `pass_seconds` apart
 REFRESH_SECONDS = 3600
 SAMPLE_TAG = "panel/sample_id"
+SAMPLE_NAME_TAG = "panel/sample_name"
 PARTITION_TAG = "dagster/partition"
 
 samples_queue_sensor = build_queue_sensor(
@@ -37,6 +42,8 @@ samples_queue_sensor = build_queue_sensor(
     job=sample_job,
     partitions_def=sample_request_partitions,
     description="Turns each `samples` document with processed: false into a run of its own partition.",
+    tag_fields=("name",),
+    tags_for=lambda doc: {SAMPLE_NAME_TAG: tag_value(doc.get("name"))},
 )
 
 
@@ -80,7 +87,8 @@ def fieldwork_sensor(
         if key in busy or not due:
             cursor[key] = [last_fingerprint, last_bucket]
             continue
-        requests.append(dg.RunRequest(run_key=f"fieldwork:{key}:{bucket}", partition_key=key, tags={SAMPLE_TAG: key}))
+        tags = {SAMPLE_TAG: key, SAMPLE_NAME_TAG: tag_value(doc.get("name"))}
+        requests.append(dg.RunRequest(run_key=f"fieldwork:{key}:{bucket}", partition_key=key, tags=tags))
         cursor[key] = [fingerprints[key], bucket]
     if not requests:
         skip = f"{len(open_samples)} open fieldwork sample(s), none with news" if open_samples else "no open fieldwork"

@@ -345,11 +345,42 @@ def save_reminder_round(db: Database, sample_id: ObjectId, reminder_round: Mappi
     db[SAMPLES].update_one({"_id": sample_id}, {"$set": {"fieldwork_state.reminder_round": dict(reminder_round)}})
 
 
-def open_fieldwork_samples(db: Database) -> list[dict[str, Any]]:
-    """Samples whose fieldwork is open (the `fieldwork_open` index): `_id`, `survey_id`, `fieldwork_state.close_at`."""
-    return list(
-        db[SAMPLES].find({"fieldwork_state.status": FIELDWORK_OPEN}, {"survey_id": 1, "fieldwork_state.close_at": 1})
+def completed_members(db: Database, sample_id: ObjectId, as_of_year: int) -> pd.DataFrame:
+    """The sample's completers as the last fieldwork pass stamped them (`completed_at` set), in user
+    id order: member_profiles of each, and `wave`, `invited_at`, `completed_at`, `weight` (NaN
+    before fieldwork closed with converged weights)."""
+    docs = list(
+        db[SAMPLE_MEMBERS]
+        .find(
+            {"sample_id": sample_id, "completed_at": {"$ne": None}},
+            {"_id": 0, "user_id": 1, "wave": 1, "invited_at": 1, "completed_at": 1, "weight": 1},
+        )
+        .sort("user_id", ASCENDING)
     )
+    frame = member_profiles(db, [doc["user_id"] for doc in docs], as_of_year)
+    frame["wave"] = [doc.get("wave") for doc in docs]
+    frame["invited_at"] = _times([doc.get("invited_at") for doc in docs])
+    frame["completed_at"] = _times([doc.get("completed_at") for doc in docs])
+    frame["weight"] = [doc.get("weight", np.nan) for doc in docs]
+    return frame
+
+
+def open_fieldwork_samples(db: Database) -> list[dict[str, Any]]:
+    """Samples whose fieldwork is open (the `fieldwork_open` index): `_id`, `name`, `survey_id`,
+    `fieldwork_state.close_at`."""
+    return list(
+        db[SAMPLES].find(
+            {"fieldwork_state.status": FIELDWORK_OPEN}, {"name": 1, "survey_id": 1, "fieldwork_state.close_at": 1}
+        )
+    )
+
+
+DIRECTORY_FIELDS = ("name", "survey_id", "status", "created_at", "fieldwork_state.status")
+
+
+def recent_samples(db: Database, limit: int) -> list[dict[str, Any]]:
+    """The `limit` newest samples (by `_id`, its index), with DIRECTORY_FIELDS."""
+    return list(db[SAMPLES].find({}, dict.fromkeys(DIRECTORY_FIELDS, 1)).sort("_id", -1).limit(limit))
 
 
 def fieldwork_fingerprint(db: Database, sample_id: ObjectId, survey_id: Any) -> str:

@@ -1,23 +1,32 @@
 """How every asset describes itself in the Dagster UI: one way to build a table, the owners, the
-row count under Dagster's own key.
+row count under Dagster's own key, and run tag values made from free text (`tag_value`).
 
 Conventions: each asset has a docstring, `owners=OWNERS`, `kinds` naming what it runs on
-({"python", "mongodb"} plus "aws" or "surveygizmo" where it talks to them), and, where it writes
-rows, `row_count(n)` among its metadata. Code references are added once, in
-panel_pipeline/definitions.py.
+({"python", "mongodb"} plus "aws" or "surveygizmo" where it talks to them, "csv" where it writes
+a file), and, where it writes rows, `row_count(n)` among its metadata. Code references are added
+once, in panel_pipeline/definitions.py. A run tag whose value comes from a document (a sample's name) goes
+through `tag_value`: redacted (shared/privacy.py), then only letters, digits, `_`, `-` and `.`, at
+most TAG_VALUE_MAX_CHARS, as Dagster's strict tags allow, so the Runs page can filter on it.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import dagster as dg
 
+from panel_pipeline.shared.privacy import redact
+
 OWNERS = ["team:panel-data"]
 ROW_COUNT = "dagster/row_count"
 
 _CELL_TYPES = (str, int, float, bool)
+TAG_VALUE_MAX_CHARS = 63  # Dagster's limit for strict tag values
+UNNAMED = "unnamed"
+_NOT_IN_TAG = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> dg.TableMetadataValue:
@@ -32,6 +41,14 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> dg.TableMeta
 
 def row_count(count: int) -> dict[str, dg.IntMetadataValue]:
     return {ROW_COUNT: dg.MetadataValue.int(count)}
+
+
+def tag_value(text: Any) -> str:
+    """Free text (a sample's name) as a short, safe run tag value: "Omnibus wave 12" -> "Omnibus_wave_12";
+    no address, link or token survives (they are redacted first); UNNAMED when nothing is left."""
+    ascii_text = unicodedata.normalize("NFKD", redact(str(text or ""))).encode("ascii", "ignore").decode("ascii")
+    cleaned = _NOT_IN_TAG.sub("_", ascii_text).strip("_.-")
+    return cleaned[:TAG_VALUE_MAX_CHARS].rstrip("_.-") or UNNAMED
 
 
 def _cell(value: Any) -> str | int | float | bool | None:

@@ -2,17 +2,27 @@
 
 import datetime as dt
 from collections import Counter
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 import pytest
 from bson import ObjectId
 
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline.queue.store import LeaseLost
-from panel_pipeline.sampler.assets import draw_once, response_rates, sample_fieldwork, samples
+from panel_pipeline.sampler.assets import (
+    draw_once,
+    response_rates,
+    sample_completes,
+    sample_directory,
+    sample_fieldwork,
+    samples,
+)
 from panel_pipeline.sampler.checks import cells_within_tolerance, weights_converged
 from panel_pipeline.sampler.requests import AGE_BAND_VALUES, age_band_codes
+from panel_pipeline.sampler.resources import CompletesFiles
 from panel_pipeline.sampler.sensors import samples_queue_sensor
 from panel_pipeline.shared.resources import ContactBudget, MongoResource
 
@@ -86,10 +96,19 @@ def request(mongo_db, **fields):
 
 
 def test_nat_rep_request_from_the_queue_end_to_end(instance, mongo, mongo_db, panel):
-    sample_id = request(mongo_db, preset="uk_nat_rep", seed=7, tolerance=2, mailing=INVITATION, fieldwork=ONE_WAVE)
+    sample_id = request(
+        mongo_db,
+        name="Omnibus wave 12",
+        preset="uk_nat_rep",
+        seed=7,
+        tolerance=2,
+        mailing=INVITATION,
+        fieldwork=ONE_WAVE,
+    )
     tick = samples_queue_sensor(dg.build_sensor_context(instance=instance, resources={"mongo": mongo}))
     (run_request,) = tick.run_requests
     assert run_request.partition_key == str(sample_id)
+    assert run_request.tags["panel/sample_name"] == "Omnibus_wave_12"  # the Runs page filters on it
     result = run(instance, mongo, sample_id)
     assert result.success
     doc = mongo_db.samples.find_one({"_id": sample_id})
@@ -98,6 +117,7 @@ def test_nat_rep_request_from_the_queue_end_to_end(instance, mongo, mongo_db, pa
     assert doc["result"]["composition"] and doc["seed_used"] == 7
     metadata = result.asset_materializations_for_node("samples")[0].metadata
     assert "largest_deviation_pp" in metadata and "data:image/svg+xml" in metadata["composition_chart"].value
+    assert metadata["sample_name"].value == "Omnibus wave 12" and metadata["survey_id"].value == "123"
     assert metadata["dagster/row_count"].value == doc["members"]
     composition = metadata["target_vs_achieved"].records
     assert len(composition) == len(doc["result"]["composition"]) and {"target", "category", "shortfall"} <= set(
@@ -419,6 +439,7 @@ def test_response_rates_are_learned_per_cell_from_past_invitations(instance, mon
     assert metadata["invitations"].value == 4000
     assert 15 < metadata["overall_rate_pct"].value < 35
     assert {"rates_age_band_x_gender", "rates_region", "rates_social_grade", "completion_curve"} <= set(metadata)
+    assert all("data:image/svg+xml" in metadata[chart].value for chart in ("rates_chart", "completion_curve_chart"))
 
 
 def test_fieldwork_state_after_some_completes_closes_full_cells(instance, mongo, mongo_db, panel):
@@ -527,3 +548,65 @@ def test_a_sample_without_fieldwork_has_no_fieldwork_state(instance, mongo, mong
     sample_id = drawn_sample(instance, mongo, mongo_db, size=50, tolerance=100, fieldwork=False)
     assert "fieldwork_state" not in mongo_db.samples.find_one({"_id": sample_id})
     assert not fieldwork_run(instance, mongo, sample_id).success
+
+
+# --- the completes file and the directory -----------------------------------------------------------
+
+
+def fieldwork_job_run(instance, mongo, sample_id, completes_dir):
+    """What the fieldwork job runs: fieldwork with its checks, then the completes file and the directory."""
+    key = str(sample_id)
+    instance.add_dynamic_partitions("sample_requests", [key])
+    return dg.materialize(
+        [sample_fieldwork, cells_within_tolerance, weights_converged, sample_completes, sample_directory],
+        partition_key=key,
+        instance=instance,
+        resources={
+            "mongo": mongo,
+            "contact_budget": ContactBudget(),
+            "completes_files": CompletesFiles(directory=str(completes_dir)),
+        },
+    )
+
+
+def test_the_completes_file_follows_fieldwork_and_gets_the_weights_at_closing(
+    instance, mongo, mongo_db, panel, tmp_path
+):
+    quotas = {"gender": {"female": 0.5, "male": 0.5}}
+    sample_id = drawn_sample(
+        instance, mongo, mongo_db, name="Omnibus wave 12", size=100, quotas=quotas, seed=2, fieldwork=ONE_WAVE
+    )
+    invited_at = dt.datetime.now(UTC) - dt.timedelta(hours=20)
+    invite_all(mongo_db, sample_id, invited_at)
+    members = members_of(mongo_db, sample_id)
+    complete(mongo_db, members[:30], "123", invited_at + dt.timedelta(hours=2))
+
+    result = fieldwork_job_run(instance, mongo, sample_id, tmp_path)
+    metadata = result.asset_materializations_for_node("sample_completes")[0].metadata
+    path = metadata["path"].value
+    assert path == str(tmp_path / f"completes_{sample_id}.csv")
+    open_file = pd.read_csv(path)
+    assert list(open_file.columns) == ["user_id", "gender", "wave", "invited_at", "completed_at", "weight"]
+    assert sorted(open_file["user_id"]) == sorted(str(uid) for uid in members[:30])
+    assert open_file["weight"].isna().all() and metadata["fieldwork"].value == "open"
+    assert metadata["sample_name"].value == "Omnibus wave 12" and metadata["survey_id"].value == "123"
+    assert metadata["dagster/row_count"].value == 30 and len(metadata["preview"].records) == 10
+    fieldwork = result.asset_materializations_for_node("sample_fieldwork")[0].metadata
+    assert "data:image/svg+xml" in fieldwork["completes_over_time"].value
+    listed = result.asset_materializations_for_node("sample_directory")[0].metadata["samples"].records
+    assert [(r.data["name"], r.data["partition key"], r.data["fieldwork"]) for r in listed] == [
+        ("Omnibus wave 12", str(sample_id), "open")
+    ]
+
+    complete(mongo_db, members[30:], "123", invited_at + dt.timedelta(hours=3))
+    closed = fieldwork_job_run(instance, mongo, sample_id, tmp_path)
+    assert mongo_db.samples.find_one({"_id": sample_id})["fieldwork_state"]["status"] == "closed"
+    closed_file = pd.read_csv(path)  # the same file, replaced whole
+    assert len(closed_file) == 100 and abs(closed_file["weight"].mean() - 1) < 1e-6
+    assert closed_file["completed_at"].str.endswith("Z").all()
+    assert "@" not in Path(path).read_text() and [p.name for p in tmp_path.iterdir()] == [f"completes_{sample_id}.csv"]
+    assert closed.asset_materializations_for_node("sample_completes")[0].metadata["fieldwork"].value == "closed"
+    (directory,) = closed.asset_materializations_for_node("sample_directory")  # fieldwork closed: a new list
+    assert [r.data["fieldwork"] for r in directory.metadata["samples"].records] == ["closed"]
+    unchanged = dg.materialize([sample_directory], instance=instance, resources={"mongo": mongo})
+    assert unchanged.success and not unchanged.asset_materializations_for_node("sample_directory")

@@ -7,9 +7,9 @@ import dagster as dg
 import pytest
 from bson import ObjectId
 
-from panel_pipeline.sampler.assets import sample_fieldwork
+from panel_pipeline.sampler.assets import sample_completes, sample_directory, sample_fieldwork
 from panel_pipeline.sampler.jobs import sample_fieldwork_job
-from panel_pipeline.sampler.resources import FieldworkTiming
+from panel_pipeline.sampler.resources import CompletesFiles, FieldworkTiming
 from panel_pipeline.sampler.sensors import fieldwork_sensor
 from panel_pipeline.shared.resources import ContactBudget, MongoResource
 
@@ -21,10 +21,10 @@ def mongo(mongo_uri, mongo_db):
     return MongoResource(uri=mongo_uri, database=mongo_db.name)
 
 
-def sample(mongo_db, status, survey_id, close_at=None):
+def sample(mongo_db, status, survey_id, close_at=None, name="s"):
     state = {"status": status, "close_at": close_at or dt.datetime.now(UTC) + dt.timedelta(days=10)}
     return mongo_db.samples.insert_one(
-        {"name": "s", "survey_id": survey_id, "processed": True, "status": "done", "fieldwork_state": state}
+        {"name": name, "survey_id": survey_id, "processed": True, "status": "done", "fieldwork_state": state}
     ).inserted_id
 
 
@@ -67,9 +67,13 @@ def test_no_second_run_while_one_of_the_sample_is_in_flight(mongo, mongo_db):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("sample_requests", [str(busy)])
         job = dg.Definitions(
-            assets=[sample_fieldwork],
+            assets=[sample_fieldwork, sample_completes, sample_directory],
             jobs=[sample_fieldwork_job],
-            resources={"mongo": mongo, "contact_budget": ContactBudget()},
+            resources={
+                "mongo": mongo,
+                "contact_budget": ContactBudget(),
+                "completes_files": CompletesFiles(directory="unused"),
+            },
         ).resolve_job_def("sample_fieldwork_job")
         instance.create_run_for_job(
             job_def=job, status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": str(busy)}
@@ -85,3 +89,10 @@ def test_news_within_a_pass_waits_for_the_next_one(mongo, mongo_db):
         mongo_db.transactions.insert_one({"user_id": ObjectId(), "survey_id": "41", "created_at": dt.datetime.now(UTC)})
         result, _ = tick(instance, mongo, cursor, pass_seconds=3600)
         assert not result.run_requests  # one pass per sample per hour, news or not
+
+
+def test_a_fieldwork_run_is_tagged_with_the_sample_name(mongo, mongo_db):
+    named = sample(mongo_db, "open", "51", name="Omnibus wave 12 for a@b.example")
+    with dg.instance_for_test() as instance:
+        (run_request,) = tick(instance, mongo)[0].run_requests
+    assert run_request.tags == {"panel/sample_id": str(named), "panel/sample_name": "Omnibus_wave_12_for_email"}
