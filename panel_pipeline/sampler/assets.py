@@ -51,8 +51,8 @@ from panel_pipeline.sampler.fieldwork_state import (
     update_fieldwork,
 )
 from panel_pipeline.sampler.quotas import CategoryReport, SelectionResult, nobody_placed_reason, select
-from panel_pipeline.sampler.requests import SampleRequest, SampleRequestError, parse_sample_request
-from panel_pipeline.sampler.resources import CompletesFiles
+from panel_pipeline.sampler.requests import SampleRequest, SampleRequestError, on_fieldwork_clock, parse_sample_request
+from panel_pipeline.sampler.resources import CompletesFiles, FieldworkTiming
 from panel_pipeline.sampler.response_rates import RATE_DIMENSIONS, LearnedResponseRates, learn_response_rates
 from panel_pipeline.shared import invitations
 from panel_pipeline.shared.clock import utc_now
@@ -204,11 +204,10 @@ def draw(
         write_back["open"] = True
     if request.fieldwork is not None and "fieldwork_state" not in document:
         budget_state = {} if held_back is None else {"held_back": held_back.to_document()}
-        write_back["fieldwork_state"] = {
-            "status": FIELDWORK_OPEN,
-            "close_at": request.fieldwork.closes_at(now),
-            **budget_state,
-        }
+        # The default close_at (a length in fieldwork time) is the first fieldwork pass's to write:
+        # it reads fieldwork time at the pipeline's FieldworkTiming, which the draw does not.
+        close_at = {} if request.fieldwork.close_at is None else {"close_at": request.fieldwork.close_at}
+        write_back["fieldwork_state"] = {"status": FIELDWORK_OPEN, **close_at, **budget_state}
     return result, write_back
 
 
@@ -345,7 +344,9 @@ def missing_table(missing: list[Mapping[str, Any]]) -> dg.TableMetadataValue:
     kinds={"python", "mongodb"},
     tags={"panel/part": "sampler"},
 )
-def response_rates(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.MaterializeResult:
+def response_rates(
+    context: dg.AssetExecutionContext, mongo: MongoResource, fieldwork_timing: FieldworkTiming
+) -> dg.MaterializeResult:
     """Response rates learned from the panel's own invitations of the last RATE_WINDOW_DAYS days
     (sample members with `invited_at`, completed when the member has a transaction of the sample's
     survey): per cell of age band x gender, region and social grade, shrunk toward the overall rate,
@@ -355,7 +356,7 @@ def response_rates(context: dg.AssetExecutionContext, mongo: MongoResource) -> d
     store.ensure_indexes(db)
     now = utc_now()
     history = store.invitation_history(db, now - dt.timedelta(days=RATE_WINDOW_DAYS), now.year)
-    learned = learn_response_rates(history, now)
+    learned = learn_response_rates(history, now, time_scale=fieldwork_timing.time_scale)
     store.save_response_rates(db, learned.to_document(), now)
     context.log.info(f"learned from {learned.invitations} invitations and {learned.completes} completes")
     return dg.MaterializeResult(metadata=rates_metadata(learned))
@@ -408,7 +409,10 @@ def rates_metadata(learned: LearnedResponseRates) -> dict[str, Any]:
     tags={"panel/part": "sampler"},
 )
 def sample_fieldwork(
-    context: dg.AssetExecutionContext, mongo: MongoResource, contact_budget: ContactBudget
+    context: dg.AssetExecutionContext,
+    mongo: MongoResource,
+    contact_budget: ContactBudget,
+    fieldwork_timing: FieldworkTiming,
 ) -> dg.MaterializeResult:
     """One sample's fieldwork (partition = the sample's `_id`): its members' completions (their first
     transaction of the sample's survey) counted per target cell against the cells' target completes,
@@ -427,7 +431,7 @@ def sample_fieldwork(
     if document.get("status") != DONE or not document.get("drawn_at"):
         raise dg.Failure(description=f"sample {sample_id} is not drawn yet (status {document.get('status')})")
     try:
-        request = parse_sample_request(document)
+        request = on_fieldwork_clock(parse_sample_request(document), fieldwork_timing.time_scale)
     except SampleRequestError as invalid:
         raise dg.Failure(description=f"sample {sample_id}: {invalid}") from invalid
     if request.fieldwork is None:

@@ -223,10 +223,12 @@ def account_cells(
     now: dt.datetime | None = None,
     rates: np.ndarray | None = None,
     curve: CompletionCurve | None = None,
+    time_scale: float = 1.0,
 ) -> CellAccounting:
     """Count each cell's completes, invitations and respondents in the survey; with `now`, the
     members' predicted `rates` and the `curve`, also what each cell should have by now and what it
-    still needs (target - completes - in progress - completes still to come)."""
+    still needs (target - completes - in progress - completes still to come). The curve is in
+    fieldwork hours, `time_scale` per wall-clock hour (FieldworkSettings)."""
     codes = category_codes(cells, members)
     state = _member_state(members)
     n_cells = len(cells)
@@ -238,7 +240,9 @@ def account_cells(
     expected_by_now = np.full(n_cells, np.nan)
     to_come = np.zeros(n_cells)
     if now is not None and rates is not None and curve is not None:
-        expected_by_now, to_come = _expected_completes(codes, state, members, now, np.asarray(rates), curve, n_cells)
+        expected_by_now, to_come = _expected_completes(
+            codes, state, members, now, np.asarray(rates), curve, n_cells, time_scale
+        )
     projected = np.minimum(completes + in_progress + to_come, np.maximum(target_completes, completes + in_progress))
     frame = (
         cells[["target", "category", "target_completes"]]
@@ -324,9 +328,10 @@ def _expected_completes(
     rates: np.ndarray,
     curve: CompletionCurve,
     n_cells: int,
+    time_scale: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per cell: completes expected by now from the invited, and completes still to come."""
-    age = np.nan_to_num(_hours_since(members[INVITED_AT], now), nan=0.0)
+    age = np.nan_to_num(_hours_since(members[INVITED_AT], now), nan=0.0) * time_scale
     share = curve.share_by(np.maximum(age, 0.0))
     expected_by_now = _per_cell(codes, np.where(state.invited, rates * share, 0.0), n_cells)
     observed = _per_cell(codes, state.completed | state.in_progress, n_cells)
@@ -559,7 +564,7 @@ def reminder_candidates(
     since_reminded = (
         _hours_since(members[REMINDED_AT], now) if REMINDED_AT in members else np.full(len(members), np.nan)
     )
-    last_contact = np.where(np.isnan(since_reminded), since_invited, since_reminded)
+    last_contact = settings.fieldwork_hours(np.where(np.isnan(since_reminded), since_invited, since_reminded))
     cells = accounting.cells
     codes = category_codes(cells, members)
     closed = np.append(cells["closed"].to_numpy(dtype=bool), False)

@@ -98,7 +98,9 @@ def update_fieldwork(
     frame = pd.concat([categories, members[[c for c in fieldwork.MEMBER_COLUMNS if c in members]]], axis=1)
     rates, source = member_rates(request, learned, members)
     curve = learned.curve if learned is not None else default_curve()
-    accounting = fieldwork.account_cells(cells, frame, now=now, rates=rates, curve=curve)
+    accounting = fieldwork.account_cells(
+        cells, frame, now=now, rates=rates, curve=curve, time_scale=request.fieldwork.time_scale
+    )
     before = document.get("fieldwork_state") or {}
     close_at = request.fieldwork.closes_at(_as_utc(document.get("drawn_at")) or now)
     was_closed = before.get("status") == FIELDWORK_CLOSED

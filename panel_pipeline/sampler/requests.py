@@ -18,6 +18,7 @@ an invitation that cannot be sent.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import itertools
@@ -164,7 +165,11 @@ FIELDWORK_KEYS: tuple[str, ...] = (
 @dataclass(frozen=True)
 class FieldworkSettings:
     """`fieldwork`: how a sample is fielded (sampler/fieldwork.py). `close_at` None: DEFAULT_FIELDWORK_DAYS
-    after the draw (`closes_at`). Weight bounds are on weights relative to a mean of 1."""
+    after the draw (`closes_at`). Weight bounds are on weights relative to a mean of 1.
+
+    Durations are in fieldwork hours, which pass `time_scale` times faster than wall-clock hours:
+    not a request key, but the pipeline's setting (`FieldworkTiming`, 1 in production), put here by
+    `on_fieldwork_clock` so that every rule reading a duration converts it the same way."""
 
     close_at: dt.datetime | None = None
     waves: bool = True
@@ -173,9 +178,18 @@ class FieldworkSettings:
     first_wave_share: float = 0.7
     weight_bounds: tuple[float, float] = (0.2, 5.0)
     top_up_every_hours: float = 12.0  # the least time between two waves (sampler/waves.py)
+    time_scale: float = 1.0
 
     def closes_at(self, drawn_at: dt.datetime) -> dt.datetime:
-        return self.close_at or drawn_at + dt.timedelta(days=DEFAULT_FIELDWORK_DAYS)
+        return self.close_at or drawn_at + self.wall_time(DEFAULT_FIELDWORK_DAYS * 24.0)
+
+    def wall_time(self, fieldwork_hours: float) -> dt.timedelta:
+        """How long `fieldwork_hours` take on the wall clock."""
+        return dt.timedelta(hours=fieldwork_hours / self.time_scale)
+
+    def fieldwork_hours(self, wall_hours: Any) -> Any:
+        """Wall-clock hours (a number or an array) as fieldwork hours."""
+        return wall_hours * self.time_scale
 
 
 def parse_fieldwork(raw: Any) -> FieldworkSettings | None:
@@ -487,6 +501,13 @@ class SampleRequest(BaseModel):
                 "the targets cross too many cells (more than 2^62 combinations); use fewer or smaller crossed targets",
             )
         return self
+
+
+def on_fieldwork_clock(request: SampleRequest, time_scale: float) -> SampleRequest:
+    """The request with its fieldwork durations read at `time_scale` (FieldworkSettings)."""
+    if request.fieldwork is None or time_scale == request.fieldwork.time_scale:
+        return request
+    return request.model_copy(update={"fieldwork": dataclasses.replace(request.fieldwork, time_scale=time_scale)})
 
 
 def parse_sample_request(document: Mapping[str, Any]) -> SampleRequest:

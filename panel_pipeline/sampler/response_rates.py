@@ -150,14 +150,18 @@ class LearnedResponseRates:
 
 
 def learn_response_rates(
-    invitations: pd.DataFrame, now: dt.datetime, prior_strength: float = DEFAULT_PRIOR_STRENGTH
+    invitations: pd.DataFrame,
+    now: dt.datetime,
+    prior_strength: float = DEFAULT_PRIOR_STRENGTH,
+    time_scale: float = 1.0,
 ) -> LearnedResponseRates:
-    """Rates per cell, the multiplicative prediction's factors and the curve, from past invitations."""
+    """Rates per cell, the multiplicative prediction's factors and the curve, from past invitations;
+    delays in fieldwork hours, `time_scale` per wall-clock hour (FieldworkSettings)."""
     invited_at = _utc_times(invitations["invited_at"])
     completed_at = _utc_times(invitations["completed_at"])
     now64 = np.datetime64(pd.Timestamp(now).tz_convert("UTC").tz_localize(None), "ns")
-    age_hours = np.maximum(_hours(now64 - invited_at), 0.0)
-    delay_hours = _hours(completed_at - invited_at)  # NaN where no complete
+    age_hours = np.maximum(_hours(now64 - invited_at), 0.0) * time_scale
+    delay_hours = _hours(completed_at - invited_at) * time_scale  # NaN where no complete
     with np.errstate(invalid="ignore"):
         completed = ~np.isnan(delay_hours) & (delay_hours <= RESPONSE_WINDOW_HOURS) & (delay_hours >= 0)
     curve = completion_curve(age_hours, np.where(completed, delay_hours, np.nan))

@@ -22,7 +22,7 @@ from panel_pipeline.sampler.assets import (
 )
 from panel_pipeline.sampler.checks import cells_within_tolerance, weights_converged
 from panel_pipeline.sampler.requests import AGE_BAND_VALUES, age_band_codes
-from panel_pipeline.sampler.resources import CompletesFiles
+from panel_pipeline.sampler.resources import CompletesFiles, FieldworkTiming
 from panel_pipeline.sampler.sensors import samples_queue_sensor
 from panel_pipeline.shared.resources import ContactBudget, MongoResource
 
@@ -400,7 +400,7 @@ def fieldwork_run(instance, mongo, sample_id):
         [sample_fieldwork, cells_within_tolerance, weights_converged],
         partition_key=key,
         instance=instance,
-        resources={"mongo": mongo, "contact_budget": ContactBudget()},
+        resources={"mongo": mongo, "contact_budget": ContactBudget(), "fieldwork_timing": FieldworkTiming()},
         raise_on_error=False,
     )
 
@@ -429,7 +429,9 @@ def test_response_rates_are_learned_per_cell_from_past_invitations(instance, mon
     complete(
         mongo_db, completers, 900, invited_at + dt.timedelta(hours=6)
     )  # a numeric survey id, as some backends store it
-    result = dg.materialize([response_rates], instance=instance, resources={"mongo": mongo})
+    result = dg.materialize(
+        [response_rates], instance=instance, resources={"mongo": mongo, "fieldwork_timing": FieldworkTiming()}
+    )
     assert result.success
     stored = mongo_db.response_rates.find_one({"_id": "panel"})
     assert stored["invitations"] == 4000 and stored["completes"] == len(completers)
@@ -562,6 +564,7 @@ def fieldwork_job_run(instance, mongo, sample_id, completes_dir):
         partition_key=key,
         instance=instance,
         resources={
+            "fieldwork_timing": FieldworkTiming(),
             "mongo": mongo,
             "contact_budget": ContactBudget(),
             "completes_files": CompletesFiles(directory=str(completes_dir)),

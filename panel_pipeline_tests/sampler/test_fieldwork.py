@@ -12,7 +12,7 @@ import pytest
 
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline.sampler import fieldwork
-from panel_pipeline.sampler.requests import FieldworkSettings
+from panel_pipeline.sampler.requests import DEFAULT_FIELDWORK_DAYS, FieldworkSettings
 from panel_pipeline.sampler.response_rates import CURVE_HOURS, CompletionCurve
 from panel_pipeline.sampler.targets import Target, preset_targets
 
@@ -219,3 +219,23 @@ def test_fieldwork_closes_at_close_at() -> None:
     assert fieldwork.closing_reason(accounting, NOW, NOW) == "close_at reached"
     drawn = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
     assert FieldworkSettings().closes_at(drawn) == drawn + dt.timedelta(days=14)
+
+
+def test_fieldwork_time_can_run_faster_than_the_wall_clock() -> None:
+    """At an hour a second (the local run's respondents), a reminder due 48 h after the invitation is
+    due 48 s after it, and a member invited a minute ago has had 60 fieldwork hours to answer."""
+    fast = FieldworkSettings(time_scale=3600.0)
+    assert fast.wall_time(48) == dt.timedelta(seconds=48)
+    assert fast.closes_at(NOW) - NOW == dt.timedelta(days=DEFAULT_FIELDWORK_DAYS) / 3600
+    cells = fieldwork.cell_targets((TARGETS[0],), 100)
+    sample = members([{"gender": "male", "invited_at": 60 / 3600}, {"gender": "male", "invited_at": 10 / 3600}])
+    sample["reminders"], sample["active"], sample["in_progress"] = 0, True, False
+    rates, curve = np.full(2, 0.1), LINEAR_CURVE
+    accounting = fieldwork.account_cells(cells, sample, now=NOW, rates=rates, curve=curve, time_scale=3600.0)
+    assert fieldwork.reminder_candidates(sample, accounting, NOW, fast).tolist() == [True, False]
+    assert not fieldwork.reminder_candidates(sample, accounting, NOW, FieldworkSettings()).any()
+    wall = fieldwork.account_cells(cells, sample, now=NOW, rates=rates, curve=curve)
+    male = accounting.cells["category"] == "male"
+    expected_fast = accounting.cells.loc[male, "expected_by_now"].item()
+    assert expected_fast == pytest.approx(0.1 * (60 + 10) / 168)
+    assert wall.cells.loc[male, "expected_by_now"].item() < expected_fast / 1000

@@ -9,6 +9,7 @@ from bson import ObjectId
 
 from panel_pipeline.mailer.recipients import mark_reminded
 from panel_pipeline.sampler.assets import sample_fieldwork
+from panel_pipeline.sampler.resources import FieldworkTiming
 from panel_pipeline.shared import invitations
 from panel_pipeline.shared.resources import ContactBudget, MongoResource
 
@@ -95,7 +96,11 @@ def fieldwork_pass(instance, mongo, sample_id, contacts_per_week=3):
         [sample_fieldwork],
         partition_key=str(sample_id),
         instance=instance,
-        resources={"mongo": mongo, "contact_budget": ContactBudget(contacts_per_week=contacts_per_week)},
+        resources={
+            "mongo": mongo,
+            "contact_budget": ContactBudget(contacts_per_week=contacts_per_week),
+            "fieldwork_timing": FieldworkTiming(),
+        },
     )
     return result.asset_materializations_for_node("sample_fieldwork")[0].metadata
 

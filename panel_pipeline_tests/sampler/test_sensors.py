@@ -70,6 +70,7 @@ def test_no_second_run_while_one_of_the_sample_is_in_flight(mongo, mongo_db):
             assets=[sample_fieldwork, sample_completes, sample_directory],
             jobs=[sample_fieldwork_job],
             resources={
+                "fieldwork_timing": FieldworkTiming(),
                 "mongo": mongo,
                 "contact_budget": ContactBudget(),
                 "completes_files": CompletesFiles(directory="unused"),

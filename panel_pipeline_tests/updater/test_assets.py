@@ -8,6 +8,7 @@ from bson import ObjectId
 from panel_pipeline.sampler import store as sampler_store
 from panel_pipeline.sampler.assets import sample_fieldwork, samples
 from panel_pipeline.sampler.fieldwork import MIN_NEED
+from panel_pipeline.sampler.resources import FieldworkTiming
 from panel_pipeline.shared import invitations
 from panel_pipeline.shared.resources import ContactBudget, MongoResource
 from panel_pipeline.updater import store
@@ -294,7 +295,7 @@ def test_a_dynamic_fieldwork_sample_takes_newcomers_into_short_cells_only(mongo,
             [sample_fieldwork],
             partition_key=str(sample_id),
             instance=instance,
-            resources={"mongo": mongo, "contact_budget": ContactBudget()},
+            resources={"mongo": mongo, "contact_budget": ContactBudget(), "fieldwork_timing": FieldworkTiming()},
         )
         assert looked.success
     state = mongo_db.samples.find_one({"_id": sample_id})["fieldwork_state"]
