@@ -621,9 +621,16 @@ def contact_budget(
     )
 
 
-def closing_reason(accounting: CellAccounting, now: dt.datetime, close_at: dt.datetime) -> str | None:
-    """Why fieldwork closes now ("every cell is full", "close_at reached"), or None while it stays open."""
-    if accounting.every_cell_full:
+def closing_reason(
+    accounting: CellAccounting, now: dt.datetime, close_at: dt.datetime, wanted: int | None = None
+) -> str | None:
+    """Why fieldwork closes now ("every cell is full", "the completes wanted are in", "close_at
+    reached"), or None while it stays open. A sample without cells (filters only) is full when its
+    completes reach `wanted` (its size), never merely because it has no cell to fill."""
+    if len(accounting.cells) == 0:
+        if wanted is not None and accounting.completes >= wanted:
+            return "the completes wanted are in"
+    elif accounting.every_cell_full:
         return "every cell is full"
     if now >= close_at:
         return "close_at reached"

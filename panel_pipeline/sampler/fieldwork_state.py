@@ -104,7 +104,9 @@ def update_fieldwork(
     before = document.get("fieldwork_state") or {}
     close_at = request.fieldwork.closes_at(_as_utc(document.get("drawn_at")) or now)
     was_closed = before.get("status") == FIELDWORK_CLOSED
-    reason = before.get("closed_reason") if was_closed else fieldwork.closing_reason(accounting, now, close_at)
+    reason = (
+        before.get("closed_reason") if was_closed else fieldwork.closing_reason(accounting, now, close_at, request.size)
+    )
     completers = members.index[members["completed_at"].notna()]
     completed_at = {
         str(uid): pd.Timestamp(at).to_pydatetime()
@@ -113,7 +115,9 @@ def update_fieldwork(
     state = {
         **accounting.to_document(),
         "status": FIELDWORK_CLOSED if reason else FIELDWORK_OPEN,
-        "target_completes": int(cells.groupby("target")["target_completes"].sum().max()) if len(cells) else 0,
+        "target_completes": int(cells.groupby("target")["target_completes"].sum().max())
+        if len(cells)
+        else request.size,
         "waves": int(pd.to_numeric(members["wave"], errors="coerce").max())
         if members["wave"].notna().any()
         else int(accounting.invited > 0),
@@ -160,7 +164,21 @@ def closed_cells(
 def closing_weights(
     request: SampleRequest, targets: Sequence[Target], categories: pd.DataFrame
 ) -> tuple[dict[str, Any], dict[str, float] | None]:
-    """The weights' summary for `fieldwork_state.weights`, and each completer's weight when converged."""
+    """The weights' summary for `fieldwork_state.weights`, and each completer's weight when converged.
+    A sample without targets (filters only) has nothing to rake to: every complete weighs 1."""
+    if not targets:
+        n = len(categories)
+        summary = {
+            "status": "converged",
+            "message": "no targets to weight to: every complete weighs 1",
+            "iterations": 0,
+            "effective_sample_size": float(n),
+            "design_effect": 1.0,
+            "max_weight": 1.0,
+            "min_weight": 1.0,
+            "completes": n,
+        }
+        return summary, dict.fromkeys((str(uid) for uid in categories.index), 1.0)
     shares = {
         target.key: {CELL_SEPARATOR.join(cell): share for cell, share in target.shares.items()} for target in targets
     }

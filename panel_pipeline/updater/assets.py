@@ -172,14 +172,18 @@ def update_sample(
     contacts_per_week: int,
 ) -> Placement:
     """One page of changed members placed into one sample, written, and its newcomers stamped for an
-    invitation; those at the contact budget are held back and recorded."""
+    invitation; in a sample with a mailing, those at the contact budget are held back and recorded."""
     newly_changed = page.since(sample.drawn_at) if sample.drawn_at else page.profiles
     # The request's exclusions hold for newcomers as for the draw; members stay members.
     excluded = sampler_store.excluded_user_ids(db, sample.request, now, among=newly_changed.index) - sample.member_ids
     considered = newly_changed.drop(index=list(excluded))
-    placement = place_changed_members(
-        considered, sample, over_budget(db, candidates(considered, sample), now, contacts_per_week)
+    # Joining a sample without an invitation contacts nobody, so the budget holds back nobody there.
+    held = (
+        over_budget(db, candidates(considered, sample), now, contacts_per_week)
+        if sample.request.mailing is not None
+        else frozenset()
     )
+    placement = place_changed_members(considered, sample, held)
     totals.added += store.add_members(db, sample.sample_id, placement.joining, now)
     store.hold_back(db, sample.sample_id, placement.held_back, now)
     if sample.holds_back:

@@ -521,6 +521,26 @@ def test_fieldwork_closes_when_every_cell_is_full_with_converged_weights(instanc
     assert checks["weights_converged"].passed and checks["cells_within_tolerance"].passed
 
 
+def test_a_filters_only_sample_stays_open_until_its_completes_are_in(instance, mongo, mongo_db, panel):
+    """No target cells is no reason to close: fieldwork waits for `size` completes, then weighs each 1."""
+    sample_id = drawn_sample(instance, mongo, mongo_db, size=20, filters={"gender": "female"}, fieldwork=ONE_WAVE)
+    invited_at = dt.datetime.now(UTC) - dt.timedelta(hours=20)
+    invite_all(mongo_db, sample_id, invited_at)
+    members = members_of(mongo_db, sample_id)
+    complete(mongo_db, members[:5], "123", invited_at + dt.timedelta(hours=2))
+    assert fieldwork_run(instance, mongo, sample_id).success
+    assert mongo_db.samples.find_one({"_id": sample_id})["fieldwork_state"]["status"] == "open"
+    complete(mongo_db, members[5:], "123", invited_at + dt.timedelta(hours=3))
+    result = fieldwork_run(instance, mongo, sample_id)
+    state = mongo_db.samples.find_one({"_id": sample_id})["fieldwork_state"]
+    assert state["closed_reason"] == "the completes wanted are in" and state["target_completes"] == 20
+    assert state["weights"]["status"] == "converged"
+    weights = {m["weight"] for m in mongo_db.sample_members.find({"sample_id": sample_id, "weight": {"$exists": True}})}
+    assert weights == {1.0}
+    checks = {check.check_name: check for check in result.get_asset_check_evaluations()}
+    assert checks["weights_converged"].passed
+
+
 def test_fieldwork_closes_at_close_at_and_stays_closed(instance, mongo, mongo_db, panel):
     sample_id = drawn_sample(instance, mongo, mongo_db, preset="uk_nat_rep", seed=6, tolerance=2)
     invited_at = dt.datetime.now(UTC) - dt.timedelta(days=3)

@@ -239,3 +239,15 @@ def test_fieldwork_time_can_run_faster_than_the_wall_clock() -> None:
     expected_fast = accounting.cells.loc[male, "expected_by_now"].item()
     assert expected_fast == pytest.approx(0.1 * (60 + 10) / 168)
     assert wall.cells.loc[male, "expected_by_now"].item() < expected_fast / 1000
+
+
+def test_a_sample_without_cells_closes_when_its_completes_are_in_not_at_once() -> None:
+    """Filters only (every member in Scotland): no cell to fill is not a full sample."""
+    no_cells = fieldwork.cell_targets((), 10)
+    sample = members([{"invited_at": 5, "completed_at": 1}] * 4 + [{"invited_at": 5}] * 6)
+    accounting = fieldwork.account_cells(no_cells, sample)
+    assert fieldwork.closing_reason(accounting, NOW, NOW + dt.timedelta(days=3), wanted=10) is None
+    assert (
+        fieldwork.closing_reason(accounting, NOW, NOW + dt.timedelta(days=3), wanted=4) == "the completes wanted are in"
+    )
+    assert fieldwork.closing_reason(accounting, NOW, NOW, wanted=10) == "close_at reached"

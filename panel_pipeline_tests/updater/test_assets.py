@@ -335,7 +335,7 @@ def contacted(db, user_id, times):
 
 
 def test_a_newcomer_at_the_contact_budget_is_held_back_and_counted(mongo, mongo_db):
-    sample_id = open_scotland_sample(mongo_db, mailing=False)
+    sample_id = open_scotland_sample(mongo_db)
     mongo_db.samples.update_one({"_id": sample_id}, {"$set": {"quotas": {"gender": {"female": 0.5, "male": 0.5}}}})
     now = dt.datetime.now(UTC)
     busy, free = add_user(mongo_db, "Scotland", now), add_user(mongo_db, "Scotland", now)
@@ -363,7 +363,7 @@ def test_a_newcomer_at_the_contact_budget_is_held_back_and_counted(mongo, mongo_
 
 
 def test_the_standing_worker_holds_the_budget_from_its_resource(mongo, mongo_db):
-    sample_id = open_scotland_sample(mongo_db, mailing=False)
+    sample_id = open_scotland_sample(mongo_db)
     busy, free = (
         add_user(mongo_db, "Scotland", dt.datetime.now(UTC)),
         add_user(mongo_db, "Scotland", dt.datetime.now(UTC)),
@@ -377,3 +377,13 @@ def test_the_standing_worker_holds_the_budget_from_its_resource(mongo, mongo_db)
     assert mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id}) == [free]
     (materialization,) = result.asset_materializations_for_node("serve_dynamic_samples")
     assert materialization.metadata["members_held_back"].value == 1
+
+
+def test_a_sample_without_a_mailing_holds_nobody_back(mongo, mongo_db):
+    """Joining a sample nobody is invited to is no contact: the budget does not apply."""
+    sample_id = open_scotland_sample(mongo_db, mailing=False)
+    busy = add_user(mongo_db, "Scotland", dt.datetime.now(UTC))
+    contacted(mongo_db, busy, 3)
+    metadata = update(mongo)
+    assert mongo_db.sample_members.distinct("user_id", {"sample_id": sample_id}) == [busy]
+    assert metadata["members_held_back"].value == 0
