@@ -61,7 +61,7 @@ stop:
 
 # The lint and type gate first (seconds), then the suite.
 test: lint system-packages
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # Every check runs, so one run lists all that fails.
 lint: install

@@ -27,6 +27,29 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PANEL_ENV", "local")
 
 
+# With `pytest -n 2` (make test), the tests that run a local stack or a daemon go to one worker, one
+# after the other as before, and everything else to the other worker beside them.
+STACK_MODULES = frozenset(
+    {
+        "test_bad_day.py",
+        "test_whole_loop.py",
+        "test_local_run.py",
+        "test_ui.py",
+        "test_production_instance.py",
+        "test_cli.py",
+        "test_prompt_mail_worker.py",
+        "test_feedback_sqs.py",
+        "test_fieldwork_daemon.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in STACK_MODULES or "dagster_dev" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("stack"))
+
+
 @pytest.fixture(scope="session")
 def profile_columns() -> list[str]:
     """The columns of a synthetic panel (generate_profiles), in order: what a member's `profile` holds."""
@@ -123,7 +146,7 @@ def dagster_dev(
     completes = tmp_path_factory.mktemp("completes")
     environment = pipeline_environment(
         mongo_uri, daemon_ses.url, local_surveygizmo.base_url, local_sns_sqs.url, completes
-    )
+    ) | {"PANEL_FIELDWORK_PASS_SECONDS": "10"}  # fieldwork runs at an hour a second: look every 10 s
     server = DagsterDev(Path(tmp_path_factory.mktemp("dagster_home")), environment)
     server.start()
     yield server

@@ -8,7 +8,7 @@ Invariants:
   missing that target's attribute (`result.missing`): fieldwork fills what the draw planned.
 - Members' rates: the request's own `expected_response_rate` when it sets one, else the learned
   rates' per-member prediction, else 1 (`rates_for_request`'s order); the curve is the learned one,
-  or a straight line over the response window before anything was learned.
+  or the typical curve of an online panel (most completes in 24-48 hours) before anything was learned.
 - Once closed, fieldwork stays closed: `closed_at` and `closed_reason` are those of the first
   closing, and a cell's `closed_at` is the first time it was seen closed (kept across runs).
 - Weights are computed once, at the closing, and written only when raking converged within the
@@ -77,7 +77,7 @@ def member_rates(
 
 
 def default_curve() -> CompletionCurve:
-    """Before anything was learned: completes spread evenly over the response window."""
+    """Before anything was learned: the typical curve of an online panel (response_rates.TYPICAL_CURVE_SHARES)."""
     return completion_curve(np.zeros(0), np.zeros(0))
 
 

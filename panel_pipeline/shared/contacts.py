@@ -9,9 +9,10 @@ A contact is a survey invitation or a reminder, whichever sample it came from, c
   as sent (`reminder_mailing_id`, whose ObjectId carries the round's time, newer than `reminded_at`):
   on its way, or one that reached nobody, counted until the window passes it.
 
-Members of a sample without a mailing were never stamped, so they are no contact. Two draws that
-read the counts at the same moment may both take the same member: the budget is a ration, not a
-lock, and the next look sees both.
+Members of a sample without a mailing were never stamped, so they are no contact. The Sampler's
+runs (draws, top-ups, reminders) go one at a time (the `panel/part: sampler` run limit), so each
+sees the contacts the others made; the Updater's additions run beside them, so a newcomer added
+while a draw reads the counts may get one contact more than the budget.
 """
 
 from __future__ import annotations
