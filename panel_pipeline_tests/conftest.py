@@ -20,6 +20,7 @@ from panel_pipeline.local.ses_server import LocalSesServer
 from panel_pipeline.local.sns_sqs import LocalSnsSqs, aws_client, ensure_feedback_path
 from panel_pipeline.local.stack import pipeline_environment
 from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
+from panel_pipeline_tests.waiting import FIELDWORK_TIME_SCALE
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tests load the definitions with the local resources, as `make run` does; outside
@@ -44,6 +45,7 @@ STACK_MODULES = frozenset(
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name in STACK_MODULES or "dagster_dev" in getattr(item, "fixturenames", ()):
@@ -146,7 +148,7 @@ def dagster_dev(
     completes = tmp_path_factory.mktemp("completes")
     environment = pipeline_environment(
         mongo_uri, daemon_ses.url, local_surveygizmo.base_url, local_sns_sqs.url, completes
-    ) | {"PANEL_FIELDWORK_PASS_SECONDS": "10"}  # fieldwork runs at an hour a second: look every 10 s
+    ) | {"PANEL_FIELDWORK_PASS_SECONDS": "10", "PANEL_FIELDWORK_TIME_SCALE": str(FIELDWORK_TIME_SCALE)}
     server = DagsterDev(Path(tmp_path_factory.mktemp("dagster_home")), environment)
     server.start()
     yield server

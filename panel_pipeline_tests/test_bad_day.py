@@ -60,6 +60,9 @@ TIMINGS = {
     "PANEL_MAIL_PAUSE_SECONDS": "20",  # after SES's daily quota answer (production: an hour)
     "PANEL_MAIL_RECIPIENT_LEASE_SECONDS": "20",  # a claimed batch of recipients (production: 5 minutes)
     "PANEL_MAIL_EVENT_SILENCE_SECONDS": "30",  # SES event feed reordering allowance (production: 10 minutes)
+    # Nobody answers surveys here: at the local run's hour a second, fieldwork would top up and remind
+    # the whole panel within minutes. In wall time its samples stay in their first wave.
+    "PANEL_FIELDWORK_TIME_SCALE": "1",
 }
 DRAIN_TIMEOUT = 900.0
 

@@ -110,6 +110,7 @@ def test_the_backend_drives_the_whole_pipeline(dagster_dev, mongo_client, local_
             "tolerance": 25,
             "seed": 3,
             "mailing": {"template": "new_survey", "default_data": SURVEY},
+            "fieldwork": False,  # one invitation: fieldwork has a daemon test of its own
         }
     ).inserted_id
     scotland = db.samples.insert_one(
@@ -123,6 +124,7 @@ def test_the_backend_drives_the_whole_pipeline(dagster_dev, mongo_client, local_
             "dynamic": True,
             "filters": {"region": {"$in": ["Scotland"]}},
             "mailing": {"template": "new_survey", "default_data": {**SURVEY, "survey_name": "Scotland tracker"}},
+            "fieldwork": False,
         }
     ).inserted_id
     wait_for(

@@ -12,6 +12,9 @@ import dagster as dg
 from panel_pipeline.queue.sensors import WORKER_TAG
 
 T = TypeVar("T")
+# Fieldwork time under the session's daemon (conftest's dagster_dev): two hours a second, the pace
+# of the respondent simulator the fieldwork daemon test runs beside it.
+FIELDWORK_TIME_SCALE = 7200.0
 
 
 def wait_for(

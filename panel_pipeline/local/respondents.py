@@ -8,8 +8,10 @@ Each reminder that reached them (a `sent` row of a mailing whose `reminder_for_s
 sample) lifts the probability by `reminder_lift` (p x (1 + lift) per reminder) with a delay of its
 own from the reminder. A completion is what the backend sees: a Complete response created in SurveyGizmo over its
 HTTP API (the member's id in the hidden `panel_id`), then a `transactions` document
-`{user_id, survey_id, response_id, points, created_at, processed: false}`. Delays run `time_scale`
-times faster than real time (3600: a simulated hour per real second).
+`{user_id, survey_id, response_id, points, created_at, processed: false}`. A member of a cell the
+sample's fieldwork has closed (`fieldwork_state.closed_cells`) is screened out at survey entry, as
+the backend does, and never completes. Delays run `time_scale` times faster than real time (3600:
+a simulated hour per real second).
 
 Invariants:
 * Decided by a seeded hash: whether (member, survey) completes, after each reminder too, and how long
@@ -131,6 +133,17 @@ def completion_rate(settings: RespondentSettings, profile: Mapping[str, Any], ye
         return settings.rates[f"{band}|{gender}"]
     of_band = [rate for cell, rate in settings.rates.items() if cell.split("|")[0] == band]
     return sum(of_band) / len(of_band) if of_band else settings.default_rate
+
+
+def in_closed_cell(profile: Mapping[str, Any], closed_cells: Sequence[Mapping[str, Any]], year: int) -> bool:
+    """Whether the member belongs to one of the sample's full cells (`fieldwork_state.closed_cells`),
+    as the backend screens over-quota members out at survey entry: such a member never completes."""
+    values = {**profile, "age_band": age_band(profile.get("birth_year"), year) or profile.get("age_band")}
+    for cell in closed_cells:
+        fields = str(cell.get("target", "")).split("|")
+        if "|".join(str(values.get(name)) for name in fields) == str(cell.get("category")):
+            return True
+    return False
 
 
 def unit_draw(seed: int, user_id: str, survey_id: str, purpose: str) -> float:
@@ -379,11 +392,17 @@ class RespondentSimulator:
                 )
             }
             summary.completed += len(due)
+            closed_cells = self._closed_cells(sample.sample_id)
             for invitation in due:
-                if invitation.user_id not in done:
-                    made += self._complete(sample, invitation.user_id)
+                if invitation.user_id in done or in_closed_cell(invitation.profile, closed_cells, now.year):
+                    continue
+                made += self._complete(sample, invitation.user_id)
         summary.new_completes += made
         return made
+
+    def _closed_cells(self, sample_id: ObjectId) -> list[Mapping[str, Any]]:
+        document = self.db[SAMPLES].find_one({"_id": sample_id}, {"fieldwork_state.closed_cells": 1}) or {}
+        return list((document.get("fieldwork_state") or {}).get("closed_cells") or [])
 
     def _complete(self, sample: InvitedSample, user_id: str) -> int:
         survey_id = str(sample.survey_id)

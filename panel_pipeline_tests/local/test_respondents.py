@@ -34,6 +34,7 @@ from panel_pipeline.local.respondents import (
     age_band,
     completes_at,
     completion_rate,
+    in_closed_cell,
     simulated_delay,
 )
 from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN, DEMO_TOKEN_SECRET, LocalSurveyGizmo
@@ -308,3 +309,10 @@ def test_the_service_runs_from_the_command_line_with_a_status_page(
             service.terminate()
         output = service.communicate(timeout=10)[0]
     assert "30 new complete(s)" in output and "@panel.example" not in output
+
+
+def test_a_member_of_a_full_cell_is_screened_out_at_survey_entry() -> None:
+    closed = [{"target": "age_band|gender", "category": "18-24|male"}, {"target": "region", "category": "Wales"}]
+    assert in_closed_cell({"birth_year": YOUNG, "gender": "male", "region": "London"}, closed, YEAR)
+    assert in_closed_cell({"birth_year": OLD, "gender": "female", "region": "Wales"}, closed, YEAR)
+    assert not in_closed_cell({"birth_year": OLD, "gender": "male", "region": "London"}, closed, YEAR)

@@ -3,8 +3,8 @@
 The backend only inserts sample requests; the simulator completes invitations as members would (a
 Complete response in the local SurveyGizmo, then a `transactions` document); everything else is
 the daemon's: the draws' first waves, fieldwork passes, top-up waves, reminder rounds, closing and
-weights. Fieldwork time runs at the simulator's pace (an hour a second: the local stack sets
-PANEL_FIELDWORK_TIME_SCALE to PANEL_RESPONDENTS_TIME_SCALE), so 24 fieldwork hours pass in 24 s.
+weights. Fieldwork time runs at the simulator's pace, two hours a second here (the daemon's
+PANEL_FIELDWORK_TIME_SCALE and the simulator's time scale), so 24 fieldwork hours pass in 12 s.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from panel_pipeline.local.respondents import (
     SurveyGizmoRespondent,
     default_cell_rates,
 )
-from panel_pipeline.local.stack import RESPONDENTS_TIME_SCALE
 from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN, DEMO_TOKEN_SECRET
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline.sampler import fieldwork
@@ -33,15 +32,15 @@ from panel_pipeline.sampler import store as sampler_store
 from panel_pipeline.sampler.fieldwork_state import sample_targets
 from panel_pipeline.sampler.requests import parse_sample_request
 from panel_pipeline.shared.contacts import recent_contacts
-from panel_pipeline_tests.waiting import wait_for
+from panel_pipeline_tests.waiting import FIELDWORK_TIME_SCALE, wait_for
 
 pytestmark = pytest.mark.slow
 UTC = dt.UTC
 PANEL = 3_000
 ALREADY_CONTACTED = 200  # members with 3 survey contacts this week before the test starts
 SURVEY = {"duration_minutes": 10, "points": 100, "survey_url": "https://survey.example/s/812"}
-FIELDWORK_TIME = dt.timedelta(minutes=5)  # 300 fieldwork hours: twelve and a half days
-FIELDWORK_TIMEOUT = 420.0
+FIELDWORK_TIME = dt.timedelta(seconds=300 * 3600 / FIELDWORK_TIME_SCALE)  # 300 fieldwork hours: 12.5 days
+FIELDWORK_TIMEOUT = 300.0
 
 
 @pytest.fixture
@@ -56,7 +55,7 @@ def panel_db(dagster_dev, mongo_client) -> Database:
 def respondents(panel_db: Database, local_surveygizmo) -> Iterator[RespondentSimulator]:
     """The local stack's respondent simulator, at the stack's time scale."""
     client = SurveyGizmoRespondent(local_surveygizmo.base_url, DEMO_TOKEN, DEMO_TOKEN_SECRET)
-    settings = RespondentSettings(seed=3, time_scale=float(RESPONDENTS_TIME_SCALE))
+    settings = RespondentSettings(seed=3, time_scale=FIELDWORK_TIME_SCALE)
     simulator = RespondentSimulator(panel_db, client, settings)
     stop = threading.Event()
     thread = threading.Thread(target=simulator.run_forever, args=(stop,), kwargs={"poll_seconds": 0.5}, daemon=True)
