@@ -60,8 +60,13 @@ stop:
 	$(BIN)/python -m panel_pipeline.local stack down
 
 # The lint and type gate first (seconds), then the suite.
+# Two pytest sessions side by side on the 2 cores: the tests marked `stack` (a local stack or a daemon
+# each, run one after another as ever) and the rest, whose output is printed when both are done.
 test: lint system-packages
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	@$(BIN)/python -m pytest -m "not stack" -p no:cacheprovider > .pytest-units.log 2>&1 & units=$$!; \
+	$(BIN)/python -m pytest -m stack; stack=$$?; \
+	wait $$units; unit=$$?; cat .pytest-units.log; \
+	echo "stack tests: exit $$stack; other tests: exit $$unit"; test $$stack -eq 0 -a $$unit -eq 0
 
 # Every check runs, so one run lists all that fails.
 lint: install

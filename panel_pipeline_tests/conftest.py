@@ -28,30 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PANEL_ENV", "local")
 
 
-# With `pytest -n 2` (make test), the tests that run a local stack or a daemon go to one worker, one
-# after the other as before, and everything else to the other worker beside them.
-STACK_MODULES = frozenset(
-    {
-        "test_bad_day.py",
-        "test_whole_loop.py",
-        "test_local_run.py",
-        "test_ui.py",
-        "test_production_instance.py",
-        "test_cli.py",
-        "test_prompt_mail_worker.py",
-        "test_feedback_sqs.py",
-        "test_fieldwork_daemon.py",
-    }
-)
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.name in STACK_MODULES or "dagster_dev" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("stack"))
-
-
 @pytest.fixture(scope="session")
 def profile_columns() -> list[str]:
     """The columns of a synthetic panel (generate_profiles), in order: what a member's `profile` holds."""

@@ -45,7 +45,7 @@ from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline_tests.pii_scan import Needles, scan_dagster_home, scan_texts
 from panel_pipeline_tests.waiting import run_worker_pid, serving, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.stack]
 UTC = dt.UTC
 PANEL = 4_000
 BACKFILL = 50_000

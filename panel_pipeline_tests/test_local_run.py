@@ -9,7 +9,7 @@ import pytest
 from panel_pipeline_tests.waiting import finished_runs, materialized_since, statuses, wait_for
 
 UTC = dt.UTC
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
 
 @pytest.fixture

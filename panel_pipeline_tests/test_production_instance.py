@@ -17,6 +17,8 @@ import yaml
 
 from panel_pipeline.local.mongod import free_port
 
+pytestmark = pytest.mark.stack
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

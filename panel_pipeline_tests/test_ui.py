@@ -15,7 +15,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 LINEAGE = ("surveygizmo_responses", "users", "samples", "mailings", "email_templates")
 SENSORS = ("samples_queue_sensor", "mailings_queue_sensor", "transactions_queue_sensor", "member_changes_sensor")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ SURVEY = {
     "points": 100,
     "survey_url": "https://survey.example/s/12",
 }
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
 
 def answer_profile_survey(surveygizmo, number: int, profile: dict, response_id: int) -> None:

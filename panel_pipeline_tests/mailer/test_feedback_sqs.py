@@ -24,6 +24,8 @@ from panel_pipeline_tests.mailer.conftest import SURVEY
 from panel_pipeline_tests.mailer.ses_events import bounce, complaint, event, sns_envelope, tags
 from panel_pipeline_tests.waiting import finished_runs, wait_for
 
+pytestmark = pytest.mark.stack
+
 
 @pytest.fixture
 def feedback_path(local_sns_sqs):

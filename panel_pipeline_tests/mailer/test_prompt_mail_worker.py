@@ -21,7 +21,7 @@ SURVEY = {
     "points": 50,
     "survey_url": "https://survey.example/s/1",
 }
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
 
 def password_email(db, tag: str) -> ObjectId:

@@ -34,7 +34,7 @@ from panel_pipeline.sampler.requests import parse_sample_request
 from panel_pipeline.shared.contacts import recent_contacts
 from panel_pipeline_tests.waiting import FIELDWORK_TIME_SCALE, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.stack]
 UTC = dt.UTC
 PANEL = 3_000
 ALREADY_CONTACTED = 200  # members with 3 survey contacts this week before the test starts
