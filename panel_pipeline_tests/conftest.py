@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # The tests load the definitions with the local resources, as `make run` does; outside
 # these two a missing PANEL_ENV is an error (panel_pipeline/resources.py).
 os.environ.setdefault("PANEL_ENV", "local")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give SIGINT its default handler back when the shell started pytest in the background.
+
+    A shell without job control starts a background command (make test's second session) with SIGINT
+    ignored, and Dagster maps SIGTERM to SIGINT's handler: every process a test started would then ignore
+    `terminate()` and the test would wait for it forever.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

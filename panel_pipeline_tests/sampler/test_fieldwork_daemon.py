@@ -37,9 +37,6 @@ from panel_pipeline_tests.waiting import FIELDWORK_TIME_SCALE, wait_for
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.stack,
-    # Passed alone (195 s) but failed in the full CI run beside the other tests: not yet a test that
-    # holds; issue 14 stays open on it.
-    pytest.mark.skip(reason="fails under the full CI run's load; see issue 14"),
 ]
 UTC = dt.UTC
 PANEL = 3_000
