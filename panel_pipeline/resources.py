@@ -27,11 +27,13 @@ LOCAL_LINK_HOSTS = "localhost,127.0.0.1,*.example,*.example.org"
 
 
 # Tests on the local stack shorten the mailer's waits (an hour's quota pause, minutes of leases)
-# to seconds through these; unset, the local run waits as production does.
+# to seconds, and the breaker's window to its least, through these; unset, the local run is as
+# production.
 LOCAL_MAIL_TIMINGS = {
     "recipient_lease_seconds": "PANEL_MAIL_RECIPIENT_LEASE_SECONDS",
     "quota_pause_seconds": "PANEL_MAIL_PAUSE_SECONDS",
     "event_silence_seconds": "PANEL_MAIL_EVENT_SILENCE_SECONDS",
+    "breaker_window_sends": "PANEL_MAIL_BREAKER_WINDOW_SENDS",
 }
 
 
@@ -51,7 +53,10 @@ def local_fieldwork_timing() -> FieldworkTiming:
 
 
 def local_mail_timings() -> dict[str, Any]:
-    return {field: float(os.environ[name]) for field, name in LOCAL_MAIL_TIMINGS.items() if os.environ.get(name)}
+    settings = {field: float(os.environ[name]) for field, name in LOCAL_MAIL_TIMINGS.items() if os.environ.get(name)}
+    if "breaker_window_sends" in settings:
+        settings["breaker_window_sends"] = int(settings["breaker_window_sends"])
+    return settings
 
 
 def local_resources() -> dict[str, Any]:
@@ -69,6 +74,7 @@ def local_resources() -> dict[str, Any]:
             from_address="UK Panel <panel@example.org>",
             configuration_set="panel-events",
             endpoint_url=dg.EnvVar("SES_ENDPOINT_URL"),
+            cloudwatch_endpoint_url=dg.EnvVar("CLOUDWATCH_ENDPOINT_URL"),
             unsubscribe_url="http://localhost:4200/unsubscribe?user={user}&token={token}",
             unsubscribe_secret=dg.EnvVar("PANEL_UNSUBSCRIBE_SECRET"),
             link_hosts=LOCAL_LINK_HOSTS,

@@ -74,6 +74,7 @@ class RecordedCall:
     results: list[dict[str, Any]]  # per entry, as SES decided; [] when the whole call was refused
     answered: bool = True  # False: accepted, but the answer was dropped on purpose
     timestamp: str = field(default_factory=lambda: ses_timestamp(dt.datetime.now(dt.UTC)))
+    feedback: FeedbackShares = NO_FEEDBACK  # the shares of its messages' feedback (the proxy's when it came)
 
 
 def ses_timestamp(moment: dt.datetime) -> str:
@@ -81,8 +82,10 @@ def ses_timestamp(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def ses_events(call: RecordedCall, shares: FeedbackShares = NO_FEEDBACK) -> list[dict[str, Any]]:
-    """Send events for the entries SES accepted, then what became of each message."""
+def ses_events(call: RecordedCall, shares: FeedbackShares | None = None) -> list[dict[str, Any]]:
+    """Send events for the entries SES accepted, then what became of each message (at `shares`, by
+    default the call's own)."""
+    shares = call.feedback if shares is None else shares
     request = call.request
     default_tags = {tag["Name"]: [tag["Value"]] for tag in request.get("DefaultEmailTags", [])}
     sends: list[dict[str, Any]] = []

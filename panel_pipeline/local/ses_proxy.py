@@ -22,8 +22,10 @@ Reason, PageSize up to 1,000, NextToken), GetSuppressedDestination, DeleteSuppre
 GetConfigurationSetEventDestinations is answered here (the emulator has no configuration sets):
 every set publishes SEND, REJECT, BOUNCE, COMPLAINT, DELIVERY, RENDERING_FAILURE and DELIVERY_DELAY
 to the SNS topic, as the local stack does, unless a test sets other destinations
-(`set_event_destinations`). Everything else (templates, GetAccount, the web UI at `/`) passes
-through unchanged.
+(`set_event_destinations`). GetAccount is forwarded, with the `EnforcementStatus` (`PROBATION`,
+`SHUTDOWN`; HEALTHY until then) and the `MaxSendRate` a test set (`set_account`), as SES's review or
+a quota change would; `set_feedback` changes the shares of feedback from the next call on.
+Everything else (templates, the web UI at `/`) passes through unchanged.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import dataclasses
 import datetime as dt
 import http.client
 import json
@@ -46,6 +49,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from panel_pipeline.local.ses_events import NO_FEEDBACK, FeedbackShares, RecordedCall, ses_events
 
+ACCOUNT_PATH = "/v2/email/account"
 BULK_PATH = "/v2/email/outbound-bulk-emails"
 EVENT_DESTINATIONS_PATH = re.compile(r"^/v2/email/configuration-sets/([^/]+)/event-destinations$")
 LOCAL_TOPIC_ARN = "arn:aws:sns:eu-west-2:000000000000:panel-ses-events"
@@ -247,6 +251,7 @@ class SesFaultProxy:
         self._requests: Counter[str] = Counter()
         self._event_destinations: dict[str, list[dict[str, Any]]] = {}
         self._calls: list[RecordedCall] = []
+        self._account_overrides: dict[str, Any] = {}
         self.suppression_list = SuppressionList()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
@@ -288,8 +293,20 @@ class SesFaultProxy:
         with self._lock:
             self._event_destinations[configuration_set] = copy.deepcopy(destinations)
 
+    def set_account(self, enforcement_status: str | None = None, max_send_rate: float | None = None) -> None:
+        """Answer GetAccount with this `EnforcementStatus` and `SendQuota.MaxSendRate` (None: as the
+        emulator says) until `reset`."""
+        with self._lock:
+            self._account_overrides = {"EnforcementStatus": enforcement_status, "MaxSendRate": max_send_rate}
+
+    def set_feedback(self, feedback: FeedbackShares) -> None:
+        """The shares of the messages of the next calls that bounce, complain, are opened and clicked."""
+        with self._lock:
+            self._feedback = feedback
+
     def reset(self) -> None:
         with self._lock:
+            self._account_overrides = {}
             self._faults.clear()
             self._calls.clear()
             self._refused.clear()
@@ -313,7 +330,7 @@ class SesFaultProxy:
 
     def events(self) -> list[dict[str, Any]]:
         """Every SES event of the calls so far: each call's Send events, then its messages' outcomes."""
-        return [event for call in self.calls() for event in ses_events(call, self._feedback)]
+        return [event for call in self.calls() for event in ses_events(call)]
 
     def send_events(self) -> list[dict[str, Any]]:
         """SES `Send` events for every entry SES accepted, including calls whose answer was lost."""
@@ -327,9 +344,10 @@ class SesFaultProxy:
 
     def _record(self, call: RecordedCall) -> None:
         with self._lock:
+            call = dataclasses.replace(call, feedback=self._feedback)
             self._calls.append(call)
         if self._publish is not None and call.results:
-            self._publish(ses_events(call, self._feedback))
+            self._publish(ses_events(call))
 
     def _forward(
         self, method: str, path: str, headers: dict[str, str], body: bytes
@@ -342,6 +360,19 @@ class SesFaultProxy:
             return response.status, answer_headers, response.read()
         finally:
             connection.close()
+
+    def _account(self, headers: dict[str, str]) -> Answer:
+        status, answer_headers, payload = self._forward("GET", ACCOUNT_PATH, headers, b"")
+        with self._lock:
+            enforcement, rate = (self._account_overrides.get(name) for name in ("EnforcementStatus", "MaxSendRate"))
+        if status != 200 or (enforcement is None and rate is None):
+            return status, answer_headers, payload
+        account = json.loads(payload)
+        if enforcement is not None:
+            account["EnforcementStatus"] = enforcement
+        if rate is not None:
+            account["SendQuota"] = {**account.get("SendQuota", {}), "MaxSendRate": rate}
+        return status, answer_headers, json.dumps(account).encode()
 
     def _bulk(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes] | None:
         """The answer to a SendBulkEmail call, or None to drop the connection unanswered."""
@@ -423,6 +454,8 @@ class SesFaultProxy:
                     answer = proxy.suppression_list.answer(self.command, self.path, body)
                 elif destinations is not None:
                     answer = proxy._event_destinations_answer(unquote(destinations.group(1)))
+                elif self.command == "GET" and path == ACCOUNT_PATH:
+                    answer = proxy._account(headers)
                 else:
                     answer = proxy._forward(self.command, self.path, headers, body)
                 if answer is None:

@@ -224,6 +224,8 @@ def pipeline_environment(
         "SURVEYGIZMO_BASE_URL": surveygizmo_url,
         "SURVEYGIZMO_PROFILE_SURVEY_IDS": PROFILE_SURVEY_ID,
         "SQS_ENDPOINT_URL": sns_sqs_url,
+        # moto serves CloudWatch too: the account's reputation metrics, which a test may put there.
+        "CLOUDWATCH_ENDPOINT_URL": sns_sqs_url,
         "SES_EVENTS_QUEUE_URL": local_queue_url(sns_sqs_url),
         # The feed applies only messages from this topic (`ensure_feedback_path` makes it).
         "SES_EVENTS_TOPIC_ARN": local_topic_arn(),

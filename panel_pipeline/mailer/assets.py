@@ -14,20 +14,29 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import dagster as dg
 from bson import ObjectId
 from pymongo.database import Database
 
+from panel_pipeline.mailer.breaker import AccountMonitor, MailingBreaker, guarded
 from panel_pipeline.mailer.control import PAUSE, STOPPING, hold, stop_held_mailing
-from panel_pipeline.mailer.dispatch import SendingStopped, plan_recipients, send_mailing
+from panel_pipeline.mailer.dispatch import KeepAlive, SendingStopped, plan_recipients, send_mailing
 from panel_pipeline.mailer.feedback import DrainReport, FeedbackStore, drain
 from panel_pipeline.mailer.recipients import mark_members_reached, resolve_recipients
 from panel_pipeline.mailer.report import CATEGORIES, MailingReport, report_chart_svg, who_got_what_query
 from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.mailer.ses import SendEventsNotPublished, SesGateway
-from panel_pipeline.mailer.store import CLAIMED, UNKNOWN, MailingReports, MailLedger, SuppressionStore
+from panel_pipeline.mailer.store import (
+    CLAIMED,
+    UNKNOWN,
+    MailingControls,
+    MailingReports,
+    MailLedger,
+    SuppressionStore,
+)
 from panel_pipeline.mailer.suppression import BOUNCE, COMPLAINT, SyncReport, sync_suppression
 from panel_pipeline.mailer.validation import check_mailing
 from panel_pipeline.queue.store import LeaseLost, RequestRejected, WorkQueue
@@ -272,11 +281,16 @@ def send(
         return _controlled(db, queue, ledger, mailing_id, owner, mailing["control"])
     template = find_template(mailing)
     bulk = mailing.get("kind", BULK) != TRANSACTIONAL
+    account = ses.account_monitor(gateway) if bulk else None
     if bulk:
         try:
             gateway.check_send_events_published()
         except SendEventsNotPublished as exc:
             raise RequestRejected(str(exc)) from exc
+    held = account.hold_reason() if account is not None else None
+    if held is not None:
+        _postpone(queue, mailing_id, owner, utc_now() + dt.timedelta(seconds=ses.quota_pause_seconds), held)
+        return MailingOutcome("postponed", f"postponed: {held}")
     ses_template = mailing.get("ses_template")
     if ses_template is None:
         ses_template = gateway.ensure_template(template)
@@ -291,7 +305,7 @@ def send(
         owner,
         bulk,
         members=db.users,
-        keep_alive=lambda: hold(queue, mailing_id, owner),
+        keep_alive=_keep_alive(db, queue, ses, mailing, owner, account),
         unsubscribe_link=ses.unsubscribe_link if bulk else None,
         policy=ses.dispatch_policy(),
     )
@@ -299,7 +313,7 @@ def send(
         return _controlled(db, queue, ledger, mailing_id, owner, dispatch.stopped_for)
     counts = ledger.counts(mailing_id)
     if dispatch.paused_until is not None:
-        _postpone(queue, mailing_id, owner, dispatch.paused_until, f"SES paused sending: {dispatch.pause_reason}")
+        _postpone(queue, mailing_id, owner, dispatch.paused_until, dispatch.pause_reason or "paused")
         return MailingOutcome("postponed", f"paused until {dispatch.paused_until.isoformat()}")
     if not ledger.mailing_done(mailing_id):
         retry = ledger.next_retry_at(mailing_id) or utc_now() + OPEN_RECIPIENTS_RECHECK
@@ -310,6 +324,23 @@ def send(
     if not queue.complete(mailing_id, owner, {"counts": counts}):
         raise LeaseLost(queue.name, mailing_id, owner, "complete it")
     return MailingOutcome("done", "done")
+
+
+def _keep_alive(
+    db: Database,
+    queue: WorkQueue,
+    ses: SesResource,
+    mailing: Mapping[str, Any],
+    owner: str,
+    account: AccountMonitor | None,
+) -> KeepAlive:
+    """The lease renewal after each batch, and for bulk mail (`account` given) the account's and the
+    mailing's breakers."""
+    renew = partial(hold, queue, mailing["_id"], owner)
+    if account is None:
+        return renew
+    breaker = MailingBreaker(mailing_reports(db), MailingControls(queue.collection), mailing, ses.breaker_policy())
+    return guarded(renew, account, breaker)
 
 
 def expand(

@@ -9,9 +9,10 @@ query per batch: a member may leave between planning and sending, and a pause ca
 writes the attempt ahead, makes one SES call and records every entry's outcome; throttled entries
 come back after a jittered exponential backoff, and a daily-quota or sending-paused answer stops
 the run with the time to resume. After each batch `keep_alive` renews the caller's hold on the
-mailing; when it fails, sending stops at once (`SendingStopped`); when it reports a control that
-stops the mailing (pause, cancel), sending stops and `send_mailing` returns saying so. Either way
-each sender finishes at most the batch it is in and gives back a batch it claimed but did not send.
+mailing; when it fails, sending stops at once (`SendingStopped`); when it
+reports a control that stops the mailing (pause, cancel), or a reason to postpone it (the account's
+breaker, mailer/breaker.py), sending stops and `send_mailing` returns saying so. Either way each
+sender finishes at most the batch it is in and gives back a batch it claimed but did not send.
 No Dagster here.
 """
 
@@ -74,11 +75,12 @@ class SendingStopped(RuntimeError):
 
 @dataclass(frozen=True)
 class Hold:
-    """What `keep_alive` found: whether the caller still holds the mailing, and the control asking
-    the sender to stop (pause, cancel), if any."""
+    """What `keep_alive` found: whether the caller still holds the mailing, the control asking the
+    sender to stop (pause, cancel), if any, and why the mailing must wait (postponed), if it must."""
 
     held: bool
     stop_for: str | None = None
+    postpone_for: str | None = None
 
 
 KeepAlive = Callable[[], Hold]
@@ -220,7 +222,7 @@ def send_mailing(
         if wait is None or wait > policy.max_wait_seconds:
             break
         clock.sleep(wait)
-        _keep_alive(keep_alive, mailing_id, report)
+        sender.keep_alive_now(report)
     return report
 
 
@@ -261,16 +263,42 @@ class _BatchSender:
                     stop.set()
                     raise
 
+    def keep_alive_now(self, report: DispatchReport) -> None:
+        """Renew the hold; note a control that stops the mailing or a reason to postpone it."""
+        if self.keep_alive is None:
+            return
+        hold = self.keep_alive()
+        with self._lock:
+            if hold.stop_for is not None and report.stopped_for is None:
+                report.stopped_for = hold.stop_for
+                log.warning(
+                    "mailing %s: %s asked for; stopped sending after %d batches",
+                    self.mailing_id,
+                    hold.stop_for,
+                    report.batches,
+                )
+            if hold.postpone_for is not None and report.paused_until is None:
+                report.paused_until = self.clock.now() + dt.timedelta(seconds=self.policy.pause_seconds)
+                report.pause_reason = hold.postpone_for
+                log.warning(
+                    "mailing %s postponed until %s: %s", self.mailing_id, report.paused_until, report.pause_reason
+                )
+        if not hold.held:
+            message = (
+                f"mailing {self.mailing_id}: this run no longer holds the mailing (its lease was lost, another run "
+                f"may have claimed it); stopped sending after {report.batches} batches"
+            )
+            log.error(message)
+            raise SendingStopped(message)
+
     def _send_batches(self, report: DispatchReport, stop: threading.Event) -> None:
         try:
             while not stop.is_set():
                 if not self._send_one(report, stop):
                     return
-                if report.paused_until is not None:
-                    stop.set()
-                    return
-                _keep_alive(self.keep_alive, self.mailing_id, report)
-                if report.stopped_for is not None:
+                if not report.stopped:
+                    self.keep_alive_now(report)
+                if report.stopped:
                     stop.set()
                     return
         except BaseException:
@@ -306,27 +334,10 @@ class _BatchSender:
             report.outcomes.update(entry.outcome.value for entry in result.entries)
             if result.keys(SendStatus.PAUSE) and report.paused_until is None:
                 report.paused_until = self.clock.now() + dt.timedelta(seconds=self.policy.pause_seconds)
-                report.pause_reason = next(e.error for e in result.entries if e.outcome is SendStatus.PAUSE)
+                error = next(e.error for e in result.entries if e.outcome is SendStatus.PAUSE)
+                report.pause_reason = f"SES paused sending: {error}"
                 log.warning("mailing %s paused until %s: %s", self.mailing_id, report.paused_until, report.pause_reason)
         return True
-
-
-def _keep_alive(keep_alive: KeepAlive | None, mailing_id: ObjectId, report: DispatchReport) -> None:
-    if keep_alive is None:
-        return
-    hold = keep_alive()
-    if hold.stop_for is not None and report.stopped_for is None:
-        report.stopped_for = hold.stop_for
-        log.warning(
-            "mailing %s: %s asked for; stopped sending after %d batches", mailing_id, hold.stop_for, report.batches
-        )
-    if not hold.held:
-        message = (
-            f"mailing {mailing_id}: this run no longer holds the mailing (its lease was lost, another run may "
-            f"have claimed it); stopped sending after {report.batches} batches"
-        )
-        log.error(message)
-        raise SendingStopped(message)
 
 
 def left_members(users: Collection, rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:

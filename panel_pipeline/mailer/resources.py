@@ -18,6 +18,7 @@ import dagster as dg
 from botocore.config import Config
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from panel_pipeline.mailer.breaker import MIN_WINDOW_SENDS, AccountMonitor, BreakerPolicy
 from panel_pipeline.mailer.dispatch import DispatchPolicy
 from panel_pipeline.mailer.feedback import SoftBouncePolicy
 from panel_pipeline.mailer.ses import TEMPLATE_CALLS_PER_SECOND, SesGateway, sesv2_client
@@ -103,6 +104,28 @@ class SesResource(AwsServiceResource):
         description="Suppression-list calls one ses_suppression_sync run makes at most (50 minutes at 1/s, "
         "inside the hourly schedule); the rest is left for the next run.",
     )
+    breaker_window_sends: int = Field(
+        default=1000,
+        ge=MIN_WINDOW_SENDS,
+        description="The circuit breaker judges a bulk mailing over its last this many sends SES accepted "
+        "(mailer/breaker.py).",
+    )
+    breaker_bounce_rate: float = Field(
+        default=0.04, gt=0, lt=1, description="A bulk mailing pauses itself when its bounce rate passes this."
+    )
+    breaker_complaint_rate: float = Field(
+        default=0.0008, gt=0, lt=1, description="A bulk mailing pauses itself when its complaint rate passes this."
+    )
+    account_check_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often a sending run reads the account's enforcement status and reputation metrics.",
+    )
+    cloudwatch_endpoint_url: str | None = Field(
+        default=None,
+        description="A local CloudWatch for the account's reputation metrics; with a local SES endpoint and none "
+        "here they are not read.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -144,6 +167,23 @@ class SesResource(AwsServiceResource):
             event_silence=dt.timedelta(seconds=self.event_silence_seconds),
             senders=self.concurrent_batches,
         )
+
+    def breaker_policy(self) -> BreakerPolicy:
+        return BreakerPolicy(
+            window_sends=self.breaker_window_sends,
+            max_bounce_rate=self.breaker_bounce_rate,
+            max_complaint_rate=self.breaker_complaint_rate,
+            account_check_seconds=self.account_check_seconds,
+        )
+
+    def account_monitor(self, gateway: SesGateway) -> AccountMonitor:
+        """The account's standing for the breaker: GetAccount through `gateway`, and the reputation
+        metrics from CloudWatch (in the region, or at `cloudwatch_endpoint_url`)."""
+        cloudwatch = None
+        if self.cloudwatch_endpoint_url or not self.endpoint_url:
+            config = Config(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "max_attempts": 3})
+            cloudwatch = self.session().client("cloudwatch", endpoint_url=self.cloudwatch_endpoint_url, config=config)
+        return AccountMonitor(gateway.account, cloudwatch, self.breaker_policy())
 
     def gateway(self) -> SesGateway:
         """The gateway on these settings (the session carries region and credentials)."""

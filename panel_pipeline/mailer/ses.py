@@ -219,8 +219,12 @@ class SesGateway:
 
     # --- account and pacing -------------------------------------------------------------------
 
+    def account(self) -> dict[str, Any]:
+        """GetAccount's answer: send quota, `EnforcementStatus`, `SendingEnabled`, ..."""
+        return dict(_redacted_errors(self._admin_client.get_account))
+
     def send_quota(self) -> SendQuota:
-        quota = _redacted_errors(self._admin_client.get_account)["SendQuota"]
+        quota = self.account()["SendQuota"]
         return SendQuota(
             max_send_rate=float(quota["MaxSendRate"]),
             max_24_hour_send=float(quota["Max24HourSend"]),

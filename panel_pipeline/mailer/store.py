@@ -562,15 +562,16 @@ class MailingReports:
         self.mailings.update_one({"_id": mailing_id}, {"$set": refreshed})
         return report
 
-    def recent_feedback(self, mailing_id: ObjectId, last_sends: int) -> RecentFeedback:
-        """Over the mailing's last `last_sends` messages SES accepted (its newest Send events): how many
-        bounced permanently, how many drew a complaint. Two indexed reads: the Send events by
-        `mailing_type_time`, then those messages' Bounce and Complaint events by `_id`."""
-        sends = (
-            self.events.find({"mailing_id": mailing_id, "event_type": SEND_EVENT}, {"message_id": 1, "_id": 0})
-            .sort("occurred_at", DESCENDING)
-            .limit(last_sends)
-        )
+    def recent_feedback(
+        self, mailing_id: ObjectId, last_sends: int, since: dt.datetime | None = None
+    ) -> RecentFeedback:
+        """Over the mailing's last `last_sends` messages SES accepted (its newest Send events, none before
+        `since`): how many bounced permanently, how many drew a complaint. Two indexed reads: the Send
+        events by `mailing_type_time`, then those messages' Bounce and Complaint events by `_id`."""
+        query: dict[str, Any] = {"mailing_id": mailing_id, "event_type": SEND_EVENT}
+        if since is not None:
+            query["occurred_at"] = {"$gte": since}
+        sends = self.events.find(query, {"message_id": 1, "_id": 0}).sort("occurred_at", DESCENDING).limit(last_sends)
         message_ids = [send["message_id"] for send in sends]
         feedback_ids = [f"{message_id}:{kind}" for message_id in message_ids for kind in ("Bounce", "Complaint")]
         found = Counter(
@@ -612,11 +613,13 @@ class MailingControls:
             [("control", ASCENDING)], name="control_pending", partialFilterExpression={"control": {"$exists": True}}
         )
 
-    def request(self, mailing_id: ObjectId, action: str, by: str, reason: str) -> bool:
-        """Write a control as the backend would; False when there is no such mailing."""
+    def request(
+        self, mailing_id: ObjectId, action: str, by: str, reason: str, only_if: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Write a control as the backend would; False when there is no such mailing, or none matching `only_if`."""
         fields = {"control": action, "control_by": by, "control_reason": reason}
         update = {"$set": {**fields, "control_requested_at": self._clock.now()}}
-        return self.collection.update_one({"_id": mailing_id}, update).matched_count == 1
+        return self.collection.update_one({"_id": mailing_id, **(only_if or {})}, update).matched_count == 1
 
     def pending(self, unheld: Mapping[str, Any], limit: int) -> list[dict[str, Any]]:
         """Mailings with a control to apply that match `unheld` (no live lease holds them: a run

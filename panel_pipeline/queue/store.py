@@ -15,8 +15,8 @@ Transitions out of `processing` are the lease owner's: complete (done), fail, re
 postpone, pause, cancel. `take` is how a control gets there from any other unfinished state: it
 claims a document no live lease holds, whatever its retry time (queued, retry, postponed, paused,
 or an expired lease), and returns it as it was, so the control knows what it is pausing, resuming
-or cancelling. `resume` hands a taken paused document back as `postponed` until now: claimable at
-once, under a new `claims` (the take counted one), so the next run key is new. A paused document
+or cancelling. `resume` hands a taken paused document back as `postponed` until now (`resumed_at`
+set): claimable at once, under a new `claims` (the take counted one), so the next run key is new. A paused document
 is never claimed (its `retry_at` never comes), and a cancelled one is finished like a failed one.
 
 `retry_at` is the one field that says when an unprocessed document may be claimed again: the
@@ -266,8 +266,9 @@ class WorkQueue:
         return self._hand_back(doc_id, owner, {**fields, "retry_at": PAUSED_UNTIL})
 
     def resume(self, doc_id: ObjectId, owner: str) -> bool:
-        """Hand a paused document (held by a `take`) back claimable now: `postponed` until now."""
-        fields = {"status": POSTPONED, "retry_at": self.clock.now()}
+        """Hand a paused document (held by a `take`) back claimable now: `postponed` until now, `resumed_at` now."""
+        now = self.clock.now()
+        fields = {"status": POSTPONED, "retry_at": now, "resumed_at": now}
         return self._hand_back(doc_id, owner, fields, unset=("paused_reason", "paused_at"))
 
     def cancel(self, doc_id: ObjectId, owner: str, result: Mapping[str, Any] | None = None) -> bool:

@@ -163,7 +163,9 @@ def test_daily_quota_pauses_the_mailing_until_later(
     report = send_mailing(ledger, gateway, mailing, name, owner="w1", policy=FAST, unsubscribe_link=LINK)
     # Both batches (50 and 30) are in flight at once: either may be the call that meets the quota.
     assert report.outcomes in (Counter(sent=50, pause=30), Counter(sent=30, pause=50))
-    assert report.paused_until is not None and report.pause_reason == "Daily message quota exceeded."
+    assert (
+        report.paused_until is not None and report.pause_reason == "SES paused sending: Daily message quota exceeded."
+    )
     assert ledger.counts(mailing)[PENDING] == report.outcomes["pause"] and not ledger.mailing_done(mailing)
     assert send_mailing(ledger, gateway, mailing, name, owner="w1", policy=FAST, unsubscribe_link=LINK).batches == 0
     assert len(ses_server.emails()) == report.outcomes["sent"]
