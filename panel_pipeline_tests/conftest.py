@@ -29,6 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PANEL_ENV", "local")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on the session's daemon (`dagster_dev`) last: once it starts it polls until the session
+    ends, and the tests that start a stack of their own (the bad day) should not share the cores with it."""
+    items.sort(key=lambda item: "dagster_dev" in getattr(item, "fixturenames", ()))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Give SIGINT its default handler back when the shell started pytest in the background.
 
@@ -136,7 +142,11 @@ def dagster_dev(
     completes = tmp_path_factory.mktemp("completes")
     environment = pipeline_environment(
         mongo_uri, daemon_ses.url, local_surveygizmo.base_url, local_sns_sqs.url, completes
-    ) | {"PANEL_FIELDWORK_PASS_SECONDS": "10", "PANEL_FIELDWORK_TIME_SCALE": str(FIELDWORK_TIME_SCALE)}
+    ) | {
+        "PANEL_FIELDWORK_PASS_SECONDS": "10",
+        "PANEL_FIELDWORK_TIME_SCALE": str(FIELDWORK_TIME_SCALE),
+        "PANEL_MAIL_BREAKER_WINDOW_SENDS": "200",  # the breaker's least window: test_breaker_daemon
+    }
     server = DagsterDev(Path(tmp_path_factory.mktemp("dagster_home")), environment)
     server.start()
     yield server

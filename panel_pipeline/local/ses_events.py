@@ -32,13 +32,16 @@ FEEDBACK_SHARES_VARIABLE = "PANEL_LOCAL_SES_FEEDBACK"
 @dataclass(frozen=True)
 class FeedbackShares:
     """The share of messages (0 to 1) to addresses outside the simulator that bounce permanently or
-    transiently (instead of a delivery), and of those delivered that draw a complaint, an open, a click."""
+    transiently (instead of a delivery), and of those delivered that draw a complaint, an open, a click;
+    `delivery` is the share of deliveries whose Delivery event is published (a configuration set may
+    publish none: 0)."""
 
     bounce: float = 0.0
     transient: float = 0.0
     complaint: float = 0.0
     open: float = 0.0
     click: float = 0.0
+    delivery: float = 1.0
 
     @classmethod
     def parse(cls, text: str | None) -> FeedbackShares:
@@ -117,7 +120,7 @@ def _outcome(mail: dict[str, Any], address: str, shares: FeedbackShares) -> list
             return [_bounce(mail, address, "Permanent")]
         if bounced < shares.bounce + shares.transient:
             return [_bounce(mail, address, "Transient")]
-    events = [_delivery(mail, address)]
+    events = [_delivery(mail, address)] if _draw(mail, "delivery") < shares.delivery else []
     if _draw(mail, "complaint") < shares.complaint:
         events.append(_complaint(mail, address))
     if _draw(mail, "open") < shares.open:

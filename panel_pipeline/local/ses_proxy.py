@@ -24,7 +24,8 @@ every set publishes SEND, REJECT, BOUNCE, COMPLAINT, DELIVERY, RENDERING_FAILURE
 to the SNS topic, as the local stack does, unless a test sets other destinations
 (`set_event_destinations`). GetAccount is forwarded, with the `EnforcementStatus` (`PROBATION`,
 `SHUTDOWN`; HEALTHY until then) and the `MaxSendRate` a test set (`set_account`), as SES's review or
-a quota change would; `set_feedback` changes the shares of feedback from the next call on.
+a quota change would; `set_feedback` changes the shares of feedback from the next call on, and
+`set_publishing(False)` stops publishing events.
 Everything else (templates, the web UI at `/`) passes through unchanged.
 """
 
@@ -252,6 +253,7 @@ class SesFaultProxy:
         self._event_destinations: dict[str, list[dict[str, Any]]] = {}
         self._calls: list[RecordedCall] = []
         self._account_overrides: dict[str, Any] = {}
+        self._publishing = True
         self.suppression_list = SuppressionList()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
@@ -304,9 +306,16 @@ class SesFaultProxy:
         with self._lock:
             self._feedback = feedback
 
+    def set_publishing(self, publishing: bool) -> None:
+        """Publish the SES events of the next calls (True), or none, as a configuration set whose event
+        destination is disabled (False)."""
+        with self._lock:
+            self._publishing = publishing
+
     def reset(self) -> None:
         with self._lock:
             self._account_overrides = {}
+            self._publishing = True
             self._faults.clear()
             self._calls.clear()
             self._refused.clear()
@@ -346,7 +355,8 @@ class SesFaultProxy:
         with self._lock:
             call = dataclasses.replace(call, feedback=self._feedback)
             self._calls.append(call)
-        if self._publish is not None and call.results:
+            publishing = self._publishing
+        if self._publish is not None and publishing and call.results:
             self._publish(ses_events(call))
 
     def _forward(

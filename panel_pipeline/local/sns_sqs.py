@@ -49,7 +49,7 @@ def moto_server_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)]
 
 
-def aws_client(service: Literal["sns", "sqs"], endpoint_url: str, region: str = REGION) -> Any:
+def aws_client(service: Literal["sns", "sqs", "cloudwatch"], endpoint_url: str, region: str = REGION) -> Any:
     return boto3.client(
         service,
         endpoint_url=endpoint_url,

@@ -1,0 +1,197 @@
+"""The circuit breaker's cost and reach: a 10,000-recipient bulk mailing sent by the Mailer's dispatch
+loop through the local SES endpoint (aws-ses-v2-local behind the project's proxy) at 200 recipients/s,
+with SES's events (Send, Delivery, Bounce) applied by a feed in a process of its own, as the
+ses_feedback runs do: each event wrapped as SNS delivers it to SQS and applied by the feed's own
+`apply_message` (stored once, counted in the mailing's report, the member bounced). The events go to
+the feed through a pipe, not moto's SQS: moto slows with the depth of its queue (a receive reads every
+waiting message) and could not carry 200 messages a second; SQS does.
+
+1. Throughput (recipients/s) with the report and the breakers on (the feed storing and counting every
+   event, the account read, the mailing's last 1,000 sends judged after each batch), as a ratio to the
+   same mailing with them off (no feed, the lease renewal alone). Target >= 0.97.
+2. Reach: the same mailing with 6% of its recipients bouncing. A watcher notes the SES calls made by
+   the moment the stored events first pass 4% over the last 1,000 sends; the figure is the calls made
+   after that until the dispatch loop stopped for the pause. Target <= 2 batches.
+
+`python -m benchmarks.breaker_bench [--runs 3] [--recipients N]`
+"""
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import threading
+import time
+from functools import partial
+from typing import Any
+
+import boto3
+import pymongo
+from bson import ObjectId
+
+from benchmarks._mongo import throwaway_mongod
+from panel_pipeline.local.mongod import free_port
+from panel_pipeline.local.ses_events import NO_FEEDBACK, FeedbackShares
+from panel_pipeline.local.ses_proxy import SesFaultProxy
+from panel_pipeline.local.ses_server import LocalSesServer
+from panel_pipeline.mailer.breaker import AccountMonitor, BreakerPolicy, MailingBreaker, guarded, mailing_trip_reason
+from panel_pipeline.mailer.control import hold
+from panel_pipeline.mailer.dispatch import MailingRecipient, plan_recipients, send_mailing
+from panel_pipeline.mailer.feedback import FeedbackStore, apply_message
+from panel_pipeline.mailer.ses import SesGateway
+from panel_pipeline.mailer.store import MailingControls, MailingReports, MailLedger
+from panel_pipeline.queue.store import QueuePolicy, WorkQueue
+from panel_pipeline.shared.templates import load_templates
+
+RECIPIENTS = 10_000
+SEND_RATE = 200.0
+POLICY = BreakerPolicy()
+OWNER = "bench-run"
+TOPIC_ARN = "arn:aws:sns:eu-west-2:123456789012:panel-ses-events"
+
+
+def feed(mongo_uri: str, database: str, events: Any) -> None:
+    """The ses_feedback runs' work in a process of its own: apply each event as its SQS message
+    would be, until the None that ends the mailing."""
+    with pymongo.MongoClient(mongo_uri, tz_aware=True) as client:
+        db = client[database]
+        store = FeedbackStore(db.mail_events, db.users, MailingReports(db.mailings, db.mail_log, db.mail_events))
+        store.ensure_indexes()
+        while (batch := events.get()) is not None:
+            for event in batch:
+                body = json.dumps({"Type": "Notification", "TopicArn": TOPIC_ARN, "Message": json.dumps(event)})
+                apply_message(store, body, TOPIC_ARN)
+
+
+def new_mailing(db, ledger: MailLedger, gateway: SesGateway, recipients: int) -> tuple[ObjectId, str, WorkQueue]:
+    template = load_templates()["new_survey"]
+    mailing_id = db.mailings.insert_one({"processed": False, "kind": "bulk", "template": "new_survey"}).inserted_id
+    queue = WorkQueue(db.mailings, QueuePolicy(lease_seconds=300))
+    queue.claim(mailing_id, OWNER)
+    shared = {key: template.example_data[key] for key in ("survey_name", "duration_minutes", "points", "survey_url")}
+    members = [
+        MailingRecipient(f"member{i}@panel.example", {"first_name": f"M{i}"}, user_id=ObjectId())
+        for i in range(recipients)
+    ]
+    ledger.add_recipients(mailing_id, plan_recipients(template, members, shared, bulk=True))
+    return mailing_id, gateway.ensure_template(template), queue
+
+
+def link(user_id: str) -> str:
+    return f"https://panel.example/unsubscribe?user={user_id}&token=t"
+
+
+class Stack:
+    """mongod, the local SES endpoint and its proxy handing every call's events to `events`."""
+
+    def __init__(self, events: Any) -> None:
+        self.events = events
+
+    def __enter__(self) -> "Stack":
+        self._mongo = throwaway_mongod()
+        self.client, self.mongo_uri = self._mongo.__enter__()
+        self._ses = LocalSesServer(port=free_port(), max_send_rate=SEND_RATE)
+        self._ses.start()
+        self.proxy = SesFaultProxy(self._ses.url, publish=self.events.put)
+        self.proxy.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proxy.stop()
+        self._ses.stop()
+        self._mongo.__exit__(None, None, None)
+
+    def gateway(self) -> SesGateway:
+        session = boto3.session.Session(aws_access_key_id="l", aws_secret_access_key="l", region_name="eu-west-2")
+        return SesGateway(session, from_address="Panel <panel@example.org>", endpoint_url=self.proxy.url)
+
+
+class Discard:
+    def put(self, events: Any) -> None:
+        return None
+
+
+def measure(recipients: int, breaker_on: bool, bounce: float) -> dict[str, float]:
+    spawn = multiprocessing.get_context("spawn")
+    events = spawn.Queue() if breaker_on else Discard()
+    with Stack(events) as stack:
+        db = stack.client[f"bench_{int(time.time())}"]
+        ledger = MailLedger(db.mail_log, db.mail_events)
+        ledger.ensure_indexes()
+        reports = MailingReports(db.mailings, db.mail_log, db.mail_events)
+        reports.ensure_indexes()
+        gateway = stack.gateway()
+        mailing_id, template_name, queue = new_mailing(db, ledger, gateway, recipients)
+        stack.proxy.set_feedback(FeedbackShares(bounce=bounce) if bounce else NO_FEEDBACK)
+        keep_alive = partial(hold, queue, mailing_id, OWNER)
+        feeder = None
+        if breaker_on:
+            mailing = db.mailings.find_one({"_id": mailing_id})
+            breaker = MailingBreaker(reports, MailingControls(db.mailings), mailing, POLICY)
+            keep_alive = guarded(keep_alive, AccountMonitor(gateway.account, None, POLICY), breaker)
+            feeder = spawn.Process(target=feed, args=(stack.mongo_uri, db.name, events))
+            feeder.start()
+        crossed: dict[str, int] = {}
+        watching = threading.Event()
+        watcher = threading.Thread(target=watch, args=(reports, mailing_id, stack.proxy, crossed, watching))
+        if bounce:
+            watcher.start()
+        started = time.monotonic()
+        report = send_mailing(
+            ledger, gateway, mailing_id, template_name, OWNER, keep_alive=keep_alive, unsubscribe_link=link
+        )
+        elapsed = time.monotonic() - started
+        calls_at_stop = len(stack.proxy.calls())
+        watching.set()
+        if bounce:
+            watcher.join()
+        if feeder is not None:
+            events.put(None)
+            feeder.join(timeout=300)
+        sent = report.outcomes["sent"]
+        figures = {"sent": float(sent), "seconds": elapsed, "rate": sent / elapsed}
+        if bounce:
+            figures["paused"] = float(report.stopped_for == "pause")
+            figures["batches_after_crossing"] = float(calls_at_stop - crossed.get("calls", calls_at_stop))
+        return figures
+
+
+def watch(reports: MailingReports, mailing_id: ObjectId, proxy: SesFaultProxy, crossed: dict, done) -> None:
+    """Note the SES calls made when the stored events first pass the mark."""
+    while not done.is_set():
+        calls = len(proxy.calls())
+        if mailing_trip_reason(reports.recent_feedback(mailing_id, POLICY.window_sends), POLICY):
+            crossed["calls"] = calls
+            return
+        time.sleep(0.02)
+
+
+def spread(values: list[float]) -> str:
+    return f"median {statistics.median(values):.3f} (min {min(values):.3f}, max {max(values):.3f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--recipients", type=int, default=RECIPIENTS)
+    args = parser.parse_args()
+    ratios, batches = [], []
+    for run in range(1, args.runs + 1):
+        off = measure(args.recipients, breaker_on=False, bounce=0.0)
+        on = measure(args.recipients, breaker_on=True, bounce=0.0)
+        tripped = measure(args.recipients, breaker_on=True, bounce=0.06)
+        ratios.append(on["rate"] / off["rate"])
+        batches.append(tripped["batches_after_crossing"])
+        print(
+            f"run {run}: off {off['rate']:.1f}/s ({off['sent']:.0f} in {off['seconds']:.1f} s), "
+            f"on {on['rate']:.1f}/s ({on['sent']:.0f} in {on['seconds']:.1f} s), ratio {ratios[-1]:.3f}; "
+            f"6% bounces: paused={bool(tripped['paused'])} after {tripped['sent']:.0f} sent, "
+            f"{tripped['batches_after_crossing']:.0f} SES calls after the mark was passed",
+            flush=True,
+        )
+    print(f"\nthroughput with the report and breakers / without (target >= 0.97): {spread(ratios)}")
+    print(f"SES calls from the mark passed to the pause (target <= 2): {spread(batches)}")
+
+
+if __name__ == "__main__":
+    main()
