@@ -40,7 +40,6 @@ from panel_pipeline.mailer.store import (
 from panel_pipeline.mailer.suppression import BOUNCE, COMPLAINT, SyncReport, sync_suppression
 from panel_pipeline.mailer.validation import check_mailing
 from panel_pipeline.queue.store import LeaseLost, RequestRejected, WorkQueue
-from panel_pipeline.sampler.composition_chart import markdown_image
 from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.contract import (
     BOUNCED,
@@ -54,7 +53,7 @@ from panel_pipeline.shared.contract import (
     UNSUBSCRIBED,
     USERS,
 )
-from panel_pipeline.shared.metadata import OWNERS, row_count, table
+from panel_pipeline.shared.metadata import OWNERS, markdown_image, row_count, table
 from panel_pipeline.shared.partitions import mailing_partitions
 from panel_pipeline.shared.privacy import describe_error
 from panel_pipeline.shared.resources import MongoResource

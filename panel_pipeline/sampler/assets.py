@@ -37,7 +37,7 @@ from pymongo.database import Database
 from panel_pipeline.queue.store import SKIPPED, RequestRejected, WorkQueue, process_document
 from panel_pipeline.sampler import reminders, store, waves
 from panel_pipeline.sampler.completes import PREVIEW_ROWS, completes_table, target_fields
-from panel_pipeline.sampler.composition_chart import composition_svg, markdown_image
+from panel_pipeline.sampler.composition_chart import composition_svg
 from panel_pipeline.sampler.fieldwork_chart import (
     cell_series,
     completes_over_time_svg,
@@ -57,7 +57,7 @@ from panel_pipeline.sampler.response_rates import RATE_DIMENSIONS, LearnedRespon
 from panel_pipeline.shared import invitations
 from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.contract import DONE, FAILED, SAMPLES
-from panel_pipeline.shared.metadata import OWNERS, row_count, table
+from panel_pipeline.shared.metadata import OWNERS, markdown_image, row_count, table
 from panel_pipeline.shared.mongo import as_utc
 from panel_pipeline.shared.partitions import sample_request_partitions
 from panel_pipeline.shared.privacy import redact
@@ -163,7 +163,7 @@ def draw(
         raise RequestRejected(str(invalid)) from invalid
     now = utc_now()
     sample_id = document["_id"]
-    learned = learned_rates(db) if waves.uses_waves(request) else None
+    learned = store.learned_response_rates(db) if waves.uses_waves(request) else None
     panel = store.load_panel(db, waves.sizing_request(request, learned), now.year)
     kept = store.kept_members(db, sample_id)
     excluded = store.excluded_user_ids(db, request, now) | kept
@@ -269,7 +269,7 @@ def materialization(report: Mapping[str, Any], member_count: int, document: Mapp
     categories = [CategoryReport(**entry) for entry in report["composition"]]
     deviation, tolerance = float(report["max_deviation_pp"]), float(report["tolerance_pp"])
     passed = bool(deviation <= tolerance and report["completes_planned"] == report["size_requested"])
-    composition = markdown_image(composition_svg(categories, tolerance))
+    composition = markdown_image(composition_svg(categories, tolerance), alt="composition: target (grey) vs achieved")
     return dg.MaterializeResult(
         metadata={
             **sample_labels(document),
@@ -439,7 +439,7 @@ def sample_fieldwork(
     now = utc_now()
     mailed = request.mailing is not None
     members = store.fieldwork_members(db, sample_id, request.survey_id, now.year, mailed=mailed)
-    learned = learned_rates(db)
+    learned = store.learned_response_rates(db)
     update = update_fieldwork(request, document, members, learned, now)
     top_up, top_up_note = top_up_wave(db, request, document, update, members, learned, contact_budget, now)
     if mailed and waves.uses_waves(request):  # this pass's wave, or one a crashed pass added and did not invite
@@ -529,14 +529,6 @@ def reminder_metadata(reminder_round: reminders.ReminderRound | None) -> dict[st
             [(cell["target"], cell["category"], cell["held_back"]) for cell in held_back["by_cell"]],
         ),
     }
-
-
-def learned_rates(db: Database) -> LearnedResponseRates | None:
-    """The stored learned rates, or None before any invitation was learned from."""
-    document = store.load_response_rates(db)
-    if document is None or not document.get("invitations"):
-        return None
-    return LearnedResponseRates.from_document(document)
 
 
 def fieldwork_metadata(update: FieldworkUpdate, document: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,13 +1,12 @@
 """Target-versus-achieved composition chart as a small hand-built SVG (no plotting dependency).
 
 One row per target category: a grey bar for the target share, a thin coloured bar for the
-achieved share (blue within tolerance, red outside), and the deviation in pp. `markdown_image`
-wraps the SVG in a data URI so Dagster's markdown metadata can show it inline.
+achieved share (blue within tolerance, red outside), and the deviation in pp. Shown in the UI
+through `shared.metadata.markdown_image` (a data URI in markdown metadata).
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from html import escape
 
@@ -55,9 +54,3 @@ def _row(report: CategoryReport, y: int, scale: float, tolerance_pp: float) -> s
         f'<text x="{LABEL_WIDTH + BAR_WIDTH + 6}" y="{middle + 4}" fill="{colour}">'
         f"{report.achieved_pct:.1f}% vs {report.target_pct:.1f}% ({report.deviation_pp:+.2f})</text>"
     )
-
-
-def markdown_image(svg: str, alt: str = "composition: target (grey) vs achieved") -> str:
-    """Markdown that shows the SVG inline (for dagster.MetadataValue.md)."""
-    encoded = base64.b64encode(svg.encode("utf-8")).decode("ascii")
-    return f"![{alt}](data:image/svg+xml;base64,{encoded})"

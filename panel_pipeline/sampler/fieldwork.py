@@ -43,6 +43,7 @@ from panel_pipeline.sampler.requests import CELL_SEPARATOR, FieldworkSettings
 from panel_pipeline.sampler.response_rates import CompletionCurve
 from panel_pipeline.sampler.targets import Target
 from panel_pipeline.sampler.weighting import rake
+from panel_pipeline.shared.contacts import DEFAULT_CONTACTS_PER_WEEK
 
 # Member columns (sample_members fields); the optional ones default as listed.
 INVITED_AT = "invited_at"  # NaT: not invited
@@ -64,8 +65,6 @@ MEMBER_COLUMNS: tuple[str, ...] = (
     ACTIVE,
 )
 
-DEFAULT_CONTACT_BUDGET = 3  # invitations plus reminders per member in 7 days, across samples
-CONTACT_WINDOW_DAYS = 7
 OBSERVED_PRIOR_COMPLETES = 10.0  # pseudo-completes at the predicted rate when blending in the observed one
 # Per target, pass by pass: at 1 a member adding to a cell that needs nothing is taken only if it
 # adds as much to every other cell; later passes accept more overfill for the cells still short.
@@ -605,7 +604,7 @@ def contact_budget(
     contacts_last_7_days: np.ndarray,
     cells: pd.DataFrame,
     members: pd.DataFrame,
-    budget: int = DEFAULT_CONTACT_BUDGET,
+    budget: int = DEFAULT_CONTACTS_PER_WEEK,
     considered: np.ndarray | None = None,
 ) -> BudgetCheck:
     """Members whose survey contacts (invitations plus reminders, any sample) in the last 7 days

@@ -1,5 +1,5 @@
-"""Fieldwork and response-rate charts as small hand-built SVGs, shown through `markdown_image`
-(composition_chart.py's way: no plotting dependency). Pure: no Mongo, no Dagster.
+"""Fieldwork and response-rate charts as small hand-built SVGs, shown through
+`shared.metadata.markdown_image` (composition_chart.py's way: no plotting dependency). Pure: no Mongo, no Dagster.
 
 Invariants: each chart's size is bounded whatever the sample's size (a cell's line is sampled on
 GRID_POINTS times, not drawn per complete), every label passes through `html.escape`, and a chart

@@ -11,6 +11,7 @@ most TAG_VALUE_MAX_CHARS, as Dagster's strict tags allow, so the Runs page can f
 
 from __future__ import annotations
 
+import base64
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -64,3 +65,9 @@ def _column_type(records: Sequence[dg.TableRecord], column: str) -> str:
     if values and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         return "float"
     return "string"
+
+
+def markdown_image(svg: str, alt: str = "chart") -> str:
+    """Markdown that shows the SVG inline (for dagster.MetadataValue.md)."""
+    encoded = base64.b64encode(svg.encode("utf-8")).decode("ascii")
+    return f"![{alt}](data:image/svg+xml;base64,{encoded})"

@@ -7,9 +7,10 @@ import xml.etree.ElementTree as ElementTree
 
 import pandas as pd
 
-from panel_pipeline.sampler.composition_chart import composition_svg, markdown_image
+from panel_pipeline.sampler.composition_chart import composition_svg
 from panel_pipeline.sampler.quotas import select_members
 from panel_pipeline.sampler.targets import Target
+from panel_pipeline.shared.metadata import markdown_image
 
 
 def test_chart_is_valid_svg_with_a_row_per_category() -> None:

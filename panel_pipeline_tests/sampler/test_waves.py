@@ -11,10 +11,11 @@ import pytest
 
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline.sampler import fieldwork, store, waves
-from panel_pipeline.sampler.assets import learned_rates, top_up_wave
+from panel_pipeline.sampler.assets import top_up_wave
 from panel_pipeline.sampler.fieldwork_state import FieldworkUpdate, update_fieldwork
 from panel_pipeline.sampler.requests import parse_sample_request
 from panel_pipeline.sampler.response_rates import learn_response_rates
+from panel_pipeline.sampler.store import learned_response_rates
 from panel_pipeline.shared.resources import ContactBudget, MongoResource
 from panel_pipeline_tests.sampler.test_assets import INVITATION, complete, fieldwork_run, request, run
 
@@ -86,7 +87,7 @@ def test_the_first_wave_invites_first_wave_share_of_each_cell_at_the_learned_rat
     assert invited["male"] > 2 * invited["female"]  # the low-rate cell gets more invitations
     # Each cell expects 0.7 x 50 = 35 completes at the learned rates.
     profiles = store.member_profiles(mongo_db, [doc["user_id"] for doc in drawn], dt.datetime.now(UTC).year)
-    expected = pd.Series(learned_rates(mongo_db).predict(profiles), index=profiles.index)
+    expected = pd.Series(learned_response_rates(mongo_db).predict(profiles), index=profiles.index)
     assert (expected.groupby(profiles["gender"].astype(object)).sum().round().between(29, 41)).all()
     doc = mongo_db.samples.find_one({"_id": sample_id})
     assert doc["result"]["invited"] == len(drawn) == doc["members"]
@@ -181,7 +182,7 @@ def test_a_pass_that_crashed_between_adding_a_wave_and_inviting_it_invites_it_on
     request_ = parse_sample_request(document)
     now = dt.datetime.now(UTC)
     fielded = store.fieldwork_members(mongo_db, sample_id, "123", now.year, mailed=True)
-    update = update_fieldwork(request_, document, fielded, learned_rates(mongo_db), now)
+    update = update_fieldwork(request_, document, fielded, learned_response_rates(mongo_db), now)
     top_up, _ = top_up_wave(mongo_db, request_, document, update, fielded, None, ContactBudget(), now)
     assert top_up is not None and len(top_up.member_ids)
     waiting = members(mongo_db, sample_id, wave=2)
