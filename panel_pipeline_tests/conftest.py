@@ -21,7 +21,7 @@ from panel_pipeline.local.ses_server import LocalSesServer
 from panel_pipeline.local.sns_sqs import LocalSnsSqs, aws_client, ensure_feedback_path
 from panel_pipeline.local.stack import pipeline_environment
 from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
-from panel_pipeline_tests.waiting import FIELDWORK_TIME_SCALE
+from panel_pipeline_tests.waiting import DAEMON_FEEDBACK, FIELDWORK_TIME_SCALE
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tests load the definitions with the local resources, as `make run` does; outside
@@ -122,7 +122,7 @@ def daemon_ses(local_ses: LocalSesServer, local_sns_sqs: LocalSnsSqs) -> Iterato
     publisher = SnsEventPublisher(
         aws_client("sns", local_sns_sqs.url), ensure_feedback_path(local_sns_sqs.url).topic_arn
     )
-    proxy = SesFaultProxy(local_ses.url, publish=publisher)
+    proxy = SesFaultProxy(local_ses.url, publish=publisher, feedback=DAEMON_FEEDBACK)
     proxy.start()
     yield proxy
     proxy.stop()

@@ -43,7 +43,7 @@ from panel_pipeline.local.stack import LOCAL_UNSUBSCRIBE_SECRET, pipeline_enviro
 from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN_SECRET, LocalSurveyGizmo
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline_tests.pii_scan import Needles, scan_dagster_home, scan_texts
-from panel_pipeline_tests.waiting import run_worker_pid, serving, wait_for
+from panel_pipeline_tests.waiting import DAEMON_FEEDBACK, run_worker_pid, serving, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 UTC = dt.UTC
@@ -88,7 +88,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             surveygizmo.add_survey(PROFILE_SURVEY)
             path = ensure_feedback_path(sns_sqs.url)
             publisher = SnsEventPublisher(aws_client("sns", sns_sqs.url), path.topic_arn)
-            proxy = SesFaultProxy(ses.url, publish=publisher)
+            proxy = SesFaultProxy(ses.url, publish=publisher, feedback=DAEMON_FEEDBACK)
             proxy.start()
             completes = tmp_path_factory.mktemp("bad_day_completes")
             environment = (

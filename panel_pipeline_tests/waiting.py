@@ -9,12 +9,18 @@ from typing import TypeVar
 
 import dagster as dg
 
+from panel_pipeline.local.ses_events import FeedbackShares
 from panel_pipeline.queue.sensors import WORKER_TAG
 
 T = TypeVar("T")
 # Fieldwork time under the session's daemon (conftest's dagster_dev): two hours a second, the pace
 # of the respondent simulator the fieldwork daemon test runs beside it.
 FIELDWORK_TIME_SCALE = 7200.0
+# What the daemon tests' SES endpoint publishes: Send, Bounce and Complaint events, no Delivery events.
+# moto's SQS slows with the depth of its queue (each receive reads every waiting message), and Delivery
+# events would double it; none of these tests reads them (test_feedback_sqs's report test does, on
+# its own proxy).
+DAEMON_FEEDBACK = FeedbackShares(delivery=0.0)
 
 
 def wait_for(

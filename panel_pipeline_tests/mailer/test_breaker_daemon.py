@@ -4,8 +4,8 @@ sending run's breaker reads what they stored. The session's daemon judges a mail
 sends (PANEL_MAIL_BREAKER_WINDOW_SENDS in conftest).
 
 moto's SQS slows down with the depth of the queue (a receive reads every message: about a second per
-1,000 waiting), so the mailing goes at 10 a second and its configuration set publishes no Delivery
-events (the breaker reads Send and Bounce events): the feed keeps up, as SQS does at any rate."""
+1,000 waiting), so the mailing goes at 10 a second, publishing no Delivery events (DAEMON_FEEDBACK;
+the breaker reads Send and Bounce events): the feed keeps up, as SQS does at any rate."""
 
 import uuid
 from collections import Counter
@@ -13,12 +13,12 @@ from collections import Counter
 import dagster as dg
 import pytest
 
-from panel_pipeline.local.ses_events import NO_FEEDBACK, FeedbackShares
+from panel_pipeline.local.ses_events import FeedbackShares
 from panel_pipeline.local.sns_sqs import aws_client, ensure_feedback_path
 from panel_pipeline.queue.sensors import DOCUMENT_TAG
 from panel_pipeline_tests.mailer.conftest import SURVEY
 from panel_pipeline_tests.test_bad_day import accepted_entries
-from panel_pipeline_tests.waiting import finished_runs, wait_for
+from panel_pipeline_tests.waiting import DAEMON_FEEDBACK, finished_runs, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
@@ -41,7 +41,7 @@ def account(daemon_ses, event_queue_emptied_afterwards):
     """The session's SES endpoint, its account, feedback and publishing put back as they were afterwards."""
     yield daemon_ses
     daemon_ses.set_account()
-    daemon_ses.set_feedback(NO_FEEDBACK)
+    daemon_ses.set_feedback(DAEMON_FEEDBACK)
     daemon_ses.set_publishing(True)
 
 
