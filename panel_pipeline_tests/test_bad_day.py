@@ -136,6 +136,9 @@ def sample(name: str, **fields: Any) -> dict[str, Any]:
         "size": 20,
         "tolerance": 100,
         "mailing": {"template": "new_survey", "default_data": {**SURVEY, "survey_name": name}},
+        # One invitation each: fieldwork has a daemon test of its own, and its passes (one per sample
+        # whenever its events change) kept runs queued behind the Sampler's limit of one.
+        "fieldwork": False,
         **fields,
     }
 
