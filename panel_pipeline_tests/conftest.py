@@ -18,7 +18,7 @@ from panel_pipeline.local.profile_survey import PROFILE_SURVEY
 from panel_pipeline.local.ses_events import SnsEventPublisher
 from panel_pipeline.local.ses_proxy import SesFaultProxy
 from panel_pipeline.local.ses_server import LocalSesServer
-from panel_pipeline.local.sns_sqs import LocalSnsSqs, aws_client, ensure_feedback_path
+from panel_pipeline.local.sns_sqs import LocalCloudWatch, LocalSnsSqs, aws_client, ensure_feedback_path
 from panel_pipeline.local.stack import pipeline_environment
 from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
 from panel_pipeline_tests.waiting import DAEMON_FEEDBACK, FIELDWORK_TIME_SCALE
@@ -109,8 +109,15 @@ def local_ses() -> Iterator[LocalSesServer]:
 
 @pytest.fixture(scope="session")
 def local_sns_sqs() -> Iterator[LocalSnsSqs]:
-    """moto's SNS and SQS; tests make topics and queues of their own names on it."""
+    """The local SNS and SQS; tests make topics and queues of their own names on it."""
     with LocalSnsSqs(port=free_port()) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def local_cloudwatch() -> Iterator[LocalCloudWatch]:
+    """moto's CloudWatch: the SES account's reputation metrics a test puts there."""
+    with LocalCloudWatch(port=free_port()) as server:
         yield server
 
 
@@ -136,12 +143,13 @@ def dagster_dev(
     local_surveygizmo: LocalSurveyGizmo,
     daemon_ses: SesFaultProxy,
     local_sns_sqs: LocalSnsSqs,
+    local_cloudwatch: LocalCloudWatch,
 ) -> Iterator[DagsterDev]:
     """The whole pipeline under a real daemon, as `make run` starts it, on the session's local stack
     (Mongo database `panel`), SES events flowing back through SNS and SQS."""
     completes = tmp_path_factory.mktemp("completes")
     environment = pipeline_environment(
-        mongo_uri, daemon_ses.url, local_surveygizmo.base_url, local_sns_sqs.url, completes
+        mongo_uri, daemon_ses.url, local_surveygizmo.base_url, local_sns_sqs.url, local_cloudwatch.url, completes
     ) | {
         "PANEL_FIELDWORK_PASS_SECONDS": "10",
         "PANEL_FIELDWORK_TIME_SCALE": str(FIELDWORK_TIME_SCALE),

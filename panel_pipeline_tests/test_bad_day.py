@@ -38,7 +38,7 @@ from panel_pipeline.local.profile_survey import PROFILE_SURVEY
 from panel_pipeline.local.ses_events import SnsEventPublisher
 from panel_pipeline.local.ses_proxy import SesFaultProxy, daily_quota_exceeded
 from panel_pipeline.local.ses_server import LocalSesServer
-from panel_pipeline.local.sns_sqs import LocalSnsSqs, aws_client, ensure_feedback_path
+from panel_pipeline.local.sns_sqs import LocalCloudWatch, LocalSnsSqs, aws_client, ensure_feedback_path
 from panel_pipeline.local.stack import LOCAL_UNSUBSCRIBE_SECRET, pipeline_environment
 from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN_SECRET, LocalSurveyGizmo
 from panel_pipeline.local.synthetic_panel import generate_profiles
@@ -76,7 +76,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, local_cloudwatch: LocalCloudWatch) -> Iterator[Stack]:
     mongod = LocalMongod(data_dir=tmp_path_factory.mktemp("bad_day_mongod"), port=free_port())
     mongod.start()
     try:
@@ -92,7 +92,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             proxy.start()
             completes = tmp_path_factory.mktemp("bad_day_completes")
             environment = (
-                pipeline_environment(mongod.uri, proxy.url, surveygizmo.base_url, sns_sqs.url, completes) | TIMINGS
+                pipeline_environment(
+                    mongod.uri, proxy.url, surveygizmo.base_url, sns_sqs.url, local_cloudwatch.url, completes
+                )
+                | TIMINGS
             )
             dagster = DagsterDev(tmp_path_factory.mktemp("bad_day_dagster_home"), environment)
             client: MongoClient = MongoClient(mongod.uri, tz_aware=True)

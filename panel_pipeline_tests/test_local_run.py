@@ -140,10 +140,6 @@ def test_queue_documents_are_finished_in_seconds(dagster_dev, panel_db):
     assert statuses(runs) == dict.fromkeys(run_ids, dg.DagsterRunStatus.SUCCESS)
 
 
-@pytest.mark.skip(
-    reason="failed in both full CI runs of 2026-12-02 (the member not bounced within 180 s), cause not yet "
-    "found; the same path under the daemon passes in mailer/test_feedback_sqs.py"
-)
 def test_an_ses_bounce_flows_back_through_the_daemon(dagster_dev, panel_db):
     """The daemon sends through the local SES endpoint, which publishes SES's events to SNS as a
     configuration set does; the feedback sensor and run apply the mailbox simulator's bounce."""

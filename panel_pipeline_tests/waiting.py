@@ -17,9 +17,8 @@ T = TypeVar("T")
 # of the respondent simulator the fieldwork daemon test runs beside it.
 FIELDWORK_TIME_SCALE = 7200.0
 # What the daemon tests' SES endpoint publishes: Send, Bounce and Complaint events, no Delivery events.
-# moto's SQS slows with the depth of its queue (each receive reads every waiting message), and Delivery
-# events would double it; none of these tests reads them (test_feedback_sqs's report test does, on
-# its own proxy).
+# Delivery events would double the feed's work on the 2 shared cores, and none of these tests reads them
+# (test_feedback_sqs's report test does, on its own proxy).
 DAEMON_FEEDBACK = FeedbackShares(delivery=0.0)
 
 

@@ -1,8 +1,9 @@
-"""The local SNS and SQS: a moto server in a subprocess, and the SES event path set up on it.
+"""The local AWS services besides SES, each in a subprocess: SNS and SQS (`sns_sqs_server.py`, ours:
+moto's SQS slows with the depth of a queue) and CloudWatch (moto), and the SES event path set up on them.
 
 Production delivers SES events as: configuration set -> SNS topic -> SQS queue (raw message delivery
 off, so each SQS body is an SNS envelope). `ensure_feedback_path` builds the same topic, queue and
-subscription, idempotently, on any SNS/SQS endpoint; moto accepts the dummy credentials `local`.
+subscription, idempotently, on any SNS/SQS endpoint; the local servers accept the dummy credentials `local`.
 """
 
 from __future__ import annotations
@@ -19,16 +20,16 @@ import boto3
 
 from panel_pipeline.local.child_process import ChildProcessServer
 from panel_pipeline.local.mongod import port_in_use
+from panel_pipeline.local.sns_sqs_server import ACCOUNT
 
 REGION = "eu-west-2"
 EVENTS_NAME = "panel-ses-events"  # the topic's and the queue's
-MOTO_ACCOUNT = "123456789012"  # moto's fixed account id
 START_TIMEOUT_SECONDS = 20.0
-LOCAL_AWS_KEY = "local"  # the access key id and secret moto and aws-ses-v2-local accept (any would do)
+LOCAL_AWS_KEY = "local"  # the access key id and secret the local servers accept (any would do)
 
 
-class SnsSqsServerError(RuntimeError):
-    """The local SNS/SQS server did not start; the message says where to look."""
+class LocalAwsServerError(RuntimeError):
+    """A local AWS server did not start; the message says where to look."""
 
 
 @dataclass(frozen=True)
@@ -38,14 +39,18 @@ class FeedbackPath:
 
 
 def local_topic_arn(region: str = REGION, name: str = EVENTS_NAME) -> str:
-    return f"arn:aws:sns:{region}:{MOTO_ACCOUNT}:{name}"
+    return f"arn:aws:sns:{region}:{ACCOUNT}:{name}"
 
 
 def local_queue_url(endpoint_url: str, name: str = EVENTS_NAME) -> str:
-    return f"{endpoint_url}/{MOTO_ACCOUNT}/{name}"
+    return f"{endpoint_url}/{ACCOUNT}/{name}"
 
 
-def moto_server_command(host: str, port: int) -> list[str]:
+def sns_sqs_server_command(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "panel_pipeline.local.sns_sqs_server", "--host", host, "--port", str(port)]
+
+
+def cloudwatch_server_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)]
 
 
@@ -86,26 +91,44 @@ def _queue_policy(queue_arn: str, topic_arn: str) -> dict[str, Any]:
     }
 
 
-@dataclass
-class LocalSnsSqs(ChildProcessServer):
-    """Start/stop `moto.server` (SNS and SQS, among others) on `host:port`."""
+class _LocalAwsServer(ChildProcessServer):
+    """A local AWS endpoint in a subprocess, up once its port answers."""
 
-    port: int = 8007
-    host: str = "127.0.0.1"
-    log_path: Path | None = None
-    log_name = "moto-server"
+    def _command(self) -> list[str]:
+        raise NotImplementedError
 
     def _spawn(self, log_file: IO[bytes]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            moto_server_command(self.host, self.port),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        return subprocess.Popen(self._command(), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not port_in_use(self.port):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise SnsSqsServerError(f"moto server did not start on {self.url}; see {self.log_file_path}")
+                raise LocalAwsServerError(f"{self.log_name} did not start on {self.url}; see {self.log_file_path}")
             time.sleep(0.05)
+
+
+@dataclass
+class LocalSnsSqs(_LocalAwsServer):
+    """Start/stop the local SNS and SQS endpoint on `host:port`."""
+
+    port: int = 8007
+    host: str = "127.0.0.1"
+    log_path: Path | None = None
+    log_name = "sns-sqs-server"
+
+    def _command(self) -> list[str]:
+        return sns_sqs_server_command(self.host, self.port)
+
+
+@dataclass
+class LocalCloudWatch(_LocalAwsServer):
+    """Start/stop `moto.server` on `host:port`, for CloudWatch (the SES account's reputation metrics)."""
+
+    port: int = 8009
+    host: str = "127.0.0.1"
+    log_path: Path | None = None
+    log_name = "moto-cloudwatch"
+
+    def _command(self) -> list[str]:
+        return cloudwatch_server_command(self.host, self.port)

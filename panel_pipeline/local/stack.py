@@ -1,8 +1,9 @@
 """The local stack the embedded defaults point at: mongod, the local SES, SurveyGizmo and SNS/SQS servers,
 and the respondent simulator (invited members complete their surveys, `respondents.py`).
 
-SES events take production's path: the local SES endpoint publishes them to an SNS topic on the moto
-server, whose SQS queue subscription the `ses_feedback` asset drains.
+SES events take production's path: the local SES endpoint publishes them to an SNS topic on the local
+SNS/SQS server, whose SQS queue subscription the `ses_feedback` asset drains. moto serves CloudWatch
+(the account's reputation metrics the mail breaker reads).
 
 Everything lives under `.panel_pipeline/` in the project folder (data, logs, pid files), so starting
 is idempotent and `down` stops exactly what `up` started. `pipeline_environment` is what the pipeline
@@ -26,10 +27,11 @@ from panel_pipeline.local.profile_survey import PROFILE_SURVEY_ID
 from panel_pipeline.local.ses_events import FEEDBACK_SHARES_VARIABLE, FeedbackShares
 from panel_pipeline.local.sns_sqs import (
     LOCAL_AWS_KEY,
+    cloudwatch_server_command,
     ensure_feedback_path,
     local_queue_url,
     local_topic_arn,
-    moto_server_command,
+    sns_sqs_server_command,
 )
 from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN, DEMO_TOKEN_SECRET
 
@@ -40,11 +42,13 @@ SES_PORT = 8005
 SURVEYGIZMO_PORT = 8006
 SNS_SQS_PORT = 8007
 RESPONDENTS_PORT = 8008  # the respondent simulator's status page
+CLOUDWATCH_PORT = 8009
 # Simulated seconds per real second for the stack's simulator: a simulated hour passes in a second.
 RESPONDENTS_TIME_SCALE = os.environ.get("PANEL_RESPONDENTS_TIME_SCALE", "3600")
 # What share of the local SES endpoint's mail bounces, complains, is opened, clicked (ses_events.FeedbackShares).
 SES_FEEDBACK = os.environ.get(FEEDBACK_SHARES_VARIABLE, "")
 SNS_SQS_URL = f"http://127.0.0.1:{SNS_SQS_PORT}"
+CLOUDWATCH_URL = f"http://127.0.0.1:{CLOUDWATCH_PORT}"
 START_TIMEOUT_SECONDS = 30.0
 LOCAL_UNSUBSCRIBE_SECRET = "local-unsubscribe-secret"
 # What the local servers accept and what the local run signs unsubscribe links with, under the
@@ -71,7 +75,7 @@ class BackgroundService:
     port: int
     command: Sequence[str]
     env: dict[str, str] = field(default_factory=dict)
-    set_up: Callable[[], object] | None = None  # idempotent, run after every start (moto keeps no state)
+    set_up: Callable[[], object] | None = None  # idempotent, run after every start (SNS/SQS keeps no state)
 
     @property
     def pid_file(self) -> Path:
@@ -148,8 +152,13 @@ def background_services() -> list[BackgroundService]:
         BackgroundService(
             name="sns_sqs",
             port=SNS_SQS_PORT,
-            command=moto_server_command("127.0.0.1", SNS_SQS_PORT),
+            command=sns_sqs_server_command("127.0.0.1", SNS_SQS_PORT),
             set_up=lambda: ensure_feedback_path(SNS_SQS_URL),
+        ),
+        BackgroundService(
+            name="cloudwatch",
+            port=CLOUDWATCH_PORT,
+            command=cloudwatch_server_command("127.0.0.1", CLOUDWATCH_PORT),
         ),
         BackgroundService(
             name="ses",
@@ -204,6 +213,7 @@ def local_environment() -> dict[str, str]:
         ses_url=f"http://127.0.0.1:{SES_PORT}",
         surveygizmo_url=f"http://127.0.0.1:{SURVEYGIZMO_PORT}",
         sns_sqs_url=SNS_SQS_URL,
+        cloudwatch_url=CLOUDWATCH_URL,
     )
 
 
@@ -212,6 +222,7 @@ def pipeline_environment(
     ses_url: str,
     surveygizmo_url: str,
     sns_sqs_url: str,
+    cloudwatch_url: str,
     completes_dir: Path = STATE_DIR / "completes",
 ) -> dict[str, str]:
     """The variables PANEL_ENV=local resources read, for a stack at these addresses (the tests and
@@ -224,8 +235,8 @@ def pipeline_environment(
         "SURVEYGIZMO_BASE_URL": surveygizmo_url,
         "SURVEYGIZMO_PROFILE_SURVEY_IDS": PROFILE_SURVEY_ID,
         "SQS_ENDPOINT_URL": sns_sqs_url,
-        # moto serves CloudWatch too: the account's reputation metrics, which a test may put there.
-        "CLOUDWATCH_ENDPOINT_URL": sns_sqs_url,
+        # The account's reputation metrics, which a test may put there.
+        "CLOUDWATCH_ENDPOINT_URL": cloudwatch_url,
         "SES_EVENTS_QUEUE_URL": local_queue_url(sns_sqs_url),
         # The feed applies only messages from this topic (`ensure_feedback_path` makes it).
         "SES_EVENTS_TOPIC_ARN": local_topic_arn(),

@@ -1,4 +1,4 @@
-"""The local SES event path on moto over real HTTP: topic, queue and subscription, and the SES proxy
+"""The local SES event path on the local SNS/SQS server over real HTTP: topic, queue and subscription, and the SES proxy
 (and the local SES entry point) publishing SES's events into it."""
 
 from __future__ import annotations

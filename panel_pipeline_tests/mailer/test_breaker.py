@@ -57,8 +57,8 @@ def test_bulk_mail_waits_for_an_account_under_review_or_past_a_reputation_mark()
     assert "complaint rate 0.10% passed 0.08%" in held
 
 
-def test_the_account_is_read_over_http_at_most_once_a_minute(make_gateway, ses_proxy, local_sns_sqs):
-    cloudwatch = aws_client("cloudwatch", local_sns_sqs.url)
+def test_the_account_is_read_over_http_at_most_once_a_minute(make_gateway, ses_proxy, local_cloudwatch):
+    cloudwatch = aws_client("cloudwatch", local_cloudwatch.url)
     clock = ManualClock(dt.datetime.now(UTC))
     monitor = AccountMonitor(make_gateway().account, cloudwatch, POLICY, clock)
     reads = lambda: ses_proxy.requests()["GET /v2/email/account"]  # noqa: E731

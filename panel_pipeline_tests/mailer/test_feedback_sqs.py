@@ -1,4 +1,4 @@
-"""SES events published to SNS reach the `ses_feedback` asset through SQS (moto over real HTTP, real
+"""SES events published to SNS reach the `ses_feedback` asset through SQS (the local SNS/SQS server over real HTTP, real
 boto3, the real mongod): members are bounced or unsubscribed and suppressed from the next mailing."""
 
 from __future__ import annotations
