@@ -43,10 +43,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError
 
 from panel_pipeline.mailer.report import category_for
 from panel_pipeline.mailer.store import (
@@ -126,6 +125,10 @@ def unwrap_sqs_body(body: str, topic_arn: str) -> Mapping[str, Any] | None:
     except (TypeError, ValueError):
         return None
     return event if isinstance(event, dict) else None
+
+
+def _storable(event: FeedbackEvent) -> bool:
+    return event.tags is not None and ObjectId.is_valid(event.tags.mailing_id)
 
 
 def check_tags(event: FeedbackEvent) -> FeedbackEvent:
@@ -232,20 +235,59 @@ class FeedbackStore:
         )
         self.reports.ensure_indexes()
 
-    def apply(self, event: FeedbackEvent) -> Applied:
-        """Store the event, then change the member from what is stored: a crash in between is redone
-        on redelivery (the store says "not new", the member change runs again and is idempotent)."""
-        stored = self.store(event)
-        changed = self.suppress_member(event) or self.bounce_after_soft_bounces(event)
-        return Applied(event.event_type, stored, changed, event.tags.mailing_id if stored and event.tags else None)
+    def apply(self, events: Sequence[FeedbackEvent]) -> list[Applied]:
+        """Store the events (one SQS batch), then change the members from what is stored: a crash in
+        between is redone on redelivery (the store says "not new", the member change runs again and
+        is idempotent)."""
+        stored = self.store(events)
+        return [
+            Applied(
+                event.event_type,
+                new,
+                self.suppress_member(event) or self.bounce_after_soft_bounces(event),
+                event.tags.mailing_id if new and event.tags else None,
+            )
+            for event, new in zip(events, stored, strict=True)
+        ]
 
-    def store(self, event: FeedbackEvent) -> bool:
-        """Keep a tagged event once per (message, event type) and count it in its mailing's report,
-        both in one transaction; True when it was new."""
-        tags = event.tags
-        if tags is None or not ObjectId.is_valid(tags.mailing_id):
-            return False
+    def store(self, events: Sequence[FeedbackEvent]) -> list[bool]:
+        """Keep each tagged event once per (message, event type) and count the new ones in their
+        mailings' reports, all in one transaction (none when no event is of a category the report
+        counts, e.g. a batch of Send events); per event, True when it was new."""
         now = self._clock.now()
+        documents = {index: self._document(event, now) for index, event in enumerate(events) if _storable(event)}
+        if not documents:
+            return [False] * len(events)
+        writes = [
+            UpdateOne({"_id": f"{events[i].message_id}:{events[i].event_type}"}, {"$setOnInsert": d}, upsert=True)
+            for i, d in documents.items()
+        ]
+        positions = list(documents)  # the bulk write's index -> the event's
+
+        def store_and_count(session: ClientSession | None) -> set[int]:
+            upserted = self.events.bulk_write(writes, ordered=True, session=session).upserted_ids or {}
+            new = {positions[index] for index in upserted}
+            counts: dict[ObjectId, list[tuple[str, dt.datetime]]] = {}
+            for index in sorted(new):
+                category = category_for(events[index].event_type, events[index].bounce_type)
+                if category is not None:
+                    document = documents[index]
+                    counts.setdefault(document["mailing_id"], []).append((category, document["event_at"]))
+            for mailing_id, counted in counts.items():
+                self.reports.count(mailing_id, counted, session)
+            return new
+
+        if not any(category_for(events[i].event_type, events[i].bounce_type) for i in documents):
+            new = store_and_count(None)
+        else:
+            with self.events.database.client.start_session() as session:
+                new = session.with_transaction(store_and_count)
+        return [index in new for index in range(len(events))]
+
+    @staticmethod
+    def _document(event: FeedbackEvent, now: dt.datetime) -> dict[str, Any]:
+        tags = event.tags
+        assert tags is not None  # _storable
         document: dict[str, Any] = {
             "event_type": event.event_type,
             "mailing_id": ObjectId(tags.mailing_id),
@@ -260,28 +302,7 @@ class FeedbackStore:
         }
         if event.bounce_type is not None:
             document["bounce_type"] = event.bounce_type
-        category = category_for(event.event_type, event.bounce_type)
-
-        def store_and_count(session: ClientSession | None) -> bool:
-            result = self.events.update_one(
-                {"_id": f"{event.message_id}:{event.event_type}"},
-                {"$setOnInsert": document},
-                upsert=True,
-                session=session,
-            )
-            if result.upserted_id is None:
-                return False
-            if category is not None:
-                self.reports.count(document["mailing_id"], category, document["event_at"], session)
-            return True
-
-        try:
-            if category is None:  # nothing to count (a Send event): no transaction needed
-                return store_and_count(None)
-            with self.events.database.client.start_session() as session:
-                return bool(session.with_transaction(store_and_count))
-        except DuplicateKeyError:  # another consumer stored it at the same moment
-            return False
+        return document
 
     def suppress_member(self, event: FeedbackEvent) -> str | None:
         """Move an active member to the event's status; returns it when a member changed."""
@@ -391,14 +412,18 @@ def read_message(body: str, topic_arn: str) -> FeedbackEvent | None:
     return check_tags(event) if event is not None else None
 
 
-def apply_message(store: FeedbackStore, body: str, topic_arn: str) -> Applied | Untrusted | None:
-    """Apply one SQS message; None when it carries no SES event, the `Untrusted` reason when it
-    must not be applied."""
-    try:
-        event = read_message(body, topic_arn)
-    except Untrusted as untrusted:
-        return untrusted
-    return store.apply(event) if event is not None else None
+def apply_messages(store: FeedbackStore, bodies: Sequence[str], topic_arn: str) -> list[Applied | Untrusted | None]:
+    """Apply the SQS messages of one batch together; per message, None when it carries no SES event,
+    the `Untrusted` reason when it must not be applied."""
+    read: list[FeedbackEvent | Untrusted | None] = []
+    for body in bodies:
+        try:
+            read.append(read_message(body, topic_arn))
+        except Untrusted as untrusted:
+            read.append(untrusted)
+    events = [event for event in read if isinstance(event, FeedbackEvent)]
+    applied = iter(store.apply(events))
+    return [next(applied) if isinstance(event, FeedbackEvent) else event for event in read]
 
 
 def drain(
@@ -410,8 +435,8 @@ def drain(
 ) -> DrainReport:
     """Receive batches of 10 until the queue is empty, or `max_messages` were read, or `max_seconds`
     passed (while mail is flowing the queue may never be empty), applying each message and deleting
-    it only once applied. If applying fails, the messages already applied are deleted and the error
-    raised: the rest stay in the queue and come back later."""
+    them only once applied, a batch at a time. If applying a batch fails, the error is raised and its
+    messages stay in the queue, to come back later (applying again changes nothing)."""
     report = DrainReport()
     deadline = monotonic() + max_seconds
     while report.messages_read < max_messages and monotonic() < deadline:
@@ -419,12 +444,7 @@ def drain(
         if not messages:
             break
         report.messages_read += len(messages)
-        applied: list[str] = []
-        try:
-            for message in messages:
-                report.add(apply_message(store, message.body, queue.topic_arn))
-                applied.append(message.receipt_handle)
-        finally:
-            if applied:
-                report.messages_deleted += queue.delete(applied)
+        for applied in apply_messages(store, [message.body for message in messages], queue.topic_arn):
+            report.add(applied)
+        report.messages_deleted += queue.delete([message.receipt_handle for message in messages])
     return report

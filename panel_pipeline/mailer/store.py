@@ -45,7 +45,7 @@ import datetime as dt
 import hashlib
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -542,13 +542,16 @@ class MailingReports:
             name="mailing_type_time",
         )
 
-    def count(self, mailing_id: ObjectId, category: str, at: dt.datetime, session: ClientSession | None) -> None:
-        """One more event of `category` at `at` (a mailing that is not in `mailings` counts nothing)."""
-        self.mailings.update_one(
-            {"_id": mailing_id},
-            {"$inc": {f"report.counts.{category}": 1, f"report.hours.{hour_of(at)}.{category}": 1}},
-            session=session,
-        )
+    def count(
+        self, mailing_id: ObjectId, events: Sequence[tuple[str, dt.datetime]], session: ClientSession | None
+    ) -> None:
+        """More events of the mailing, each a (category, when), in one write (a mailing that is not in
+        `mailings` counts nothing)."""
+        increments: Counter[str] = Counter()
+        for category, at in events:
+            increments[f"report.counts.{category}"] += 1
+            increments[f"report.hours.{hour_of(at)}.{category}"] += 1
+        self.mailings.update_one({"_id": mailing_id}, {"$inc": dict(increments)}, session=session)
 
     def refresh(self, mailing_id: ObjectId) -> MailingReport | None:
         """Write the report's `sent`, `rates` and `updated_at` from the ledger and the counts; None if

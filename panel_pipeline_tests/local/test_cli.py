@@ -13,7 +13,7 @@ import pytest
 pytestmark = pytest.mark.stack
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("mongo", "surveygizmo", "sns_sqs", "ses", "respondents")
+SERVICES = ("mongo", "surveygizmo", "sns_sqs", "cloudwatch", "ses", "respondents")
 
 
 def run_local(state_dir: Path, *arguments: str) -> subprocess.CompletedProcess[str]:

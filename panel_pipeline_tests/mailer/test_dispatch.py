@@ -460,8 +460,9 @@ def _wait_for_an_attempt(ledger: MailLedger, mailing: ObjectId, worker: subproce
 def _feed_events(ses_proxy: SesFaultProxy, db: Database) -> None:
     """What the SES event feed does: every Send event SES published, stored in `mail_events`."""
     store = FeedbackStore(db.mail_events, db.users, MailingReports(db.mailings, db.mail_log, db.mail_events))
-    for raw in ses_proxy.send_events():
-        store.apply(parse_ses_event(raw))
+    events = [parse_ses_event(raw) for raw in ses_proxy.send_events()]
+    for start in range(0, len(events), 10):  # as the drain applies them, an SQS batch at a time
+        store.apply(events[start : start + 10])
 
 
 @pytest.mark.slow

@@ -16,12 +16,10 @@ from panel_pipeline.mailer.feedback import (
     FeedbackStore,
     QueueMessage,
     Untrusted,
+    apply_messages,
     drain,
     parse_ses_event,
     unwrap_sqs_body,
-)
-from panel_pipeline.mailer.feedback import (
-    apply_message as apply_from,
 )
 from panel_pipeline.mailer.store import (
     PENDING,
@@ -48,7 +46,8 @@ TOPIC = "arn:aws:sns:eu-west-2:123456789012:panel-ses-events"  # sns_envelope's 
 
 def apply_message(store, body):
     """What the drain does with one SQS body, from the configured topic."""
-    return apply_from(store, body, TOPIC)
+    (applied,) = apply_messages(store, [body], TOPIC)
+    return applied
 
 
 @pytest.fixture
@@ -309,6 +308,26 @@ def sent_at(ses_event: dict, timestamp: str) -> dict:
 
 def soft_bounce(member_id: ObjectId, timestamp: str) -> dict:
     return sent_at(bounce("ann@panel.example", tags(ObjectId(), member_id), bounce_type="Transient"), timestamp)
+
+
+def test_one_batch_is_stored_and_counted_all_or_nothing(store, mongo_db):
+    """A batch of SQS messages is one transaction: a report that cannot be written stores none of
+    its events, and the redelivered batch then stores and counts each once (a duplicate within it too)."""
+    mailing = mongo_db.mailings.insert_one({"processed": False, "template": "new_survey"}).inserted_id
+    ann, bob = ObjectId(), ObjectId()
+    delivered = event("Delivery", "ann@panel.example", tags(mailing, ann))
+    batch = [sns_envelope(e) for e in (event("Send", "ann@panel.example", tags(mailing, ann)), delivered, delivered)]
+    batch.append(sns_envelope(bounce("bob@panel.example", tags(mailing, bob))))
+    mongo_db.command("collMod", "mailings", validator={"$expr": False}, validationAction="error")
+    with pytest.raises(WriteError, match="Document failed validation"):
+        apply_messages(store, batch, TOPIC)
+    assert mongo_db.mail_events.count_documents({}) == 0, "the report's write failed, so nothing was stored"
+
+    mongo_db.command("collMod", "mailings", validator={})
+    applied = apply_messages(store, batch, TOPIC)
+    assert [a.stored for a in applied] == [True, True, False, True]
+    assert mongo_db.mailings.find_one({"_id": mailing})["report"]["counts"] == {"delivered": 1, "bounced_permanent": 1}
+    assert mongo_db.mail_events.count_documents({}) == 3
 
 
 def test_a_newly_stored_event_counts_once_in_its_mailings_report(store, mongo_db):
