@@ -117,7 +117,12 @@ class Doorbell:
                 log.warning("change stream on %s broke (%s); reopening", self.collection.name, type(exc).__name__)
                 self.close()
                 self.clock.sleep(min(left, 1.0))
+                return True  # what came while it was down is not missed: the caller steps once more
         return False
+
+    def open(self) -> None:
+        """Start watching now: a change after this rings even if it comes before the first `wait`."""
+        self._open()
 
     def _open(self) -> Any:
         if self._stream is None and self.supported:
@@ -190,6 +195,9 @@ def serve(
             return report
         clock.sleep(SLOT_WAIT_SECONDS)
     report.waited_for_slot_seconds = clock.monotonic() - started
+    # Watching before the first step: an insert between a step that found nothing and the wait
+    # would otherwise wait for the next poll.
+    doorbell.open()
     try:
         while clock.monotonic() < end:
             handled = step()

@@ -1,14 +1,20 @@
 """Fieldwork: from the first invitation to closing, cell by cell (pure; no Mongo, no Dagster).
 
-A sample's cells are its marginal target categories (`target`, `category`, `target_completes`:
-`cell_targets`). Its members are one row each: their category per target
+A sample's cells are its marginal target categories (`target`, `category`, `target_completes`,
+`cap`: `cell_targets`). Its members are one row each: their category per target
 (a column named by the target key, e.g. "age_band|gender" = "18-24|male"; None = missing, counted
 in none of that target's categories), and MEMBER_COLUMNS (`invited_at`, `completed_at`, ...).
 Invariants:
 
-- A cell is closed when its completes plus the respondents still in the survey reach its target (as
-  Decipher counts), and a closed cell gets no more invitations or reminders. Every member counts
-  toward each of its categories, so a member is invitable only if none of its cells is closed.
+- A cell is full when its completes plus the respondents still in the survey reach its target (as
+  Decipher counts), and closed when they reach its cap; a closed cell gets no more invitations or
+  reminders, and its members are screened out at survey entry. Every member counts toward each of its
+  categories, so a member is invitable only if none of its cells is closed.
+- The first target is the sample's hard quota (uk_nat_rep: age x gender): its cells close once full.
+  The other targets' cells are soft: they close at their target plus the request's tolerance (in
+  points of the target's total), so a full region or grade does not strand the members a short
+  age x gender cell still needs (closing every full marginal cell did: late in fieldwork each man of
+  45-54 left was in some full cell); raking then corrects the overrun.
 - Expected completes use the predicted per-member rates and the time-to-complete curve: by now
   (sum of rate x curve share at the invitation's age) and to come (for an invited member not yet in:
   P(later | not yet) = r(1-F)/(1-rF)); rates are scaled per cell by observed/expected by now (shrunk
@@ -67,8 +73,10 @@ MEMBER_COLUMNS: tuple[str, ...] = (
 
 OBSERVED_PRIOR_COMPLETES = 10.0  # pseudo-completes at the predicted rate when blending in the observed one
 # Per target, pass by pass: at 1 a member adding to a cell that needs nothing is taken only if it
-# adds as much to every other cell; later passes accept more overfill for the cells still short.
-OVERFILL_COSTS: tuple[float, ...] = (1.0, 0.5, 0.25)
+# adds as much to every other cell; later passes accept more overfill for the cells still short, the
+# last any: a member's cells that need nothing are then all soft cells under their cap (a full hard
+# cell is closed, and nobody in a closed cell is invitable).
+OVERFILL_COSTS: tuple[float, ...] = (1.0, 0.5, 0.25, 0.0)
 MIN_NEED = 0.5  # a cell is short when it needs at least half a complete more
 MAX_RATE = 0.99
 HOUR = pd.Timedelta(hours=1)
@@ -78,24 +86,31 @@ HOUR = pd.Timedelta(hours=1)
 
 
 def cell_targets(
-    targets: Sequence[Target], completes: int, missing_shares: Mapping[str, float] | None = None
+    targets: Sequence[Target],
+    completes: int,
+    missing_shares: Mapping[str, float] | None = None,
+    tolerance_pp: float = 0.0,
 ) -> pd.DataFrame:
     """The sample's cells: target, category, target_completes = completes x (1 - the target's missing
-    share, from the draw's `result.missing`) x share, rounded by largest remainder within each target.
+    share, from the draw's `result.missing`) x share, rounded by largest remainder within each target,
+    and cap: the completes at which the cell closes (its target in the first target, the hard quota;
+    its target plus `tolerance_pp` points of its target's total in the others).
 
     From the shares, not from the draw's per-cell plan: with rates below 1 the plan's capacities can
     leave low-responding cells short, and fieldwork is there to fill them."""
-    rows: list[tuple[str, str, int]] = []
-    for target in targets:
+    rows: list[tuple[str, str, int, int]] = []
+    for position, target in enumerate(targets):
         answered = completes * (1.0 - (missing_shares or {}).get(target.key, 0.0))
         exact = target.share_array() * answered
         whole = np.floor(exact)
         extra = int(round(answered - whole.sum()))
         whole[np.argsort(-(exact - whole), kind="stable")[:extra]] += 1
+        allowance = 0 if position == 0 else int(np.floor(tolerance_pp / 100.0 * whole.sum() + 1e-9))
         rows.extend(
-            (target.key, CELL_SEPARATOR.join(cell), int(count)) for cell, count in zip(target.cells, whole, strict=True)
+            (target.key, CELL_SEPARATOR.join(cell), int(count), int(count) + allowance)
+            for cell, count in zip(target.cells, whole, strict=True)
         )
-    return pd.DataFrame(rows, columns=["target", "category", "target_completes"])
+    return pd.DataFrame(rows, columns=["target", "category", "target_completes", "cap"])
 
 
 def member_categories(profiles: pd.DataFrame, targets: Sequence[Target]) -> pd.DataFrame:
@@ -140,8 +155,8 @@ def category_codes(cells: pd.DataFrame, members: pd.DataFrame) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CellAccounting:
-    """The sample's cells now: one row per cell with target_completes, completes, in_progress,
-    invited, observed_rate, expected_by_now, behind_curve, projected, need, closed, over_target_pp."""
+    """The sample's cells now: one row per cell with target_completes, cap, completes, in_progress,
+    invited, observed_rate, expected_by_now, behind_curve, projected, need, full, closed, over_target_pp."""
 
     cells: pd.DataFrame
     completes: int
@@ -156,7 +171,7 @@ class CellAccounting:
 
     @property
     def every_cell_full(self) -> bool:
-        return bool(self.cells["closed"].all())
+        return bool(self.cells["full"].all())
 
     @property
     def invitations_per_complete(self) -> float:
@@ -169,7 +184,7 @@ class CellAccounting:
 
     @property
     def short_cells(self) -> pd.DataFrame:
-        return self.cells[~self.cells["closed"] & (self.cells["need"] >= MIN_NEED)]
+        return self.cells[~self.cells["full"] & (self.cells["need"] >= MIN_NEED)]
 
     def to_document(self) -> dict[str, Any]:
         """`fieldwork_state` fields (JSON-able): completes, invited, in_progress, reminders, by_cell, closed_cells."""
@@ -180,25 +195,29 @@ class CellAccounting:
                 "target": str(target),
                 "category": str(category),
                 "target_completes": int(wanted),
+                "cap": int(cap),
                 "completes": int(done),
                 "invited": int(invited),
                 "in_progress": int(in_survey),
                 "observed_response_rate": round(float(rate), 4),
                 "expected_by_now": None if np.isnan(by_now) else round(float(by_now), 1),
                 "need": round(float(need), 1),
+                "full": bool(full),
                 "closed": bool(closed),
                 "over_target_pp": round(float(over), 3),
             }
-            for target, category, wanted, done, invited, in_survey, rate, by_now, need, closed, over in zip(
+            for target, category, wanted, cap, done, invited, in_survey, rate, by_now, need, full, closed, over in zip(
                 cells["target"],
                 cells["category"],
                 cells["target_completes"].to_numpy(dtype=np.int64),
+                cells["cap"].to_numpy(dtype=np.int64),
                 cells["completes"].to_numpy(dtype=np.int64),
                 cells["invited"].to_numpy(dtype=np.int64),
                 cells["in_progress"].to_numpy(dtype=np.int64),
                 cells["observed_rate"].to_numpy(dtype=float),
                 expected,
                 cells["need"].to_numpy(dtype=float),
+                cells["full"].to_numpy(dtype=bool),
                 cells["closed"].to_numpy(dtype=bool),
                 cells["over_target_pp"].to_numpy(dtype=float),
                 strict=True,
@@ -235,7 +254,9 @@ def account_cells(
     completes = _per_cell(codes, state.completed, n_cells)
     in_progress = _per_cell(codes, state.in_progress, n_cells)
     invited = _per_cell(codes, state.invited, n_cells)
-    closed = completes + in_progress >= target_completes
+    full = completes + in_progress >= target_completes
+    cap = cells["cap"].to_numpy(dtype=float) if "cap" in cells else target_completes
+    closed = completes + in_progress >= cap
     expected_by_now = np.full(n_cells, np.nan)
     to_come = np.zeros(n_cells)
     if now is not None and rates is not None and curve is not None:
@@ -247,6 +268,7 @@ def account_cells(
         cells[["target", "category", "target_completes"]]
         .reset_index(drop=True)
         .assign(
+            cap=cap.astype(np.int64),
             completes=completes.astype(np.int64),
             in_progress=in_progress.astype(np.int64),
             invited=invited.astype(np.int64),
@@ -254,7 +276,8 @@ def account_cells(
             expected_by_now=expected_by_now,
             behind_curve=~np.isnan(expected_by_now) & (completes + in_progress < expected_by_now),
             projected=projected,
-            need=np.where(closed, 0.0, target_completes - projected),
+            need=np.where(full, 0.0, target_completes - projected),
+            full=full,
             closed=closed,
             over_target_pp=100.0 * (completes - target_completes) / _target_totals(cells),
         )

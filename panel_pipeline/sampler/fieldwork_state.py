@@ -59,7 +59,7 @@ def sample_targets(request: SampleRequest, result: Mapping[str, Any]) -> tuple[T
 
 def sample_cells(request: SampleRequest, result: Mapping[str, Any], targets: Sequence[Target]) -> pd.DataFrame:
     missing = {entry["target"]: float(entry["pct"]) / 100.0 for entry in result.get("missing", [])}
-    return fieldwork.cell_targets(targets, request.size, missing)
+    return fieldwork.cell_targets(targets, request.size, missing, request.tolerance)
 
 
 def member_rates(

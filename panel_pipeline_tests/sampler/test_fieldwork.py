@@ -150,6 +150,36 @@ def test_a_top_up_fills_the_short_cells_and_never_invites_into_a_closed_cell() -
     assert expected["Wales"] == pytest.approx(10, abs=1)  # 50 of 60
 
 
+def test_a_full_soft_cell_stays_open_to_a_short_hard_cell_up_to_its_tolerance() -> None:
+    """Gender, the first target, is the hard quota; region is soft. London is full, but the men still
+    needed are all Londoners: within the tolerance London takes them, and closes at its cap."""
+    done = [{"gender": "female", "region": "London", "invited_at": 200, "completed_at": 100}] * 40
+    done += [{"gender": "female", "region": "Wales", "invited_at": 200, "completed_at": 100}] * 10
+    pool = pd.DataFrame({"gender": ["male"] * 400, "region": ["London"] * 400})
+    rates, settings = np.full(400, 0.2), FieldworkSettings(waves=False)
+
+    def top_up(tolerance_pp: float) -> tuple[fieldwork.CellAccounting, fieldwork.Invitations]:
+        cells = fieldwork.cell_targets(TARGETS, 100, tolerance_pp=tolerance_pp)  # London 40 (cap 40 + tolerance)
+        accounting = fieldwork.account_cells(
+            cells, members(done), now=NOW, rates=np.full(len(done), 0.2), curve=LINEAR_CURVE
+        )
+        return accounting, fieldwork.top_up(accounting, pool, rates, settings, np.random.default_rng(3))
+
+    hard_everywhere, stranded = top_up(0.0)
+    assert ("region", "London") in hard_everywhere.closed_cells and stranded.count == 0, "the men were stranded"
+
+    accounting, extra = top_up(5.0)
+    london = accounting.cells.set_index("category").loc["London"]
+    assert (london["cap"], bool(london["full"]), bool(london["closed"])) == (45, True, False)
+    assert accounting.closed_cells == [("gender", "female")]
+    assert extra.count > 0 and extra.cells.set_index("category")["expected_completes"]["male"] > 0
+
+    done += [{"gender": "male", "region": "London", "invited_at": 50, "completed_at": 10}] * 5
+    accounting, extra = top_up(5.0)
+    assert ("region", "London") in accounting.closed_cells and extra.count == 0, "at its cap London closes"
+    assert accounting.over_tolerance(5.0).empty
+
+
 def test_no_top_up_when_nothing_is_short() -> None:
     pool, rates = panel_pool(2_000)
     cells = fieldwork.cell_targets(TARGETS, 10)

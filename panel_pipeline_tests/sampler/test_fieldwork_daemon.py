@@ -37,10 +37,6 @@ from panel_pipeline_tests.waiting import FIELDWORK_TIME_SCALE, wait_for
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.stack,
-    # Fails for a reason of the design, not the machine (CI, 2026-12-02): with the age-by-gender cells
-    # interlocked and the marginal ones beside them, a full cell screens its members out, and by
-    # close_at the 45-54 male cell had 1 of its 5 completes (6.7 pp off). Issue 14 stays open on it.
-    pytest.mark.skip(reason="a cell stranded by the full cells around it; see issue 14"),
 ]
 UTC = dt.UTC
 PANEL = 3_000
