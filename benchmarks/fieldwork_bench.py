@@ -13,8 +13,9 @@ Methods, each on the same population and targets (the uk_nat_rep preset, `target
   (a) one wave sized by the overall response rate (`quotas.select_members`), every complete kept;
   (b) one wave sized by the learned per-cell rates (the same, with `LearnedResponseRates.as_request_rates`);
   (c) fieldwork.py: a first wave for 70% of each cell, top-ups every 12 h for cells short of target,
-      one reminder after 48 h in short cells, cells closed as they fill (a respondent entering a
-      closed cell is screened out; in-progress respondents count), the 3-in-7-days contact budget.
+      one reminder after 48 h in short cells, age x gender cells closed as they fill and the marginal
+      ones at target + the request's default tolerance, 1 pp (a respondent entering a closed cell is
+      screened out; in-progress respondents count), the 3-in-7-days contact budget.
 Oracle: the same quota plan for 1,000 completes made with the true rates, and the invitations it
 needs in expectation: sum over cells of planned completes / true rate (no rounding, no bad luck).
 Printed per method: largest deviation from target over every category of every target (pp),
@@ -58,6 +59,7 @@ SURVEY_HOURS = 0.25
 REMINDER_LIFT = 0.2
 STEP_HOURS = 2.0
 TOP_UP_EVERY_HOURS = 12.0
+TOLERANCE_PP = 1.0  # the request's default: the soft cells' room above target
 FIELDWORK_HOURS = 14 * 24
 MAX_DEVIATION_PP = 1.0
 MAX_ORACLE_RATIO = 1.15
@@ -239,7 +241,7 @@ class FieldworkRun:
         self.rng = np.random.default_rng(seed + 1000)
         self.settings = FieldworkSettings()
         self.predicted = learned.predict(population.profiles)
-        self.cells = fieldwork.cell_targets(targets, SIZE)
+        self.cells = fieldwork.cell_targets(targets, SIZE, tolerance_pp=TOLERANCE_PP)
         self.codes = fieldwork.category_codes(self.cells, population.categories)
         self.invited_at = np.full(MEMBERS, np.nan)
         self.reminded_at = np.full(MEMBERS, np.nan)
@@ -289,8 +291,8 @@ class FieldworkRun:
             if self.started[member]:
                 continue
             self.started[member] = True
-            full = self.cell_completes + self.cell_in_progress >= self.cells["target_completes"].to_numpy()
-            if full[member_cells].any():
+            closed = self.cell_completes + self.cell_in_progress >= self.cells["cap"].to_numpy()
+            if closed[member_cells].any():
                 self.screened[member] = True
                 continue
             self.cell_in_progress[member_cells] += 1

@@ -8,9 +8,12 @@ Each reminder that reached them (a `sent` row of a mailing whose `reminder_for_s
 sample) lifts the probability by `reminder_lift` (p x (1 + lift) per reminder) with a delay of its
 own from the reminder. A completion is what the backend sees: a Complete response created in SurveyGizmo over its
 HTTP API (the member's id in the hidden `panel_id`), then a `transactions` document
-`{user_id, survey_id, response_id, points, created_at, processed: false}`. A member of a cell the
-sample's fieldwork has closed (`fieldwork_state.closed_cells`) is screened out at survey entry, as
-the backend does, and never completes. Delays run `time_scale` times faster than real time (3600:
+`{user_id, survey_id, response_id, points, created_at, processed: false}`. A member is screened out at
+survey entry, and never completes, when one of their cells is closed (`fieldwork_state.closed_cells`)
+or has no room left: its `cap` (`by_cell`) less the completes and respondents in the survey the last
+fieldwork pass counted, less the completes made since that pass. A survey platform counts its quotas
+live so (Decipher counts respondents still in the survey); a pass comes only every few seconds, a
+simulated day at the tests' time scale. Delays run `time_scale` times faster than real time (3600:
 a simulated hour per real second).
 
 Invariants:
@@ -35,7 +38,7 @@ import logging
 import math
 import threading
 from bisect import bisect_right
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from statistics import NormalDist
@@ -135,15 +138,41 @@ def completion_rate(settings: RespondentSettings, profile: Mapping[str, Any], ye
     return sum(of_band) / len(of_band) if of_band else settings.default_rate
 
 
-def in_closed_cell(profile: Mapping[str, Any], closed_cells: Sequence[Mapping[str, Any]], year: int) -> bool:
-    """Whether the member belongs to one of the sample's full cells (`fieldwork_state.closed_cells`),
-    as the backend screens over-quota members out at survey entry: such a member never completes."""
+Cell = tuple[str, str]  # (target, category), as in fieldwork_state.by_cell
+
+
+def cells_of(profile: Mapping[str, Any], cells: Iterable[Cell], year: int) -> list[Cell]:
+    """Those of `cells` the member belongs to (the age band derived from `birth_year`)."""
     values = {**profile, "age_band": age_band(profile.get("birth_year"), year) or profile.get("age_band")}
-    for cell in closed_cells:
-        fields = str(cell.get("target", "")).split("|")
-        if "|".join(str(values.get(name)) for name in fields) == str(cell.get("category")):
-            return True
-    return False
+    return [
+        (target, category)
+        for target, category in cells
+        if "|".join(str(values.get(name)) for name in target.split("|")) == category
+    ]
+
+
+def in_closed_cell(profile: Mapping[str, Any], closed_cells: Sequence[Mapping[str, Any]], year: int) -> bool:
+    """Whether the member belongs to one of the sample's closed cells (`fieldwork_state.closed_cells`)."""
+    keys = [(str(cell.get("target", "")), str(cell.get("category"))) for cell in closed_cells]
+    return bool(cells_of(profile, keys, year))
+
+
+@dataclass
+class QuotaRoom:
+    """A sample's quotas at survey entry: its closed cells, and each open cell's room (completes it
+    may still take before its cap), counted down as members complete."""
+
+    closed: list[Mapping[str, Any]]
+    room: dict[Cell, float]
+
+    def admits(self, profile: Mapping[str, Any], year: int) -> bool:
+        if in_closed_cell(profile, self.closed, year):
+            return False
+        return all(self.room[cell] >= 1 for cell in cells_of(profile, self.room, year))
+
+    def completed(self, profile: Mapping[str, Any], year: int) -> None:
+        for cell in cells_of(profile, self.room, year):
+            self.room[cell] -= 1
 
 
 def unit_draw(seed: int, user_id: str, survey_id: str, purpose: str) -> float:
@@ -392,17 +421,37 @@ class RespondentSimulator:
                 )
             }
             summary.completed += len(due)
-            closed_cells = self._closed_cells(sample.sample_id)
+            quotas = self._quota_room(sample, now.year)
             for invitation in due:
-                if invitation.user_id in done or in_closed_cell(invitation.profile, closed_cells, now.year):
+                if invitation.user_id in done or not quotas.admits(invitation.profile, now.year):
                     continue
-                made += self._complete(sample, invitation.user_id)
+                completed = self._complete(sample, invitation.user_id)
+                if completed:
+                    quotas.completed(invitation.profile, now.year)
+                made += completed
         summary.new_completes += made
         return made
 
-    def _closed_cells(self, sample_id: ObjectId) -> list[Mapping[str, Any]]:
-        document = self.db[SAMPLES].find_one({"_id": sample_id}, {"fieldwork_state.closed_cells": 1}) or {}
-        return list((document.get("fieldwork_state") or {}).get("closed_cells") or [])
+    def _quota_room(self, sample: InvitedSample, year: int) -> QuotaRoom:
+        """The sample's quotas now: the last fieldwork pass's cells, less the completes made since."""
+        document = self.db[SAMPLES].find_one({"_id": sample.sample_id}, {"fieldwork_state": 1}) or {}
+        state = document.get("fieldwork_state") or {}
+        room: dict[Cell, float] = {
+            (str(cell["target"]), str(cell["category"])): float(
+                cell.get("cap", cell["target_completes"]) - cell["completes"] - cell.get("in_progress", 0)
+            )
+            for cell in state.get("by_cell") or []
+        }
+        quotas = QuotaRoom(list(state.get("closed_cells") or []), room)
+        counted_at = state.get("updated_at")
+        if room and counted_at is not None:
+            since = self.db[TRANSACTIONS].find(
+                {"survey_id": sample.survey_id, "created_at": {"$gt": counted_at}}, {"user_id": 1}
+            )
+            ids = [row["user_id"] for row in since]
+            for user in self.db[USERS].find({"_id": {"$in": ids}}, {"profile": 1}):
+                quotas.completed(user.get("profile") or {}, year)
+        return quotas
 
     def _complete(self, sample: InvitedSample, user_id: str) -> int:
         survey_id = str(sample.survey_id)
@@ -456,7 +505,7 @@ class RespondentSimulator:
                 )
         profiles = {
             str(user["_id"]): user.get("profile") or {}
-            for user in self.db[USERS].find({"_id": {"$in": ids}}, {"profile.gender": 1, "profile.birth_year": 1})
+            for user in self.db[USERS].find({"_id": {"$in": ids}}, {"profile": 1})
         }
         return [
             Invitation(

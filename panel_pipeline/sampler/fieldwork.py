@@ -11,10 +11,11 @@ Invariants:
   reminders, and its members are screened out at survey entry. Every member counts toward each of its
   categories, so a member is invitable only if none of its cells is closed.
 - The first target is the sample's hard quota (uk_nat_rep: age x gender): its cells close once full.
-  The other targets' cells are soft: they close at their target plus the request's tolerance (in
-  points of the target's total), so a full region or grade does not strand the members a short
-  age x gender cell still needs (closing every full marginal cell did: late in fieldwork each man of
-  45-54 left was in some full cell); raking then corrects the overrun.
+  The other targets' cells are soft: they close at their target plus half the request's tolerance (in
+  points of the target's total; the other half is for respondents who enter before the next pass
+  closes the cell), so a full region or grade does not strand the members a short age x gender cell
+  still needs (closing every full marginal cell did: late in fieldwork each man of 45-54 left was in
+  some full cell); raking then corrects the overrun.
 - Expected completes use the predicted per-member rates and the time-to-complete curve: by now
   (sum of rate x curve share at the invitation's age) and to come (for an invited member not yet in:
   P(later | not yet) = r(1-F)/(1-rF)); rates are scaled per cell by observed/expected by now (shrunk
@@ -77,6 +78,9 @@ OBSERVED_PRIOR_COMPLETES = 10.0  # pseudo-completes at the predicted rate when b
 # last any: a member's cells that need nothing are then all soft cells under their cap (a full hard
 # cell is closed, and nobody in a closed cell is invitable).
 OVERFILL_COSTS: tuple[float, ...] = (1.0, 0.5, 0.25, 0.0)
+# A soft cell closes at its target plus this share of the tolerance: respondents who enter between a
+# cell reaching its cap and the pass that lists it in closed_cells may use the rest.
+SOFT_SHARE_OF_TOLERANCE = 0.5
 MIN_NEED = 0.5  # a cell is short when it needs at least half a complete more
 MAX_RATE = 0.99
 HOUR = pd.Timedelta(hours=1)
@@ -94,7 +98,7 @@ def cell_targets(
     """The sample's cells: target, category, target_completes = completes x (1 - the target's missing
     share, from the draw's `result.missing`) x share, rounded by largest remainder within each target,
     and cap: the completes at which the cell closes (its target in the first target, the hard quota;
-    its target plus `tolerance_pp` points of its target's total in the others).
+    its target plus half of `tolerance_pp`, in points of its target's total, in the others).
 
     From the shares, not from the draw's per-cell plan: with rates below 1 the plan's capacities can
     leave low-responding cells short, and fieldwork is there to fill them."""
@@ -105,7 +109,9 @@ def cell_targets(
         whole = np.floor(exact)
         extra = int(round(answered - whole.sum()))
         whole[np.argsort(-(exact - whole), kind="stable")[:extra]] += 1
-        allowance = 0 if position == 0 else int(np.floor(tolerance_pp / 100.0 * whole.sum() + 1e-9))
+        allowance = (
+            0 if position == 0 else int(np.floor(SOFT_SHARE_OF_TOLERANCE * tolerance_pp / 100.0 * whole.sum() + 1e-9))
+        )
         rows.extend(
             (target.key, CELL_SEPARATOR.join(cell), int(count), int(count) + allowance)
             for cell, count in zip(target.cells, whole, strict=True)

@@ -34,6 +34,7 @@ from panel_pipeline.local.respondents import (
     age_band,
     completes_at,
     completion_rate,
+    QuotaRoom,
     in_closed_cell,
     simulated_delay,
 )
@@ -318,3 +319,16 @@ def test_a_member_of_a_full_cell_is_screened_out_at_survey_entry() -> None:
     assert in_closed_cell({"birth_year": YOUNG, "gender": "male", "region": "London"}, closed, YEAR)
     assert in_closed_cell({"birth_year": OLD, "gender": "female", "region": "Wales"}, closed, YEAR)
     assert not in_closed_cell({"birth_year": OLD, "gender": "male", "region": "London"}, closed, YEAR)
+
+
+def test_entry_counts_the_quotas_live_between_fieldwork_passes() -> None:
+    """Room is the cap less what the last pass counted; each complete since uses one up, so a cell the
+    next pass would close turns members away already."""
+    quotas = QuotaRoom(closed=[], room={("region", "London"): 2.0, ("age_band|gender", "18-24|male"): 5.0})
+    londoner = {"birth_year": YOUNG, "gender": "male", "region": "London"}
+    for _ in range(2):
+        assert quotas.admits(londoner, YEAR)
+        quotas.completed(londoner, YEAR)
+    assert not quotas.admits(londoner, YEAR), "London's room is used up"
+    assert quotas.admits({"birth_year": YOUNG, "gender": "male", "region": "Wales"}, YEAR)
+    assert quotas.room[("age_band|gender", "18-24|male")] == 3.0
