@@ -367,6 +367,7 @@ def expand(
         "recipients": listed,
         "duplicates": recipients.duplicates,
         "missing_members": recipients.missing_members,
+        "completed_members": recipients.completed_members,
     }
     queue.save_progress(mailing["_id"], owner, {"expanded_at": utc_now(), "expansion": expansion})
 

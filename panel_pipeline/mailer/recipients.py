@@ -12,8 +12,10 @@ Invariants:
   checked before the first is yielded. A recipient whose own address or data cannot be mailed is
   yielded with `problem` (the field and the reason), and the ledger fails it alone.
 * A reminder's recipients are the members it was made for (`reminder_mailing_id`) who have not
-  completed since (`completed_at`), and nobody once its sample's fieldwork closed (a full sample
-  would only screen them out); `mark_reminded` counts each sent reminder once per member.
+  completed since: no `completed_at`, and no `transactions` document for the sample's survey (the
+  backend's record of a complete, there before the pipeline has processed it into `completed_at`);
+  nobody once its sample's fieldwork closed (a full sample would only screen them out);
+  `mark_reminded` counts each sent reminder once per member.
 * The data never holds the unsubscribe link: bulk mail gets the pipeline's signed link when its
   batch is built (`dispatch._bulk_send`), and an `unsubscribe_url` the backend put in bulk data is
   dropped, so it can neither replace the link nor be stored.
@@ -40,7 +42,7 @@ from panel_pipeline.mailer.validation import (
     object_id,
 )
 from panel_pipeline.queue.store import RequestRejected
-from panel_pipeline.shared.contract import ACTIVE, FIELDWORK_CLOSED, FIRST_NAME, UNSUBSCRIBE_URL
+from panel_pipeline.shared.contract import ACTIVE, FIELDWORK_CLOSED, FIRST_NAME, TRANSACTIONS, UNSUBSCRIBE_URL
 from panel_pipeline.shared.mongo import as_utc
 
 USER_FIELDS = {"email": 1, FIRST_NAME: 1, "status": 1}
@@ -51,7 +53,8 @@ class ResolvedRecipients:
     """The mailing's recipients, read chunk by chunk as they are iterated (once).
 
     After iterating: `duplicates` (listed recipients that repeat an earlier one) and
-    `missing_members` (sample members with no `users` document or no address: nobody to mail)."""
+    `missing_members` (sample members with no `users` document or no address: nobody to mail) and
+    `completed_members` (a reminder's members whose complete came in after the reminder was made)."""
 
     def __init__(self, db: Database, mailing: Mapping[str, Any], bulk: bool, chunk_size: int = USERS_PER_QUERY) -> None:
         self.db = db
@@ -60,6 +63,8 @@ class ResolvedRecipients:
         self.chunk_size = chunk_size
         self.duplicates = 0
         self.missing_members = 0
+        self.completed_members = 0
+        self._survey_id: Any = None  # a reminder's: its completers are left out
         self._listed = _listed_entries(mailing)
         if not self._listed and all(mailing.get(field_name) is None for field_name in SAMPLE_FIELDS):
             raise RequestRejected("recipients: the mailing lists no recipients and no sample_id")
@@ -121,8 +126,10 @@ class ResolvedRecipients:
             # An invitation names its members by their mailing_id (shared/invitations.py).
             scope: dict[str, Any] = {"mailing_id": self.mailing["_id"]}
         elif self.mailing.get("reminder_for_sample") is not None:
-            if self._fieldwork_closed(object_id(self.mailing["reminder_for_sample"], "reminder_for_sample")):
+            sample = self._sample(object_id(self.mailing["reminder_for_sample"], "reminder_for_sample"))
+            if (sample.get("fieldwork_state") or {}).get("status") == FIELDWORK_CLOSED:
                 return
+            self._survey_id = sample.get("survey_id")
             scope = {"reminder_mailing_id": self.mailing["_id"], "completed_at": None}
         else:
             scope = {
@@ -140,11 +147,19 @@ class ResolvedRecipients:
         if user_ids:
             yield self._members(user_ids)
 
-    def _fieldwork_closed(self, sample_id: ObjectId) -> bool:
-        sample = self.db.samples.find_one({"_id": sample_id}, {"fieldwork_state.status": 1}) or {}
-        return (sample.get("fieldwork_state") or {}).get("status") == FIELDWORK_CLOSED
+    def _sample(self, sample_id: ObjectId) -> Mapping[str, Any]:
+        return self.db.samples.find_one({"_id": sample_id}, {"fieldwork_state.status": 1, "survey_id": 1}) or {}
 
     def _members(self, user_ids: list[Any]) -> list[MailingRecipient]:
+        if self._survey_id is not None:
+            completed = {
+                row["user_id"]
+                for row in self.db[TRANSACTIONS].find(
+                    {"survey_id": self._survey_id, "user_id": {"$in": user_ids}}, {"user_id": 1}
+                )
+            }
+            self.completed_members += len(completed)
+            user_ids = [user_id for user_id in user_ids if user_id not in completed]
         users = self._users("_id", user_ids)
         recipients = []
         for user_id in user_ids:

@@ -28,13 +28,13 @@ from panel_pipeline.extractor.transactions import parse_transaction
 from panel_pipeline.local.mongod import free_port
 from panel_pipeline.local.respondents import (
     Invitation,
+    QuotaRoom,
     RespondentSettings,
     RespondentSimulator,
     SurveyGizmoRespondent,
     age_band,
     completes_at,
     completion_rate,
-    QuotaRoom,
     in_closed_cell,
     simulated_delay,
 )

@@ -323,6 +323,7 @@ def test_a_paused_mailing_is_expanded_once_and_who_left_meanwhile_is_not_mailed(
         "recipients": 3,
         "duplicates": 0,
         "missing_members": 0,
+        "completed_members": 0,
     }
     expanded_at = paused["expanded_at"]
 

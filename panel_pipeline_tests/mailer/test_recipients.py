@@ -240,3 +240,20 @@ def test_a_reminder_is_counted_once_per_member_even_if_the_sender_s_clock_is_beh
     members = {m["user_id"]: m for m in mongo_db.sample_members.find()}
     assert (members[ann]["reminders"], members[bob]["reminders"]) == (1, 2)
     assert members[ann]["reminded_at"].replace(tzinfo=dt.UTC) == made_at and "invited_at" not in members[ann]
+
+
+def test_a_reminder_leaves_out_a_member_whose_complete_came_in_after_it_was_made(mongo_db):
+    """The backend's transaction is the complete; `completed_at` follows once the pipeline processes it."""
+    sample_id = mongo_db.samples.insert_one({"survey_id": "812", "fieldwork_state": {"status": "open"}}).inserted_id
+    reminder = {"_id": ObjectId(), "reminder_for_sample": sample_id, "template": "survey_reminder"}
+    ann, bob = (
+        mongo_db.users.insert_one({"email": f"{name}@panel.example", "status": "active"}).inserted_id
+        for name in ("ann", "bob")
+    )
+    mongo_db.sample_members.insert_many(
+        [{"sample_id": sample_id, "user_id": uid, "reminder_mailing_id": reminder["_id"]} for uid in (ann, bob)]
+    )
+    mongo_db.transactions.insert_one({"user_id": bob, "survey_id": "812", "processed": False})
+    recipients = resolve_recipients(mongo_db, reminder, None)
+    assert [r.user_id for r in recipients] == [ann]
+    assert recipients.completed_members == 1

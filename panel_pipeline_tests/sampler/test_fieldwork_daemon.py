@@ -90,12 +90,17 @@ def seed_panel(db: Database) -> list[ObjectId]:
     return busy
 
 
+# A survey each: a member in two samples of one survey would complete it once for both, and the
+# completes a closed cell turned away in one sample would come in through the other.
+SURVEY_IDS = {"Omnibus wave 12": "812", "Brand tracker": "813", "Travel panel": "814"}
+
+
 def fieldwork_request(name: str, size: int, **fields: Any) -> dict[str, Any]:
     return {
         "processed": False,
         "created_at": dt.datetime.now(UTC),
         "name": name,
-        "survey_id": "812",
+        "survey_id": SURVEY_IDS[name],
         "size": size,
         "tolerance": 5,
         # The simulator's true rates, as a project manager who knew the panel would give them.
