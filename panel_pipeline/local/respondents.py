@@ -10,11 +10,11 @@ own from the reminder. A completion is what the backend sees: a Complete respons
 HTTP API (the member's id in the hidden `panel_id`), then a `transactions` document
 `{user_id, survey_id, response_id, points, created_at, processed: false}`. A member is screened out at
 survey entry, and never completes, when one of their cells is closed (`fieldwork_state.closed_cells`)
-or has no room left: its `cap` (`by_cell`) less the completes and respondents in the survey the last
-fieldwork pass counted, less the completes made since that pass. A survey platform counts its quotas
-live so (Decipher counts respondents still in the survey); a pass comes only every few seconds, a
-simulated day at the tests' time scale. Delays run `time_scale` times faster than real time (3600:
-a simulated hour per real second).
+or has no room left: its `cap` (`by_cell`) less the survey's completes now (its `transactions`, by the
+completers' profiles). A survey platform counts its quotas live so (Decipher counts respondents still
+in the survey); the pipeline's own count follows only once it has processed the transactions and run
+a fieldwork pass, a simulated day or more at the tests' time scale. Delays run `time_scale` times
+faster than real time (3600: a simulated hour per real second).
 
 Invariants:
 * Decided by a seeded hash: whether (member, survey) completes, after each reminder too, and how long
@@ -433,23 +433,18 @@ class RespondentSimulator:
         return made
 
     def _quota_room(self, sample: InvitedSample, year: int) -> QuotaRoom:
-        """The sample's quotas now: the last fieldwork pass's cells, less the completes made since."""
+        """The sample's quotas now: each cell's cap (the last fieldwork pass's `by_cell`) less the
+        survey's completes so far."""
         document = self.db[SAMPLES].find_one({"_id": sample.sample_id}, {"fieldwork_state": 1}) or {}
         state = document.get("fieldwork_state") or {}
         room: dict[Cell, float] = {
-            (str(cell["target"]), str(cell["category"])): float(
-                cell.get("cap", cell["target_completes"]) - cell["completes"] - cell.get("in_progress", 0)
-            )
+            (str(cell["target"]), str(cell["category"])): float(cell.get("cap", cell["target_completes"]))
             for cell in state.get("by_cell") or []
         }
         quotas = QuotaRoom(list(state.get("closed_cells") or []), room)
-        counted_at = state.get("updated_at")
-        if room and counted_at is not None:
-            since = self.db[TRANSACTIONS].find(
-                {"survey_id": sample.survey_id, "created_at": {"$gt": counted_at}}, {"user_id": 1}
-            )
-            ids = [row["user_id"] for row in since]
-            for user in self.db[USERS].find({"_id": {"$in": ids}}, {"profile": 1}):
+        if room:
+            completers = self.db[TRANSACTIONS].distinct("user_id", {"survey_id": sample.survey_id})
+            for user in self.db[USERS].find({"_id": {"$in": completers}}, {"profile": 1}):
                 quotas.completed(user.get("profile") or {}, year)
         return quotas
 
