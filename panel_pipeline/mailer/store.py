@@ -569,20 +569,32 @@ class MailingReports:
         self, mailing_id: ObjectId, last_sends: int, since: dt.datetime | None = None
     ) -> RecentFeedback:
         """Over the mailing's last `last_sends` messages SES accepted (its newest Send events, none before
-        `since`): how many bounced permanently, how many drew a complaint. Two indexed reads: the Send
-        events by `mailing_type_time`, then those messages' Bounce and Complaint events by `_id`."""
+        `since`): how many bounced permanently, how many drew a complaint. Reads on `mailing_type_time`
+        only, none fetching the sends: the `last_sends`-th newest Send event's time (covered), then
+        the mailing's Bounce and Complaint events about messages sent from then on (an event's
+        `occurred_at` is its message's send time), a few where the rates matter. The sending run asks
+        after every batch, so this must not grow with the window."""
         query: dict[str, Any] = {"mailing_id": mailing_id, "event_type": SEND_EVENT}
         if since is not None:
             query["occurred_at"] = {"$gte": since}
-        sends = self.events.find(query, {"message_id": 1, "_id": 0}).sort("occurred_at", DESCENDING).limit(last_sends)
-        message_ids = [send["message_id"] for send in sends]
-        feedback_ids = [f"{message_id}:{kind}" for message_id in message_ids for kind in ("Bounce", "Complaint")]
+        oldest = next(
+            self.events.find(query, {"occurred_at": 1, "_id": 0})
+            .sort("occurred_at", DESCENDING)
+            .skip(last_sends - 1)
+            .limit(1),
+            None,
+        )
+        sends = last_sends if oldest is not None else self.events.count_documents(query)
+        feedback: dict[str, Any] = {"mailing_id": mailing_id, "event_type": {"$in": ["Bounce", "Complaint"]}}
+        start = oldest["occurred_at"] if oldest is not None else since
+        if start is not None:
+            feedback["occurred_at"] = {"$gte": start}
         found = Counter(
             (event["event_type"], event.get("bounce_type"))
-            for event in self.events.find({"_id": {"$in": feedback_ids}}, {"event_type": 1, "bounce_type": 1})
+            for event in self.events.find(feedback, {"event_type": 1, "bounce_type": 1, "_id": 0})
         )
         complaints = sum(n for (kind, _), n in found.items() if kind == "Complaint")
-        return RecentFeedback(len(message_ids), found[("Bounce", PERMANENT_BOUNCE)], complaints)
+        return RecentFeedback(sends, found[("Bounce", PERMANENT_BOUNCE)], complaints)
 
 
 def _keys_by_reason(reasons: Mapping[str, str]) -> dict[str, list[str]]:

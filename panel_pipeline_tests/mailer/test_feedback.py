@@ -426,15 +426,28 @@ def test_recent_feedback_counts_permanent_bounces_and_complaints_among_the_last_
     ]
     for send in sends:
         apply_message(store, sns_envelope(send))
-    oldest, _, middle, _, newest = (send["mail"]["messageId"] for send in sends)
-    for ses_event in (
-        bounce("a@panel.example", tags(mailing, ObjectId()), message_id=oldest),  # not among the last 3
-        bounce("a@panel.example", tags(mailing, ObjectId()), message_id=middle),
-        bounce("a@panel.example", tags(mailing, ObjectId()), message_id=newest, bounce_type="Transient"),
-        complaint("a@panel.example", tags(mailing, ObjectId()), message_id=newest),
-        bounce("a@panel.example", tags(ObjectId(), ObjectId())),  # another mailing's
+    oldest, _, middle, _, newest = sends
+
+    def about(send: dict, feedback: dict) -> dict:
+        """SES's feedback events carry their message's id and send time (`mail.timestamp`)."""
+        return sent_at(feedback, send["mail"]["timestamp"])
+
+    for send, ses_event in (
+        (oldest, bounce("a@panel.example", tags(mailing, ObjectId()), message_id=oldest["mail"]["messageId"])),
+        (middle, bounce("a@panel.example", tags(mailing, ObjectId()), message_id=middle["mail"]["messageId"])),
+        (
+            newest,
+            bounce(
+                "a@panel.example",
+                tags(mailing, ObjectId()),
+                message_id=newest["mail"]["messageId"],
+                bounce_type="Transient",
+            ),
+        ),
+        (newest, complaint("a@panel.example", tags(mailing, ObjectId()), message_id=newest["mail"]["messageId"])),
+        (newest, bounce("a@panel.example", tags(ObjectId(), ObjectId()))),  # another mailing's
     ):
-        apply_message(store, sns_envelope(ses_event))
+        apply_message(store, sns_envelope(about(send, ses_event)))  # the oldest's is not among the last 3
     recent = store.reports.recent_feedback(mailing, last_sends=3)
     assert (recent.sends, recent.permanent_bounces, recent.complaints) == (3, 1, 1)
     assert (round(recent.bounce_rate, 3), round(recent.complaint_rate, 3)) == (0.333, 0.333)
