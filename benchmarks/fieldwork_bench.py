@@ -43,6 +43,7 @@ from panel_pipeline.sampler.requests import FieldworkSettings, ResponseRates
 from panel_pipeline.sampler.response_rates import RATE_FIELDS, LearnedResponseRates, learn_response_rates
 from panel_pipeline.sampler.targets import Target, preset_targets
 from panel_pipeline.sampler.weighting import weight_completes
+from panel_pipeline.shared.contacts import CONTACT_WINDOW
 from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
 MEMBERS = 200_000
@@ -152,7 +153,7 @@ def past_surveys(
                 }
             )
         )
-        if sent_hours_ago <= fieldwork.CONTACT_WINDOW_DAYS * 24:
+        if sent_hours_ago <= CONTACT_WINDOW / dt.timedelta(hours=1):
             sent.append(invited)
     history = pd.concat(rows, ignore_index=True)
     for field in ("age_band", "gender", "region", "social_grade"):
