@@ -408,6 +408,7 @@ class RespondentSimulator:
 
     def _complete_sample(self, sample: InvitedSample, now: dt.datetime, summary: PassSummary) -> int:
         made = 0
+        quotas: QuotaRoom | None = None  # read once a pass, counted down as members complete
         for page in self._invitation_pages(sample):
             summary.invitations += len(page)
             due = [invitation for invitation in page if (at := completes_at(self.settings, invitation)) and at <= now]
@@ -421,7 +422,8 @@ class RespondentSimulator:
                 )
             }
             summary.completed += len(due)
-            quotas = self._quota_room(sample, now.year)
+            if quotas is None:
+                quotas = self._quota_room(sample, now.year)
             for invitation in due:
                 if invitation.user_id in done or not quotas.admits(invitation.profile, now.year):
                     continue

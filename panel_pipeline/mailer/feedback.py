@@ -263,21 +263,21 @@ class FeedbackStore:
             for i, d in documents.items()
         ]
         positions = list(documents)  # the bulk write's index -> the event's
+        categories = {i: category_for(events[i].event_type, events[i].bounce_type) for i in documents}
 
         def store_and_count(session: ClientSession | None) -> set[int]:
             upserted = self.events.bulk_write(writes, ordered=True, session=session).upserted_ids or {}
             new = {positions[index] for index in upserted}
             counts: dict[ObjectId, list[tuple[str, dt.datetime]]] = {}
             for index in sorted(new):
-                category = category_for(events[index].event_type, events[index].bounce_type)
-                if category is not None:
+                if (category := categories[index]) is not None:
                     document = documents[index]
                     counts.setdefault(document["mailing_id"], []).append((category, document["event_at"]))
             for mailing_id, counted in counts.items():
                 self.reports.count(mailing_id, counted, session)
             return new
 
-        if not any(category_for(events[i].event_type, events[i].bounce_type) for i in documents):
+        if not any(categories.values()):
             new = store_and_count(None)
         else:
             with self.events.database.client.start_session() as session:
