@@ -49,7 +49,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.stack]
 UTC = dt.UTC
 PANEL = 4_000
 BACKFILL = 50_000
-SEND_RATE = 20.0
+SEND_RATE = 40.0
 SURVEY = {
     "survey_name": "Omnibus wave 12",
     "duration_minutes": 10,
@@ -151,33 +151,18 @@ GOOD_SAMPLES = {
     "women": sample("Women's health", size=60, filters={"gender": "female"}, seed=2),
     "scotland": sample("Scotland tracker", size=600, dynamic=True, filters={"region": {"$in": ["Scotland"]}}),
 }
-NO_POINTS = {key: value for key, value in SURVEY.items() if key != "points"}
-# Each malformed request, and the field its error must name.
+# Malformed requests, and the field each error must name: a wrong type, the two that used to raise
+# inside the draw (a negative seed in the RNG, an exclusion window that overflows a date), an invitation
+# that cannot be sent, filters nobody matches. Each is a run of its own in the Sampler's one-at-a-time
+# lane, so these stand for the rest here; sampler/test_assets.py refuses every kind through the same asset.
 BAD_SAMPLES = {
     "size as text": (sample("bad", size="100"), "size"),
-    "size true": (sample("bad", size=True), "size"),
-    "size negative": (sample("bad", size=-5), "size"),
-    "size absurd": (sample("bad", size=10**12), "size"),
     "negative seed": (sample("bad", seed=-1), "seed"),
     "exclusion overflow": (sample("bad", exclude={"invited_within_days": 10**7}), "exclude.invited_within_days"),
-    "rates without default": (
-        sample("bad", expected_response_rate={"gender": {"female": 0.3}}),
-        "expected_response_rate",
-    ),
-    "mailing not an object": (sample("bad", mailing="yes"), "mailing"),
     "unknown template": (
         sample("bad", mailing={"template": "no_such_template", "default_data": SURVEY}),
         "mailing.template",
     ),
-    "template not text": (
-        sample("bad", mailing={"template": ["new_survey"], "default_data": SURVEY}),
-        "mailing.template",
-    ),
-    "data not an object": (
-        sample("bad", mailing={"template": "new_survey", "default_data": "x"}),
-        "mailing.default_data",
-    ),
-    "data missing a variable": (sample("bad", mailing={"template": "new_survey", "default_data": NO_POINTS}), "points"),
     "nobody matches": (sample("bad", filters={"birth_year": {"$lt": 1895}}), ""),
 }
 BAD_MAILINGS = {
@@ -474,6 +459,7 @@ def test_a_bad_day(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
             f"duplicates {duplicates}, lost {lost}, stuck 0, mailed after leaving 0; drained in {drain_seconds:.0f} s"
         )
         print(scan.summary(), f"; stored errors read {len(stored_errors)}, hits {len(error_hits)}")
+        print("runs:", dagster.run_summary())
     assert scan.hits == [] and error_hits == []
 
 

@@ -101,3 +101,19 @@ class DagsterDev:
         log = re.sub(r"\x1b\[[0-9;]*m", "", (self.home / "dagster-dev.log").read_text(errors="replace"))
         log_tail = log.splitlines()[-40:]
         return "\n".join([*lines, "dagster dev's log, last lines:", *log_tail])
+
+    def run_summary(self) -> str:
+        """Per job: how many runs, their seconds queued and running, summed; where a daemon test's time went."""
+        totals: dict[str, list[float]] = {}
+        with self.instance() as instance:
+            for record in instance.get_run_records():
+                start, end = record.start_time, record.end_time
+                if start is None or end is None:
+                    continue
+                queued = max(start - record.create_timestamp.timestamp(), 0.0)
+                row = totals.setdefault(record.dagster_run.job_name, [0, 0.0, 0.0])
+                row[0] += 1
+                row[1] += queued
+                row[2] += end - start
+        ranked = sorted(totals.items(), key=lambda item: -item[1][2])
+        return "; ".join(f"{job} {n:.0f} runs, {q:.0f} s queued, {r:.0f} s running" for job, (n, q, r) in ranked)

@@ -27,6 +27,10 @@ from panel_pipeline.shared.resources import MongoResource, StandingWorkers
 QUEUE_TAG = "panel/queue"
 DOCUMENT_TAG = "panel/document_id"
 SENSOR_INTERVAL_SECONDS = 1  # the daemon loops every 5 s; anything <= 4 s ticks every loop
+# Keeping the standing workers up and releasing a failed run's documents: nobody waits on these by
+# the second (a worker's hand-over starts minutes ahead; a released document waits for its retry
+# anyway), and every tick builds a Dagster instance in the code server and writes a tick record.
+UPKEEP_SENSOR_SECONDS = 15
 
 TagsFor = Callable[[Document], Mapping[str, str]]
 
@@ -151,7 +155,7 @@ def build_worker_sensor(*, duty: str, job: dg.JobDefinition, op_name: str, descr
     @dg.sensor(
         name=f"{duty}_worker_sensor",
         job=job,
-        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+        minimum_interval_seconds=UPKEEP_SENSOR_SECONDS,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=description,
     )
@@ -233,7 +237,7 @@ def build_run_failure_sensors(collections: Sequence[str]) -> list[dg.SensorDefin
     @dg.run_failure_sensor(
         name="queue_run_failure_sensor",
         default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+        minimum_interval_seconds=UPKEEP_SENSOR_SECONDS,
     )
     def on_failure(context: dg.RunFailureSensorContext, mongo: MongoResource) -> None:
         message = context.failure_event.message or "no message"
@@ -245,7 +249,7 @@ def build_run_failure_sensors(collections: Sequence[str]) -> list[dg.SensorDefin
         name="queue_run_cancel_sensor",
         run_status=dg.DagsterRunStatus.CANCELED,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+        minimum_interval_seconds=UPKEEP_SENSOR_SECONDS,
     )
     def on_cancel(context: dg.RunStatusSensorContext, mongo: MongoResource) -> None:
         why = f"run {context.dagster_run.run_id} was cancelled"

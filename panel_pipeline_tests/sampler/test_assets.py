@@ -64,6 +64,14 @@ def panel(mongo_db, profile_columns):
     return mongo_db.users.insert_many(docs).inserted_ids
 
 
+@pytest.fixture
+def few_members(mongo_db):
+    """Enough of a panel for requests refused before the draw: they must write nothing for it."""
+    born = {"gender": "female", "region": "Scotland", "birth_year": 1980}
+    docs = [{"status": "active", "email": f"m{i}@panel.example", "profile": born} for i in range(50)]
+    return mongo_db.users.insert_many(docs).inserted_ids
+
+
 @pytest.fixture(scope="module")
 def instance():
     with dg.instance_for_test() as instance:
@@ -145,23 +153,40 @@ def test_nat_rep_request_from_the_queue_end_to_end(instance, mongo, mongo_db, pa
     assert mongo_db.sample_members.count_documents({"sample_id": sample_id, "mailing_id": {"$exists": False}}) == 0
 
 
+NO_POINTS = {key: value for key, value in INVITATION["default_data"].items() if key != "points"}
+
+
 @pytest.mark.parametrize(
     "fields, named",
     [
+        ({"size": "100"}, "size"),
+        ({"size": True}, "size"),
         ({"size": -5}, "size"),
+        ({"size": 10**12}, "size"),
+        ({"seed": -1}, "seed"),
+        ({"exclude": {"invited_within_days": 10**7}}, "exclude.invited_within_days"),
+        ({"expected_response_rate": {"gender": {"female": 0.3}}}, "expected_response_rate"),
         ({"filters": {"region": {"$where": "sleep(1000)"}}}, "filters.region"),
         ({"filters": {"$where": "1"}}, "filters"),
         ({"filters": {"password": {"$eq": "x"}}}, "filters.password"),
         ({"quotas": {"gender": {"female": 0.9}}}, "quotas.gender"),
+        ({"mailing": "yes"}, "mailing"),
+        ({"mailing": {**INVITATION, "template": "no_such_template"}}, "mailing.template"),
+        ({"mailing": {**INVITATION, "template": ["new_survey"]}}, "mailing.template"),
+        ({"mailing": {**INVITATION, "default_data": "x"}}, "mailing.default_data"),
+        ({"mailing": {**INVITATION, "default_data": NO_POINTS}}, "points"),
     ],
 )
-def test_invalid_request_is_failed_naming_the_field_and_writes_nothing(instance, mongo, mongo_db, panel, fields, named):
+def test_invalid_request_is_failed_once_naming_the_field_and_writes_nothing(
+    instance, mongo, mongo_db, few_members, fields, named
+):
     sample_id = request(mongo_db, **fields)
     result = run(instance, mongo, sample_id)
     assert not result.success
     doc = mongo_db.samples.find_one({"_id": sample_id})
-    assert doc["processed"] and doc["status"] == "failed" and named in doc["error"]
-    assert mongo_db.sample_members.count_documents({}) == 0
+    assert doc["processed"] and doc["status"] == "failed" and doc["attempts"] == 1
+    assert named in doc["error"] and "gave up" not in doc["error"], doc["error"]
+    assert mongo_db.sample_members.count_documents({}) == 0 and mongo_db.mailings.count_documents({}) == 0
 
 
 def test_redraw_with_a_new_seed_replaces_uninvited_members_and_keeps_invited_ones(instance, mongo, mongo_db, panel):
