@@ -6,7 +6,7 @@ import time
 import dagster as dg
 import pytest
 
-from panel_pipeline_tests.waiting import finished_runs, materialized_since, statuses, wait_for
+from panel_pipeline_tests.waiting import feedback_runs_since, finished_runs, materialized_since, statuses, wait_for
 
 UTC = dt.UTC
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
@@ -171,5 +171,5 @@ def test_an_ses_bounce_flows_back_through_the_daemon(dagster_dev, panel_db):
         what="the member bounced",
         explain=dagster_dev.activity,
     )
-    runs = finished_runs(dagster_dev, "the feedback runs", job_name="ses_feedback_job", created_after=since)
+    runs = feedback_runs_since(dagster_dev, since)
     assert {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}

@@ -3,6 +3,7 @@
 A queue document is written `processed: true` inside its run, before the run itself ends, so a test
 that asserts a run's status waits for the run to finish first (`finished_runs`)."""
 
+import datetime as dt
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -10,6 +11,7 @@ from typing import TypeVar
 import dagster as dg
 
 from panel_pipeline.local.ses_events import FeedbackShares
+from panel_pipeline.mailer.feedback import MAX_SECONDS_PER_DRAIN
 from panel_pipeline.queue.sensors import WORKER_TAG
 
 T = TypeVar("T")
@@ -57,6 +59,14 @@ def finished_runs(dagster_dev, what: str, timeout: float = 180.0, **filters) -> 
 
     with dagster_dev.instance() as instance:
         return wait_for(all_finished, timeout=timeout, what=f"{what}: runs finished", explain=dagster_dev.activity)
+
+
+def feedback_runs_since(dagster_dev, since: dt.datetime) -> list[dg.DagsterRun]:
+    """The ses_feedback runs that may have applied what SES published after `since`, once finished: a
+    run may have started before then, draining what earlier tests left (a drain lasts at most
+    MAX_SECONDS_PER_DRAIN)."""
+    started_by = since - dt.timedelta(seconds=MAX_SECONDS_PER_DRAIN + 30)
+    return finished_runs(dagster_dev, "the feedback runs", job_name="ses_feedback_job", created_after=started_by)
 
 
 def statuses(runs: list[dg.DagsterRun]) -> dict[str, dg.DagsterRunStatus]:

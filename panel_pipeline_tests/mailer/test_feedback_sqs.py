@@ -17,13 +17,12 @@ from panel_pipeline.local.ses_events import SnsEventPublisher
 from panel_pipeline.local.ses_proxy import SesFaultProxy
 from panel_pipeline.local.sns_sqs import aws_client, ensure_feedback_path
 from panel_pipeline.mailer.assets import mailings, ses_feedback
-from panel_pipeline.mailer.feedback import MAX_SECONDS_PER_DRAIN
 from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.mailer.sensors import ses_feedback_sensor
 from panel_pipeline.mailer.store import recipient_key_for
 from panel_pipeline_tests.mailer.conftest import SURVEY
 from panel_pipeline_tests.mailer.ses_events import bounce, complaint, event, sns_envelope, tags
-from panel_pipeline_tests.waiting import finished_runs, wait_for
+from panel_pipeline_tests.waiting import feedback_runs_since, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -360,8 +359,5 @@ def test_under_the_daemon_a_published_bounce_bounces_the_member(dagster_dev, mon
         explain=dagster_dev.activity,
     )
     print(f"published -> member bounced under the daemon: {time.monotonic() - published:.1f} s")
-    # The run that applied it may have started before the publish, draining what earlier tests left:
-    # a drain lasts at most MAX_SECONDS_PER_DRAIN.
-    started_by = since - dt.timedelta(seconds=MAX_SECONDS_PER_DRAIN + 30)
-    runs = finished_runs(dagster_dev, "the feedback runs", job_name="ses_feedback_job", created_after=started_by)
+    runs = feedback_runs_since(dagster_dev, since)
     assert {(run.status, run.tags["panel/part"]) for run in runs} == {(dg.DagsterRunStatus.SUCCESS, "ses_feedback")}
