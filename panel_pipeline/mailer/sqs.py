@@ -18,9 +18,9 @@ class SqsQueue:
         self.wait_seconds = wait_seconds
         self.topic_arn = topic_arn
 
-    def receive(self, max_messages: int) -> list[QueueMessage]:
+    def receive(self, max_messages: int, wait: bool = True) -> list[QueueMessage]:
         answer = self.client.receive_message(
-            QueueUrl=self.queue_url, MaxNumberOfMessages=max_messages, WaitTimeSeconds=self.wait_seconds
+            QueueUrl=self.queue_url, MaxNumberOfMessages=max_messages, WaitTimeSeconds=self.wait_seconds if wait else 0
         )
         return [QueueMessage(message["ReceiptHandle"], message["Body"]) for message in answer.get("Messages", [])]
 

@@ -262,13 +262,16 @@ class ListQueue:
     topic_arn = TOPIC
 
     def __init__(self, bodies):
-        self.bodies, self.deleted = list(bodies), []
+        self.bodies, self.deleted, self.received, self.waits = list(bodies), [], 0, []
 
-    def receive(self, max_messages):
+    def receive(self, max_messages, wait=True):
+        self.waits.append(wait)
         taken, self.bodies = self.bodies[:max_messages], self.bodies[max_messages:]
-        return [QueueMessage(f"r{len(self.deleted) + i}", body) for i, body in enumerate(taken)]
+        self.received += len(taken)
+        return [QueueMessage(f"r{self.received - len(taken) + i}", body) for i, body in enumerate(taken)]
 
     def delete(self, handles):
+        assert len(handles) <= 10  # DeleteMessageBatch's most
         self.deleted.extend(handles)
         return len(handles)
 
@@ -293,11 +296,24 @@ def test_the_drain_counts_and_deletes_untrusted_messages(store, mongo_db):
 def test_a_drain_ends_after_its_time_even_while_messages_keep_coming(store, mongo_db):
     """While mail flows the queue is never empty: the run must still end (the sensor asks again)."""
     ann = member(mongo_db, "ann@panel.example")
-    queue = ListQueue(sns_envelope(event("Delivery", "ann@panel.example", tags(ObjectId(), ann))) for _ in range(100))
-    ticks = iter(range(100))  # one second per look at the clock: the deadline at 0 + 3, two batches before it
+    queue = ListQueue(sns_envelope(event("Delivery", "ann@panel.example", tags(ObjectId(), ann))) for _ in range(500))
+    ticks = iter(range(100))  # one second per look at the clock: the deadline at 0 + 3, two groups before it
     report = drain(queue, store, max_seconds=3, monotonic=lambda: next(ticks))
-    assert (report.messages_read, report.messages_deleted) == (20, 20)
-    assert len(queue.bodies) == 80
+    assert (report.messages_read, report.messages_deleted) == (200, 200)
+    assert sorted(queue.deleted, key=lambda handle: int(handle[1:])) == [f"r{i}" for i in range(200)]
+    assert len(queue.bodies) == 300
+
+
+def test_a_drain_applies_up_to_a_hundred_messages_together_and_stops_at_a_short_batch(store, mongo_db):
+    ann = member(mongo_db, "ann@panel.example")
+    queue = ListQueue(sns_envelope(event("Delivery", "ann@panel.example", tags(ObjectId(), ann))) for _ in range(135))
+    groups = []
+    apply = store.apply
+    store.apply = lambda events: groups.append(len(events)) or apply(events)
+    report = drain(queue, store)
+    assert groups == [100, 35]
+    assert queue.waits == [True] + [False] * 9 + [True] + [False] * 3 + [True]  # a long poll only to start a group
+    assert (report.messages_read, report.messages_deleted, report.events_stored) == (135, 135, 135)
 
 
 def sent_at(ses_event: dict, timestamp: str) -> dict:
