@@ -18,7 +18,7 @@ from panel_pipeline.local.profile_survey import PROFILE_SURVEY
 from panel_pipeline.local.ses_events import SnsEventPublisher
 from panel_pipeline.local.ses_proxy import SesFaultProxy
 from panel_pipeline.local.ses_server import LocalSesServer
-from panel_pipeline.local.sns_sqs import LocalCloudWatch, LocalSnsSqs, aws_client, ensure_feedback_path
+from panel_pipeline.local.sns_sqs import LocalCloudWatch, LocalSnsSqs, ensure_feedback_path
 from panel_pipeline.local.stack import pipeline_environment
 from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
 from panel_pipeline_tests.waiting import DAEMON_FEEDBACK, FIELDWORK_TIME_SCALE
@@ -126,9 +126,7 @@ def daemon_ses(local_ses: LocalSesServer, local_sns_sqs: LocalSnsSqs) -> Iterato
     """The SES endpoint the daemon sends through, as the local stack runs it (`ses_server --sns-topic-arn`):
     the fault proxy in front of `local_ses`, publishing SES's events (Send, and the mailbox
     simulator's Bounce and Complaint) to the local event topic, which `ses_feedback` drains."""
-    publisher = SnsEventPublisher(
-        aws_client("sns", local_sns_sqs.url), ensure_feedback_path(local_sns_sqs.url).topic_arn
-    )
+    publisher = SnsEventPublisher(local_sns_sqs.url, ensure_feedback_path(local_sns_sqs.url).topic_arn)
     proxy = SesFaultProxy(local_ses.url, publish=publisher, feedback=DAEMON_FEEDBACK)
     proxy.start()
     yield proxy

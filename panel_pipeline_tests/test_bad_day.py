@@ -38,7 +38,7 @@ from panel_pipeline.local.profile_survey import PROFILE_SURVEY
 from panel_pipeline.local.ses_events import SnsEventPublisher
 from panel_pipeline.local.ses_proxy import SesFaultProxy, daily_quota_exceeded
 from panel_pipeline.local.ses_server import LocalSesServer
-from panel_pipeline.local.sns_sqs import LocalCloudWatch, LocalSnsSqs, aws_client, ensure_feedback_path
+from panel_pipeline.local.sns_sqs import LocalCloudWatch, LocalSnsSqs, ensure_feedback_path
 from panel_pipeline.local.stack import LOCAL_UNSUBSCRIBE_SECRET, pipeline_environment
 from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN_SECRET, LocalSurveyGizmo
 from panel_pipeline.local.synthetic_panel import generate_profiles
@@ -87,7 +87,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, local_cloudwatch: LocalCloud
         ):
             surveygizmo.add_survey(PROFILE_SURVEY)
             path = ensure_feedback_path(sns_sqs.url)
-            publisher = SnsEventPublisher(aws_client("sns", sns_sqs.url), path.topic_arn)
+            publisher = SnsEventPublisher(sns_sqs.url, path.topic_arn)
             proxy = SesFaultProxy(ses.url, publish=publisher, feedback=DAEMON_FEEDBACK)
             proxy.start()
             completes = tmp_path_factory.mktemp("bad_day_completes")

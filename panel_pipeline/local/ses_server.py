@@ -137,7 +137,6 @@ def main() -> None:
     from panel_pipeline.local.mongod import free_port
     from panel_pipeline.local.ses_events import FEEDBACK_SHARES_VARIABLE, FeedbackShares, SnsEventPublisher
     from panel_pipeline.local.ses_proxy import SesFaultProxy
-    from panel_pipeline.local.sns_sqs import aws_client
 
     parser = argparse.ArgumentParser(description="The local SES v2 endpoint (aws-ses-v2-local).")
     parser.add_argument("--port", type=int, default=8005)
@@ -162,8 +161,7 @@ def main() -> None:
     server.start()
     publisher = proxy = None
     if publishing:
-        region = args.sns_topic_arn.split(":")[3]
-        publisher = SnsEventPublisher(aws_client("sns", args.sns_endpoint_url, region), args.sns_topic_arn)
+        publisher = SnsEventPublisher(args.sns_endpoint_url, args.sns_topic_arn)
         proxy = SesFaultProxy(server.url, port=args.port, publish=publisher, feedback=feedback)
         proxy.start()
     print(f"local SES endpoint and sent-mail viewer on {proxy.url if proxy else server.url}", flush=True)

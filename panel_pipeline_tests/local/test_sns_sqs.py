@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter
 from typing import Any
@@ -25,6 +27,7 @@ from panel_pipeline.local.sns_sqs import (
     local_queue_url,
     local_topic_arn,
 )
+from panel_pipeline.local.sns_sqs_server import LOCAL_PUBLISH_PATH
 from panel_pipeline.mailer.feedback import unwrap_sqs_body
 
 TEMPLATE = {"Subject": "Hi {{first_name}}", "Html": "<p>{{first_name}}</p>", "Text": "{{first_name}}"}
@@ -109,7 +112,7 @@ def _receive_events(sqs: Any, queue_url: str, count: int, timeout: float = 10.0)
 
 def test_the_ses_proxy_publishes_send_delivery_bounce_and_complaint_events_to_sns(local_ses, local_sns_sqs):
     path = ensure_feedback_path(local_sns_sqs.url, name=f"events-{uuid.uuid4().hex[:8]}")
-    publisher = SnsEventPublisher(aws_client("sns", local_sns_sqs.url), path.topic_arn)
+    publisher = SnsEventPublisher(local_sns_sqs.url, path.topic_arn)
     proxy = SesFaultProxy(local_ses.url, publish=publisher)
     proxy.start()
     try:
@@ -139,6 +142,35 @@ def test_the_ses_proxy_publishes_send_delivery_bounce_and_complaint_events_to_sn
     assert len(proxy.send_events()) == 3
     (ann_delivered, _) = [e for e in events if e["eventType"] == "Delivery"]
     assert ann_delivered["delivery"]["smtpResponse"].startswith("250") and ann_delivered["mail"]["tags"]["recipient"]
+
+
+def _post_local_publish(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url + LOCAL_PUBLISH_PATH, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_the_local_publish_path_delivers_as_publish_and_refuses_an_unknown_topic_or_a_wrong_body(local_sns_sqs):
+    path = ensure_feedback_path(local_sns_sqs.url, name=f"events-{uuid.uuid4().hex[:8]}")
+    messages = [json.dumps({"eventType": "Send", "n": n}) for n in range(3)]
+    status, answer = _post_local_publish(
+        local_sns_sqs.url, json.dumps({"TopicArn": path.topic_arn, "Messages": messages}).encode()
+    )
+    assert status == 200 and len(set(answer["MessageIds"])) == 3
+    sqs = aws_client("sqs", local_sns_sqs.url)
+    received = sqs.receive_message(QueueUrl=path.queue_url, MaxNumberOfMessages=10)["Messages"]
+    assert sorted(unwrap_sqs_body(m["Body"], path.topic_arn)["n"] for m in received) == [0, 1, 2]
+
+    unknown = json.dumps({"TopicArn": path.topic_arn + "-gone", "Messages": messages}).encode()
+    assert _post_local_publish(local_sns_sqs.url, unknown) == (
+        404,
+        {"code": "NotFound", "message": "Topic does not exist"},
+    )
+    status, answer = _post_local_publish(local_sns_sqs.url, b'{"Messages": []}')
+    assert (status, answer["code"]) == (400, "InvalidParameter") and "TopicArn" in answer["message"]
 
 
 def test_feedback_shares_draw_bounces_complaints_opens_and_clicks_the_same_each_time():

@@ -151,7 +151,7 @@ def test_bounces_and_complaints_arrive_through_sqs_and_suppress_the_members(
 @pytest.fixture
 def publishing_ses(local_ses, local_sns_sqs, feedback_path):
     """The local SES endpoint as the stack runs it (the proxy publishing SES's events), to this test's topic."""
-    publisher = SnsEventPublisher(aws_client("sns", local_sns_sqs.url), feedback_path.topic_arn)
+    publisher = SnsEventPublisher(local_sns_sqs.url, feedback_path.topic_arn)
     proxy = SesFaultProxy(local_ses.url, publish=publisher)
     proxy.start()
     yield proxy
