@@ -2,7 +2,7 @@
 loop through the local SES endpoint (aws-ses-v2-local behind the project's proxy) at 200 recipients/s,
 with SES's events (Send, Delivery, Bounce) taking production's path: the proxy publishes them to SNS
 (the local SNS/SQS server), and a feed in a process of its own drains the subscribed SQS queue with the
-ses_feedback runs' own `drain` (each batch of 10 stored once in one transaction, counted in the
+ses_feedback runs' own `drain` (up to 100 messages stored once in one transaction, counted in the
 mailing's report, the member bounced).
 
 1. Throughput (recipients/s) with the report and the breakers on (the feed storing and counting every

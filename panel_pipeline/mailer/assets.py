@@ -435,8 +435,8 @@ def report_metadata(mailing_id: ObjectId, report: MailingReport) -> dict[str, An
 )
 def ses_feedback(context: dg.AssetExecutionContext, mongo: MongoResource, sqs: SqsResource) -> dg.MaterializeResult:
     """What SES reported about the mail we sent (SES configuration set -> SNS topic -> SQS queue):
-    drains the queue in long-polled batches of 10 (for at most a minute: while mail flows the queue
-    never empties, and the sensor asks for the next run), applies each event and deletes its message
+    drains the queue in batches of 10, up to 100 applied together (for at most a minute: while mail
+    flows the queue never empties, and the sensor asks for the next run), and deletes each message
     only once applied. Tagged events are stored once per message and event type in `mail_events` (which
     settles unknown `mail_log` rows) and counted in their mailing's `report`, observed on its `mailings`
     partition; a permanent bounce, or the third transient one within the window, makes the member
