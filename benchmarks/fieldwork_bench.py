@@ -173,6 +173,7 @@ class Outcome:
     reminders: int = 0
     closed_because: str = ""
     held_back: int = 0
+    soft_cells_reopened_hour: float | None = None
 
 
 def deviation_pp(categories: pd.DataFrame, targets: tuple[Target, ...]) -> float:
@@ -256,6 +257,15 @@ class FieldworkRun:
         self.invitations = 0
         self.reminders = 0
         self.held_back = np.zeros(MEMBERS, dtype=bool)  # members a reminder was held back from
+        self.soft_cells_reopened_hour: float | None = None  # as fieldwork_state.soft_cells_reopened_at
+
+    @property
+    def soft_cells_reopened(self) -> bool:
+        return self.soft_cells_reopened_hour is not None
+
+    def closes_at(self) -> np.ndarray:
+        """Each cell's completes at which it closes now (the accounting's `cap`)."""
+        return self.cells["cap" if self.soft_cells_reopened else "target_completes"].to_numpy()
 
     def budget_allowed(self) -> np.ndarray:
         check = fieldwork.contact_budget(self.contacts, self.cells, self.population.categories)
@@ -292,7 +302,7 @@ class FieldworkRun:
             if self.started[member]:
                 continue
             self.started[member] = True
-            closed = self.cell_completes + self.cell_in_progress >= self.cells["cap"].to_numpy()
+            closed = self.cell_completes + self.cell_in_progress >= self.closes_at()
             if closed[member_cells].any():
                 self.screened[member] = True
                 continue
@@ -323,7 +333,12 @@ class FieldworkRun:
             now = START + dt.timedelta(hours=hour)
             members, invited = self.members_frame(hour)
             accounting = fieldwork.account_cells(
-                self.cells, members, now=now, rates=self.predicted[invited], curve=self.learned.curve
+                self.cells,
+                members,
+                now=now,
+                rates=self.predicted[invited],
+                curve=self.learned.curve,
+                soft_cells_reopened=self.soft_cells_reopened,
             )
             reason = fieldwork.closing_reason(accounting, now, START + dt.timedelta(hours=FIELDWORK_HOURS))
             if reason:
@@ -339,6 +354,8 @@ class FieldworkRun:
                 eligible = self.budget_allowed() & np.isnan(self.invited_at)
                 extra = fieldwork.top_up(accounting, pool, self.predicted, self.settings, self.rng, eligible)
                 self.invite(extra.positions, hour)
+                if not self.soft_cells_reopened and fieldwork.stranded_hard_cells(extra.cells, self.targets[0].key):
+                    self.soft_cells_reopened_hour = hour
         completed = np.flatnonzero(~np.isnan(self.completed_at))
         categories = self.population.categories.iloc[completed]
         deff, status = design_effect_of(categories, self.targets)
@@ -352,6 +369,7 @@ class FieldworkRun:
             self.reminders,
             reason or "close_at reached",
             int(self.held_back.sum()),
+            self.soft_cells_reopened_hour,
         )
 
 
@@ -383,6 +401,11 @@ def run_seed(seed: int) -> dict[str, tuple[Outcome, float]]:
     }
 
 
+def reopened(outcome: Outcome) -> str:
+    hour = outcome.soft_cells_reopened_hour
+    return "never reopened" if hour is None else f"reopened at {hour:.0f} h"
+
+
 def main() -> None:
     started, cpu_started = time.perf_counter(), time.process_time()
     runs = []
@@ -401,7 +424,7 @@ def main() -> None:
                 ""
                 if outcome.hours is None
                 else f"; closed at {outcome.hours:.0f} h ({outcome.closed_because}), {outcome.reminders} reminders, "
-                f"{outcome.held_back} reminders held back by the contact budget"
+                f"{outcome.held_back} reminders held back by the contact budget, soft cells {reopened(outcome)}"
             )
             print(
                 f"  {name}: largest deviation {outcome.max_deviation_pp:.2f} pp, {outcome.completes} completes, "

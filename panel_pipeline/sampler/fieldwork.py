@@ -11,11 +11,13 @@ Invariants:
   reminders, and its members are screened out at survey entry. Every member counts toward each of its
   categories, so a member is invitable only if none of its cells is closed.
 - The first target is the sample's hard quota (uk_nat_rep: age x gender): its cells close once full.
-  The other targets' cells are soft: they close at their target plus half the request's tolerance (in
-  points of the target's total; the other half is for respondents who enter before the next pass
-  closes the cell), so a full region or grade does not strand the members a short age x gender cell
-  still needs (closing every full marginal cell did: late in fieldwork each man of 45-54 left was in
-  some full cell); raking then corrects the overrun.
+  The other targets' cells are soft: they too close once full while top-ups can still reach what the
+  hard cells need, and at their `cap`, their target plus half the request's tolerance (in points of
+  the target's total; the other half is for respondents who enter before the next pass closes the
+  cell), once reopened: from the first top-up that found a short hard cell nobody to invite
+  (`stranded_hard_cells`: late in a small sample each man of 45-54 left can be in some full
+  marginal cell), and from the start in a sample without top-ups. Raking corrects the overrun. A
+  cell's `cap` in the accounting is where it closes now.
 - Expected completes use the predicted per-member rates and the time-to-complete curve: by now
   (sum of rate x curve share at the invitation's age) and to come (for an invited member not yet in:
   P(later | not yet) = r(1-F)/(1-rF)); rates are scaled per cell by observed/expected by now (shrunk
@@ -248,11 +250,13 @@ def account_cells(
     rates: np.ndarray | None = None,
     curve: CompletionCurve | None = None,
     time_scale: float = 1.0,
+    soft_cells_reopened: bool = True,
 ) -> CellAccounting:
     """Count each cell's completes, invitations and respondents in the survey; with `now`, the
     members' predicted `rates` and the `curve`, also what each cell should have by now and what it
     still needs (target - completes - in progress - completes still to come). The curve is in
-    fieldwork hours, `time_scale` per wall-clock hour (FieldworkSettings)."""
+    fieldwork hours, `time_scale` per wall-clock hour (FieldworkSettings). Cells close at their `cap`;
+    without `soft_cells_reopened`, at their target."""
     codes = category_codes(cells, members)
     state = _member_state(members)
     n_cells = len(cells)
@@ -261,7 +265,7 @@ def account_cells(
     in_progress = _per_cell(codes, state.in_progress, n_cells)
     invited = _per_cell(codes, state.invited, n_cells)
     full = completes + in_progress >= target_completes
-    cap = cells["cap"].to_numpy(dtype=float) if "cap" in cells else target_completes
+    cap = cells["cap"].to_numpy(dtype=float) if "cap" in cells and soft_cells_reopened else target_completes
     closed = completes + in_progress >= cap
     expected_by_now = np.full(n_cells, np.nan)
     to_come = np.zeros(n_cells)
@@ -485,6 +489,18 @@ def top_up(
     return choose_invitations(
         cells, need, cells["closed"].to_numpy(dtype=bool), pool, adjusted, rng, eligible, codes=pool_codes
     )
+
+
+def stranded_hard_cells(top_up_cells: pd.DataFrame, hard_target: str) -> list[str]:
+    """The categories of `hard_target` that a top-up (`Invitations.cells`: target, category, need,
+    invitations) found short and could invite nobody for: every invitable member they need is in a
+    closed cell."""
+    stranded = (
+        (top_up_cells["target"] == hard_target)
+        & (top_up_cells["need"].to_numpy(dtype=float) >= MIN_NEED)
+        & (top_up_cells["invitations"].to_numpy(dtype=np.int64) == 0)
+    )
+    return [str(category) for category in top_up_cells.loc[stranded, "category"]]
 
 
 def choose_invitations(

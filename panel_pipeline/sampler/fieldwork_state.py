@@ -9,6 +9,8 @@ Invariants:
 - Members' rates: the request's own `expected_response_rate` when it sets one, else the learned
   rates' per-member prediction, else 1 (`rates_for_request`'s order); the curve is the learned one,
   or the typical curve of an online panel (most completes in 24-48 hours) before anything was learned.
+- Soft cells (fieldwork.py) close at their target until `soft_cells_reopened_at`, then at their cap;
+  once reopened they stay so.
 - Once closed, fieldwork stays closed: `closed_at` and `closed_reason` are those of the first
   closing, and a cell's `closed_at` is the first time it was seen closed (kept across runs).
 - Weights are computed once, at the closing, and written only when raking converged within the
@@ -98,10 +100,17 @@ def update_fieldwork(
     frame = pd.concat([categories, members[[c for c in fieldwork.MEMBER_COLUMNS if c in members]]], axis=1)
     rates, source = member_rates(request, learned, members)
     curve = learned.curve if learned is not None else default_curve()
-    accounting = fieldwork.account_cells(
-        cells, frame, now=now, rates=rates, curve=curve, time_scale=request.fieldwork.time_scale
-    )
     before = document.get("fieldwork_state") or {}
+    reopened_at = soft_cells_reopened_at(request, targets, before, now)
+    accounting = fieldwork.account_cells(
+        cells,
+        frame,
+        now=now,
+        rates=rates,
+        curve=curve,
+        time_scale=request.fieldwork.time_scale,
+        soft_cells_reopened=reopened_at is not None,
+    )
     close_at = request.fieldwork.closes_at(_as_utc(document.get("drawn_at")) or now)
     was_closed = before.get("status") == FIELDWORK_CLOSED
     reason = (
@@ -128,6 +137,8 @@ def update_fieldwork(
         "rates": source,
         "updated_at": now,
     }
+    if reopened_at is not None and len(cells):
+        state["soft_cells_reopened_at"] = reopened_at
     weights: dict[str, float] | None = None
     if reason:
         state["closed_at"] = _as_utc(before.get("closed_at")) if was_closed else now
@@ -137,6 +148,23 @@ def update_fieldwork(
         else:
             state["weights"], weights = closing_weights(request, targets, categories.loc[completers])
     return FieldworkUpdate(state, accounting, frame, completed_at, weights)
+
+
+def soft_cells_reopened_at(
+    request: SampleRequest, targets: Sequence[Target], before: Mapping[str, Any], now: dt.datetime
+) -> dt.datetime | None:
+    """Since when the soft cells close at their cap rather than their target (None: at their target):
+    kept from the state before; else now, if the sample has no top-ups (dynamic, or in one wave) or
+    its last top-up found a short hard cell nobody to invite (`fieldwork.stranded_hard_cells`)."""
+    reopened = _as_utc(before.get("soft_cells_reopened_at"))
+    if reopened is not None:
+        return reopened
+    if request.fieldwork is None or not request.fieldwork.waves or request.dynamic:
+        return now
+    last_cells = (before.get("last_top_up") or {}).get("by_cell") or []
+    if targets and last_cells and fieldwork.stranded_hard_cells(pd.DataFrame(last_cells), targets[0].key):
+        return now
+    return None
 
 
 def over_tolerance(accounting: fieldwork.CellAccounting, tolerance_pp: float) -> list[dict[str, Any]]:

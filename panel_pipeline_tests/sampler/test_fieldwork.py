@@ -150,34 +150,56 @@ def test_a_top_up_fills_the_short_cells_and_never_invites_into_a_closed_cell() -
     assert expected["Wales"] == pytest.approx(10, abs=1)  # 50 of 60
 
 
-def test_a_full_soft_cell_stays_open_to_a_short_hard_cell_up_to_its_tolerance() -> None:
-    """Gender, the first target, is the hard quota; region is soft. London is full, but the men still
-    needed are all Londoners: within the tolerance London takes them, and closes at its cap."""
+def test_a_full_soft_cell_closes_at_target_until_a_hard_cell_is_stranded_then_at_its_cap() -> None:
+    """Gender, the first target, is the hard quota; region is soft. London is full, and the men still
+    needed are all Londoners: closed at its target, London strands them (the top-up says so); reopened,
+    it takes them within the tolerance, and closes at its cap."""
     done = [{"gender": "female", "region": "London", "invited_at": 200, "completed_at": 100}] * 40
     done += [{"gender": "female", "region": "Wales", "invited_at": 200, "completed_at": 100}] * 10
     pool = pd.DataFrame({"gender": ["male"] * 400, "region": ["London"] * 400})
     rates, settings = np.full(400, 0.2), FieldworkSettings(waves=False)
+    cells = fieldwork.cell_targets(TARGETS, 100, tolerance_pp=5.0)  # London 40, its cap 42 (40 + 2.5 of 100)
 
-    def top_up(tolerance_pp: float) -> tuple[fieldwork.CellAccounting, fieldwork.Invitations]:
-        cells = fieldwork.cell_targets(TARGETS, 100, tolerance_pp=tolerance_pp)  # London 40
+    def top_up(reopened: bool) -> tuple[fieldwork.CellAccounting, fieldwork.Invitations]:
         accounting = fieldwork.account_cells(
-            cells, members(done), now=NOW, rates=np.full(len(done), 0.2), curve=LINEAR_CURVE
+            cells,
+            members(done),
+            now=NOW,
+            rates=np.full(len(done), 0.2),
+            curve=LINEAR_CURVE,
+            soft_cells_reopened=reopened,
         )
         return accounting, fieldwork.top_up(accounting, pool, rates, settings, np.random.default_rng(3))
 
-    hard_everywhere, stranded = top_up(0.0)
-    assert ("region", "London") in hard_everywhere.closed_cells and stranded.count == 0, "the men were stranded"
+    at_target, stranded = top_up(reopened=False)
+    london = at_target.cells.set_index("category").loc["London"]
+    assert (london["cap"], bool(london["full"]), bool(london["closed"])) == (40, True, True)
+    assert stranded.count == 0 and fieldwork.stranded_hard_cells(stranded.cells, "gender") == ["male"]
 
-    accounting, extra = top_up(5.0)
+    accounting, extra = top_up(reopened=True)
     london = accounting.cells.set_index("category").loc["London"]
-    assert (london["cap"], bool(london["full"]), bool(london["closed"])) == (42, True, False)  # 40 + 2.5 of 100
+    assert (london["cap"], bool(london["full"]), bool(london["closed"])) == (42, True, False)
     assert accounting.closed_cells == [("gender", "female")]
     assert extra.count > 0 and extra.cells.set_index("category")["expected_completes"]["male"] > 0
+    assert fieldwork.stranded_hard_cells(extra.cells, "gender") == []
 
     done += [{"gender": "male", "region": "London", "invited_at": 50, "completed_at": 10}] * 2
-    accounting, extra = top_up(5.0)
+    accounting, extra = top_up(reopened=True)
     assert ("region", "London") in accounting.closed_cells and extra.count == 0, "at its cap London closes"
     assert accounting.over_tolerance(5.0).empty
+
+
+def test_a_short_soft_cell_with_nobody_to_invite_is_not_a_stranded_hard_cell() -> None:
+    top_up_cells = pd.DataFrame(
+        {
+            "target": ["gender", "gender", "region"],
+            "category": ["female", "male", "Wales"],
+            "need": [0.0, 0.4, 3.0],  # male: under half a complete is not short
+            "invitations": [0, 0, 0],
+        }
+    )
+    assert fieldwork.stranded_hard_cells(top_up_cells, "gender") == []
+    assert fieldwork.stranded_hard_cells(top_up_cells.assign(need=[2.0, 0.4, 3.0]), "gender") == ["female"]
 
 
 def test_no_top_up_when_nothing_is_short() -> None:

@@ -12,7 +12,12 @@ import pytest
 from panel_pipeline.local.synthetic_panel import generate_profiles
 from panel_pipeline.sampler import fieldwork, store, waves
 from panel_pipeline.sampler.assets import top_up_wave
-from panel_pipeline.sampler.fieldwork_state import FieldworkUpdate, update_fieldwork
+from panel_pipeline.sampler.fieldwork_state import (
+    FieldworkUpdate,
+    sample_targets,
+    soft_cells_reopened_at,
+    update_fieldwork,
+)
 from panel_pipeline.sampler.requests import parse_sample_request
 from panel_pipeline.sampler.response_rates import learn_response_rates
 from panel_pipeline.sampler.store import learned_response_rates
@@ -258,3 +263,29 @@ def test_a_top_up_is_due_only_when_a_cell_is_short_and_the_latest_wave_is_old_en
 ):
     reason = waves.top_up_not_due(request_, update, members_, NOW - dt.timedelta(hours=13), before, NOW)
     assert (reason is None) == due, reason
+
+
+# --- when soft cells reopen (pure) -------------------------------------------------------------------
+
+
+def test_soft_cells_close_at_target_in_waves_until_a_top_up_finds_a_hard_cell_stranded_and_stay_reopened():
+    request_ = parse_sample_request(
+        {"name": "t", "survey_id": "1", "size": 100, "quotas": HALVES, "mailing": INVITATION}
+    )
+    targets = sample_targets(request_, {})
+    reached = {"by_cell": [{"target": "gender", "category": "male", "need": 3.0, "invitations": 4}]}
+    stranded = {"by_cell": [{"target": "gender", "category": "male", "need": 3.0, "invitations": 0}]}
+    assert soft_cells_reopened_at(request_, targets, {}, NOW) is None
+    assert soft_cells_reopened_at(request_, targets, {"last_top_up": reached}, NOW) is None
+    assert soft_cells_reopened_at(request_, targets, {"last_top_up": stranded}, NOW) == NOW
+    earlier = NOW - dt.timedelta(hours=5)
+    kept = {"last_top_up": reached, "soft_cells_reopened_at": earlier}
+    assert soft_cells_reopened_at(request_, targets, kept, NOW) == earlier
+
+
+def test_soft_cells_close_at_their_cap_from_the_start_in_a_sample_without_top_ups():
+    for settings in ({"fieldwork": {"waves": False}}, {"dynamic": True}):
+        request_ = parse_sample_request(
+            {"name": "t", "survey_id": "1", "size": 100, "quotas": HALVES, "mailing": INVITATION} | settings
+        )
+        assert soft_cells_reopened_at(request_, sample_targets(request_, {}), {}, NOW) == NOW
