@@ -531,6 +531,14 @@ def reminder_metadata(reminder_round: reminders.ReminderRound | None) -> dict[st
     }
 
 
+def soft_cells_closing(state: Mapping[str, Any]) -> str:
+    """Where the cells after the first target close now, in words (fieldwork_state.soft_cells_reopened_at)."""
+    reopened = state.get("soft_cells_reopened_at")
+    if reopened is None:
+        return "their target (until a top-up finds a short hard cell nobody to invite)"
+    return f"their cap, target plus half the tolerance (since {reopened.isoformat()})"
+
+
 def fieldwork_metadata(update: FieldworkUpdate, document: Mapping[str, Any]) -> dict[str, Any]:
     state, cells = update.state, update.accounting.cells
     per_complete = state.get("invitations_per_complete")
@@ -548,6 +556,7 @@ def fieldwork_metadata(update: FieldworkUpdate, document: Mapping[str, Any]) -> 
             ", ".join(f"{cell['target']}={cell['category']}" for cell in state["closed_cells"]) or "none"
         ),
         "closing": state.get("closed_reason") or f"open until {state['close_at'].isoformat()}",
+        "soft_cells_close_at": soft_cells_closing(state),
         "rates_from": state["rates"],
         "completes_vs_target": table(
             ["target", "category", "target completes", "completes", "invited", "still needed", "closed"],

@@ -19,6 +19,7 @@ from panel_pipeline.sampler.assets import (
     sample_directory,
     sample_fieldwork,
     samples,
+    soft_cells_closing,
 )
 from panel_pipeline.sampler.checks import cells_within_tolerance, weights_converged
 from panel_pipeline.sampler.requests import AGE_BAND_VALUES, age_band_codes
@@ -493,6 +494,8 @@ def test_fieldwork_state_after_some_completes_closes_full_cells(instance, mongo,
     # Every full cell closes: age x gender, the hard quota, and, until a top-up finds a hard cell
     # nobody to invite, the marginal cells too (then at their target plus half the tolerance).
     assert "soft_cells_reopened_at" not in state
+    soft_cells = result.asset_materializations_for_node("sample_fieldwork")[0].metadata["soft_cells_close_at"]
+    assert soft_cells.value.startswith("their target")
     assert all(c["cap"] == c["target_completes"] for c in by_cell.values())
     assert {(c["target"], c["category"]) for c in state["closed_cells"]} == full
     assert all(key[1].endswith("|female") for key in full if key[0] == "age_band|gender")
@@ -663,3 +666,11 @@ def test_the_completes_file_follows_fieldwork_and_gets_the_weights_at_closing(
     assert [r.data["fieldwork"] for r in directory.metadata["samples"].records] == ["closed"]
     unchanged = dg.materialize([sample_directory], instance=instance, resources={"mongo": mongo})
     assert unchanged.success and not unchanged.asset_materializations_for_node("sample_directory")
+
+
+def test_the_fieldwork_metadata_says_where_soft_cells_close() -> None:
+    assert soft_cells_closing({}).startswith("their target")
+    since = dt.datetime(2026, 12, 3, 9, tzinfo=UTC)
+    assert soft_cells_closing({"soft_cells_reopened_at": since}) == (
+        "their cap, target plus half the tolerance (since 2026-12-03T09:00:00+00:00)"
+    )
