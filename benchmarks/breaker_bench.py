@@ -94,24 +94,24 @@ class Stack:
     topic whose SQS queue the feed drains."""
 
     def __enter__(self) -> "Stack":
-        self._mongo = throwaway_mongod()
-        self.client, self.mongo_uri = self._mongo.__enter__()
-        self._ses = LocalSesServer(port=free_port(), max_send_rate=SEND_RATE)
-        self._ses.start()
-        self.sns_sqs = LocalSnsSqs(port=free_port())
-        self.sns_sqs.start()
-        path = ensure_feedback_path(self.sns_sqs.url)
-        self._publisher = SnsEventPublisher(self.sns_sqs.url, path.topic_arn)
-        self.proxy = SesFaultProxy(self._ses.url, publish=self._publisher)
-        self.proxy.start()
+        with contextlib.ExitStack() as started:  # a part that fails to start stops those before it
+            self.client, self.mongo_uri = started.enter_context(throwaway_mongod())
+            ses = LocalSesServer(port=free_port(), max_send_rate=SEND_RATE)
+            ses.start()
+            started.callback(ses.stop)
+            self.sns_sqs = LocalSnsSqs(port=free_port())
+            self.sns_sqs.start()
+            started.callback(self.sns_sqs.stop)
+            publisher = SnsEventPublisher(self.sns_sqs.url, ensure_feedback_path(self.sns_sqs.url).topic_arn)
+            started.callback(publisher.close)
+            self.proxy = SesFaultProxy(ses.url, publish=publisher)
+            self.proxy.start()
+            started.callback(self.proxy.stop)
+            self._running = started.pop_all()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.proxy.stop()
-        self._publisher.close()
-        self.sns_sqs.stop()
-        self._ses.stop()
-        self._mongo.__exit__(None, None, None)
+        self._running.close()
 
     def gateway(self) -> SesGateway:
         session = boto3.session.Session(aws_access_key_id="l", aws_secret_access_key="l", region_name="eu-west-2")
