@@ -45,10 +45,12 @@ def standing_workers() -> StandingWorkers:
 def local_fieldwork_timing() -> FieldworkTiming:
     """The local run's fieldwork: a pass per sample every PANEL_FIELDWORK_PASS_SECONDS (30), in
     fieldwork time PANEL_FIELDWORK_TIME_SCALE times faster than wall time (the stack sets its
-    respondent simulator's scale, so the pipeline and the simulated respondents agree)."""
+    respondent simulator's scale, so the pipeline and the simulated respondents agree), or on a
+    stepped clock with PANEL_FIELDWORK_CLOCK=stepped (the fieldwork daemon test)."""
     return FieldworkTiming(
         pass_seconds=float(os.environ.get("PANEL_FIELDWORK_PASS_SECONDS") or 30),
         time_scale=float(os.environ.get("PANEL_FIELDWORK_TIME_SCALE") or 1),
+        clock=os.environ.get("PANEL_FIELDWORK_CLOCK") or "scaled",
     )
 
 

@@ -28,6 +28,7 @@ from panel_pipeline.local.respondents import (
     serve_status,
 )
 from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN, DEMO_TOKEN_SECRET
+from panel_pipeline.sampler.resources import FieldworkTiming
 
 
 @click.group()
@@ -69,7 +70,13 @@ def down() -> None:
 
 
 @main.command()
-@click.option("--time-scale", default=3600.0, show_default=True, help="Simulated seconds per real second.")
+@click.option(
+    "--time-scale",
+    default=3600.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Fieldwork seconds per real second (the pipeline's PANEL_FIELDWORK_TIME_SCALE).",
+)
 @click.option("--seed", default=0, show_default=True, help="Decides every member's outcome and delay.")
 @click.option("--reminder-lift", default=0.3, show_default=True, help="Each reminder multiplies p by 1 + this.")
 @click.option(
@@ -100,7 +107,6 @@ def respondents(
     try:
         settings = RespondentSettings(
             seed=seed,
-            time_scale=time_scale,
             rates={cell: rate for cell, rate in rates.items() if cell != "default"},
             default_rate=rates.get("default", DEFAULT_RATE),
             reminder_lift=reminder_lift,
@@ -110,7 +116,7 @@ def respondents(
     client: pymongo.MongoClient[dict[str, Any]]
     with pymongo.MongoClient(mongo_uri or stack.local_mongod().uri, tz_aware=True) as client:
         surveygizmo = SurveyGizmoRespondent(surveygizmo_url, DEMO_TOKEN, DEMO_TOKEN_SECRET)
-        simulator = RespondentSimulator(client[database], surveygizmo, settings)
+        simulator = RespondentSimulator(client[database], surveygizmo, settings, FieldworkTiming(time_scale=time_scale))
         status_page = serve_status(simulator, "127.0.0.1", port)
         click.echo(f"respondents: time scale {time_scale:g}, seed {seed}; status on http://127.0.0.1:{port}/")
         try:

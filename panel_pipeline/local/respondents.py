@@ -13,8 +13,9 @@ survey entry, and never completes, when one of their cells is closed (`fieldwork
 or has no room left: its `cap` (`by_cell`) less the survey's completes now (its `transactions`, by the
 completers' profiles). A survey platform counts its quotas live so (Decipher counts respondents still
 in the survey); the pipeline's own count follows only once it has processed the transactions and run
-a fieldwork pass, a simulated day or more at the tests' time scale. Delays run `time_scale` times
-faster than real time (3600: a simulated hour per real second).
+a fieldwork pass. Delays are in fieldwork hours, read on the pipeline's own fieldwork clock
+(`FieldworkTiming`: scaled, 3600 a simulated hour per real second in the local run; or stepped by
+a test), so the simulator and the pipeline agree on how much time has passed.
 
 Invariants:
 * Decided by a seeded hash: whether (member, survey) completes, after each reminder too, and how long
@@ -50,7 +51,8 @@ from pymongo import ASCENDING
 from pymongo.database import Database
 
 from panel_pipeline.extractor.transactions import SURVEYGIZMO_ID
-from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
+from panel_pipeline.sampler.resources import FieldworkTiming
+from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock, FieldworkClock
 from panel_pipeline.shared.contract import (
     AGE_BAND_LOWER_BOUNDS,
     MAIL_LOG,
@@ -70,6 +72,7 @@ PANEL_ID_SHORTNAME = "panel_id"
 CHOICE_TYPES = frozenset({"RADIO", "MENU"})
 PAGE_SIZE = 1000
 HTTP_TIMEOUT_SECONDS = 10.0
+HOUR = dt.timedelta(hours=1)
 RESPONSE_ORDER = [("survey_id", ASCENDING), ("user_id", ASCENDING)]  # the Sampler's index on transactions
 
 # True completion rates by age band and gender: lowest for young men, highest for women 65-74. A
@@ -92,7 +95,6 @@ class RespondentSettings:
     list falls back to the mean over genders of its band, then to `default_rate`."""
 
     seed: int = 0
-    time_scale: float = 1.0  # simulated seconds per real second
     rates: Mapping[str, float] = field(
         default_factory=lambda: {
             f"{band}|{g}": rate for g, bands in DEFAULT_RATES.items() for band, rate in bands.items()
@@ -106,8 +108,6 @@ class RespondentSettings:
     lookback: dt.timedelta = dt.timedelta(days=14)  # real time: samples invited longer ago are left alone
 
     def __post_init__(self) -> None:
-        if not (self.time_scale > 0 and math.isfinite(self.time_scale)):
-            raise ValueError(f"time_scale must be a positive number, got {self.time_scale}")
         for cell, rate in {**self.rates, "default": self.default_rate}.items():
             if not 0 <= rate <= 1:
                 raise ValueError(f"rate of {cell} must be in [0, 1], got {rate}")
@@ -199,8 +199,11 @@ class Invitation:
     profile: Mapping[str, Any] = field(default_factory=dict)
 
 
-def completes_at(settings: RespondentSettings, invitation: Invitation) -> dt.datetime | None:
-    """When (real time) the member completes, or None if they do not (given the mails so far).
+def completes_at(
+    settings: RespondentSettings, invitation: Invitation, clock: FieldworkClock, now: dt.datetime
+) -> dt.datetime | None:
+    """When (wall time, on `clock`; after `now` if still to come) the member completes, or None if
+    they do not (given the mails so far).
 
     One draw u decides: they respond to the invitation if u < p, to the k-th reminder if
     u < p (1 + lift)^k; a member who would answer several mails answers the earliest one due."""
@@ -208,7 +211,9 @@ def completes_at(settings: RespondentSettings, invitation: Invitation) -> dt.dat
     u = unit_draw(settings.seed, invitation.user_id, invitation.survey_id, "complete")
     mails = [invitation.invited_at, *sorted(invitation.reminded_at)]
     due = [
-        sent + simulated_delay(settings, invitation.user_id, invitation.survey_id, f"mail{k}") / settings.time_scale
+        clock.wall_after(
+            sent, simulated_delay(settings, invitation.user_id, invitation.survey_id, f"mail{k}") / HOUR, now
+        )
         for k, sent in enumerate(mails)
         if u < p * (1 + settings.reminder_lift) ** k
     ]
@@ -322,11 +327,13 @@ class RespondentSimulator:
         db: Database,
         surveygizmo: SurveyGizmoRespondent,
         settings: RespondentSettings,
+        timing: FieldworkTiming,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.db = db
         self.surveygizmo = surveygizmo
         self.settings = settings
+        self.timing = timing
         self.clock = clock
         self.totals = PassSummary()
         self.passes = 0
@@ -336,9 +343,10 @@ class RespondentSimulator:
 
     def run_pass(self) -> PassSummary:
         now = self.clock.now()
+        fieldwork_clock = self.timing.fieldwork_clock(self.db)
         summary = PassSummary()
         for sample in self._invited_samples(now):
-            made = self._complete_sample(sample, now, summary)
+            made = self._complete_sample(sample, now, fieldwork_clock, summary)
             if made:
                 done = self.db[TRANSACTIONS].count_documents({"survey_id": sample.survey_id})
                 LOG.info(
@@ -369,7 +377,8 @@ class RespondentSimulator:
             "invitations": self.totals.invitations,
             "completed": self.totals.completed,
             "new_completes": self.totals.new_completes,
-            "time_scale": self.settings.time_scale,
+            "time_scale": self.timing.time_scale,
+            "fieldwork_clock": self.timing.clock,
             "seed": self.settings.seed,
             "last_error": self.last_error,
         }
@@ -406,12 +415,18 @@ class RespondentSimulator:
                 reminders=tuple(m["_id"] for m in its_mailings if m.get("reminder_for_sample") is not None),
             )
 
-    def _complete_sample(self, sample: InvitedSample, now: dt.datetime, summary: PassSummary) -> int:
+    def _complete_sample(
+        self, sample: InvitedSample, now: dt.datetime, fieldwork_clock: FieldworkClock, summary: PassSummary
+    ) -> int:
         made = 0
         quotas: QuotaRoom | None = None  # read once a pass, counted down as members complete
         for page in self._invitation_pages(sample):
             summary.invitations += len(page)
-            due = [invitation for invitation in page if (at := completes_at(self.settings, invitation)) and at <= now]
+            due = [
+                invitation
+                for invitation in page
+                if (at := completes_at(self.settings, invitation, fieldwork_clock, now)) and at <= now
+            ]
             if not due:
                 continue
             done = {

@@ -356,7 +356,7 @@ def response_rates(
     store.ensure_indexes(db)
     now = utc_now()
     history = store.invitation_history(db, now - dt.timedelta(days=RATE_WINDOW_DAYS), now.year)
-    learned = learn_response_rates(history, now, time_scale=fieldwork_timing.time_scale)
+    learned = learn_response_rates(history, now, clock=fieldwork_timing.fieldwork_clock(db))
     store.save_response_rates(db, learned.to_document(), now)
     context.log.info(f"learned from {learned.invitations} invitations and {learned.completes} completes")
     return dg.MaterializeResult(metadata=rates_metadata(learned))
@@ -431,7 +431,7 @@ def sample_fieldwork(
     if document.get("status") != DONE or not document.get("drawn_at"):
         raise dg.Failure(description=f"sample {sample_id} is not drawn yet (status {document.get('status')})")
     try:
-        request = on_fieldwork_clock(parse_sample_request(document), fieldwork_timing.time_scale)
+        request = on_fieldwork_clock(parse_sample_request(document), fieldwork_timing.fieldwork_clock(db))
     except SampleRequestError as invalid:
         raise dg.Failure(description=f"sample {sample_id}: {invalid}") from invalid
     if request.fieldwork is None:

@@ -52,6 +52,7 @@ from panel_pipeline.sampler.requests import CELL_SEPARATOR, FieldworkSettings
 from panel_pipeline.sampler.response_rates import CompletionCurve
 from panel_pipeline.sampler.targets import Target
 from panel_pipeline.sampler.weighting import rake
+from panel_pipeline.shared.clock import REAL_TIME, FieldworkClock
 from panel_pipeline.shared.contacts import DEFAULT_CONTACTS_PER_WEEK
 
 # Member columns (sample_members fields); the optional ones default as listed.
@@ -85,7 +86,6 @@ OVERFILL_COSTS: tuple[float, ...] = (1.0, 0.5, 0.25, 0.0)
 SOFT_SHARE_OF_TOLERANCE = 0.5
 MIN_NEED = 0.5  # a cell is short when it needs at least half a complete more
 MAX_RATE = 0.99
-HOUR = pd.Timedelta(hours=1)
 
 
 # --- cells ---------------------------------------------------------------------------------------
@@ -249,13 +249,13 @@ def account_cells(
     now: dt.datetime | None = None,
     rates: np.ndarray | None = None,
     curve: CompletionCurve | None = None,
-    time_scale: float = 1.0,
+    clock: FieldworkClock = REAL_TIME,
     soft_cells_reopened: bool = True,
 ) -> CellAccounting:
     """Count each cell's completes, invitations and respondents in the survey; with `now`, the
     members' predicted `rates` and the `curve`, also what each cell should have by now and what it
     still needs (target - completes - in progress - completes still to come). The curve is in
-    fieldwork hours, `time_scale` per wall-clock hour (FieldworkSettings). Cells close at their `cap`;
+    fieldwork hours, read on `clock` (FieldworkSettings). Cells close at their `cap`;
     without `soft_cells_reopened`, at their target."""
     codes = category_codes(cells, members)
     state = _member_state(members)
@@ -271,7 +271,7 @@ def account_cells(
     to_come = np.zeros(n_cells)
     if now is not None and rates is not None and curve is not None:
         expected_by_now, to_come = _expected_completes(
-            codes, state, members, now, np.asarray(rates), curve, n_cells, time_scale
+            codes, state, members, now, np.asarray(rates), curve, n_cells, clock
         )
     projected = np.minimum(completes + in_progress + to_come, np.maximum(target_completes, completes + in_progress))
     frame = (
@@ -347,11 +347,6 @@ def _per_cell(codes: np.ndarray, weights: np.ndarray, n_cells: int) -> np.ndarra
     return total
 
 
-def _hours_since(column: pd.Series, now: dt.datetime) -> np.ndarray:
-    times = pd.to_datetime(column, utc=True)
-    return ((pd.Timestamp(now).tz_convert("UTC") - times) / HOUR).to_numpy(dtype=float, na_value=np.nan)
-
-
 def _expected_completes(
     codes: np.ndarray,
     state: _MemberState,
@@ -360,10 +355,10 @@ def _expected_completes(
     rates: np.ndarray,
     curve: CompletionCurve,
     n_cells: int,
-    time_scale: float,
+    clock: FieldworkClock,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per cell: completes expected by now from the invited, and completes still to come."""
-    age = np.nan_to_num(_hours_since(members[INVITED_AT], now), nan=0.0) * time_scale
+    age = np.nan_to_num(clock.hours_since(members[INVITED_AT], now), nan=0.0)
     share = curve.share_by(np.maximum(age, 0.0))
     expected_by_now = _per_cell(codes, np.where(state.invited, rates * share, 0.0), n_cells)
     observed = _per_cell(codes, state.completed | state.in_progress, n_cells)
@@ -604,11 +599,11 @@ def reminder_candidates(
 ) -> np.ndarray:
     """Mask of members to remind now (see the module docstring); `allowed`: the contact budget's mask."""
     state = _member_state(members)
-    since_invited = _hours_since(members[INVITED_AT], now)
+    since_invited = settings.hours_since(members[INVITED_AT], now)
     since_reminded = (
-        _hours_since(members[REMINDED_AT], now) if REMINDED_AT in members else np.full(len(members), np.nan)
+        settings.hours_since(members[REMINDED_AT], now) if REMINDED_AT in members else np.full(len(members), np.nan)
     )
-    last_contact = settings.fieldwork_hours(np.where(np.isnan(since_reminded), since_invited, since_reminded))
+    last_contact = np.where(np.isnan(since_reminded), since_invited, since_reminded)
     cells = accounting.cells
     codes = category_codes(cells, members)
     closed = np.append(cells["closed"].to_numpy(dtype=bool), False)

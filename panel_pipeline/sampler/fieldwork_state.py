@@ -108,10 +108,10 @@ def update_fieldwork(
         now=now,
         rates=rates,
         curve=curve,
-        time_scale=request.fieldwork.time_scale,
+        clock=request.fieldwork.clock,
         soft_cells_reopened=reopened_at is not None,
     )
-    close_at = request.fieldwork.closes_at(_as_utc(document.get("drawn_at")) or now)
+    close_at = request.fieldwork.closes_at(_as_utc(document.get("drawn_at")) or now, now)
     was_closed = before.get("status") == FIELDWORK_CLOSED
     reason = (
         before.get("closed_reason") if was_closed else fieldwork.closing_reason(accounting, now, close_at, request.size)

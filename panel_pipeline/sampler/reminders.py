@@ -68,9 +68,10 @@ def not_remindable_yet(
     `reminder_after_hours` ago (`members.reminder_mailing_id`: their latest round)."""
     rounds = members["reminder_mailing_id"]
     in_open_round = rounds.isin(list(open_ids)).to_numpy(dtype=bool)
-    since = settings.wall_time(settings.reminder_after_hours)
-    tried_lately = [isinstance(r, ObjectId) and now - r.generation_time < since for r in rounds]
-    return in_open_round | np.asarray(tried_lately, dtype=bool)
+    made_at = [r.generation_time if isinstance(r, ObjectId) else None for r in rounds]
+    with np.errstate(invalid="ignore"):
+        tried_lately = settings.hours_since(made_at, now) < settings.reminder_after_hours
+    return in_open_round | tried_lately
 
 
 def remind(

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from panel_pipeline.shared.clock import REAL_TIME, FieldworkClock
 from panel_pipeline.shared.contract import (
     ACTIVE,
     AGE_BAND_LOWER_BOUNDS,
@@ -167,9 +168,9 @@ class FieldworkSettings:
     """`fieldwork`: how a sample is fielded (sampler/fieldwork.py). `close_at` None: DEFAULT_FIELDWORK_DAYS
     after the draw (`closes_at`). Weight bounds are on weights relative to a mean of 1.
 
-    Durations are in fieldwork hours, which pass `time_scale` times faster than wall-clock hours:
-    not a request key, but the pipeline's setting (`FieldworkTiming`, 1 in production), put here by
-    `on_fieldwork_clock` so that every rule reading a duration converts it the same way."""
+    Durations are in fieldwork hours, read on `clock` (shared/clock.py): not a request key, but the
+    pipeline's setting (`FieldworkTiming`, real time in production), put here by `on_fieldwork_clock`
+    so that every rule reading a duration converts it the same way."""
 
     close_at: dt.datetime | None = None
     waves: bool = True
@@ -178,18 +179,14 @@ class FieldworkSettings:
     first_wave_share: float = 0.7
     weight_bounds: tuple[float, float] = (0.2, 5.0)
     top_up_every_hours: float = 12.0  # the least time between two waves (sampler/waves.py)
-    time_scale: float = 1.0
+    clock: FieldworkClock = REAL_TIME
 
-    def closes_at(self, drawn_at: dt.datetime) -> dt.datetime:
-        return self.close_at or drawn_at + self.wall_time(DEFAULT_FIELDWORK_DAYS * 24.0)
+    def closes_at(self, drawn_at: dt.datetime, now: dt.datetime) -> dt.datetime:
+        return self.close_at or self.clock.wall_after(drawn_at, DEFAULT_FIELDWORK_DAYS * 24.0, now)
 
-    def wall_time(self, fieldwork_hours: float) -> dt.timedelta:
-        """How long `fieldwork_hours` take on the wall clock."""
-        return dt.timedelta(hours=fieldwork_hours / self.time_scale)
-
-    def fieldwork_hours(self, wall_hours: Any) -> Any:
-        """Wall-clock hours (a number or an array) as fieldwork hours."""
-        return wall_hours * self.time_scale
+    def hours_since(self, instants: Any, now: dt.datetime) -> np.ndarray:
+        """Fieldwork hours from each wall time (a datetime, or a sequence of them) to `now`; NaN where missing."""
+        return self.clock.hours_since(instants, now)
 
 
 def parse_fieldwork(raw: Any) -> FieldworkSettings | None:
@@ -503,11 +500,11 @@ class SampleRequest(BaseModel):
         return self
 
 
-def on_fieldwork_clock(request: SampleRequest, time_scale: float) -> SampleRequest:
-    """The request with its fieldwork durations read at `time_scale` (FieldworkSettings)."""
-    if request.fieldwork is None or time_scale == request.fieldwork.time_scale:
+def on_fieldwork_clock(request: SampleRequest, clock: FieldworkClock) -> SampleRequest:
+    """The request with its fieldwork durations read on `clock` (FieldworkSettings)."""
+    if request.fieldwork is None:
         return request
-    return request.model_copy(update={"fieldwork": dataclasses.replace(request.fieldwork, time_scale=time_scale)})
+    return request.model_copy(update={"fieldwork": dataclasses.replace(request.fieldwork, clock=clock)})
 
 
 def parse_sample_request(document: Mapping[str, Any]) -> SampleRequest:

@@ -6,21 +6,29 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import pandas as pd
 from bson import ObjectId
 from pydantic import Field
+from pymongo.database import Database
+
+from panel_pipeline.sampler import store
+from panel_pipeline.shared.clock import FieldworkClock, ScaledFieldworkClock, SteppedFieldworkClock
 
 DEFAULT_PASS_SECONDS = 180.0
 
 
 class FieldworkTiming(dg.ConfigurableResource):
-    """How often a sample's fieldwork is looked at, and how fast fieldwork time runs.
+    """How often a sample's fieldwork is looked at, and the clock fieldwork durations are read on
+    (shared/clock.py).
 
-    `time_scale` makes the fieldwork durations a request states (`reminder_after_hours`, the default
-    fieldwork length) pass that many times faster than wall time: 1 in production; the local run
-    uses its respondent simulator's scale (an hour a second), so a demo's fieldwork closes in minutes."""
+    `scaled`: the fieldwork durations a request states (`reminder_after_hours`, the default
+    fieldwork length) pass `time_scale` times faster than wall time: 1 in production; the local run
+    uses its respondent simulator's scale (an hour a second), so a demo's fieldwork closes in minutes.
+    `stepped`: fieldwork time stands still until something (the fieldwork daemon test) steps it
+    (`store.step_fieldwork_clock`); `time_scale` is then only its pace for estimates."""
 
     pass_seconds: float = Field(
         default=DEFAULT_PASS_SECONDS,
@@ -28,6 +36,15 @@ class FieldworkTiming(dg.ConfigurableResource):
         description="At most one fieldwork pass per sample this often (each pass is a run).",
     )
     time_scale: float = Field(default=1.0, gt=0, description="Fieldwork hours per wall-clock hour (1 in production).")
+    clock: Literal["scaled", "stepped"] = Field(
+        default="scaled", description="`scaled` (wall time x time_scale) or `stepped` (moved on by hand, tests)."
+    )
+
+    def fieldwork_clock(self, db: Database) -> FieldworkClock:
+        """The clock now (a stepped one reads its steps from Mongo: read it once per pass)."""
+        if self.clock == "stepped":
+            return SteppedFieldworkClock(store.fieldwork_steps(db), pace=self.time_scale)
+        return ScaledFieldworkClock(self.time_scale)
 
 
 class CompletesFiles(dg.ConfigurableResource):

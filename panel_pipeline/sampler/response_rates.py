@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from panel_pipeline.sampler.requests import CELL_SEPARATOR, ResponseRates, SampleRequest, split_key
+from panel_pipeline.shared.clock import REAL_TIME, FieldworkClock
 from panel_pipeline.shared.contract import PROFILE_CATEGORIES
 
 RATE_DIMENSIONS: tuple[str, ...] = ("age_band|gender", "region", "social_grade")
@@ -156,15 +157,13 @@ def learn_response_rates(
     invitations: pd.DataFrame,
     now: dt.datetime,
     prior_strength: float = DEFAULT_PRIOR_STRENGTH,
-    time_scale: float = 1.0,
+    clock: FieldworkClock = REAL_TIME,
 ) -> LearnedResponseRates:
     """Rates per cell, the multiplicative prediction's factors and the curve, from past invitations;
-    delays in fieldwork hours, `time_scale` per wall-clock hour (FieldworkSettings)."""
-    invited_at = _utc_times(invitations["invited_at"])
-    completed_at = _utc_times(invitations["completed_at"])
-    now64 = np.datetime64(pd.Timestamp(now).tz_convert("UTC").tz_localize(None), "ns")
-    age_hours = np.maximum(_hours(now64 - invited_at), 0.0) * time_scale
-    delay_hours = _hours(completed_at - invited_at) * time_scale  # NaN where no complete
+    delays in fieldwork hours, read on `clock` (FieldworkSettings)."""
+    invited_hours = clock.hours_at(invitations["invited_at"])
+    age_hours = np.maximum(clock.hours_at(now)[0] - invited_hours, 0.0)
+    delay_hours = clock.hours_at(invitations["completed_at"]) - invited_hours  # NaN where no complete
     with np.errstate(invalid="ignore"):
         completed = ~np.isnan(delay_hours) & (delay_hours <= RESPONSE_WINDOW_HOURS) & (delay_hours >= 0)
     curve = completion_curve(age_hours, np.where(completed, delay_hours, np.nan))
@@ -211,17 +210,6 @@ def rates_for_request(request: SampleRequest, learned: LearnedResponseRates | No
     if request.gives_response_rate or learned is None:
         return request.expected_response_rate
     return learned.as_request_rates()
-
-
-def _utc_times(column: pd.Series) -> np.ndarray:
-    """datetime64[ns] in UTC, naive (NaT kept); naive inputs are taken as UTC."""
-    times = pd.to_datetime(column, utc=True)
-    return times.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
-
-
-def _hours(durations: np.ndarray) -> np.ndarray:
-    """timedelta64 values as float hours (NaT: NaN)."""
-    return pd.to_timedelta(durations).total_seconds().to_numpy(dtype=float) / 3600.0
 
 
 def _cell_keys(frame: pd.DataFrame, fields: Sequence[str]) -> pd.Series:

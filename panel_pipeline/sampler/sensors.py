@@ -5,8 +5,9 @@ The fieldwork sensor reads the open samples through the `fieldwork_open` partial
 for a `sample_fieldwork` run of a sample (run key = sample id + the time bucket, buckets
 `FieldworkTiming.pass_seconds` long: at most one run per sample per bucket) when its fingerprint
 (its survey's transactions, its invited members: two index counts) changed since the last run it
-asked for, when its close_at has come, or at least every REFRESH_SECONDS (the expected completes
-move with time). Never while a run of that sample is queued or running.
+asked for, when its close_at has come, or once REFRESH_HOURS of fieldwork time have passed (the
+expected completes move with time; on a stepped fieldwork clock, each step is news). Never while a
+run of that sample is queued or running.
 
 Both tag each run with the sample's name (SAMPLE_NAME_TAG, through `tag_value`), so the Runs page
 finds a sample's runs by the name an analyst knows.
@@ -15,7 +16,6 @@ finds a sample's runs by the name an analyst knows.
 from __future__ import annotations
 
 import json
-import math
 
 import dagster as dg
 from pymongo.errors import PyMongoError
@@ -32,7 +32,7 @@ from panel_pipeline.shared.partitions import sample_request_partitions
 from panel_pipeline.shared.resources import MongoResource
 
 FIELDWORK_TICK_SECONDS = 15  # how often the sensor looks; a sample's passes are `pass_seconds` apart
-REFRESH_SECONDS = 3600
+REFRESH_HOURS = 1.0  # of fieldwork time (FieldworkTiming's clock)
 SAMPLE_TAG = "panel/sample_id"
 SAMPLE_NAME_TAG = "panel/sample_name"
 PARTITION_TAG = "dagster/partition"
@@ -59,10 +59,10 @@ def fieldwork_sensor(
 ) -> dg.SensorResult:
     now = utc_now()
     bucket = int(now.timestamp() // fieldwork_timing.pass_seconds)
-    refresh_buckets = max(1, math.ceil(REFRESH_SECONDS / fieldwork_timing.pass_seconds))
     seen: dict[str, list] = json.loads(context.cursor) if context.cursor else {}
     try:
         db = mongo.db()
+        hours = float(fieldwork_timing.fieldwork_clock(db).hours_at(now)[0])
         store.ensure_fieldwork_indexes(db)
         open_samples = store.open_fieldwork_samples(db)
         fingerprints = {
@@ -74,22 +74,23 @@ def fieldwork_sensor(
     requests, cursor = [], {}
     for doc in open_samples:
         key = str(doc["_id"])
-        last_fingerprint, last_bucket = seen.get(key, [None, None])
+        last_fingerprint, last_bucket, last_hours = [*seen.get(key, []), None, None, None][:3]
         close_at = (doc.get("fieldwork_state") or {}).get("close_at")
         due = last_bucket is None or (
             bucket != last_bucket
             and (
                 fingerprints[key] != last_fingerprint
-                or bucket - last_bucket >= refresh_buckets
+                or last_hours is None
+                or hours - last_hours >= REFRESH_HOURS
                 or (close_at is not None and now >= as_utc(close_at))
             )
         )
         if key in busy or not due:
-            cursor[key] = [last_fingerprint, last_bucket]
+            cursor[key] = [last_fingerprint, last_bucket, last_hours]
             continue
         tags = {SAMPLE_TAG: key, SAMPLE_NAME_TAG: tag_value(doc.get("name"))}
         requests.append(dg.RunRequest(run_key=f"fieldwork:{key}:{bucket}", partition_key=key, tags=tags))
-        cursor[key] = [fingerprints[key], bucket]
+        cursor[key] = [fingerprints[key], bucket, hours]
     if not requests:
         skip = f"{len(open_samples)} open fieldwork sample(s), none with news" if open_samples else "no open fieldwork"
         return dg.SensorResult(skip_reason=skip, cursor=json.dumps(cursor))

@@ -1,6 +1,6 @@
 """The Sampler's reads and writes in Mongo: the eligible panel, exclusions, sample members, and
 fieldwork (past invitations with their completions, a sample's members with theirs, the state,
-top-up waves' members, the panel's recent survey contacts).
+top-up waves' members, the panel's recent survey contacts, a stepped fieldwork clock's steps).
 
 The Updater reads the panel and the exclusions through this module too, so a dynamic sample's
 newcomers are loaded and left out exactly as its first draw's members were. A completion is a
@@ -18,17 +18,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from bson import ObjectId
-from pymongo import ASCENDING, UpdateOne
+from pymongo import ASCENDING, ReturnDocument, UpdateOne
 from pymongo.database import Database
 
 from panel_pipeline.sampler.fieldwork_state import FIELDWORK_OPEN, PANEL_RATES_ID
 from panel_pipeline.sampler.quotas import panel_fields
 from panel_pipeline.sampler.requests import SampleRequest, age_bands, mongo_filter
 from panel_pipeline.sampler.response_rates import LearnedResponseRates
+from panel_pipeline.shared.clock import FieldworkStep
 from panel_pipeline.shared.contacts import recent_contacts
 from panel_pipeline.shared.contract import (
     ACTIVE,
     MAILINGS,
+    PIPELINE_STATE,
     PROFILE_CATEGORIES,
     RESPONSE_RATES,
     SAMPLE_MEMBERS,
@@ -36,6 +38,7 @@ from panel_pipeline.shared.contract import (
     TRANSACTIONS,
     USERS,
 )
+from panel_pipeline.shared.mongo import as_utc
 
 # `age` and `age_band` are derived from `birth_year` at draw time, never read: a stored band goes
 # stale on a birthday, and the backend may store `birth_year` alone.
@@ -424,3 +427,28 @@ def _times(values: Sequence[dt.datetime | None]) -> pd.DatetimeIndex:
     """Mongo dates as UTC times, NaT where absent."""
     times = pd.DatetimeIndex([pd.NaT if value is None else pd.Timestamp(value) for value in values])
     return times.tz_localize("UTC") if times.tz is None else times.tz_convert("UTC")
+
+
+FIELDWORK_CLOCK_ID = "fieldwork_clock"  # the `pipeline_state` document of a stepped fieldwork clock
+
+
+def fieldwork_steps(db: Database) -> tuple[FieldworkStep, ...]:
+    """The stepped fieldwork clock's steps so far (none before the first)."""
+    document = db[PIPELINE_STATE].find_one({"_id": FIELDWORK_CLOCK_ID}) or {}
+    return tuple(FieldworkStep(as_utc(step["at"]), float(step["hours"])) for step in document.get("steps", []))
+
+
+def step_fieldwork_clock(db: Database, hours: float, at: dt.datetime) -> float:
+    """Move the stepped fieldwork clock on by `hours` at wall time `at`, in one atomic update;
+    returns the hours it reads now."""
+    if not hours > 0:
+        raise ValueError(f"a fieldwork step must move the clock on, got {hours} hours")
+    reached = {"$ifNull": [{"$last": "$steps.hours"}, 0.0]}
+    step = {"at": at, "hours": {"$add": [reached, float(hours)]}}
+    document = db[PIPELINE_STATE].find_one_and_update(
+        {"_id": FIELDWORK_CLOCK_ID},
+        [{"$set": {"steps": {"$concatArrays": [{"$ifNull": ["$steps", []]}, [step]]}}}],
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    return float(document["steps"][-1]["hours"])

@@ -189,7 +189,7 @@ def top_up_not_due(
     last_look = (before.get("last_top_up") or {}).get("at")
     if isinstance(last_look, dt.datetime):
         added = max(added, as_utc(last_look))
-    next_at = added + request.fieldwork.wall_time(request.fieldwork.top_up_every_hours)
+    next_at = request.fieldwork.clock.wall_after(added, request.fieldwork.top_up_every_hours, now)
     if now < next_at:
         hours = request.fieldwork.top_up_every_hours
         return f"wave {wave} (or the last look) is under {hours:g} h old; next look from {next_at:%Y-%m-%d %H:%M} UTC"

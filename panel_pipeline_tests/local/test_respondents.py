@@ -39,7 +39,10 @@ from panel_pipeline.local.respondents import (
     simulated_delay,
 )
 from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN, DEMO_TOKEN_SECRET, LocalSurveyGizmo
+from panel_pipeline.sampler import store as sampler_store
 from panel_pipeline.sampler.requests import BELOW_AGE_BANDS, age_bands
+from panel_pipeline.sampler.resources import FieldworkTiming
+from panel_pipeline.shared.clock import ScaledFieldworkClock
 
 ROOT = Path(__file__).resolve().parents[2]
 UTC = dt.UTC
@@ -48,6 +51,7 @@ YEAR = dt.datetime.now(UTC).year
 # Born so as to be 20 (18-24) and 70 (65-74) this year.
 YOUNG, OLD = YEAR - 20, YEAR - 70
 INSTANT = 1e9  # simulated seconds per real second: every delay (at most 14 days) is due within 2 ms
+INSTANT_CLOCK = ScaledFieldworkClock(INSTANT)
 
 
 @pytest.fixture
@@ -61,10 +65,11 @@ def make_simulator(mongo_db: Database, surveygizmo: LocalSurveyGizmo) -> Iterato
     """A new simulator (a restart, when called again) on the test's database and SurveyGizmo server."""
     clients: list[SurveyGizmoRespondent] = []
 
-    def make(**settings: Any) -> RespondentSimulator:
+    def make(time_scale: float = 1.0, clock: str = "scaled", **settings: Any) -> RespondentSimulator:
         client = SurveyGizmoRespondent(surveygizmo.base_url, DEMO_TOKEN, DEMO_TOKEN_SECRET)
         clients.append(client)
-        return RespondentSimulator(mongo_db, client, RespondentSettings(**settings))
+        timing = FieldworkTiming(time_scale=time_scale, clock=clock)
+        return RespondentSimulator(mongo_db, client, RespondentSettings(**settings), timing)
 
     yield make
     for client in clients:
@@ -144,8 +149,6 @@ def test_rates_come_from_the_cell_table_with_fallbacks() -> None:
     assert completion_rate(settings, {"gender": "female", "birth_year": OLD}, YEAR) == 0.35
     assert completion_rate(settings, {"gender": "other", "birth_year": OLD}, YEAR) == pytest.approx((0.28 + 0.35) / 2)
     assert completion_rate(settings, {"gender": "female"}, YEAR) == settings.default_rate
-    with pytest.raises(ValueError, match="time_scale"):
-        RespondentSettings(time_scale=0)
     with pytest.raises(ValueError, match="rate of 18-24|male"):
         RespondentSettings(rates={"18-24|male": 1.5})
 
@@ -162,15 +165,15 @@ def test_delays_follow_the_curve_most_within_a_day_or_two_with_a_long_tail() -> 
 
 def test_a_decision_is_a_function_of_seed_member_and_survey_only() -> None:
     invited = dt.datetime(2025, 3, 3, 9, tzinfo=UTC)
-    settings = RespondentSettings(seed=11, time_scale=3600, rates={}, default_rate=0.5)
+    settings = RespondentSettings(seed=11, rates={}, default_rate=0.5)
+    hourly, twice_as_fast = ScaledFieldworkClock(3600), ScaledFieldworkClock(7200)
     invitations = [Invitation(str(ObjectId()), SURVEY_ID, invited) for _ in range(400)]
-    first = [completes_at(settings, invitation) for invitation in invitations]
-    assert first == [completes_at(RespondentSettings(**vars(settings)), i) for i in invitations]
+    first = [completes_at(settings, invitation, hourly, invited) for invitation in invitations]
+    assert first == [completes_at(RespondentSettings(**vars(settings)), i, hourly, invited) for i in invitations]
     assert 150 < sum(at is not None for at in first) < 250
-    scaled = RespondentSettings(**{**vars(settings), "time_scale": 7200})
     for invitation, at in zip(invitations, first, strict=True):
         if at is not None:  # a completer at one scale completes at every scale, in half the real time at twice it
-            twice = completes_at(scaled, invitation)
+            twice = completes_at(settings, invitation, twice_as_fast, invited)
             assert twice is not None and abs((twice - invited) - (at - invited) / 2) <= dt.timedelta(microseconds=1)
 
 
@@ -185,8 +188,11 @@ def test_invitations_become_completes_in_the_cells_proportions_as_the_extractor_
     invite(mongo_db, young_men + old_women)
     rates = {"18-24|male": 0.1, "65-74|female": 0.4}
     simulator = make_simulator(seed=5, time_scale=INSTANT, rates=rates)
+    now = dt.datetime.now(UTC)
     expected = sum(
-        completes_at(simulator.settings, Invitation(str(m["_id"]), SURVEY_ID, dt.datetime.now(UTC), (), m["profile"]))
+        completes_at(
+            simulator.settings, Invitation(str(m["_id"]), SURVEY_ID, now, (), m["profile"]), INSTANT_CLOCK, now
+        )
         is not None
         for m in young_men + old_women
     )
@@ -217,8 +223,11 @@ def test_delays_are_scaled_by_the_time_scale(
     sent_at = dt.datetime.now(UTC)
     invite(mongo_db, members, sent_at=sent_at)
     simulator = make_simulator(seed=2, time_scale=12 * 3600, rates={"65-74|female": 0.6}, max_delay_hours=48)
+    clock = ScaledFieldworkClock(12 * 3600)
     due = {
-        m["_id"]: completes_at(simulator.settings, Invitation(str(m["_id"]), SURVEY_ID, sent_at, (), m["profile"]))
+        m["_id"]: completes_at(
+            simulator.settings, Invitation(str(m["_id"]), SURVEY_ID, sent_at, (), m["profile"]), clock, sent_at
+        )
         for m in members
     }
     due = {user: at for user, at in due.items() if at is not None}
@@ -231,6 +240,24 @@ def test_delays_are_scaled_by_the_time_scale(
         assert document["created_at"] >= due[document["user_id"]].replace(microsecond=0), "completed before its time"
     real = sorted((at - sent_at).total_seconds() for at in due.values())
     assert 0.6 < real[len(real) // 2] < 1.6 and real[-1] <= 4.0
+
+
+def test_on_a_stepped_clock_members_complete_only_as_the_clock_is_stepped(
+    mongo_db: Database, make_simulator: Callable[..., RespondentSimulator]
+) -> None:
+    """However long a pass takes to come, it completes only those due by the fieldwork hours stepped."""
+    members = [member("female", OLD) for _ in range(200)]
+    invite(mongo_db, members, sent_at=dt.datetime.now(UTC))
+    simulator = make_simulator(seed=6, clock="stepped", rates={"65-74|female": 1.0})
+    delays = {m["_id"]: simulated_delay(simulator.settings, str(m["_id"]), SURVEY_ID, "mail0") for m in members}
+    assert simulator.run_pass().new_completes == 0, "fieldwork time stands still before the first step"
+    sampler_store.step_fieldwork_clock(mongo_db, 12, dt.datetime.now(UTC))
+    time.sleep(0.05)  # wall time passing does not move a stepped clock: only the step counts
+    assert simulator.run_pass().new_completes == sum(d <= dt.timedelta(hours=12) for d in delays.values())
+    assert 80 < mongo_db.transactions.count_documents({}) < 120, "the median delay is 12 h"
+    sampler_store.step_fieldwork_clock(mongo_db, 14 * 24, dt.datetime.now(UTC))
+    simulator.run_pass()
+    assert mongo_db.transactions.count_documents({}) == len(members)
 
 
 def test_a_restart_makes_no_second_transaction_and_reuses_a_response_left_without_one(

@@ -15,6 +15,7 @@ from panel_pipeline.sampler import fieldwork
 from panel_pipeline.sampler.requests import DEFAULT_FIELDWORK_DAYS, FieldworkSettings
 from panel_pipeline.sampler.response_rates import CURVE_HOURS, CompletionCurve
 from panel_pipeline.sampler.targets import Target, preset_targets
+from panel_pipeline.shared.clock import FieldworkStep, ScaledFieldworkClock, SteppedFieldworkClock
 
 NOW = dt.datetime(2025, 6, 10, 12, tzinfo=dt.UTC)
 TARGETS = (
@@ -270,20 +271,37 @@ def test_fieldwork_closes_at_close_at() -> None:
     assert fieldwork.closing_reason(accounting, NOW, NOW + dt.timedelta(hours=1)) is None
     assert fieldwork.closing_reason(accounting, NOW, NOW) == "close_at reached"
     drawn = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
-    assert FieldworkSettings().closes_at(drawn) == drawn + dt.timedelta(days=14)
+    assert FieldworkSettings().closes_at(drawn, drawn) == drawn + dt.timedelta(days=14)
+
+
+def test_on_a_stepped_clock_fieldwork_durations_pass_only_with_the_steps() -> None:
+    """However late in wall time a pass comes, it reads the fieldwork hours the clock was stepped to."""
+    invited = NOW - dt.timedelta(hours=300)
+    before = FieldworkSettings(reminder_after_hours=24, clock=SteppedFieldworkClock((), pace=3600))
+    stepped = FieldworkSettings(
+        reminder_after_hours=24, clock=SteppedFieldworkClock((FieldworkStep(NOW - dt.timedelta(hours=1), 24.0),))
+    )
+    cells = fieldwork.cell_targets((TARGETS[0],), 100)
+    sample = members([{"gender": "male", "invited_at": 300}])
+    sample["reminders"], sample["active"], sample["in_progress"] = 0, True, False
+    accounting = fieldwork.account_cells(cells, sample, now=NOW, rates=np.full(1, 0.1), curve=LINEAR_CURVE)
+    assert not fieldwork.reminder_candidates(sample, accounting, NOW, before).any(), "300 wall hours, 0 stepped"
+    assert fieldwork.reminder_candidates(sample, accounting, NOW, stepped).tolist() == [True]
+    assert before.closes_at(invited, NOW) > NOW, "14 fieldwork days to come"
+    assert SteppedFieldworkClock((FieldworkStep(NOW, 14 * 24.0),)).wall_after(invited, 14 * 24, NOW) == NOW
 
 
 def test_fieldwork_time_can_run_faster_than_the_wall_clock() -> None:
     """At an hour a second (the local run's respondents), a reminder due 48 h after the invitation is
     due 48 s after it, and a member invited a minute ago has had 60 fieldwork hours to answer."""
-    fast = FieldworkSettings(time_scale=3600.0)
-    assert fast.wall_time(48) == dt.timedelta(seconds=48)
-    assert fast.closes_at(NOW) - NOW == dt.timedelta(days=DEFAULT_FIELDWORK_DAYS) / 3600
+    fast = FieldworkSettings(clock=ScaledFieldworkClock(3600.0))
+    assert fast.hours_since([NOW - dt.timedelta(seconds=48)], NOW).tolist() == pytest.approx([48.0])
+    assert fast.closes_at(NOW, NOW) - NOW == dt.timedelta(days=DEFAULT_FIELDWORK_DAYS) / 3600
     cells = fieldwork.cell_targets((TARGETS[0],), 100)
     sample = members([{"gender": "male", "invited_at": 60 / 3600}, {"gender": "male", "invited_at": 10 / 3600}])
     sample["reminders"], sample["active"], sample["in_progress"] = 0, True, False
     rates, curve = np.full(2, 0.1), LINEAR_CURVE
-    accounting = fieldwork.account_cells(cells, sample, now=NOW, rates=rates, curve=curve, time_scale=3600.0)
+    accounting = fieldwork.account_cells(cells, sample, now=NOW, rates=rates, curve=curve, clock=fast.clock)
     assert fieldwork.reminder_candidates(sample, accounting, NOW, fast).tolist() == [True, False]
     assert not fieldwork.reminder_candidates(sample, accounting, NOW, FieldworkSettings()).any()
     wall = fieldwork.account_cells(cells, sample, now=NOW, rates=rates, curve=curve)
