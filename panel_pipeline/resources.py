@@ -50,7 +50,7 @@ def local_fieldwork_timing() -> FieldworkTiming:
     return FieldworkTiming(
         pass_seconds=float(os.environ.get("PANEL_FIELDWORK_PASS_SECONDS") or 30),
         time_scale=float(os.environ.get("PANEL_FIELDWORK_TIME_SCALE") or 1),
-        clock=os.environ.get("PANEL_FIELDWORK_CLOCK") or "scaled",
+        clock="stepped" if os.environ.get("PANEL_FIELDWORK_CLOCK") == "stepped" else "scaled",
     )
 
 

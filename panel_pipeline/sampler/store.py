@@ -451,4 +451,5 @@ def step_fieldwork_clock(db: Database, hours: float, at: dt.datetime) -> float:
         upsert=True,
         return_document=ReturnDocument.AFTER,
     )
+    assert document is not None  # upserted
     return float(document["steps"][-1]["hours"])
