@@ -47,10 +47,13 @@ def local_fieldwork_timing() -> FieldworkTiming:
     fieldwork time PANEL_FIELDWORK_TIME_SCALE times faster than wall time (the stack sets its
     respondent simulator's scale, so the pipeline and the simulated respondents agree), or on a
     stepped clock with PANEL_FIELDWORK_CLOCK=stepped (the fieldwork daemon test)."""
+    clock = os.environ.get("PANEL_FIELDWORK_CLOCK") or "scaled"
+    if clock not in ("scaled", "stepped"):
+        raise ValueError(f"PANEL_FIELDWORK_CLOCK must be scaled or stepped, got {clock!r}")
     return FieldworkTiming(
         pass_seconds=float(os.environ.get("PANEL_FIELDWORK_PASS_SECONDS") or 30),
         time_scale=float(os.environ.get("PANEL_FIELDWORK_TIME_SCALE") or 1),
-        clock="stepped" if os.environ.get("PANEL_FIELDWORK_CLOCK") == "stepped" else "scaled",
+        clock="stepped" if clock == "stepped" else "scaled",
     )
 
 
