@@ -340,7 +340,8 @@ class FieldworkRun:
                 curve=self.learned.curve,
                 soft_cells_reopened=self.soft_cells_reopened,
             )
-            reason = fieldwork.closing_reason(accounting, now, START + dt.timedelta(hours=FIELDWORK_HOURS))
+            close_at = START + dt.timedelta(hours=FIELDWORK_HOURS)
+            reason = fieldwork.closing_reason(accounting, now, close_at, hard_target=self.targets[0].key)
             if reason:
                 break
             due = fieldwork.reminder_candidates(members, accounting, now, self.settings)

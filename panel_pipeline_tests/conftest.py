@@ -21,7 +21,7 @@ from panel_pipeline.local.ses_server import LocalSesServer
 from panel_pipeline.local.sns_sqs import LocalCloudWatch, LocalSnsSqs, ensure_feedback_path
 from panel_pipeline.local.stack import pipeline_environment
 from panel_pipeline.local.surveygizmo.server import LocalSurveyGizmo
-from panel_pipeline_tests.waiting import DAEMON_FEEDBACK, FIELDWORK_TIME_SCALE
+from panel_pipeline_tests.waiting import DAEMON_FEEDBACK
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tests load the definitions with the local resources, as `make run` does; outside
@@ -150,7 +150,7 @@ def dagster_dev(
         mongo_uri, daemon_ses.url, local_surveygizmo.base_url, local_sns_sqs.url, local_cloudwatch.url, completes
     ) | {
         "PANEL_FIELDWORK_PASS_SECONDS": "10",
-        "PANEL_FIELDWORK_TIME_SCALE": str(FIELDWORK_TIME_SCALE),
+        "PANEL_FIELDWORK_CLOCK": "stepped",  # moved on by test_fieldwork_daemon only
         "PANEL_MAIL_BREAKER_WINDOW_SENDS": "200",  # the breaker's least window: test_breaker_daemon
     }
     server = DagsterDev(Path(tmp_path_factory.mktemp("dagster_home")), environment)

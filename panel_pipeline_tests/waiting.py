@@ -15,9 +15,6 @@ from panel_pipeline.mailer.feedback import MAX_SECONDS_PER_DRAIN
 from panel_pipeline.queue.sensors import WORKER_TAG
 
 T = TypeVar("T")
-# Fieldwork time under the session's daemon (conftest's dagster_dev): two hours a second, the pace
-# of the respondent simulator the fieldwork daemon test runs beside it.
-FIELDWORK_TIME_SCALE = 7200.0
 # What the daemon tests' SES endpoint publishes: Send, Bounce and Complaint events, no Delivery events.
 # Delivery events would double the feed's work on the 2 shared cores, and none of these tests reads them
 # (test_feedback_sqs's report test does, on its own proxy).

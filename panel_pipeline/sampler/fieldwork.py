@@ -34,7 +34,8 @@ Invariants:
   `max_reminders`, and whose cells are all open and at least one still short.
 - The contact budget (invitations plus reminders in 7 days, across samples) is a mask the caller
   applies at draw, top-up, reminder and dynamic add; held-back members are counted per cell.
-- Fieldwork closes at `close_at` or when every cell is full (`closing_reason`).
+- Fieldwork closes at `close_at`, when every cell is full, or when every hard cell is (no member
+  placed in the hard target can come in any more) (`closing_reason`).
 """
 
 from __future__ import annotations
@@ -661,16 +662,26 @@ def contact_budget(
 
 
 def closing_reason(
-    accounting: CellAccounting, now: dt.datetime, close_at: dt.datetime, wanted: int | None = None
+    accounting: CellAccounting,
+    now: dt.datetime,
+    close_at: dt.datetime,
+    wanted: int | None = None,
+    hard_target: str | None = None,
 ) -> str | None:
-    """Why fieldwork closes now ("every cell is full", "the completes wanted are in", "close_at
-    reached"), or None while it stays open. A sample without cells (filters only) is full when its
-    completes reach `wanted` (its size), never merely because it has no cell to fill."""
-    if len(accounting.cells) == 0:
+    """Why fieldwork closes now ("every cell is full", "every hard cell is full", "the completes
+    wanted are in", "close_at reached"), or None while it stays open. Once every cell of the hard
+    target is full (closed: it closes at its target), no member placed in it can come in any more,
+    so the soft cells still short cannot fill: closing then spares the wait for close_at (raking
+    corrects what they lack). A sample without cells (filters only) is full when its completes
+    reach `wanted` (its size), never merely because it has no cell to fill."""
+    cells = accounting.cells
+    if len(cells) == 0:
         if wanted is not None and accounting.completes >= wanted:
             return "the completes wanted are in"
     elif accounting.every_cell_full:
         return "every cell is full"
+    elif hard_target is not None and cells.loc[cells["target"] == hard_target, "full"].all():
+        return "every hard cell is full"
     if now >= close_at:
         return "close_at reached"
     return None

@@ -114,7 +114,11 @@ def update_fieldwork(
     close_at = request.fieldwork.closes_at(_as_utc(document.get("drawn_at")) or now, now)
     was_closed = before.get("status") == FIELDWORK_CLOSED
     reason = (
-        before.get("closed_reason") if was_closed else fieldwork.closing_reason(accounting, now, close_at, request.size)
+        before.get("closed_reason")
+        if was_closed
+        else fieldwork.closing_reason(
+            accounting, now, close_at, request.size, hard_target=targets[0].key if targets else None
+        )
     )
     completers = members.index[members["completed_at"].notna()]
     completed_at = {

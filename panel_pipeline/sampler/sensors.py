@@ -31,7 +31,7 @@ from panel_pipeline.shared.mongo import as_utc
 from panel_pipeline.shared.partitions import sample_request_partitions
 from panel_pipeline.shared.resources import MongoResource
 
-FIELDWORK_TICK_SECONDS = 15  # how often the sensor looks; a sample's passes are `pass_seconds` apart
+FIELDWORK_TICK_SECONDS = 1  # every daemon loop (5 s), as the queue sensors; a sample's passes are `pass_seconds` apart
 REFRESH_HOURS = 1.0  # of fieldwork time (FieldworkTiming's clock)
 SAMPLE_TAG = "panel/sample_id"
 SAMPLE_NAME_TAG = "panel/sample_name"

@@ -15,7 +15,9 @@ Invariants:
   draw's result), so the first wave fills what the pass accounts.
 - A top-up is due when fieldwork is open with waves, the sample has a mailing, the latest wave was
   added at least `top_up_every_hours` ago (its members' earliest `added_at`; the draw for wave 1),
-  and some open cell still needs at least TOP_UP_MIN_NEED completes beyond those expected to come.
+  and some open cell still needs at least `fieldwork.MIN_NEED` completes beyond those expected to
+  come (the need `fieldwork.top_up` acts on: a cell one complete short, with a fifth of one still
+  expected, is topped up rather than left short until close_at).
   All of it is read from the sample's members, so a pass that crashed after adding a wave sees it.
 - Waves invite only members the draw could: eligible (filters, exclusions), placeable, not yet in
   the sample, and with room in the contact budget (`contacts_per_week`); a top-up never invites into
@@ -48,8 +50,6 @@ from panel_pipeline.sampler.requests import SampleRequest, filter_mask
 from panel_pipeline.sampler.response_rates import LearnedResponseRates
 from panel_pipeline.sampler.targets import Target, request_targets
 from panel_pipeline.shared.mongo import as_utc
-
-TOP_UP_MIN_NEED = 1.0  # a cell must be short of a whole complete for a top-up to be worth a wave
 
 
 def uses_waves(request: SampleRequest) -> bool:
@@ -194,8 +194,8 @@ def top_up_not_due(
         hours = request.fieldwork.top_up_every_hours
         return f"wave {wave} (or the last look) is under {hours:g} h old; next look from {next_at:%Y-%m-%d %H:%M} UTC"
     cells = update.accounting.cells
-    if not (~cells["closed"] & (cells["need"] >= TOP_UP_MIN_NEED)).any():
-        return f"no open cell needs {TOP_UP_MIN_NEED:g} complete more than those expected to come"
+    if not (~cells["closed"] & (cells["need"] >= fieldwork.MIN_NEED)).any():
+        return f"no open cell needs {fieldwork.MIN_NEED:g} complete more than those expected to come"
     return None
 
 

@@ -217,6 +217,23 @@ def test_no_top_up_when_nothing_is_short() -> None:
     assert fieldwork.closing_reason(accounting, NOW, NOW + dt.timedelta(days=3)) == "every cell is full"
 
 
+def test_fieldwork_closes_once_every_hard_cell_is_full_however_short_a_soft_cell_is() -> None:
+    """Gender (the hard target) full at 5 + 5: nobody else can come in, so Wales one short cannot fill."""
+    cells = fieldwork.cell_targets(TARGETS, 10)
+    done = {"invited_at": 300, "completed_at": 200}
+    sample = members(
+        [{"gender": "female", "region": "Wales", **done}] * 5
+        + [{"gender": "male", "region": "London", **done}] * 5
+        + [{"gender": "male", "region": "Wales", "invited_at": 300}]
+    )
+    accounting = fieldwork.account_cells(cells, sample, now=NOW, rates=np.full(11, 0.2), curve=LINEAR_CURVE)
+    later = NOW + dt.timedelta(days=3)
+    assert not accounting.every_cell_full
+    assert fieldwork.closing_reason(accounting, NOW, later) is None, "without a hard target, open"
+    assert fieldwork.closing_reason(accounting, NOW, later, hard_target="gender") == "every hard cell is full"
+    assert fieldwork.closing_reason(accounting, NOW, later, hard_target="region") is None
+
+
 def test_reminders_reach_only_pending_active_members_of_short_open_cells_once() -> None:
     cells = fieldwork.cell_targets(TARGETS, 100)
     base = {"gender": "male", "region": "Wales", "invited_at": 60}

@@ -3,14 +3,14 @@
 The backend only inserts sample requests; the simulator completes invitations as members would (a
 Complete response in the local SurveyGizmo, then a `transactions` document); everything else is
 the daemon's: the draws' first waves, fieldwork passes, top-up waves, reminder rounds, closing and
-weights. Fieldwork time runs at the simulator's pace, two hours a second here (the daemon's
-PANEL_FIELDWORK_TIME_SCALE and the simulator's time scale), so 24 fieldwork hours pass in 12 s.
+weights. The session's daemon reads fieldwork time on a stepped clock (PANEL_FIELDWORK_CLOCK): the
+test moves it on a fieldwork day at a time, and only once the pipeline has settled (`settled`), so
+what each pass decides does not depend on how busy the machine is; a day costs a few daemon loops.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,25 +31,20 @@ from panel_pipeline.sampler import fieldwork
 from panel_pipeline.sampler import store as sampler_store
 from panel_pipeline.sampler.fieldwork_state import sample_targets
 from panel_pipeline.sampler.requests import parse_sample_request
+from panel_pipeline.sampler.resources import FieldworkTiming
+from panel_pipeline.sampler.sensors import samples_in_flight
 from panel_pipeline.shared.contacts import recent_contacts
-from panel_pipeline_tests.waiting import FIELDWORK_TIME_SCALE, wait_for
+from panel_pipeline.shared.mongo import as_utc
+from panel_pipeline_tests.waiting import wait_for
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.stack,
-    # Load-dependent, so skipped: fieldwork time is wall time x FIELDWORK_TIME_SCALE, and a loaded
-    # machine gets fewer passes (and top-ups) per fieldwork hour. With soft cells reopened only for a
-    # stranded hard cell (2026-12-03) it passed idle (192 s) and failed with one core held by a busy
-    # loop (213 s): the 45-54 male cell at 1 of its 5 completes. It failed in CI on 2026-12-02 the same
-    # way (0 of 5). Next: a fieldwork clock the test steps once each pass has settled. Issue 14.
-    pytest.mark.skip(reason="the 45-54 male cell empty at close_at in CI; see issue 14"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.stack]
 UTC = dt.UTC
 PANEL = 3_000
 ALREADY_CONTACTED = 200  # members with 3 survey contacts this week before the test starts
 SURVEY = {"duration_minutes": 10, "points": 100, "survey_url": "https://survey.example/s/812"}
-FIELDWORK_TIME = dt.timedelta(seconds=300 * 3600 / FIELDWORK_TIME_SCALE)  # 300 fieldwork hours: 12.5 days
-FIELDWORK_TIMEOUT = 300.0
+STEP_HOURS = 24.0  # the clock moves on a fieldwork day at a time
+MAX_STEPS = 15  # the default close_at, 14 days after the draw, and one more
+SETTLE_TIMEOUT = 120.0  # a day's completes, passes and mailings (a few daemon loops)
 
 
 @pytest.fixture
@@ -62,16 +57,9 @@ def panel_db(dagster_dev, mongo_client) -> Database:
 
 @pytest.fixture
 def respondents(panel_db: Database, local_surveygizmo) -> Iterator[RespondentSimulator]:
-    """The local stack's respondent simulator, at the stack's time scale."""
+    """The local stack's respondent simulator on the daemon's stepped clock; the test runs its passes."""
     client = SurveyGizmoRespondent(local_surveygizmo.base_url, DEMO_TOKEN, DEMO_TOKEN_SECRET)
-    settings = RespondentSettings(seed=3, time_scale=FIELDWORK_TIME_SCALE)
-    simulator = RespondentSimulator(panel_db, client, settings)
-    stop = threading.Event()
-    thread = threading.Thread(target=simulator.run_forever, args=(stop,), kwargs={"poll_seconds": 0.5}, daemon=True)
-    thread.start()
-    yield simulator
-    stop.set()
-    thread.join(timeout=10)
+    yield RespondentSimulator(panel_db, client, RespondentSettings(seed=3), FieldworkTiming(clock="stepped"))
     client.close()
 
 
@@ -112,11 +100,7 @@ def fieldwork_request(name: str, size: int, **fields: Any) -> dict[str, Any]:
         # The simulator's true rates, as a project manager who knew the panel would give them.
         "expected_response_rate": {"age_band|gender": default_cell_rates(), "default": 0.15},
         "mailing": {"template": "new_survey", "default_data": {**SURVEY, "survey_name": name}},
-        "fieldwork": {
-            "close_at": dt.datetime.now(UTC) + FIELDWORK_TIME,
-            "reminder_after_hours": 24,
-            "max_reminders": 1,
-        },
+        "fieldwork": {"reminder_after_hours": 24, "max_reminders": 1},  # closing at the default close_at
         **fields,
     }
 
@@ -124,6 +108,47 @@ def fieldwork_request(name: str, size: int, **fields: Any) -> dict[str, Any]:
 def closed_state(db: Database, sample_id: ObjectId) -> dict[str, Any] | None:
     state = (db.samples.find_one({"_id": sample_id}) or {}).get("fieldwork_state") or {}
     return state if state.get("status") == "closed" and state.get("weights") else None
+
+
+def settled(db: Database, instance: Any, sample_id: ObjectId, since: dt.datetime) -> dict[str, Any] | None:
+    """The sample's fieldwork state once the pipeline has done all it will at the clock's hour: a
+    pass began after `since` and after the last invitation went out, no pass is running, and every
+    invitation and reminder the passes made is mailed. None until then."""
+    state = (db.samples.find_one({"_id": sample_id}, {"fieldwork_state": 1}) or {}).get("fieldwork_state") or {}
+    passed = state.get("updated_at")
+    if closed_state(db, sample_id) is not None:
+        return state
+    if passed is None or as_utc(passed) < since or str(sample_id) in samples_in_flight(instance):
+        return None
+    its_mailings = {"$or": [{"invitation_for_sample": sample_id}, {"reminder_for_sample": sample_id}]}
+    if db.mailings.count_documents({**its_mailings, "processed": {"$ne": True}}):
+        return None
+    if db.pending_invitations.count_documents({"sample_id": sample_id}):
+        return None
+    last = db.sample_members.find_one({"sample_id": sample_id}, {"invited_at": 1}, sort=[("invited_at", -1)])
+    invited_at = (last or {}).get("invited_at")
+    return state if invited_at is None or as_utc(invited_at) <= as_utc(passed) else None
+
+
+def run_fieldwork(
+    dagster_dev, db: Database, respondents: RespondentSimulator, sample_id: ObjectId, since: dt.datetime
+) -> dict[str, Any]:
+    """Day by day: once the pipeline has settled, the clock moves on a day and the members whose
+    completes fall in it complete; until the sample's fieldwork closes with weights."""
+    with dagster_dev.instance() as instance:
+        for _ in range(MAX_STEPS):
+            wait_for(
+                lambda since=since: settled(db, instance, sample_id, since),
+                timeout=SETTLE_TIMEOUT,
+                what="the fieldwork passes, top-ups and reminders of the day",
+                explain=lambda: fieldwork_progress(db, sample_id) + "\n" + dagster_dev.activity(runs=6, ticks=1),
+            )
+            if (state := closed_state(db, sample_id)) is not None:
+                return state
+            sampler_store.step_fieldwork_clock(db, STEP_HOURS, dt.datetime.now(UTC))
+            respondents.run_pass()
+            since = dt.datetime.now(UTC)
+    raise AssertionError(f"fieldwork still open after {MAX_STEPS} days: {fieldwork_progress(db, sample_id)}")
 
 
 def fieldwork_progress(db: Database, sample_id: ObjectId) -> str:
@@ -160,16 +185,11 @@ def test_fieldwork_fills_every_cell_closes_weighs_and_keeps_the_contact_budget(d
         for name in ("Brand tracker", "Travel panel")
     ]
 
-    state = wait_for(
-        lambda: closed_state(panel_db, omnibus),
-        timeout=FIELDWORK_TIMEOUT,
-        what="the omnibus's fieldwork closed with weights",
-        explain=lambda: fieldwork_progress(panel_db, omnibus) + "\n" + dagster_dev.activity(runs=6, ticks=1),
-    )
+    state = run_fieldwork(dagster_dev, panel_db, respondents, omnibus, since=dt.datetime.now(UTC))
 
     # Every cell within tolerance, weighted: from a panel with no 2024 vote and missing age bands. (The
     # marginal cells are soft: a full one still takes the members a short age x gender cell needs.)
-    assert state["closed_reason"] in ("every cell is full", "close_at reached"), state
+    assert state["closed_reason"] in ("every cell is full", "every hard cell is full", "close_at reached"), state
     assert not state["over_tolerance"], state["over_tolerance"]
     for cell in state["by_cell"]:
         assert abs(cell["completes"] - cell["target_completes"]) / 60 * 100 <= 5, cell

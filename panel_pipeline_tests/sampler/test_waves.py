@@ -252,7 +252,9 @@ def waves_request(**fieldwork_settings):
             {"last_top_up": {"at": NOW - dt.timedelta(hours=2)}},
             False,
         ),
-        (waves_request(), fieldwork_now([0.0, 0.9]), wave_members((1, 13)), {}, False),  # under a whole complete short
+        # 0.8 of a complete short (one short, a fifth of one still expected) is short enough; 0.4 is not.
+        (waves_request(), fieldwork_now([0.0, 0.8]), wave_members((1, 13)), {}, True),
+        (waves_request(), fieldwork_now([0.0, 0.4]), wave_members((1, 13)), {}, False),
         (waves_request(), fieldwork_now([0.0, 5.0], closed=(False, True)), wave_members((1, 13)), {}, False),
         (waves_request(), fieldwork_now([0.0, 5.0], status="closed"), wave_members((1, 13)), {}, False),
         (waves_request(waves=False), fieldwork_now([0.0, 5.0]), wave_members((1, 13)), {}, False),
