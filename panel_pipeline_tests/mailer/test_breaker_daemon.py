@@ -72,10 +72,11 @@ def test_a_mailing_bouncing_at_6_percent_pauses_itself_and_once_resumed_mails_th
     account.set_feedback(FeedbackShares(bounce=BOUNCE_SHARE, delivery=0.0))
     mailing_id = bulk_mailing(db, members(db, prefix, RECIPIENTS))
 
+    # The pause is written, then the control settled into `last_control` (a second write): wait for both.
     paused = wait_for(
-        lambda: db.mailings.find_one({"_id": mailing_id, "status": "paused"}),
+        lambda: db.mailings.find_one({"_id": mailing_id, "status": "paused", "last_control": {"$exists": True}}),
         timeout=300,
-        what="the mailing paused by its breaker",
+        what="the mailing paused by its breaker, the control settled",
         explain=dagster_dev.activity,
     )
     assert paused["paused_reason"].startswith("paused by circuit breaker: bounce rate ")
