@@ -378,7 +378,8 @@ def as_times(hours: np.ndarray) -> np.ndarray:
     return (pd.Timestamp(START) + pd.to_timedelta(hours, unit="h")).to_numpy()
 
 
-def run_seed(seed: int) -> dict[str, tuple[Outcome, float]]:
+def run_seed(seed: int) -> dict[str, tuple[Outcome, float, float]]:
+    """Each method's outcome, its invitations per complete as a ratio to the oracle's, and the oracle's."""
     targets = preset_targets("uk_nat_rep")
     population, learned = make_population(seed, targets)
     budget = fieldwork.contact_budget(
@@ -398,8 +399,23 @@ def run_seed(seed: int) -> dict[str, tuple[Outcome, float]]:
         "(c) fieldwork: waves, top-ups, reminders": FieldworkRun(population, targets, learned, seed).run(),
     }
     return {
-        name: (outcome, (outcome.invitations / max(outcome.completes, 1)) / oracle) for name, outcome in results.items()
+        name: (outcome, per_complete(outcome.invitations, outcome) / oracle, oracle)
+        for name, outcome in results.items()
     }
+
+
+def per_complete(contacts: int, outcome: Outcome) -> float:
+    return contacts / max(outcome.completes, 1)
+
+
+def fieldwork_story(outcome: Outcome, oracle: float) -> str:
+    """When (c) closed and why, and its contacts: invitations plus reminders (the oracle needs none)."""
+    contacts = per_complete(outcome.invitations + outcome.reminders, outcome) / oracle
+    return (
+        f"closed at {outcome.hours:.0f} h ({outcome.closed_because}), {outcome.reminders} reminders "
+        f"(invitations and reminders per complete {contacts:.3f} x the oracle's invitations), "
+        f"{outcome.held_back} reminders held back by the contact budget, soft cells {reopened(outcome)}"
+    )
 
 
 def reopened(outcome: Outcome) -> str:
@@ -415,18 +431,13 @@ def main() -> None:
         results = run_seed(seed)
         runs.append(results)
         print(f"seed {seed} ({time.perf_counter() - seed_started:.1f} s):")
-        for name, (outcome, ratio) in results.items():
+        for name, (outcome, ratio, oracle) in results.items():
             deff = (
                 ""
                 if outcome.design_effect is None
                 else f", design effect {outcome.design_effect:.2f} ({outcome.weights_status})"
             )
-            extra = (
-                ""
-                if outcome.hours is None
-                else f"; closed at {outcome.hours:.0f} h ({outcome.closed_because}), {outcome.reminders} reminders, "
-                f"{outcome.held_back} reminders held back by the contact budget, soft cells {reopened(outcome)}"
-            )
+            extra = "" if outcome.hours is None else "; " + fieldwork_story(outcome, oracle)
             print(
                 f"  {name}: largest deviation {outcome.max_deviation_pp:.2f} pp, {outcome.completes} completes, "
                 f"{outcome.invitations} invitations, "

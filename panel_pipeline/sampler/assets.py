@@ -163,7 +163,7 @@ def draw(
         raise RequestRejected(str(invalid)) from invalid
     now = utc_now()
     sample_id = document["_id"]
-    learned = store.learned_response_rates(db) if waves.uses_waves(request) else None
+    learned = store.learned_response_rates(db) if waves.sized_for_completes(request) else None
     panel = store.load_panel(db, waves.sizing_request(request, learned), now.year)
     kept = store.kept_members(db, sample_id)
     excluded = store.excluded_user_ids(db, request, now) | kept
@@ -183,7 +183,7 @@ def draw(
     if waves.uses_waves(request):
         result = waves.first_wave_selection(panel, request, eligible, learned)
     else:
-        result = select(panel, request, eligible)
+        result = select(panel, waves.sizing_request(request, learned), eligible)
     if result.invited == 0 and not request.dynamic:  # a dynamic sample waits for newcomers, its shortfall says how many
         raise RequestRejected(nobody_placed_reason(panel, request, eligible, result))
     before_writing()
@@ -542,7 +542,6 @@ def soft_cells_closing(state: Mapping[str, Any]) -> str:
 def fieldwork_metadata(update: FieldworkUpdate, document: Mapping[str, Any]) -> dict[str, Any]:
     state, cells = update.state, update.accounting.cells
     per_complete = state.get("invitations_per_complete")
-    weights = state.get("weights") or {}
     return {
         **sample_labels(document),
         "completes_over_time": dg.MetadataValue.md(fieldwork_chart(update, document)),
@@ -571,9 +570,25 @@ def fieldwork_metadata(update: FieldworkUpdate, document: Mapping[str, Any]) -> 
                 strict=True,
             ),
         ),
-        "weights": dg.MetadataValue.text(weights.get("message", "computed when fieldwork closes")),
+        **weights_metadata(state.get("weights") or {}),
         **row_count(state["completes"]),
     }
+
+
+def weights_metadata(weights: Mapping[str, Any]) -> dict[str, Any]:
+    """The weights' summary (fieldwork_state.weights) once fieldwork closed: status, what it says,
+    the effective sample size, design effect, largest weight and raking iterations."""
+    if not weights:
+        return {"weights": "computed when fieldwork closes"}
+    summary: dict[str, Any] = {
+        "weights": dg.MetadataValue.text(str(weights.get("message", ""))),
+        "weights_status": str(weights.get("status")),
+        "weights_iterations": int(weights.get("iterations", 0)),
+    }
+    for field in ("effective_sample_size", "design_effect", "max_weight"):
+        if isinstance(weights.get(field), int | float):
+            summary[f"weights_{field}"] = dg.MetadataValue.float(float(weights[field]))
+    return summary
 
 
 def fieldwork_chart(update: FieldworkUpdate, document: Mapping[str, Any]) -> str:

@@ -47,7 +47,7 @@ from panel_pipeline.sampler.fieldwork_state import (
 )
 from panel_pipeline.sampler.quotas import SelectionResult, select
 from panel_pipeline.sampler.requests import SampleRequest, filter_mask
-from panel_pipeline.sampler.response_rates import LearnedResponseRates
+from panel_pipeline.sampler.response_rates import LearnedResponseRates, rates_for_request
 from panel_pipeline.sampler.targets import Target, request_targets
 from panel_pipeline.shared.mongo import as_utc
 
@@ -63,12 +63,19 @@ def uses_waves(request: SampleRequest) -> bool:
     )
 
 
+def sized_for_completes(request: SampleRequest) -> bool:
+    """Its invitations are sized for completes at the learned rates when it gives no rate of its own:
+    a sample that invites (a `mailing`) or is fielded, drawn in waves or in one. A list of members
+    (neither) is sized in members; a dynamic sample's newcomers come through the Updater."""
+    return (request.mailing is not None or request.fieldwork is not None) and not request.dynamic
+
+
 def sizing_request(request: SampleRequest, learned: LearnedResponseRates | None) -> SampleRequest:
-    """The request as the first wave's draw plans it: its own rates, else the learned ones as its
-    rate table (so `load_panel` reads the rate fields and `select` reports capacities at them)."""
+    """The request as the draw plans it: its own rates, else the learned ones as its rate table (so
+    `load_panel` reads the rate fields and `select` sizes invitations and reports capacities at them)."""
     if learned is None or request.gives_response_rate:
         return request
-    return request.model_copy(update={"expected_response_rate": learned.as_request_rates()})
+    return request.model_copy(update={"expected_response_rate": rates_for_request(request, learned)})
 
 
 def pool_mask(

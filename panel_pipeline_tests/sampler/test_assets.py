@@ -441,8 +441,8 @@ def members_of(mongo_db, sample_id):
     return [m["user_id"] for m in mongo_db.sample_members.find({"sample_id": sample_id})]
 
 
-def test_response_rates_are_learned_per_cell_from_past_invitations(instance, mongo, mongo_db, panel):
-    """Women completed four times as often as men in a past survey: the learned rates say so."""
+def past_survey_women_completed_four_times_as_often(mongo_db) -> list:
+    """A past survey of 4,000 members, its invitations and completes: 40% of women completed, 10% of men."""
     invited_at = dt.datetime.now(UTC) - dt.timedelta(days=20)
     past = mongo_db.samples.insert_one({"name": "past", "survey_id": "900", "processed": True}).inserted_id
     users = list(mongo_db.users.find({}, {"profile.gender": 1}).limit(4000))
@@ -455,10 +455,21 @@ def test_response_rates_are_learned_per_cell_from_past_invitations(instance, mon
     complete(
         mongo_db, completers, 900, invited_at + dt.timedelta(hours=6)
     )  # a numeric survey id, as some backends store it
+    return completers
+
+
+def learn_rates(instance, mongo):
     result = dg.materialize(
         [response_rates], instance=instance, resources={"mongo": mongo, "fieldwork_timing": FieldworkTiming()}
     )
     assert result.success
+    return result
+
+
+def test_response_rates_are_learned_per_cell_from_past_invitations(instance, mongo, mongo_db, panel):
+    """Women completed four times as often as men in a past survey: the learned rates say so."""
+    completers = past_survey_women_completed_four_times_as_often(mongo_db)
+    result = learn_rates(instance, mongo)
     stored = mongo_db.response_rates.find_one({"_id": "panel"})
     assert stored["invitations"] == 4000 and stored["completes"] == len(completers)
     rates = {(c["dimension"], c["cell"]): c["rate"] for c in stored["cells"]}
@@ -468,6 +479,26 @@ def test_response_rates_are_learned_per_cell_from_past_invitations(instance, mon
     assert 15 < metadata["overall_rate_pct"].value < 35
     assert {"rates_age_band_x_gender", "rates_region", "rates_social_grade", "completion_curve"} <= set(metadata)
     assert all("data:image/svg+xml" in metadata[chart].value for chart in ("rates_chart", "completion_curve_chart"))
+
+
+def test_the_learned_rates_size_a_one_wave_draw_unless_the_request_gives_its_own(instance, mongo, mongo_db, panel):
+    past_survey_women_completed_four_times_as_often(mongo_db)
+    learn_rates(instance, mongo)
+    halves = {"gender": {"female": 0.5, "male": 0.5}}
+
+    def invited(**fields):
+        sample_id = drawn_sample(instance, mongo, mongo_db, size=100, quotas=halves, seed=4, **fields)
+        genders = Counter(
+            u["profile"]["gender"] for u in mongo_db.users.find({"_id": {"$in": members_of(mongo_db, sample_id)}})
+        )
+        return genders, mongo_db.samples.find_one({"_id": sample_id})["result"]
+
+    genders, result = invited(fieldwork=ONE_WAVE, exclude={"completed_surveys": ["900"]})
+    assert genders["male"] > 2 * genders["female"]  # 50 completes each, at 10% and 40% (shrunk toward 25%)
+    # each fine cell's invitations are ceil(completes / rate): a few percent over at a size of 100
+    assert sum(genders.values()) > 300 and 100 <= result["expected_completes"] <= 115
+    genders, _ = invited(fieldwork=ONE_WAVE, expected_response_rate=0.5)
+    assert genders == {"female": 100, "male": 100}  # the request's own rate wins
 
 
 def test_fieldwork_state_after_some_completes_closes_full_cells(instance, mongo, mongo_db, panel):
@@ -552,6 +583,42 @@ def test_fieldwork_closes_when_every_cell_is_full_with_converged_weights(instanc
     assert len(weights) == 100 and abs(np.mean(weights) - 1) < 1e-6
     checks = {check.check_name: check for check in result.get_asset_check_evaluations()}
     assert checks["weights_converged"].passed and checks["cells_within_tolerance"].passed
+    metadata = result.asset_materializations_for_node("sample_fieldwork")[0].metadata
+    assert metadata["weights_status"].value == "converged"
+    assert metadata["weights_design_effect"].value == pytest.approx(1.0, abs=0.01)
+    assert metadata["weights_effective_sample_size"].value == pytest.approx(100, abs=1)
+    assert {"weights_max_weight", "weights_iterations"} <= set(metadata)
+
+
+def test_weights_that_cannot_meet_the_targets_within_their_bounds_are_not_written(instance, mongo, mongo_db, panel):
+    """50 women and 2 men complete, and the bounds allow weights of 0.8 to 1.25: raking cannot reach
+    50/50, so fieldwork closes with the failure named and no weights, and the check fails."""
+    quotas = {"gender": {"female": 0.5, "male": 0.5}}
+    fieldwork = {**ONE_WAVE, "weight_bounds": [0.8, 1.25]}
+    sample_id = drawn_sample(instance, mongo, mongo_db, size=100, quotas=quotas, seed=2, fieldwork=fieldwork)
+    invited_at = dt.datetime.now(UTC) - dt.timedelta(hours=20)
+    invite_all(mongo_db, sample_id, invited_at)
+    members = mongo_db.users.find({"_id": {"$in": members_of(mongo_db, sample_id)}}, {"profile.gender": 1})
+    by_gender: dict[str, list] = {}
+    for member in members:
+        by_gender.setdefault(member["profile"]["gender"], []).append(member["_id"])
+    complete(mongo_db, by_gender["female"] + by_gender["male"][:2], "123", invited_at + dt.timedelta(hours=2))
+    mongo_db.samples.update_one(
+        {"_id": sample_id}, {"$set": {"fieldwork.close_at": dt.datetime.now(UTC) - dt.timedelta(minutes=1)}}
+    )
+    result = fieldwork_run(instance, mongo, sample_id)
+    assert result.success  # the check warns; the asset is what it is
+    state = mongo_db.samples.find_one({"_id": sample_id})["fieldwork_state"]
+    assert state["status"] == "closed" and state["closed_reason"] == "close_at reached"
+    weights = state["weights"]
+    assert weights["status"] == "not_converged" and weights["failed_target"] == "gender"
+    assert "gender" in weights["message"] and "no weights written" in weights["message"]
+    assert mongo_db.sample_members.count_documents({"sample_id": sample_id, "weight": {"$exists": True}}) == 0
+    checks = {check.check_name: check for check in result.get_asset_check_evaluations()}
+    assert not checks["weights_converged"].passed
+    assert checks["weights_converged"].metadata["status"].value == "not_converged"
+    metadata = result.asset_materializations_for_node("sample_fieldwork")[0].metadata
+    assert metadata["weights_status"].value == "not_converged" and "gender" in metadata["weights"].value
 
 
 def test_a_filters_only_sample_stays_open_until_its_completes_are_in(instance, mongo, mongo_db, panel):

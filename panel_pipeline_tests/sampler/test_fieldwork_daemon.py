@@ -205,7 +205,9 @@ def test_fieldwork_fills_every_cell_closes_weighs_and_keeps_the_contact_budget(d
     closed_at = {(cell["target"], cell["category"]): cell["closed_at"] for cell in state["closed_cells"]}
     assert state["waves"] >= 2, "the low-responding cells needed a top-up wave"
 
-    # A cell closed early got no invitation after it closed.
+    # A cell closed early got no invitation after it closed, and one did close before a later wave.
+    last_wave_added = max(member["added_at"] for member in members)
+    assert any(closed < last_wave_added for closed in closed_at.values()), (closed_at, last_wave_added)
     for member in members:
         for target, category in cells.loc[str(member["user_id"])].items():
             closed = closed_at.get((target, category))
