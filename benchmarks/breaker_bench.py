@@ -21,6 +21,7 @@ throughout (a busy loop), as another tenant of shared cores would.
 
 import argparse
 import contextlib
+import math
 import multiprocessing
 import statistics
 import subprocess
@@ -159,22 +160,32 @@ def measure(recipients: int, breaker_on: bool, bounce: float) -> dict[str, float
         figures = {"sent": float(sent), "seconds": elapsed, "rate": sent / elapsed}
         if bounce:
             figures["paused"] = float(report.stopped_for == "pause")
-            figures["batches_after_crossing"] = float(calls_at_stop - crossed.get("calls", calls_at_stop))
+            # The watcher must have seen the mark passed: a run where it did not measured no reach.
+            figures["batches_after_crossing"] = float(calls_at_stop - crossed["calls"]) if crossed else float("nan")
         return figures
 
 
 def watch(reports: MailingReports, mailing_id: ObjectId, proxy: SesFaultProxy, crossed: dict, done) -> None:
-    """Note the SES calls made when the stored events first pass the mark."""
-    while not done.is_set():
+    """Note the SES calls made when the stored events first pass the mark (the calls counted before
+    the read, so a pass seen late is charged to the breaker, not forgiven). It looks once more after
+    the sending stopped, so a mark the breaker saw first is still noted."""
+    while True:
+        stopped = done.is_set()
         calls = len(proxy.calls())
         if mailing_trip_reason(reports.recent_feedback(mailing_id, POLICY.window_sends), POLICY):
             crossed["calls"] = calls
+            return
+        if stopped:
             return
         time.sleep(0.02)
 
 
 def spread(values: list[float]) -> str:
-    return f"median {statistics.median(values):.3f} (min {min(values):.3f}, max {max(values):.3f})"
+    measured = [value for value in values if not math.isnan(value)]
+    unmeasured = f"; {len(values) - len(measured)} runs not measured" if len(measured) < len(values) else ""
+    if not measured:
+        return f"not measured{unmeasured}"
+    return f"median {statistics.median(measured):.3f} (min {min(measured):.3f}, max {max(measured):.3f}){unmeasured}"
 
 
 def main() -> None:

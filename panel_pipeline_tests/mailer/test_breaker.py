@@ -4,6 +4,8 @@ transactional mail goes (the mailings asset in process). The whole loop under th
 through SNS and SQS, a 6% bounce mailing pausing itself, resumed) is in test_breaker_daemon.py."""
 
 import datetime as dt
+import threading
+from collections import Counter
 
 import dagster as dg
 import pytest
@@ -24,6 +26,7 @@ from panel_pipeline.mailer.store import MailingControls, MailingReports, RecentF
 from panel_pipeline_tests.clock import ManualClock
 from panel_pipeline_tests.mailer.conftest import CONFIGURATION_SET, SURVEY
 from panel_pipeline_tests.mailer.test_assets import send_transactional
+from panel_pipeline_tests.waiting import wait_for
 
 UTC = dt.UTC
 POLICY = BreakerPolicy()
@@ -169,3 +172,48 @@ def test_under_probation_bulk_mail_is_held_and_transactional_mail_goes(
     assert send_transactional(instance, proxied).success
     (email,) = ses_server.emails()
     assert email["destination"]["to"] == ["member0@panel.example"]
+
+
+def test_an_account_put_under_review_mid_send_holds_the_rest_of_the_bulk_mailing(
+    instance, resources, mongo_db, ses_proxy, ses_server
+):
+    """SES reviews the account while a bulk mailing is sending: the run stops within a batch or two of
+    the next account read, the mailing is postponed with the reason, and what was sent is sent once."""
+    settings = {
+        **resources["ses"].model_dump(),
+        "endpoint_url": ses_proxy.url,
+        "configuration_set": CONFIGURATION_SET,
+        "max_send_rate": 20.0,  # batches of 20, one a second
+        "account_check_seconds": 0.1,
+    }
+    proxied = {**resources, "ses": SesResource(**settings)}
+    user_ids = mongo_db.users.insert_many(
+        [{"email": f"member{i}@panel.example", "first_name": f"M{i}", "status": "active"} for i in range(200)]
+    ).inserted_ids
+    bulk_id = mongo_db.mailings.insert_one(
+        {
+            "processed": False,
+            "kind": "bulk",
+            "template": "new_survey",
+            "default_data": SURVEY,
+            "recipients": [{"user_id": uid} for uid in user_ids],
+        }
+    ).inserted_id
+
+    def review_after_two_batches() -> None:
+        wait_for(lambda: len(ses_proxy.calls()) >= 2, timeout=60, what="two batches sent")
+        ses_proxy.set_account(enforcement_status="PROBATION")
+
+    reviewer = threading.Thread(target=review_after_two_batches)
+    reviewer.start()
+    instance.add_dynamic_partitions("mailings", [str(bulk_id)])
+    result = dg.materialize([mailings], partition_key=str(bulk_id), instance=instance, resources=proxied)
+    reviewer.join()
+    assert result.success
+    bulk = mongo_db.mailings.find_one({"_id": bulk_id})
+    assert bulk["status"] == "postponed" and not bulk["processed"]
+    assert bulk["last_error"] == "bulk mail held: the SES account's enforcement status is PROBATION"
+    sent = [address for email in ses_server.emails() for address in email["destination"]["to"]]
+    assert 40 <= len(sent) <= 100 and len(set(sent)) == len(sent), len(sent)  # at most 2 batches after the review
+    statuses = Counter(row["status"] for row in mongo_db.mail_log.find({"mailing_id": bulk_id}))
+    assert statuses == {"sent": len(sent), "pending": 200 - len(sent)}

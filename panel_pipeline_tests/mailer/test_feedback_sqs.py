@@ -361,3 +361,31 @@ def test_under_the_daemon_a_published_bounce_bounces_the_member(dagster_dev, mon
     print(f"published -> member bounced under the daemon: {time.monotonic() - published:.1f} s")
     runs = feedback_runs_since(dagster_dev, since)
     assert {(run.status, run.tags["panel/part"]) for run in runs} == {(dg.DagsterRunStatus.SUCCESS, "ses_feedback")}
+
+
+def sent_ago(ses_event: dict, hours: float) -> dict:
+    """The event about a message SES accepted `hours` ago."""
+    at = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
+    ses_event["mail"]["timestamp"] = at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return ses_event
+
+
+def test_soft_bounces_through_sqs_bounce_a_member_at_three_in_30_days_and_a_delivery_starts_again(
+    instance, resources, mongo_db, publish
+):
+    (dan,) = members(mongo_db, "dan@panel.example")
+
+    def transient(hours: float) -> dict:
+        return sent_ago(bounce("dan@panel.example", tags(ObjectId(), dan), bounce_type="Transient"), hours)
+
+    delivered = sent_ago(event("Delivery", "dan@panel.example", tags(ObjectId(), dan)), 50)
+    publish(transient(24 * 40), transient(72), transient(60), delivered, transient(30), transient(20))
+    result, materialization = drain(instance, resources)
+    assert result.success and metadata_values(materialization)["members_bounced"] == 0
+    assert mongo_db.users.find_one({"_id": dan})["status"] == "active", "40 days ago is out; two since the delivery"
+
+    publish(transient(1))
+    result, materialization = drain(instance, resources)
+    assert result.success and metadata_values(materialization)["members_bounced"] == 1
+    user = mongo_db.users.find_one({"_id": dan})
+    assert (user["status"], user["status_reason"]) == ("bounced", "SES bounce Transient: 3 in 30 days")
