@@ -7,9 +7,12 @@ in none of that target's categories), and MEMBER_COLUMNS (`invited_at`, `complet
 Invariants:
 
 - A cell is full when its completes plus the respondents still in the survey reach its target (as
-  Decipher counts), and closed when they reach its cap; a closed cell gets no more invitations or
-  reminders, and its members are screened out at survey entry. Every member counts toward each of its
-  categories, so a member is invitable only if none of its cells is closed.
+  Decipher counts), and closed when they reach its cap; a member is in the survey (`in_progress`)
+  when flagged so, or when their Partial response moved on within IN_SURVEY_HOURS fieldwork hours
+  (`partial_at`; an interview takes minutes, so one older than that was abandoned); a closed cell
+  gets no more invitations or reminders, and its members are screened out at survey entry. Every
+  member counts toward each of its categories, so a member is invitable only if none of its cells
+  is closed.
 - The first target is the sample's hard quota (uk_nat_rep: age x gender): its cells close once full.
   The other targets' cells are soft: they too close once full while top-ups can still reach what the
   hard cells need, and at their `cap`, their target plus half the request's tolerance (in points of
@@ -63,6 +66,7 @@ REMINDED_AT = "reminded_at"  # the last reminder, NaT if none
 REMINDERS = "reminders"  # optional, 0
 WAVE = "wave"  # optional
 IN_PROGRESS = "in_progress"  # optional, False: started the survey, not yet finished
+PARTIAL_AT = "partial_at"  # optional, NaT: when the member's Partial survey response last moved on
 SCREENED_OUT = "screened_out"  # optional, False: turned away at entry (a closed cell); never completes
 ACTIVE = "active"  # optional, True: users.status is active
 MEMBER_COLUMNS: tuple[str, ...] = (
@@ -72,6 +76,7 @@ MEMBER_COLUMNS: tuple[str, ...] = (
     REMINDERS,
     WAVE,
     IN_PROGRESS,
+    PARTIAL_AT,
     SCREENED_OUT,
     ACTIVE,
 )
@@ -87,6 +92,7 @@ OVERFILL_COSTS: tuple[float, ...] = (1.0, 0.5, 0.25, 0.0)
 SOFT_SHARE_OF_TOLERANCE = 0.5
 MIN_NEED = 0.5  # a cell is short when it needs at least half a complete more
 MAX_RATE = 0.99
+IN_SURVEY_HOURS = 2.0  # a Partial response that has not moved on for this long was abandoned
 
 
 # --- cells ---------------------------------------------------------------------------------------
@@ -259,7 +265,7 @@ def account_cells(
     fieldwork hours, read on `clock` (FieldworkSettings). Cells close at their `cap`;
     without `soft_cells_reopened`, at their target."""
     codes = category_codes(cells, members)
-    state = _member_state(members)
+    state = _member_state(members if now is None else with_partials_in_survey(members, now, clock))
     n_cells = len(cells)
     target_completes = cells["target_completes"].to_numpy(dtype=float)
     completes = _per_cell(codes, state.completed, n_cells)
@@ -331,6 +337,14 @@ def _member_state(members: pd.DataFrame) -> _MemberState:
     )
     pending = invited & ~completed & ~in_progress & ~screened & active
     return _MemberState(invited, completed, in_progress, pending, reminders, active)
+
+
+def with_partials_in_survey(members: pd.DataFrame, now: dt.datetime, clock: FieldworkClock) -> pd.DataFrame:
+    """`in_progress` also for members whose Partial response moved on within IN_SURVEY_HOURS."""
+    if PARTIAL_AT not in members:
+        return members
+    recent = clock.hours_since(members[PARTIAL_AT], now) <= IN_SURVEY_HOURS  # NaN (no Partial): False
+    return members.assign(**{IN_PROGRESS: _flag(members, IN_PROGRESS, False) | recent})
 
 
 def _flag(members: pd.DataFrame, column: str, default: bool) -> np.ndarray:
@@ -599,7 +613,7 @@ def reminder_candidates(
     allowed: np.ndarray | None = None,
 ) -> np.ndarray:
     """Mask of members to remind now (see the module docstring); `allowed`: the contact budget's mask."""
-    state = _member_state(members)
+    state = _member_state(with_partials_in_survey(members, now, settings.clock))
     since_invited = settings.hours_since(members[INVITED_AT], now)
     since_reminded = (
         settings.hours_since(members[REMINDED_AT], now) if REMINDED_AT in members else np.full(len(members), np.nan)

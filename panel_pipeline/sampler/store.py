@@ -32,6 +32,7 @@ from panel_pipeline.shared.contract import (
     MAILINGS,
     PIPELINE_STATE,
     PROFILE_CATEGORIES,
+    RAW_RESPONSES,
     RESPONSE_RATES,
     SAMPLE_MEMBERS,
     SAMPLES,
@@ -39,6 +40,8 @@ from panel_pipeline.shared.contract import (
     USERS,
 )
 from panel_pipeline.shared.mongo import as_utc
+
+PARTIAL = "Partial"  # a SurveyGizmo response begun and not submitted (extractor/responses.py STATUSES)
 
 # `age` and `age_band` are derived from `birth_year` at draw time, never read: a stored band goes
 # stale on a birthday, and the backend may store `birth_year` alone.
@@ -206,7 +209,8 @@ ID_CHUNK = 20_000  # ids per `$in` (well inside the 16 MB command limit)
 
 def ensure_fieldwork_indexes(db: Database) -> None:
     """The open-fieldwork samples the sensor reads (a few among every sample ever drawn), a sample's
-    reminder mailings, and each reminder's members (the Mailer's recipients)."""
+    reminder mailings, each reminder's members (the Mailer's recipients), and the Partial responses
+    of a survey's members (the extractor's raw copies; a few among the complete ones)."""
     db[SAMPLES].create_index(
         [("fieldwork_state.status", ASCENDING)],
         name="fieldwork_open",
@@ -214,6 +218,11 @@ def ensure_fieldwork_indexes(db: Database) -> None:
     )
     db[MAILINGS].create_index([("reminder_for_sample", ASCENDING)], sparse=True)
     db[SAMPLE_MEMBERS].create_index([("reminder_mailing_id", ASCENDING)], sparse=True)
+    db[RAW_RESPONSES].create_index(
+        [("survey_id", ASCENDING), ("panel_id", ASCENDING)],
+        name="partial_by_survey_member",
+        partialFilterExpression={"status": PARTIAL},
+    )
 
 
 def survey_id_values(survey_id: str) -> list[str | int]:
@@ -235,6 +244,25 @@ def first_completions(db: Database, survey_id: str, user_ids: Sequence[ObjectId]
             },
         ]
         found.update({str(doc["_id"]): doc["completed_at"] for doc in db[TRANSACTIONS].aggregate(pipeline)})
+    return found
+
+
+def latest_partials(db: Database, survey_id: str, user_ids: Sequence[ObjectId]) -> dict[str, dt.datetime]:
+    """Each member's newest Partial response to the survey in the extractor's raw copies (its
+    `submitted_at`: SurveyGizmo moves a Partial's `date_submitted` on as the respondent goes), by the
+    panel id the survey link carries (the user `_id`)."""
+    found: dict[str, dt.datetime] = {}
+    for chunk in _chunks(list(user_ids)):
+        query = {
+            "survey_id": survey_id,
+            "status": PARTIAL,
+            "panel_id": {"$in": [str(uid) for uid in chunk]},
+            "deleted_at": {"$exists": False},
+        }
+        for doc in db[RAW_RESPONSES].find(query, {"panel_id": 1, "submitted_at": 1}):
+            at = doc.get("submitted_at")
+            if isinstance(at, dt.datetime) and (doc["panel_id"] not in found or as_utc(at) > found[doc["panel_id"]]):
+                found[doc["panel_id"]] = as_utc(at)
     return found
 
 
@@ -286,7 +314,8 @@ def fieldwork_members(
 ) -> pd.DataFrame:
     """The sample's members (index: user id as str): their profile (profiles_frame), `active`, and
     the fieldwork columns `invited_at`, `completed_at` (first transaction of the survey), `reminded_at`,
-    `reminders`, `wave`, `added_at`, `reminder_mailing_id` (NaT / 0 / NaN / None where absent). With
+    `reminders`, `wave`, `added_at`, `reminder_mailing_id`, `partial_at` (latest_partials) (NaT / 0 /
+    NaN / None where absent). With
     `mailed` (the sample has an invitation), a member not sent theirs yet counts as invited from their
     `added_at`: stamped or waiting to be, their invitation is on its way, and a pass that counted them
     as not invited would invite for the same need again (a crash between adding a wave and its invitation)."""
@@ -306,6 +335,8 @@ def fieldwork_members(
     frame["wave"] = [doc.get("wave") for doc in docs]
     frame["added_at"] = _times([doc.get("added_at") for doc in docs])
     frame["reminder_mailing_id"] = [doc.get("reminder_mailing_id") for doc in docs]
+    partials = latest_partials(db, survey_id, user_ids)
+    frame["partial_at"] = _times([partials.get(str(uid)) for uid in user_ids])
     # A member who completed was invited, whatever the invitation's own record says (sent before the
     # Mailer stamped it, or by hand): count them as invited when they completed.
     frame["invited_at"] = frame["invited_at"].where(frame["invited_at"].notna(), frame["completed_at"])

@@ -566,6 +566,49 @@ def test_a_cell_over_target_by_more_than_the_tolerance_fails_the_check(instance,
     assert [(r.data["target"], r.data["category"]) for r in over] == [("region", "London")]
 
 
+def test_members_with_a_recent_partial_response_are_in_the_survey(instance, mongo, mongo_db, panel):
+    """The extractor's raw copies of SurveyGizmo's Partial responses say who is in the survey now."""
+    quotas = {"gender": {"female": 0.5, "male": 0.5}}
+    sample_id = drawn_sample(instance, mongo, mongo_db, size=100, quotas=quotas, seed=2, fieldwork=ONE_WAVE)
+    now = dt.datetime.now(UTC)
+    invite_all(mongo_db, sample_id, now - dt.timedelta(hours=20))
+    women = [
+        u["_id"]
+        for u in mongo_db.users.find({"_id": {"$in": members_of(mongo_db, sample_id)}, "profile.gender": "female"})
+    ]
+    partials = [(uid, now - dt.timedelta(minutes=10)) for uid in women[:3]] + [(women[3], now - dt.timedelta(hours=6))]
+    partials.append((women[4], now - dt.timedelta(minutes=5)))
+    mongo_db.sg_responses.insert_many(
+        [
+            {
+                "_id": f"123:{i}",
+                "survey_id": "123",
+                "response_id": str(i),
+                "status": "Partial",
+                "panel_id": str(uid),
+                "submitted_at": at,
+            }
+            for i, (uid, at) in enumerate(partials)
+        ]
+        + [
+            {
+                "_id": "999:1",
+                "survey_id": "999",
+                "response_id": "1",
+                "status": "Partial",
+                "panel_id": str(women[5]),
+                "submitted_at": now,
+            }
+        ]
+    )
+    complete(mongo_db, [women[4]], "123", now)  # finished since: a complete, not in the survey
+    assert fieldwork_run(instance, mongo, sample_id).success
+    state = mongo_db.samples.find_one({"_id": sample_id})["fieldwork_state"]
+    assert state["in_progress"] == 3 and state["completes"] == 1
+    by_cell = {(c["target"], c["category"]): c["in_progress"] for c in state["by_cell"]}
+    assert by_cell == {("gender", "female"): 3, ("gender", "male"): 0}
+
+
 def test_fieldwork_closes_when_every_cell_is_full_with_converged_weights(instance, mongo, mongo_db, panel):
     quotas = {"gender": {"female": 0.5, "male": 0.5}}
     sample_id = drawn_sample(instance, mongo, mongo_db, size=100, quotas=quotas, seed=2, fieldwork=ONE_WAVE)

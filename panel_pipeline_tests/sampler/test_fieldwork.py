@@ -28,7 +28,7 @@ LINEAR_CURVE = CompletionCurve(CURVE_HOURS, tuple(hour / 168 for hour in CURVE_H
 def members(rows: list[dict[str, object]]) -> pd.DataFrame:
     """Sample members: gender, region and the fieldwork columns (hours ago for the times)."""
     frame = pd.DataFrame(rows)
-    for column in (fieldwork.INVITED_AT, fieldwork.COMPLETED_AT, fieldwork.REMINDED_AT):
+    for column in (fieldwork.INVITED_AT, fieldwork.COMPLETED_AT, fieldwork.REMINDED_AT, fieldwork.PARTIAL_AT):
         hours = frame[column] if column in frame else pd.Series(np.nan, index=frame.index)
         frame[column] = pd.Timestamp(NOW) - pd.to_timedelta(hours.astype(float), unit="h")
     return frame
@@ -59,6 +59,32 @@ def test_member_categories_cross_fields_and_leave_missing_or_foreign_values_out(
     assert categories["age_band|gender"].tolist() == ["18-24|male", None, None]
     assert categories["region"].tolist() == ["Wales", "Wales", None]
     assert fieldwork.placeable(profiles, [age_gender, TARGETS[1]]).tolist() == [True, False, True]
+
+
+def test_a_partial_response_that_moved_on_lately_is_in_the_survey_and_an_older_one_was_abandoned() -> None:
+    cells = fieldwork.cell_targets(TARGETS, 4)
+    sample = members(
+        [
+            {"gender": "female", "region": "London", "invited_at": 30, "partial_at": 0.5},  # in the survey
+            {"gender": "female", "region": "Wales", "invited_at": 30, "partial_at": 5},  # gave up
+            {"gender": "male", "region": "Wales", "invited_at": 30, "partial_at": 1, "completed_at": 0.2},
+            {"gender": "male", "region": "London", "invited_at": 30},
+        ]
+    )
+    accounting = fieldwork.account_cells(cells, sample, now=NOW)
+    assert accounting.cells.set_index("category")["in_progress"].to_dict() == {
+        "female": 1,
+        "male": 0,  # completed: a complete, not in progress
+        "London": 1,
+        "Wales": 0,
+    }
+    assert fieldwork.account_cells(cells, sample).in_progress == 0, "without a now, only the flag counts"
+    # Read on the fieldwork clock: a clock that has not moved since the draw has everyone in the survey still.
+    still = SteppedFieldworkClock((FieldworkStep(NOW - dt.timedelta(hours=40), 24.0),))
+    assert fieldwork.account_cells(cells, sample, now=NOW, clock=still).in_progress == 2
+    settings = FieldworkSettings(reminder_after_hours=24)
+    due = fieldwork.reminder_candidates(sample, fieldwork.account_cells(cells, sample, now=NOW), NOW, settings)
+    assert not due[0], "never a reminder to a respondent in the survey"
 
 
 def test_accounting_counts_completes_and_closes_a_cell_with_respondents_still_in_the_survey() -> None:
