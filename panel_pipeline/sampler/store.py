@@ -315,10 +315,10 @@ def fieldwork_members(
     """The sample's members (index: user id as str): their profile (profiles_frame), `active`, and
     the fieldwork columns `invited_at`, `completed_at` (first transaction of the survey), `reminded_at`,
     `reminders`, `wave`, `added_at`, `reminder_mailing_id`, `partial_at` (latest_partials) (NaT / 0 /
-    NaN / None where absent). With
-    `mailed` (the sample has an invitation), a member not sent theirs yet counts as invited from their
-    `added_at`: stamped or waiting to be, their invitation is on its way, and a pass that counted them
-    as not invited would invite for the same need again (a crash between adding a wave and its invitation)."""
+    NaN / None where absent). With `mailed` (the sample has an invitation), a member not sent theirs
+    yet counts as invited from their `added_at`: stamped or waiting to be, their invitation is on its
+    way, and a pass that counted them as not invited would invite for the same need again (a crash
+    between adding a wave and its invitation)."""
     fields = ("user_id", "invited_at", "reminded_at", "reminders", "wave", "added_at", "reminder_mailing_id")
     docs = list(
         db[SAMPLE_MEMBERS]
