@@ -4,9 +4,11 @@ top-up waves' members, the panel's recent survey contacts, a stepped fieldwork c
 
 The Updater reads the panel and the exclusions through this module too, so a dynamic sample's
 newcomers are loaded and left out exactly as its first draw's members were. A completion is a
-member's first `transactions` document for the sample's survey (its `created_at`). Every query is
-bounded by an index (invited_at, sample_id, (survey_id, user_id), the open-fieldwork partial index)
-and reads only the fields it needs; member ids go to Mongo in chunks of ID_CHUNK. No Dagster.
+member's first `transactions` document for the sample's survey (its `created_at`); a member in the
+survey has a recent Partial SurveyGizmo response (`latest_partials`). Every query is bounded by an
+index (invited_at, sample_id, (survey_id, user_id), the open-fieldwork and the Partial responses'
+partial indexes) and reads only the fields it needs; member ids go to Mongo in chunks of ID_CHUNK.
+No Dagster.
 """
 
 from __future__ import annotations
