@@ -13,9 +13,11 @@ Methods, each on the same population and targets (the uk_nat_rep preset, `target
   (a) one wave sized by the overall response rate (`quotas.select_members`), every complete kept;
   (b) one wave sized by the learned per-cell rates (the same, with `LearnedResponseRates.as_request_rates`);
   (c) fieldwork.py: a first wave for 70% of each cell, top-ups every 12 h for cells short of target,
-      one reminder after 48 h in short cells, age x gender cells closed as they fill and the marginal
-      ones at target + the request's default tolerance, 1 pp (a respondent entering a closed cell is
-      screened out; in-progress respondents count), the 3-in-7-days contact budget.
+      one reminder after 48 h in short cells whose fresh sample ran out (what the members still
+      invitable could give, as the last top-up found, is under the need), age x gender cells closed
+      as they fill and the marginal ones at target + the request's default tolerance, 1 pp (a
+      respondent entering a closed cell is screened out; in-progress respondents count), the
+      3-in-7-days contact budget.
 Oracle: the same quota plan for 1,000 completes made with the true rates, and the invitations it
 needs in expectation: sum over cells of planned completes / true rate (no rounding, no bad luck).
 Printed per method: largest deviation from target over every category of every target (pp),
@@ -327,6 +329,7 @@ class FieldworkRun:
         wave = fieldwork.first_wave(self.cells, pool, self.predicted, self.settings, self.rng, eligible)
         self.invite(wave.positions, 0.0)
         hour, next_top_up = 0.0, TOP_UP_EVERY_HOURS
+        invitable = np.full(len(self.cells), np.nan)  # the last top-up's look (none yet)
         while hour < FIELDWORK_HOURS:
             hour += STEP_HOURS
             self.run_until(hour)
@@ -344,19 +347,20 @@ class FieldworkRun:
             reason = fieldwork.closing_reason(accounting, now, close_at, hard_target=self.targets[0].key)
             if reason:
                 break
-            due = fieldwork.reminder_candidates(members, accounting, now, self.settings)
+            if hour >= next_top_up:  # the asset's order: the top-up, then the reminders
+                next_top_up += TOP_UP_EVERY_HOURS
+                eligible = self.budget_allowed() & np.isnan(self.invited_at)
+                extra = fieldwork.top_up(accounting, pool, self.predicted, self.settings, self.rng, eligible)
+                self.invite(extra.positions, hour)
+                invitable = extra.cells["invitable_completes"].to_numpy(dtype=float)
+                if not self.soft_cells_reopened and fieldwork.stranded_hard_cells(extra.cells, self.targets[0].key):
+                    self.soft_cells_reopened_hour = hour
+            due = fieldwork.reminder_candidates(members, accounting, now, self.settings, invitable_completes=invitable)
             budget = fieldwork.contact_budget(self.contacts[invited], self.cells, members, considered=due)
             self.held_back[invited[due & ~budget.allowed]] = True
             remind = due & budget.allowed
             if remind.any():
                 self.remind(invited[remind], hour)
-            if hour >= next_top_up:
-                next_top_up += TOP_UP_EVERY_HOURS
-                eligible = self.budget_allowed() & np.isnan(self.invited_at)
-                extra = fieldwork.top_up(accounting, pool, self.predicted, self.settings, self.rng, eligible)
-                self.invite(extra.positions, hour)
-                if not self.soft_cells_reopened and fieldwork.stranded_hard_cells(extra.cells, self.targets[0].key):
-                    self.soft_cells_reopened_hour = hour
         completed = np.flatnonzero(~np.isnan(self.completed_at))
         categories = self.population.categories.iloc[completed]
         deff, status = design_effect_of(categories, self.targets)

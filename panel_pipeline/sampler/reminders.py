@@ -6,7 +6,8 @@ Invariants:
 - Reminders go out only while fieldwork is still open after the pass's state was written, and only
   for a sample with an invitation (`mailing`): the reminder carries the invitation's data.
 - The members reminded are `fieldwork.reminder_candidates` (invited, not completed, active, due,
-  under `max_reminders`, every cell open and one short) less those whose earlier reminder is still
+  under `max_reminders`, every cell open and one short: in a sample fielded in waves, short of what
+  its fresh sample could still give, as the last top-up look found) less those whose earlier reminder is still
   open (pending or not yet sent), so nobody is in two rounds at once, and less those put in a round
   within `reminder_after_hours` (the round's id carries its time): a reminder that reached nobody
   (an address the Mailer refused, a mailing that failed) is tried again only after that long.
@@ -29,7 +30,7 @@ import pandas as pd
 from bson import ObjectId
 from pymongo.database import Database
 
-from panel_pipeline.sampler import fieldwork, store
+from panel_pipeline.sampler import fieldwork, store, waves
 from panel_pipeline.sampler.fieldwork_state import FIELDWORK_OPEN, FieldworkUpdate
 from panel_pipeline.sampler.requests import FieldworkSettings, SampleRequest
 from panel_pipeline.shared import invitations
@@ -91,7 +92,11 @@ def remind(
     invitations.create_missing_mailings(db, now, sample_id=sample_id, log=log)  # a crashed pass's round first
     cell_members = update.cell_members
     not_yet = not_remindable_yet(members, invitations.open_reminder_ids(db, sample_id), now, request.fieldwork)
-    due = fieldwork.reminder_candidates(cell_members, update.accounting, now, request.fieldwork) & ~not_yet
+    fresh_sample = waves.invitable_completes(request, update.state, update.accounting.cells)
+    due = fieldwork.reminder_candidates(
+        cell_members, update.accounting, now, request.fieldwork, invitable_completes=fresh_sample
+    )
+    due &= ~not_yet
     contacts = np.zeros(len(cell_members), dtype=np.int64)
     contacts[due] = recent_contacts(db, object_ids(cell_members.index[due]), now)
     reminder_round = within_budget(due, contacts, update.accounting, cell_members, contacts_per_week)

@@ -147,17 +147,40 @@ class TopUp:
             "invitations": self.invitations.count,
             "expected_completes": round(self.invitations.expected_completes, 1),
             "by_cell": [
-                {"target": str(target), "category": str(category), "need": round(float(need), 1), "invitations": int(n)}
-                for target, category, need, n in zip(
+                {
+                    "target": str(target),
+                    "category": str(category),
+                    "need": round(float(need), 1),
+                    "invitations": int(n),
+                    "invitable_completes": None if np.isnan(invitable) else round(float(invitable), 1),
+                }
+                for target, category, need, n, invitable in zip(
                     cells["target"],
                     cells["category"],
                     cells["need"].to_numpy(dtype=float),
                     cells["invitations"].to_numpy(dtype=np.int64),
+                    cells["invitable_completes"].to_numpy(dtype=float),
                     strict=True,
                 )
                 if need > 0 or n > 0
             ],
         }
+
+
+def invitable_completes(request: SampleRequest, state: Mapping[str, Any], cells: pd.DataFrame) -> np.ndarray | None:
+    """Per cell of `cells` (an accounting's), what the members still invitable into it could give, as
+    the last top-up look (`state.last_top_up`) found; NaN for a cell it did not look at, or before any
+    look. None for a sample not fielded in waves: it has no top-ups to fill a cell instead."""
+    if not uses_waves(request):
+        return None
+    looked = {
+        (cell["target"], cell["category"]): cell.get("invitable_completes")
+        for cell in (state.get("last_top_up") or {}).get("by_cell", [])
+    }
+    found = [
+        looked.get((target, category)) for target, category in zip(cells["target"], cells["category"], strict=True)
+    ]
+    return np.array([np.nan if value is None else float(value) for value in found])
 
 
 def wave_number(members: pd.DataFrame) -> int:

@@ -175,6 +175,8 @@ def test_a_top_up_fills_the_short_cells_and_never_invites_into_a_closed_cell() -
     assert expected["male"] == pytest.approx(20, abs=1)  # 30 of 50
     assert expected["London"] == pytest.approx(10, abs=1)  # 30 of 40
     assert expected["Wales"] == pytest.approx(10, abs=1)  # 50 of 60
+    invitable = extra.cells.set_index("category")["invitable_completes"]
+    assert invitable["female"] == 0 and invitable["male"] > 10 * expected["male"]  # nobody may join a closed cell
 
 
 def test_a_full_soft_cell_closes_at_target_until_a_hard_cell_is_stranded_then_at_its_cap() -> None:
@@ -294,6 +296,23 @@ def test_no_reminder_where_the_cell_is_on_course() -> None:
     accounting = fieldwork.account_cells(cells, sample, now=NOW, rates=np.full(40, 0.5), curve=LINEAR_CURVE)
     assert accounting.cells.set_index("category").loc["male", "need"] < fieldwork.MIN_NEED
     assert not fieldwork.reminder_candidates(sample, accounting, NOW, FieldworkSettings()).any()
+
+
+def test_with_top_ups_only_the_cells_whose_fresh_sample_runs_out_are_reminded() -> None:
+    cells = fieldwork.cell_targets((TARGETS[0],), 100)
+    sample = members([{"gender": gender, "invited_at": 60} for gender in ("female", "male") for _ in range(20)])
+    accounting = fieldwork.account_cells(cells, sample, now=NOW, rates=np.full(40, 0.1), curve=LINEAR_CURVE)
+    need = accounting.cells.set_index("category")["need"]
+    assert (need >= fieldwork.MIN_NEED).all()  # both cells are short
+    fresh = {"female": need["female"] - 1, "male": 10 * need["male"]}  # women: fewer left to invite than needed
+
+    def reminded(invitable: np.ndarray | None) -> set[str]:
+        due = fieldwork.reminder_candidates(sample, accounting, NOW, FieldworkSettings(), invitable_completes=invitable)
+        return set(sample.loc[due, "gender"])
+
+    assert reminded(accounting.cells["category"].map(fresh).to_numpy()) == {"female"}
+    assert reminded(np.full(2, np.nan)) == set()  # no top-up has looked at the cells yet
+    assert reminded(None) == {"female", "male"}  # no top-ups: a reminder is the only way to fill a cell
 
 
 def test_the_contact_budget_holds_back_members_at_their_limit_counted_per_cell() -> None:

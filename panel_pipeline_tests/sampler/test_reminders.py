@@ -1,5 +1,6 @@
 """Fieldwork reminders on a real mongod, through the `sample_fieldwork` asset in process: who is
-reminded, once, within the contact budget, and what a crash mid-round leaves."""
+reminded (only where a top-up can no longer fill the cell), once, within the contact budget, and
+what a crash mid-round leaves."""
 
 import datetime as dt
 
@@ -50,7 +51,8 @@ def user(db, gender):
 @pytest.fixture
 def fielded(mongo_db):
     """A drawn sample with fieldwork (target 10 women, 10 men at an expected 30%), 20 women and 20
-    men invited 30 h ago. Ten women completed (their cell is full), one man did."""
+    men invited 30 h ago: the whole panel, so a top-up finds nobody left to invite. Ten women
+    completed (their cell is full), one man did."""
     sample_id = mongo_db.samples.insert_one(
         {
             "name": "Omnibus wave 12",
@@ -151,6 +153,22 @@ def test_reminders_reach_only_active_invited_non_completers_in_short_cells_once(
     mongo_db.sample_members.update_one({"user_id": refused}, {"$set": {"reminder_mailing_id": a_day_ago}})
     assert fieldwork_pass(instance, mongo, sample_id)["reminded_now"].value == 1
     assert named_by(mongo_db, reminder_mailings(mongo_db, sample_id)[-1]["_id"]) == {refused}
+
+
+def test_a_short_cell_with_members_left_to_invite_gets_a_top_up_not_a_reminder(instance, mongo, mongo_db, fielded):
+    """A fresh invitation yields more than a reminder to someone who let one pass: while the men's cell
+    can still be filled from the panel, the pass tops it up and reminds nobody."""
+    sample_id, _, men = fielded
+    fresh = {user(mongo_db, "male") for _ in range(100)}
+
+    metadata = fieldwork_pass(instance, mongo, sample_id)
+
+    assert metadata["reminded_now"].value == 0 and not reminder_mailings(mongo_db, sample_id)
+    added = {m["user_id"] for m in mongo_db.sample_members.find({"sample_id": sample_id, "wave": 2})}
+    assert added and added <= fresh
+    look = mongo_db.samples.find_one({"_id": sample_id})["fieldwork_state"]["last_top_up"]
+    (male,) = [cell for cell in look["by_cell"] if cell["category"] == "male"]
+    assert male["invitable_completes"] >= male["need"] > 0
 
 
 def test_a_member_over_the_contact_budget_is_held_back_and_counted_per_cell(instance, mongo, mongo_db, fielded):
