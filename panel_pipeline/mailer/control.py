@@ -35,7 +35,7 @@ from pymongo.database import Database
 from panel_pipeline.mailer.dispatch import Hold
 from panel_pipeline.mailer.recipients import mark_invited
 from panel_pipeline.mailer.store import CANCELLED as NOT_MAILED
-from panel_pipeline.mailer.store import SENT, UNKNOWN, MailingControls, MailLedger
+from panel_pipeline.mailer.store import SENT, UNKNOWN, MailingControls, MailLedger, control_text
 from panel_pipeline.queue.store import LeaseLost, WorkQueue
 from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.contract import CANCELLED, PAUSED
@@ -174,7 +174,7 @@ def _refusal(doc: Mapping[str, Any]) -> str | None:
 
 
 def _requested(mailing: Mapping[str, Any], what: str) -> str:
-    """`paused by <who>: <why>` from the request on the document (stored redacted by the queue)."""
-    by = mailing.get("control_by") or "the backend"
-    reason = mailing.get("control_reason")
+    """`paused by <who>: <why>` from the request on the document, redacted."""
+    by = control_text(mailing.get("control_by")) or "the backend"
+    reason = control_text(mailing.get("control_reason"))
     return f"{what} by {by}" + (f": {reason}" if reason else "")

@@ -14,7 +14,6 @@ from panel_pipeline.queue.store import QueueCursor, pending_work
 from panel_pipeline.queue.worker import Doorbell, WorkerSlot, inserts_matching, serve
 from panel_pipeline.shared.clock import utc_now
 from panel_pipeline.shared.contract import MAILINGS, PIPELINE_STATE
-from panel_pipeline.shared.privacy import clip, redact
 from panel_pipeline.shared.resources import MongoResource
 
 mailing_job = dg.define_asset_job(
@@ -90,9 +89,6 @@ def prompt_mail_worker_job() -> None:
     serve_prompt_mail()
 
 
-CONTROL_TEXT_MAX_CHARS = 200
-
-
 class MailingControl(dg.Config):
     """What the operator asks, in the Launchpad (mailing_control_sensor fills it for the backend's)."""
 
@@ -122,8 +118,8 @@ def apply_mailing_control(context: dg.OpExecutionContext, config: MailingControl
         mailing_id = check_mailing_id(config.mailing_id)
         if not config.from_document:
             action = check_action(config.action)
-            by = clip(redact(config.requested_by), CONTROL_TEXT_MAX_CHARS) or "operator"
-            if not controls.request(mailing_id, action, by, clip(redact(config.reason), CONTROL_TEXT_MAX_CHARS)):
+            by = config.requested_by.strip() or "operator"
+            if not controls.request(mailing_id, action, by, config.reason):
                 raise ControlRefused(f"mailing_id: no mailings document {mailing_id}")
         outcome = apply_control(db, queue, ledger, mailing_id, context.run.run_id)
     except ControlRefused as refused:

@@ -59,6 +59,7 @@ from panel_pipeline.mailer.ses import EntryResult, SendStatus
 from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
 from panel_pipeline.shared.contract import ACTIVE, BOUNCED, UNSUBSCRIBED
 from panel_pipeline.shared.mongo import as_utc, insert_missing
+from panel_pipeline.shared.privacy import clip, redact
 
 PENDING = "pending"
 CLAIMED = "claimed"
@@ -614,6 +615,13 @@ def _status_for_event(event_type: str) -> str | None:
 
 
 CONTROL_FIELDS = ("control", "control_by", "control_reason", "control_requested_at")
+CONTROL_TEXT_MAX_CHARS = 200
+
+
+def control_text(value: Any) -> str | None:
+    """A control's `by` or `reason` as it may be stored or shown: redacted and clipped (the backend
+    writes what it likes there), None when absent."""
+    return None if value is None else clip(redact(str(value)), CONTROL_TEXT_MAX_CHARS)
 
 
 class MailingControls:
@@ -631,8 +639,9 @@ class MailingControls:
     def request(
         self, mailing_id: ObjectId, action: str, by: str, reason: str, only_if: Mapping[str, Any] | None = None
     ) -> bool:
-        """Write a control as the backend would; False when there is no such mailing, or none matching `only_if`."""
-        fields = {"control": action, "control_by": by, "control_reason": reason}
+        """Write a control as the backend would (`by` and `reason` redacted); False when there is no
+        such mailing, or none matching `only_if`."""
+        fields = {"control": action, "control_by": control_text(by), "control_reason": control_text(reason)}
         update = {"$set": {**fields, "control_requested_at": self._clock.now()}}
         return self.collection.update_one({"_id": mailing_id, **(only_if or {})}, update).matched_count == 1
 
@@ -645,11 +654,15 @@ class MailingControls:
 
     def settle(self, mailing_id: ObjectId, control: Any, outcome: str, run_id: str) -> bool:
         """Record what became of `control` (the value read from the document) and remove the request,
-        only if `control` still holds that value; False when it changed (the newer one stays pending)."""
+        only if `control` still holds that value; False when it changed (the newer one stays pending).
+        `by` and `reason` are recorded redacted: the backend may have written anything there."""
+        request = self.collection.find_one({"_id": mailing_id, "control": control}, ["control_by", "control_reason"])
+        if request is None:
+            return False
         record = {
             "action": {"$literal": control},
-            "by": "$control_by",
-            "reason": "$control_reason",
+            "by": {"$literal": control_text(request.get("control_by"))},
+            "reason": {"$literal": control_text(request.get("control_reason"))},
             "requested_at": "$control_requested_at",
             "outcome": {"$literal": outcome[:ERROR_MAX_CHARS]},
             "applied_at": self._clock.now(),

@@ -174,7 +174,10 @@ def test_a_pause_mid_send_then_resume_mails_each_remaining_recipient_exactly_onc
 
 def test_controls_of_a_mailing_no_run_holds_are_run_by_the_sensor(instance, resources, mongo_db, local_ses):
     mongo = resources["mongo"]
-    mailing_id = bulk_mailing(mongo_db, members(mongo_db, 3), control="pause", control_by="backend")
+    reason = "as jane.doe@example.com asked, see https://panel.example/r?token=ab12"  # the backend's words
+    mailing_id = bulk_mailing(
+        mongo_db, members(mongo_db, 3), control="pause", control_by="backend", control_reason=reason
+    )
     held_id = bulk_mailing(mongo_db, [], control="cancel")
     mongo.work_queue("mailings").claim(held_id, "a-sending-run")  # its run applies its control itself
 
@@ -187,7 +190,13 @@ def test_controls_of_a_mailing_no_run_holds_are_run_by_the_sensor(instance, reso
     )
     assert paused.output_for_node(CONTROL_OP) == "paused"
     doc = mongo_db.mailings.find_one({"_id": mailing_id})
-    assert (doc["status"], doc["paused_reason"], doc["controls_applied"]) == ("paused", "paused by backend", 1)
+    redacted = "as <email> asked, see <url>"
+    assert (doc["status"], doc["paused_reason"], doc["controls_applied"]) == (
+        "paused",
+        f"paused by backend: {redacted}",
+        1,
+    )
+    assert doc["last_control"]["reason"] == redacted  # what the backend wrote, no address or link kept
     assert tick(mailing_control_sensor, instance, mongo).run_requests == []
     assert [r.partition_key for r in tick(mailings_queue_sensor, instance, mongo).run_requests] == []
 
