@@ -19,7 +19,8 @@ What an event does:
   `report`, in the same transaction as the store: counted once, however often it is delivered;
 * a permanent bounce makes the member `bounced`, a complaint `unsubscribed` (from `active` only), so
   the mailer suppresses them from then on; so do `SoftBouncePolicy.limit` transient bounces of
-  messages sent within its window and after the member's last delivered message (counted from the
+  messages sent within its window and after the member's last delivered message (the member's
+  messages keyed by user id and by their address's key alike; counted from the
   stored events, so a redelivered bounce is not counted twice); an undetermined bounce changes
   nothing; an event about a message sent before the member's last `status_changed_at` is stale (a
   member the backend reactivated is not bounced again by a late event about their old address).
@@ -53,6 +54,7 @@ from panel_pipeline.mailer.store import (
     MailingReports,
     SendEvent,
     normalize_email,
+    recipient_key_for,
     send_event_from_ses,
 )
 from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
@@ -317,21 +319,24 @@ class FeedbackStore:
         if event.bounce_type != TRANSIENT_BOUNCE or event.tags is None or event.occurred_at is None:
             return None
         member = self._member_filter(event)
-        found = self.users.find_one({**member, "status": ACTIVE}, {"status_changed_at": 1}) if member else None
+        found = (
+            self.users.find_one({**member, "status": ACTIVE}, {"status_changed_at": 1, "email": 1}) if member else None
+        )
         if found is None:
             return None
-        key = event.tags.recipient_key
+        # The member's mail is keyed by user id, or by address where the backend named only that.
+        keys = {"$in": [str(found["_id"]), *([recipient_key_for(None, found["email"])] if found.get("email") else [])]}
         since = self._clock.now() - self.soft_bounces.window
         if found.get("status_changed_at") is not None:
             since = max(since, as_utc(found["status_changed_at"]))
         sent_after: dict[str, Any] = {"$gte": since}
         delivered = self.events.find_one(
-            {"recipient_key": key, "event_type": DELIVERY}, {"occurred_at": 1}, sort=[("occurred_at", DESCENDING)]
+            {"recipient_key": keys, "event_type": DELIVERY}, {"occurred_at": 1}, sort=[("occurred_at", DESCENDING)]
         )
         if delivered is not None:
             sent_after["$gt"] = delivered["occurred_at"]
         bounces = self.events.count_documents(
-            {"recipient_key": key, "event_type": "Bounce", "bounce_type": TRANSIENT_BOUNCE, "occurred_at": sent_after}
+            {"recipient_key": keys, "event_type": "Bounce", "bounce_type": TRANSIENT_BOUNCE, "occurred_at": sent_after}
         )
         if bounces < self.soft_bounces.limit:
             return None

@@ -418,6 +418,30 @@ def test_a_delivery_after_transient_bounces_starts_the_count_again(store, mongo_
     assert late.member_status == BOUNCED
 
 
+def test_a_members_mail_keyed_by_user_id_and_by_address_counts_together(store, mongo_db):
+    """The backend may name a member by address only (a password e-mail): those messages carry the
+    address's key, not the user id, and still count toward the member's soft bounces and deliveries."""
+    ann = member(mongo_db, "ann@panel.example")
+    by_address = recipient_key_for(None, "ann@panel.example")
+
+    def transient(recipient: object, timestamp: str) -> dict:
+        return sent_at(bounce("ann@panel.example", tags(ObjectId(), recipient), bounce_type="Transient"), timestamp)
+
+    apply_message(store, sns_envelope(transient(ann, "2026-11-19T09:00:00.000Z")))
+    apply_message(store, sns_envelope(transient(by_address, "2026-11-20T09:00:00.000Z")))
+    assert apply_message(store, sns_envelope(transient(ann, "2026-11-21T09:00:00.000Z"))).member_status == BOUNCED
+
+    bob = member(mongo_db, "bob@panel.example")
+    apply_message(store, sns_envelope(transient(bob, "2026-11-19T09:00:00.000Z")))
+    delivered = event("Delivery", "bob@panel.example", tags(ObjectId(), recipient_key_for(None, "bob@panel.example")))
+    apply_message(store, sns_envelope(sent_at(delivered, "2026-11-20T09:00:00.000Z")))
+    for timestamp in ("2026-11-21T09:00:00.000Z", "2026-11-22T09:00:00.000Z"):
+        apply_message(store, sns_envelope(transient(bob, timestamp)))
+    assert mongo_db.users.find_one({"_id": bob})["status"] == "active", (
+        "the delivery by address started the count again"
+    )
+
+
 def test_soft_bounces_keep_the_feeds_rules_only_active_members_and_none_from_before_a_status_change(store, mongo_db):
     gone = member(mongo_db, "gone@panel.example", status="deleted")
     for day in (20, 21, 22):
