@@ -18,8 +18,9 @@ profile fields as columns, index = member id) and a list of `Target`s:
    possible within the capacities, an LP (HiGHS) finds the allocation closest to the targets
    (minimax, then total absolute deviation) and the table is raked to those achievable margins.
 3. Controlled rounding: floors plus a MILP choosing which cells get one more complete so every
-   margin stays as close as possible to its target; ties are broken at random in proportion to
-   the fractional parts, so integer plans stay unbiased for the joint structure.
+   margin stays as close as possible to its target (a local search instead for large tables, and
+   for the rare small one HiGHS ends in a solve error on); ties are broken at random in proportion
+   to the fractional parts, so integer plans stay unbiased for the joint structure.
 4. Invitations per cell = ceil(completes / response rate), drawn uniformly at random inside
    the cell with a seeded generator (the seed used is returned, so any draw can be replayed
    on the same panel rows in the same order).
@@ -564,6 +565,8 @@ def closest_allocation(
     """LP: completes per cell within capacity summing to `total`, minimising first the largest and
     then the summed absolute deviation of every target category from `wanted`."""
     plan = _solve_deviation_problem(membership, wanted, total, capacity, np.zeros(len(capacity)), integral=False)
+    if plan is None:
+        raise RuntimeError("quota allocation failed: the solver found no allocation within the cells' capacities")
     return np.clip(plan, 0, capacity)
 
 
@@ -575,9 +578,10 @@ def _solve_deviation_problem(
     cell_cost: np.ndarray,
     *,
     integral: bool,
-) -> np.ndarray:
+) -> np.ndarray | None:
     """min K * max_k |d_k| + sum_k |d_k| + cell_cost . x  subject to  sum x = total,
-    membership @ x - wanted = d, 0 <= x <= upper (x integer if `integral`); returns x.
+    membership @ x - wanted = d, 0 <= x <= upper (x integer if `integral`); returns x, or None when
+    HiGHS gives none (on rare inputs it ends in "Solve error", and a rerun can succeed).
 
     Variables are [x (cells), d+ (K), d- (K), z] with d = d+ - d- and d+, d- <= z."""
     categories, cells = membership.shape
@@ -607,9 +611,7 @@ def _solve_deviation_problem(
         bounds=Bounds(0, np.concatenate([upper, np.full(2 * categories + 1, np.inf)])),
         options={"time_limit": SOLVER_TIME_LIMIT_SECONDS, "mip_rel_gap": 1e-6},
     )
-    if solution.x is None:
-        raise RuntimeError(f"quota allocation failed: {solution.message}")
-    return solution.x[:cells]
+    return None if solution.x is None else solution.x[:cells]
 
 
 # --- 3. controlled rounding --------------------------------------------------------------------
@@ -660,7 +662,10 @@ def _choose_extra_completes(
     if cells <= EXACT_ROUNDING_MAX_CELLS:
         # The priority bonus totals less than half a complete, so it only ever breaks ties.
         bonus = -0.5 * priority / remainder
-        return np.round(_solve_deviation_problem(membership, residual, remainder, np.ones(cells), bonus, integral=True))
+        exact = _solve_deviation_problem(membership, residual, remainder, np.ones(cells), bonus, integral=True)
+        if exact is not None:
+            return np.round(exact)
+    # Large tables, and the rare small one the MILP fails on: local search from the priority order.
     return _improve_by_swaps(membership, residual, by_priority, priority)
 
 
