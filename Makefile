@@ -12,11 +12,12 @@ UV := $(UV_VENV)/bin/uv
 # changed without relocking).
 STAMP := $(VENV)/.installed-$(shell cat uv.lock pyproject.toml | md5sum | cut -c1-8)
 NODE_STAMP := templates/node_modules/.installed-$(shell cat templates/package-lock.json 2>/dev/null | md5sum | cut -c1-8)
+TOOLS_STAMP := tools/node_modules/.installed-$(shell cat tools/package-lock.json | md5sum | cut -c1-8)
 LINT_PATHS := panel_pipeline panel_pipeline_tests benchmarks
 
 .PHONY: install lock run test lint bench stop system-packages
 
-install: $(STAMP) $(NODE_STAMP)
+install: $(STAMP) $(NODE_STAMP) $(TOOLS_STAMP)
 
 # uv itself, pinned, in a venv of its own (the machine has no uv).
 $(UV):
@@ -44,6 +45,10 @@ $(NODE_STAMP):
 	@if [ -f templates/package-lock.json ]; then \
 		cd templates && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && rm -f node_modules/.installed-* && touch ../$@; \
 	fi
+
+# mongosh, for the tests that run the queries the docs give operators.
+$(TOOLS_STAMP): tools/package-lock.json
+	cd tools && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && rm -f node_modules/.installed-* && touch ../$@
 
 # Debian packages the tests use: PostgreSQL (the production instance test), Chromium and its
 # driver (the UI test).

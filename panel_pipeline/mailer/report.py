@@ -150,14 +150,19 @@ def _every_hour(hours: list[str]) -> list[str]:
     return [(first + dt.timedelta(hours=step)).strftime(HOUR_FORMAT) for step in range(count)]
 
 
+MEMBER_PLACEHOLDER = "<member id>"
+
+
 def who_got_what_query(mailing_id: str) -> str:
     """The mongosh query that answers "did member X get this mailing, and what happened to it"
     (docs/mailer.md, "Who got what"): the member's ledger row by its key (their user id, so no
-    address is needed or shown), then its events by the row's batch and key (both indexed)."""
+    address is needed or shown), then its events by the row's batch and key (both indexed); it
+    shows `{row, events}`, the row null when the member was never a recipient."""
     return (
-        f'const row = db.mail_log.findOne({{mailing_id: ObjectId("{mailing_id}"), recipient_key: "<member id>"}},\n'
+        "const row = db.mail_log.findOne(\n"
+        f'  {{mailing_id: ObjectId("{mailing_id}"), recipient_key: "{MEMBER_PLACEHOLDER}"}},\n'
         "  {status: 1, error: 1, sent_at: 1, ses_message_id: 1, batch_id: 1, recipient_key: 1, mailing_id: 1});\n"
-        "row && db.mail_events.find(\n"
+        "({row, events: row ? db.mail_events.find(\n"
         "  {mailing_id: row.mailing_id, batch_id: row.batch_id, recipient_key: row.recipient_key},\n"
-        "  {event_type: 1, bounce_type: 1, error: 1, event_at: 1}).sort({event_at: 1});"
+        "  {event_type: 1, bounce_type: 1, error: 1, event_at: 1}).sort({event_at: 1}).toArray() : []});"
     )

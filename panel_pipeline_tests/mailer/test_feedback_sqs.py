@@ -17,11 +17,13 @@ from panel_pipeline.local.ses_events import SnsEventPublisher
 from panel_pipeline.local.ses_proxy import SesFaultProxy
 from panel_pipeline.local.sns_sqs import aws_client, ensure_feedback_path
 from panel_pipeline.mailer.assets import mailings, ses_feedback
+from panel_pipeline.mailer.report import MEMBER_PLACEHOLDER, who_got_what_query
 from panel_pipeline.mailer.resources import SesResource, SqsResource
 from panel_pipeline.mailer.sensors import ses_feedback_sensor
 from panel_pipeline.mailer.store import recipient_key_for
 from panel_pipeline_tests.mailer.conftest import SURVEY
 from panel_pipeline_tests.mailer.ses_events import bounce, complaint, event, sns_envelope, tags
+from panel_pipeline_tests.mongosh import run_mongosh
 from panel_pipeline_tests.waiting import feedback_runs_since, wait_for
 
 pytestmark = pytest.mark.stack
@@ -167,7 +169,7 @@ def waiting_messages(local_sns_sqs, feedback_path):
 
 
 def test_a_mailings_report_counts_what_ses_said_once_and_shows_on_its_partition(
-    instance, resources, mongo_db, publishing_ses, publish, local_sns_sqs, feedback_path
+    instance, resources, mongo_db, mongo_uri, publishing_ses, publish, local_sns_sqs, feedback_path
 ):
     recipients = members(
         mongo_db,
@@ -224,6 +226,19 @@ def test_a_mailings_report_counts_what_ses_said_once_and_shows_on_its_partition(
     assert observed["report_chart"].startswith("![SES events per hour](data:image/svg+xml;base64,")
     assert f'ObjectId("{key}")' in observed["who_got_what"]
     assert "@" not in str(observed)
+
+    # The metadata's who-got-what query, run in mongosh as an operator would, for the member whose mail bounced.
+    query = observed["who_got_what"].split("```js\n")[1].split("\n```")[0]
+    assert query == who_got_what_query(key)
+    answer = run_mongosh(mongo_uri, mongo_db.name, query.replace(MEMBER_PLACEHOLDER, str(recipients[2])))
+    assert (answer["row"]["status"], answer["row"]["recipient_key"]) == ("sent", str(recipients[2]))
+    assert {event["event_type"]: event.get("bounce_type") for event in answer["events"]} == {
+        "Send": None,
+        "Bounce": "Permanent",
+    }
+    assert "@" not in json.dumps(answer, default=str)
+    stranger = run_mongosh(mongo_uri, mongo_db.name, query.replace(MEMBER_PLACEHOLDER, str(ObjectId())))
+    assert stranger == {"row": None, "events": []}
 
     publish(*[e for e in publishing_ses.events() if e["eventType"] != "Send"])  # SQS and SNS deliver again
     _, again = drain(instance, run_resources)

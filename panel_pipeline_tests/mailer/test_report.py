@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
@@ -76,3 +77,8 @@ def test_the_who_got_what_query_names_the_mailing_and_a_member_id_never_an_addre
     assert 'mailing_id: ObjectId("6566a0000000000000000001"), recipient_key: "<member id>"' in query
     assert "db.mail_events.find(" in query and "batch_id: row.batch_id" in query
     assert "@" not in query and "email" not in query
+
+
+def test_the_docs_give_the_query_the_metadata_shows():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "mailer.md").read_text()
+    assert f"```js\n{who_got_what_query('<mailing id>')}\n```" in docs
