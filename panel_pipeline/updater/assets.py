@@ -147,12 +147,6 @@ def update_dynamic_samples(
     return UpdateReport(changed_count, pages, totals, mailings, closed, cursor)
 
 
-def members_changed(db: Database) -> bool:
-    """A member joined or changed since the last update (two index look-ups)."""
-    newest, cursor = store.latest_change(db), store.read_cursor(db)
-    return newest is not None and (cursor is None or newest > cursor)
-
-
 @dataclass
 class SampleTotals:
     added: int = 0

@@ -6,10 +6,10 @@ import dagster as dg
 from panel_pipeline.queue.worker import Doorbell, WorkerSlot, serve
 from panel_pipeline.shared.contract import PIPELINE_STATE, USERS
 from panel_pipeline.shared.resources import ContactBudget, MongoResource
+from panel_pipeline.updater import store
 from panel_pipeline.updater.assets import (
     DYNAMIC_SAMPLES_DUTY,
     dynamic_sample_updates,
-    members_changed,
     update_dynamic_samples,
 )
 
@@ -39,7 +39,7 @@ def serve_dynamic_samples(
     slot = WorkerSlot(db[PIPELINE_STATE], DYNAMIC_SAMPLES_DUTY, context.run.run_id)
 
     def step() -> int:
-        if not members_changed(db):
+        if store.unseen_change(db) is None:
             return 0
         report = update_dynamic_samples(db, contact_budget.contacts_per_week, keep_alive=slot.renew)
         context.log_event(dg.AssetMaterialization(asset_key="dynamic_sample_updates", metadata=report.metadata()))

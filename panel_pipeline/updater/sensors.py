@@ -26,12 +26,12 @@ def member_changes_sensor(context: dg.SensorEvaluationContext, mongo: MongoResou
     try:
         db = mongo.db()
         worker = serving_worker(db, DYNAMIC_SAMPLES_DUTY, utc_now())
-        newest, cursor = store.latest_change(db), store.read_cursor(db)
+        newest = store.unseen_change(db)
     except PyMongoError as exc:
         return dg.SensorResult(skip_reason=f"MongoDB is unreachable ({type(exc).__name__})")
     if worker is not None:
         return dg.SensorResult(skip_reason=f"the standing updater worker (run {worker['owner']}) serves now")
-    if newest is None or (cursor is not None and newest <= cursor):
+    if newest is None:
         return dg.SensorResult(skip_reason="no member changed since the last update")
     running = run_in_flight(context.instance, dynamic_sample_updates_job.name)
     if running:

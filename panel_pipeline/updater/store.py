@@ -68,6 +68,13 @@ def latest_change(db: Database) -> dt.datetime | None:
     return max(latest) if latest else None
 
 
+def unseen_change(db: Database) -> dt.datetime | None:
+    """The newest member change after the Updater's cursor (one no update has considered yet), or
+    None (three look-ups, all on indexes or `_id`)."""
+    newest, cursor = latest_change(db), read_cursor(db)
+    return newest if newest is not None and (cursor is None or newest > cursor) else None
+
+
 @dataclass(frozen=True)
 class ChangedMembers:
     """One page of changed members, in change order."""
