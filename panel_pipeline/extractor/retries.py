@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import tenacity
 
+from panel_pipeline.shared.backoff import backoff_seconds
 from panel_pipeline.shared.clock import Clock
 
 T = TypeVar("T")
@@ -37,7 +38,7 @@ class RetryPolicy:
 
     def delay(self, retry: int, throttled: bool, rng: random.Random) -> float:
         base = self.throttle_delay if throttled else self.base_delay
-        ceiling = min(self.max_delay, base * 2**retry)
+        ceiling = backoff_seconds(retry, base, self.max_delay)
         return ceiling / 2 + rng.uniform(0, ceiling / 2)
 
 

@@ -57,6 +57,7 @@ from panel_pipeline.mailer.validation import (
     reserved_key_problem,
 )
 from panel_pipeline.queue.store import RequestRejected
+from panel_pipeline.shared.backoff import backoff_seconds
 from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
 from panel_pipeline.shared.contract import ACTIVE, UNSUBSCRIBE_URL
 from panel_pipeline.shared.mongo import as_utc
@@ -394,7 +395,7 @@ def _retry_at(result: BatchResult, batch: Batch, policy: DispatchPolicy, now: dt
     if result.keys(SendStatus.PAUSE):
         return now + dt.timedelta(seconds=policy.pause_seconds)
     attempts = max((row.get("attempts", 1) for row in batch.rows), default=1)  # counts this attempt
-    ceiling = min(policy.backoff_cap_seconds, policy.backoff_base_seconds * 2 ** (attempts - 1))
+    ceiling = backoff_seconds(attempts - 1, policy.backoff_base_seconds, policy.backoff_cap_seconds)
     return now + dt.timedelta(seconds=random.uniform(0, ceiling))
 
 

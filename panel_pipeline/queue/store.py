@@ -46,6 +46,7 @@ from bson import ObjectId
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.collection import Collection
 
+from panel_pipeline.shared.backoff import backoff_seconds
 from panel_pipeline.shared.clock import SYSTEM_CLOCK, Clock
 from panel_pipeline.shared.contract import CANCELLED, DONE, FAILED, PAUSED, POSTPONED, PROCESSING, RETRY
 from panel_pipeline.shared.privacy import clip, describe_error, redact
@@ -65,7 +66,7 @@ class QueuePolicy:
     retry_backoff_seconds: float = 10.0
 
     def backoff(self, attempts: int) -> dt.timedelta:
-        return dt.timedelta(seconds=self.retry_backoff_seconds * 2 ** max(attempts - 1, 0))
+        return dt.timedelta(seconds=backoff_seconds(attempts - 1, self.retry_backoff_seconds))
 
 
 class RequestRejected(Exception):
