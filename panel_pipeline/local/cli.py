@@ -64,7 +64,7 @@ def status() -> None:
 
 @stack_group.command()
 def down() -> None:
-    """Stop the local services this project started."""
+    """Stop `dagster dev` (what `make run` started) and the local services this project started."""
     stopped = stack.down()
     click.echo(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
@@ -152,4 +152,5 @@ def dev(port: int) -> None:
         os.environ.setdefault(name, value)
     os.chdir(stack.PROJECT_ROOT)
     dagster = Path(sys.executable).with_name("dagster")
+    stack.record_dagster_dev(os.getpid())  # exec keeps the pid: `stack down` stops dagster dev too
     os.execv(str(dagster), [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)])

@@ -37,6 +37,8 @@ from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN, DEMO_TOKEN_SECRE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = Path(os.environ.get("PANEL_PIPELINE_STATE_DIR", PROJECT_ROOT / ".panel_pipeline"))
+DAGSTER_DEV_PID_FILE = STATE_DIR / "dagster_dev.pid"
+DAGSTER_DEV_STOP_SECONDS = 30.0
 MONGO_PORT = 27017
 SES_PORT = 8005
 SURVEYGIZMO_PORT = 8006
@@ -261,8 +263,32 @@ def status() -> dict[str, bool]:
     return {"mongo": local_mongod().is_running()} | {s.name: s.pid() is not None for s in background_services()}
 
 
+def record_dagster_dev(pid: int) -> None:
+    """Note the process `dev` becomes (`dagster dev`: UI, daemon, code server), so `down` stops it too."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    DAGSTER_DEV_PID_FILE.write_text(str(pid))
+
+
+def stop_dagster_dev() -> bool:
+    """SIGTERM to `dagster dev`, which stops its webserver, daemon and code server and exits; SIGKILL
+    if it has not within DAGSTER_DEV_STOP_SECONDS. False when none runs."""
+    pid = live_pid(DAGSTER_DEV_PID_FILE)
+    DAGSTER_DEV_PID_FILE.unlink(missing_ok=True)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + DAGSTER_DEV_STOP_SECONDS
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
 def down() -> list[str]:
-    stopped = [s.name for s in background_services() if s.stop()]
+    """Stop `dagster dev` (first: its runs need the services), then every service."""
+    stopped = ["dagster dev"] if stop_dagster_dev() else []
+    stopped += [s.name for s in background_services() if s.stop()]
     if local_mongod().stop():
         stopped.append("mongo")
     return stopped

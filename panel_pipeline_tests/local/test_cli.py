@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,28 @@ def test_stack_down_with_nothing_running_says_so(tmp_path: Path) -> None:
     completed = run_local(tmp_path, "stack", "down")
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "stopped: nothing was running"
+
+
+def test_stack_down_stops_the_dagster_dev_that_make_run_started(tmp_path: Path) -> None:
+    """`dev` records its pid before it becomes `dagster dev`; here a stand-in that, like dagster dev,
+    shuts down on SIGTERM."""
+    stand_in = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); time.sleep(120)",
+        ]
+    )
+    reaper = threading.Thread(target=stand_in.wait)  # so the stopped process does not linger as a zombie
+    reaper.start()
+    (tmp_path / "dagster_dev.pid").write_text(str(stand_in.pid))
+    try:
+        completed = run_local(tmp_path, "stack", "down")
+        assert completed.returncode == 0, completed.stderr
+        assert completed.stdout.strip() == "stopped: dagster dev"
+        reaper.join(timeout=5)
+        assert stand_in.returncode == 0, "stopped by SIGTERM, in time"
+        assert not (tmp_path / "dagster_dev.pid").exists()
+    finally:
+        stand_in.kill()
+        reaper.join()
