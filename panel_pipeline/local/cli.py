@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -153,4 +154,7 @@ def dev(port: int) -> None:
     os.chdir(stack.PROJECT_ROOT)
     dagster = Path(sys.executable).with_name("dagster")
     stack.record_dagster_dev(os.getpid())  # exec keeps the pid: `stack down` stops dagster dev too
+    # A shell without job control starts a background `make run &` with SIGINT ignored, which dagster
+    # dev and its children would inherit: restored, `stack down` stops them as Ctrl-C does.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.execv(str(dagster), [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)])

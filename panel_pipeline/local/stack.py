@@ -38,7 +38,7 @@ from panel_pipeline.local.surveygizmo.server import DEMO_TOKEN, DEMO_TOKEN_SECRE
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = Path(os.environ.get("PANEL_PIPELINE_STATE_DIR", PROJECT_ROOT / ".panel_pipeline"))
 DAGSTER_DEV_PID_FILE = STATE_DIR / "dagster_dev.pid"
-DAGSTER_DEV_STOP_SECONDS = 30.0
+DAGSTER_DEV_STOP_SECONDS = 150.0  # dagster dev waits up to 60 s for its webserver, then for its daemon
 MONGO_PORT = 27017
 SES_PORT = 8005
 SURVEYGIZMO_PORT = 8006
@@ -270,18 +270,33 @@ def record_dagster_dev(pid: int) -> None:
 
 
 def stop_dagster_dev() -> bool:
-    """SIGTERM to `dagster dev`, which stops its webserver, daemon and code server and exits; SIGKILL
-    if it has not within DAGSTER_DEV_STOP_SECONDS. False when none runs."""
+    """Stop `dagster dev` as Ctrl-C in its terminal does: SIGINT to its process group (`make`, dagster
+    dev, its webserver, daemon and code server, and the runs the code server launched), so nothing
+    is left running against stopped services; to the process alone when it shares our group. SIGKILL
+    what is left after DAGSTER_DEV_STOP_SECONDS. False when none runs."""
     pid = live_pid(DAGSTER_DEV_PID_FILE)
     DAGSTER_DEV_PID_FILE.unlink(missing_ok=True)
     if pid is None:
         return False
-    os.kill(pid, signal.SIGTERM)
+    group = os.getpgid(pid)
+    if group == os.getpgrp():
+        target, send = pid, os.kill
+    else:
+        target, send = group, os.killpg
+    send(target, signal.SIGINT)
     deadline = time.monotonic() + DAGSTER_DEV_STOP_SECONDS
-    while pid_alive(pid) and time.monotonic() < deadline:
+    while _signalable(send, target) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
+    if _signalable(send, target):
+        send(target, signal.SIGKILL)
+    return True
+
+
+def _signalable(send: Callable[[int, int], None], target: int) -> bool:
+    try:
+        send(target, 0)
+    except ProcessLookupError:
+        return False
     return True
 
 
