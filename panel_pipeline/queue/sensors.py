@@ -145,7 +145,6 @@ def build_queue_sensor(
 
 WORKER_TAG = "panel/worker"
 START_GRACE = dt.timedelta(seconds=30)  # started this long ago, yet nobody holds the slot: it is not serving
-DEAD_WORKER = f"started {START_GRACE.total_seconds():.0f}+ s ago but does not serve (stopped or killed)"
 
 
 def build_worker_sensor(*, duty: str, job: dg.JobDefinition, op_name: str, description: str) -> dg.SensorDefinition:
@@ -173,13 +172,8 @@ def build_worker_sensor(*, duty: str, job: dg.JobDefinition, op_name: str, descr
             slot = serving_worker(mongo.db(), duty, now)
         except PyMongoError as exc:
             return dg.SensorResult(skip_reason=f"MongoDB is unreachable ({type(exc).__name__})")
-        dead = dead_worker_runs(in_flight, slot, now, context.instance)
-        for run in dead:
-            context.instance.report_run_failed(run, f"the {duty} worker {DEAD_WORKER}")
-        in_flight = [run for run in in_flight if run not in dead]
         handover = dt.timedelta(seconds=workers.handover_seconds)
-        reason = f"run {dead[0].run_id} {DEAD_WORKER}" if dead and not in_flight else None
-        reason = reason or successor_reason(in_flight, slot, now, handover)
+        reason = successor_reason(in_flight, slot, now, handover, context.instance)
         if reason is None:
             serving = f"run {slot['owner']} serves until {slot['serve_until'].isoformat()}" if slot else "starting"
             return dg.SensorResult(skip_reason=f"the {duty} worker is {serving}")
@@ -197,29 +191,14 @@ def build_worker_sensor(*, duty: str, job: dg.JobDefinition, op_name: str, descr
     return keep_worker
 
 
-def dead_worker_runs(
-    in_flight: Sequence[dg.DagsterRun], slot: Mapping[str, Any] | None, now: dt.datetime, instance: dg.DagsterInstance
-) -> list[dg.DagsterRun]:
-    """The worker runs Dagster still counts as in flight that started over START_GRACE ago while
-    nobody holds the slot: stopped or killed, so they never will serve. Run monitoring cannot tell
-    for the local DefaultRunLauncher (after a hard stop of `make run` they stay STARTED), so the
-    sensor reports them failed, and the run failure sensor releases what they held."""
-    if slot is not None:  # a successor waits for the slot while its predecessor serves
-        return []
-    dead = []
-    for run in in_flight:
-        record = instance.get_run_record_by_id(run.run_id)
-        started = record.start_time if record else None
-        if started is not None and now.timestamp() - started > START_GRACE.total_seconds():
-            dead.append(run)
-    return dead
-
-
 def successor_reason(
-    in_flight: Sequence[dg.DagsterRun], slot: Mapping[str, Any] | None, now: dt.datetime, handover: dt.timedelta
+    in_flight: Sequence[dg.DagsterRun],
+    slot: Mapping[str, Any] | None,
+    now: dt.datetime,
+    handover: dt.timedelta,
+    instance: dg.DagsterInstance,
 ) -> str | None:
-    """Why a new worker run is needed now, or None: a successor is asked for once per running worker
-    (`in_flight`: the live ones, dead_worker_runs taken out)."""
+    """Why a new worker run is needed now, or None: a successor is asked for once per running worker."""
     if not in_flight:
         return "no worker running"
     if len(in_flight) > 1:
@@ -227,7 +206,15 @@ def successor_reason(
     run = in_flight[0]
     if slot is not None and slot["owner"] == run.run_id:
         return "hand-over: its window ends soon" if slot["serve_until"] - now <= handover else None
-    return None  # its predecessor still serves (it waits for the slot), or it is still starting
+    if slot is not None:  # its predecessor still serves: it waits for the slot
+        return None
+    record = instance.get_run_record_by_id(run.run_id)
+    started = record.start_time if record else None
+    if started is not None and now.timestamp() - started > START_GRACE.total_seconds():
+        return (
+            f"run {run.run_id} started {START_GRACE.total_seconds():.0f}+ s ago but does not serve (stopped or killed)"
+        )
+    return None
 
 
 def _last_run_id(instance: dg.DagsterInstance, job_name: str) -> str:

@@ -1,21 +1,15 @@
 import datetime as dt
 import json
-import time
 
 import dagster as dg
 import pytest
 from bson import ObjectId
 
-from panel_pipeline.queue.sensors import (
-    build_queue_sensor,
-    build_worker_sensor,
-    release_documents_of_run,
-    successor_reason,
-)
+from panel_pipeline.queue.sensors import build_queue_sensor, release_documents_of_run, successor_reason
 from panel_pipeline.queue.store import QueueCursor
 from panel_pipeline.queue.worker import WorkerSlot
 from panel_pipeline.shared.contract import PIPELINE_STATE
-from panel_pipeline.shared.resources import MongoResource, StandingWorkers
+from panel_pipeline.shared.resources import MongoResource
 
 requests_partitions = dg.DynamicPartitionsDefinition(name="test_requests")
 
@@ -217,40 +211,8 @@ def test_a_successor_is_asked_for_when_none_runs_or_the_window_ends_soon(instanc
     serving_for = {"owner": "run-1", "serve_until": now + dt.timedelta(minutes=8)}
     ending_soon = {"owner": "run-1", "serve_until": now + dt.timedelta(seconds=90)}
     predecessor = {"owner": "run-0", "serve_until": now + dt.timedelta(seconds=30)}
-    assert successor_reason([], None, now, handover) == "no worker running"
-    assert successor_reason([run], serving_for, now, handover) is None
-    assert successor_reason([run], ending_soon, now, handover) == "hand-over: its window ends soon"
-    assert successor_reason([run], predecessor, now, handover) is None  # it waits for the slot
-    assert successor_reason([run, run], ending_soon, now, handover) is None  # its successor exists
-
-
-@dg.op
-def serve_test_duty() -> None: ...
-
-
-@dg.job
-def duty_worker_job() -> None:
-    serve_test_duty()
-
-
-duty_worker_sensor = build_worker_sensor(
-    duty="test_duty", job=duty_worker_job, op_name="serve_test_duty", description="test"
-)
-
-
-def test_worker_runs_left_started_by_a_hard_stop_are_failed_and_a_new_worker_is_asked_for(instance, mongo):
-    """`kill -9` (or a reboot) under `make run` leaves the standing workers' runs STARTED for ever:
-    the local run launcher cannot tell run monitoring they died. Nobody holds the slot, so the
-    sensor fails them (the run failure sensor then releases what they held) and asks for a worker."""
-    two_minutes_ago = time.time() - 120
-    stale = []
-    for _ in range(2):
-        run = instance.create_run_for_job(job_def=duty_worker_job)
-        start = dg.DagsterEvent(event_type_value="PIPELINE_START", job_name=run.job_name)
-        instance.report_dagster_event(start, run.run_id, timestamp=two_minutes_ago)
-        stale.append(run.run_id)
-    context = dg.build_sensor_context(instance=instance, resources={"mongo": mongo, "workers": StandingWorkers()})
-    (request,) = duty_worker_sensor(context).run_requests
-    assert request.tags["panel/why"] == f"run {stale[1]} started 30+ s ago but does not serve (stopped or killed)"
-    for run_id in stale:
-        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+    assert successor_reason([], None, now, handover, instance) == "no worker running"
+    assert successor_reason([run], serving_for, now, handover, instance) is None
+    assert successor_reason([run], ending_soon, now, handover, instance) == "hand-over: its window ends soon"
+    assert successor_reason([run], predecessor, now, handover, instance) is None  # it waits for the slot
+    assert successor_reason([run, run], ending_soon, now, handover, instance) is None  # its successor exists
