@@ -354,9 +354,10 @@ def write_fieldwork(
     completed_at: Mapping[str, dt.datetime],
     weights: Mapping[str, float] | None,
 ) -> int:
-    """Save `fieldwork_state` on the sample and `completed_at` on the completers not stamped yet
-    (and, with `weights`, each completer's `weight`); the count of members newly stamped."""
-    db[SAMPLES].update_one({"_id": sample_id}, {"$set": {"fieldwork_state": dict(state)}})
+    """Save `completed_at` on the completers not stamped yet (and, with `weights`, each completer's
+    `weight`), then `fieldwork_state` on the sample: whoever reads a state closed with weights (the
+    backend, `sample_completes`) finds every member's weight written; the count of members newly
+    stamped. A crash in between leaves the state as it was, and the next pass writes it all again."""
     stamps = [
         UpdateOne(
             {"sample_id": sample_id, "user_id": ObjectId(user_id), "completed_at": None},
@@ -373,6 +374,7 @@ def write_fieldwork(
             ],
             ordered=False,
         )
+    db[SAMPLES].update_one({"_id": sample_id}, {"$set": {"fieldwork_state": dict(state)}})
     return stamped
 
 

@@ -16,13 +16,17 @@ from pymongo.errors import BulkWriteError, OperationFailure, WriteError
 ERROR_MAX_CHARS = 1000
 _EMAIL_LIKE = re.compile(r"[^\s<>\"',;:()\[\]{}]+@[^\s<>\"',;:()\[\]{}]+")
 _URL_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+_AT_BETWEEN = re.compile(r"(?<=\S)@(?=\S)")
 _TOKEN_LIKE = re.compile(r"\b[A-Fa-f0-9]{24,}\b|\b[A-Za-z0-9_\-+/=]{40,}")
 
 
 def redact(text: str) -> str:
-    """`text` without e-mail addresses, URLs or token-like runs, for logs and stored errors."""
+    """`text` without e-mail addresses, URLs or token-like runs, for logs and stored errors; an `@`
+    left between two characters (`0@{`: not an address `_EMAIL_LIKE` knows) becomes `(at)`, so no
+    text that reads like part of one survives."""
     text = _URL_LIKE.sub("<url>", text)
     text = _EMAIL_LIKE.sub("<email>", text)
+    text = _AT_BETWEEN.sub("(at)", text)
     return _TOKEN_LIKE.sub(_keep_object_ids, text)
 
 
