@@ -145,6 +145,9 @@ def build_queue_sensor(
 
 WORKER_TAG = "panel/worker"
 START_GRACE = dt.timedelta(seconds=30)  # started this long ago, yet nobody holds the slot: it is not serving
+# A worker run is at most a hand-over (waiting for its slot) plus a window (serving) old while live,
+# and takes moments to finish after: this much older, without the slot, it was stopped or killed.
+STALE_MARGIN = dt.timedelta(minutes=5)
 
 
 def build_worker_sensor(*, duty: str, job: dg.JobDefinition, op_name: str, description: str) -> dg.SensorDefinition:
@@ -167,12 +170,19 @@ def build_worker_sensor(*, duty: str, job: dg.JobDefinition, op_name: str, descr
                 skip_reason="standing workers are off (PANEL_STANDING_WORKERS=off): the polling sensors serve"
             )
         now = utc_now()
-        in_flight = context.instance.get_runs(filters=dg.RunsFilter(job_name=job.name, statuses=RUN_IN_FLIGHT), limit=2)
+        in_flight = context.instance.get_runs(
+            filters=dg.RunsFilter(job_name=job.name, statuses=RUN_IN_FLIGHT), limit=10
+        )
         try:
             slot = serving_worker(mongo.db(), duty, now)
         except PyMongoError as exc:
             return dg.SensorResult(skip_reason=f"MongoDB is unreachable ({type(exc).__name__})")
         handover = dt.timedelta(seconds=workers.handover_seconds)
+        stale_after = dt.timedelta(seconds=workers.serve_seconds) + handover + STALE_MARGIN
+        stale = stale_worker_runs(in_flight, slot, now, stale_after, context.instance)
+        for run in stale:
+            context.instance.report_run_failed(run, f"the {duty} worker {stale_message(stale_after)}")
+        in_flight = [run for run in in_flight if run not in stale]
         reason = successor_reason(in_flight, slot, now, handover, context.instance)
         if reason is None:
             serving = f"run {slot['owner']} serves until {slot['serve_until'].isoformat()}" if slot else "starting"
@@ -189,6 +199,32 @@ def build_worker_sensor(*, duty: str, job: dg.JobDefinition, op_name: str, descr
         )
 
     return keep_worker
+
+
+def stale_worker_runs(
+    in_flight: Sequence[dg.DagsterRun],
+    slot: Mapping[str, Any] | None,
+    now: dt.datetime,
+    stale_after: dt.timedelta,
+    instance: dg.DagsterInstance,
+) -> list[dg.DagsterRun]:
+    """Worker runs Dagster counts as in flight that cannot be live: not the slot's owner, and started
+    longer ago than `stale_after` (a window, the hand-over and STALE_MARGIN). A `kill -9` or a
+    reboot under `make run` leaves such runs STARTED for good, since run monitoring cannot check
+    the local DefaultRunLauncher's workers; counted as in flight, two of them kept a duty from ever
+    getting a worker again."""
+    owner = slot["owner"] if slot else None
+    stale = []
+    for run in in_flight:
+        record = instance.get_run_record_by_id(run.run_id)
+        started = record.start_time if record else None
+        if run.run_id != owner and started is not None and now.timestamp() - started > stale_after.total_seconds():
+            stale.append(run)
+    return stale
+
+
+def stale_message(stale_after: dt.timedelta) -> str:
+    return f"started over {stale_after.total_seconds():.0f} s ago and does not hold its slot: stopped or killed"
 
 
 def successor_reason(

@@ -1,15 +1,21 @@
 import datetime as dt
 import json
+import time
 
 import dagster as dg
 import pytest
 from bson import ObjectId
 
-from panel_pipeline.queue.sensors import build_queue_sensor, release_documents_of_run, successor_reason
+from panel_pipeline.queue.sensors import (
+    build_queue_sensor,
+    build_worker_sensor,
+    release_documents_of_run,
+    successor_reason,
+)
 from panel_pipeline.queue.store import QueueCursor
 from panel_pipeline.queue.worker import WorkerSlot
 from panel_pipeline.shared.contract import PIPELINE_STATE
-from panel_pipeline.shared.resources import MongoResource
+from panel_pipeline.shared.resources import MongoResource, StandingWorkers
 
 requests_partitions = dg.DynamicPartitionsDefinition(name="test_requests")
 
@@ -216,3 +222,43 @@ def test_a_successor_is_asked_for_when_none_runs_or_the_window_ends_soon(instanc
     assert successor_reason([run], ending_soon, now, handover, instance) == "hand-over: its window ends soon"
     assert successor_reason([run], predecessor, now, handover, instance) is None  # it waits for the slot
     assert successor_reason([run, run], ending_soon, now, handover, instance) is None  # its successor exists
+
+
+@dg.op
+def serve_duty() -> None: ...
+
+
+@dg.job
+def duty_worker_job() -> None:
+    serve_duty()
+
+
+duty_worker_sensor = build_worker_sensor(duty="duty", job=duty_worker_job, op_name="serve_duty", description="test")
+
+
+def started_runs(instance, seconds_ago: float, count: int) -> list[str]:
+    run_ids = []
+    for _ in range(count):
+        run = instance.create_run_for_job(job_def=duty_worker_job)
+        start = dg.DagsterEvent(event_type_value="PIPELINE_START", job_name=run.job_name)
+        instance.report_dagster_event(start, run.run_id, timestamp=time.time() - seconds_ago)
+        run_ids.append(run.run_id)
+    return run_ids
+
+
+def test_worker_runs_a_hard_stop_left_started_are_failed_and_a_new_worker_is_asked_for(mongo, mongo_db):
+    """`kill -9` (or a reboot) under `make run` leaves worker runs STARTED for good: the local run
+    launcher cannot tell run monitoring they died. Older than a window and a hand-over without the
+    slot, they cannot be live: the sensor fails them and asks for a worker. A younger run without the
+    slot (its slot document gone, say) is not failed, only given a successor."""
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, resources={"mongo": mongo, "workers": StandingWorkers()})
+        stale = started_runs(instance, 3600, 2)
+        (request,) = duty_worker_sensor(context).run_requests
+        assert request.tags["panel/why"] == "no worker running"
+        assert {instance.get_run_by_id(run_id).status for run_id in stale} == {dg.DagsterRunStatus.FAILURE}
+
+        (young,) = started_runs(instance, 120, 1)
+        (request,) = duty_worker_sensor(context).run_requests
+        assert request.tags["panel/why"] == f"run {young} started 30+ s ago but does not serve (stopped or killed)"
+        assert instance.get_run_by_id(young).status == dg.DagsterRunStatus.STARTED
