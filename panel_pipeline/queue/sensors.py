@@ -214,13 +214,18 @@ def stale_worker_runs(
     the local DefaultRunLauncher's workers; counted as in flight, two of them kept a duty from ever
     getting a worker again."""
     owner = slot["owner"] if slot else None
-    stale = []
-    for run in in_flight:
-        record = instance.get_run_record_by_id(run.run_id)
-        started = record.start_time if record else None
-        if run.run_id != owner and started is not None and now.timestamp() - started > stale_after.total_seconds():
-            stale.append(run)
-    return stale
+    return [
+        run
+        for run in in_flight
+        if run.run_id != owner and _started_over(instance, run, stale_after.total_seconds(), now)
+    ]
+
+
+def _started_over(instance: dg.DagsterInstance, run: dg.DagsterRun, seconds: float, now: dt.datetime) -> bool:
+    """The run started (its run worker began) more than `seconds` before `now`."""
+    record = instance.get_run_record_by_id(run.run_id)
+    started = record.start_time if record else None
+    return started is not None and now.timestamp() - started > seconds
 
 
 def stale_message(stale_after: dt.timedelta) -> str:
@@ -244,9 +249,7 @@ def successor_reason(
         return "hand-over: its window ends soon" if slot["serve_until"] - now <= handover else None
     if slot is not None:  # its predecessor still serves: it waits for the slot
         return None
-    record = instance.get_run_record_by_id(run.run_id)
-    started = record.start_time if record else None
-    if started is not None and now.timestamp() - started > START_GRACE.total_seconds():
+    if _started_over(instance, run, START_GRACE.total_seconds(), now):
         return (
             f"run {run.run_id} started {START_GRACE.total_seconds():.0f}+ s ago but does not serve (stopped or killed)"
         )
